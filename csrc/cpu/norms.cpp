@@ -1,0 +1,214 @@
+// Torch glue for the CPU RMSNorm / LayerNorm kernels: checks, dtype conversion, threading.
+// Rows are spread over torch's thread pool (at::parallel_for); each row is normalized in fp32.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/norm_rows.h"
+
+// fp32, bf16 and fp16 rows; fp32 accumulation for all three.
+#define FASTLM_DISPATCH_FP32_BF16_FP16(TYPE, NAME, ...)                  \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
+                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
+
+namespace fastlm::cpu {
+namespace {
+
+// Row loads/stores in fp32. For fp32 tensors the row is used in place (no copy).
+inline const float* load_row(const float* src, float*, int64_t) { return src; }
+inline const float* load_row(const at::BFloat16* src, float* buf, int64_t n) {
+  bf16_to_float(reinterpret_cast<const uint16_t*>(src), buf, n);
+  return buf;
+}
+inline const float* load_row(const at::Half* src, float* buf, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(src[i]);
+  return buf;
+}
+// Where the kernel writes its fp32 result: straight into an fp32 output, else into buf.
+inline float* out_row(float* dst, float*) { return dst; }
+template <typename T>
+inline float* out_row(T*, float* buf) { return buf; }
+inline void store_row(const float*, float*, int64_t) {}
+inline void store_row(const float* buf, at::BFloat16* dst, int64_t n) {
+  float_to_bf16(buf, reinterpret_cast<uint16_t*>(dst), n);
+}
+inline void store_row(const float* buf, at::Half* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<at::Half>(buf[i]);
+}
+
+int64_t check_norm_args(const at::Tensor& x, const at::Tensor& weight, const char* op) {
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, op,
+              ": x must be float32, bfloat16 or float16, got ", dtype);
+  const int64_t n = x.size(-1);
+  TORCH_CHECK(n > 0, op, ": the normalized (last) dimension of x is empty");
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == n, op, ": weight must have shape (", n, ",), got ",
+              weight.sizes());
+  TORCH_CHECK(x.device() == weight.device(), op, ": x and weight are on different devices");
+  return n;
+}
+
+at::Tensor stat_like(const at::Tensor& x) {  // fp32 tensor of shape x.shape[:-1]
+  return at::empty(x.sizes().slice(0, x.dim() - 1), x.options().dtype(at::kFloat));
+}
+
+int64_t row_grain(int64_t n) { return std::max<int64_t>(1, 16384 / n); }
+
+// Rows are split in a fixed number of chunks, one weight-gradient partial each, summed in a fixed
+// order: the result is deterministic for a given thread count.
+template <typename RowFn>
+void for_row_chunks(int64_t rows, int64_t n, std::vector<at::Tensor>& partials, int num_partials, RowFn fn) {
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, at::get_num_threads()));
+  for (int p = 0; p < num_partials; ++p) partials.push_back(at::zeros({chunks, n}, at::kFloat));
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) fn(c, rows * c / chunks, rows * (c + 1) / chunks);
+  });
+}
+
+at::Tensor sum_partials(const at::Tensor& partials, int64_t n) {
+  at::Tensor out = at::zeros({n}, at::kFloat);
+  for (int64_t c = 0; c < partials.size(0); ++c)
+    add_into(partials[c].data_ptr<float>(), out.data_ptr<float>(), n);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_fwd(const at::Tensor& x_in, const at::Tensor& weight, double eps) {
+  const int64_t n = check_norm_args(x_in, weight, "fastlm::rms_norm_fwd");
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor w = weight.contiguous().to(at::kFloat);
+  at::Tensor y = at::empty_like(x);
+  at::Tensor rstd = stat_like(x);
+  const int64_t rows = x.numel() / n;
+  FASTLM_DISPATCH_FP32_BF16_FP16(x.scalar_type(), "fastlm_rms_norm_fwd", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    float* rp = rstd.data_ptr<float>();
+    const float* wp = w.data_ptr<float>();
+    at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
+      std::vector<float> xbuf(n), ybuf(n);
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xr = load_row(xp + r * n, xbuf.data(), n);
+        float* yr = out_row(yp + r * n, ybuf.data());
+        rp[r] = rms_norm_row_fwd(xr, wp, static_cast<float>(eps), n, yr);
+        store_row(yr, yp + r * n, n);
+      }
+    });
+  });
+  return {y, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_bwd(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                                const at::Tensor& weight, const at::Tensor& rstd_in) {
+  const int64_t n = check_norm_args(x_in, weight, "fastlm::rms_norm_bwd");
+  TORCH_CHECK(grad_in.sizes() == x_in.sizes(), "fastlm::rms_norm_bwd: grad_y and x shapes differ");
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor g = grad_in.contiguous().to(x.scalar_type());
+  const at::Tensor w = weight.contiguous().to(at::kFloat);
+  const at::Tensor rstd = rstd_in.contiguous().to(at::kFloat);
+  at::Tensor dx = at::empty_like(x);
+  const int64_t rows = x.numel() / n;
+  std::vector<at::Tensor> partials;
+  FASTLM_DISPATCH_FP32_BF16_FP16(x.scalar_type(), "fastlm_rms_norm_bwd", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    scalar_t* dxp = dx.data_ptr<scalar_t>();
+    const float* wp = w.data_ptr<float>();
+    const float* rp = rstd.data_ptr<float>();
+    for_row_chunks(rows, n, partials, 1, [&](int64_t c, int64_t r0, int64_t r1) {
+      std::vector<float> xbuf(n), gbuf(n), dxbuf(n);
+      float* dw = partials[0].data_ptr<float>() + c * n;
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xr = load_row(xp + r * n, xbuf.data(), n);
+        const float* gr = load_row(gp + r * n, gbuf.data(), n);
+        float* dxr = out_row(dxp + r * n, dxbuf.data());
+        rms_norm_row_bwd(gr, xr, wp, rp[r], n, dxr, dw);
+        store_row(dxr, dxp + r * n, n);
+      }
+    });
+  });
+  return {dx, sum_partials(partials[0], n).to(weight.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd(const at::Tensor& x_in, const at::Tensor& weight,
+                                                              const at::Tensor& bias, double eps) {
+  const int64_t n = check_norm_args(x_in, weight, "fastlm::layer_norm_fwd");
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == n, "fastlm::layer_norm_fwd: bias must have shape (", n, ",), got ",
+              bias.sizes());
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor w = weight.contiguous().to(at::kFloat);
+  const at::Tensor b = bias.contiguous().to(at::kFloat);
+  at::Tensor y = at::empty_like(x);
+  at::Tensor mean = stat_like(x);
+  at::Tensor rstd = stat_like(x);
+  const int64_t rows = x.numel() / n;
+  FASTLM_DISPATCH_FP32_BF16_FP16(x.scalar_type(), "fastlm_layer_norm_fwd", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    float* mp = mean.data_ptr<float>();
+    float* rp = rstd.data_ptr<float>();
+    const float* wp = w.data_ptr<float>();
+    const float* bp = b.data_ptr<float>();
+    at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
+      std::vector<float> xbuf(n), ybuf(n);
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xr = load_row(xp + r * n, xbuf.data(), n);
+        float* yr = out_row(yp + r * n, ybuf.data());
+        layer_norm_row_fwd(xr, wp, bp, static_cast<float>(eps), n, yr, mp + r, rp + r);
+        store_row(yr, yp + r * n, n);
+      }
+    });
+  });
+  return {y, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                                              const at::Tensor& weight, const at::Tensor& mean_in,
+                                                              const at::Tensor& rstd_in) {
+  const int64_t n = check_norm_args(x_in, weight, "fastlm::layer_norm_bwd");
+  TORCH_CHECK(grad_in.sizes() == x_in.sizes(), "fastlm::layer_norm_bwd: grad_y and x shapes differ");
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor g = grad_in.contiguous().to(x.scalar_type());
+  const at::Tensor w = weight.contiguous().to(at::kFloat);
+  const at::Tensor mean = mean_in.contiguous().to(at::kFloat);
+  const at::Tensor rstd = rstd_in.contiguous().to(at::kFloat);
+  at::Tensor dx = at::empty_like(x);
+  const int64_t rows = x.numel() / n;
+  std::vector<at::Tensor> partials;
+  FASTLM_DISPATCH_FP32_BF16_FP16(x.scalar_type(), "fastlm_layer_norm_bwd", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    scalar_t* dxp = dx.data_ptr<scalar_t>();
+    const float* wp = w.data_ptr<float>();
+    const float* mp = mean.data_ptr<float>();
+    const float* rp = rstd.data_ptr<float>();
+    for_row_chunks(rows, n, partials, 2, [&](int64_t c, int64_t r0, int64_t r1) {
+      std::vector<float> xbuf(n), gbuf(n), dxbuf(n);
+      float* dw = partials[0].data_ptr<float>() + c * n;
+      float* db = partials[1].data_ptr<float>() + c * n;
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xr = load_row(xp + r * n, xbuf.data(), n);
+        const float* gr = load_row(gp + r * n, gbuf.data(), n);
+        float* dxr = out_row(dxp + r * n, dxbuf.data());
+        layer_norm_row_bwd(gr, xr, wp, mp[r], rp[r], n, dxr, dw, db);
+        store_row(dxr, dxp + r * n, n);
+      }
+    });
+  });
+  return {dx, sum_partials(partials[0], n).to(weight.scalar_type()), sum_partials(partials[1], n).to(weight.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastlm, CPU, m) {
+  m.impl("rms_norm_fwd", &rms_norm_fwd);
+  m.impl("rms_norm_bwd", &rms_norm_bwd);
+  m.impl("layer_norm_fwd", &layer_norm_fwd);
+  m.impl("layer_norm_bwd", &layer_norm_bwd);
+}
+
+}  // namespace fastlm::cpu

@@ -1,0 +1,56 @@
+"""RMSNorm and LayerNorm over the last dimension: fp32/bf16/fp16 inputs, fp32 statistics.
+
+CPU tensors run the C++ kernels (csrc/cpu/norms.cpp), CUDA tensors the Triton ones
+(kernels/norms.py), anything else (fp64, FASTLM_BACKEND=reference) the plain-torch reference.
+"""
+from __future__ import annotations
+
+import torch
+
+from fastlm.ops import _library  # noqa: F401  (registers torch.ops.fastlm.*)
+from fastlm.ops import reference
+from fastlm.ops._backend import use_reference
+
+
+def _check(op: str, x: torch.Tensor, **params: torch.Tensor | None) -> int:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a tensor, got {type(x).__name__}")
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"{op}: x must have a non-empty last dimension, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: x must be floating point, got {x.dtype}")
+    n = x.shape[-1]
+    for name, p in params.items():
+        if p is None:
+            continue
+        if p.dim() != 1 or p.shape[0] != n:
+            raise ValueError(f"{op}: {name} must have shape ({n},) to match x's last dimension, got {tuple(p.shape)}")
+        if p.device != x.device:
+            raise ValueError(f"{op}: {name} is on {p.device} but x is on {x.device}")
+        if not p.is_floating_point():
+            raise TypeError(f"{op}: {name} must be floating point, got {p.dtype}")
+    return n
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """y = x / sqrt(mean(x^2, -1) + eps) * weight, in x's dtype (fp32 math)."""
+    n = _check("rms_norm", x, weight=weight)
+    if weight is None:
+        weight = x.new_ones(n)
+    if use_reference(x, weight):
+        return reference.rms_norm_fwd(x, weight, eps)[0]
+    return torch.ops.fastlm.rms_norm_fwd(x, weight, float(eps))[0]
+
+
+def layer_norm(
+    x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, eps: float = 1e-5
+) -> torch.Tensor:
+    """y = (x - mean) / sqrt(var + eps) * weight + bias over the last dimension, in x's dtype."""
+    n = _check("layer_norm", x, weight=weight, bias=bias)
+    if weight is None:
+        weight = x.new_ones(n)
+    if bias is None:
+        bias = x.new_zeros(n, dtype=weight.dtype)
+    if use_reference(x, weight, bias):
+        return reference.layer_norm_fwd(x, weight, bias, eps)[0]
+    return torch.ops.fastlm.layer_norm_fwd(x, weight, bias, float(eps))[0]

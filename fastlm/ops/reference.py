@@ -1,0 +1,57 @@
+"""Plain-PyTorch reference implementations of every fastlm op.
+
+These are the oracle the tests compare the native and Triton kernels against, and the
+path taken when no compiled kernel is available (or FASTLM_BACKEND=reference).
+They compute in fp32 and return the input dtype, like the kernels do.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor, eps: float):
+    """Returns (y, rstd) where rstd has shape x.shape[:-1] in fp32."""
+    xf = x.float()
+    rstd = torch.rsqrt(xf.pow(2).mean(-1) + eps)
+    y = xf * rstd.unsqueeze(-1) * weight.float()
+    return y.to(x.dtype), rstd
+
+
+def rms_norm_bwd(grad_out, x, weight, rstd):
+    """Returns (grad_x, grad_weight)."""
+    g = grad_out.float()
+    xf = x.float()
+    w = weight.float()
+    r = rstd.unsqueeze(-1)
+    xhat = xf * r
+    gw = g * w
+    n = x.shape[-1]
+    grad_x = r * (gw - xhat * (gw * xhat).sum(-1, keepdim=True) / n)
+    grad_w = (g * xhat).reshape(-1, n).sum(0)
+    return grad_x.to(x.dtype), grad_w.to(weight.dtype)
+
+
+def layer_norm_fwd(x, weight, bias, eps: float):
+    """Returns (y, mean, rstd); mean and rstd have shape x.shape[:-1] in fp32."""
+    xf = x.float()
+    mean = xf.mean(-1)
+    var = (xf - mean.unsqueeze(-1)).pow(2).mean(-1)
+    rstd = torch.rsqrt(var + eps)
+    y = (xf - mean.unsqueeze(-1)) * rstd.unsqueeze(-1) * weight.float() + bias.float()
+    return y.to(x.dtype), mean, rstd
+
+
+def layer_norm_bwd(grad_out, x, weight, mean, rstd):
+    """Returns (grad_x, grad_weight, grad_bias)."""
+    g = grad_out.float()
+    xf = x.float()
+    n = x.shape[-1]
+    r = rstd.unsqueeze(-1)
+    xhat = (xf - mean.unsqueeze(-1)) * r
+    gw = g * weight.float()
+    c1 = (gw * xhat).sum(-1, keepdim=True) / n
+    c2 = gw.sum(-1, keepdim=True) / n
+    grad_x = r * (gw - xhat * c1 - c2)
+    grad_w = (g * xhat).reshape(-1, n).sum(0)
+    grad_b = g.reshape(-1, n).sum(0)
+    return grad_x.to(x.dtype), grad_w.to(weight.dtype), grad_b.to(weight.dtype)
