@@ -93,9 +93,19 @@ def _layer_norm_backward(ctx, grad_y, _grad_mean, _grad_rstd):
     return grad_x, grad_weight, grad_bias, None
 
 
+def _no_double_backward(op: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{op}: double backward (gradients of gradients) is not supported")
+
+    return backward
+
+
 def _register_autograd() -> None:
     torch.library.register_autograd("fastlm::rms_norm_fwd", _rms_norm_backward, setup_context=_rms_norm_setup)
     torch.library.register_autograd("fastlm::layer_norm_fwd", _layer_norm_backward, setup_context=_layer_norm_setup)
+    for name in ("rms_norm_bwd", "layer_norm_bwd"):
+        op = f"fastlm::{name}"
+        torch.library.register_autograd(op, _no_double_backward(op), setup_context=lambda ctx, inputs, output: None)
 
 
 _register_kernels()

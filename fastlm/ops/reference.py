@@ -9,19 +9,24 @@ from __future__ import annotations
 import torch
 
 
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    """Upcast to the accumulation dtype: fp32, or fp64 for fp64 inputs."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor, eps: float):
     """Returns (y, rstd) where rstd has shape x.shape[:-1] in fp32."""
-    xf = x.float()
+    xf = _acc(x)
     rstd = torch.rsqrt(xf.pow(2).mean(-1) + eps)
-    y = xf * rstd.unsqueeze(-1) * weight.float()
+    y = xf * rstd.unsqueeze(-1) * _acc(weight)
     return y.to(x.dtype), rstd
 
 
 def rms_norm_bwd(grad_out, x, weight, rstd):
     """Returns (grad_x, grad_weight)."""
-    g = grad_out.float()
-    xf = x.float()
-    w = weight.float()
+    g = _acc(grad_out)
+    xf = _acc(x)
+    w = _acc(weight)
     r = rstd.unsqueeze(-1)
     xhat = xf * r
     gw = g * w
@@ -33,22 +38,22 @@ def rms_norm_bwd(grad_out, x, weight, rstd):
 
 def layer_norm_fwd(x, weight, bias, eps: float):
     """Returns (y, mean, rstd); mean and rstd have shape x.shape[:-1] in fp32."""
-    xf = x.float()
+    xf = _acc(x)
     mean = xf.mean(-1)
     var = (xf - mean.unsqueeze(-1)).pow(2).mean(-1)
     rstd = torch.rsqrt(var + eps)
-    y = (xf - mean.unsqueeze(-1)) * rstd.unsqueeze(-1) * weight.float() + bias.float()
+    y = (xf - mean.unsqueeze(-1)) * rstd.unsqueeze(-1) * _acc(weight) + _acc(bias)
     return y.to(x.dtype), mean, rstd
 
 
 def layer_norm_bwd(grad_out, x, weight, mean, rstd):
     """Returns (grad_x, grad_weight, grad_bias)."""
-    g = grad_out.float()
-    xf = x.float()
+    g = _acc(grad_out)
+    xf = _acc(x)
     n = x.shape[-1]
     r = rstd.unsqueeze(-1)
     xhat = (xf - mean.unsqueeze(-1)) * r
-    gw = g * weight.float()
+    gw = g * _acc(weight)
     c1 = (gw * xhat).sum(-1, keepdim=True) / n
     c2 = gw.sum(-1, keepdim=True) / n
     grad_x = r * (gw - xhat * c1 - c2)

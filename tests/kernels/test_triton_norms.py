@@ -1,0 +1,69 @@
+"""Triton RMSNorm / LayerNorm kernels against the plain-torch reference, run by the Triton
+interpreter on CPU (`TRITON_INTERPRET=1`, own pytest process; see Makefile)."""
+import pytest
+import torch
+
+from fastlm.ops import reference
+
+from ..ops.norm_cases import DTYPES, GRAD_W_TOL, HIDDEN_SIZES, close
+
+pytestmark = pytest.mark.triton
+norms = pytest.importorskip("fastlm.kernels.norms")
+
+
+def _inputs(rows_shape, n, dtype):
+    x = (torch.randn(*rows_shape, n) * 2 + 0.3).to(dtype)
+    return x, 1 + 0.5 * torch.randn(n), 0.1 * torch.randn(n), torch.randn(*rows_shape, n).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", HIDDEN_SIZES)
+def test_rms_norm(dtype, n):
+    x, w, _, g = _inputs((3, 3), n, dtype)
+    y, rstd = norms.rms_norm_fwd(x, w, 1e-6)
+    y_ref, rstd_ref = reference.rms_norm_fwd(x, w, 1e-6)
+    close(y, y_ref, dtype)
+    torch.testing.assert_close(rstd, rstd_ref, atol=1e-5, rtol=1e-5)
+    dx, dw = norms.rms_norm_bwd(g, x, w, rstd)
+    dx_ref, dw_ref = reference.rms_norm_bwd(g, x, w, rstd_ref)
+    close(dx, dx_ref, dtype)
+    torch.testing.assert_close(dw, dw_ref, **GRAD_W_TOL)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", HIDDEN_SIZES)
+def test_layer_norm(dtype, n):
+    x, w, b, g = _inputs((2, 5), n, dtype)
+    y, mean, rstd = norms.layer_norm_fwd(x, w, b, 1e-5)
+    y_ref, mean_ref, rstd_ref = reference.layer_norm_fwd(x, w, b, 1e-5)
+    close(y, y_ref, dtype)
+    torch.testing.assert_close(mean, mean_ref, atol=1e-5, rtol=1e-5)
+    grads = norms.layer_norm_bwd(g, x, w, mean, rstd)
+    grads_ref = reference.layer_norm_bwd(g, x, w, mean_ref, rstd_ref)
+    close(grads[0], grads_ref[0], dtype)
+    torch.testing.assert_close(grads[1], grads_ref[1], **GRAD_W_TOL)
+    torch.testing.assert_close(grads[2], grads_ref[2], **GRAD_W_TOL)
+
+
+def test_strided_rows():
+    base = torch.randn(7, 300)
+    x = base[:, 10:138]  # row stride 300, unit column stride: used without a copy
+    w = torch.randn(128)
+    y, _ = norms.rms_norm_fwd(x, w, 1e-6)
+    torch.testing.assert_close(y, reference.rms_norm_fwd(x, w, 1e-6)[0])
+    xt = torch.randn(40, 24).t()  # column stride 24: copied to unit stride first
+    y, _, _ = norms.layer_norm_fwd(xt, torch.ones(40), torch.zeros(40), 1e-5)
+    torch.testing.assert_close(y, torch.nn.functional.layer_norm(xt, (40,)), atol=1e-5, rtol=1e-5)
+
+
+def test_more_rows_than_programs():
+    """The backward splits rows over a fixed number of programs: a ragged last group still counts."""
+    x, w, b, g = _inputs((37,), 65, torch.float32)
+    y, mean, rstd = norms.layer_norm_fwd(x, w, b, 1e-5)
+    _, dw, db = norms.layer_norm_bwd(g, x, w, mean, rstd)
+    torch.testing.assert_close(db, g.sum(0), atol=1e-4, rtol=1e-5)
+
+
+def test_too_wide_is_a_clear_error():
+    with pytest.raises(ValueError, match="exceeds"):
+        norms.rms_norm_fwd(torch.randn(1, norms.MAX_HIDDEN + 1), torch.ones(norms.MAX_HIDDEN + 1), 1e-6)

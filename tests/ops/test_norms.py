@@ -1,0 +1,187 @@
+"""fastlm.ops.rms_norm / layer_norm (C++ CPU kernels) against the plain-torch reference and torch itself."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastlm
+import fastlm.ops as ops
+from fastlm import _native
+from fastlm.ops import reference
+
+from .norm_cases import DTYPES, GRAD_W_TOL, HIDDEN_SIZES, close
+
+
+def test_native_extension_is_loaded():
+    assert _native.AVAILABLE, _native.IMPORT_ERROR
+    assert fastlm._native is _native
+    # The CPU kernel is the C++ one, not the Python fallback.
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("fastlm::rms_norm_fwd", "CPU")
+
+
+def _inputs(shape, dtype, weight_dtype=torch.float32):
+    x = torch.randn(shape, dtype=torch.float32).mul_(3).add_(0.5).to(dtype).requires_grad_()
+    n = shape[-1]
+    w = (1 + 0.5 * torch.randn(n)).to(weight_dtype).requires_grad_()
+    b = (0.1 * torch.randn(n)).to(weight_dtype).requires_grad_()
+    return x, w, b
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", HIDDEN_SIZES)
+def test_rms_norm_forward_backward(dtype, n):
+    x, w, _ = _inputs((3, 5, n), dtype)
+    y = ops.rms_norm(x, w, 1e-6)
+    assert y.dtype == dtype and y.shape == x.shape
+    g = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, w), g)
+
+    y_ref = reference.rms_norm_fwd(x, w, 1e-6)[0]
+    gx_ref, gw_ref = torch.autograd.grad(y_ref, (x, w), g)
+    close(y, y_ref, dtype)
+    close(gx, gx_ref, dtype)
+    torch.testing.assert_close(gw, gw_ref, **GRAD_W_TOL)
+    if dtype == torch.float32:  # and the reference agrees with torch's own op
+        torch.testing.assert_close(y, F.rms_norm(x, (n,), w, 1e-6), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", HIDDEN_SIZES)
+def test_layer_norm_forward_backward(dtype, n):
+    x, w, b = _inputs((4, 3, n), dtype)
+    y = ops.layer_norm(x, w, b, 1e-5)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, w, b), g)
+
+    y_ref = reference.layer_norm_fwd(x, w, b, 1e-5)[0]
+    grads_ref = torch.autograd.grad(y_ref, (x, w, b), g)
+    close(y, y_ref, dtype)
+    close(grads[0], grads_ref[0], dtype)
+    torch.testing.assert_close(grads[1], grads_ref[1], **GRAD_W_TOL)
+    torch.testing.assert_close(grads[2], grads_ref[2], **GRAD_W_TOL)
+    if dtype == torch.float32:
+        torch.testing.assert_close(y, F.layer_norm(x, (n,), w, b, 1e-5), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_weights(dtype):
+    """Weights in the activation dtype (a model cast to bf16/fp16): grads come back in that dtype."""
+    x, w, b = _inputs((2, 6, 96), dtype, weight_dtype=dtype)
+    y = ops.layer_norm(x, w, b)
+    gx, gw, gb = torch.autograd.grad(y.float().sum(), (x, w, b))
+    assert gw.dtype == dtype and gb.dtype == dtype
+    y_ref = reference.layer_norm_fwd(x, w, b, 1e-5)[0]
+    close(y, y_ref, dtype)
+    gx_ref, gw_ref, _ = torch.autograd.grad(y_ref.float().sum(), (x, w, b))
+    close(gx, gx_ref, dtype)
+    close(gw, gw_ref, dtype, atol=0.1, rtol=2e-2)
+
+
+def test_strided_inputs():
+    base = torch.randn(6, 10, 200)
+    x = base[:, ::2, 3:131].requires_grad_(False)  # non-contiguous rows and columns
+    assert not x.is_contiguous()
+    w = torch.randn(128)
+    b = torch.randn(128)
+    torch.testing.assert_close(ops.rms_norm(x, w), reference.rms_norm_fwd(x, w, 1e-6)[0])
+    torch.testing.assert_close(ops.layer_norm(x, w, b), F.layer_norm(x, (128,), w, b, 1e-5), atol=1e-5, rtol=1e-5)
+    xt = torch.randn(64, 32).t()  # transposed: last dim has stride 32
+    torch.testing.assert_close(ops.rms_norm(xt, None), reference.rms_norm_fwd(xt, torch.ones(64), 1e-6)[0])
+
+
+def test_optional_weight_and_bias():
+    x = torch.randn(4, 33, requires_grad=True)
+    torch.testing.assert_close(ops.layer_norm(x), F.layer_norm(x, (33,)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ops.rms_norm(x), F.rms_norm(x, (33,), eps=1e-6), atol=1e-5, rtol=1e-5)
+    ops.rms_norm(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_fp64_uses_reference_exactly():
+    x = torch.randn(3, 17, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(17, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: ops.rms_norm(a, b, 1e-6), (x, w))
+
+
+def test_gradcheck_through_native_kernels():
+    """The C++ backward against finite differences of the C++ forward (fp32, loose)."""
+    x = torch.randn(2, 3, 9, requires_grad=True)
+    w = torch.randn(9, requires_grad=True)
+    b = torch.randn(9, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, c, d: ops.layer_norm(a, c, d), (x, w, b), eps=1e-2, atol=1e-2, rtol=1e-2)
+    assert torch.autograd.gradcheck(lambda a, c: ops.rms_norm(a, c), (x, w), eps=1e-2, atol=1e-2, rtol=1e-2)
+
+
+def test_deterministic_weight_gradient():
+    x = torch.randn(513, 257, requires_grad=True)
+    w = torch.randn(257, requires_grad=True)
+    first = torch.autograd.grad(ops.rms_norm(x, w).sum(), w)[0]
+    second = torch.autograd.grad(ops.rms_norm(x, w).sum(), w)[0]
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: ops.rms_norm(torch.randn(4, 8), torch.randn(7)), "weight must have shape"),
+        (lambda: ops.layer_norm(torch.randn(4, 8), torch.randn(8), torch.randn(3)), "bias must have shape"),
+        (lambda: ops.rms_norm(torch.randn(4, 0), None), "non-empty last dimension"),
+        (lambda: ops.rms_norm(torch.ones(4, 8, dtype=torch.long), None), "floating point"),
+        (lambda: ops.rms_norm(torch.tensor(1.0), None), "non-empty last dimension"),
+    ],
+)
+def test_bad_input_errors(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()
+
+
+def test_double_backward_is_a_clear_error():
+    x = torch.randn(2, 8, requires_grad=True)
+    (gx,) = torch.autograd.grad(ops.rms_norm(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx.sum().backward()
+
+
+def test_native_kernel_rejects_bad_shapes_directly():
+    with pytest.raises(RuntimeError, match="weight must have shape"):
+        torch.ops.fastlm.rms_norm_fwd(torch.randn(2, 8), torch.randn(5), 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck(dtype):
+    x = torch.randn(3, 5, 24, dtype=dtype, requires_grad=True)
+    w = torch.randn(24, requires_grad=True)
+    b = torch.randn(24, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastlm.rms_norm_fwd.default, (x, w, 1e-6))
+    torch.library.opcheck(torch.ops.fastlm.layer_norm_fwd.default, (x, w, b, 1e-5))
+    # The backward ops on inputs that need no grad (double backward is unsupported, and says so).
+    y, rstd = (t.detach() for t in torch.ops.fastlm.rms_norm_fwd(x, w, 1e-6))
+    torch.library.opcheck(torch.ops.fastlm.rms_norm_bwd.default, (torch.randn_like(y), x.detach(), w.detach(), rstd))
+    y, mean, rstd = (t.detach() for t in torch.ops.fastlm.layer_norm_fwd(x, w, b, 1e-5))
+    torch.library.opcheck(
+        torch.ops.fastlm.layer_norm_bwd.default, (torch.randn_like(y), x.detach(), w.detach(), mean, rstd)
+    )
+
+
+def test_compiles_fullgraph():
+    def block(x, w, b):
+        return ops.rms_norm(ops.layer_norm(x, w, b) * 2, w)
+
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    x = torch.randn(4, 40, requires_grad=True)
+    w = torch.randn(40, requires_grad=True)
+    b = torch.randn(40, requires_grad=True)
+    out = compiled(x, w, b)
+    torch.testing.assert_close(out, block(x, w, b))
+    grads = torch.autograd.grad(out.sum(), (x, w, b))
+    grads_eager = torch.autograd.grad(block(x, w, b).sum(), (x, w, b))
+    for got, want in zip(grads, grads_eager):
+        torch.testing.assert_close(got, want)
+
+
+def test_reference_backend_can_be_forced(monkeypatch):
+    monkeypatch.setenv("FASTLM_BACKEND", "reference")
+    x = torch.randn(3, 16, dtype=torch.float64)
+    torch.testing.assert_close(ops.rms_norm(x.float()), reference.rms_norm_fwd(x.float(), torch.ones(16), 1e-6)[0])
+    monkeypatch.setenv("FASTLM_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="FASTLM_BACKEND"):
+        ops.rms_norm(x.float())
