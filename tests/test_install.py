@@ -12,10 +12,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ["pyproject.toml", "setup.py", "CMakeLists.txt", "README.md", "csrc", "fastlm", "kernels"]
 
-# Runs in a fresh interpreter that must not see the repo's own editable install of fastlm.
-PROBE = r"""
-import importlib.util, site, sys
-sys.meta_path = [f for f in sys.meta_path if "fastlm" not in getattr(f, "__module__", "") and "fastlm" not in repr(f)]
+# Probes run in a fresh interpreter that must not see the running environment's editable fastlm.
+HIDE_DEV_INSTALL = r"""
+import sys
+sys.meta_path = [f for f in sys.meta_path if "fastlm" not in getattr(f, "__module__", "")]
+for name in [m for m in sys.modules if "__editable__" in m and "fastlm" in m]:
+    del sys.modules[name]  # so a .pth under test loads its own finder, not the cached one
+"""
+PROBE = HIDE_DEV_INSTALL + r"""
+import importlib.util, site
+sys.path.insert(0, sys.argv[1])  # ahead of the running venv, whose finder module has the same name
 site.addsitedir(sys.argv[1])
 import fastlm.kernels, fastlm.kernels.norms
 print(fastlm.kernels.__file__)
@@ -37,7 +43,9 @@ def _copy_sources(dest: Path) -> Path:
 
 def _pip(*args, cwd):
     env = {**os.environ, "FASTLM_BUILD_NATIVE": "0"}  # packaging only: skip the C++ build
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", *args],
+    # --ignore-installed: never uninstall the fastlm of the running environment.
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--ignore-installed", *args],
                    cwd=cwd, env=env, check=True, capture_output=True, text=True, timeout=600)
 
 
@@ -69,7 +77,7 @@ def test_kernels_install_as_fastlm_kernels(tmp_path, editable):
 def test_import_without_extension_warns_once_and_require_native_errors(tmp_path):
     """A tree without fastlm/_C*.so: a warning (once) and the reference path; an error when required."""
     src = _copy_sources(tmp_path)
-    code = (
+    code = HIDE_DEV_INSTALL + (
         "import warnings, torch\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
@@ -86,7 +94,7 @@ def test_import_without_extension_warns_once_and_require_native_errors(tmp_path)
     assert out.stdout.split() == ["1", "True"]
 
     env["FASTLM_REQUIRE_NATIVE"] = "1"
-    out = subprocess.run([sys.executable, "-c", "import fastlm"], cwd=tmp_path, env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", HIDE_DEV_INSTALL + "import fastlm"], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode != 0
     assert "FASTLM_REQUIRE_NATIVE=1" in out.stderr
