@@ -1,0 +1,187 @@
+"""Batches of token windows: random for training (from a seed and the step), fixed for evaluation.
+
+Training batches are a pure function of (seed, step): step s draws `global_batch_size` window
+starts from `np.random.default_rng([seed, s])`, and rank r of `world_size` takes the contiguous
+slice [r*G/W, (r+1)*G/W) of them. So the sequences of a step do not depend on the number of
+processes (data-parallel runs see the same data as one process), and resuming needs only the
+step, which `state_dict()` holds.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+
+import numpy as np
+import torch
+
+
+def _check_tokens(tokens, seq_len: int, what: str = "tokens") -> None:
+    if not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    if getattr(tokens, "ndim", 1) != 1:
+        raise ValueError(f"{what} must be 1-D, got shape {tuple(tokens.shape)}")
+    if len(tokens) < seq_len + 1:
+        raise ValueError(f"{what} has {len(tokens)} tokens, fewer than seq_len + 1 = "
+                         f"{seq_len + 1}: use a larger corpus or a shorter seq_len")
+
+
+def _windows(tokens, starts: np.ndarray, seq_len: int) -> torch.Tensor:
+    idx = starts[:, None] + np.arange(seq_len)[None, :]
+    return torch.from_numpy(np.asarray(tokens[idx], dtype=np.int64))
+
+
+class _Failure:
+    """An exception raised in the prefetch thread, carried to the caller of next()."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+class BatchLoader:
+    """Deterministic training batches with a background prefetch thread.
+
+    next() returns the micro-batches (LongTensors of shape (micro_batch_size, seq_len)) of this
+    rank for the next optimizer step. The labels are the inputs (the model shifts them).
+    """
+
+    def __init__(self, tokens, *, seq_len: int, global_batch_size: int, micro_batch_size: int,
+                 seed: int, rank: int = 0, world_size: int = 1, prefetch: int = 2,
+                 pin_memory: bool = False):
+        _check_tokens(tokens, seq_len)
+        for name, v in (("global_batch_size", global_batch_size),
+                        ("micro_batch_size", micro_batch_size), ("world_size", world_size)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if global_batch_size % (micro_batch_size * world_size):
+            raise ValueError(
+                f"global_batch_size {global_batch_size} is not divisible by micro_batch_size "
+                f"{micro_batch_size} x data-parallel size {world_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.tokens = tokens
+        self.seq_len = seq_len
+        self.global_batch_size = global_batch_size
+        self.micro_batch_size = micro_batch_size
+        self.seed = int(seed)
+        self.rank = rank
+        self.world_size = world_size
+        self.prefetch = max(0, int(prefetch))
+        self.pin_memory = pin_memory
+        self.step = 0  # the step whose batch next() returns
+        self._queue: queue.Queue | None = None
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    # -------------------------------------------------------------- the data
+
+    def batch_for_step(self, step: int) -> list[torch.Tensor]:
+        """This rank's micro-batches of `step` (a pure function of seed, step, rank, world)."""
+        rng = np.random.default_rng([self.seed, step])
+        starts = rng.integers(0, len(self.tokens) - self.seq_len + 1, size=self.global_batch_size)
+        per_rank = self.global_batch_size // self.world_size
+        mine = starts[self.rank * per_rank:(self.rank + 1) * per_rank]
+        batch = _windows(self.tokens, mine, self.seq_len)
+        if self.pin_memory:
+            batch = batch.pin_memory()
+        return list(batch.split(self.micro_batch_size))
+
+    def next(self) -> list[torch.Tensor]:
+        if self.prefetch == 0:
+            batch = self.batch_for_step(self.step)
+        else:
+            if self._thread is None:
+                self._start()
+            item = self._queue.get()
+            if isinstance(item, _Failure):
+                self._thread = None  # the thread has ended; a later next() retries
+                raise item.exc
+            batch = item
+        self.step += 1
+        return batch
+
+    __next__ = next
+
+    def __iter__(self):
+        return self
+
+    # -------------------------------------------------------------- resume
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "seed": self.seed, "seq_len": self.seq_len,
+                "global_batch_size": self.global_batch_size, "num_tokens": len(self.tokens)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state` (from state_dict()): the next batch is that of state["step"]."""
+        for name in ("seed", "seq_len", "global_batch_size", "num_tokens"):
+            mine = self.state_dict()[name]
+            if name in state and state[name] != mine:
+                raise ValueError(f"data position was saved with {name}={state[name]}, "
+                                 f"but this loader has {name}={mine}")
+        self.close()
+        self.step = int(state["step"])
+
+    # -------------------------------------------------------------- prefetch thread
+
+    def _start(self) -> None:
+        self._queue = queue.Queue(maxsize=self.prefetch)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(self.step, self._queue, self._stop),
+                                        name="fastlm-prefetch", daemon=True)
+        self._thread.start()
+
+    def _produce(self, step: int, q: queue.Queue, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                item = self.batch_for_step(step)
+            except BaseException as e:  # handed to the consumer, raised by next()
+                item = _Failure(e)
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, _Failure):
+                return
+            step += 1
+
+    def close(self) -> None:
+        """Stop the prefetch thread (batches it prepared are dropped; step is unchanged)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=10)
+        self._thread = self._queue = self._stop = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def eval_batches(tokens, *, seq_len: int, batch_size: int, num_batches: int | None) -> list[torch.Tensor]:
+    """Fixed evaluation batches: consecutive non-overlapping windows from the start, in order.
+
+    Returns `num_batches` full batches of shape (batch_size, seq_len), or fewer if the tokens
+    run out (and one smaller batch if there are fewer than batch_size windows).
+    num_batches=None: every full batch.
+    """
+    _check_tokens(tokens, seq_len, "validation split")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if num_batches is not None and num_batches < 1:
+        return []
+    windows = len(tokens) // seq_len
+    full = windows // batch_size
+    n = full if num_batches is None else min(int(num_batches), full)
+    if n < 1:
+        starts = np.arange(windows) * seq_len
+        return [_windows(tokens, starts, seq_len)]
+    starts = np.arange(n * batch_size) * seq_len
+    return list(_windows(tokens, starts, seq_len).split(batch_size))

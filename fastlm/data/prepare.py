@@ -1,0 +1,283 @@
+"""Prepare a corpus once: split by document, train the tokenizer, tokenize into token files.
+
+Layout of a prepared corpus (a directory in the cache):
+    tokenizer.json   the tokenizer (trained on the training split, or the user's copy)
+    train.bin        training tokens, uint16 (vocab <= 65536) or uint32, `eos` after each document
+    val.bin          validation tokens, same format, from documents disjoint from training
+    meta.json        what it is: key, sizes, dtype, eos id, where the text came from
+
+The directory name carries a key of the sources (paths, sizes, mtimes), the vocabulary size and
+the tokenizer, so a later run with the same inputs reuses it. It is built in a temporary
+directory and renamed into place while holding a file lock: concurrent processes (the ranks of
+one job, or two jobs) build it once, the others wait and reuse it, and an error or an
+interruption leaves nothing half-written behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from fastlm.data.sources import CorpusSource, resolve_source
+from fastlm.data.tokenizer import EOS_TOKEN, find_eos_id, load_tokenizer, train_bpe
+
+FORMAT_VERSION = 1
+ENCODE_BATCH_CHARS = 1 << 20  # text per encode_batch call: big enough to use every core
+
+
+@dataclass
+class PreparedCorpus:
+    directory: Path
+    tokenizer_path: Path
+    vocab_size: int            # the tokenizer's actual size (max id + 1), may be < requested
+    eos_id: int
+    train_tokens: np.memmap    # 1-D, read-only
+    val_tokens: np.memmap
+    key: str
+    meta: dict = field(default_factory=dict, repr=False)
+    _tok: object = field(default=None, init=False, repr=False, compare=False)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "PreparedCorpus":
+        """Open a prepared corpus directory (ValueError if it is not a complete one)."""
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / "meta.json").read_text())
+            dtype = np.dtype(meta["dtype"])
+            train = _open_tokens(directory / "train.bin", dtype, meta["train_tokens"])
+            val = _open_tokens(directory / "val.bin", dtype, meta["val_tokens"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"not a prepared corpus: {str(directory)!r} ({e})") from None
+        return cls(directory, directory / "tokenizer.json", meta["vocab_size"], meta["eos_id"],
+                   train, val, meta["key"], meta)
+
+    def tokenizer(self):
+        if self._tok is None:
+            self._tok = load_tokenizer(self.tokenizer_path)
+        return self._tok
+
+    def encode(self, text: str) -> list[int]:
+        # add_special_tokens=False: no BOS/EOS from a user tokenizer's post-processor.
+        return self.tokenizer().encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        return self.tokenizer().decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FASTLM_CACHE") or Path.home() / ".cache" / "fastlm")
+
+
+def prepare_corpus(source="builtin", *, vocab_size: int = 4096, text_field: str = "text",
+                   tokenizer_path: str | Path | None = None, val_fraction: float = 0.05,
+                   builtin_modules: Sequence[str] | None = None,
+                   cache_dir: str | Path | None = None,
+                   show_progress: bool = True) -> PreparedCorpus:
+    """Prepare (or reuse from the cache) the tokenized train/validation corpus of `source`.
+
+    source: "builtin" (pydoc topics + standard-library sources), a file, a directory, a glob,
+    or a list of those. tokenizer_path: an existing tokenizer.json to use instead of training
+    one on the training split (then `vocab_size` is ignored).
+    """
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}")
+    src = resolve_source(source, text_field=text_field, builtin_modules=builtin_modules)
+    user_tok = None
+    if tokenizer_path is not None:
+        user_tok = Path(tokenizer_path).expanduser().resolve()
+        find_eos_id(load_tokenizer(user_tok), str(user_tok))  # fail early, before any work
+    key = _cache_key(src, vocab_size, user_tok, val_fraction)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = root / "corpora"
+    name = f"{_slug(src)}-{'tok' if user_tok else f'v{vocab_size}'}-{key[:16]}"
+    final = root / name
+
+    with contextlib.suppress(ValueError):
+        corpus = PreparedCorpus.load(final)  # the common case: built by an earlier run
+        _say(show_progress, f"fastlm: using cached corpus {final}")
+        return corpus
+
+    root.mkdir(parents=True, exist_ok=True)
+    with _file_lock(root / f".{name}.lock"):
+        with contextlib.suppress(ValueError):
+            corpus = PreparedCorpus.load(final)  # another process built it while we waited
+            _say(show_progress, f"fastlm: using cached corpus {final}")
+            return corpus
+        # We hold the lock, so leftovers of this key are from a killed build (or a bad copy).
+        for stale in root.glob(f".tmp-{name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+        try:
+            _say(show_progress, f"fastlm: preparing corpus {src.name!r} in {final}")
+            _build(tmp, src, key, vocab_size, user_tok, val_fraction, show_progress)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return PreparedCorpus.load(final)
+
+
+# ---------------------------------------------------------------- building
+
+def _build(out: Path, src: CorpusSource, key: str, vocab_size: int, user_tok: Path | None,
+           val_fraction: float, show_progress: bool) -> None:
+    t0 = time.perf_counter()
+    # Pass 1: which documents are validation (decided by a hash of their text, so by document).
+    fractions, chars = [], 0
+    for doc in src.documents():
+        fractions.append(_hash_fraction(doc))
+        chars += len(doc)
+    is_val = _split(fractions, val_fraction, src.name)
+
+    # Pass 2: the tokenizer, trained on training documents only.
+    if user_tok is not None:
+        shutil.copyfile(user_tok, out / "tokenizer.json")
+        tok = load_tokenizer(out / "tokenizer.json")
+    else:
+        train_docs = (d for d, v in zip(src.documents(), is_val) if not v)
+        tok = train_bpe(train_docs, vocab_size, length=is_val.count(False),
+                        show_progress=show_progress)
+        tok.save(str(out / "tokenizer.json"))
+    eos_id = find_eos_id(tok, "tokenizer")
+    actual_vocab = max(tok.get_vocab(with_added_tokens=True).values()) + 1
+    dtype = np.uint16 if actual_vocab <= 1 << 16 else np.uint32
+
+    # Pass 3: tokenize every document once, eos after each.
+    counts = {False: 0, True: 0}
+    eos = np.array([eos_id], dtype=dtype)
+    bar = _progress(show_progress, chars)
+    with open(out / "train.bin", "wb") as ftrain, open(out / "val.bin", "wb") as fval:
+        for docs, flags in _batches(src.documents(), is_val):
+            for enc, v in zip(_encode_batch(tok, docs), flags):
+                ids = np.asarray(enc.ids, dtype=dtype)
+                (fval if v else ftrain).write(ids.tobytes() + eos.tobytes())
+                counts[v] += ids.size + 1
+            bar.update(sum(map(len, docs)))
+    bar.close()
+
+    meta = {
+        "format": FORMAT_VERSION, "key": key, "source": src.name, "kind": src.kind,
+        "vocab_size": actual_vocab, "requested_vocab_size": None if user_tok else vocab_size,
+        "tokenizer": str(user_tok) if user_tok else "trained",
+        "eos_id": eos_id, "eos_token": tok.id_to_token(eos_id), "dtype": np.dtype(dtype).name,
+        "train_tokens": counts[False], "val_tokens": counts[True],
+        "train_documents": is_val.count(False), "val_documents": is_val.count(True),
+        "chars": chars, "val_fraction": val_fraction,
+        "build_id": uuid.uuid4().hex, "built_at": time.time(),
+        "build_seconds": round(time.perf_counter() - t0, 3),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    _say(show_progress, f"fastlm: {chars / 1e6:.2f}M chars -> {counts[False]:,} train + "
+                        f"{counts[True]:,} val tokens, vocab {actual_vocab} "
+                        f"({meta['build_seconds']:.1f}s)")
+
+
+def _hash_fraction(text: str) -> float:
+    """A stable number in [0, 1) from a document's text."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def _split(fractions: list[float], val_fraction: float, name: str) -> list[bool]:
+    if not fractions:
+        raise ValueError(f"empty corpus: data source {name!r} has no text")
+    if len(fractions) < 2:
+        raise ValueError(f"data source {name!r} has only 1 document; a train/validation split "
+                         f"needs at least 2 (add files, or text longer than one chunk)")
+    is_val = [f < val_fraction for f in fractions]
+    # Keep both splits non-empty on small corpora, still decided by the hashes alone.
+    if not any(is_val):
+        is_val[int(np.argmin(fractions))] = True
+    if all(is_val):
+        is_val[int(np.argmax(fractions))] = False
+    return is_val
+
+
+def _batches(docs: Iterator[str], flags: list[bool]):
+    batch, batch_flags, size = [], [], 0
+    for doc, flag in zip(docs, flags):
+        batch.append(doc)
+        batch_flags.append(flag)
+        size += len(doc)
+        if size >= ENCODE_BATCH_CHARS:
+            yield batch, batch_flags
+            batch, batch_flags, size = [], [], 0
+    if batch:
+        yield batch, batch_flags
+
+
+def _encode_batch(tok, docs: list[str]):
+    fast = getattr(tok, "encode_batch_fast", None)  # no offsets: faster (tokenizers >= 0.21)
+    return (fast or tok.encode_batch)(docs, add_special_tokens=False)
+
+
+def _open_tokens(path: Path, dtype: np.dtype, count: int) -> np.memmap:
+    if path.stat().st_size != count * dtype.itemsize:
+        raise ValueError(f"{path.name} has {path.stat().st_size} bytes, expected "
+                         f"{count * dtype.itemsize}")
+    return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
+
+
+def _cache_key(src: CorpusSource, vocab_size, user_tok: Path | None, val_fraction) -> str:
+    parts = {
+        "format": FORMAT_VERSION, "source": src.fingerprint(),
+        "val_fraction": float(val_fraction), "eos": EOS_TOKEN,
+        "vocab_size": None if user_tok else vocab_size,
+        "tokenizer_sha256": hashlib.sha256(user_tok.read_bytes()).hexdigest() if user_tok else None,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _slug(src: CorpusSource) -> str:
+    if src.kind == "builtin":
+        return "builtin"
+    stem = Path(src.name.split(",")[0].strip().rstrip("/*")).name or "data"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)[:40] or "data"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock between processes (and threads) on this machine: fcntl.flock."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking, concurrent builds are then not coordinated
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class _NoBar:
+    def update(self, n): pass
+    def close(self): pass
+
+
+def _progress(show: bool, total: int):
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+    return tqdm(total=total, unit="char", unit_scale=True, desc="tokenizing", file=sys.stderr)
+
+
+def _say(show: bool, message: str) -> None:
+    if show:
+        print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,193 @@
+"""GPT: one decoder-only Transformer class for GPT-2 and LLaMA style models (see GPTConfig)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from fastlm.models.config import GPTConfig
+from fastlm.nn import Block, KVCache, LayerNorm, RMSNorm, rope_cos_sin
+
+__all__ = ["GPT", "GPTConfig"]
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        config = config.resolved()
+        self.config = config
+        self.family = config.family
+        llama = config.family == "llama"
+        self.activation_checkpointing = False
+
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        # GPT-2 learns absolute positions; LLaMA rotates q/k instead (RoPE, in the attention).
+        self.pos_emb = None if llama else nn.Embedding(config.max_seq_len, config.d_model)
+        self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.blocks = nn.ModuleList(
+            Block(d_model=config.d_model, n_head=config.n_head, n_kv_head=config.n_kv_head,
+                  head_dim=config.head_dim, d_ff=config.d_ff, norm="rmsnorm" if llama else "layernorm",
+                  norm_eps=config.norm_eps, activation=config.activation, gated_mlp=llama,
+                  bias=config.bias, dropout=config.dropout, layer_idx=i)
+            for i in range(config.n_layer))
+        self.norm = RMSNorm(config.d_model, config.norm_eps) if llama else \
+            LayerNorm(config.d_model, config.norm_eps, config.bias)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, init_std) for weights and embeddings, zero biases, unit norms, and the
+        projections that write into the residual stream scaled by 1/sqrt(2 * n_layer)."""
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, 0.0, std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, (LayerNorm, RMSNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        resid_std = std / math.sqrt(2 * self.config.n_layer)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, 0.0, resid_std)
+            nn.init.normal_(block.mlp.proj.weight, 0.0, resid_std)
+
+    # ---- forward ------------------------------------------------------------------------------
+    def hidden_states(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """The final-norm output (B, T, d_model). With a KV cache, input_ids continue the cached positions."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
+        b, t = input_ids.shape
+        start = 0
+        if kv_cache is not None:
+            kv_cache.check(b, t)
+            start = kv_cache.pos
+        if start + t > self.config.max_seq_len:
+            raise ValueError(f"sequence of {start + t} tokens is longer than max_seq_len {self.config.max_seq_len}")
+        positions = torch.arange(start, start + t, device=input_ids.device)
+
+        x = self.tok_emb(input_ids)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        else:
+            rope = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        x = self.drop(x)
+
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
+        for block in self.blocks:
+            if recompute:
+                x = checkpoint(block, x, rope, use_reentrant=False)
+            else:
+                x = block(x, rope, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(t)
+        return self.norm(x)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None):
+        """logits (B, T, vocab); (logits, loss) when labels are given.
+
+        labels follow the Hugging Face convention: the same shape as input_ids, shifted here (position
+        t predicts labels[t + 1]), -100 ignored, loss averaged over the counted tokens.
+        """
+        logits = self.lm_head(self.hidden_states(input_ids, kv_cache))
+        if labels is None:
+            return logits
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        # Shift by padding the labels instead of slicing the logits: no copy of the (B, T, V) tensor.
+        targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    # ---- utilities ----------------------------------------------------------------------------
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
+        if exclude_embeddings:
+            n -= self.tok_emb.weight.numel()
+            if self.pos_emb is not None:
+                n -= self.pos_emb.weight.numel()
+        return n
+
+    def make_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
+        p = self.tok_emb.weight
+        return KVCache(self.config.n_layer, batch_size, self.config.n_kv_head, max_len, self.config.head_dim,
+                       device=device or p.device, dtype=dtype or p.dtype)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample continuations with a KV cache. Returns (B, prompt + generated) token ids.
+
+        temperature 0 is greedy. Stops after max_new_tokens, at max_seq_len, or when every row has
+        produced eos_token_id (rows that finished early are padded with it).
+        """
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        b, t = input_ids.shape
+        if t == 0:
+            raise ValueError("generate needs a prompt of at least one token")
+        if t > self.config.max_seq_len:
+            raise ValueError(f"prompt of {t} tokens is longer than the model's context (max_seq_len {self.config.max_seq_len})")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+        total = min(self.config.max_seq_len, t + max_new_tokens)
+        out = input_ids
+        if total == t:
+            return out
+        was_training = self.training
+        self.eval()
+        try:
+            cache = self.make_kv_cache(b, total, device=input_ids.device)
+            finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+            step_input = input_ids
+            while out.shape[1] < total:
+                # Only the last position's logits are needed.
+                h = self.hidden_states(step_input, cache)[:, -1]
+                logits = self.lm_head(h).float()
+                nxt = sample_next_token(logits, temperature, top_k, top_p, generator)
+                if eos_token_id is not None:
+                    nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
+                    finished |= nxt == eos_token_id
+                out = torch.cat([out, nxt[:, None]], dim=1)
+                if eos_token_id is not None and bool(finished.all()):
+                    break
+                step_input = nxt[:, None]
+        finally:
+            self.train(was_training)
+        return out
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                      top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """logits (B, V) -> token ids (B,). temperature 0 is argmax."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, idx = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass (the top one stays).
+        drop = probs.cumsum(dim=-1) - probs > top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

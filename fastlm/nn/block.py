@@ -1,0 +1,30 @@
+"""A pre-norm Transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastlm.nn.attention import Attention
+from fastlm.nn.mlp import MLP
+from fastlm.nn.norms import LayerNorm, RMSNorm
+
+
+class Block(nn.Module):
+    def __init__(self, *, d_model: int, n_head: int, n_kv_head: int, head_dim: int, d_ff: int,
+                 norm: str = "layernorm", norm_eps: float = 1e-5, activation: str = "gelu_new",
+                 gated_mlp: bool = False, bias: bool = True, dropout: float = 0.0, layer_idx: int = 0):
+        super().__init__()
+        if norm == "layernorm":
+            self.norm1, self.norm2 = LayerNorm(d_model, norm_eps, bias), LayerNorm(d_model, norm_eps, bias)
+        elif norm == "rmsnorm":
+            self.norm1, self.norm2 = RMSNorm(d_model, norm_eps), RMSNorm(d_model, norm_eps)
+        else:
+            raise ValueError(f"unknown norm {norm!r}; expected 'layernorm' or 'rmsnorm'")
+        self.attn = Attention(d_model, n_head, n_kv_head, head_dim, bias=bias, dropout=dropout,
+                              layer_idx=layer_idx)
+        self.mlp = MLP(d_model, d_ff, activation, gated=gated_mlp, bias=bias, dropout=dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                kv_cache=None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope, kv_cache)
+        return x + self.mlp(self.norm2(x))
