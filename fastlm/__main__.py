@@ -1,0 +1,4 @@
+"""`python -m fastlm` is the `fastlm` command."""
+from fastlm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""The `fastlm` command (also `python -m fastlm`, so `torchrun ... -m fastlm train ...` works).
+
+    fastlm train CONFIG [--out RUN_DIR] [--set section.key=value ...] [--resume]
+    fastlm eval RUN_DIR
+    fastlm generate RUN_DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+    fastlm plot RUN_DIR [--out PNG]
+
+A problem with the input is reported as one line, "fastlm: error: ...", with a non-zero exit
+status and no traceback (FASTLM_DEBUG=1 shows the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other fastlm error
+        self.exit(EXIT_USAGE, f"fastlm: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fastlm", description="Train Transformer language models fast.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a model from a TOML config or a preset")
+    p.add_argument("config", metavar="CONFIG", help="a TOML file or a preset name (tiny, gpt2-small, llama-1b)")
+    p.add_argument("--out", metavar="RUN_DIR", help="the run directory (default: ./runs/<config name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (a TOML value, or else a string); may repeat")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="validation loss and perplexity of a finished run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("generate", help="sample text from a finished run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens (default 50)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("plot", help="plot training and validation loss to RUN_DIR/loss.png")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="PNG", help="where to write the image (default: RUN_DIR/loss.png)")
+    p.set_defaults(func=_plot)
+    return parser
+
+
+def _train(args) -> int:
+    from fastlm.train import Trainer, load_config
+
+    config = load_config(args.config, args.overrides)
+    Trainer(config, out_dir=args.out, resume=args.resume, show_progress=not args.quiet).fit()
+    return 0
+
+
+def _eval(args) -> int:
+    from fastlm.train.evaluate import evaluate_run
+
+    r = evaluate_run(args.run_dir, show_progress=True)
+    print(f"val_loss {r['val_loss']:.4f}  val_ppl {r['val_ppl']:.4f}  ({r['tokens']} tokens)")
+    return 0
+
+
+def _generate(args) -> int:
+    from fastlm.train.generate import generate_text
+
+    print(generate_text(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed))
+    return 0
+
+
+def _plot(args) -> int:
+    from fastlm.train.plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("fastlm: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if os.environ.get("FASTLM_DEBUG") or not _is_user_error(e):
+            raise  # a bug: the traceback is what a report needs
+        print(f"fastlm: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _is_user_error(e: Exception) -> bool:
+    from fastlm.train.errors import FastlmError
+
+    # ValueError / OSError: what the data and model layers raise for bad input and missing files.
+    return isinstance(e, (FastlmError, ValueError, OSError))
+
+
+def _one_line(e: Exception) -> str:
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        text = f"{e.strerror}: {e.filename}"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())

@@ -1,0 +1,158 @@
+"""Checkpoints: RUN_DIR/checkpoints/step_0000100/, written to a temporary name, then renamed.
+
+    model.safetensors    the weights (safetensors.torch.save_model handles tied tensors)
+    optimizer.pt         the AdamW state
+    state.pt             step, loss scaler, RNG states, data loader position
+    trainer_state.json   step, the model config and data key it belongs to, each file's size
+                         and sha256 (so a truncated or corrupted checkpoint is caught on resume)
+
+The .pt files hold only tensors and plain containers, loaded with torch.load(weights_only=True).
+The learning rate is a pure function of the step, so the scheduler's state is the step.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from fastlm.train.errors import CheckpointError
+
+FORMAT_VERSION = 1
+STEP_DIR = re.compile(r"^step_(\d{7,})$")
+FILES = ("model.safetensors", "optimizer.pt", "state.pt")
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (temporary directories are not listed)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    dirs = checkpoint_dirs(run_dir)
+    return dirs[-1] if dirs else None
+
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scaler, loader,
+                    identity: dict, keep: int) -> Path:
+    """Write checkpoint `step`, then delete all but the newest `keep`. Returns its directory."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:07d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save({
+            "step": step,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": _rng_state(),
+            "loader": loader.state_dict(),
+        }, tmp / "state.pt")
+        info = {"format": FORMAT_VERSION, "step": step, **identity,
+                "files": {name: _describe(tmp / name) for name in FILES}}
+        (tmp / "trainer_state.json").write_text(json.dumps(info, indent=1))
+        if final.exists():  # re-saving a step after a resume: replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in checkpoint_dirs(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def verify_checkpoint(path: Path, identity: dict) -> dict:
+    """Check files and identity; return trainer_state.json. CheckpointError in one line if bad."""
+    hint = "(delete it to resume from an earlier checkpoint)"
+    try:
+        info = json.loads((path / "trainer_state.json").read_text())
+        files, step = info["files"], int(info["step"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged: unreadable trainer_state.json ({e}) {hint}") from None
+    if info.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format {info.get('format')!r}, expected {FORMAT_VERSION}")
+    for name in FILES:
+        want = files.get(name)
+        file = path / name
+        if want is None or not file.is_file():
+            raise CheckpointError(f"checkpoint {path} is damaged: {name} is missing {hint}")
+        size = file.stat().st_size
+        if size != want["bytes"]:
+            raise CheckpointError(f"checkpoint {path} is truncated: {name} has {size} bytes, "
+                                  f"expected {want['bytes']} {hint}")
+        if _sha256(file) != want["sha256"]:
+            raise CheckpointError(f"checkpoint {path} is corrupted: {name} does not match its sha256 {hint}")
+    for key, value in identity.items():
+        if info.get(key) != value:
+            raise CheckpointError(f"checkpoint {path} does not match this run: {_difference(key, info.get(key), value)}")
+    info["step"] = step
+    return info
+
+
+def load_checkpoint(path: Path, model, optimizer, scaler, loader, identity: dict,
+                    device: torch.device) -> int:
+    """Restore everything saved by save_checkpoint; returns the step to continue from."""
+    verify_checkpoint(path, identity)
+    try:
+        safetensors.torch.load_model(model, str(path / "model.safetensors"), strict=True, device=str(device))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except (RuntimeError, ValueError, KeyError, OSError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} does not fit this run: {first_line}") from None
+    if scaler is not None and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    loader.load_state_dict(state["loader"])
+    _set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+# ---------------------------------------------------------------- helpers
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _describe(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _difference(key: str, there: Any, here: Any) -> str:
+    if isinstance(there, dict) and isinstance(here, dict):
+        for k in sorted(set(there) | set(here), key=str):
+            if there.get(k) != here.get(k):
+                return f"{key}.{k} is {there.get(k)!r} there, {here.get(k)!r} here"
+    return f"{key} is {there!r} there, {here!r} here"

@@ -1,0 +1,321 @@
+"""Training configuration: one dataclass per TOML section, presets, `--set` overrides.
+
+    config = load_config("tiny", ["train.steps=50", "train.precision=fp32"])
+
+A config error is a `ConfigError` whose message is one line naming the key, the value and what
+was expected, so the CLI can print it as is.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastlm.models import GPTConfig
+from fastlm.train.errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class ModelSection(GPTConfig):
+    """[model]: the GPTConfig fields, plus where to start from."""
+
+    # A fastlm run directory (config.toml + model.safetensors) or a Hugging Face checkpoint
+    # directory (config.json + safetensors). Its architecture replaces the fields above.
+    init_from: str | None = None
+
+    def gpt_config(self) -> GPTConfig:
+        return GPTConfig(**{f.name: getattr(self, f.name) for f in fields(GPTConfig)})
+
+
+@dataclass
+class DataSection:
+    source: str = "builtin"              # "builtin" (the embedded corpus) or a file/dir/glob
+    text_field: str = "text"             # the text field of JSONL records
+    vocab_size: int = 4096               # BPE vocabulary trained on the training split
+    tokenizer: str | None = None         # an existing tokenizer.json to use instead
+    val_fraction: float = 0.05           # share of documents held out for validation
+    seq_len: int = 1024                  # tokens per training sequence
+    builtin_modules: list[str] | None = None  # subset of the embedded corpus (None: default set)
+
+
+@dataclass
+class TrainSection:
+    steps: int = 1000
+    global_batch_size: int = 32          # sequences per optimizer step, over all processes
+    micro_batch_size: int = 8            # sequences per forward/backward on one process
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    min_lr: float = 3e-5                 # the cosine decay ends here at the last step
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0               # global-norm clip; 0 disables clipping
+    precision: str = "auto"              # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 500                # also always at step 0 and at the end; 0: only those
+    eval_batches: int = 20               # validation batches of micro_batch_size sequences
+    activation_checkpointing: bool = False
+    tensorboard: bool = False            # also log to RUN_DIR/tensorboard (if installed)
+
+
+@dataclass
+class ParallelSection:
+    dp: int | str = 1                    # data-parallel degree, or "auto" (= the processes left)
+    tp: int = 1
+    pp: int = 1
+
+
+@dataclass
+class CheckpointSection:
+    every: int = 1000                    # steps between checkpoints (and at the end); 0: none
+    keep: int = 3                        # newest checkpoints kept
+
+
+@dataclass
+class Config:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    name: str = "run"                    # not a TOML key: names the run directory
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+    def dp_size(self, world_size: int | None = None) -> int:
+        """The data-parallel degree, resolving "auto" from the number of processes."""
+        if self.parallel.dp != "auto":
+            return int(self.parallel.dp)
+        world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+        return max(1, world // (self.parallel.tp * self.parallel.pp))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], name: str = "run") -> "Config":
+        for section in raw:
+            if section not in SECTIONS:
+                raise ConfigError(f"unknown section [{section}] (expected one of: {', '.join(SECTIONS)})")
+            if not isinstance(raw[section], dict):
+                raise ConfigError(f"{section} = {_show(raw[section])}: expected a [{section}] table")
+        model_raw = dict(raw.get("model", {}))
+        data_raw = raw.get("data", {})
+        # The model's vocabulary and context follow [data] unless the config says otherwise.
+        model_raw.setdefault("vocab_size", data_raw.get("vocab_size", DataSection.vocab_size))
+        model_raw.setdefault("max_seq_len", data_raw.get("seq_len", DataSection.seq_len))
+        sections = {s: _build_section(s, SECTIONS[s], raw.get(s, {})) for s in SECTIONS if s != "model"}
+        config = cls(model=_build_section("model", ModelSection, model_raw), name=name, **sections)
+        validate(config)
+        return config
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSection,
+    "data": DataSection,
+    "train": TrainSection,
+    "parallel": ParallelSection,
+    "checkpoint": CheckpointSection,
+}
+
+
+# ---------------------------------------------------------------- loading
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("fastlm.configs").iterdir() if p.name.endswith(".toml"))
+
+
+def load_config(path_or_preset: str | os.PathLike, overrides: typing.Iterable[str] = ()) -> Config:
+    """Read a TOML file or a preset name, apply `section.key=value` overrides, validate."""
+    text, name = _read_source(str(path_or_preset))
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path_or_preset}: invalid TOML: {e}") from None
+    for item in overrides:
+        apply_override(raw, item)
+    return Config.from_dict(raw, name=name)
+
+
+def _read_source(spec: str) -> tuple[str, str]:
+    path = Path(spec)
+    if path.is_file():
+        return path.read_text(encoding="utf-8"), path.stem
+    presets = preset_names()
+    if spec in presets:
+        return resources.files("fastlm.configs").joinpath(f"{spec}.toml").read_text(encoding="utf-8"), spec
+    if path.exists():
+        raise ConfigError(f"config {spec!r} is not a file")
+    raise ConfigError(f"config {spec!r} is neither a TOML file nor a preset (presets: {', '.join(presets)})")
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value: any TOML value (1, 3e-4, true, "x", [1, 2]); otherwise the text itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not section or not name or "." in name:
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.steps=100")
+    if section not in SECTIONS:
+        raise ConfigError(f"--set {item!r}: unknown section [{section}] (expected one of: {', '.join(SECTIONS)})")
+    table = raw.setdefault(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"--set {item!r}: {section} is not a table in the config file")
+    table[name] = parse_value(value.strip())
+
+
+def _build_section(section: str, cls: type, raw: dict[str, Any]):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise ConfigError(f"unknown key {section}.{key} (expected one of: {', '.join(names)})")
+        kwargs[key] = _check_type(f"{section}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """Return value (ints widened to float where a float is expected) or raise ConfigError."""
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    for opt in options:
+        if opt is type(None):
+            continue  # TOML has no null: an optional key is set by omitting it
+        if opt is bool and isinstance(value, bool):
+            return value
+        if opt is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if opt is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if opt is str and isinstance(value, str):
+            if key == "parallel.dp" and value != "auto":
+                continue
+            return value
+        if typing.get_origin(opt) is list and isinstance(value, list):
+            (item,) = typing.get_args(opt)
+            if all(isinstance(v, item) for v in value):
+                return value
+    raise ConfigError(f"{key} = {_show(value)}: expected {_describe(hint, key)}")
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _describe(hint: Any, key: str) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    words = []
+    for opt in options:
+        if opt is type(None):
+            continue
+        if opt is str and key == "parallel.dp":
+            words.append('"auto"')
+        elif typing.get_origin(opt) is list:
+            words.append(f"a list of {names[typing.get_args(opt)[0]][2:]}s")
+        else:
+            words.append(names.get(opt, str(opt)))
+    return " or ".join(words)
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else _toml_value(value)
+
+
+# ---------------------------------------------------------------- validation
+
+def validate(config: Config) -> None:
+    t, d, p, c = config.train, config.data, config.parallel, config.checkpoint
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision = {_show(t.precision)}: expected one of {', '.join(PRECISIONS)}")
+    positive = {
+        "train.steps": t.steps, "train.global_batch_size": t.global_batch_size,
+        "train.micro_batch_size": t.micro_batch_size, "train.log_every": t.log_every,
+        "train.eval_batches": t.eval_batches, "data.vocab_size": d.vocab_size, "data.seq_len": d.seq_len,
+        "parallel.tp": p.tp, "parallel.pp": p.pp, "checkpoint.keep": c.keep,
+    }
+    if p.dp != "auto":
+        positive["parallel.dp"] = p.dp
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} = {_show(value)}: expected a positive integer")
+    non_negative = {
+        "train.warmup_steps": t.warmup_steps, "train.eval_every": t.eval_every, "checkpoint.every": c.every,
+        "train.min_lr": t.min_lr, "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
+    }
+    for key, value in non_negative.items():
+        if value < 0 or (isinstance(value, float) and not math.isfinite(value)):
+            raise ConfigError(f"{key} = {_show(value)}: expected a value >= 0")
+    if not (t.lr > 0 and math.isfinite(t.lr)):
+        raise ConfigError(f"train.lr = {_show(t.lr)}: expected a positive number")
+    if t.min_lr > t.lr:
+        raise ConfigError(f"train.min_lr = {_show(t.min_lr)}: expected at most train.lr = {_show(t.lr)}")
+    if not 0 < d.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction = {_show(d.val_fraction)}: expected a number between 0 and 1")
+    if p.tp != 1 or p.pp != 1:
+        bad = "parallel.tp" if p.tp != 1 else "parallel.pp"
+        raise ConfigError(f"{bad} = {_show(getattr(p, bad[9:]))}: expected 1 (tensor/pipeline parallelism is not available yet)")
+    check_batch_split(config, config.dp_size())
+    if d.seq_len > config.model.max_seq_len:
+        raise ConfigError(f"data.seq_len = {d.seq_len}: expected at most model.max_seq_len = {config.model.max_seq_len}")
+    if d.vocab_size > config.model.vocab_size:
+        raise ConfigError(f"data.vocab_size = {d.vocab_size}: expected at most model.vocab_size = {config.model.vocab_size}")
+    try:
+        config.model.gpt_config().validate()
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_batch_split(config: Config, dp: int) -> None:
+    t = config.train
+    if t.global_batch_size % (t.micro_batch_size * dp) != 0:
+        raise ConfigError(
+            f"train.global_batch_size = {t.global_batch_size}: expected a multiple of "
+            f"train.micro_batch_size * data-parallel size = {t.micro_batch_size} * {dp}"
+        )
+
+
+# ---------------------------------------------------------------- writing
+
+def dumps_toml(sections: dict[str, dict[str, Any]]) -> str:
+    """A TOML writer for flat sections of scalars and lists (None values are left out)."""
+    out = []
+    for name, table in sections.items():
+        out.append(f"[{name}]")
+        out += [f"{key} = {_toml_value(value)}" for key, value in table.items() if value is not None]
+        out.append("")
+    return "\n".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)  # shortest round-trip form: 0.0003, 1e-05 (both valid TOML)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")

@@ -1,0 +1,38 @@
+"""Text generation from a finished run (KV cache, temperature, top-k, top-p)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fastlm.data.tokenizer import find_eos_id, load_tokenizer
+from fastlm.train.errors import FastlmError
+from fastlm.train.run import load_run
+
+
+def generate_text(run_dir: str | Path, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
+                  top_k: int | None = 50, top_p: float | None = None, seed: int = 0,
+                  device: str | torch.device | None = None) -> str:
+    """The prompt and its sampled continuation. Stops at max_new_tokens, end of text or the context."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _, model, tokenizer_path = load_run(run_dir, device)
+    tokenizer = load_tokenizer(tokenizer_path)
+    ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+    context = model.config.max_seq_len
+    if not ids:
+        raise FastlmError("the prompt is empty")
+    if len(ids) > context:
+        raise FastlmError(f"the prompt is {len(ids)} tokens, longer than the model's context of "
+                          f"{context} tokens (model.max_seq_len)")
+    if max_new_tokens < 0:
+        raise FastlmError(f"--max-new-tokens {max_new_tokens}: expected a number >= 0")
+    if temperature < 0:
+        raise FastlmError(f"--temperature {temperature}: expected a number >= 0 (0 is greedy)")
+    if top_k is not None and top_k < 1:
+        raise FastlmError(f"--top-k {top_k}: expected a positive integer")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise FastlmError(f"--top-p {top_p}: expected a number in (0, 1]")
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=temperature,
+                         top_k=top_k, top_p=top_p, eos_token_id=find_eos_id(tokenizer), generator=generator)
+    return tokenizer.decode(out[0].tolist(), skip_special_tokens=True)

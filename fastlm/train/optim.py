@@ -1,0 +1,44 @@
+"""AdamW with decoupled weight decay on matrices only, and the learning-rate schedule."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fastlm.train.config import TrainSection
+
+
+def build_optimizer(model: nn.Module, train: TrainSection, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; norms, biases and embeddings get no weight decay (nanoGPT/LLaMA practice)."""
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        is_embedding = isinstance(module, nn.Embedding) or "embed" in type(module).__name__.lower()
+        for p in module.parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue  # tied weights appear twice; the first owner (the embedding) decides
+            seen.add(id(p))
+            (no_decay if is_embedding or p.dim() < 2 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    # fused AdamW is the fastest on CUDA; on CPU the default (foreach) path is.
+    return torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
+
+
+def lr_at(step: int, train: TrainSection) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup, then cosine to min_lr.
+
+    A pure function of the step, so resuming needs no scheduler state beyond the step.
+    """
+    if step < train.warmup_steps:
+        return train.lr * (step + 1) / train.warmup_steps
+    decay_steps = train.steps - 1 - train.warmup_steps
+    progress = min(1.0, (step - train.warmup_steps) / decay_steps) if decay_steps > 0 else 1.0
+    return train.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (train.lr - train.min_lr)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,280 @@
+"""The trainer: config -> data -> model -> optimizer -> loop -> checkpoints and metrics.
+
+    summary = Trainer(load_config("tiny")).fit()    # {"val_loss", "val_ppl", "run_dir", ...}
+
+`fit()` reads top to bottom like the loop it is (torchtitan style). Only rank 0 (env RANK)
+writes the run directory. A run that fails before its first optimizer step removes the run
+directory it created, so a bad input leaves nothing behind.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from tqdm.auto import tqdm
+
+from fastlm.data import BatchLoader, eval_batches, prepare_corpus
+from fastlm.models import GPT
+from fastlm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from fastlm.train.config import Config, ConfigError, check_batch_split, validate
+from fastlm.train.errors import CheckpointError, FastlmError
+from fastlm.train.evaluate import evaluate
+from fastlm.train.metrics import MetricsLog
+from fastlm.train.optim import build_optimizer, lr_at, set_lr
+from fastlm.train.run import init_model_from, unique_run_dir
+
+
+class Trainer:
+    def __init__(self, config: Config, out_dir: str | os.PathLike | None = None, resume: bool = False,
+                 show_progress: bool = True):
+        validate(config)  # also a config built or changed in Python gets one-line errors
+        self.config = config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.resume = resume
+        self.show_progress = show_progress
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.is_main = self.rank == 0
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        else:
+            self.device = torch.device("cpu")
+        self.precision = resolve_precision(config.train.precision, self.device)
+
+    # ------------------------------------------------------------------ the whole run
+
+    def fit(self) -> dict:
+        cfg, t = self.config, self.config.train
+        if self.world_size > 1:
+            raise FastlmError(f"WORLD_SIZE={self.world_size}: multi-process training is not available yet; run one process")
+        check_batch_split(cfg, cfg.dp_size(self.world_size))
+        run_dir = self._choose_run_dir()
+
+        # Model first: a model from init_from brings its architecture and maybe its tokenizer.
+        torch.manual_seed(t.seed)
+        random.seed(t.seed)
+        model, tokenizer_path = self._build_model()
+
+        corpus = prepare_corpus(
+            cfg.data.source, vocab_size=cfg.data.vocab_size, text_field=cfg.data.text_field,
+            tokenizer_path=tokenizer_path, val_fraction=cfg.data.val_fraction,
+            builtin_modules=cfg.data.builtin_modules, show_progress=self.is_main and self.show_progress)
+        if corpus.vocab_size > model.config.vocab_size:
+            raise ConfigError(f"the tokenizer has {corpus.vocab_size} tokens, more than model.vocab_size = "
+                              f"{model.config.vocab_size} (set model.vocab_size or data.vocab_size)")
+        loader = BatchLoader(corpus.train_tokens, seq_len=cfg.data.seq_len, global_batch_size=t.global_batch_size,
+                             micro_batch_size=t.micro_batch_size, seed=t.seed, rank=self.rank,
+                             world_size=self.world_size, pin_memory=self.device.type == "cuda")
+        val_batches = eval_batches(corpus.val_tokens, seq_len=cfg.data.seq_len, batch_size=t.micro_batch_size,
+                                   num_batches=t.eval_batches)
+
+        model.to(self.device)
+        model.activation_checkpointing = t.activation_checkpointing
+        optimizer = build_optimizer(model, t, self.device)
+        scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        autocast = self._autocast()
+        # The checkpoint must belong to the same model and data.
+        identity = {"model": model.config.to_dict(), "corpus_key": corpus.key}
+
+        # A new run's directory is removed again if the run fails before its first step.
+        fresh = self.is_main and not self.resume
+        made = _first_missing(run_dir)  # the top directory that mkdir will create, if any
+        metrics = bar = None
+        start = 0
+        try:
+            if self.resume:
+                ckpt = latest_checkpoint(run_dir)
+                if ckpt is None:
+                    raise CheckpointError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+                start = load_checkpoint(ckpt, model, optimizer, scaler, loader, identity, self.device)
+            self._open_run_dir(run_dir, corpus.tokenizer_path, model)
+            metrics = MetricsLog(run_dir if self.is_main else None, tensorboard=t.tensorboard)
+            if self.resume:
+                metrics.truncate_after(start)
+                self._say(f"fastlm: resumed from {ckpt} (step {start})")
+            self._say(f"fastlm: {model.num_params() / 1e6:.2f}M parameters, {t.steps} steps of "
+                      f"{t.global_batch_size} x {cfg.data.seq_len} tokens, {self.precision} on {self.device}")
+
+            result = None
+            if start == 0:
+                result = self._evaluate(model, val_batches, autocast, metrics, step=0)
+            bar = tqdm(total=t.steps, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr,
+                       disable=not (self.is_main and self.show_progress))
+            tokens_per_step = t.global_batch_size * cfg.data.seq_len
+            step_time, timed_steps = 0.0, 0  # since the last logged step (eval excluded)
+            for step in range(start, t.steps):
+                t0 = time.perf_counter()
+                lr = lr_at(step, t)
+                set_lr(optimizer, lr)
+                loss, grad_norm = self._train_step(model, optimizer, scaler, loader.next(), autocast)
+                done = step + 1
+                fresh = False  # from here on a failure keeps the run directory (and its checkpoints)
+                log_now = done % t.log_every == 0 or done == t.steps
+                if log_now:
+                    loss, grad_norm = loss.item(), grad_norm.item()  # waits for the GPU
+                step_time, timed_steps = step_time + time.perf_counter() - t0, timed_steps + 1
+                if log_now:
+                    if not math.isfinite(loss):
+                        raise FastlmError(f"the loss became {loss} at step {done} (try a lower train.lr, "
+                                          f"or train.precision = \"fp32\")")
+                    tokens_per_s = tokens_per_step * timed_steps / step_time
+                    step_time, timed_steps = 0.0, 0
+                    metrics.log({"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                                 "tokens_per_s": tokens_per_s, "tokens": done * tokens_per_step})
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+                bar.update(1)
+                if done == t.steps or (t.eval_every and done % t.eval_every == 0):
+                    result = self._evaluate(model, val_batches, autocast, metrics, step=done, bar=bar)
+                every = cfg.checkpoint.every
+                if self.is_main and every and (done % every == 0 or done == t.steps):
+                    save_checkpoint(run_dir, done, model, optimizer, scaler, loader, identity, cfg.checkpoint.keep)
+            if result is None:  # resumed a finished run: its last evaluation is already logged
+                result = evaluate(model, val_batches, self.device, autocast)
+        except BaseException:
+            if fresh:
+                _undo_run_dir(run_dir, made)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()  # ends its line, so an error message starts on a fresh one
+            loader.close()
+            if metrics is not None:
+                metrics.close()
+
+        if self.is_main:
+            safetensors.torch.save_model(model, str(run_dir / "model.safetensors.tmp"))
+            os.replace(run_dir / "model.safetensors.tmp", run_dir / "model.safetensors")
+            print(f"validation perplexity: {result['val_ppl']:.2f} (loss {result['val_loss']:.4f})")
+            print(f"run directory: {run_dir}")
+        self.model = model
+        return {"step": t.steps, "val_loss": result["val_loss"], "val_ppl": result["val_ppl"],
+                "run_dir": str(run_dir)}
+
+    # ------------------------------------------------------------------ one optimizer step
+
+    def _train_step(self, model, optimizer, scaler, micro_batches, autocast):
+        """Forward/backward over the micro-batches (gradient accumulation), clip, step.
+
+        Every micro-batch has the same number of tokens, so dividing each mean loss by their
+        count makes the gradient that of the mean loss over the global batch.
+        """
+        n = len(micro_batches)
+        total = torch.zeros((), device=self.device)
+        for x in micro_batches:
+            x = x.to(self.device, non_blocking=True)
+            with autocast:
+                _, loss = model(x, labels=x)
+            loss = loss / n
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            total += loss.detach()
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        clip = self.config.train.grad_clip or float("inf")  # 0: measure the norm, clip nothing
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if scaler is not None:
+            scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return total, grad_norm
+
+    # ------------------------------------------------------------------ pieces
+
+    def _build_model(self) -> tuple[GPT, Path | None]:
+        cfg = self.config
+        tokenizer = Path(cfg.data.tokenizer) if cfg.data.tokenizer else None
+        if cfg.model.init_from:
+            model, init_tokenizer = init_model_from(cfg.model.init_from)
+            # The architecture comes from the checkpoint; record it in the resolved config.
+            for key, value in model.config.to_dict().items():
+                setattr(cfg.model, key, value)
+            if tokenizer is None:
+                tokenizer = init_tokenizer
+            self._say(f"fastlm: initialized from {cfg.model.init_from}")
+            return model, tokenizer
+        return GPT(cfg.model.gpt_config()), tokenizer
+
+    def _choose_run_dir(self) -> Path:
+        if self.out_dir is not None:
+            run_dir = self.out_dir
+        elif self.resume:
+            run_dir = Path("runs") / self.config.name
+        else:
+            run_dir = unique_run_dir(Path("runs"), self.config.name)
+        if self.resume:
+            if not run_dir.is_dir():
+                raise CheckpointError(f"--resume: run directory {run_dir} does not exist")
+        elif run_dir.exists() and any(run_dir.iterdir()):
+            raise FastlmError(f"run directory {run_dir} already exists and is not empty "
+                              f"(use --resume to continue it, or another --out)")
+        return run_dir
+
+    def _open_run_dir(self, run_dir: Path, tokenizer_path: Path, model: GPT) -> None:
+        """Create the run directory with config.toml and tokenizer.json (rank 0 only)."""
+        if not self.is_main:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # The resolved config: every model field filled in, so the run can be rebuilt from it.
+        for key, value in model.config.to_dict().items():
+            setattr(self.config.model, key, value)
+        (run_dir / "config.toml").write_text(self.config.to_toml())
+        if Path(tokenizer_path).resolve() != (run_dir / "tokenizer.json").resolve():
+            shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
+
+    def _autocast(self):
+        return autocast_for(self.precision, self.device)
+
+    def _evaluate(self, model, batches, autocast, metrics: MetricsLog, step: int, bar=None) -> dict:
+        result = evaluate(model, batches, self.device, autocast)
+        metrics.log({"step": step, **result})
+        self._say(f"step {step}: val_loss {result['val_loss']:.4f}, val_ppl {result['val_ppl']:.2f}", bar)
+        return result
+
+    def _say(self, message: str, bar=None) -> None:
+        if self.is_main and self.show_progress:
+            (bar.write if bar is not None else print)(message, file=sys.stderr)
+
+
+def _first_missing(path: Path) -> Path | None:
+    missing = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            return missing
+        missing = p
+    return missing
+
+
+def _undo_run_dir(run_dir: Path, made: Path | None) -> None:
+    """Remove what a failed new run wrote: the directories it made, or its files in an empty --out."""
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
+    elif run_dir.is_dir():
+        for child in run_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def autocast_for(precision: str, device: torch.device):
+    """The forward pass context: nothing for fp32, autocast to bf16/fp16 otherwise."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto -> bf16 on GPU, fp32 on CPU (bf16 autocast is much slower than fp32 on most CPUs)."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError('train.precision = "fp16": needs a CUDA GPU (dynamic loss scaling); '
+                          'use "bf16" or "fp32" on CPU')
+    return precision
