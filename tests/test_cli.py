@@ -245,6 +245,17 @@ def test_prompt_longer_than_the_context(run_dir, capsys):
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--top-p", "1.5", "top_p must be in (0, 1]"),
+    ("--top-k", "0", "top_k must be >= 1"),
+    ("--temperature", "-1", "temperature must be >= 0"),
+    ("--max-new-tokens", "-3", "max_new_tokens must be >= 0"),
+])
+def test_bad_sampling_settings(run_dir, capsys, flag, value, message):
+    assert main(["generate", str(run_dir), "--prompt", "The", flag, value]) == 1
+    assert message in _error_line(capsys.readouterr())
+
+
 @pytest.mark.parametrize("command", ["eval", "generate", "plot"])
 def test_commands_on_a_missing_run(command, workdir, capsys):
     args = [command, "nowhere"] + (["--prompt", "x"] if command == "generate" else [])

@@ -1,6 +1,7 @@
 """Which implementation an op uses: chosen here, by device and dtype, and forceable for debugging.
 
-FASTLM_BACKEND=auto (default) | reference (plain torch everywhere) | native (C++ on CPU) | triton (CUDA).
+FASTLM_BACKEND=auto (default: C++ kernels for CPU tensors, Triton for CUDA tensors) | reference
+(the plain-torch references everywhere: for debugging, and as a benchmark baseline).
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 
 import torch
 
-BACKENDS = ("auto", "reference", "native", "triton")
+BACKENDS = ("auto", "reference")
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 

@@ -24,15 +24,10 @@ def generate_text(run_dir: str | Path, prompt: str, max_new_tokens: int = 200, t
     if len(ids) > context:
         raise FastlmError(f"the prompt is {len(ids)} tokens, longer than the model's context of "
                           f"{context} tokens (model.max_seq_len)")
-    if max_new_tokens < 0:
-        raise FastlmError(f"--max-new-tokens {max_new_tokens}: expected a number >= 0")
-    if temperature < 0:
-        raise FastlmError(f"--temperature {temperature}: expected a number >= 0 (0 is greedy)")
-    if top_k is not None and top_k < 1:
-        raise FastlmError(f"--top-k {top_k}: expected a positive integer")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise FastlmError(f"--top-p {top_p}: expected a number in (0, 1]")
     generator = torch.Generator(device=device).manual_seed(seed)
-    out = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=temperature,
-                         top_k=top_k, top_p=top_p, eos_token_id=find_eos_id(tokenizer), generator=generator)
+    try:  # GPT.generate checks the sampling settings; its ValueError becomes a one-line CLI error
+        out = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=temperature,
+                             top_k=top_k, top_p=top_p, eos_token_id=find_eos_id(tokenizer), generator=generator)
+    except ValueError as error:
+        raise FastlmError(str(error)) from None
     return tokenizer.decode(out[0].tolist(), skip_special_tokens=True)
