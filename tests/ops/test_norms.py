@@ -192,3 +192,14 @@ def test_reference_backend_can_be_forced(monkeypatch):
     monkeypatch.setenv("FASTLM_BACKEND", "bogus")
     with pytest.raises(ValueError, match="FASTLM_BACKEND"):
         ops.rms_norm(x)
+
+
+@pytest.mark.parametrize("n", [127, 5120])
+def test_layer_norm_statistics_are_accurate_for_hard_rows(n):
+    """Rows with a large mean, and a row whose first value is an outlier: fp32 kernel vs fp64."""
+    x = torch.randn(4, n) + torch.tensor([[1000.0], [-300.0], [0.0], [0.0]])
+    x[2, 0] = 500.0  # an outlier at the start of the row
+    x[3] *= 1e-3  # tiny variance, close to eps
+    w, b = torch.randn(n), torch.randn(n)
+    expected = F.layer_norm(x.double(), (n,), w.double(), b.double(), 1e-5)
+    torch.testing.assert_close(ops.layer_norm(x, w, b).double(), expected, atol=2e-4, rtol=1e-4)
