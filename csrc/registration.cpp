@@ -1,5 +1,6 @@
-// Schemas of every fastlm op. Implementations register per device elsewhere:
-// C++ CPU kernels in csrc/cpu/, Triton (CUDA) and fake/meta kernels from Python (fastlm/ops/).
+// The fastlm op namespace, with the schemas of the norm ops. Later ops add their schemas with
+// TORCH_LIBRARY_FRAGMENT(fastlm, m) next to their own glue code. Implementations register per
+// device: C++ CPU kernels in csrc/cpu/, Triton (CUDA) and fake kernels from Python (fastlm/ops/).
 #include <torch/library.h>
 
 TORCH_LIBRARY(fastlm, m) {

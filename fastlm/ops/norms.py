@@ -7,9 +7,76 @@ from __future__ import annotations
 
 import torch
 
-from fastlm.ops import _library  # noqa: F401  (registers torch.ops.fastlm.*)
 from fastlm.ops import reference
 from fastlm.ops._backend import use_reference
+from fastlm.ops._library import register_backward_op, register_op
+
+# ---------------------------------------------------------------- registration (see _library.py)
+# Schemas as in csrc/registration.cpp.
+
+
+def _triton(name: str):
+    def launcher():
+        from fastlm.kernels import norms as triton_norms
+
+        return getattr(triton_norms, name)
+
+    return launcher
+
+
+def _stat(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[:-1], dtype=torch.float32)
+
+
+register_op(
+    "rms_norm_fwd", "rms_norm_fwd(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)",
+    reference=reference.rms_norm_fwd, triton=_triton("rms_norm_fwd"),
+    fake=lambda x, weight, eps: (torch.empty_like(x), _stat(x)))
+register_op(
+    "rms_norm_bwd", "rms_norm_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor rstd) -> (Tensor, Tensor)",
+    reference=reference.rms_norm_bwd, triton=_triton("rms_norm_bwd"),
+    fake=lambda grad_y, x, weight, rstd: (torch.empty_like(x), torch.empty_like(weight)))
+register_op(
+    "layer_norm_fwd", "layer_norm_fwd(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor)",
+    reference=reference.layer_norm_fwd, triton=_triton("layer_norm_fwd"),
+    fake=lambda x, weight, bias, eps: (torch.empty_like(x), _stat(x), _stat(x)))
+register_op(
+    "layer_norm_bwd",
+    "layer_norm_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor mean, Tensor rstd) -> (Tensor, Tensor, Tensor)",
+    reference=reference.layer_norm_bwd, triton=_triton("layer_norm_bwd"),
+    fake=lambda grad_y, x, weight, mean, rstd: (torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)))
+
+
+def _rms_norm_setup(ctx, inputs, output):
+    x, weight, _eps = inputs
+    _y, rstd = output
+    ctx.save_for_backward(x, weight, rstd)
+
+
+def _rms_norm_backward(ctx, grad_y, _grad_rstd):
+    x, weight, rstd = ctx.saved_tensors
+    grad_x, grad_weight = torch.ops.fastlm.rms_norm_bwd(grad_y, x, weight, rstd)
+    return grad_x, grad_weight, None
+
+
+def _layer_norm_setup(ctx, inputs, output):
+    x, weight, _bias, _eps = inputs
+    _y, mean, rstd = output
+    ctx.save_for_backward(x, weight, mean, rstd)
+
+
+def _layer_norm_backward(ctx, grad_y, _grad_mean, _grad_rstd):
+    x, weight, mean, rstd = ctx.saved_tensors
+    grad_x, grad_weight, grad_bias = torch.ops.fastlm.layer_norm_bwd(grad_y, x, weight, mean, rstd)
+    return grad_x, grad_weight, grad_bias, None
+
+
+torch.library.register_autograd("fastlm::rms_norm_fwd", _rms_norm_backward, setup_context=_rms_norm_setup)
+torch.library.register_autograd("fastlm::layer_norm_fwd", _layer_norm_backward, setup_context=_layer_norm_setup)
+register_backward_op("rms_norm_bwd")
+register_backward_op("layer_norm_bwd")
+
+# ---------------------------------------------------------------- the public functions
 
 
 def _check(op: str, x: torch.Tensor, **params: torch.Tensor | None) -> int:
