@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml setup.py CMakeLists.txt $(NATIVE_SOURCES)
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
 	touch $@
 
+# Two data-parallel processes on CPU (gloo), one thread each.
 train: setup
-	$(VENV)/bin/fastlm train tiny $(ARGS)
+	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --nproc-per-node 2 -m fastlm train tiny $(ARGS)
 
 # Unit and integration tests (native kernels required), then the Triton kernels under the
 # interpreter in their own process. Slow sweeps are marked `slow` and skipped here.
@@ -34,6 +35,8 @@ test-triton: setup
 
 bench: setup
 	$(PY) benchmarks/norms.py
+	$(PY) benchmarks/attention.py
+	$(PY) benchmarks/data_parallel.py
 	$(PY) benchmarks/train_throughput.py --quick
 
 clean:

@@ -104,10 +104,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(e: Exception) -> bool:
+    from fastlm.parallel.mesh import CollectiveError
     from fastlm.train.errors import FastlmError
 
     # ValueError / OSError: what the data and model layers raise for bad input and missing files.
-    return isinstance(e, (FastlmError, ValueError, OSError))
+    # CollectiveError: another rank died or hung (the message names it and the collective).
+    return isinstance(e, (FastlmError, ValueError, OSError, CollectiveError))
 
 
 def _one_line(e: Exception) -> str:

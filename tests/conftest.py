@@ -3,6 +3,16 @@ import os
 
 os.environ.setdefault("FASTLM_REQUIRE_NATIVE", "1")
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# Prepared corpora go to a cache of this test session (inherited by spawned processes and
+# torchrun workers), never the user's ~/.cache/fastlm. Tests that need their own override it.
+_cache = tempfile.mkdtemp(prefix="fastlm-test-cache-")
+os.environ["FASTLM_CACHE"] = _cache
+atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

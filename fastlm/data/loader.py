@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,6 +31,32 @@ def _windows(tokens, starts: np.ndarray, seq_len: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(tokens[idx], dtype=np.int64))
 
 
+class PackedBatch(NamedTuple):
+    """A micro-batch of windows holding several documents each ([data] pack = true).
+
+    cu_seqlens: (n + 1,) int32 offsets of the n documents in the flattened (rows * seq_len) tokens:
+    a document ends after each eos token and at each row's end. The model attends within
+    documents only and restarts positions at each one.
+    """
+
+    input_ids: torch.Tensor
+    cu_seqlens: torch.Tensor
+
+    def to(self, device, non_blocking: bool = False) -> "PackedBatch":
+        return PackedBatch(self.input_ids.to(device, non_blocking=non_blocking),
+                           self.cu_seqlens.to(device, non_blocking=non_blocking))
+
+
+def pack_documents(batch: torch.Tensor, eos_id: int) -> PackedBatch:
+    """The document boundaries of a (rows, seq_len) batch of token windows, as a PackedBatch."""
+    rows, seq_len = batch.shape
+    flat = batch.reshape(-1)
+    after_eos = torch.nonzero(flat == eos_id).flatten() + 1
+    row_starts = torch.arange(0, rows * seq_len + 1, seq_len)
+    cu = torch.unique(torch.cat([row_starts, after_eos]))  # sorted; eos at a row end adds nothing new
+    return PackedBatch(batch, cu.to(torch.int32))
+
+
 class _Failure:
     """An exception raised in the prefetch thread, carried to the caller of next()."""
 
@@ -42,17 +69,21 @@ class BatchLoader:
 
     next() returns the micro-batches (LongTensors of shape (micro_batch_size, seq_len)) of this
     rank for the next optimizer step. The labels are the inputs (the model shifts them).
+    With pack_eos_id, each micro-batch is a PackedBatch (the same windows plus the document
+    boundaries at that eos token), so that no token attends across documents.
     """
 
     def __init__(self, tokens, *, seq_len: int, global_batch_size: int, micro_batch_size: int,
                  seed: int, rank: int = 0, world_size: int = 1, prefetch: int = 2,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, shares: list[int] | None = None, pack_eos_id: int | None = None):
         _check_tokens(tokens, seq_len)
         for name, v in (("global_batch_size", global_batch_size),
                         ("micro_batch_size", micro_batch_size), ("world_size", world_size)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if global_batch_size % (micro_batch_size * world_size):
+        # shares (e.g. [3, 1]): rank r takes global_batch_size * shares[r] / sum(shares) sequences.
+        self.bounds = _share_bounds(global_batch_size, micro_batch_size, world_size, shares)
+        if shares is None and global_batch_size % (micro_batch_size * world_size):
             raise ValueError(
                 f"global_batch_size {global_batch_size} is not divisible by micro_batch_size "
                 f"{micro_batch_size} x data-parallel size {world_size}")
@@ -67,6 +98,7 @@ class BatchLoader:
         self.world_size = world_size
         self.prefetch = max(0, int(prefetch))
         self.pin_memory = pin_memory
+        self.pack_eos_id = pack_eos_id  # not None: micro-batches are PackedBatch (documents split at eos)
         self.step = 0  # the step whose batch next() returns
         self._queue: queue.Queue | None = None
         self._stop: threading.Event | None = None
@@ -78,11 +110,12 @@ class BatchLoader:
         """This rank's micro-batches of `step` (a pure function of seed, step, rank, world)."""
         rng = np.random.default_rng([self.seed, step])
         starts = rng.integers(0, len(self.tokens) - self.seq_len + 1, size=self.global_batch_size)
-        per_rank = self.global_batch_size // self.world_size
-        mine = starts[self.rank * per_rank:(self.rank + 1) * per_rank]
+        mine = starts[self.bounds[self.rank]:self.bounds[self.rank + 1]]
         batch = _windows(self.tokens, mine, self.seq_len)
         if self.pin_memory:
             batch = batch.pin_memory()
+        if self.pack_eos_id is not None:
+            return [pack_documents(mb, self.pack_eos_id) for mb in batch.split(self.micro_batch_size)]
         return list(batch.split(self.micro_batch_size))
 
     def next(self) -> list[torch.Tensor]:
@@ -163,6 +196,26 @@ class BatchLoader:
             self.close()
         except Exception:
             pass
+
+
+def _share_bounds(global_batch_size: int, micro_batch_size: int, world_size: int, shares) -> list[int]:
+    """Where each rank's slice of a global batch starts (and the last one ends)."""
+    if shares is None:
+        per_rank = global_batch_size // world_size
+        return [r * per_rank for r in range(world_size + 1)]
+    shares = list(shares)
+    if len(shares) != world_size or not all(isinstance(s, int) and s >= 1 for s in shares):
+        raise ValueError(f"shares must be {world_size} positive integers (one per rank), got {shares!r}")
+    bounds, acc = [0], 0
+    for s in shares:
+        acc += s
+        if (global_batch_size * acc) % sum(shares):
+            raise ValueError(f"global_batch_size {global_batch_size} does not split into shares {shares}")
+        bounds.append(global_batch_size * acc // sum(shares))
+    if any((b - a) % micro_batch_size for a, b in zip(bounds, bounds[1:])):
+        raise ValueError(f"shares {shares} of global_batch_size {global_batch_size} are not whole multiples "
+                         f"of micro_batch_size {micro_batch_size}")
+    return bounds
 
 
 def eval_batches(tokens, *, seq_len: int, batch_size: int, num_batches: int | None) -> list[torch.Tensor]:

@@ -59,8 +59,14 @@ class GPT(nn.Module):
             nn.init.normal_(block.mlp.proj.weight, 0.0, resid_std)
 
     # ---- forward ------------------------------------------------------------------------------
-    def hidden_states(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """The final-norm output (B, T, d_model). With a KV cache, input_ids continue the cached positions."""
+    def hidden_states(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None,
+                      cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """The final-norm output (B, T, d_model). With a KV cache, input_ids continue the cached positions.
+
+        cu_seqlens: documents packed into the rows, as offsets into the flattened B*T tokens (a
+        boundary at every row start too): no token attends across a document, and positions restart
+        at each document, so every document is computed as if it ran alone.
+        """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
         b, t = input_ids.shape
@@ -70,12 +76,18 @@ class GPT(nn.Module):
             start = kv_cache.pos
         if start + t > self.config.max_seq_len:
             raise ValueError(f"sequence of {start + t} tokens is longer than max_seq_len {self.config.max_seq_len}")
-        positions = torch.arange(start, start + t, device=input_ids.device)
+        max_seqlen = None
+        if cu_seqlens is not None:
+            if kv_cache is not None:
+                raise ValueError("cu_seqlens (packed documents) cannot be combined with a KV cache")
+            positions, max_seqlen = document_positions(cu_seqlens, b * t)
+        else:
+            positions = torch.arange(start, start + t, device=input_ids.device)
 
         x = self.tok_emb(input_ids)
         rope = None
         if self.pos_emb is not None:
-            x = x + self.pos_emb(positions)
+            x = x + self.pos_emb(positions).view(-1, t, x.shape[-1])
         else:
             rope = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
         x = self.drop(x)
@@ -83,27 +95,30 @@ class GPT(nn.Module):
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
         for block in self.blocks:
             if recompute:
-                x = checkpoint(block, x, rope, use_reentrant=False)
+                x = checkpoint(block, x, rope, None, cu_seqlens, max_seqlen, use_reentrant=False)
             else:
-                x = block(x, rope, kv_cache)
+                x = block(x, rope, kv_cache, cu_seqlens, max_seqlen)
         if kv_cache is not None:
             kv_cache.advance(t)
         return self.norm(x)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None):
+                kv_cache: KVCache | None = None, cu_seqlens: torch.Tensor | None = None):
         """logits (B, T, vocab); (logits, loss) when labels are given.
 
         labels follow the Hugging Face convention: the same shape as input_ids, shifted here (position
-        t predicts labels[t + 1]), -100 ignored, loss averaged over the counted tokens.
+        t predicts labels[t + 1]), -100 ignored, loss averaged over the counted tokens. With
+        cu_seqlens (packed documents) the last token of a document predicts nothing.
         """
-        logits = self.lm_head(self.hidden_states(input_ids, kv_cache))
+        logits = self.lm_head(self.hidden_states(input_ids, kv_cache, cu_seqlens))
         if labels is None:
             return logits
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
         # Shift by padding the labels instead of slicing the logits: no copy of the (B, T, V) tensor.
         targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+        if cu_seqlens is not None:  # no prediction across a document boundary
+            targets = targets.flatten().index_fill(0, (cu_seqlens[1:] - 1).long(), -100).view_as(targets)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
@@ -171,6 +186,25 @@ class GPT(nn.Module):
         finally:
             self.train(was_training)
         return out
+
+
+def document_positions(cu_seqlens: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, int | None]:
+    """Position of every token within its document (restarting at 0), and the longest document.
+
+    cu_seqlens: (n + 1,) offsets of n documents covering num_tokens tokens. The longest document is
+    None while torch.compile traces (its value is unknown then; the kernels find it themselves).
+    """
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+        raise ValueError(f"cu_seqlens must be 1-D with at least 2 entries, got shape {tuple(cu_seqlens.shape)}")
+    tokens = torch.arange(num_tokens, device=cu_seqlens.device)
+    doc = torch.searchsorted(cu_seqlens.to(tokens.dtype), tokens, right=True) - 1
+    positions = tokens - cu_seqlens.to(tokens.dtype)[doc.clamp(0, cu_seqlens.shape[0] - 1)]
+    if torch.compiler.is_compiling():
+        return positions, None
+    if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != num_tokens:
+        raise ValueError(f"cu_seqlens must start at 0 and end at batch * seq = {num_tokens}, "
+                         f"got {int(cu_seqlens[0])} ... {int(cu_seqlens[-1])}")
+    return positions, int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
 
 
 def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,

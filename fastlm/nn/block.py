@@ -25,6 +25,6 @@ class Block(nn.Module):
         self.mlp = MLP(d_model, d_ff, activation, gated=gated_mlp, bias=bias, dropout=dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                kv_cache=None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rope, kv_cache)
+                kv_cache=None, cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope, kv_cache, cu_seqlens, max_seqlen)
         return x + self.mlp(self.norm2(x))

@@ -46,6 +46,7 @@ class DataSection:
     val_fraction: float = 0.05           # share of documents held out for validation
     seq_len: int = 1024                  # tokens per training sequence
     builtin_modules: list[str] | None = None  # subset of the embedded corpus (None: default set)
+    pack: bool = False                   # attend within documents only (split at eos; cu_seqlens)
 
 
 @dataclass
@@ -69,9 +70,16 @@ class TrainSection:
 
 @dataclass
 class ParallelSection:
-    dp: int | str = 1                    # data-parallel degree, or "auto" (= the processes left)
+    dp: int | str = "auto"               # data-parallel degree, or "auto" (= the processes left)
     tp: int = 1
     pp: int = 1
+    bucket_mb: float = 25.0              # gradient all-reduce bucket size
+    grad_reduce_dtype: str = "fp32"      # fp32 (as the gradients) | bf16 | fp16: communicate in 16 bits
+    shard_optimizer: bool = False        # ZeRO-1: each rank keeps and steps 1/dp of the optimizer state
+    dp_shares: list[int] | None = None   # e.g. [3, 1]: each rank's share of every global batch
+    sync: str = "every_step"             # every_step | local_sgd (average parameters every sync_every steps)
+    sync_every: int = 1
+    timeout_s: float = 300.0             # a collective that takes longer fails, naming the missing rank
 
 
 @dataclass
@@ -271,6 +279,7 @@ def validate(config: Config) -> None:
     if p.tp != 1 or p.pp != 1:
         bad = "parallel.tp" if p.tp != 1 else "parallel.pp"
         raise ConfigError(f"{bad} = {_show(getattr(p, bad[9:]))}: expected 1 (tensor/pipeline parallelism is not available yet)")
+    _validate_parallel(p, t)
     check_batch_split(config, config.dp_size())
     if d.seq_len > config.model.max_seq_len:
         raise ConfigError(f"data.seq_len = {d.seq_len}: expected at most model.max_seq_len = {config.model.max_seq_len}")
@@ -282,8 +291,58 @@ def validate(config: Config) -> None:
         raise ConfigError(str(e)) from None
 
 
+GRAD_REDUCE_DTYPES = ("fp32", "bf16", "fp16")
+SYNC_MODES = ("every_step", "local_sgd")
+
+
+def _validate_parallel(p: ParallelSection, t: TrainSection) -> None:
+    if not (p.bucket_mb > 0 and math.isfinite(p.bucket_mb)):
+        raise ConfigError(f"parallel.bucket_mb = {_show(p.bucket_mb)}: expected a positive number")
+    if not (p.timeout_s > 0 and math.isfinite(p.timeout_s)):
+        raise ConfigError(f"parallel.timeout_s = {_show(p.timeout_s)}: expected a positive number of seconds")
+    if p.grad_reduce_dtype not in GRAD_REDUCE_DTYPES:
+        raise ConfigError(f"parallel.grad_reduce_dtype = {_show(p.grad_reduce_dtype)}: expected one of "
+                          f"{', '.join(GRAD_REDUCE_DTYPES)}")
+    if p.sync not in SYNC_MODES:
+        raise ConfigError(f"parallel.sync = {_show(p.sync)}: expected one of {', '.join(SYNC_MODES)}")
+    if p.sync_every < 1:
+        raise ConfigError(f"parallel.sync_every = {_show(p.sync_every)}: expected a positive integer")
+    if p.sync_every != 1 and p.sync != "local_sgd":
+        raise ConfigError(f"parallel.sync_every = {p.sync_every}: only used with parallel.sync = \"local_sgd\"")
+    if p.shard_optimizer and p.sync == "local_sgd":
+        raise ConfigError('parallel.shard_optimizer = true: not available with parallel.sync = "local_sgd" '
+                          '(each rank keeps its whole optimizer state)')
+    if p.shard_optimizer and t.precision == "fp16":
+        raise ConfigError('parallel.shard_optimizer = true: not available with train.precision = "fp16" '
+                          '(use "bf16")')
+    if p.dp_shares is not None:
+        if not p.dp_shares or any(s < 1 for s in p.dp_shares):
+            raise ConfigError(f"parallel.dp_shares = {_show(p.dp_shares)}: expected a list of positive integers, "
+                              f"one per data-parallel rank")
+
+
+def rank_samples(config: Config, dp: int) -> list[int]:
+    """Sequences of each global batch that each data-parallel rank takes (dp_shares, or equal parts)."""
+    t, shares = config.train, config.parallel.dp_shares
+    if shares is None:
+        return [t.global_batch_size // dp] * dp
+    return [t.global_batch_size * s // sum(shares) for s in shares]
+
+
 def check_batch_split(config: Config, dp: int) -> None:
-    t = config.train
+    t, shares = config.train, config.parallel.dp_shares
+    if shares is not None:
+        if len(shares) != dp:
+            raise ConfigError(f"parallel.dp_shares = {_show(shares)}: expected {dp} shares, one per "
+                              f"data-parallel rank")
+        total = sum(shares)
+        for s in shares:
+            if (t.global_batch_size * s) % total or (t.global_batch_size * s // total) % t.micro_batch_size:
+                raise ConfigError(
+                    f"parallel.dp_shares = {_show(shares)}: train.global_batch_size = {t.global_batch_size} "
+                    f"does not split into these shares in whole multiples of train.micro_batch_size = "
+                    f"{t.micro_batch_size}")
+        return
     if t.global_batch_size % (t.micro_batch_size * dp) != 0:
         raise ConfigError(
             f"train.global_batch_size = {t.global_batch_size}: expected a multiple of "

@@ -21,10 +21,10 @@ import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
-from fastlm.data import BatchLoader, eval_batches, prepare_corpus
+from fastlm.data import BatchLoader, PackedBatch, eval_batches, prepare_corpus
 from fastlm.models import GPT
 from fastlm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from fastlm.train.config import Config, ConfigError, check_batch_split, validate
+from fastlm.train.config import Config, ConfigError, check_batch_split, rank_samples, validate
 from fastlm.train.errors import CheckpointError, FastlmError
 from fastlm.train.evaluate import evaluate
 from fastlm.train.metrics import MetricsLog
@@ -53,10 +53,10 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg, t = self.config, self.config.train
-        if self.world_size > 1:
-            raise FastlmError(f"WORLD_SIZE={self.world_size}: multi-process training is not available yet; run one process")
-        check_batch_split(cfg, cfg.dp_size(self.world_size))
-        run_dir = self._choose_run_dir()
+        mesh = self._init_mesh()  # None in a single process
+        dp_size, dp_rank = (mesh.dp, mesh.dp_rank) if mesh is not None else (1, 0)
+        check_batch_split(cfg, dp_size)
+        run_dir = self._choose_run_dir() if mesh is None else self._agree_on_run_dir(mesh)
 
         # Model first: a model from init_from brings its architecture and maybe its tokenizer.
         torch.manual_seed(t.seed)
@@ -71,14 +71,19 @@ class Trainer:
             raise ConfigError(f"the tokenizer has {corpus.vocab_size} tokens, more than model.vocab_size = "
                               f"{model.config.vocab_size} (set model.vocab_size or data.vocab_size)")
         loader = BatchLoader(corpus.train_tokens, seq_len=cfg.data.seq_len, global_batch_size=t.global_batch_size,
-                             micro_batch_size=t.micro_batch_size, seed=t.seed, rank=self.rank,
-                             world_size=self.world_size, pin_memory=self.device.type == "cuda")
+                             micro_batch_size=t.micro_batch_size, seed=t.seed, rank=dp_rank,
+                             world_size=dp_size, pin_memory=self.device.type == "cuda",
+                             shares=cfg.parallel.dp_shares, pack_eos_id=corpus.eos_id if cfg.data.pack else None)
         val_batches = eval_batches(corpus.val_tokens, seq_len=cfg.data.seq_len, batch_size=t.micro_batch_size,
                                    num_batches=t.eval_batches)
 
         model.to(self.device)
         model.activation_checkpointing = t.activation_checkpointing
+        dp = self._data_parallel(model, mesh)  # None in a single process
         optimizer = build_optimizer(model, t, self.device)
+        if dp is not None:
+            optimizer = dp.wrap_optimizer(optimizer)  # ZeRO-1 with parallel.shard_optimizer
+        local_sgd = dp is not None and cfg.parallel.sync == "local_sgd"
         scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         autocast = self._autocast()
         # The checkpoint must belong to the same model and data.
@@ -114,11 +119,16 @@ class Trainer:
                 t0 = time.perf_counter()
                 lr = lr_at(step, t)
                 set_lr(optimizer, lr)
-                loss, grad_norm = self._train_step(model, optimizer, scaler, loader.next(), autocast)
                 done = step + 1
+                sync = not local_sgd or done % cfg.parallel.sync_every == 0 or done == t.steps
+                loss, grad_norm = self._train_step(model, optimizer, scaler, loader.next(), autocast, dp, sync)
+                if local_sgd and sync and cfg.parallel.sync_every > 1:
+                    dp.average_parameters(optimizer)  # the ranks stepped locally since the last sync
                 fresh = False  # from here on a failure keeps the run directory (and its checkpoints)
                 log_now = done % t.log_every == 0 or done == t.steps
                 if log_now:
+                    if dp is not None:
+                        loss = dp.mean_over_ranks(loss)  # the mean over the global batch
                     loss, grad_norm = loss.item(), grad_norm.item()  # waits for the GPU
                 step_time, timed_steps = step_time + time.perf_counter() - t0, timed_steps + 1
                 if log_now:
@@ -134,8 +144,11 @@ class Trainer:
                 if done == t.steps or (t.eval_every and done % t.eval_every == 0):
                     result = self._evaluate(model, val_batches, autocast, metrics, step=done, bar=bar)
                 every = cfg.checkpoint.every
-                if self.is_main and every and (done % every == 0 or done == t.steps):
-                    save_checkpoint(run_dir, done, model, optimizer, scaler, loader, identity, cfg.checkpoint.keep)
+                if every and (done % every == 0 or done == t.steps):
+                    # A sharded optimizer gathers every rank's shard first (a collective).
+                    saved = _SavedState(optimizer.full_state_dict()) if hasattr(optimizer, "full_state_dict") else optimizer
+                    if self.is_main:
+                        save_checkpoint(run_dir, done, model, saved, scaler, loader, identity, cfg.checkpoint.keep)
             if result is None:  # resumed a finished run: its last evaluation is already logged
                 result = evaluate(model, val_batches, self.device, autocast)
         except BaseException:
@@ -160,25 +173,36 @@ class Trainer:
 
     # ------------------------------------------------------------------ one optimizer step
 
-    def _train_step(self, model, optimizer, scaler, micro_batches, autocast):
+    def _train_step(self, model, optimizer, scaler, micro_batches, autocast, dp=None, sync=True):
         """Forward/backward over the micro-batches (gradient accumulation), clip, step.
 
         Every micro-batch has the same number of tokens, so dividing each mean loss by their
-        count makes the gradient that of the mean loss over the global batch.
+        count makes the gradient that of the mean loss over the global batch. Data parallel (dp):
+        gradients are communicated only in the last micro-batch's backward (and not at all on a
+        local_sgd step between syncs); DataParallel averages them weighted by each rank's samples.
         """
         n = len(micro_batches)
         total = torch.zeros((), device=self.device)
-        for x in micro_batches:
+        for i, x in enumerate(micro_batches):
             x = x.to(self.device, non_blocking=True)
-            with autocast:
-                _, loss = model(x, labels=x)
-            loss = loss / n
-            (scaler.scale(loss) if scaler is not None else loss).backward()
+            local = dp is not None and (i < n - 1 or not sync)
+            with dp.no_sync() if local else nullcontext():
+                x, cu = (x.input_ids, x.cu_seqlens) if isinstance(x, PackedBatch) else (x, None)
+                packed = {} if cu is None else {"cu_seqlens": cu}  # documents packed in the rows
+                with autocast:
+                    _, loss = (dp if dp is not None else model)(x, labels=x, **packed)
+                loss = loss / n
+                (scaler.scale(loss) if scaler is not None else loss).backward()
             total += loss.detach()
+        if dp is not None:
+            dp.finish_grad_sync()  # waits for the buckets' all-reduce (launched during the backward)
         if scaler is not None:
             scaler.unscale_(optimizer)
         clip = self.config.train.grad_clip or float("inf")  # 0: measure the norm, clip nothing
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if dp is not None:
+            grad_norm = dp.clip_grad_norm_(clip)  # also right when the gradients are sharded
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         if scaler is not None:
             scaler.step(optimizer)  # skipped when the scaled gradients overflowed
             scaler.update()
@@ -188,6 +212,44 @@ class Trainer:
         return total, grad_norm
 
     # ------------------------------------------------------------------ pieces
+
+    def _init_mesh(self):
+        """torchrun started several processes: the process groups, and the same config everywhere."""
+        if self.world_size == 1:
+            return None
+        from fastlm.parallel import init_mesh
+
+        p = self.config.parallel
+        mesh = init_mesh(dp=p.dp, tp=p.tp, pp=p.pp, timeout_s=p.timeout_s)
+        mesh.check_same("config", self.config.to_dict())
+        return mesh
+
+    def _agree_on_run_dir(self, mesh) -> Path:
+        """Rank 0 chooses (and checks) the run directory; every rank uses its choice or its error."""
+        import torch.distributed as dist
+
+        choice: list = [None]
+        if self.is_main:
+            try:
+                choice = [("ok", str(self._choose_run_dir()))]
+            except FastlmError as e:
+                choice = [("error", str(e))]
+        dist.broadcast_object_list(choice, src=0)
+        kind, value = choice[0]
+        if kind == "error":
+            raise FastlmError(value)
+        return Path(value)
+
+    def _data_parallel(self, model, mesh):
+        if mesh is None or mesh.dp == 1:
+            return None
+        from fastlm.parallel import DataParallel
+
+        p = self.config.parallel
+        # Every rank built the model from the same seed: DataParallel checks the weights agree.
+        return DataParallel(model, mesh, bucket_mb=p.bucket_mb, shard_optimizer=p.shard_optimizer,
+                            grad_reduce_dtype=None if p.grad_reduce_dtype == "fp32" else p.grad_reduce_dtype,
+                            shares=rank_samples(self.config, mesh.dp))
 
     def _build_model(self) -> tuple[GPT, Path | None]:
         cfg = self.config
@@ -242,6 +304,16 @@ class Trainer:
     def _say(self, message: str, bar=None) -> None:
         if self.is_main and self.show_progress:
             (bar.write if bar is not None else print)(message, file=sys.stderr)
+
+
+class _SavedState:
+    """What save_checkpoint needs of an optimizer whose state was gathered beforehand."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state
 
 
 def _first_missing(path: Path) -> Path | None:

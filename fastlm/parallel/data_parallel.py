@@ -1,0 +1,567 @@
+"""Data parallelism: bucketed gradient all-reduce overlapped with the backward, ZeRO-1, weighted shares.
+
+    model = DataParallel(model, mesh)           # or a ProcessGroup, or None (the whole world)
+    for micro in micro_batches[:-1]:
+        with model.no_sync():                   # accumulate locally, no communication
+            model(micro, labels=micro)[1].backward()
+    model(last, labels=last)[1].backward()      # buckets are all-reduced as they fill up
+    model.finish_grad_sync()                    # wait for them (before clipping / the step)
+    optimizer.step(); optimizer.zero_grad()
+
+How it works:
+- One contiguous gradient buffer per dtype; every parameter's `.grad` is a view into it
+  (re-attached in forward() after `zero_grad(set_to_none=True)`).
+- The buffer is cut into buckets of about `bucket_mb`, laid out in the order the backward
+  produces the gradients: reverse registration order at first, rebuilt from the order observed
+  in the first synchronized backward.
+- A hook (`register_post_accumulate_grad_hook`) counts each bucket's gradients; when the last one
+  is in, an asynchronous all-reduce of the bucket starts, so communication overlaps the rest of the
+  backward. Buckets start in index order on every rank (collectives must match across ranks).
+- Averaging: each rank scales its bucket by its weight n_i / sum(n) (1/world by default, or its
+  share of the samples, `set_shares`) before a SUM; one fused op per bucket.
+- grad_reduce_dtype=bf16|fp16: a fused cast+scale kernel (fastlm.ops.cast_scale) writes the
+  bucket in 16 bits, the collective runs in 16 bits, the result is cast back into the fp32 buffer.
+- shard_optimizer=True (ZeRO-1): buckets are reduce-scattered; `wrap_optimizer` gives an optimizer
+  that holds and steps only this rank's 1/dp of every bucket (fp32 state), then all-gathers the
+  updated parameters bucket by bucket.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fastlm.parallel.mesh import Mesh, _check_equal, record_collective, wait_work, weights_checksum
+
+REDUCE_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+                 "float16": torch.float16, torch.bfloat16: torch.bfloat16, torch.float16: torch.float16}
+
+
+@dataclass
+class _Bucket:
+    index: int
+    dtype: torch.dtype
+    start: int                   # in the dtype's flat buffer
+    size: int                    # padded to a multiple of the world size
+    params: list[int] = field(default_factory=list)
+    grad: torch.Tensor | None = None      # view of the grad buffer
+    comm: torch.Tensor | None = None      # 16-bit copy for a low-precision reduce
+    shard_out: torch.Tensor | None = None  # reduce-scatter output (comm dtype)
+
+
+class DataParallel(nn.Module):
+    def __init__(self, module: nn.Module, mesh: Mesh | dist.ProcessGroup | None = None, *, bucket_mb: float = 25,
+                 overlap: bool = True, grad_reduce_dtype: str | torch.dtype | None = None,
+                 shard_optimizer: bool = False, find_unused: bool = False, shares=None):
+        super().__init__()
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"DataParallel: module must be an nn.Module, got {type(module).__name__}")
+        if not (isinstance(bucket_mb, (int, float)) and bucket_mb > 0 and math.isfinite(bucket_mb)):
+            raise ValueError(f"DataParallel: bucket_mb must be a positive number, got {bucket_mb!r}")
+        if grad_reduce_dtype is not None and grad_reduce_dtype not in REDUCE_DTYPES:
+            raise ValueError(f"DataParallel: grad_reduce_dtype must be None, 'bf16' or 'fp16', got {grad_reduce_dtype!r}")
+        self.module = module
+        if isinstance(mesh, Mesh):
+            group = mesh.dp_group
+        elif mesh is None:
+            group = dist.group.WORLD if dist.is_available() and dist.is_initialized() else None
+        else:
+            group = mesh
+        self.group = group
+        self.world_size = dist.get_world_size(group) if group is not None else 1
+        self.rank = dist.get_rank(group) if group is not None else 0
+        self.ranks = dist.get_process_group_ranks(group) if group is not None else [0]
+        self.bucket_mb = float(bucket_mb)
+        self.overlap = bool(overlap)
+        self.grad_reduce_dtype = REDUCE_DTYPES[grad_reduce_dtype] if grad_reduce_dtype is not None else None
+        self.shard_optimizer = bool(shard_optimizer)
+        self.find_unused = bool(find_unused)
+
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("DataParallel: the module has no parameters that require gradients")
+        devices = {p.device for _, p in named}
+        if len(devices) > 1:
+            raise ValueError(f"DataParallel: all parameters must be on one device, found {sorted(map(str, devices))}")
+        self._names = [n for n, _ in named]
+        self._params = [p for _, p in named]
+        self.device = self._params[0].device
+        if self.world_size > 1:
+            _check_equal("initial weights", weights_checksum(module), group, dist.get_rank(),
+                         describe=lambda d: d[:12],
+                         hint="seed every rank the same (torch.manual_seed) before building the model")
+        self._weight = 1.0 / self.world_size
+        if shares is not None:
+            self.set_shares(shares)
+
+        self._no_sync = False
+        self._layout_final = False    # becomes True once the observed order is known
+        self._observed: list[int] = []
+        self._build(list(reversed(range(len(self._params)))))
+        self._reset_sync_state()
+        self._hooks = [p.register_post_accumulate_grad_hook(self._make_hook(i)) for i, p in enumerate(self._params)]
+
+    # ------------------------------------------------------------------ layout
+
+    def _build(self, order: list[int]) -> None:
+        """Lay out buckets and buffers in `order` (the order the backward produces gradients)."""
+        old_views = getattr(self, "_views", None)
+        old_pviews = None
+        limit = max(1, int(self.bucket_mb * 2**20))
+        W = self.world_size
+        buckets: list[_Bucket] = []
+        open_bucket: dict[torch.dtype, _Bucket] = {}
+        sizes: dict[torch.dtype, int] = {}
+        offsets = [0] * len(self._params)
+        for i in order:
+            p = self._params[i]
+            b = open_bucket.get(p.dtype)
+            if b is None:
+                b = _Bucket(index=-1, dtype=p.dtype, start=sizes.get(p.dtype, 0), size=0)
+                buckets.append(b)
+                open_bucket[p.dtype] = b
+            offsets[i] = b.start + b.size
+            b.size += p.numel()
+            b.params.append(i)
+            if b.size * p.element_size() >= limit:
+                b.size = -(-b.size // W) * W
+                sizes[p.dtype] = b.start + b.size
+                del open_bucket[p.dtype]
+        for b in open_bucket.values():
+            b.size = -(-b.size // W) * W
+            sizes[b.dtype] = b.start + b.size
+        for k, b in enumerate(buckets):
+            b.index = k
+        self._grad_buffers = {dt: torch.zeros(n, dtype=dt, device=self.device) for dt, n in sizes.items()}
+        self._buckets = buckets
+        self._bucket_of = [0] * len(self._params)
+        for b in buckets:
+            b.grad = self._grad_buffers[b.dtype][b.start:b.start + b.size]
+            if self.grad_reduce_dtype is not None and b.dtype != self.grad_reduce_dtype:
+                b.comm = torch.empty(b.size, dtype=self.grad_reduce_dtype, device=self.device)
+            if self.shard_optimizer and W > 1:
+                b.shard_out = torch.empty(b.size // W, dtype=(b.comm if b.comm is not None else b.grad).dtype,
+                                          device=self.device)
+            for i in b.params:
+                self._bucket_of[i] = b.index
+        self._offsets = offsets
+        self._views = [self._grad_buffers[p.dtype][o:o + p.numel()].view_as(p) for p, o in zip(self._params, offsets)]
+        for i, p in enumerate(self._params):
+            if p.grad is not None:
+                self._views[i].copy_(p.grad)
+                p.grad = self._views[i]
+        del old_views, old_pviews
+
+    def _reset_sync_state(self) -> None:
+        self._ready = [False] * len(self._params)
+        self._pending = [len(b.params) for b in self._buckets]
+        self._next = 0
+        self._works: list[tuple[_Bucket, object, bool]] = []
+        self._any_ready = False
+
+    # ------------------------------------------------------------------ forward / hooks
+
+    def forward(self, *args, **kwargs):
+        self._attach_grads()
+        return self.module(*args, **kwargs)
+
+    def _attach_grads(self) -> None:
+        """Make every .grad a view of the buffer again (zeroed where the grad was None)."""
+        missing = []
+        for p, v in zip(self._params, self._views):
+            g = p.grad
+            if g is None:
+                missing.append(v)
+            elif g.data_ptr() != v.data_ptr():
+                v.copy_(g)
+                p.grad = v
+            else:
+                continue
+        if not missing:
+            return
+        if len(missing) == len(self._params):
+            for buf in self._grad_buffers.values():
+                buf.zero_()
+        else:
+            torch._foreach_zero_(missing)
+        for p, v in zip(self._params, self._views):
+            if p.grad is None:
+                p.grad = v
+
+    def _make_hook(self, i: int):
+        def hook(p: torch.Tensor) -> None:
+            v = self._views[i]
+            if p.grad is not None and p.grad.data_ptr() != v.data_ptr():
+                # The grad was None before this backward (forward() was bypassed): move it in.
+                v.copy_(p.grad)
+                p.grad = v
+            if self._no_sync:
+                return
+            if self._ready[i]:
+                raise RuntimeError(
+                    f"DataParallel: parameter {self._names[i]} got its gradient twice in one synchronized "
+                    f"backward (call finish_grad_sync() after each backward outside no_sync(); reentrant "
+                    f"checkpointing is not supported)")
+            self._ready[i] = True
+            self._any_ready = True
+            if not self._layout_final:
+                self._observed.append(i)
+            b = self._bucket_of[i]
+            self._pending[b] -= 1
+            if self._pending[b] == 0 and self.overlap:
+                self._launch_ready()
+
+        return hook
+
+    def _launch_ready(self) -> None:
+        while self._next < len(self._buckets) and self._pending[self._next] == 0:
+            self._launch(self._buckets[self._next])
+            self._next += 1
+
+    def _launch(self, b: _Bucket) -> None:
+        if self.world_size == 1:
+            return
+        sharded = self.shard_optimizer and self._layout_final
+        data = b.grad
+        if b.comm is not None:
+            from fastlm.ops import cast_scale
+
+            cast_scale(b.grad, self._weight, out=b.comm)
+            data = b.comm
+        else:
+            data.mul_(self._weight)
+        if sharded:
+            name = f"reduce_scatter of gradient bucket {b.index}"
+            record_collective(name)
+            work = dist.reduce_scatter_tensor(b.shard_out, data, group=self.group, async_op=True)
+        else:
+            name = f"all_reduce of gradient bucket {b.index}"
+            record_collective(name)
+            work = dist.all_reduce(data, group=self.group, async_op=True)
+        self._works.append((b, work, sharded))
+
+    # ------------------------------------------------------------------ public API
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Backward passes inside accumulate gradients locally, with no communication."""
+        previous, self._no_sync = self._no_sync, True
+        try:
+            yield
+        finally:
+            self._no_sync = previous
+
+    def finish_grad_sync(self) -> None:
+        """Wait for every bucket's collective (launching any not started); call before the optimizer step."""
+        if not self._any_ready:
+            return  # no synchronized backward since the last call
+        missing = [i for i, r in enumerate(self._ready) if not r]
+        if missing and not self.find_unused:
+            names = [self._names[i] for i in missing]
+            shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+            self._reset_sync_state()
+            raise RuntimeError(f"DataParallel: {len(names)} parameter(s) got no gradient in this backward: {shown} "
+                               f"(freeze them with requires_grad_(False), or pass find_unused=True)")
+        for i in missing:  # find_unused: their gradient is what has accumulated (zeros if nothing)
+            if self._params[i].grad is None:
+                self._views[i].zero_()
+                self._params[i].grad = self._views[i]
+            self._pending[self._bucket_of[i]] -= 1
+        self._launch_ready()
+        assert self._next == len(self._buckets)
+        for b, work, sharded in self._works:
+            what = ("reduce_scatter" if sharded else "all_reduce") + f" of gradient bucket {b.index}"
+            wait_work(work, what, self.ranks)
+            if sharded:
+                mine = b.grad.chunk(self.world_size)[self.rank]
+                if b.shard_out.dtype == mine.dtype:
+                    mine.copy_(b.shard_out)
+                else:
+                    from fastlm.ops import cast_scale
+
+                    cast_scale(b.shard_out, 1.0, out=mine)
+            elif b.comm is not None:
+                from fastlm.ops import cast_scale
+
+                cast_scale(b.comm, 1.0, out=b.grad)
+        self._last_sync_sharded = any(s for _, _, s in self._works)
+        if self.world_size == 1:
+            self._last_sync_sharded = False
+        self._reset_sync_state()
+        if not self._layout_final:
+            self._layout_final = True
+            seen = set(self._observed)
+            order = list(dict.fromkeys(self._observed)) + [i for i in reversed(range(len(self._params))) if i not in seen]
+            if order != self._layout_order():
+                self._build(order)
+                self._reset_sync_state()
+            self._observed = []
+
+    def _layout_order(self) -> list[int]:
+        return [i for b in self._buckets for i in b.params]
+
+    def set_shares(self, shares) -> None:
+        """Average gradients weighted by each rank's share of the samples: sum n_i g_i / sum n_i."""
+        shares = list(shares)
+        if len(shares) != self.world_size or not all(isinstance(s, (int, float)) and s > 0 for s in shares):
+            raise ValueError(f"DataParallel: shares must be {self.world_size} positive numbers (one per rank), got {shares!r}")
+        self._weight = float(shares[self.rank]) / float(sum(shares))
+
+    def mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """The average of a per-rank mean (e.g. the loss) over the ranks, weighted like the gradients."""
+        if self.world_size == 1:
+            return value
+        out = value.detach().float() * self._weight
+        record_collective("all_reduce of the loss")
+        wait_work(dist.all_reduce(out, group=self.group, async_op=True), "all_reduce of the loss", self.ranks)
+        return out
+
+    @property
+    def buckets(self) -> list[list[str]]:
+        """The parameter names of each bucket, in launch order."""
+        return [[self._names[i] for i in b.params] for b in self._buckets]
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Global gradient-norm clipping (also when the gradients are sharded). Returns the norm."""
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if not getattr(self, "_last_sync_sharded", False):
+            return torch.nn.utils.clip_grad_norm_(self._params, max_norm)
+        mine = [b.grad.chunk(self.world_size)[self.rank] for b in self._buckets]
+        sq = torch.stack([c.float().pow(2).sum() for c in mine]).sum()
+        record_collective("all_reduce of the gradient norm")
+        wait_work(dist.all_reduce(sq, group=self.group, async_op=True), "all_reduce of the gradient norm", self.ranks)
+        total = sq.sqrt()
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        torch._foreach_mul_(mine, coef)
+        del grads
+        return total
+
+    def average_parameters(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Average parameters (and the optimizer's per-parameter float state) over the ranks (local SGD)."""
+        if self.world_size == 1:
+            return
+        tensors = [p.data for p in self._params]
+        if optimizer is not None:
+            for p in self._params:
+                for v in optimizer.state.get(p, {}).values():
+                    if torch.is_tensor(v) and v.is_floating_point() and v.shape == p.shape:
+                        tensors.append(v)
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        with torch.no_grad():
+            for ts in by_dtype.values():
+                flat = torch._utils._flatten_dense_tensors(ts).mul_(self._weight)
+                record_collective("all_reduce of the parameters (local SGD)")
+                wait_work(dist.all_reduce(flat, group=self.group, async_op=True),
+                          "all_reduce of the parameters (local SGD)", self.ranks)
+                torch._foreach_copy_(ts, torch._utils._unflatten_dense_tensors(flat, ts))
+
+    def wrap_optimizer(self, optimizer: torch.optim.Optimizer):
+        """The optimizer to step: itself, or with shard_optimizer=True its ZeRO-1 sharded version."""
+        if not self.shard_optimizer or self.world_size == 1:
+            return optimizer
+        return ShardedOptimizer(self, optimizer)
+
+    # the wrapped model's own API passes through
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["module"], name)
+
+
+class ShardedOptimizer:
+    """ZeRO-1: steps only this rank's shard of every bucket, then all-gathers the parameters.
+
+    Built from an ordinary optimizer (its class, defaults and param groups). The local optimizer
+    is created at the first step (after the bucket layout is final). state_dict() holds this
+    rank's shard; full_state_dict() (collective) gathers every rank's shard for a checkpoint, and
+    load_state_dict() takes that gathered form, for any dp size.
+    """
+
+    FORMAT = "fastlm-zero1"
+
+    def __init__(self, dp: DataParallel, optimizer: torch.optim.Optimizer):
+        self.dp = dp
+        self.base = optimizer
+        index = {id(p): i for i, p in enumerate(dp._params)}
+        self._group_of: dict[int, int] = {}
+        for g, group in enumerate(optimizer.param_groups):
+            for p in group["params"]:
+                if id(p) not in index:
+                    raise ValueError("ShardedOptimizer: the optimizer holds a parameter that DataParallel does not")
+                self._group_of[index[id(p)]] = g
+        self.inner: torch.optim.Optimizer | None = None
+        self._pending_state: dict | None = None
+
+    @property
+    def param_groups(self):
+        return (self.inner or self.base).param_groups
+
+    @property
+    def state(self):
+        return self.inner.state if self.inner is not None else {}
+
+    def _segments(self) -> list[tuple[int, int, int]]:
+        """(param index, start, end) within the param's flat elements that this rank owns."""
+        dp, W, r = self.dp, self.dp.world_size, self.dp.rank
+        segs = []
+        for b in dp._buckets:
+            lo_b = b.start + r * (b.size // W)
+            hi_b = lo_b + b.size // W
+            for i in b.params:
+                o, n = dp._offsets[i], dp._params[i].numel()
+                lo, hi = max(o, lo_b), min(o + n, hi_b)
+                if lo < hi:
+                    segs.append((i, lo - o, hi - o))
+        return segs
+
+    def _build(self) -> None:
+        dp = self.dp
+        self._segs = self._segments()
+        self._shard_params = []
+        self._shard_grads = []
+        groups = [{k: v for k, v in g.items() if k != "params"} | {"params": []} for g in self.base.param_groups]
+        for i, lo, hi in self._segs:
+            p = nn.Parameter(dp._params[i].detach().view(-1)[lo:hi])  # a view: steps update the parameter
+            self._shard_params.append(p)
+            self._shard_grads.append(dp._views[i].view(-1)[lo:hi])
+            groups[self._group_of.get(i, 0)]["params"].append(p)
+        groups = [g for g in groups if g["params"]] or [groups[0] | {"params": [nn.Parameter(torch.zeros(1))]}]
+        self.inner = type(self.base)(groups)  # every group carries all of its hyperparameters
+        # The inner optimizer numbers its parameters group by group; checkpoints number segments.
+        seg_of = {id(p): k for k, p in enumerate(self._shard_params)}
+        flat = [p for g in self.inner.param_groups for p in g["params"]]
+        self._inner_index = {seg_of[id(p)]: n for n, p in enumerate(flat) if id(p) in seg_of}
+        self.base.state.clear()
+        if self._pending_state is not None:
+            self._apply_full_state(self._pending_state)
+            self._pending_state = None
+
+    def step(self, closure=None):
+        dp = self.dp
+        dp.finish_grad_sync()
+        if self.inner is None:
+            self._build()
+        if not getattr(dp, "_last_sync_sharded", False):
+            pass  # the first step all-reduced: every gradient is complete (the shard is a part of it)
+        for p, g in zip(self._shard_params, self._shard_grads):
+            p.grad = g
+        self.inner.step(closure)
+        self._all_gather_params()
+
+    @torch.no_grad()
+    def _all_gather_params(self) -> None:
+        """Every rank sends its updated part of each bucket; all copy the whole bucket into the parameters."""
+        dp, W, r = self.dp, self.dp.world_size, self.dp.rank
+        works = []
+        for b in dp._buckets:
+            chunk = b.size // W
+            c0 = b.start + r * chunk
+            full = torch.empty(b.size, dtype=b.dtype, device=dp.device)
+            send = torch.zeros(chunk, dtype=b.dtype, device=dp.device)
+            for i in b.params:
+                o, n = dp._offsets[i], dp._params[i].numel()
+                lo, hi = max(o, c0), min(o + n, c0 + chunk)
+                if lo < hi:
+                    send[lo - c0:hi - c0] = dp._params[i].detach().view(-1)[lo - o:hi - o]
+            record_collective(f"all_gather of parameter bucket {b.index}")
+            works.append((b, full, dist.all_gather_into_tensor(full, send, group=dp.group, async_op=True)))
+        for b, full, work in works:
+            wait_work(work, f"all_gather of parameter bucket {b.index}", dp.ranks)
+            params = [dp._params[i].detach() for i in b.params]
+            parts = [full[dp._offsets[i] - b.start:dp._offsets[i] - b.start + p.numel()].view_as(p)
+                     for i, p in zip(b.params, params)]
+            torch._foreach_copy_(params, parts)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.dp._params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+        for p in getattr(self, "_shard_params", []):
+            p.grad = None
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        """This rank's shard: per segment (parameter name, start, end) its optimizer state."""
+        if self.inner is None:
+            if self._pending_state is not None:
+                return self._pending_state
+            self._build()
+        inner = self.inner.state_dict()
+        segs = [(self.dp._names[i], lo, hi) for i, lo, hi in self._segs]
+        state = {k: inner["state"][n] for k, n in self._inner_index.items() if n in inner["state"]}
+        return {"format": self.FORMAT, "dp": self.dp.world_size, "rank": self.dp.rank, "segments": segs,
+                "state": state, "param_groups": [{k: v for k, v in g.items() if k != "params"}
+                                                          for g in inner["param_groups"]]}
+
+    def full_state_dict(self) -> dict:
+        """Every rank's shard (a collective: call on every rank), as {"format", "shards": [...]}."""
+        mine = self.state_dict()
+        if isinstance(mine, dict) and "shards" in mine:
+            return mine
+        mine = _to_cpu(mine)
+        shards: list = [None] * self.dp.world_size
+        record_collective("all_gather_object of optimizer shards")
+        dist.all_gather_object(shards, mine, group=self.dp.group)
+        return {"format": self.FORMAT, "shards": shards}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or state.get("format") != self.FORMAT or "shards" not in state:
+            raise ValueError("the optimizer state is not a sharded (ZeRO-1) state: set parallel.shard_optimizer "
+                             "as in the run that saved it")
+        if self.inner is None:
+            self._pending_state = state
+        else:
+            self._apply_full_state(state)
+
+    def _apply_full_state(self, state: dict) -> None:
+        # Reassemble each parameter's full state from the shards, then cut out this rank's segments.
+        full: dict[str, dict[str, torch.Tensor]] = {}
+        scalars: dict[str, dict] = {}
+        numel = {n: p.numel() for n, p in zip(self.dp._names, self.dp._params)}
+        for shard in state["shards"]:
+            for k, (name, lo, hi) in enumerate(shard["segments"]):
+                if name not in numel:
+                    raise ValueError(f"the optimizer state has parameter {name}, which this model lacks")
+                for key, v in shard["state"].get(k, {}).items():
+                    if torch.is_tensor(v) and v.dim() == 1 and v.numel() == hi - lo and key != "step":
+                        t = full.setdefault(name, {}).get(key)
+                        if t is None:
+                            t = full[name][key] = torch.zeros(numel[name], dtype=v.dtype)
+                        t[lo:hi] = v.cpu()
+                    else:
+                        scalars.setdefault(name, {})[key] = v
+        inner = self.inner.state_dict()
+        new_state = {}
+        for k, (i, lo, hi) in enumerate(self._segs):
+            name = self.dp._names[i]
+            if name not in full and name not in scalars:
+                continue
+            entry = {key: t[lo:hi].clone() for key, t in full.get(name, {}).items()}
+            entry.update({key: v.clone() if torch.is_tensor(v) else v for key, v in scalars.get(name, {}).items()})
+            new_state[self._inner_index[k]] = entry
+        inner["state"] = new_state
+        saved_groups = state["shards"][0]["param_groups"]
+        if len(saved_groups) == len(inner["param_groups"]):
+            for g, saved in zip(inner["param_groups"], saved_groups):
+                g.update({k: v for k, v in saved.items() if k != "params"})
+        self.inner.load_state_dict(inner)
+
+
+def _to_cpu(obj):
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
