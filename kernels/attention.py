@@ -163,7 +163,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU,
                      stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh, stride_lb, stride_lh,
                      sq, sk, n_kv_heads, head_dim, scale, qk_scale, window_left, window_right,
                      UPCAST: tl.constexpr, GROUP: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                VARLEN: tl.constexpr,
+                     VARLEN: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bg = tl.program_id(1)
@@ -226,7 +226,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU,
                    stride_dqb, stride_dqs, stride_dqh, stride_lb, stride_lh,
                    sq, sk, n_heads, head_dim, scale, qk_scale, window_left, window_right,
                    UPCAST: tl.constexpr, GROUP: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                VARLEN: tl.constexpr,
+                   VARLEN: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)

@@ -167,6 +167,31 @@ std::vector<Block> query_blocks(const Layout& L) {
   return items;
 }
 
+// Forward work: (sequence, kv head, run of query blocks). A unit converts the K/V blocks it needs to
+// fp32 once for all q heads of the group (cache-hot: no big packed copy of K/V); the runs are cut
+// only as far as needed to keep the threads busy. Heaviest first (causal: the later query blocks).
+struct Unit {
+  int64_t b, g, qb_begin, qb_end;
+};
+
+std::vector<Unit> forward_units(const Layout& L) {
+  int64_t max_qb = 1;
+  for (int64_t b = 0; b < L.batch; ++b) max_qb = std::max(max_qb, attn::ceil_div(L.q_len[b], kBlockQ));
+  const int64_t groups = L.batch * L.kv_heads;
+  const int64_t chunks = std::clamp<int64_t>(attn::ceil_div(2 * at::get_num_threads(), groups), 1, max_qb);
+  std::vector<Unit> units;
+  for (int64_t b = 0; b < L.batch; ++b) {
+    const int64_t nqb = attn::ceil_div(L.q_len[b], kBlockQ);
+    for (int64_t g = 0; g < L.kv_heads; ++g)
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t begin = nqb * c / chunks, end = nqb * (c + 1) / chunks;
+        if (begin < end) units.push_back({b, g, begin, end});
+      }
+  }
+  std::stable_sort(units.begin(), units.end(), [](const Unit& x, const Unit& y) { return x.qb_end > y.qb_end; });
+  return units;
+}
+
 at::Tensor pack_kv(const attn::Problem& p, const Layout& L, const attn::View& src, bool rows, bool transposed,
                    at::Tensor* transposed_out) {
   std::vector<Block> items;
@@ -197,17 +222,21 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q_in, const a
   at::Tensor lse = L.varlen ? at::empty({L.heads, q.size(0)}, q.options().dtype(at::kFloat))
                             : at::empty({L.batch, L.heads, L.sq}, q.options().dtype(at::kFloat));
   if (q.numel() > 0) {
-    at::Tensor k_t;
-    pack_kv(p, L, view_of(k, L.varlen), false, true, &k_t);
-    const at::Tensor v_rows = pack_kv(p, L, view_of(v, L.varlen), true, false, nullptr);
-    const attn::View qv = view_of(q, L.varlen), ov = view_of(out, L.varlen);
-    const std::vector<Block> items = query_blocks(L);
-    const float* kt = k_t.data_ptr<float>();
-    const float* vr = v_rows.data_ptr<float>();
+    const attn::View qv = view_of(q, L.varlen), kv = view_of(k, L.varlen), vv = view_of(v, L.varlen);
+    const attn::View ov = view_of(out, L.varlen);
+    // Decoding (one query block per sequence) reads fp32 K/V in place: each key block is used once
+    // per q head, so converting it would cost more than it saves.
+    const bool one_q_block = std::all_of(L.q_len.begin(), L.q_len.end(), [](int64_t n) { return n <= kBlockQ; });
+    const bool in_place = one_q_block && attn::can_read_kv_in_place(p, kv);
+    int64_t max_kb = 1;
+    for (int64_t b = 0; b < L.batch; ++b) max_kb = std::max(max_kb, attn::ceil_div(L.k_len[b], kBlockK));
+    const std::vector<Unit> units = forward_units(L);
     float* lp = lse.data_ptr<float>();
-    for_each_item(static_cast<int64_t>(items.size()), attn::workspace_floats(p), [&](int64_t i, float* ws) {
-      attn::forward_block(p, qv, kt, vr, ov, lp, items[i].b, items[i].h, items[i].blk, ws);
-    });
+    for_each_item(static_cast<int64_t>(units.size()), attn::forward_workspace_floats(p, in_place ? 0 : max_kb),
+                  [&](int64_t i, float* ws) {
+                    const Unit& u = units[i];
+                    attn::forward_unit(p, qv, kv, vv, ov, lp, u.b, u.g, u.qb_begin, u.qb_end, in_place, ws);
+                  });
   }
   return {q_in.scalar_type() == at::kHalf ? out.to(at::kHalf) : out, lse};
 }

@@ -15,31 +15,6 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// exp(x) for x <= 0 (as in softmax), ~1 ulp: x = n ln2 + r, |r| <= ln2/2, exp(r) by the Cephes
-// polynomial, 2^n through the exponent bits. Branch-free, so `omp simd` loops vectorize it
-// (std::exp does not vectorize without -ffast-math). Returns 0 below -87 (and for -inf).
-__attribute__((always_inline)) inline float exp_neg(float x) {
-  const float xc = x < -87.f ? -87.f : (x > 0.f ? 0.f : x);
-  const float magic = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer in the low mantissa bits
-  const float t = xc * 1.44269504088896341f + magic;
-  const float n = t - magic;
-  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.f;
-  int32_t tb;
-  std::memcpy(&tb, &t, sizeof(tb));
-  const int32_t e = (tb - 0x4B400000) + 127;  // n + 127
-  const int32_t bits = e << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.f ? 0.f : y * scale;
-}
-
 // (vec16 helpers are always inlined: the ABI note about passing 64-byte vectors does not apply.)
 #pragma GCC diagnostic ignored "-Wpsabi"
 // 16 floats as one value: an AVX-512 register in the v4 clone (two AVX2 registers in v3).
@@ -55,7 +30,9 @@ typedef int32_t ivec16 __attribute__((vector_size(64)));
 
 __attribute__((always_inline)) inline vec16 splat16(float x) { return vec16{} + x; }
 
-// exp_neg on 16 lanes.
+// exp(x) for x <= 0 (as in softmax) on 16 lanes, ~1 ulp: x = n ln2 + r, |r| <= ln2/2, exp(r) by the
+// Cephes polynomial, 2^n through the exponent bits. Branch-free vector code (std::exp does not
+// vectorize without -ffast-math). Returns 0 below -87 (and for -inf): masked scores give exact zeros.
 __attribute__((always_inline)) inline vec16 exp16(vec16 x) {
   const vec16 lo = splat16(-87.f);
   const vec16 xc = x < lo ? lo : x;  // x <= 0 (callers subtract the max or the logsumexp)
@@ -69,128 +46,123 @@ __attribute__((always_inline)) inline vec16 exp16(vec16 x) {
   y = y * r + 4.1665795894e-2f;
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.f;
+  y = (y * r + 1.f) * r + 1.f;  // 1 + r + r^2 y, as two FMAs
   const ivec16 e = (((ivec16)t - 0x4B400000) + 127) << 23;
   const vec16 res = y * (vec16)e;
   return x < lo ? vec16{} : res;
 }
 
-__attribute__((always_inline)) inline float hmax16(vec16 v) {  // a shuffle tree, not 15 dependent steps
-  const ivec16 hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15};
-  vec16 w = __builtin_shuffle(v, hi8);
-  v = v > w ? v : w;
-  const ivec16 hi4 = {4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7};
-  w = __builtin_shuffle(v, hi4);
-  v = v > w ? v : w;
-  return std::max(std::max(v[0], v[1]), std::max(v[2], v[3]));
-}
-__attribute__((always_inline)) inline float hsum16(vec16 v) {
-  const ivec16 hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15};
-  v += __builtin_shuffle(v, hi8);
-  const ivec16 hi4 = {4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7};
-  v += __builtin_shuffle(v, hi4);
-  return (v[0] + v[2]) + (v[1] + v[3]);
-}
-static_assert(kBlockK == 64, "the softmax tiles below are written for 64 keys: 4 x 16 lanes");
+static_assert(kBlockK == 64 && kBlockQ == 64, "the softmax tiles below are written for 64 = 4 x 16 lanes");
 
-// C[4 x 16*NV] (+)= A[4 x K] B[K x 16*NV]. A is read with strides (lam per row, lak per k): the
-// transposed operands (P^T, dS^T) need no copy. The 4 x NV accumulators are explicit vector values
-// so they stay in registers (NV = 4: 16 AVX-512 registers); each k step broadcasts 4 values of A.
-template <int NV>
-__attribute__((always_inline)) inline void tile4(int64_t K, const float* __restrict__ A, int64_t lam, int64_t lak,
-                                                 const float* __restrict__ B, int64_t ldb, float* __restrict__ C,
-                                                 int64_t ldc, bool zero_init) {
-  vec16 c0[NV], c1[NV], c2[NV], c3[NV];
+// C[MR x 16*NV] (+)= A[MR x K] B[K x 16*NV]. A is read with strides (lam per row, lak per k): the
+// transposed operands (P^T, dS^T) need no copy. The MR x NV accumulators are explicit vector values
+// so they stay in registers (6 x 4: 24 of the 32 AVX-512 registers); each k step broadcasts MR
+// values of A against NV vectors of B.
+template <int MR, int NV>
+__attribute__((always_inline)) inline void tile(int64_t K, const float* __restrict__ A, int64_t lam, int64_t lak,
+                                                const float* __restrict__ B, int64_t ldb, float* __restrict__ C,
+                                                int64_t ldc, bool zero_init) {
+  vec16 c[MR][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) {
-    if (zero_init) {
-      c0[v] = c1[v] = c2[v] = c3[v] = vec16{};
-    } else {
-      c0[v] = load16(C + 16 * v);
-      c1[v] = load16(C + ldc + 16 * v);
-      c2[v] = load16(C + 2 * ldc + 16 * v);
-      c3[v] = load16(C + 3 * ldc + 16 * v);
-    }
-  }
-  const float* a0 = A;
-  const float* a1 = A + lam;
-  const float* a2 = A + 2 * lam;
-  const float* a3 = A + 3 * lam;
+    for (int v = 0; v < NV; ++v) c[i][v] = zero_init ? vec16{} : load16(C + i * ldc + 16 * v);
   for (int64_t k = 0; k < K; ++k) {
     const float* b = B + k * ldb;
-    const float x0 = a0[k * lak], x1 = a1[k * lak], x2 = a2[k * lak], x3 = a3[k * lak];
+    vec16 bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = load16(b + 16 * v);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const float x = A[i * lam + k * lak];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) c[i][v] += x * bv[v];
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) store16(C + i * ldc + 16 * v, c[i][v]);
+}
+
+// Rows [m, m + MR) of C, all N columns (N a multiple of 16).
+template <int MR>
+__attribute__((always_inline)) inline void tile_rows(int64_t N, int64_t K, const float* A, int64_t lam, int64_t lak,
+                                                     const float* B, int64_t ldb, float* C, int64_t ldc,
+                                                     bool zero_init) {
+  int64_t n = 0;
+  for (; n + 64 <= N; n += 64) tile<MR, 4>(K, A, lam, lak, B + n, ldb, C + n, ldc, zero_init);
+  switch (N - n) {
+    case 48: tile<MR, 3>(K, A, lam, lak, B + n, ldb, C + n, ldc, zero_init); break;
+    case 32: tile<MR, 2>(K, A, lam, lak, B + n, ldb, C + n, ldc, zero_init); break;
+    case 16: tile<MR, 1>(K, A, lam, lak, B + n, ldb, C + n, ldc, zero_init); break;
+    default: break;
+  }
+}
+
+// C[M x N] (+)= A[M x K] B[K x N] with M a multiple of 4 and N a multiple of 16: 6-row tiles, then
+// 4-row tiles for the rest.
+FASTLM_MULTIVERSION void gemm_acc(int64_t M, int64_t N, int64_t K, const float* A, int64_t lam, int64_t lak,
+                                  const float* B, int64_t ldb, float* C, int64_t ldc, bool zero_init) {
+  const int64_t m6 = M / 12 * 12;  // an even number of 6-row tiles leaves a multiple of 4
+  int64_t m = 0;
+  for (; m < m6; m += 6) tile_rows<6>(N, K, A + m * lam, lam, lak, B, ldb, C + m * ldc, ldc, zero_init);
+  for (; m < M; m += 4) tile_rows<4>(N, K, A + m * lam, lam, lak, B, ldb, C + m * ldc, ldc, zero_init);
+}
+
+// Online-softmax step on a transposed score tile: st holds `keys` rows (one per key) of kBlockQ
+// query lanes, of which the first 16 * NV are live. Keeping queries in the vector lanes makes the
+// row max and sum plain vertical ops, with no horizontal reductions. st becomes P; the running max m
+// and sum l (per query lane) are updated; corr gets each lane's output rescale factor (exactly 1
+// where the max did not move).
+template <int NV>
+__attribute__((always_inline)) inline void softmax_cols(float* st, int64_t keys, float* m, float* l, float* corr) {
+  vec16 mx[NV], base[NV], sum[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) mx[v] = load16(m + 16 * v);
+  for (int64_t j = 0; j < keys; ++j) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
-      const vec16 bv = load16(b + 16 * v);
-      c0[v] += x0 * bv;
-      c1[v] += x1 * bv;
-      c2[v] += x2 * bv;
-      c3[v] += x3 * bv;
+      const vec16 x = load16(st + j * kBlockQ + 16 * v);
+      mx[v] = mx[v] > x ? mx[v] : x;
     }
   }
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {
-    store16(C + 16 * v, c0[v]);
-    store16(C + ldc + 16 * v, c1[v]);
-    store16(C + 2 * ldc + 16 * v, c2[v]);
-    store16(C + 3 * ldc + 16 * v, c3[v]);
+    base[v] = mx[v] == splat16(kNegInf) ? vec16{} : mx[v];  // a lane that sees nothing yet: no NaN
+    const vec16 c = exp16(load16(m + 16 * v) - base[v]);    // old max -inf: 0
+    store16(corr + 16 * v, c);
+    sum[v] = load16(l + 16 * v) * c;
+    store16(m + 16 * v, mx[v]);
   }
-}
-
-// C[M x N] (+)= A[M x K] B[K x N] with M a multiple of 4 and N a multiple of 16.
-FASTLM_MULTIVERSION void gemm_acc(int64_t M, int64_t N, int64_t K, const float* A, int64_t lam, int64_t lak,
-                                  const float* B, int64_t ldb, float* C, int64_t ldc, bool zero_init) {
-  for (int64_t m = 0; m < M; m += 4) {
-    const float* a = A + m * lam;
-    float* c = C + m * ldc;
-    int64_t n = 0;
-    for (; n + 64 <= N; n += 64) tile4<4>(K, a, lam, lak, B + n, ldb, c + n, ldc, zero_init);
-    switch (N - n) {
-      case 48: tile4<3>(K, a, lam, lak, B + n, ldb, c + n, ldc, zero_init); break;
-      case 32: tile4<2>(K, a, lam, lak, B + n, ldb, c + n, ldc, zero_init); break;
-      case 16: tile4<1>(K, a, lam, lak, B + n, ldb, c + n, ldc, zero_init); break;
-      default: break;
+  for (int64_t j = 0; j < keys; ++j) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* x = st + j * kBlockQ + 16 * v;
+      const vec16 e = exp16(load16(x) - base[v]);
+      store16(x, e);
+      sum[v] += e;
     }
   }
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) store16(l + 16 * v, sum[v]);
 }
 
-// Online-softmax step of the first `rows` rows of a score tile (in place: S becomes P relative to
-// each row's new max); the output rows o (stride dp) are rescaled when the max grows. A row of
-// kBlockK = 64 scores is 4 vectors of 16.
-FASTLM_MULTIVERSION void softmax_update(float* s, int64_t rows, float* m, float* l, float* o, int64_t dp) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* sr = s + r * kBlockK;
-    vec16 x0 = load16(sr), x1 = load16(sr + 16), x2 = load16(sr + 32), x3 = load16(sr + 48);
-    vec16 vm = x0 > x1 ? x0 : x1;
-    const vec16 vm2 = x2 > x3 ? x2 : x3;
-    vm = vm > vm2 ? vm : vm2;
-    const float mx = hmax16(vm);
-    if (mx == kNegInf) {  // nothing visible in this block
-      store16(sr, vec16{});
-      store16(sr + 16, vec16{});
-      store16(sr + 32, vec16{});
-      store16(sr + 48, vec16{});
-      continue;
-    }
-    const float m_new = std::max(m[r], mx);
-    const vec16 mv = splat16(m_new);
-    x0 = exp16(x0 - mv);
-    x1 = exp16(x1 - mv);
-    x2 = exp16(x2 - mv);
-    x3 = exp16(x3 - mv);
-    store16(sr, x0);
-    store16(sr + 16, x1);
-    store16(sr + 32, x2);
-    store16(sr + 48, x3);
-    const float sum = hsum16((x0 + x1) + (x2 + x3));
-    if (m_new != m[r]) {
-      const float corr = exp_neg(m[r] - m_new);
-      float* orow = o + r * dp;
-      for (int64_t c = 0; c < dp; c += 16) store16(orow + c, load16(orow + c) * corr);
-      l[r] *= corr;
-      m[r] = m_new;
-    }
-    l[r] += sum;
+// softmax_cols on the first `lanes` query lanes (rounded up to 16); the output rows o (stride dp)
+// whose max moved are rescaled.
+FASTLM_MULTIVERSION void softmax_update(float* st, int64_t keys, int64_t lanes, float* m, float* l, float* corr,
+                                        float* o, int64_t dp) {
+  switch (ceil_div(lanes, 16)) {
+    case 1: softmax_cols<1>(st, keys, m, l, corr); break;
+    case 2: softmax_cols<2>(st, keys, m, l, corr); break;
+    case 3: softmax_cols<3>(st, keys, m, l, corr); break;
+    default: softmax_cols<4>(st, keys, m, l, corr); break;
+  }
+  for (int64_t r = 0; r < lanes; ++r) {
+    if (corr[r] == 1.f) continue;
+    float* orow = o + r * dp;
+    const vec16 c = splat16(corr[r]);
+    for (int64_t j = 0; j < dp; j += 16) store16(orow + j, load16(orow + j) * c);
   }
 }
 
@@ -238,7 +210,8 @@ inline int64_t offset(const View& v, const int64_t* start, int64_t b, int64_t i,
 void load_row(const View& v, int64_t off, int64_t d, int64_t dp, float a, float* dst) {
   if (v.dtype == DType::kFloat) {
     const float* src = static_cast<const float*>(v.data) + off;
-    for (int64_t c = 0; c < d; ++c) dst[c] = a * src[c];
+    std::memcpy(dst, src, d * sizeof(float));
+    if (a != 1.f) scale_row(dst, d, a);
   } else {
     bf16_to_float(static_cast<const uint16_t*>(v.data) + off, dst, d);
     if (a != 1.f) scale_row(dst, d, a);
@@ -292,66 +265,92 @@ inline void mask_row(const Problem& p, float* s, int64_t i, int64_t j0, int64_t 
   }
 }
 
-}  // namespace
-
-int64_t workspace_floats(const Problem& p) {
-  return 4 * kBlockQ * p.dp + 2 * kBlockQ * kBlockK + 2 * kBlockQ + 2 * kBlockK * p.dp + p.dp;
-}
-
-void pack_kv_block(const Problem& p, const View& src, int64_t b, int64_t g, int64_t kb, float* rows,
-                   float* transposed) {
-  const int64_t dp = p.dp, d = p.head_dim;
-  const int64_t j0 = kb * kBlockK, n = std::min(kBlockK, p.k_len[b] - j0);
-  float row[512];  // dp <= 256
-  for (int64_t r = 0; r < kBlockK; ++r) {
-    if (r < n) {
-      load_row(src, offset(src, p.k_start, b, j0 + r, g), d, dp, 1.f, row);
-    } else {
-      std::fill(row, row + dp, 0.f);
-    }
-    if (rows != nullptr) std::memcpy(rows + p.k_tile(g, b, kb) + r * dp, row, dp * sizeof(float));
-    if (transposed != nullptr) {
-      float* t = transposed + p.k_tile(g, b, kb);
-      for (int64_t c = 0; c < dp; ++c) t[c * kBlockK + r] = row[c];
-    }
+// Sets the scores of queries key j0 + j cannot be seen by to -inf, in the transposed tile row
+// st_row (query lanes i0 .. i0 + kBlockQ - 1).
+inline void mask_key_row(const Problem& p, float* st_row, int64_t pos, int64_t i0, int64_t qlen, int64_t klen) {
+  const int64_t off = klen - qlen;
+  // Query i sees pos when i + off - left <= pos <= i + off + right.
+  const int64_t i_lo = p.window_right >= 0 ? pos - off - p.window_right : i0;
+  const int64_t i_hi = p.window_left >= 0 ? pos - off + p.window_left : i0 + kBlockQ;
+  for (int64_t q = 0; q < kBlockQ; ++q) {
+    const int64_t i = i0 + q;
+    if (i < i_lo || i > i_hi) st_row[q] = kNegInf;
   }
 }
 
-void forward_block(const Problem& p, const View& q, const float* k_t, const float* v_rows, const View& out,
-                   float* lse, int64_t b, int64_t h, int64_t qb, float* ws) {
+// The scaled Q tile transposed (dp x kBlockQ: one query per lane), zero past head_dim and `rows`.
+void load_q_transposed(const Problem& p, const View& q, int64_t b, int64_t h, int64_t i0, int64_t rows, float* qt,
+                       float* tmp) {
+  std::fill(qt, qt + p.dp * kBlockQ, 0.f);
+  for (int64_t r = 0; r < rows; ++r) {
+    load_row(q, offset(q, p.q_start, b, i0 + r, h), p.head_dim, p.dp, p.scale, tmp);
+    for (int64_t c = 0; c < p.head_dim; ++c) qt[c * kBlockQ + r] = tmp[c];
+  }
+}
+
+// fp32 rows of key/value block kb (pointer and row stride): from `packed` (the packed rows of
+// (b, g), block kb at kb * kBlockK * dp), or the input itself (packed == null: fp32 with head_dim ==
+// dp). A short last block is first copied to `pad` (zero rows up to a multiple of 4) when the reader
+// needs whole groups of 4 rows.
+struct Rows {
+  const float* data;
+  int64_t ld;
+};
+
+Rows kv_rows(const Problem& p, const View& src, const float* packed, int64_t b, int64_t g, int64_t kb,
+             int64_t krows, bool pad_rows, float* pad) {
+  if (packed != nullptr) return {packed + kb * kBlockK * p.dp, p.dp};
+  const float* first = static_cast<const float*>(src.data) + offset(src, p.k_start, b, kb * kBlockK, g);
+  if (krows == kBlockK || !pad_rows) return {first, src.pos_stride};
+  for (int64_t r = 0; r < krows; ++r) std::memcpy(pad + r * p.dp, first + r * src.pos_stride, p.dp * sizeof(float));
+  std::fill(pad + krows * p.dp, pad + round_up(krows, 4) * p.dp, 0.f);
+  return {pad, p.dp};
+}
+
+// Key/value block kb of sequence b, kv head g as fp32 rows (kBlockK x dp, zero padded) at dst.
+void pack_rows(const Problem& p, const View& src, int64_t b, int64_t g, int64_t kb, float* dst) {
+  const int64_t dp = p.dp, j0 = kb * kBlockK, n = std::min(kBlockK, p.k_len[b] - j0);
+  for (int64_t r = 0; r < n; ++r)
+    load_row(src, offset(src, p.k_start, b, j0 + r, g), p.head_dim, dp, 1.f, dst + r * dp);
+  std::fill(dst + n * dp, dst + kBlockK * dp, 0.f);
+}
+
+// Forward of query block qb of sequence b, head h (see forward_unit): k_rows / v_rows are the fp32
+// rows of (b, g) from pack_rows, or null to read k / v in place.
+void forward_block(const Problem& p, const View& q, const View& k, const View& v, const float* k_rows,
+                   const float* v_rows, const View& out, float* lse, int64_t b, int64_t h, int64_t qb, float* ws) {
   const int64_t dp = p.dp, d = p.head_dim;
   const int64_t qlen = p.q_len[b], klen = p.k_len[b];
-  const int64_t i0 = qb * kBlockQ, rows = std::min(kBlockQ, qlen - i0), mr = round_up(rows, 4);
+  const int64_t i0 = qb * kBlockQ, rows = std::min(kBlockQ, qlen - i0);
+  const int64_t lanes = round_up(rows, 16), mr = round_up(rows, 4);
   const int64_t g = h / p.group();
-  float* qt = ws;                   // kBlockQ x dp
-  float* o = qt + kBlockQ * dp;     // kBlockQ x dp
-  float* s = o + kBlockQ * dp;      // kBlockQ x kBlockK
-  float* m = s + kBlockQ * kBlockK;  // kBlockQ
-  float* l = m + kBlockQ;           // kBlockQ
-  float* tmp = l + kBlockQ;         // dp
+  float* qt = ws;                     // dp x kBlockQ: scaled Q^T
+  float* o = qt + kBlockQ * dp;       // kBlockQ x dp
+  float* kpad = o + kBlockQ * dp;     // kBlockK x dp: a short last key block
+  float* st = kpad + kBlockK * dp;    // kBlockK x kBlockQ: S^T, then P^T
+  float* m = st + kBlockK * kBlockQ;  // kBlockQ each: running max, sum, rescale factors
+  float* l = m + kBlockQ;
+  float* corr = l + kBlockQ;
+  float* tmp = corr + kBlockQ;  // dp
 
-  for (int64_t r = 0; r < mr; ++r) {
-    if (r < rows) {
-      load_row(q, offset(q, p.q_start, b, i0 + r, h), d, dp, p.scale, qt + r * dp);
-    } else {
-      std::fill(qt + r * dp, qt + (r + 1) * dp, 0.f);
-    }
-    m[r] = kNegInf;
-    l[r] = 0.f;
-  }
-  std::fill(o, o + mr * dp, 0.f);
+  load_q_transposed(p, q, b, h, i0, rows, qt, tmp);
+  std::fill(m, m + kBlockQ, kNegInf);
+  std::fill(l, l + kBlockQ, 0.f);
+  std::fill(o, o + lanes * dp, 0.f);
 
   const Range keys = key_range(p, i0, i0 + rows - 1, qlen, klen);
   if (keys.lo <= keys.hi) {
     for (int64_t kb = keys.lo / kBlockK; kb <= keys.hi / kBlockK; ++kb) {
-      const int64_t j0 = kb * kBlockK;
-      gemm_acc(mr, kBlockK, dp, qt, dp, 1, k_t + p.k_tile(g, b, kb), kBlockK, s, kBlockK, true);
-      const bool full = block_fully_visible(p, i0, i0 + rows - 1, j0, qlen, klen);
-      if (!full)
-        for (int64_t r = 0; r < rows; ++r) mask_row(p, s + r * kBlockK, i0 + r, j0, qlen, klen);
-      softmax_update(s, rows, m, l, o, dp);
-      for (int64_t r = rows; r < mr; ++r) std::fill(s + r * kBlockK, s + (r + 1) * kBlockK, 0.f);
-      gemm_acc(mr, dp, kBlockK, s, kBlockK, 1, v_rows + p.k_tile(g, b, kb), dp, o, dp, false);
+      const int64_t j0 = kb * kBlockK, krows = std::min(kBlockK, klen - j0);
+      // S^T = K (scale Q)^T: keys in rows, queries in lanes.
+      const Rows kr = kv_rows(p, k, k_rows, b, g, kb, krows, true, kpad);
+      gemm_acc(round_up(krows, 4), lanes, dp, kr.data, kr.ld, 1, qt, kBlockQ, st, kBlockQ, true);
+      if (!block_fully_visible(p, i0, i0 + rows - 1, j0, qlen, klen))
+        for (int64_t j = 0; j < krows; ++j) mask_key_row(p, st + j * kBlockQ, j0 + j, i0, qlen, klen);
+      softmax_update(st, krows, lanes, m, l, corr, o, dp);
+      // O += P V, reading P^T with strides.
+      const Rows vr = kv_rows(p, v, v_rows, b, g, kb, krows, false, nullptr);
+      gemm_acc(mr, dp, krows, st, 1, kBlockQ, vr.data, vr.ld, o, dp, false);
     }
   }
   for (int64_t r = 0; r < rows; ++r) {
@@ -360,6 +359,51 @@ void forward_block(const Problem& p, const View& q, const float* k_t, const floa
     lse[b * p.lse_batch_stride + h * p.lse_head_stride + p.q_start[b] + i0 + r] =
         any ? m[r] + std::log(l[r]) : kNegInf;
   }
+}
+
+}  // namespace
+
+int64_t workspace_floats(const Problem& p) {
+  return 4 * kBlockQ * p.dp + 2 * kBlockQ * kBlockK + 2 * kBlockQ + 2 * kBlockK * p.dp + p.dp;
+}
+
+void pack_kv_block(const Problem& p, const View& src, int64_t b, int64_t g, int64_t kb, float* rows,
+                   float* transposed) {
+  const int64_t dp = p.dp;
+  float tile[kBlockK * 256];  // dp <= 256
+  float* r = rows != nullptr ? rows + p.k_tile(g, b, kb) : tile;
+  pack_rows(p, src, b, g, kb, r);
+  if (transposed != nullptr) {
+    float* t = transposed + p.k_tile(g, b, kb);
+    for (int64_t j = 0; j < kBlockK; ++j)
+      for (int64_t c = 0; c < dp; ++c) t[c * kBlockK + j] = r[j * dp + c];
+  }
+}
+
+int64_t forward_workspace_floats(const Problem& p, int64_t max_k_blocks) {
+  return workspace_floats(p) + 2 * max_k_blocks * kBlockK * p.dp;
+}
+
+void forward_unit(const Problem& p, const View& q, const View& k, const View& v, const View& out, float* lse,
+                  int64_t b, int64_t g, int64_t qb_begin, int64_t qb_end, bool kv_in_place, float* ws) {
+  const float* k_rows = nullptr;
+  const float* v_rows = nullptr;
+  if (!kv_in_place) {
+    // The key blocks any of these queries sees, packed once for all q heads of the group.
+    const int64_t i_first = qb_begin * kBlockQ, i_last = std::min(qb_end * kBlockQ, p.q_len[b]) - 1;
+    const Range keys = key_range(p, i_first, i_last, p.q_len[b], p.k_len[b]);
+    const int64_t nkb = ceil_div(p.k_len[b], kBlockK);
+    float* kr = ws + workspace_floats(p);
+    float* vr = kr + nkb * kBlockK * p.dp;
+    for (int64_t kb = keys.lo / kBlockK; keys.lo <= keys.hi && kb <= keys.hi / kBlockK; ++kb) {
+      pack_rows(p, k, b, g, kb, kr + kb * kBlockK * p.dp);
+      pack_rows(p, v, b, g, kb, vr + kb * kBlockK * p.dp);
+    }
+    k_rows = kr;
+    v_rows = vr;
+  }
+  for (int64_t h = g * p.group(); h < (g + 1) * p.group(); ++h)
+    for (int64_t qb = qb_begin; qb < qb_end; ++qb) forward_block(p, q, k, v, k_rows, v_rows, out, lse, b, h, qb, ws);
 }
 
 void pack_q_block(const Problem& p, const View& q, const View& grad_out, const View& out, const float* lse,

@@ -1,10 +1,12 @@
 // FlashAttention-2 on the CPU (torch-free). The torch glue (attention.cpp) checks the inputs,
 // allocates, and spreads the work items below over threads.
 //
-// Forward, per (sequence, q head, block of kBlockQ queries): the scaled Q tile (fp32) is multiplied
-// with streamed blocks of kBlockK keys (K^T pre-packed per block), masked where the block crosses
-// the causal/window boundary, and folded into the output with an online softmax; blocks that the
-// mask hides entirely are never visited. The logsumexp of each row is saved.
+// Forward, per (sequence, q head, block of kBlockQ queries): streamed blocks of kBlockK keys are
+// multiplied with the scaled, transposed Q tile into S^T (keys in rows, one query per vector lane, so
+// the softmax max/sum are vertical vector ops), masked where the block crosses the causal/window
+// boundary, and folded into the output with an online softmax; blocks that the mask hides entirely
+// are never visited. K and V are read as fp32 rows (converted per work item, or read in place).
+// The logsumexp of each row is saved.
 // Backward, per (sequence, kv head, chunk of key blocks): for each key block, loop over the q heads
 // of the group and the query blocks that see it; recompute P = exp(S - lse) and accumulate
 // dV += P^T dO, dK += dS^T Q in registers/L1 tiles and dQ += dS K into the chunk's own fp32
@@ -69,9 +71,18 @@ int64_t workspace_floats(const Problem& p);
 void pack_kv_block(const Problem& p, const View& src, int64_t b, int64_t g, int64_t kb, float* rows,
                    float* transposed);
 
-// Forward of query block qb of sequence b, head h: writes its out rows and lse.
-void forward_block(const Problem& p, const View& q, const float* k_t, const float* v_rows, const View& out,
-                   float* lse, int64_t b, int64_t h, int64_t qb, float* workspace);
+// Forward of query blocks [qb_begin, qb_end) of sequence b for every q head of kv head g: writes
+// their out rows and lse. The K/V blocks they see are first converted to fp32 rows in the workspace
+// (once for the whole group; contiguous and cache-hot, unlike strided rows of a long K/V), or, with
+// kv_in_place (can_read_kv_in_place), read from k / v themselves.
+int64_t forward_workspace_floats(const Problem& p, int64_t max_k_blocks);
+void forward_unit(const Problem& p, const View& q, const View& k, const View& v, const View& out, float* lse,
+                  int64_t b, int64_t g, int64_t qb_begin, int64_t qb_end, bool kv_in_place, float* workspace);
+
+// fp32 with head_dim a multiple of 16: the forward's GEMMs can read K/V rows from the tensor.
+inline bool can_read_kv_in_place(const Problem& p, const View& kv) {
+  return kv.dtype == DType::kFloat && p.head_dim == p.dp;
+}
 
 // Backward preparation of query block (b, h, qb): scale * Q and dO as fp32 tiles at p.q_tile(h, b, qb);
 // lse and delta = rowsum(dO * O) - grad_lse (grad_lse may be null) per row at p.q_row(h, b, qb).
