@@ -21,7 +21,9 @@ __attribute__((always_inline)) inline float row_sum(int64_t n, Term term) {
     for (int64_t j = 0; j < kLanes; ++j) acc[j] += term(i + j);
   }
   float total = 0.f;
-  for (; i < n; ++i) total += term(i);
+#pragma omp simd reduction(+ : total)
+  for (int64_t r = i; r < n; ++r) total += term(r);  // the tail, still vectorized
+#pragma omp simd reduction(+ : total)
   for (int64_t j = 0; j < kLanes; ++j) total += acc[j];
   return total;
 }
@@ -39,10 +41,12 @@ __attribute__((always_inline)) inline void row_sum2(int64_t n, TermA term_a, Ter
     }
   }
   float a = 0.f, b = 0.f;
-  for (; i < n; ++i) {
-    a += term_a(i);
-    b += term_b(i);
+#pragma omp simd reduction(+ : a, b)
+  for (int64_t r = i; r < n; ++r) {  // the tail, still vectorized
+    a += term_a(r);
+    b += term_b(r);
   }
+#pragma omp simd reduction(+ : a, b)
   for (int64_t j = 0; j < kLanes; ++j) {
     a += acc_a[j];
     b += acc_b[j];

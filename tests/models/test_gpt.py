@@ -98,7 +98,7 @@ def test_generate_greedy_equals_no_cache_decoding(family):
 
 
 def test_generate_matches_hf_greedy():
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from fastlm.models import to_hf
 
     model = model_of(tiny("llama"))
