@@ -37,6 +37,10 @@ from torch import nn
 
 from fastlm.parallel.mesh import Mesh, _check_equal, record_collective, wait_work, weights_checksum
 
+# torch 2.13 renamed the flat-tensor collectives (the old names warn); torch 2.6 has only the old ones.
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
 REDUCE_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
                  "float16": torch.float16, torch.bfloat16: torch.bfloat16, torch.float16: torch.float16}
 
@@ -237,7 +241,7 @@ class DataParallel(nn.Module):
         if sharded:
             name = f"reduce_scatter of gradient bucket {b.index}"
             record_collective(name)
-            work = dist.reduce_scatter_tensor(b.shard_out, data, group=self.group, async_op=True)
+            work = _reduce_scatter(b.shard_out, data, group=self.group, async_op=True)
         else:
             name = f"all_reduce of gradient bucket {b.index}"
             record_collective(name)
@@ -471,7 +475,7 @@ class ShardedOptimizer:
                 if lo < hi:
                     send[lo - c0:hi - c0] = dp._params[i].detach().view(-1)[lo - o:hi - o]
             record_collective(f"all_gather of parameter bucket {b.index}")
-            works.append((b, full, dist.all_gather_into_tensor(full, send, group=dp.group, async_op=True)))
+            works.append((b, full, _all_gather(full, send, group=dp.group, async_op=True)))
         for b, full, work in works:
             wait_work(work, f"all_gather of parameter bucket {b.index}", dp.ranks)
             params = [dp._params[i].detach() for i in b.params]

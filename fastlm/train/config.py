@@ -280,7 +280,11 @@ def validate(config: Config) -> None:
         bad = "parallel.tp" if p.tp != 1 else "parallel.pp"
         raise ConfigError(f"{bad} = {_show(getattr(p, bad[9:]))}: expected 1 (tensor/pipeline parallelism is not available yet)")
     _validate_parallel(p, t)
-    check_batch_split(config, config.dp_size())
+    # Outside a launch (no WORLD_SIZE: loading a finished run for eval/generate, or a config in a
+    # notebook) dp = "auto" has no process count yet: dp_shares say how many ranks there will be.
+    # Trainer.fit checks the split again against the real data-parallel size.
+    unlaunched_shares = p.dp == "auto" and p.dp_shares is not None and "WORLD_SIZE" not in os.environ
+    check_batch_split(config, len(p.dp_shares) if unlaunched_shares else config.dp_size())
     if d.seq_len > config.model.max_seq_len:
         raise ConfigError(f"data.seq_len = {d.seq_len}: expected at most model.max_seq_len = {config.model.max_seq_len}")
     if d.vocab_size > config.model.vocab_size:

@@ -16,7 +16,6 @@ from fastlm.train.config import rank_samples
     ("parallel.sync=sometimes", 'parallel.sync = "sometimes": expected one of every_step, local_sgd'),
     ("parallel.sync_every=4", "parallel.sync_every = 4: only used with parallel.sync"),
     ("parallel.dp_shares=[0, 1]", "parallel.dp_shares = [0, 1]: expected a list of positive integers"),
-    ("parallel.dp_shares=[3, 1]", "parallel.dp_shares = [3, 1]: expected 1 shares"),
 ])
 def test_parallel_config_errors(item, message):
     with pytest.raises(ConfigError) as info:
@@ -27,6 +26,12 @@ def test_parallel_config_errors(item, message):
 def test_parallel_config_combinations(monkeypatch):
     with pytest.raises(ConfigError, match="shard_optimizer = true: not available with parallel.sync"):
         load_config("tiny", ["parallel.shard_optimizer=true", "parallel.sync=local_sgd"])
+    # Not launched (e.g. loading a finished run): the shares say how many ranks; launched, WORLD_SIZE does.
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert load_config("tiny", ["parallel.dp_shares=[3, 1]", "train.micro_batch_size=4"]).parallel.dp_shares == [3, 1]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(ConfigError, match=r"parallel.dp_shares = \[3, 1\]: expected 1 shares"):
+        load_config("tiny", ["parallel.dp_shares=[3, 1]", "train.micro_batch_size=4"])
     monkeypatch.setenv("WORLD_SIZE", "2")
     c = load_config("tiny", ["parallel.dp_shares=[3, 1]", "train.micro_batch_size=4"])
     assert c.dp_size() == 2 and rank_samples(c, 2) == [12, 4]

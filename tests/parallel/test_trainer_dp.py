@@ -13,6 +13,7 @@ import torch
 
 from fastlm.train import Trainer
 from fastlm.train.metrics import read_metrics
+from fastlm.train.run import load_run
 from tests.parallel.dist_helpers import free_port
 from tests.train.train_helpers import MICRO, micro_config
 
@@ -64,6 +65,9 @@ def test_torchrun_dp2_equals_one_process(tmp_path, single, extra):
     assert r.returncode == 0, r.stderr[-3000:]
     _assert_same_run(tmp_path / "run", single)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_0000002", "step_0000004"]
+    # The finished run loads in one process (eval / generate), whatever its parallel settings.
+    config, model, _ = load_run(tmp_path / "run")
+    assert config.parallel.dp_shares == (None if "shares" not in str(extra) else [3, 1])
 
 
 def test_zero1_resume_with_another_dp_size(tmp_path):
