@@ -4,8 +4,9 @@
     mesh = init_mesh(dp="auto")                 # under torchrun
     model = DataParallel(model, mesh, bucket_mb=25)
 """
-from fastlm.parallel.data_parallel import DataParallel, ShardedOptimizer
+from fastlm.parallel.data_parallel import DataParallel
 from fastlm.parallel.mesh import CollectiveError, Mesh, MeshError, current_mesh, destroy_mesh, init_mesh
+from fastlm.parallel.zero import ShardedOptimizer
 
 __all__ = ["init_mesh", "destroy_mesh", "current_mesh", "Mesh", "MeshError", "CollectiveError", "DataParallel",
            "ShardedOptimizer"]

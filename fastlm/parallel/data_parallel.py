@@ -22,8 +22,8 @@ How it works:
 - grad_reduce_dtype=bf16|fp16: a fused cast+scale kernel (fastlm.ops.cast_scale) writes the
   bucket in 16 bits, the collective runs in 16 bits, the result is cast back into the fp32 buffer.
 - shard_optimizer=True (ZeRO-1): buckets are reduce-scattered; `wrap_optimizer` gives an optimizer
-  that holds and steps only this rank's 1/dp of every bucket (fp32 state), then all-gathers the
-  updated parameters bucket by bucket.
+  (zero.py) that holds and steps only this rank's 1/dp of every bucket (fp32 state), then
+  all-gathers the updated parameters bucket by bucket.
 """
 from __future__ import annotations
 
@@ -37,9 +37,8 @@ from torch import nn
 
 from fastlm.parallel.mesh import Mesh, _check_equal, record_collective, wait_work, weights_checksum
 
-# torch 2.13 renamed the flat-tensor collectives (the old names warn); torch 2.6 has only the old ones.
+# torch 2.13 renamed the flat-tensor collective (the old name warns); torch 2.6 has only the old one.
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 REDUCE_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
                  "float16": torch.float16, torch.bfloat16: torch.bfloat16, torch.float16: torch.float16}
@@ -369,6 +368,8 @@ class DataParallel(nn.Module):
         """The optimizer to step: itself, or with shard_optimizer=True its ZeRO-1 sharded version."""
         if not self.shard_optimizer or self.world_size == 1:
             return optimizer
+        from fastlm.parallel.zero import ShardedOptimizer  # zero.py builds on this module
+
         return ShardedOptimizer(self, optimizer)
 
     # the wrapped model's own API passes through
@@ -377,195 +378,3 @@ class DataParallel(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self._modules["module"], name)
-
-
-class ShardedOptimizer:
-    """ZeRO-1: steps only this rank's shard of every bucket, then all-gathers the parameters.
-
-    Built from an ordinary optimizer (its class, defaults and param groups). The local optimizer
-    is created at the first step (after the bucket layout is final). state_dict() holds this
-    rank's shard; full_state_dict() (collective) gathers every rank's shard for a checkpoint, and
-    load_state_dict() takes that gathered form, for any dp size.
-    """
-
-    FORMAT = "fastlm-zero1"
-
-    def __init__(self, dp: DataParallel, optimizer: torch.optim.Optimizer):
-        self.dp = dp
-        self.base = optimizer
-        index = {id(p): i for i, p in enumerate(dp._params)}
-        self._group_of: dict[int, int] = {}
-        for g, group in enumerate(optimizer.param_groups):
-            for p in group["params"]:
-                if id(p) not in index:
-                    raise ValueError("ShardedOptimizer: the optimizer holds a parameter that DataParallel does not")
-                self._group_of[index[id(p)]] = g
-        self.inner: torch.optim.Optimizer | None = None
-        self._pending_state: dict | None = None
-
-    @property
-    def param_groups(self):
-        return (self.inner or self.base).param_groups
-
-    @property
-    def state(self):
-        return self.inner.state if self.inner is not None else {}
-
-    def _segments(self) -> list[tuple[int, int, int]]:
-        """(param index, start, end) within the param's flat elements that this rank owns."""
-        dp, W, r = self.dp, self.dp.world_size, self.dp.rank
-        segs = []
-        for b in dp._buckets:
-            lo_b = b.start + r * (b.size // W)
-            hi_b = lo_b + b.size // W
-            for i in b.params:
-                o, n = dp._offsets[i], dp._params[i].numel()
-                lo, hi = max(o, lo_b), min(o + n, hi_b)
-                if lo < hi:
-                    segs.append((i, lo - o, hi - o))
-        return segs
-
-    def _build(self) -> None:
-        dp = self.dp
-        self._segs = self._segments()
-        self._shard_params = []
-        self._shard_grads = []
-        groups = [{k: v for k, v in g.items() if k != "params"} | {"params": []} for g in self.base.param_groups]
-        for i, lo, hi in self._segs:
-            p = nn.Parameter(dp._params[i].detach().view(-1)[lo:hi])  # a view: steps update the parameter
-            self._shard_params.append(p)
-            self._shard_grads.append(dp._views[i].view(-1)[lo:hi])
-            groups[self._group_of.get(i, 0)]["params"].append(p)
-        groups = [g for g in groups if g["params"]] or [groups[0] | {"params": [nn.Parameter(torch.zeros(1))]}]
-        self.inner = type(self.base)(groups)  # every group carries all of its hyperparameters
-        # The inner optimizer numbers its parameters group by group; checkpoints number segments.
-        seg_of = {id(p): k for k, p in enumerate(self._shard_params)}
-        flat = [p for g in self.inner.param_groups for p in g["params"]]
-        self._inner_index = {seg_of[id(p)]: n for n, p in enumerate(flat) if id(p) in seg_of}
-        self.base.state.clear()
-        if self._pending_state is not None:
-            self._apply_full_state(self._pending_state)
-            self._pending_state = None
-
-    def step(self, closure=None):
-        dp = self.dp
-        dp.finish_grad_sync()
-        if self.inner is None:
-            self._build()
-        if not getattr(dp, "_last_sync_sharded", False):
-            pass  # the first step all-reduced: every gradient is complete (the shard is a part of it)
-        for p, g in zip(self._shard_params, self._shard_grads):
-            p.grad = g
-        self.inner.step(closure)
-        self._all_gather_params()
-
-    @torch.no_grad()
-    def _all_gather_params(self) -> None:
-        """Every rank sends its updated part of each bucket; all copy the whole bucket into the parameters."""
-        dp, W, r = self.dp, self.dp.world_size, self.dp.rank
-        works = []
-        for b in dp._buckets:
-            chunk = b.size // W
-            c0 = b.start + r * chunk
-            full = torch.empty(b.size, dtype=b.dtype, device=dp.device)
-            send = torch.zeros(chunk, dtype=b.dtype, device=dp.device)
-            for i in b.params:
-                o, n = dp._offsets[i], dp._params[i].numel()
-                lo, hi = max(o, c0), min(o + n, c0 + chunk)
-                if lo < hi:
-                    send[lo - c0:hi - c0] = dp._params[i].detach().view(-1)[lo - o:hi - o]
-            record_collective(f"all_gather of parameter bucket {b.index}")
-            works.append((b, full, _all_gather(full, send, group=dp.group, async_op=True)))
-        for b, full, work in works:
-            wait_work(work, f"all_gather of parameter bucket {b.index}", dp.ranks)
-            params = [dp._params[i].detach() for i in b.params]
-            parts = [full[dp._offsets[i] - b.start:dp._offsets[i] - b.start + p.numel()].view_as(p)
-                     for i, p in zip(b.params, params)]
-            torch._foreach_copy_(params, parts)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.dp._params:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
-        for p in getattr(self, "_shard_params", []):
-            p.grad = None
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def state_dict(self) -> dict:
-        """This rank's shard: per segment (parameter name, start, end) its optimizer state."""
-        if self.inner is None:
-            if self._pending_state is not None:
-                return self._pending_state
-            self._build()
-        inner = self.inner.state_dict()
-        segs = [(self.dp._names[i], lo, hi) for i, lo, hi in self._segs]
-        state = {k: inner["state"][n] for k, n in self._inner_index.items() if n in inner["state"]}
-        return {"format": self.FORMAT, "dp": self.dp.world_size, "rank": self.dp.rank, "segments": segs,
-                "state": state, "param_groups": [{k: v for k, v in g.items() if k != "params"}
-                                                          for g in inner["param_groups"]]}
-
-    def full_state_dict(self) -> dict:
-        """Every rank's shard (a collective: call on every rank), as {"format", "shards": [...]}."""
-        mine = self.state_dict()
-        if isinstance(mine, dict) and "shards" in mine:
-            return mine
-        mine = _to_cpu(mine)
-        shards: list = [None] * self.dp.world_size
-        record_collective("all_gather_object of optimizer shards")
-        dist.all_gather_object(shards, mine, group=self.dp.group)
-        return {"format": self.FORMAT, "shards": shards}
-
-    def load_state_dict(self, state: dict) -> None:
-        if not isinstance(state, dict) or state.get("format") != self.FORMAT or "shards" not in state:
-            raise ValueError("the optimizer state is not a sharded (ZeRO-1) state: set parallel.shard_optimizer "
-                             "as in the run that saved it")
-        if self.inner is None:
-            self._pending_state = state
-        else:
-            self._apply_full_state(state)
-
-    def _apply_full_state(self, state: dict) -> None:
-        # Reassemble each parameter's full state from the shards, then cut out this rank's segments.
-        full: dict[str, dict[str, torch.Tensor]] = {}
-        scalars: dict[str, dict] = {}
-        numel = {n: p.numel() for n, p in zip(self.dp._names, self.dp._params)}
-        for shard in state["shards"]:
-            for k, (name, lo, hi) in enumerate(shard["segments"]):
-                if name not in numel:
-                    raise ValueError(f"the optimizer state has parameter {name}, which this model lacks")
-                for key, v in shard["state"].get(k, {}).items():
-                    if torch.is_tensor(v) and v.dim() == 1 and v.numel() == hi - lo and key != "step":
-                        t = full.setdefault(name, {}).get(key)
-                        if t is None:
-                            t = full[name][key] = torch.zeros(numel[name], dtype=v.dtype)
-                        t[lo:hi] = v.cpu()
-                    else:
-                        scalars.setdefault(name, {})[key] = v
-        inner = self.inner.state_dict()
-        new_state = {}
-        for k, (i, lo, hi) in enumerate(self._segs):
-            name = self.dp._names[i]
-            if name not in full and name not in scalars:
-                continue
-            entry = {key: t[lo:hi].clone() for key, t in full.get(name, {}).items()}
-            entry.update({key: v.clone() if torch.is_tensor(v) else v for key, v in scalars.get(name, {}).items()})
-            new_state[self._inner_index[k]] = entry
-        inner["state"] = new_state
-        saved_groups = state["shards"][0]["param_groups"]
-        if len(saved_groups) == len(inner["param_groups"]):
-            for g, saved in zip(inner["param_groups"], saved_groups):
-                g.update({k: v for k, v in saved.items() if k != "params"})
-        self.inner.load_state_dict(inner)
-
-
-def _to_cpu(obj):
-    if torch.is_tensor(obj):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
