@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if os.environ.get("FASTLM_DEBUG") or not _is_user_error(e):
             raise  # a bug: the traceback is what a report needs
-        print(f"fastlm: error: {_one_line(e)}", file=sys.stderr)
+        if not _said_by_rank_zero(e):
+            print(f"fastlm: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
 
 
@@ -110,6 +111,13 @@ def _is_user_error(e: Exception) -> bool:
     # ValueError / OSError: what the data and model layers raise for bad input and missing files.
     # CollectiveError: another rank died or hung (the message names it and the collective).
     return isinstance(e, (FastlmError, ValueError, OSError, CollectiveError))
+
+
+def _said_by_rank_zero(e: Exception) -> bool:
+    """Under torchrun every rank reads the same config: rank 0 alone reports a config error."""
+    from fastlm.train.errors import ConfigError
+
+    return isinstance(e, ConfigError) and os.environ.get("RANK", "0") != "0"
 
 
 def _one_line(e: Exception) -> str:

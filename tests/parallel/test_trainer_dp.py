@@ -111,4 +111,5 @@ def test_dp_config_errors(tmp_path):
     assert r.returncode != 0 and "dp * tp * pp = 4 * 1 * 1 = 4, but there are 2 processes" in r.stderr
     r = _torchrun(tmp_path / "run", ["parallel.dp_shares=[1, 1, 1]"])
     assert r.returncode != 0 and "parallel.dp_shares = [1, 1, 1]: expected 2 shares" in r.stderr
+    assert r.stderr.count("fastlm: error:") == 1  # said once (rank 0), not once per rank
     assert not (tmp_path / "run").exists()
