@@ -10,6 +10,7 @@ from torch.utils.checkpoint import checkpoint
 
 from fastlm.models.config import GPTConfig
 from fastlm.nn import Block, KVCache, LayerNorm, RMSNorm, rope_cos_sin
+from fastlm.nn.attention import document_ids
 
 __all__ = ["GPT", "GPTConfig"]
 
@@ -196,8 +197,8 @@ def document_positions(cu_seqlens: torch.Tensor, num_tokens: int) -> tuple[torch
     """
     if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
         raise ValueError(f"cu_seqlens must be 1-D with at least 2 entries, got shape {tuple(cu_seqlens.shape)}")
+    doc = document_ids(cu_seqlens, num_tokens)
     tokens = torch.arange(num_tokens, device=cu_seqlens.device)
-    doc = torch.searchsorted(cu_seqlens.to(tokens.dtype), tokens, right=True) - 1
     positions = tokens - cu_seqlens.to(tokens.dtype)[doc.clamp(0, cu_seqlens.shape[0] - 1)]
     if torch.compiler.is_compiling():
         return positions, None

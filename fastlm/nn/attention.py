@@ -48,6 +48,12 @@ def _repeat_kv(k, v, groups: int):
     return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
 
 
+def document_ids(cu_seqlens: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Which packed document (0, 1, ...) each of the num_tokens flattened tokens belongs to."""
+    tokens = torch.arange(num_tokens, device=cu_seqlens.device)
+    return torch.searchsorted(cu_seqlens.to(tokens.dtype), tokens, right=True) - 1
+
+
 def attention_bthd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
                    dropout_p: float = 0.0, scale: float | None = None, cu_seqlens: torch.Tensor | None = None,
                    max_seqlen: int | None = None) -> torch.Tensor:
@@ -61,8 +67,7 @@ def attention_bthd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     if cu_seqlens is not None:
         b, t = q.shape[:2]
         if not fused:  # SDPA with an explicit block-diagonal (per-document) mask
-            tokens = torch.arange(b * t, device=q.device)
-            doc = (torch.searchsorted(cu_seqlens.to(tokens.dtype), tokens, right=True) - 1).view(b, 1, t)
+            doc = document_ids(cu_seqlens, b * t).view(b, 1, t)
             mask = doc.unsqueeze(-1) == doc.unsqueeze(-2)
             if causal:
                 mask = mask & torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
