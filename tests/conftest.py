@@ -2,6 +2,9 @@
 import os
 
 os.environ.setdefault("FASTLM_REQUIRE_NATIVE", "1")
+# The tests start their own launches: none inherits a launcher's rank or a debug switch.
+for _name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "FASTLM_DEBUG"):
+    os.environ.pop(_name, None)
 
 import atexit  # noqa: E402
 import shutil  # noqa: E402

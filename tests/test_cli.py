@@ -59,9 +59,6 @@ def env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cli-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FASTLM_CACHE", str(cache))
-        mp.delenv("RANK", raising=False)
-        mp.delenv("WORLD_SIZE", raising=False)
-        mp.delenv("FASTLM_DEBUG", raising=False)
         yield cache
 
 

@@ -12,8 +12,6 @@ def fastlm_cache(tmp_path_factory):
     path = tmp_path_factory.mktemp("fastlm-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FASTLM_CACHE", str(path))
-        mp.delenv("RANK", raising=False)
-        mp.delenv("WORLD_SIZE", raising=False)
         yield path
 
 
