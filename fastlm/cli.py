@@ -4,6 +4,7 @@
     fastlm eval RUN_DIR
     fastlm generate RUN_DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
     fastlm plot RUN_DIR [--out PNG]
+    fastlm bench [NAME ...] [--device cpu|cuda] [--out DIR] [--quick] [--list]
 
 A problem with the input is reported as one line, "fastlm: error: ...", with a non-zero exit
 status and no traceback (FASTLM_DEBUG=1 shows the traceback).
@@ -55,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", metavar="PNG", help="where to write the image (default: RUN_DIR/loss.png)")
     p.set_defaults(func=_plot)
+
+    p = sub.add_parser("bench", help="run benchmarks against their baselines; write results.json and plots")
+    p.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all; see --list)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", metavar="DIR", default="bench-results", help="results.json and PNGs go here")
+    p.add_argument("--quick", action="store_true", help="fewer shapes and repeats (a smoke run)")
+    p.add_argument("--repeat", type=int, default=None, help="timed runs per measurement (median reported)")
+    p.add_argument("--list", action="store_true", help="list the benchmarks and their baselines")
+    p.set_defaults(func=_bench)
     return parser
 
 
@@ -87,6 +97,20 @@ def _plot(args) -> int:
 
     print(plot_run(args.run_dir, args.out))
     return 0
+
+
+def _bench(args) -> int:
+    from fastlm.bench.harness import run_benchmarks
+    from fastlm.bench.registry import Options, suite_names
+
+    if args.list:
+        print("\n".join(suite_names()))
+        return 0
+    results = run_benchmarks(args.names, Options(device=args.device, quick=args.quick, repeat=args.repeat),
+                             out_dir=args.out)
+    failed = [name for name, entry in results["suites"].items() if "error" in entry]
+    print(f"results: {os.path.join(args.out, 'results.json')}")
+    return EXIT_ERROR if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

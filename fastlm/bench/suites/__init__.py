@@ -1,0 +1,1 @@
+"""Benchmark suites: the measuring code behind `fastlm bench` and the scripts in benchmarks/."""
