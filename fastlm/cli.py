@@ -4,6 +4,10 @@
     fastlm eval RUN_DIR
     fastlm generate RUN_DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
     fastlm plot RUN_DIR [--out PNG]
+    fastlm export RUN_DIR --format hf --out DIR
+    fastlm finetune TASK CONFIG [--out RUN_DIR] [--set section.key=value ...]
+    fastlm evaluate TASK RUN_DIR [--data FILE] [--out DIR]
+    fastlm quantize RUN_DIR --scheme w8a8|w8a16 --out DIR [--skip NAME ...] [--smooth ALPHA] [--group-size G]
     fastlm bench [NAME ...] [--device cpu|cuda] [--out DIR] [--quick] [--list]
 
 A problem with the input is reported as one line, "fastlm: error: ...", with a non-zero exit
@@ -30,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a model from a TOML config or a preset")
-    p.add_argument("config", metavar="CONFIG", help="a TOML file or a preset name (tiny, gpt2-small, llama-1b)")
+    p.add_argument("config", metavar="CONFIG", help="a TOML file or a preset name (tiny, gpt2-small, llama-1b, bert-tiny)")
     p.add_argument("--out", metavar="RUN_DIR", help="the run directory (default: ./runs/<config name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (a TOML value, or else a string); may repeat")
@@ -52,10 +56,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_generate)
 
+    p = sub.add_parser("finetune", help="fine-tune on a task (classification, qa, generation, translation, speech)")
+    p.add_argument("task", metavar="TASK", help="classification | qa | generation | translation | speech")
+    p.add_argument("config", metavar="CONFIG", help="a task TOML file or a shipped demo config (classification-demo, "
+                                                     "qa-demo, generation-demo, translation-demo, speech-demo)")
+    p.add_argument("--out", metavar="RUN_DIR", help="the run directory (default: ./runs/<config name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, also task.KEY=VALUE; may repeat")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
+    p.set_defaults(func=_finetune)
+
+    p = sub.add_parser("evaluate", help="score a fine-tuned run: metrics.json and predictions.jsonl")
+    p.add_argument("task", metavar="TASK")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data", metavar="FILE", help="a dataset file (default: the run's validation split)")
+    p.add_argument("--out", metavar="DIR", help="where to write the results (default: RUN_DIR/eval)")
+    p.set_defaults(func=_evaluate)
+
     p = sub.add_parser("plot", help="plot training and validation loss to RUN_DIR/loss.png")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", metavar="PNG", help="where to write the image (default: RUN_DIR/loss.png)")
     p.set_defaults(func=_plot)
+
+    p = sub.add_parser("export", help="write a finished run as a Hugging Face checkpoint directory")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", choices=["hf"], default="hf", help="hf: config.json + model.safetensors (transformers)")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) directory")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("quantize", help="int8-quantize a finished run into a new run directory")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--scheme", required=True, help="w8a8 (int8 weights and activations) or w8a16 (int8 weights)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the new directory (eval/generate work on it)")
+    p.add_argument("--skip", action="append", default=[], metavar="NAME",
+                   help="a module name or fnmatch pattern to keep in full precision, e.g. lm_head; may repeat")
+    p.add_argument("--smooth", type=float, default=None, metavar="ALPHA",
+                   help="SmoothQuant smoothing with migration strength ALPHA in [0, 1] (w8a8), e.g. 0.5")
+    p.add_argument("--group-size", type=int, default=None, help="w8a16: one weight scale per G input columns")
+    p.set_defaults(func=_quantize)
 
     p = sub.add_parser("bench", help="run benchmarks against their baselines; write results.json and plots")
     p.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all; see --list)")
@@ -92,6 +130,29 @@ def _generate(args) -> int:
     return 0
 
 
+def _finetune(args) -> int:
+    from fastlm.tasks import finetune
+
+    r = finetune(args.task, args.config, args.overrides, out_dir=args.out, show_progress=not args.quiet)
+    _print_task_metrics(r["metrics"])
+    print(f"run directory: {r['run_dir']}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from fastlm.tasks import evaluate
+
+    r = evaluate(args.task, args.run_dir, data=args.data, out_dir=args.out)
+    _print_task_metrics(r["metrics"])
+    print(f"results: {r['out_dir']}")
+    return 0
+
+
+def _print_task_metrics(metrics: dict) -> None:
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    print("  ".join(f"{k} {v:.4g}" for k, v in numbers.items()))
+
+
 def _plot(args) -> int:
     from fastlm.train.plot import plot_run
 
@@ -111,6 +172,24 @@ def _bench(args) -> int:
     failed = [name for name, entry in results["suites"].items() if "error" in entry]
     print(f"results: {os.path.join(args.out, 'results.json')}")
     return EXIT_ERROR if failed else 0
+
+
+def _quantize(args) -> int:
+    from fastlm.train.quantize import quantize_run
+
+    r = quantize_run(args.run_dir, args.out, args.scheme, skip=args.skip, smooth=args.smooth,
+                     group_size=args.group_size)
+    print(f"quantized {r['layers']} linear layers ({r['scheme']}): {r['bytes_before'] / 2**20:.2f} MiB -> "
+          f"{r['bytes_after'] / 2**20:.2f} MiB")
+    print(f"run directory: {r['out']}")
+    return 0
+
+
+def _export(args) -> int:
+    from fastlm.train.export import export_run
+
+    print(export_run(args.run_dir, args.out, format=args.format))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

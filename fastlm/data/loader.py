@@ -106,12 +106,15 @@ class BatchLoader:
 
     # -------------------------------------------------------------- the data
 
-    def batch_for_step(self, step: int) -> list[torch.Tensor]:
-        """This rank's micro-batches of `step` (a pure function of seed, step, rank, world)."""
+    def window_starts(self, step: int) -> np.ndarray:
+        """Where this rank's windows of `step` start in the tokens (a pure function of seed, step, rank, world)."""
         rng = np.random.default_rng([self.seed, step])
         starts = rng.integers(0, len(self.tokens) - self.seq_len + 1, size=self.global_batch_size)
-        mine = starts[self.bounds[self.rank]:self.bounds[self.rank + 1]]
-        batch = _windows(self.tokens, mine, self.seq_len)
+        return starts[self.bounds[self.rank]:self.bounds[self.rank + 1]]
+
+    def batch_for_step(self, step: int) -> list[torch.Tensor]:
+        """This rank's micro-batches of `step` (a pure function of seed, step, rank, world)."""
+        batch = _windows(self.tokens, self.window_starts(step), self.seq_len)
         if self.pin_memory:
             batch = batch.pin_memory()
         if self.pack_eos_id is not None:

@@ -1,9 +1,12 @@
-"""fastlm.models: the GPT family (GPT-2 / LLaMA style) and Hugging Face weight import/export."""
+"""fastlm.models: the GPT family (GPT-2 / LLaMA style), encoders (BERT / RoBERTa / ALBERT) and Hugging Face weight import/export."""
 from fastlm.models.config import GPTConfig
+from fastlm.models.encoder import Encoder, EncoderForMaskedLM, EncoderForSequenceClassification
+from fastlm.models.encoder_config import EncoderConfig
 from fastlm.models.gpt import GPT, sample_next_token
 from fastlm.models.hf import (config_from_hf, config_to_hf, from_hf, is_hf_checkpoint, load_hf_checkpoint,
                               state_dict_from_hf, state_dict_to_hf, to_hf)
 from fastlm.nn.kv_cache import KVCache
 
-__all__ = ["GPT", "GPTConfig", "KVCache", "sample_next_token", "from_hf", "to_hf", "config_from_hf",
+__all__ = ["GPT", "GPTConfig", "Encoder", "EncoderConfig", "EncoderForMaskedLM", "EncoderForSequenceClassification",
+           "KVCache", "sample_next_token", "from_hf", "to_hf", "config_from_hf",
            "config_to_hf", "load_hf_checkpoint", "is_hf_checkpoint", "state_dict_from_hf", "state_dict_to_hf"]

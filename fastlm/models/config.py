@@ -9,6 +9,7 @@ from typing import Any
 from fastlm.nn.activations import ACTIVATIONS
 
 FAMILIES = ("gpt2", "llama")
+ENCODER_FAMILIES = ("bert", "roberta", "albert")  # fastlm.models.Encoder (EncoderConfig)
 
 
 @dataclass

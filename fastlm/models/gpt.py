@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from fastlm import ops
 from fastlm.models.config import GPTConfig
-from fastlm.nn import Block, KVCache, LayerNorm, RMSNorm, rope_cos_sin
+from fastlm.nn import Block, KVCache, LayerNorm, Linear, RMSNorm, rope_cos_sin
 from fastlm.nn.attention import document_ids
 
 __all__ = ["GPT", "GPTConfig"]
@@ -36,7 +37,7 @@ class GPT(nn.Module):
             for i in range(config.n_layer))
         self.norm = RMSNorm(config.d_model, config.norm_eps) if llama else \
             LayerNorm(config.d_model, config.norm_eps, config.bias)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.reset_parameters()
@@ -104,24 +105,42 @@ class GPT(nn.Module):
         return self.norm(x)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None, cu_seqlens: torch.Tensor | None = None):
+                kv_cache: KVCache | None = None, cu_seqlens: torch.Tensor | None = None, return_logits: bool = True):
         """logits (B, T, vocab); (logits, loss) when labels are given.
+
+        return_logits=False (with labels; what the trainer uses): (None, loss), computed by the fused
+        linear cross-entropy so the (B, T, vocab) logits are never stored.
 
         labels follow the Hugging Face convention: the same shape as input_ids, shifted here (position
         t predicts labels[t + 1]), -100 ignored, loss averaged over the counted tokens. With
         cu_seqlens (packed documents) the last token of a document predicts nothing.
         """
-        logits = self.lm_head(self.hidden_states(input_ids, kv_cache, cu_seqlens))
+        hidden = self.hidden_states(input_ids, kv_cache, cu_seqlens)
         if labels is None:
-            return logits
+            return self.lm_head(hidden)
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
         # Shift by padding the labels instead of slicing the logits: no copy of the (B, T, V) tensor.
         targets = F.pad(labels[:, 1:], (0, 1), value=-100)
         if cu_seqlens is not None:  # no prediction across a document boundary
             targets = targets.flatten().index_fill(0, (cu_seqlens[1:] - 1).long(), -100).view_as(targets)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
+        if not return_logits and self._fused_loss_applies():
+            return None, ops.linear_cross_entropy(hidden, self.lm_head.weight, targets)
+        logits = self.lm_head(hidden)
+        loss = self.loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         return logits, loss
+
+    def _fused_loss_applies(self) -> bool:
+        """Whether the fused head + loss computes exactly lm_head then loss_fn: a bias-free plain linear
+        head (torch's or fastlm.nn.Linear) and loss_fn not swapped (tensor parallel swaps both)."""
+        head = self.lm_head
+        plain = type(head) is nn.Linear or type(head).__module__ == "fastlm.nn.linear"
+        return plain and head.bias is None and "loss_fn" not in vars(self)
+
+    @staticmethod
+    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of (N, V) logits, -100 ignored. parallelize_tp swaps in the vocab-parallel one."""
+        return ops.cross_entropy(logits, targets, ignore_index=-100)  # fp32 math, no fp32 copy of the logits
 
     # ---- utilities ----------------------------------------------------------------------------
     def num_params(self, exclude_embeddings: bool = False) -> int:

@@ -1,4 +1,4 @@
-"""Hugging Face interop: GPT2LMHeadModel / LlamaForCausalLM <-> fastlm GPT.
+"""Hugging Face interop: GPT2LMHeadModel / LlamaForCausalLM <-> fastlm GPT (encoders: hf_encoder.py).
 
 Weights are read from safetensors only (never pickle). Reading a checkpoint directory needs no
 transformers install; `to_hf` (and `from_hf` on a model instance) naturally does.
@@ -13,6 +13,8 @@ import torch
 
 from fastlm.models.config import GPTConfig
 from fastlm.models.gpt import GPT
+from fastlm.models.hf_encoder import (ENCODER_MODEL_TYPES, encoder_from_hf, encoder_to_hf,
+                                      load_encoder_checkpoint)
 from fastlm.nn.activations import ACTIVATIONS
 
 __all__ = ["config_from_hf", "config_to_hf", "from_hf", "to_hf", "load_hf_checkpoint", "is_hf_checkpoint",
@@ -42,7 +44,8 @@ def config_from_hf(hf_config) -> GPTConfig:
         return _gpt2_config_from_hf(hf_config)
     if model_type == "llama":
         return _llama_config_from_hf(hf_config)
-    raise ValueError(f"unsupported Hugging Face model_type {model_type!r}; supported: {', '.join(SUPPORTED)}")
+    raise ValueError(f"unsupported Hugging Face model_type {model_type!r}; supported: "
+                     f"{', '.join(SUPPORTED + ENCODER_MODEL_TYPES)}")
 
 
 def _check_activation(name, key):
@@ -267,7 +270,10 @@ def state_dict_to_hf(config: GPTConfig, state_dict: Mapping[str, torch.Tensor]) 
 def from_hf(hf_model_or_config, state_dict: Mapping[str, torch.Tensor] | None = None,
             dtype: torch.dtype = torch.float32) -> GPT:
     """A fastlm GPT equal to a GPT2LMHeadModel / LlamaForCausalLM instance, or to an HF config
-    (object or config.json dict) plus its state dict. Parameters are cast to `dtype`."""
+    (object or config.json dict) plus its state dict, or to a checkpoint directory. Parameters are
+    cast to `dtype`. BERT / RoBERTa / ALBERT give a fastlm Encoder (see hf_encoder.py)."""
+    if isinstance(hf_model_or_config, (str, Path)):
+        return load_hf_checkpoint(hf_model_or_config, dtype=dtype)
     if isinstance(hf_model_or_config, torch.nn.Module):
         hf_config = hf_model_or_config.config
         if state_dict is None:
@@ -276,6 +282,8 @@ def from_hf(hf_model_or_config, state_dict: Mapping[str, torch.Tensor] | None = 
         hf_config = hf_model_or_config
         if state_dict is None:
             raise ValueError("from_hf(config) needs the state_dict too (or pass the HF model itself)")
+    if _get(hf_config, "model_type") in ENCODER_MODEL_TYPES:
+        return encoder_from_hf(hf_config, state_dict, dtype=dtype, copy=isinstance(hf_model_or_config, torch.nn.Module))
     config = config_from_hf(hf_config)
     sd = state_dict_from_hf(config, state_dict)
     # Build on the meta device and adopt the checkpoint tensors: no throwaway random init.
@@ -296,6 +304,8 @@ def to_hf(model: GPT, attn_implementation: str = "sdpa"):
     """The equivalent transformers model (GPT2LMHeadModel or LlamaForCausalLM), same dtype and device."""
     import transformers
 
+    if not isinstance(model, GPT):
+        return encoder_to_hf(model, attn_implementation)
     hf_config = config_to_hf(model.config)
     hf_config._attn_implementation = attn_implementation
     cls = transformers.GPT2LMHeadModel if model.family == "gpt2" else transformers.LlamaForCausalLM
@@ -348,6 +358,13 @@ def load_hf_checkpoint(directory, dtype: torch.dtype = torch.float32) -> GPT:
         hf_config: dict[str, Any] = json.loads(cfg_path.read_text())
     except ValueError as e:
         raise ValueError(f"{cfg_path}: invalid JSON ({e})") from None
+    if not isinstance(hf_config, dict) or "model_type" not in hf_config:
+        raise ValueError(f"{cfg_path}: no model_type (not a transformers config.json)")
+    if hf_config["model_type"] not in SUPPORTED + ENCODER_MODEL_TYPES:
+        raise ValueError(f"{cfg_path}: unsupported model_type {hf_config['model_type']!r}; supported: "
+                         f"{', '.join(SUPPORTED + ENCODER_MODEL_TYPES)}")
+    if hf_config["model_type"] in ENCODER_MODEL_TYPES:  # also reads pytorch_model.bin (weights only)
+        return load_encoder_checkpoint(d, hf_config, dtype=dtype)
     files = _weights_files(d)
     if files is None:
         if any(d.glob("*.bin")) or any(d.glob("*.pt")):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastlm import ops
-from fastlm.nn.rope import apply_rope
+from fastlm.nn.linear import Linear
 from fastlm.ops.attention import MAX_HEAD_DIM, MIN_HEAD_DIM
 
 # torch >= 2.5 repeats grouped K/V heads inside SDPA; older builds get an explicit repeat.
@@ -99,22 +99,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
 
 
 class Attention(nn.Module):
-    """Multi-head / grouped-query causal self-attention.
+    """Multi-head / grouped-query self-attention, causal unless causal=False (encoders).
 
     One fused projection `qkv` (output [q | k | v], n_head + 2 * n_kv_head heads of head_dim) and
     an output projection `proj`. RoPE is applied when (cos, sin) are passed to forward.
     """
 
     def __init__(self, d_model: int, n_head: int, n_kv_head: int, head_dim: int, bias: bool = True,
-                 dropout: float = 0.0, layer_idx: int = 0):
+                 dropout: float = 0.0, layer_idx: int = 0, causal: bool = True):
         super().__init__()
         if n_head % n_kv_head:
             raise ValueError(f"n_head ({n_head}) must be a multiple of n_kv_head ({n_kv_head})")
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, head_dim
         self.layer_idx = layer_idx  # which slot of a KVCache this layer uses
         self.dropout = dropout
-        self.qkv = nn.Linear(d_model, (n_head + 2 * n_kv_head) * head_dim, bias=bias)
-        self.proj = nn.Linear(n_head * head_dim, d_model, bias=bias)
+        self.causal = causal  # False: bidirectional (encoders)
+        self.qkv = Linear(d_model, (n_head + 2 * n_kv_head) * head_dim, bias=bias)
+        self.proj = Linear(n_head * head_dim, d_model, bias=bias)
         self.resid_drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -130,14 +131,12 @@ class Attention(nn.Module):
         if rope is not None:  # in (B, T, H, D): cos/sin broadcast over heads
             cos, sin = rope
             if cos.shape[0] == b * t and b > 1:  # per-token angles (packed documents)
-                q = apply_rope(q.reshape(b * t, self.n_head, hd), cos, sin).view(b, t, self.n_head, hd)
-                k = apply_rope(k.reshape(b * t, self.n_kv_head, hd), cos, sin).view(b, t, self.n_kv_head, hd)
-            else:
-                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+                cos, sin = cos.view(b, t, -1), sin.view(b, t, -1)
+            q, k = ops.rope(q, k, cos, sin)  # one fused kernel per tensor, fp32 math
         if kv_cache is not None:  # the cache is (B, H, T, D); the kernels read its transpose in place
             k, v = kv_cache.update(self.layer_idx, k.transpose(1, 2), v.transpose(1, 2))
             k, v = k.transpose(1, 2), v.transpose(1, 2)
-        y = attention_bthd(q, k, v, causal=True, dropout_p=self.dropout if self.training else 0.0,
+        y = attention_bthd(q, k, v, causal=self.causal, dropout_p=self.dropout if self.training else 0.0,
                            cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         y = y.reshape(b, t, self.n_head * hd)
         return self.resid_drop(self.proj(y))

@@ -1,4 +1,5 @@
-"""A pre-norm Transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+"""A Transformer block. Pre-norm (GPT): x + attn(norm1(x)), then x + mlp(norm2(x)).
+Post-norm (BERT, post_norm=True): norm1(x + attn(x)), then norm2(x + mlp(x))."""
 from __future__ import annotations
 
 import torch
@@ -12,8 +13,10 @@ from fastlm.nn.norms import LayerNorm, RMSNorm
 class Block(nn.Module):
     def __init__(self, *, d_model: int, n_head: int, n_kv_head: int, head_dim: int, d_ff: int,
                  norm: str = "layernorm", norm_eps: float = 1e-5, activation: str = "gelu_new",
-                 gated_mlp: bool = False, bias: bool = True, dropout: float = 0.0, layer_idx: int = 0):
+                 gated_mlp: bool = False, bias: bool = True, dropout: float = 0.0, layer_idx: int = 0,
+                 post_norm: bool = False, causal: bool = True):
         super().__init__()
+        self.post_norm = post_norm
         if norm == "layernorm":
             self.norm1, self.norm2 = LayerNorm(d_model, norm_eps, bias), LayerNorm(d_model, norm_eps, bias)
         elif norm == "rmsnorm":
@@ -21,10 +24,13 @@ class Block(nn.Module):
         else:
             raise ValueError(f"unknown norm {norm!r}; expected 'layernorm' or 'rmsnorm'")
         self.attn = Attention(d_model, n_head, n_kv_head, head_dim, bias=bias, dropout=dropout,
-                              layer_idx=layer_idx)
+                              layer_idx=layer_idx, causal=causal)
         self.mlp = MLP(d_model, d_ff, activation, gated=gated_mlp, bias=bias, dropout=dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 kv_cache=None, cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None) -> torch.Tensor:
+        if self.post_norm:
+            x = self.norm1(x + self.attn(x, rope, kv_cache, cu_seqlens, max_seqlen))
+            return self.norm2(x + self.mlp(x))
         x = x + self.attn(self.norm1(x), rope, kv_cache, cu_seqlens, max_seqlen)
         return x + self.mlp(self.norm2(x))

@@ -4,7 +4,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastlm import ops
 from fastlm.nn.activations import get_activation
+from fastlm.nn.linear import Linear
+from fastlm.ops.matmul import ACTIVATION_ALIASES
+
+# Activations with a fused gated kernel (act(gate) * up in one pass, backward recomputing act).
+_FUSED_GATED = {
+    "silu": ops.swiglu, "swish": ops.swiglu, "gelu": ops.geglu,
+    "gelu_new": lambda g, u: ops.geglu(g, u, "tanh"), "gelu_pytorch_tanh": lambda g, u: ops.geglu(g, u, "tanh"),
+    "gelu_fast": lambda g, u: ops.geglu(g, u, "tanh"),
+}
 
 
 class MLP(nn.Module):
@@ -20,15 +30,21 @@ class MLP(nn.Module):
         self.gated = gated
         self.d_ff = d_ff
         self.act = get_activation(activation)
-        self.fc = nn.Linear(d_model, 2 * d_ff if gated else d_ff, bias=bias)
-        self.proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.gated_act = _FUSED_GATED.get(activation)
+        # Plain MLP: the activation runs in fc's GEMM epilogue (same math, fp32) while fc is a
+        # fastlm Linear; a swapped-in fc (tensor parallel, int8) gets the separate activation.
+        self.fused_act = activation if not gated and activation in ACTIVATION_ALIASES else None
+        self.fc = Linear(d_model, 2 * d_ff if gated else d_ff, bias=bias)
+        self.proj = Linear(d_ff, d_model, bias=bias)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_act is not None and type(self.fc) is Linear:
+            return self.drop(self.proj(self.fc(x, activation=self.fused_act)))
         h = self.fc(x)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
-            h = self.act(gate) * up
+            h = self.gated_act(gate, up) if self.gated_act is not None else self.act(gate) * up
         else:
             h = self.act(h)
         return self.drop(self.proj(h))

@@ -19,10 +19,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastlm.models import GPTConfig
+from fastlm.models import EncoderConfig, GPTConfig
+from fastlm.models.config import ENCODER_FAMILIES, FAMILIES
 from fastlm.train.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LINEARS = ("default", "int8_train")
 
 
 @dataclass
@@ -32,9 +34,28 @@ class ModelSection(GPTConfig):
     # A fastlm run directory (config.toml + model.safetensors) or a Hugging Face checkpoint
     # directory (config.json + safetensors). Its architecture replaces the fields above.
     init_from: str | None = None
+    # How the linears train: "default" (float) or "int8_train" (SwitchBack int8 matmuls, applied to
+    # the built model by fastlm.quant.apply_int8_training; the weights stay a float nn.Linear's).
+    linear: str = "default"
+
+    # Encoder families (bert, roberta, albert) only; unset for GPT. See EncoderConfig.
+    embedding_size: int | None = None
+    type_vocab_size: int | None = None
+    pad_token_id: int | None = None
+    n_layer_groups: int | None = None
 
     def gpt_config(self) -> GPTConfig:
         return GPTConfig(**{f.name: getattr(self, f.name) for f in fields(GPTConfig)})
+
+    @property
+    def is_encoder(self) -> bool:
+        return self.family in ENCODER_FAMILIES
+
+    def encoder_config(self) -> EncoderConfig:
+        return EncoderConfig(**{f.name: getattr(self, f.name) for f in fields(EncoderConfig)})
+
+    def architecture(self) -> GPTConfig | EncoderConfig:
+        return self.encoder_config() if self.is_encoder else self.gpt_config()
 
 
 @dataclass
@@ -47,6 +68,11 @@ class DataSection:
     seq_len: int = 1024                  # tokens per training sequence
     builtin_modules: list[str] | None = None  # subset of the embedded corpus (None: default set)
     pack: bool = False                   # attend within documents only (split at eos; cu_seqlens)
+    # Masked-LM pretraining (model.family = bert | roberta | albert); see fastlm/data/masking.py.
+    masking: str = "dynamic"             # dynamic (fresh mask each time, RoBERTa) | static (fixed per example, BERT)
+    mask_prob: float = 0.15              # share of tokens selected for prediction (80% [MASK], 10% random, 10% kept)
+    whole_word_mask: bool = False        # select whole words (all of their tokens) instead of tokens
+    sentence_order: bool = False         # ALBERT's sentence-order prediction ([CLS] A [SEP] B [SEP], maybe swapped)
 
 
 @dataclass
@@ -66,12 +92,19 @@ class TrainSection:
     eval_batches: int = 20               # validation batches of micro_batch_size sequences
     activation_checkpointing: bool = False
     tensorboard: bool = False            # also log to RUN_DIR/tensorboard (if installed)
+    # Adversarial training (fastlm.tasks.adversarial): perturb the input embeddings along the loss
+    # gradient and train on the perturbed loss too. "fgm" (one step) | "pgd" (projected steps) | "none".
+    adversarial: str = "none"
+    adversarial_epsilon: float = 1.0     # L2 norm of each token's embedding perturbation (at most)
+    adversarial_steps: int = 3           # pgd ascent steps
+    adversarial_alpha: float = 0.0       # pgd step size; 0: 2.5 * epsilon / steps
 
 
 @dataclass
 class ParallelSection:
     dp: int | str = "auto"               # data-parallel degree, or "auto" (= the processes left)
-    tp: int = 1
+    tp: int = 1                          # tensor parallel: Megatron-style splits of every layer
+    sequence_parallel: bool = False      # with tp > 1: norms and dropout on 1/tp of each sequence
     pp: int = 1
     bucket_mb: float = 25.0              # gradient all-reduce bucket size
     grad_reduce_dtype: str = "fp32"      # fp32 (as the gradients) | bf16 | fp16: communicate in 16 bits
@@ -80,6 +113,11 @@ class ParallelSection:
     sync: str = "every_step"             # every_step | local_sgd (average parameters every sync_every steps)
     sync_every: int = 1
     timeout_s: float = 300.0             # a collective that takes longer fails, naming the missing rank
+    # Pipeline parallel (pp > 1): see fastlm.parallel.pipeline
+    schedule: str = "1f1b"               # gpipe | 1f1b | interleaved
+    virtual_stages: int = 1              # model chunks per pipeline rank (interleaved only)
+    stage_layers: list[int] | None = None  # blocks per stage (pp x virtual_stages entries); default: balanced
+    stage_balance: str = "params"        # params | time: what balances the stages without stage_layers
 
 
 @dataclass
@@ -120,7 +158,9 @@ class Config:
         model_raw = dict(raw.get("model", {}))
         data_raw = raw.get("data", {})
         # The model's vocabulary and context follow [data] unless the config says otherwise.
-        model_raw.setdefault("vocab_size", data_raw.get("vocab_size", DataSection.vocab_size))
+        # Encoders also need [MASK], [CLS], [SEP]: the ids after the tokenizer's (fastlm.data.masking).
+        extra = 3 if model_raw.get("family") in ENCODER_FAMILIES else 0
+        model_raw.setdefault("vocab_size", data_raw.get("vocab_size", DataSection.vocab_size) + extra)
         model_raw.setdefault("max_seq_len", data_raw.get("seq_len", DataSection.seq_len))
         sections = {s: _build_section(s, SECTIONS[s], raw.get(s, {})) for s in SECTIONS if s != "model"}
         config = cls(model=_build_section("model", ModelSection, model_raw), name=name, **sections)
@@ -252,6 +292,8 @@ def validate(config: Config) -> None:
     t, d, p, c = config.train, config.data, config.parallel, config.checkpoint
     if t.precision not in PRECISIONS:
         raise ConfigError(f"train.precision = {_show(t.precision)}: expected one of {', '.join(PRECISIONS)}")
+    if config.model.linear not in LINEARS:
+        raise ConfigError(f"model.linear = {_show(config.model.linear)}: expected one of {', '.join(LINEARS)}")
     positive = {
         "train.steps": t.steps, "train.global_batch_size": t.global_batch_size,
         "train.micro_batch_size": t.micro_batch_size, "train.log_every": t.log_every,
@@ -276,10 +318,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.min_lr = {_show(t.min_lr)}: expected at most train.lr = {_show(t.lr)}")
     if not 0 < d.val_fraction < 1:
         raise ConfigError(f"data.val_fraction = {_show(d.val_fraction)}: expected a number between 0 and 1")
-    if p.tp != 1 or p.pp != 1:
-        bad = "parallel.tp" if p.tp != 1 else "parallel.pp"
-        raise ConfigError(f"{bad} = {_show(getattr(p, bad[9:]))}: expected 1 (tensor/pipeline parallelism is not available yet)")
+    _validate_tensor_parallel(config)
+    _validate_pipeline(config)
     _validate_parallel(p, t)
+    _validate_adversarial(t)
     # Outside a launch (no WORLD_SIZE: loading a finished run for eval/generate, or a config in a
     # notebook) dp = "auto" has no process count yet: dp_shares say how many ranks there will be.
     # Trainer.fit checks the split again against the real data-parallel size.
@@ -289,9 +331,74 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.seq_len = {d.seq_len}: expected at most model.max_seq_len = {config.model.max_seq_len}")
     if d.vocab_size > config.model.vocab_size:
         raise ConfigError(f"data.vocab_size = {d.vocab_size}: expected at most model.vocab_size = {config.model.vocab_size}")
+    if config.model.family not in FAMILIES + ENCODER_FAMILIES:
+        raise ConfigError(f"model.family = {_show(config.model.family)}: expected one of "
+                          f"{', '.join(FAMILIES + ENCODER_FAMILIES)}")
     try:
-        config.model.gpt_config().validate()
+        config.model.architecture().validate()
     except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
+    _validate_masked_lm(config)
+
+
+def _validate_masked_lm(config: Config) -> None:
+    d, m = config.data, config.model
+    if d.masking not in ("static", "dynamic"):
+        raise ConfigError(f"data.masking = {_show(d.masking)}: expected \"static\" or \"dynamic\"")
+    if not 0 < d.mask_prob < 1:
+        raise ConfigError(f"data.mask_prob = {_show(d.mask_prob)}: expected a number between 0 and 1")
+    if not m.is_encoder:
+        for key, on in (("whole_word_mask", d.whole_word_mask), ("sentence_order", d.sentence_order)):
+            if on:
+                raise ConfigError(f"data.{key} = true: only for masked-LM models (model.family = "
+                                  f"{' | '.join(ENCODER_FAMILIES)}), not {_show(m.family)}")
+        return
+    if d.pack:
+        raise ConfigError(f"data.pack = true: only for GPT families, not model.family = {_show(m.family)}")
+    if d.sentence_order and d.seq_len < 5:
+        raise ConfigError(f"data.seq_len = {d.seq_len}: sentence-order prediction needs at least 5")
+    if d.vocab_size + 3 > m.vocab_size:
+        raise ConfigError(f"model.vocab_size = {m.vocab_size}: expected at least data.vocab_size + 3 = "
+                          f"{d.vocab_size + 3} (room for [MASK], [CLS], [SEP])")
+
+
+ADVERSARIAL = ("none", "fgm", "pgd")
+
+
+def _validate_adversarial(t: TrainSection) -> None:
+    if t.adversarial not in ADVERSARIAL:
+        raise ConfigError(f"train.adversarial = {_show(t.adversarial)}: expected one of {', '.join(ADVERSARIAL)}")
+    if not (t.adversarial_epsilon > 0 and math.isfinite(t.adversarial_epsilon)):
+        raise ConfigError(f"train.adversarial_epsilon = {_show(t.adversarial_epsilon)}: expected a positive number")
+    if t.adversarial_steps < 1:
+        raise ConfigError(f"train.adversarial_steps = {_show(t.adversarial_steps)}: expected a positive integer")
+    if not (t.adversarial_alpha >= 0 and math.isfinite(t.adversarial_alpha)):
+        raise ConfigError(f"train.adversarial_alpha = {_show(t.adversarial_alpha)}: expected a number >= 0 "
+                          f"(0: 2.5 * epsilon / steps)")
+
+
+def _validate_tensor_parallel(config: Config) -> None:
+    p = config.parallel
+    if not isinstance(p.sequence_parallel, bool):
+        raise ConfigError(f"parallel.sequence_parallel = {_show(p.sequence_parallel)}: expected true or false")
+    if p.tp == 1:
+        return
+    for bad, why in ((config.model.is_encoder, f"model.family = {_show(config.model.family)} (GPT families only)"),
+                     (config.model.linear != "default", f"model.linear = {_show(config.model.linear)}"),
+                     (p.sync == "local_sgd", 'parallel.sync = "local_sgd"'),
+                     (config.train.precision == "fp16", 'train.precision = "fp16" (use "bf16")'),
+                     (config.train.activation_checkpointing and config.model.dropout > 0,
+                      "train.activation_checkpointing and model.dropout > 0 (the recomputation would draw "
+                      "other dropout masks)")):
+        if bad:
+            raise ConfigError(f"parallel.tp = {p.tp}: not available with {why}")
+    if config.model.init_from:
+        return  # the architecture comes from init_from: checked when the model is built
+    from fastlm.parallel.tensor.layout import check_tp_layout
+
+    try:
+        check_tp_layout(config.model.gpt_config(), p.tp, p.sequence_parallel, config.data.seq_len)
+    except ValueError as e:
         raise ConfigError(str(e)) from None
 
 
@@ -325,6 +432,60 @@ def _validate_parallel(p: ParallelSection, t: TrainSection) -> None:
                               f"one per data-parallel rank")
 
 
+PIPELINE_SCHEDULES = ("gpipe", "1f1b", "interleaved")
+STAGE_BALANCES = ("params", "time")
+
+
+def _validate_pipeline(config: Config) -> None:
+    p, n_layer = config.parallel, config.model.n_layer
+    if p.schedule not in PIPELINE_SCHEDULES:
+        raise ConfigError(f"parallel.schedule = {_show(p.schedule)}: expected one of {', '.join(PIPELINE_SCHEDULES)}")
+    if p.stage_balance not in STAGE_BALANCES:
+        raise ConfigError(f"parallel.stage_balance = {_show(p.stage_balance)}: expected one of "
+                          f"{', '.join(STAGE_BALANCES)}")
+    if p.virtual_stages < 1:
+        raise ConfigError(f"parallel.virtual_stages = {_show(p.virtual_stages)}: expected a positive integer")
+    if p.virtual_stages > 1 and p.schedule != "interleaved":
+        raise ConfigError(f"parallel.virtual_stages = {p.virtual_stages}: only used with parallel.schedule = "
+                          f"\"interleaved\" (schedule is {_show(p.schedule)})")
+    if p.pp == 1:
+        return
+    if getattr(config.model, "is_encoder", False):
+        raise ConfigError(f"parallel.pp = {p.pp}: pipeline parallelism splits GPT models only, not "
+                          f"model.family = {_show(config.model.family)}")
+    if config.train.precision == "fp16":
+        raise ConfigError('parallel.pp > 1: not available with train.precision = "fp16" (use "bf16")')
+    if p.shard_optimizer:
+        raise ConfigError("parallel.shard_optimizer = true: not available with parallel.pp > 1 yet")
+    if p.sync == "local_sgd":
+        raise ConfigError('parallel.sync = "local_sgd": not available with parallel.pp > 1')
+    stages = p.pp * p.virtual_stages
+    if n_layer is not None and stages > n_layer:
+        raise ConfigError(f"parallel.pp * parallel.virtual_stages = {p.pp} * {p.virtual_stages} = {stages} pipeline "
+                          f"stages, more than model.n_layer = {n_layer}: every stage needs at least one layer")
+    if p.stage_layers is not None:
+        if len(p.stage_layers) != stages:
+            raise ConfigError(f"parallel.stage_layers = {_show(p.stage_layers)}: expected {stages} entries "
+                              f"(parallel.pp * parallel.virtual_stages), one per pipeline stage")
+        if any(c < 1 for c in p.stage_layers) or (n_layer is not None and sum(p.stage_layers) != n_layer):
+            raise ConfigError(f"parallel.stage_layers = {_show(p.stage_layers)}: expected positive layer counts that "
+                              f"add up to model.n_layer = {n_layer}")
+
+
+def check_pipeline_microbatches(config: Config, dp: int) -> None:
+    """Interleaved 1F1B needs each rank's micro-batch count to be a multiple of pp."""
+    p, t = config.parallel, config.train
+    if p.pp == 1 or p.schedule != "interleaved":
+        return
+    for samples in rank_samples(config, dp):
+        m = samples // t.micro_batch_size
+        if m % p.pp:
+            raise ConfigError(
+                f"parallel.schedule = \"interleaved\": {m} micro-batches per step (train.global_batch_size / "
+                f"(train.micro_batch_size * data-parallel size) = {t.global_batch_size} / ({t.micro_batch_size} * "
+                f"{dp})) must be a multiple of parallel.pp = {p.pp}")
+
+
 def rank_samples(config: Config, dp: int) -> list[int]:
     """Sequences of each global batch that each data-parallel rank takes (dp_shares, or equal parts)."""
     t, shares = config.train, config.parallel.dp_shares
@@ -352,6 +513,7 @@ def check_batch_split(config: Config, dp: int) -> None:
             f"train.global_batch_size = {t.global_batch_size}: expected a multiple of "
             f"train.micro_batch_size * data-parallel size = {t.micro_batch_size} * {dp}"
         )
+    check_pipeline_microbatches(config, dp)
 
 
 # ---------------------------------------------------------------- writing

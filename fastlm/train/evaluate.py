@@ -20,7 +20,10 @@ def evaluate(model: nn.Module, batches: list[torch.Tensor], device: torch.device
     for x in batches:
         x = x.to(device, non_blocking=True)
         with autocast:
-            _, loss = model(x, labels=x)
+            if hasattr(x, "kwargs"):  # a MaskedBatch (masked LM): the loss of the masked tokens
+                _, loss = model(**x.kwargs())
+            else:
+                _, loss = model(x, labels=x)
         total += loss.float().item()
     model.train(was_training)
     val_loss = total / len(batches)
@@ -44,8 +47,16 @@ def evaluate_run(run_dir, device=None, show_progress: bool = False) -> dict:
     if Path(corpus.tokenizer_path).read_bytes() != Path(tokenizer_path).read_bytes():
         # The cached corpus was rebuilt with another tokenizer: tokenize with the run's own.
         corpus = prepare_corpus(d.source, tokenizer_path=tokenizer_path, **kwargs)
-    batches = eval_batches(corpus.val_tokens, seq_len=d.seq_len, batch_size=t.micro_batch_size,
-                           num_batches=t.eval_batches)
+    if config.model.is_encoder:  # the masked validation sequences of training (fixed masks)
+        from fastlm.data.masking import masked_eval_batches
+        from fastlm.train.trainer import masked_lm_rule
+
+        batches = masked_eval_batches(corpus.val_tokens, rule=masked_lm_rule(config, corpus, model.config.vocab_size),
+                                      seq_len=d.seq_len, batch_size=t.micro_batch_size, num_batches=t.eval_batches)
+    else:
+        batches = eval_batches(corpus.val_tokens, seq_len=d.seq_len, batch_size=t.micro_batch_size,
+                               num_batches=t.eval_batches)
     precision = resolve_precision(t.precision, device)
     result = evaluate(model, batches, device, autocast_for(precision, device))
-    return {**result, "tokens": sum(b.numel() for b in batches), "run_dir": str(run_dir)}
+    tokens = sum((b.input_ids if hasattr(b, "kwargs") else b).numel() for b in batches)
+    return {**result, "tokens": tokens, "run_dir": str(run_dir)}

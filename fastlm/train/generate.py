@@ -15,7 +15,10 @@ def generate_text(run_dir: str | Path, prompt: str, max_new_tokens: int = 200, t
                   device: str | torch.device | None = None) -> str:
     """The prompt and its sampled continuation. Stops at max_new_tokens, end of text or the context."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    _, model, tokenizer_path = load_run(run_dir, device)
+    config, model, tokenizer_path = load_run(run_dir, device)
+    if config.model.is_encoder:
+        raise FastlmError(f"{run_dir} is a masked-LM encoder (model.family = {config.model.family!r}): "
+                          f"it does not generate text")
     tokenizer = load_tokenizer(tokenizer_path)
     ids = tokenizer.encode(prompt, add_special_tokens=False).ids
     context = model.config.max_seq_len

@@ -34,9 +34,14 @@ def load_run(run_dir: str | Path, device="cpu") -> tuple[Config, GPT, Path]:
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} does not exist")
     for name in ("config.toml", "model.safetensors", "tokenizer.json"):
-        if not (run_dir / name).is_file():
+        if not (run_dir / name).is_file() and not (name == "model.safetensors" and _sharded_weights(run_dir)):
             raise CheckpointError(f"{run_dir} is not a finished fastlm run: {name} is missing")
     config, model = _run_model(run_dir, device)
+    if config.model.linear == "int8_train" and not (run_dir / "quantization.json").is_file():
+        # Evaluate as it trained: int8 (SwitchBack) linears.
+        from fastlm.quant import apply_int8_training
+
+        apply_int8_training(model)
     return config, model, run_dir / "tokenizer.json"
 
 
@@ -50,6 +55,9 @@ def init_model_from(directory: str | Path) -> tuple[GPT, Path | None]:
     tokenizer = path / "tokenizer.json"
     tokenizer = tokenizer if tokenizer.is_file() else None
     if (path / "config.toml").is_file() and (path / "model.safetensors").is_file():
+        if (path / "quantization.json").is_file():
+            raise ConfigError(f"model.init_from = {str(directory)!r}: a quantized run (int8 weights) cannot "
+                              f"be trained; start from the run it was quantized from")
         return _run_model(path)[1], tokenizer
     if is_hf_checkpoint(path):
         try:
@@ -62,10 +70,58 @@ def init_model_from(directory: str | Path) -> tuple[GPT, Path | None]:
 
 
 def _run_model(run_dir: Path, device="cpu") -> tuple[Config, GPT]:
+    from fastlm.quant.saved import read_quantization, restore_quantized
+
     config = load_config(run_dir / "config.toml")
-    model = GPT(config.model.gpt_config())
-    _load_weights(model, run_dir / "model.safetensors", device)
+    model = build_model(config)
+    quantization = read_quantization(run_dir)  # `fastlm quantize` output: int8 modules first
+    if quantization is not None:
+        restore_quantized(model, quantization)
+    sharded = None if (run_dir / "model.safetensors").is_file() else _sharded_weights(run_dir)
+    if sharded is not None:  # an unfinished tensor-parallel run: its latest (sharded) checkpoint, resharded
+        from fastlm.parallel.tensor.checkpoint import load_sharded
+
+        load_sharded(sharded, model.to(device))
+    else:
+        _load_weights(model, run_dir / "model.safetensors", device)
     return config, model
+
+
+def _sharded_weights(run_dir: Path) -> Path | None:
+    """The weights of the latest checkpoint when it is a tensor-parallel (sharded) one."""
+    from fastlm.train.checkpoint import latest_checkpoint
+    from fastlm.train.sharded_checkpoint import DCP_DIR, is_sharded_checkpoint
+
+    ckpt = latest_checkpoint(run_dir)
+    return ckpt / DCP_DIR if ckpt is not None and is_sharded_checkpoint(ckpt) else None
+
+
+def build_model(config: Config):
+    """The model of a config: GPT, or EncoderForMaskedLM for the encoder families (bert, roberta, albert)."""
+    if config.model.is_encoder:
+        from fastlm.models import EncoderForMaskedLM
+
+        return EncoderForMaskedLM(config.model.encoder_config(), sentence_order=config.data.sentence_order)
+    return GPT(config.model.gpt_config())
+
+
+def masked_lm_model(model, sentence_order: bool = False):
+    """An EncoderForMaskedLM from a loaded encoder: as it is when it has the heads asked for, else
+    its encoder weights under fresh heads (a bare BertModel checkpoint has no MLM head)."""
+    from fastlm.models import Encoder, EncoderForMaskedLM
+
+    if isinstance(model, EncoderForMaskedLM) and (model.sop_head is not None) == sentence_order:
+        return model
+    if not isinstance(model, (Encoder, EncoderForMaskedLM)):
+        raise ConfigError(f"model.family = {model.config.family!r} in model.init_from: expected an encoder "
+                          f"(bert, roberta, albert) for masked-LM pretraining")
+    encoder = model.encoder if isinstance(model, EncoderForMaskedLM) else model
+    out = EncoderForMaskedLM(encoder.config, sentence_order=sentence_order)
+    weights = {k: v for k, v in encoder.state_dict().items() if not k.startswith("pooler.") or sentence_order}
+    out.encoder.load_state_dict(weights, strict=False)  # copies in place: the decoder stays tied
+    if isinstance(model, EncoderForMaskedLM):
+        out.mlm_head.load_state_dict(model.mlm_head.state_dict())
+    return out
 
 
 def _load_weights(model: GPT, path: Path, device) -> None:

@@ -22,20 +22,25 @@ import torch
 from tqdm.auto import tqdm
 
 from fastlm.data import BatchLoader, PackedBatch, eval_batches, prepare_corpus
-from fastlm.models import GPT
+from fastlm.data.masking import MaskedBatch
+from fastlm.models import GPT, Encoder
 from fastlm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from fastlm.train.config import Config, ConfigError, check_batch_split, rank_samples, validate
 from fastlm.train.errors import CheckpointError, FastlmError
 from fastlm.train.evaluate import evaluate
 from fastlm.train.metrics import MetricsLog
+from fastlm.train.sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint
 from fastlm.train.optim import build_optimizer, lr_at, set_lr
-from fastlm.train.run import init_model_from, unique_run_dir
+from fastlm.train.run import build_model, init_model_from, masked_lm_model, unique_run_dir
 
 
 class Trainer:
     def __init__(self, config: Config, out_dir: str | os.PathLike | None = None, resume: bool = False,
                  show_progress: bool = True):
         validate(config)  # also a config built or changed in Python gets one-line errors
+        if config.train.adversarial != "none":  # embedding perturbation lives in the task loop
+            raise ConfigError(f"train.adversarial = \"{config.train.adversarial}\": only for fine-tuning "
+                              f"(fastlm finetune TASK CONFIG), not for language-model training")
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.resume = resume
@@ -48,6 +53,8 @@ class Trainer:
         else:
             self.device = torch.device("cpu")
         self.precision = resolve_precision(config.train.precision, self.device)
+        self.pipe = None  # the pipeline (parallel.pp > 1): this rank's stage and its schedule
+        self.tp_mesh = None  # the mesh when the model is tensor-parallel (parallel.tp > 1)
 
     # ------------------------------------------------------------------ the whole run
 
@@ -67,18 +74,30 @@ class Trainer:
             cfg.data.source, vocab_size=cfg.data.vocab_size, text_field=cfg.data.text_field,
             tokenizer_path=tokenizer_path, val_fraction=cfg.data.val_fraction,
             builtin_modules=cfg.data.builtin_modules, show_progress=self.is_main and self.show_progress)
-        if corpus.vocab_size > model.config.vocab_size:
-            raise ConfigError(f"the tokenizer has {corpus.vocab_size} tokens, more than model.vocab_size = "
-                              f"{model.config.vocab_size} (set model.vocab_size or data.vocab_size)")
-        loader = BatchLoader(corpus.train_tokens, seq_len=cfg.data.seq_len, global_batch_size=t.global_batch_size,
-                             micro_batch_size=t.micro_batch_size, seed=t.seed, rank=dp_rank,
-                             world_size=dp_size, pin_memory=self.device.type == "cuda",
-                             shares=cfg.parallel.dp_shares, pack_eos_id=corpus.eos_id if cfg.data.pack else None)
-        val_batches = eval_batches(corpus.val_tokens, seq_len=cfg.data.seq_len, batch_size=t.micro_batch_size,
-                                   num_batches=t.eval_batches)
+        if cfg.model.is_encoder:  # masked-LM pretraining: [MASK], [CLS], [SEP] follow the tokenizer's ids
+            loader, val_batches = self._masked_lm_data(corpus, model, dp_rank, dp_size)
+        else:
+            if corpus.vocab_size > model.config.vocab_size:
+                raise ConfigError(f"the tokenizer has {corpus.vocab_size} tokens, more than model.vocab_size = "
+                                  f"{model.config.vocab_size} (set model.vocab_size or data.vocab_size)")
+            loader = BatchLoader(corpus.train_tokens, seq_len=cfg.data.seq_len, global_batch_size=t.global_batch_size,
+                                 micro_batch_size=t.micro_batch_size, seed=t.seed, rank=dp_rank,
+                                 world_size=dp_size, pin_memory=self.device.type == "cuda",
+                                 shares=cfg.parallel.dp_shares, pack_eos_id=corpus.eos_id if cfg.data.pack else None)
+            val_batches = eval_batches(corpus.val_tokens, seq_len=cfg.data.seq_len, batch_size=t.micro_batch_size,
+                                       num_batches=t.eval_batches)
 
         model.to(self.device)
         model.activation_checkpointing = t.activation_checkpointing
+        if cfg.model.linear == "int8_train":  # SwitchBack: int8 forward and input-gradient matmuls
+            from fastlm.quant import apply_int8_training
+
+            apply_int8_training(model)
+        if mesh is not None and mesh.tp > 1:  # split every layer over the tp ranks (fastlm.parallel.tensor)
+            model = self._tensor_parallel(model, mesh)
+        if mesh is not None and mesh.pp > 1:  # keep this rank's stage of the model (fastlm.parallel.pipeline)
+            self.pipe = self._pipeline(model, mesh)
+            model = self.pipe.stage
         dp = self._data_parallel(model, mesh)  # None in a single process
         optimizer = build_optimizer(model, t, self.device)
         if dp is not None:
@@ -99,7 +118,11 @@ class Trainer:
                 ckpt = latest_checkpoint(run_dir)
                 if ckpt is None:
                     raise CheckpointError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-                start = load_checkpoint(ckpt, model, optimizer, scaler, loader, identity, self.device)
+                if self._sharded or is_sharded_checkpoint(ckpt):  # any (dp, tp, pp) it was saved at
+                    start = load_sharded_checkpoint(ckpt, model, optimizer, scaler, loader, identity, self.device,
+                                                    self._layout(mesh))
+                else:
+                    start = load_checkpoint(ckpt, model, optimizer, scaler, loader, identity, self.device)
             self._open_run_dir(run_dir, corpus.tokenizer_path, model)
             metrics = MetricsLog(run_dir if self.is_main else None, tensorboard=t.tensorboard)
             if self.resume:
@@ -127,6 +150,8 @@ class Trainer:
                 fresh = False  # from here on a failure keeps the run directory (and its checkpoints)
                 log_now = done % t.log_every == 0 or done == t.steps
                 if log_now:
+                    if self.pipe is not None:
+                        loss = self.pipe.reduce_loss(loss)  # computed on the last stage
                     if dp is not None:
                         loss = dp.mean_over_ranks(loss)  # the mean over the global batch
                     loss, grad_norm = loss.item(), grad_norm.item()  # waits for the GPU
@@ -144,13 +169,17 @@ class Trainer:
                 if done == t.steps or (t.eval_every and done % t.eval_every == 0):
                     result = self._evaluate(model, val_batches, autocast, metrics, step=done, bar=bar)
                 every = cfg.checkpoint.every
-                if every and (done % every == 0 or done == t.steps):
+                if every and (done % every == 0 or done == t.steps) and self._sharded:
+                    save_sharded_checkpoint(run_dir, done, model, optimizer, scaler, loader, identity,
+                                            cfg.checkpoint.keep, self._layout(mesh))  # every rank its shards
+                elif every and (done % every == 0 or done == t.steps):
                     # A sharded optimizer gathers every rank's shard first (a collective).
                     saved = _SavedState(optimizer.full_state_dict()) if hasattr(optimizer, "full_state_dict") else optimizer
                     if self.is_main:
                         save_checkpoint(run_dir, done, model, saved, scaler, loader, identity, cfg.checkpoint.keep)
             if result is None:  # resumed a finished run: its last evaluation is already logged
-                result = evaluate(model, val_batches, self.device, autocast)
+                result = self.pipe.evaluate(val_batches, autocast) if self.pipe is not None else \
+                    evaluate(model, val_batches, self.device, autocast)
         except BaseException:
             if fresh:
                 _undo_run_dir(run_dir, made)
@@ -162,8 +191,12 @@ class Trainer:
             if metrics is not None:
                 metrics.close()
 
+        if self.pipe is not None:  # every stage's weights (over tp too) in a plain GPT on rank 0: a collective
+            final = self.pipe.full_model() or model
+        else:
+            final = self._gathered_model(model) if self.tp_mesh is not None else model  # tp: a plain GPT on rank 0
         if self.is_main:
-            safetensors.torch.save_model(model, str(run_dir / "model.safetensors.tmp"))
+            safetensors.torch.save_model(final, str(run_dir / "model.safetensors.tmp"))
             os.replace(run_dir / "model.safetensors.tmp", run_dir / "model.safetensors")
             print(f"validation perplexity: {result['val_ppl']:.2f} (loss {result['val_loss']:.4f})")
             print(f"run directory: {run_dir}")
@@ -181,16 +214,24 @@ class Trainer:
         gradients are communicated only in the last micro-batch's backward (and not at all on a
         local_sgd step between syncs); DataParallel averages them weighted by each rank's samples.
         """
+        if self.pipe is not None:
+            return self._pipeline_step(optimizer, micro_batches, dp)
         n = len(micro_batches)
         total = torch.zeros((), device=self.device)
         for i, x in enumerate(micro_batches):
             x = x.to(self.device, non_blocking=True)
             local = dp is not None and (i < n - 1 or not sync)
             with dp.no_sync() if local else nullcontext():
-                x, cu = (x.input_ids, x.cu_seqlens) if isinstance(x, PackedBatch) else (x, None)
-                packed = {} if cu is None else {"cu_seqlens": cu}  # documents packed in the rows
-                with autocast:
-                    _, loss = (dp if dp is not None else model)(x, labels=x, **packed)
+                if isinstance(x, MaskedBatch):  # masked LM: inputs, labels (and segments) of their own
+                    with autocast:
+                        _, loss = (dp if dp is not None else model)(**x.kwargs())
+                else:
+                    x, cu = (x.input_ids, x.cu_seqlens) if isinstance(x, PackedBatch) else (x, None)
+                    packed = {} if cu is None else {"cu_seqlens": cu}  # documents packed in the rows
+                    if isinstance(model, GPT):  # loss by the fused head + cross-entropy: no logits stored
+                        packed["return_logits"] = False
+                    with autocast:
+                        _, loss = (dp if dp is not None else model)(x, labels=x, **packed)
                 loss = loss / n
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             total += loss.detach()
@@ -199,7 +240,11 @@ class Trainer:
         if scaler is not None:
             scaler.unscale_(optimizer)
         clip = self.config.train.grad_clip or float("inf")  # 0: measure the norm, clip nothing
-        if dp is not None:
+        if self.tp_mesh is not None:  # the whole model's norm, over the tp (and dp) ranks
+            from fastlm.parallel.tensor import clip_grad_norm_
+
+            grad_norm = clip_grad_norm_(model, clip, self.tp_mesh, dp)
+        elif dp is not None:
             grad_norm = dp.clip_grad_norm_(clip)  # also right when the gradients are sharded
         else:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -240,6 +285,59 @@ class Trainer:
             raise FastlmError(value)
         return Path(value)
 
+    def _tensor_parallel(self, model, mesh):
+        from fastlm.parallel.tensor import check_tp_layout, parallelize_tp
+
+        p = self.config.parallel
+        try:  # init_from brings its own architecture: check it here
+            check_tp_layout(model.config, mesh.tp, p.sequence_parallel, self.config.data.seq_len)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.tp_mesh = mesh
+        return parallelize_tp(model, mesh, sequence_parallel=p.sequence_parallel, seed=self.config.train.seed)
+
+    @staticmethod
+    def _layout(mesh) -> dict:
+        return {"dp": mesh.dp if mesh is not None else 1, "tp": mesh.tp if mesh is not None else 1,
+                "pp": mesh.pp if mesh is not None else 1}
+
+    @property
+    def _sharded(self) -> bool:
+        """Checkpoints are sharded (every rank writes its part) under tensor or pipeline parallelism."""
+        return self.tp_mesh is not None or self.pipe is not None
+
+    def _gathered_model(self, model):
+        """The plain GPT with a tp model's weights (gathered from every tp rank: a collective)."""
+        from fastlm.parallel.tensor.checkpoint import full_state_dict
+
+        state = full_state_dict(model)
+        if not self.is_main:
+            return model
+        plain = GPT(model.config)
+        plain.load_state_dict({k: v.cpu() for k, v in state.items()})
+        return plain
+
+    def _pipeline(self, model, mesh):
+        from fastlm.parallel.pipeline import Pipeline
+
+        p = self.config.parallel
+        return Pipeline(model, mesh, schedule=p.schedule, virtual_stages=p.virtual_stages,
+                        stage_layers=p.stage_layers, balance=p.stage_balance,
+                        micro_batch_size=self.config.train.micro_batch_size, seq_len=self.config.data.seq_len,
+                        autocast=self._autocast())
+
+    def _pipeline_step(self, optimizer, micro_batches, dp=None):
+        """_train_step of a pipeline stage: the schedule runs every micro-batch's forward and backward;
+        clipping and the step see the whole model (the gradient norm is summed over the stages)."""
+        loss = self.pipe.train_step(micro_batches, no_sync=dp.no_sync if dp is not None else None)
+        if dp is not None:
+            dp.finish_grad_sync()
+        self.pipe.finish_grads()  # a tied embedding's two copies (first and last stage)
+        grad_norm = self.pipe.clip_grad_norm_(self.config.train.grad_clip or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm
+
     def _data_parallel(self, model, mesh):
         if mesh is None or mesh.dp == 1:
             return None
@@ -249,13 +347,16 @@ class Trainer:
         # Every rank built the model from the same seed: DataParallel checks the weights agree.
         return DataParallel(model, mesh, bucket_mb=p.bucket_mb, shard_optimizer=p.shard_optimizer,
                             grad_reduce_dtype=None if p.grad_reduce_dtype == "fp32" else p.grad_reduce_dtype,
-                            shares=rank_samples(self.config, mesh.dp))
+                            shares=rank_samples(self.config, mesh.dp),
+                            find_unused=self.pipe is not None)  # a pipeline's last backward may cover one chunk
 
     def _build_model(self) -> tuple[GPT, Path | None]:
         cfg = self.config
         tokenizer = Path(cfg.data.tokenizer) if cfg.data.tokenizer else None
         if cfg.model.init_from:
             model, init_tokenizer = init_model_from(cfg.model.init_from)
+            if cfg.model.is_encoder or isinstance(model, Encoder):  # pretraining needs the MLM head
+                model = masked_lm_model(model, cfg.data.sentence_order)
             # The architecture comes from the checkpoint; record it in the resolved config.
             for key, value in model.config.to_dict().items():
                 setattr(cfg.model, key, value)
@@ -263,7 +364,20 @@ class Trainer:
                 tokenizer = init_tokenizer
             self._say(f"fastlm: initialized from {cfg.model.init_from}")
             return model, tokenizer
-        return GPT(cfg.model.gpt_config()), tokenizer
+        return build_model(cfg), tokenizer
+
+    def _masked_lm_data(self, corpus, model, dp_rank: int, dp_size: int):
+        """(training loader, validation batches) of masked sequences for an encoder."""
+        from fastlm.data.masking import MaskedLMLoader, masked_eval_batches
+
+        cfg, t, d = self.config, self.config.train, self.config.data
+        rule = masked_lm_rule(cfg, corpus, model.config.vocab_size)
+        loader = MaskedLMLoader(corpus.train_tokens, rule=rule, seq_len=d.seq_len,
+                                global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size,
+                                seed=t.seed, rank=dp_rank, world_size=dp_size, shares=cfg.parallel.dp_shares)
+        val = masked_eval_batches(corpus.val_tokens, rule=rule, seq_len=d.seq_len, batch_size=t.micro_batch_size,
+                                  num_batches=t.eval_batches)
+        return loader, val
 
     def _choose_run_dir(self) -> Path:
         if self.out_dir is not None:
@@ -296,7 +410,10 @@ class Trainer:
         return autocast_for(self.precision, self.device)
 
     def _evaluate(self, model, batches, autocast, metrics: MetricsLog, step: int, bar=None) -> dict:
-        result = evaluate(model, batches, self.device, autocast)
+        if self.pipe is not None:
+            result = self.pipe.evaluate(batches, autocast)
+        else:
+            result = evaluate(model, batches, self.device, autocast)
         metrics.log({"step": step, **result})
         self._say(f"step {step}: val_loss {result['val_loss']:.4f}, val_ppl {result['val_ppl']:.2f}", bar)
         return result
@@ -332,6 +449,21 @@ def _undo_run_dir(run_dir: Path, made: Path | None) -> None:
     elif run_dir.is_dir():
         for child in run_dir.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def masked_lm_rule(config: Config, corpus, model_vocab_size: int):
+    """How a run masks its sequences (fastlm.data.masking.MaskingRule), from [data] and the tokenizer."""
+    from fastlm.data.masking import NUM_SPECIAL_TOKENS, MaskingRule, SpecialTokens, word_start_table
+
+    d = config.data
+    special = SpecialTokens.of(corpus.tokenizer(), corpus.vocab_size)
+    if max(special) >= model_vocab_size:
+        raise ConfigError(f"the tokenizer has {corpus.vocab_size} tokens: model.vocab_size = {model_vocab_size} "
+                          f"leaves no room for [MASK], [CLS], [SEP] (expected at least "
+                          f"{corpus.vocab_size + NUM_SPECIAL_TOKENS})")
+    word_starts = word_start_table(corpus.tokenizer(), corpus.vocab_size) if d.whole_word_mask else None
+    return MaskingRule(special, random_vocab=corpus.vocab_size, seed=config.train.seed, masking=d.masking,
+                       mask_prob=d.mask_prob, word_starts=word_starts, sentence_order=d.sentence_order)
 
 
 def autocast_for(precision: str, device: torch.device):

@@ -1,6 +1,6 @@
 """The CUDA (Triton) paths of every op, compiled for real: skipped without a GPU.
 
-CI machines have no GPU; these run on a GPU machine (see benchmarks/device_check.sh). Same
+CI machines have no GPU; these run on a GPU machine (see benchmarks/gpu_check.sh). Same
 references and criteria as the CPU tests.
 """
 import os

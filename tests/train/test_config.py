@@ -68,10 +68,10 @@ def test_model_follows_data_unless_set():
     ("train.precision=fp8", r'train.precision = "fp8": expected one of auto, fp32, bf16, fp16'),
     ("train.steps=0", r"train.steps = 0: expected a positive integer"),
     ("model.n_kv_head=3", r"model.n_kv_head = 3: expected a divisor of n_head"),
-    ("model.family=bert", r"model.family = 'bert'"),
+    ("model.family=t5", r'model.family = "t5": expected one of gpt2, llama, bert, roberta, albert'),
     ("model.max_seq_len=64", r"data.seq_len = 128: expected at most model.max_seq_len = 64"),
     ("parallel.dp=some", r'parallel.dp = "some": expected an integer or "auto"'),
-    ("parallel.tp=2", r"parallel.tp = 2: expected 1"),
+    ("parallel.tp=3", r"parallel.tp = 3 does not divide model.n_head = 8"),
     ("train.steps", r"expected section.key=value"),
 ])
 def test_bad_values_name_key_value_and_expectation(override, message):

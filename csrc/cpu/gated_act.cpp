@@ -1,0 +1,101 @@
+// Torch glue for fastlm::gated_act_fwd / gated_act_bwd (SwiGLU, GeGLU): gate and up are (..., n)
+// with a unit last stride and any row stride (e.g. the two halves of one [gate | up] projection).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "cpu/float_rows.h"
+#include "cpu/gated_act_kernel.h"
+
+namespace fastlm::cpu {
+namespace {
+
+// (..., n) -> (rows, n) with unit last stride, a view when possible.
+at::Tensor as_rows(const at::Tensor& t, int64_t n) {
+  at::Tensor r = t.reshape({-1, n});
+  return r.stride(1) == 1 ? r : r.contiguous();
+}
+
+int64_t check(const at::Tensor& gate, const at::Tensor& up, int64_t act, const char* op) {
+  rows::check_float_dtype(gate, op, "gate");
+  TORCH_CHECK(gate.sizes() == up.sizes(), op, ": gate and up shapes differ: ", gate.sizes(), " vs ", up.sizes());
+  TORCH_CHECK(gate.scalar_type() == up.scalar_type(), op, ": gate and up dtypes differ");
+  TORCH_CHECK(gate.dim() >= 1, op, ": gate must have at least one dimension");
+  TORCH_CHECK(act >= 0 && act <= 2, op, ": activation code must be 0 (silu), 1 (gelu) or 2 (gelu_tanh), got ", act);
+  return gate.size(-1);
+}
+
+at::Tensor gated_act_fwd(const at::Tensor& gate_in, const at::Tensor& up_in, int64_t act) {
+  const int64_t n = check(gate_in, up_in, act, "fastlm::gated_act_fwd");
+  at::Tensor out = at::empty(gate_in.sizes(), gate_in.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) return out;
+  const at::Tensor gate = as_rows(gate_in, n), up = as_rows(up_in, n);
+  const int64_t nrows = gate.size(0);
+  FASTLM_DISPATCH_FLOATS(gate.scalar_type(), "fastlm_gated_act_fwd", [&] {
+    const scalar_t* gp = gate.data_ptr<scalar_t>();
+    const scalar_t* up_ = up.data_ptr<scalar_t>();
+    scalar_t* op_ = out.data_ptr<scalar_t>();
+    const int64_t gs = gate.stride(0), us = up.stride(0);
+    at::parallel_for(0, nrows, std::max<int64_t>(1, 8192 / n), [&](int64_t r0, int64_t r1) {
+      std::vector<float> gbuf(n), ubuf(n), obuf(n);
+      for (int64_t r = r0; r < r1; ++r) {
+        float* o = rows::out(op_ + r * n, obuf.data());
+        gated_act_fwd_row(rows::load(gp + r * gs, gbuf.data(), n), rows::load(up_ + r * us, ubuf.data(), n),
+                          static_cast<int>(act), n, o);
+        rows::store(o, op_ + r * n, n);
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> gated_act_bwd(const at::Tensor& grad_in, const at::Tensor& gate_in,
+                                                 const at::Tensor& up_in, int64_t act) {
+  const int64_t n = check(gate_in, up_in, act, "fastlm::gated_act_bwd");
+  TORCH_CHECK(grad_in.sizes() == gate_in.sizes(), "fastlm::gated_act_bwd: grad and gate shapes differ");
+  const auto opts = gate_in.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor dgate = at::empty(gate_in.sizes(), opts), dup = at::empty(gate_in.sizes(), opts);
+  if (dgate.numel() == 0) return {dgate, dup};
+  const at::Tensor gate = as_rows(gate_in, n), up = as_rows(up_in, n);
+  const at::Tensor grad = as_rows(grad_in.to(gate_in.scalar_type()), n);
+  const int64_t nrows = gate.size(0);
+  FASTLM_DISPATCH_FLOATS(gate.scalar_type(), "fastlm_gated_act_bwd", [&] {
+    const scalar_t* gp = gate.data_ptr<scalar_t>();
+    const scalar_t* up_ = up.data_ptr<scalar_t>();
+    const scalar_t* dp = grad.data_ptr<scalar_t>();
+    scalar_t* dgp = dgate.data_ptr<scalar_t>();
+    scalar_t* dup_ = dup.data_ptr<scalar_t>();
+    const int64_t gs = gate.stride(0), us = up.stride(0), ds = grad.stride(0);
+    at::parallel_for(0, nrows, std::max<int64_t>(1, 8192 / n), [&](int64_t r0, int64_t r1) {
+      std::vector<float> gbuf(n), ubuf(n), dbuf(n), dgbuf(n), dubuf(n);
+      for (int64_t r = r0; r < r1; ++r) {
+        float* dg = rows::out(dgp + r * n, dgbuf.data());
+        float* du = rows::out(dup_ + r * n, dubuf.data());
+        gated_act_bwd_row(rows::load(dp + r * ds, dbuf.data(), n), rows::load(gp + r * gs, gbuf.data(), n),
+                          rows::load(up_ + r * us, ubuf.data(), n), static_cast<int>(act), n, dg, du);
+        rows::store(dg, dgp + r * n, n);
+        rows::store(du, dup_ + r * n, n);
+      }
+    });
+  });
+  return {dgate, dup};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastlm, m) {
+  // out = act(gate) * up; act 0 = SiLU (SwiGLU), 1 = exact GELU, 2 = tanh GELU (GeGLU). fp32 math.
+  m.def("gated_act_fwd(Tensor gate, Tensor up, int act) -> Tensor");
+  // (grad_gate, grad_up), recomputing act(gate).
+  m.def("gated_act_bwd(Tensor grad, Tensor gate, Tensor up, int act) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fastlm, CPU, m) {
+  m.impl("gated_act_fwd", &gated_act_fwd);
+  m.impl("gated_act_bwd", &gated_act_bwd);
+}
+
+}  // namespace fastlm::cpu

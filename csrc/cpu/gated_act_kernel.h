@@ -1,0 +1,15 @@
+// Gated activations out = act(gate) * up on fp32 rows (torch-free): SwiGLU (SiLU) and GeGLU
+// (exact or tanh GELU). The backward recomputes act(gate) instead of reading a stored copy.
+#pragma once
+#include <cstdint>
+
+namespace fastlm::cpu {
+
+enum GatedAct : int { kSilu = 0, kGelu = 1, kGeluTanh = 2 };
+
+void gated_act_fwd_row(const float* gate, const float* up, int act, int64_t n, float* out);
+// dgate = grad * up * act'(gate), dup = grad * act(gate).
+void gated_act_bwd_row(const float* grad, const float* gate, const float* up, int act, int64_t n, float* dgate,
+                       float* dup);
+
+}  // namespace fastlm::cpu

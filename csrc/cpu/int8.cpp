@@ -1,0 +1,287 @@
+// Torch glue for the int8 CPU ops: checks, layouts, fp32 staging of 16-bit tensors, threads.
+// FASTLM_INT8_KERNEL=auto|amx|avx512_vnni|avx_vnni|avx2|scalar forces a vector path (tests, debugging).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cpu/cast_scale_kernels.h"
+#include "cpu/int8_kernels.h"
+
+namespace fastlm::cpu {
+namespace {
+
+constexpr int64_t kColumnChunk = 16;  // output columns per parallel work item
+// W8A16 with more rows than this dequantizes the weight and runs a dense GEMM (compute-bound there;
+// bf16 inputs use torch's bf16 GEMM, which has AMX / AVX-512 BF16 kernels on CPUs that have them).
+constexpr int64_t kStreamingMaxRows = 16;
+constexpr int64_t kAmxMinRows = 4;  // int8_matmul with fewer rows of a uses AVX-512 VNNI on AMX machines
+
+bool cpu_has_bf16_gemm() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  return __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+// The forced path (FASTLM_INT8_KERNEL), or the best one for an (m, k) @ (k, n) product.
+Int8Path chosen_path(const char* op, int64_t m) {
+  const char* env = std::getenv("FASTLM_INT8_KERNEL");
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) {
+    const Int8Path best = int8_best_path();
+    // AMX tiles are 16 rows of a: a few rows are memory-bound and the VNNI dot products do as well.
+    return best == Int8Path::kAmx && m < kAmxMinRows ? Int8Path::kAvx512Vnni : best;
+  }
+  Int8Path path;
+  TORCH_CHECK(int8_path_from_name(env, &path), op, ": FASTLM_INT8_KERNEL=", env,
+              " is not one of auto, amx, avx512_vnni, avx_vnni, avx2, scalar");
+  TORCH_CHECK(int8_path_supported(path), op, ": FASTLM_INT8_KERNEL=", env, " is not supported by this CPU");
+  return path;
+}
+
+CastType cast_type(const at::Tensor& t, const char* op, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return CastType::kFloat32;
+    case at::kBFloat16: return CastType::kBFloat16;
+    case at::kHalf: return CastType::kFloat16;
+    default: TORCH_CHECK(false, op, ": ", name, " must be float32, bfloat16 or float16, got ", t.scalar_type());
+  }
+}
+
+// t as fp32: itself, or a converted copy (contiguous input).
+at::Tensor as_float32(const at::Tensor& t, const char* op, const char* name) {
+  const CastType type = cast_type(t, op, name);
+  if (type == CastType::kFloat32) return t;
+  at::Tensor out = at::empty(t.sizes(), t.options().dtype(at::kFloat));
+  const char* src = static_cast<const char*>(t.data_ptr());
+  float* dst = out.data_ptr<float>();
+  const int64_t size = t.element_size();
+  at::parallel_for(0, t.numel(), 1 << 16, [&](int64_t i0, int64_t i1) {
+    cast_scale(src + i0 * size, type, dst + i0, CastType::kFloat32, 1.f, i1 - i0);
+  });
+  return out;
+}
+
+// Writes the fp32 tensor src into dst (same shape, contiguous) in dst's dtype.
+void store_from_float32(const at::Tensor& src, at::Tensor& dst) {
+  const CastType type = cast_type(dst, "fastlm int8 op", "out");
+  const float* s = src.data_ptr<float>();
+  char* d = static_cast<char*>(dst.data_ptr());
+  const int64_t size = dst.element_size();
+  at::parallel_for(0, src.numel(), 1 << 16, [&](int64_t i0, int64_t i1) {
+    cast_scale(s + i0, CastType::kFloat32, d + i0 * size, type, 1.f, i1 - i0);
+  });
+}
+
+// Runs fn(n0, n1) over the output columns in chunks, with at least ~64k multiply-adds per task.
+template <typename Fn>
+void parallel_columns(int64_t m, int64_t n, int64_t k, const Fn& fn) {
+  const int64_t chunks = (n + kColumnChunk - 1) / kColumnChunk;
+  const int64_t work = std::max<int64_t>(1, m * k * kColumnChunk);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / work);
+  at::parallel_for(0, chunks, grain, [&](int64_t c0, int64_t c1) {
+    fn(c0 * kColumnChunk, std::min(n, c1 * kColumnChunk));
+  });
+}
+
+void check_vector(const c10::optional<at::Tensor>& t, int64_t size, const char* op, const char* name) {
+  if (!t) return;
+  TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == size, op, ": ", name,
+              " must be a contiguous float32 tensor with ", size, " elements, got ", t->scalar_type(), " ", t->sizes());
+}
+
+std::tuple<at::Tensor, at::Tensor> int8_quantize(const at::Tensor& x, int64_t group_size) {
+  constexpr const char* op = "fastlm::int8_quantize";
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), op, ": x must be a contiguous 2-D tensor, got ", x.sizes());
+  const int64_t rows = x.size(0), k = x.size(1);
+  TORCH_CHECK(group_size > 0 && k % group_size == 0, op, ": group_size=", group_size, " must divide K=", k);
+  const CastType type = cast_type(x, op, "x");
+  at::Tensor q = at::empty({rows, k}, x.options().dtype(at::kChar));
+  at::Tensor scale = at::empty({rows, k / group_size}, x.options().dtype(at::kFloat));
+  const char* src = static_cast<const char*>(x.data_ptr());
+  const int64_t size = x.element_size();
+  int8_t* qp = q.data_ptr<int8_t>();
+  float* sp = scale.data_ptr<float>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(k, 1)), [&](int64_t r0, int64_t r1) {
+    std::vector<float> staged(type == CastType::kFloat32 ? 0 : k);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* row = reinterpret_cast<const float*>(src + r * k * size);
+      if (type != CastType::kFloat32) {
+        cast_scale(src + r * k * size, type, staged.data(), CastType::kFloat32, 1.f, k);
+        row = staged.data();
+      }
+      int8_quantize_row(row, k, group_size, qp + r * k, sp + r * (k / group_size));
+    }
+  });
+  return {q, scale};
+}
+
+at::Tensor int8_matmul(const at::Tensor& a_in, const at::Tensor& b, const c10::optional<at::Tensor>& a_scale,
+                       const c10::optional<at::Tensor>& b_scale, const c10::optional<at::Tensor>& bias,
+                       at::ScalarType out_dtype) {
+  constexpr const char* op = "fastlm::int8_matmul";
+  TORCH_CHECK(a_in.scalar_type() == at::kChar && b.scalar_type() == at::kChar, op, ": a and b must be int8, got ",
+              a_in.scalar_type(), " and ", b.scalar_type());
+  TORCH_CHECK(a_in.dim() == 2 && b.dim() == 2 && a_in.size(1) == b.size(0), op, ": expected a (M, K) and b (K, N), got ",
+              a_in.sizes(), " and ", b.sizes());
+  const int64_t m = a_in.size(0), k = a_in.size(1), n = b.size(1);
+  const bool raw = out_dtype == at::kInt;
+  TORCH_CHECK(raw || out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf, op,
+              ": out_dtype must be float32, bfloat16, float16 or int32, got ", out_dtype);
+  TORCH_CHECK(raw == !a_scale.has_value() && raw == !b_scale.has_value() && !(raw && bias.has_value()), op,
+              ": scales (and bias) are required except for out_dtype=int32, which takes none");
+  check_vector(a_scale, m, op, "a_scale");
+  check_vector(b_scale, n, op, "b_scale");
+  check_vector(bias, n, op, "bias");
+  // Dot products need unit stride along k: a row-major, b as w^T with w (N, K) row-major (an
+  // nn.Linear weight's .t() already is).
+  const at::Tensor a = a_in.stride(1) == 1 ? a_in : a_in.contiguous();
+  at::Tensor w = b.t();
+  if (w.stride(1) != 1) w = w.contiguous();
+  at::Tensor out = at::empty({m, n}, a.options().dtype(out_dtype));
+  if (m == 0 || n == 0) return out;
+  at::Tensor acc_out = raw || out_dtype == at::kFloat ? out : at::empty({m, n}, a.options().dtype(at::kFloat));
+  if (k == 0) {
+    if (raw) return out.zero_();
+    acc_out.zero_();
+    if (bias) acc_out.add_(*bias);
+    if (!acc_out.is_same(out)) out.copy_(acc_out);
+    return out;
+  }
+  at::Tensor rowsum = at::empty({m}, a.options().dtype(at::kInt));
+  Int8GemmArgs args{};
+  args.a = a.data_ptr<int8_t>();
+  args.lda = a.stride(0);
+  args.w = w.data_ptr<int8_t>();
+  args.ldw = w.stride(0);
+  args.m = m, args.n = n, args.k = k;
+  int8_row_stats(args.a, args.lda, m, k, rowsum.data_ptr<int32_t>(), &args.a_has_min);
+  args.a_rowsum = rowsum.data_ptr<int32_t>();
+  args.a_scale = raw ? nullptr : a_scale->data_ptr<float>();
+  args.b_scale = raw ? nullptr : b_scale->data_ptr<float>();
+  args.bias = bias ? bias->data_ptr<float>() : nullptr;
+  args.out = acc_out.data_ptr();
+  args.ldo = n;
+  const Int8Path path = chosen_path(op, m);
+  at::Tensor packed;
+  if (path == Int8Path::kAmx) {
+    packed = at::empty({int8_amx_packed_bytes(m, k)}, a.options());
+    int8_amx_pack_a(args.a, args.lda, m, k, packed.data_ptr<int8_t>());
+    args.a_packed = packed.data_ptr<int8_t>();
+  }
+  parallel_columns(m, n, k, [&](int64_t n0, int64_t n1) { int8_gemm(path, args, n0, n1); });
+  if (!acc_out.is_same(out)) store_from_float32(acc_out, out);
+  return out;
+}
+
+// w (N, K) int8 * w_scale (N, K / group_size) -> (N, K) in dtype (fp32 or bf16).
+at::Tensor dequantized_weight(const at::Tensor& w, const at::Tensor& w_scale, int64_t group_size, at::ScalarType dtype) {
+  const int64_t n = w.size(0), k = w.size(1), groups = k / group_size;
+  at::Tensor out = at::empty({n, k}, w.options().dtype(dtype));
+  const int8_t* wp = w.data_ptr<int8_t>();
+  const float* sp = w_scale.data_ptr<float>();
+  char* op = static_cast<char*>(out.data_ptr());
+  const bool to_bf16 = dtype == at::kBFloat16;
+  at::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 15) / k), [&](int64_t r0, int64_t r1) {
+    std::vector<float> row(to_bf16 ? k : 0);
+    for (int64_t r = r0; r < r1; ++r) {
+      float* dst = to_bf16 ? row.data() : reinterpret_cast<float*>(op) + r * k;
+      int8_dequantize_row(wp + r * w.stride(0), k, group_size, sp + r * groups, dst);
+      if (to_bf16) cast_scale(dst, CastType::kFloat32, op + r * k * 2, CastType::kBFloat16, 1.f, k);
+    }
+  });
+  return out;
+}
+
+at::Tensor dense_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& w_scale,
+                               const c10::optional<at::Tensor>& bias, int64_t group_size) {
+  const bool bf16 = x_in.scalar_type() == at::kBFloat16 && cpu_has_bf16_gemm();
+  const at::Tensor wd = dequantized_weight(w, w_scale, group_size, bf16 ? at::kBFloat16 : at::kFloat);
+  const at::Tensor x = bf16 ? x_in : x_in.to(at::kFloat);
+  at::Tensor y = bias && !bf16 ? at::addmm(*bias, x, wd.t()) : at::mm(x, wd.t());
+  if (bias && bf16) y.add_(*bias);
+  return y.scalar_type() == x_in.scalar_type() ? y : y.to(x_in.scalar_type());
+}
+
+at::Tensor int8_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& w_scale,
+                              const c10::optional<at::Tensor>& bias, int64_t group_size) {
+  constexpr const char* op = "fastlm::int8_weight_matmul";
+  cast_type(x_in, op, "x");
+  TORCH_CHECK(w.scalar_type() == at::kChar, op, ": w must be int8, got ", w.scalar_type());
+  TORCH_CHECK(x_in.dim() == 2 && w.dim() == 2 && x_in.size(1) == w.size(1), op, ": expected x (M, K) and w (N, K), got ",
+              x_in.sizes(), " and ", w.sizes());
+  const int64_t m = x_in.size(0), k = x_in.size(1), n = w.size(0);
+  TORCH_CHECK(group_size > 0 && k % group_size == 0, op, ": group_size=", group_size, " must divide K=", k);
+  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.is_contiguous() && w_scale.dim() == 2 &&
+                  w_scale.size(0) == n && w_scale.size(1) == k / group_size,
+              op, ": w_scale must be a contiguous float32 (", n, ", ", k / group_size, ") tensor, got ",
+              w_scale.scalar_type(), " ", w_scale.sizes());
+  check_vector(bias, n, op, "bias");
+  const at::Tensor wc = w.stride(1) == 1 ? w : w.contiguous();
+  if (m > kStreamingMaxRows) return dense_weight_matmul(x_in.contiguous(), wc, w_scale, bias, group_size);
+  at::Tensor out = at::empty({m, n}, x_in.options());
+  if (m == 0) return out;
+  const Int8Path path = chosen_path(op, m);
+  const bool amx = path == Int8Path::kAmx && x_in.scalar_type() == at::kBFloat16 &&
+                   (group_size == k || group_size % 32 == 0) && int8_weight_amx_supported();
+  const at::Tensor x = amx ? x_in.contiguous() : as_float32(x_in.contiguous(), op, "x");
+  at::Tensor acc_out = x_in.scalar_type() == at::kFloat ? out : at::empty({m, n}, x.options().dtype(at::kFloat));
+  Int8WeightGemmArgs args{};
+  args.x = amx ? nullptr : x.data_ptr<float>();
+  args.ldx = k;
+  args.w = wc.data_ptr<int8_t>();
+  args.ldw = wc.stride(0);
+  args.w_scale = w_scale.data_ptr<float>();
+  args.group_size = group_size;
+  args.bias = bias ? bias->data_ptr<float>() : nullptr;
+  args.m = m, args.n = n, args.k = k;
+  args.out = acc_out.data_ptr<float>();
+  args.ldo = n;
+  if (amx) {
+    at::Tensor packed = at::empty({int8_weight_amx_packed_bytes(k) / 2}, x.options());
+    const auto* x_bits = reinterpret_cast<const uint16_t*>(x.data_ptr());
+    auto* packed_bits = reinterpret_cast<uint16_t*>(packed.data_ptr());
+    int8_weight_amx_pack_x(x_bits, k, m, k, packed_bits);
+    parallel_columns(m, n, k, [&](int64_t n0, int64_t n1) { int8_weight_gemm_amx(args, packed_bits, n0, n1); });
+    store_from_float32(acc_out, out);
+    return out;
+  }
+  parallel_columns(m, n, k, [&](int64_t n0, int64_t n1) { int8_weight_gemm(path, args, n0, n1); });
+  if (!acc_out.is_same(out)) store_from_float32(acc_out, out);
+  return out;
+}
+
+std::vector<std::string> int8_cpu_kernels() {
+  std::vector<std::string> names;
+  for (Int8Path p : {Int8Path::kAmx, Int8Path::kAvx512Vnni, Int8Path::kAvxVnni, Int8Path::kAvx2, Int8Path::kScalar}) {
+    if (int8_path_supported(p)) names.emplace_back(int8_path_name(p));
+  }
+  return names;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastlm, m) {
+  // x (R, K) contiguous float -> (q (R, K) int8, scale (R, K // group_size) fp32): symmetric absmax.
+  m.def("int8_quantize(Tensor x, int group_size) -> (Tensor, Tensor)");
+  // a (M, K) int8 @ b (K, N) int8 in int32, then * a_scale (M,) * b_scale (N,) + bias (N,) (fp32 vectors),
+  // in out_dtype; out_dtype int32 (no scales, no bias): the raw sums.
+  m.def("int8_matmul(Tensor a, Tensor b, Tensor? a_scale, Tensor? b_scale, Tensor? bias, ScalarType out_dtype) -> Tensor");
+  // x (M, K) float @ (w (N, K) int8 * w_scale (N, K // group_size) fp32)^T + bias (N,) fp32, in x's dtype.
+  m.def("int8_weight_matmul(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, int group_size) -> Tensor");
+  // The CPU vector paths this machine runs, best first (for FASTLM_INT8_KERNEL).
+  m.def("int8_cpu_kernels() -> str[]", &int8_cpu_kernels);
+}
+
+TORCH_LIBRARY_IMPL(fastlm, CPU, m) {
+  m.impl("int8_quantize", &int8_quantize);
+  m.impl("int8_matmul", &int8_matmul);
+  m.impl("int8_weight_matmul", &int8_weight_matmul);
+}
+
+}  // namespace fastlm::cpu

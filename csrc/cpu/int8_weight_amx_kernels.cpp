@@ -1,0 +1,118 @@
+// W8A16 with bf16 activations on AMX: out^T = (w * scale) @ x^T with TDPBF16PS (bf16 pairs, fp32 sums).
+//
+// Each 16 x 32 block of int8 weights is dequantized in AVX-512 registers (int8 -> fp32, times its
+// group's scale, -> bf16: the weights' only rounding) into a scratch tile; x (at most a few rows,
+// as in decoding) is packed once per call into AMX's pair-interleaved B layout [k step][16 k/2][16 m][2].
+// The products of bf16 values are exact and sums are fp32, so this matches the fp32-dequantized
+// reference up to the bf16 rounding of w * scale.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "cpu/int8_kernels.h"
+
+namespace fastlm::cpu {
+namespace {
+
+constexpr int64_t kTile = 16;
+constexpr int64_t kStep = 32;  // k values (bf16 pairs x 16) per tile row
+constexpr int64_t kTileBytes = kTile * 64;
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Rows [n0, n0 + rows) x k [k0, k0 + 32) of w * scale as bf16 into a 16 x 32 tile (zero padded).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void dequantize_tile(
+    const Int8WeightGemmArgs& g, int64_t n0, int64_t rows, int64_t k0, uint16_t* tile) {
+  const int64_t cols = std::min(kStep, g.k - k0), groups = g.k / g.group_size;
+  const __mmask32 mask = cols == kStep ? ~__mmask32(0) : (__mmask32(1) << cols) - 1;
+  for (int64_t r = 0; r < kTile; ++r) {
+    __m512i out = _mm512_setzero_si512();
+    if (r < rows) {
+      const int64_t n = n0 + r;
+      const __m256i bytes = _mm256_maskz_loadu_epi8(mask, g.w + n * g.ldw + k0);
+      const __m512 s = _mm512_set1_ps(g.w_scale[n * groups + k0 / g.group_size]);
+      const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(bytes))), s);
+      const __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(bytes, 1))), s);
+      out = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));  // lo -> elements 0..15
+    }
+    _mm512_store_si512(tile + r * kStep, out);
+  }
+}
+
+void store_transposed(const Int8WeightGemmArgs& g, const float* c, int64_t n0, int64_t n_rows) {
+  for (int64_t j = 0; j < g.m; ++j) {
+    float* out = g.out + j * g.ldo + n0;
+    for (int64_t i = 0; i < n_rows; ++i) out[i] = c[i * kTile + j] + (g.bias ? g.bias[n0 + i] : 0.f);
+  }
+}
+
+}  // namespace
+
+bool int8_weight_amx_supported() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool supported = int8_amx_supported() && __builtin_cpu_supports("amx-bf16") &&
+                                __builtin_cpu_supports("avx512bf16");
+  return supported;
+#else
+  return false;
+#endif
+}
+
+int64_t int8_weight_amx_packed_bytes(int64_t k) { return (k + kStep - 1) / kStep * kTileBytes; }
+
+void int8_weight_amx_pack_x(const uint16_t* x, int64_t ldx, int64_t m, int64_t k, uint16_t* packed) {
+  const int64_t k_steps = (k + kStep - 1) / kStep;
+  std::memset(packed, 0, k_steps * kTileBytes);
+  for (int64_t c = 0; c < m; ++c) {
+    for (int64_t q = 0; q < k; ++q) {
+      const int64_t ks = q / kStep, p = q % kStep;
+      packed[ks * (kTileBytes / 2) + (p / 2) * kStep + c * 2 + p % 2] = x[c * ldx + q];
+    }
+  }
+}
+
+__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16"))) void int8_weight_gemm_amx(
+    const Int8WeightGemmArgs& g, const uint16_t* x_packed, int64_t n0, int64_t n1) {
+  TileConfig config;
+  for (int t = 0; t < 5; ++t) {
+    config.rows[t] = kTile;
+    config.colsb[t] = 64;
+  }
+  _tile_loadconfig(&config);
+  const int64_t k_steps = (g.k + kStep - 1) / kStep;
+  alignas(64) uint16_t w_tiles[2][kTile * kStep];
+  alignas(64) float c[2][kTile * kTile];
+  // tmm0, 1: outputs of w tiles 0, 1 (tmm2, 3); tmm4: packed x.
+  for (int64_t nb = n0; nb < n1; nb += 2 * kTile) {
+    const int64_t rows0 = std::min(kTile, n1 - nb), rows1 = std::clamp<int64_t>(n1 - nb - kTile, 0, kTile);
+    _tile_zero(0);
+    _tile_zero(1);
+    for (int64_t ks = 0; ks < k_steps; ++ks) {
+      _tile_loadd(4, x_packed + ks * (kTileBytes / 2), 64);
+      dequantize_tile(g, nb, rows0, ks * kStep, w_tiles[0]);
+      _tile_loadd(2, w_tiles[0], 64);
+      _tile_dpbf16ps(0, 2, 4);
+      if (rows1 > 0) {
+        dequantize_tile(g, nb + kTile, rows1, ks * kStep, w_tiles[1]);
+        _tile_loadd(3, w_tiles[1], 64);
+        _tile_dpbf16ps(1, 3, 4);
+      }
+    }
+    _tile_stored(0, c[0], kTile * 4);
+    _tile_stored(1, c[1], kTile * 4);
+    store_transposed(g, c[0], nb, rows0);
+    if (rows1 > 0) store_transposed(g, c[1], nb + kTile, rows1);
+  }
+  _tile_release();
+}
+
+}  // namespace fastlm::cpu

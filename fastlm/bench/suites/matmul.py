@@ -1,0 +1,113 @@
+"""int8 matmuls: W8A8 and W8A16 against fp32 torch.matmul and PyTorch's own dynamic int8 linear.
+
+CPU (LLM shapes K = N = 1024 and 4096, M = 1, 16, 256), each timed with the same inputs in the same run:
+  fp32       torch.addmm(bias, x, w.T) in fp32 (what nn.Linear runs)
+  torch_int8 torch.ao.quantization.quantize_dynamic(nn.Linear) (fbgemm, per-channel int8 weights,
+             dynamically quantized activations, fp32 in and out: the same work as fastlm's W8A8)
+  w8a8       fastlm.ops.quantize_per_token(x) + int8_matmul(..., bias), fp32 in and out
+  w8a16      fastlm.ops.int8_weight_matmul(x, ...) with bf16 activations (fp32 accumulation)
+Rows carry `speedup` (fp32 time / fastlm time) and `vs_torch_int8` (torch int8 time / fastlm time).
+CUDA: fp16 cuBLAS, torch._int_mm, fastlm's int8 GEMM (Triton) and the W8A16 GEMV at M = 1, in TFLOP/s.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+import fastlm.ops as ops
+from fastlm.bench.registry import Options, Suite
+from fastlm.bench.timing import Measurement, compare, time_callable
+
+CPU_SIZES = [1024, 4096]
+CPU_ROWS = [1, 16, 256]
+CUDA_ROWS = [1, 16, 256, 4096]
+
+
+def _torch_int8_linear(weight: torch.Tensor, bias: torch.Tensor):
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices
+        torch.backends.quantized.engine = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines \
+            else torch.backends.quantized.engine
+        return torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear},
+                                                      dtype=torch.qint8)
+
+
+def _time(name, fn, repeat, device=None) -> Measurement:
+    with torch.no_grad():
+        return time_callable(name, fn, repeat=repeat, warmup=3, device=device)
+
+
+def _cpu_rows(options: Options) -> list[dict]:
+    sizes = CPU_SIZES[:1] if options.quick else CPU_SIZES
+    repeat = options.repeats(30)
+    rows = []
+    for size in sizes:
+        k = n = size
+        weight, bias = torch.randn(n, k) / k**0.5, torch.randn(n)
+        w_int8, w_scale = ops.quantize_per_channel(weight)
+        torch_int8 = _torch_int8_linear(weight, bias)
+        for m in CPU_ROWS:
+            x = torch.randn(m, k)
+            x16 = x.to(torch.bfloat16)
+
+            def w8a8(x=x):
+                x_int8, x_scale = ops.quantize_per_token(x)
+                return ops.int8_matmul(x_int8, w_int8.t(), x_scale, w_scale, bias)
+
+            fp32 = _time("fp32", lambda: torch.addmm(bias, x, weight.t()), repeat)
+            theirs = _time("torch_int8", lambda: torch_int8(x), repeat)
+            results = {"w8a8": _time("w8a8", w8a8, repeat),
+                       "w8a16": _time("w8a16", lambda: ops.int8_weight_matmul(x16, w_int8, w_scale, bias), repeat)}
+            for scheme, ours in results.items():
+                rows.append({"case": f"{scheme} K=N={size} M={m}", "scheme": scheme, "K=N": size, "M": m,
+                             "fastlm_ms": ours.seconds * 1e3, "fp32_ms": fp32.seconds * 1e3,
+                             "torch_int8_ms": theirs.seconds * 1e3, "speedup": compare(ours, fp32),
+                             "vs_torch_int8": compare(ours, theirs)})
+    return rows
+
+
+def _tflops(m: int, n: int, k: int, measurement: Measurement) -> float:
+    return 2 * m * n * k / measurement.seconds / 1e12
+
+
+def _cuda_rows(options: Options) -> list[dict]:
+    size = 4096
+    k = n = size
+    repeat = options.repeats(30)
+    dev = "cuda"
+    weight = torch.randn(n, k, device=dev) / k**0.5
+    w16 = weight.half()
+    w_int8, w_scale = ops.quantize_per_channel(weight)
+    rows = []
+    for m in CUDA_ROWS[:2] if options.quick else CUDA_ROWS:
+        x16 = torch.randn(m, k, device=dev, dtype=torch.float16)
+        x_int8, x_scale = ops.quantize_per_token(x16)
+        fp16 = _time("fp16", lambda: torch.matmul(x16, w16.t()), repeat, dev)
+        ours_raw = _time("int8", lambda: ops.int8_matmul(x_int8, w_int8.t(), None, None, out_dtype=torch.int32),
+                         repeat, dev)
+        ours = _time("w8a8", lambda: ops.int8_matmul(x_int8, w_int8.t(), x_scale, w_scale, out_dtype=torch.float16),
+                     repeat, dev)
+        w8a16 = _time("w8a16", lambda: ops.int8_weight_matmul(x16, w_int8, w_scale), repeat, dev)
+        row = {"case": f"cuda K=N={size} M={m}", "M": m, "fp16_cublas_tflops": _tflops(m, n, k, fp16),
+               "int8_raw_tops": _tflops(m, n, k, ours_raw), "w8a8_tops": _tflops(m, n, k, ours),
+               "w8a16_tflops": _tflops(m, n, k, w8a16), "speedup": compare(ours, fp16),
+               "w8a16_vs_fp16": compare(w8a16, fp16)}
+        if m > 16:  # torch._int_mm needs M > 16
+            int_mm = _time("_int_mm", lambda: torch._int_mm(x_int8, w_int8.t()), repeat, dev)
+            row["torch_int_mm_tops"] = _tflops(m, n, k, int_mm)
+            row["raw_vs_int_mm"] = compare(ours_raw, int_mm)
+        rows.append(row)
+    return rows
+
+
+def measure(options: Options) -> list[dict]:
+    return _cuda_rows(options) if options.device == "cuda" else _cpu_rows(options)
+
+
+SUITE = Suite(name="matmul", baseline="fp32 torch.matmul (speedup); torch quantize_dynamic int8 Linear (vs_torch_int8); "
+              "fp16 cuBLAS and torch._int_mm on CUDA", run=measure)

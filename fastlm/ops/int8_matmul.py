@@ -1,0 +1,206 @@
+"""int8 matrix products: W8A8 (int8 x int8, int32 accumulation, fused dequantization) and W8A16.
+
+    out = fastlm.ops.int8_matmul(a_int8, w_int8.t(), a_scale, w_scale, bias, out_dtype=torch.bfloat16)
+    acc = fastlm.ops.int8_matmul(a_int8, b_int8, None, None, out_dtype=torch.int32)   # raw int32 sums
+    y = fastlm.ops.int8_weight_matmul(x, w_int8, w_scale, bias, group_size=None)      # y in x.dtype
+
+int8_matmul: out = (a @ b in int32) * a_scale[:, None] * b_scale[None, :] + bias, in out_dtype; exact
+integer sums for any int8 values (-128 included). b (K, N) may be a transposed view of an nn.Linear-
+layout (N, K) int8 weight (the fast CPU path). int8_weight_matmul: x @ (w_int8 * w_scale).T + bias,
+weights dequantized on the fly, fp32 accumulation; per channel (w_scale (N,)) or per group of
+group_size columns (w_scale (N, K // group_size)). CPU: C++ (csrc/cpu/int8*.cpp: AVX-512 VNNI /
+AVX-VNNI / AVX2 / scalar, FASTLM_INT8_KERNEL forces one); CUDA: Triton (kernels/int8_matmul.py), and
+for int8_weight_matmul with at most 8 rows the CUDA GEMV (csrc/cuda/int8_gemv.cu) when built.
+Definitions in fastlm/ops/reference_int8.py.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fastlm.ops import reference_int8 as reference
+from fastlm.ops._backend import forced_backend
+from fastlm.ops._library import has_native_op, register_op
+from fastlm.ops.quantize import check_group_size
+
+OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.int32)
+X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MAX_K = 131071  # 128 * 128 * K must stay below 2^31 (exact int32 accumulation)
+CUDA_GEMV_MAX_ROWS = 8
+
+# ---------------------------------------------------------------- registration (see _library.py)
+# Schemas as in csrc/cpu/int8.cpp.
+_MATMUL_SCHEMA = "int8_matmul(Tensor a, Tensor b, Tensor? a_scale, Tensor? b_scale, Tensor? bias, ScalarType out_dtype) -> Tensor"
+_W8A16_SCHEMA = "int8_weight_matmul(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, int group_size) -> Tensor"
+
+
+def _triton_matmul():
+    from fastlm.kernels import int8_matmul as triton_int8
+
+    return triton_int8.int8_matmul
+
+
+def _cuda_weight_matmul():
+    """Decode-sized inputs go to the CUDA GEMV (when the extension was built with CUDA), others to Triton."""
+    from fastlm.kernels import int8_matmul as triton_int8
+
+    gemv = has_native_op("int8_gemv")
+
+    def launch(x, w, w_scale, bias, group_size):
+        if gemv and x.shape[0] <= CUDA_GEMV_MAX_ROWS:
+            return torch.ops.fastlm.int8_gemv(x, w, w_scale, bias, group_size)
+        return triton_int8.int8_weight_matmul(x, w, w_scale, bias, group_size)
+
+    return launch
+
+
+register_op("int8_matmul", _MATMUL_SCHEMA, reference=reference.int8_matmul, triton=_triton_matmul,
+            fake=lambda a, b, a_scale, b_scale, bias, out_dtype: a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype))
+register_op("int8_weight_matmul", _W8A16_SCHEMA, reference=reference.int8_weight_matmul, triton=_cuda_weight_matmul,
+            fake=lambda x, w, w_scale, bias, group_size: x.new_empty((x.shape[0], w.shape[0])))
+
+
+def _setup(ctx, inputs, output):
+    x, w, w_scale, bias, group_size = inputs
+    ctx.save_for_backward(w, w_scale)
+    ctx.x_dtype = x.dtype
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_y):
+    # Only x and bias train (the weight is frozen int8): grad_x = grad_y @ dequantized w.
+    w, w_scale = ctx.saved_tensors
+    grad_x = (grad_y.to(torch.float32) @ reference.dequantize_weight(w, w_scale)).to(ctx.x_dtype)
+    grad_bias = grad_y.to(torch.float32).sum(0) if ctx.has_bias else None
+    return grad_x, None, None, grad_bias, None
+
+
+torch.library.register_autograd("fastlm::int8_weight_matmul", _backward, setup_context=_setup)
+
+# ---------------------------------------------------------------- input checks
+
+
+def _tensor(op: str, name: str, t, dtypes=None, kind: str | None = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{op}: {name} must be {kind}, got {t.dtype}")
+
+
+def _same_device(op: str, ref: torch.Tensor, **tensors) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but the first input is on {ref.device}")
+
+
+def _float_vector(op: str, name: str, t, n: int, what: str) -> torch.Tensor:
+    """A float tensor with n elements laid out as a vector ((n,) or a shape like (n, 1)) -> fp32 (n,)."""
+    _tensor(op, name, t)
+    if not t.is_floating_point():
+        raise TypeError(f"{op}: {name} must be floating point, got {t.dtype}")
+    return t.reshape(n).to(torch.float32).contiguous()
+
+
+# ---------------------------------------------------------------- the public functions
+
+
+def int8_matmul(a_int8: torch.Tensor, b_int8: torch.Tensor, a_scale: torch.Tensor | None,
+                b_scale: torch.Tensor | None, bias: torch.Tensor | None = None,
+                out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(a (..., K) int8 @ b (K, N) int8) in int32, times a_scale (one per row of a) and b_scale (N,), plus bias (N,).
+
+    a_scale may be shaped a.shape[:-1] or a.shape[:-1] + (1,) (as quantize_per_token returns it).
+    out_dtype fp32 / bf16 / fp16, or int32 with a_scale = b_scale = bias = None for the raw sums.
+    """
+    op = "int8_matmul"
+    _tensor(op, "a_int8", a_int8, (torch.int8,), "int8")
+    _tensor(op, "b_int8", b_int8, (torch.int8,), "int8")
+    if out_dtype not in OUT_DTYPES:
+        raise TypeError(f"{op}: out_dtype must be one of float32, bfloat16, float16, int32, got {out_dtype}")
+    if a_int8.dim() < 1 or b_int8.dim() != 2:
+        raise ValueError(f"{op}: a_int8 must be (..., K) and b_int8 (K, N), got shapes {tuple(a_int8.shape)} "
+                         f"and {tuple(b_int8.shape)}")
+    k, n = b_int8.shape
+    if a_int8.shape[-1] != k:
+        raise ValueError(f"{op}: K mismatch: a_int8 has K={a_int8.shape[-1]} (shape {tuple(a_int8.shape)}) but "
+                         f"b_int8 has K={k} (shape {tuple(b_int8.shape)})")
+    if k > MAX_K:
+        raise ValueError(f"{op}: K={k} is too large for exact int32 accumulation (at most {MAX_K})")
+    _same_device(op, a_int8, b_int8=b_int8, a_scale=a_scale, b_scale=b_scale, bias=bias)
+    lead = a_int8.shape[:-1]
+    m = math.prod(lead)
+    if out_dtype == torch.int32:
+        if a_scale is not None or b_scale is not None or bias is not None:
+            raise ValueError(f"{op}: out_dtype=int32 returns the raw int32 sums; pass a_scale=b_scale=bias=None")
+    else:
+        if a_scale is None or b_scale is None:
+            raise ValueError(f"{op}: a_scale and b_scale are required unless out_dtype=torch.int32")
+        if a_scale.shape not in (lead, lead + (1,)):
+            raise ValueError(f"{op}: a_scale must have shape {tuple(lead)} or {tuple(lead) + (1,)} (one scale per "
+                             f"row of a_int8), got {tuple(a_scale.shape)}")
+        if b_scale.shape not in ((n,), (1, n)):
+            raise ValueError(f"{op}: b_scale must have shape ({n},) (one scale per column of b_int8), "
+                             f"got {tuple(b_scale.shape)}")
+        a_scale = _float_vector(op, "a_scale", a_scale, m, "row")
+        b_scale = _float_vector(op, "b_scale", b_scale, n, "column")
+        if bias is not None:
+            if bias.shape != (n,):
+                raise ValueError(f"{op}: bias must have shape ({n},), got {tuple(bias.shape)}")
+            bias = _float_vector(op, "bias", bias, n, "bias")
+    a2d = a_int8.reshape(m, k)
+    with torch.no_grad():
+        if forced_backend() == "reference":
+            out = reference.int8_matmul(a2d, b_int8, a_scale, b_scale, bias, out_dtype)
+        else:
+            out = torch.ops.fastlm.int8_matmul(a2d, b_int8, a_scale, b_scale, bias, out_dtype)
+    return out.reshape(*lead, n)
+
+
+def int8_weight_matmul(x: torch.Tensor, w_int8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None,
+                       group_size: int | None = None) -> torch.Tensor:
+    """x (..., K) fp32/bf16/fp16 @ (w_int8 (N, K) * w_scale).T + bias (N,) -> (..., N) in x.dtype (fp32 math).
+
+    w_scale (N,) per output channel, or (N, K // group_size) with group_size.
+    Differentiable in x and bias (the int8 weight is frozen).
+    """
+    op = "int8_weight_matmul"
+    _tensor(op, "x", x, X_DTYPES, "float32, bfloat16 or float16")
+    _tensor(op, "w_int8", w_int8, (torch.int8,), "int8")
+    _tensor(op, "w_scale", w_scale)
+    if not w_scale.is_floating_point():
+        raise TypeError(f"{op}: w_scale must be floating point, got {w_scale.dtype}")
+    if x.dim() < 1 or w_int8.dim() != 2:
+        raise ValueError(f"{op}: x must be (..., K) and w_int8 (N, K), got shapes {tuple(x.shape)} and "
+                         f"{tuple(w_int8.shape)}")
+    n, k = w_int8.shape
+    if x.shape[-1] != k:
+        raise ValueError(f"{op}: K mismatch: x has K={x.shape[-1]} (shape {tuple(x.shape)}) but w_int8 (N, K) has "
+                         f"K={k} (shape {tuple(w_int8.shape)})")
+    if k == 0 or n == 0:
+        raise ValueError(f"{op}: w_int8 must be non-empty, got shape {tuple(w_int8.shape)}")
+    _same_device(op, x, w_int8=w_int8, w_scale=w_scale, bias=bias)
+    if group_size is None:
+        if w_scale.shape not in ((n,), (n, 1)):
+            raise ValueError(f"{op}: per-channel w_scale must have shape ({n},), got {tuple(w_scale.shape)} "
+                             "(pass group_size for per-group scales)")
+        group_size = k
+    else:
+        group_size = check_group_size(op, group_size, k)
+        if w_scale.shape != (n, k // group_size):
+            raise ValueError(f"{op}: with group_size={group_size} w_scale must have shape ({n}, {k // group_size}), "
+                             f"got {tuple(w_scale.shape)}")
+    scale2d = w_scale.reshape(n, k // group_size).to(torch.float32).contiguous()
+    if bias is not None:
+        _tensor(op, "bias", bias)
+        if not bias.is_floating_point() or bias.shape != (n,):
+            raise ValueError(f"{op}: bias must be a float tensor of shape ({n},), got {bias.dtype} {tuple(bias.shape)}")
+        bias = bias.to(torch.float32).contiguous()
+    lead = x.shape[:-1]
+    x2d = x.reshape(-1, k).contiguous()
+    w = w_int8.contiguous()
+    if forced_backend() == "reference":
+        out = reference.int8_weight_matmul(x2d, w, scale2d, bias, group_size)
+    else:
+        out = torch.ops.fastlm.int8_weight_matmul(x2d, w, scale2d, bias, group_size)
+    return out.reshape(*lead, n)

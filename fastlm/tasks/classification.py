@@ -1,0 +1,205 @@
+"""Text classification: a GPT (last-token or mean pooling) or an Encoder (pooled [CLS]) with a
+linear head; metrics accuracy, precision/recall/F1 (macro and micro), ROC-AUC, confusion matrix.
+
+    [task]
+    train = "train.jsonl"         # or .csv/.tsv, or "demo:langid"
+    text_field = "text"
+    label_field = "label"
+    labels = ["neg", "pos"]       # optional: fixes the classes and their order (else: sorted, from train)
+    pooling = "auto"              # auto (decoder: last, encoder: cls) | last | mean | cls
+    k_folds = 0                   # > 1: k-fold cross-validation, one model per fold
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastlm.tasks.backbone import d_model, hidden_states, is_encoder
+from fastlm.tasks.base import DataFiles, Task
+from fastlm.tasks.datasets import DatasetError, label_value, read_records, text_value
+from fastlm.tasks.text import encode, pad_batch
+from fastlm.train.errors import ConfigError
+
+POOLINGS = ("auto", "last", "mean", "cls")
+
+
+@dataclass
+class ClassificationSection(DataFiles):
+    text_field: str = "text"
+    label_field: str = "label"
+    labels: list[str] | None = None
+    pooling: str = "auto"
+    k_folds: int = 0
+
+    def validate(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"task.pooling = {self.pooling!r}: expected one of {', '.join(POOLINGS)}")
+        if self.k_folds < 0 or self.k_folds == 1:
+            raise ConfigError(f"task.k_folds = {self.k_folds}: expected 0 (off) or at least 2")
+        if self.labels is not None and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
+            raise ConfigError(f"task.labels = {self.labels}: expected at least 2 distinct labels")
+
+
+class SequenceClassifier(nn.Module):
+    """body -> pooled vector -> dropout -> linear (num_labels). forward(batch) -> {"logits", "loss"}."""
+
+    def __init__(self, body: nn.Module, num_labels: int, pooling: str = "auto"):
+        super().__init__()
+        self.encoder = is_encoder(body)
+        if pooling == "auto":
+            pooling = "cls" if self.encoder else "last"
+        if pooling == "cls" and not self.encoder:
+            raise ConfigError('task.pooling = "cls": only for encoders (a decoder pools its "last" token)')
+        self.pooling = pooling
+        if not self.encoder:
+            body.lm_head = None  # unused here (and an unused parameter would stall data parallelism)
+        self.body = body
+        self.head = nn.Linear(d_model(body), num_labels)
+        nn.init.normal_(self.head.weight, 0.0, 0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def pool(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cls":
+            return self.body.pooled(h)
+        if self.pooling == "mean":
+            m = mask.to(h.dtype)[..., None]
+            return (h * m).sum(1) / m.sum(1).clamp_min(1)
+        last = mask.sum(1) - 1  # right padding: the last real token
+        return h[torch.arange(h.shape[0], device=h.device), last]
+
+    def forward(self, batch: dict) -> dict:
+        h = hidden_states(self.body, batch["input_ids"], batch["attention_mask"])
+        logits = self.head(self.pool(h, batch["attention_mask"])).float()
+        out = {"logits": logits}
+        if "labels" in batch:
+            out["loss"] = F.cross_entropy(logits, batch["labels"])
+        return out
+
+
+class ClassificationTask(Task):
+    name = "classification"
+    Section = ClassificationSection
+
+    def read_split(self, tc, path: Path, info: dict | None) -> list[dict]:
+        t = tc.task
+        records = read_records(path, (t.text_field, t.label_field))
+        known = set(info["labels"]) if info else set(t.labels) if t.labels else None
+        hint = f"known labels: {', '.join(sorted(known))}" if known else ""
+        out = []
+        for r in records:
+            label = label_value(r, t.label_field, (lambda x: x in known) if known else None, hint)
+            out.append({"text": text_value(r, t.text_field), "label": label})
+        return out
+
+    def make_info(self, tc, records) -> dict:
+        labels = tc.task.labels or sorted({r["label"] for r in records})
+        if len(labels) < 2:
+            raise DatasetError(f"the training data has only the label {labels[0]!r}: a classifier needs two or more")
+        return {"labels": list(labels)}
+
+    def tokenizer_texts(self, records) -> list[str]:
+        return [r["text"] for r in records]
+
+    def encode(self, tc, records, tok, info) -> list[dict]:
+        from fastlm.data.tokenizer import find_eos_id
+
+        eos, width = find_eos_id(tok), tc.config.data.seq_len
+        index = {label: i for i, label in enumerate(info["labels"])}
+        encoder = tc.config.model.is_encoder
+        out = []
+        for r, ids in zip(records, encode(tok, [r["text"] for r in records])):
+            # Decoder: the text then an end token whose state sums it up; encoder: a leading [CLS]-like token.
+            ids = [eos] + ids[:width - 1] if encoder else ids[:width - 1] + [eos]
+            out.append({"ids": ids, "label": index[r["label"]], "text": r["text"]})
+        return out
+
+    def build_model(self, tc, body, info) -> nn.Module:
+        return SequenceClassifier(body, len(info["labels"]), tc.task.pooling)
+
+    def collate(self, examples) -> dict:
+        ids, mask = pad_batch([e["ids"] for e in examples], pad_id=0)
+        return {"input_ids": ids, "attention_mask": mask,
+                "labels": torch.tensor([e["label"] for e in examples], dtype=torch.long)}
+
+    @torch.no_grad()
+    def predict(self, model, examples, device, autocast, batch_size) -> torch.Tensor:
+        """Class probabilities (N, num_labels)."""
+        was_training = model.training
+        model.eval()
+        probs = []
+        for i in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in self.collate(examples[i:i + batch_size]).items()}
+            with autocast:
+                probs.append(model(batch)["logits"].float().softmax(-1).cpu())
+        model.train(was_training)
+        return torch.cat(probs)
+
+    def evaluate(self, model, examples, info, device, autocast, batch_size, tc=None):
+        from fastlm.eval import metrics as M
+
+        labels = info["labels"]
+        probs = self.predict(model, examples, device, autocast, batch_size)
+        y_true = [e["label"] for e in examples]
+        y_pred = probs.argmax(-1).tolist()
+        k = len(labels)
+        result = {
+            "loss": F.nll_loss(probs.clamp_min(1e-12).log(), torch.tensor(y_true)).item(),
+            "accuracy": M.accuracy(y_true, y_pred),
+            "precision_macro": M.precision(y_true, y_pred, average="macro", labels=list(range(k))),
+            "recall_macro": M.recall(y_true, y_pred, average="macro", labels=list(range(k))),
+            "f1_macro": M.f1(y_true, y_pred, average="macro", labels=list(range(k))),
+            "precision_micro": M.precision(y_true, y_pred, average="micro", labels=list(range(k))),
+            "recall_micro": M.recall(y_true, y_pred, average="micro", labels=list(range(k))),
+            "f1_micro": M.f1(y_true, y_pred, average="micro", labels=list(range(k))),
+            "roc_auc": _roc_auc(M, y_true, probs, k),
+            "examples": len(examples),
+            "labels": labels,
+            "confusion_matrix": M.confusion_matrix(y_true, y_pred, labels=list(range(k))).tolist(),
+        }
+        predictions = [{"text": e["text"], "label": labels[e["label"]], "prediction": labels[p],
+                        "probabilities": {lab: round(float(q), 6) for lab, q in zip(labels, row)}}
+                       for e, p, row in zip(examples, y_pred, probs.tolist())]
+        return result, predictions
+
+    def report(self, out_dir: Path, metrics: dict, predictions: list, info: dict) -> None:
+        cm = {"labels": metrics["labels"], "matrix": metrics["confusion_matrix"],
+              "rows": "true label", "columns": "predicted label"}
+        (out_dir / "confusion_matrix.json").write_text(json.dumps(cm, indent=1, ensure_ascii=False))
+        plot_confusion_matrix(metrics["confusion_matrix"], metrics["labels"], out_dir / "confusion_matrix.png")
+
+
+def _roc_auc(M, y_true, probs, k) -> float | None:
+    """One-vs-rest macro ROC-AUC; None when a class is missing from y_true (undefined)."""
+    if len(set(y_true)) < k:
+        return None
+    if k == 2:
+        return M.roc_auc(y_true, probs[:, 1].numpy())
+    return M.roc_auc(y_true, probs.numpy(), multi_class="ovr", labels=list(range(k)))
+
+
+def plot_confusion_matrix(matrix, labels, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(labels)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * k, 1.0 + 0.6 * k))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(k), labels, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = max(max(row) for row in matrix) or 1
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, matrix[i][j], ha="center", va="center",
+                    color="white" if matrix[i][j] > top / 2 else "black", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,72 @@
+"""`fastlm quantize`: a finished run -> a quantized run directory that `fastlm eval` / `generate` load.
+
+The output holds the run's config.toml and tokenizer.json, model.safetensors with int8 weights and
+fp32 scales, and quantization.json (which modules are Int8Linear: see fastlm.quant.saved). It is
+written under a temporary name and renamed into place, so a failure leaves nothing behind.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import safetensors.torch
+
+from fastlm.quant import SCHEMES, quantization_record, quantize_model
+from fastlm.quant.saved import write_quantization
+from fastlm.train.errors import FastlmError
+from fastlm.train.run import load_run
+
+CALIBRATION_BATCHES = 8
+
+
+def quantize_run(run_dir: str | Path, out: str | Path, scheme: str, skip: list[str] | tuple = (),
+                 smooth: float | None = None, group_size: int | None = None,
+                 calibration_batches: int = CALIBRATION_BATCHES) -> dict:
+    """Quantize the final model of `run_dir` into the new directory `out`; returns a summary."""
+    out = Path(out)
+    if scheme not in SCHEMES:
+        raise FastlmError(f"--scheme {scheme!r}: expected one of {', '.join(SCHEMES)}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FastlmError(f"output directory {out} already exists and is not empty")
+    if Path(run_dir).resolve() == out.resolve():
+        raise FastlmError("the output directory must differ from the run directory")
+    config, model, tokenizer_path = load_run(run_dir)
+    if quantization_record(model) is not None:
+        raise FastlmError(f"{run_dir} is quantized already")
+    before = _weight_bytes(model)
+    batches = _calibration_batches(config, tokenizer_path, calibration_batches) if smooth is not None else None
+    quantize_model(model, scheme, skip=skip, smooth=smooth, calibration_batches=batches, group_size=group_size)
+    record = quantization_record(model)
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        shutil.copyfile(Path(run_dir) / "config.toml", tmp / "config.toml")
+        shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+        safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+        write_quantization(tmp, record)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"out": str(out), "scheme": scheme, "layers": len(record["modules"]),
+            "bytes_before": before, "bytes_after": _weight_bytes(model)}
+
+
+def _calibration_batches(config, tokenizer_path: Path, count: int) -> list:
+    """The first `count` batches of the run's training split (the data the activations came from)."""
+    from fastlm.data import eval_batches, prepare_corpus
+
+    d, t = config.data, config.train
+    corpus = prepare_corpus(d.source, tokenizer_path=tokenizer_path, text_field=d.text_field,
+                            val_fraction=d.val_fraction, builtin_modules=d.builtin_modules, show_progress=False)
+    return eval_batches(corpus.train_tokens, seq_len=d.seq_len, batch_size=t.micro_batch_size, num_batches=count)
+
+
+def _weight_bytes(model) -> int:
+    tensors = {t.data_ptr(): t for t in model.state_dict().values()}  # a tied weight counts once
+    return sum(t.numel() * t.element_size() for t in tensors.values())

@@ -1,0 +1,98 @@
+"""fastlm.ops.rope (C++ CPU kernel) against the reference, HF's apply_rotary_pos_emb and fastlm.nn's rope."""
+import pytest
+import torch
+
+import fastlm.ops as ops
+from fastlm.nn.rope import rope_cos_sin, rotate_half
+from fastlm.ops import reference_rope as reference
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+       torch.float16: dict(atol=2e-3, rtol=2e-3)}
+
+
+def _hf_rope(q, k, cos, sin):
+    """transformers' apply_rotary_pos_emb in (B, H, T, D) with full-width cos/sin (B, T, D), in fp64."""
+    cos, sin = torch.cat((cos, cos), -1).unsqueeze(1).double(), torch.cat((sin, sin), -1).unsqueeze(1).double()
+    q, k = q.double(), k.double()
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def test_cpu_kernel_is_native():
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("fastlm::rope_fwd", "CPU")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 7, 4, 2, 16), (1, 5, 3, 3, 10), (3, 1, 2, 1, 128)])  # B, T, Hq, Hkv, D
+def test_rope_matches_hf_and_grads(dtype, shape):
+    b, t, hq, hkv, d = shape
+    q = torch.randn(b, t, hq, d).to(dtype).requires_grad_()
+    k = torch.randn(b, t, hkv, d).to(dtype).requires_grad_()
+    cos, sin = rope_cos_sin(torch.arange(t) + 3, d, 10000.0)
+    qr, kr = ops.rope(q, k, cos, sin)
+    assert qr.dtype == dtype and qr.shape == q.shape
+    q_hf, k_hf = _hf_rope(q.transpose(1, 2), k.transpose(1, 2), cos.expand(b, t, -1), sin.expand(b, t, -1))
+    torch.testing.assert_close(qr.double(), q_hf.transpose(1, 2), **TOL[dtype])
+    torch.testing.assert_close(kr.double(), k_hf.transpose(1, 2), **TOL[dtype])
+    gq, gk = torch.randn_like(qr), torch.randn_like(kr)
+    dq, dk = torch.autograd.grad((qr, kr), (q, k), (gq, gk))
+    dq_ref, dk_ref = torch.autograd.grad((q_hf, k_hf), (q, k), (gq.double().transpose(1, 2), gk.double().transpose(1, 2)))
+    torch.testing.assert_close(dq.double(), dq_ref.double(), **TOL[dtype])
+    torch.testing.assert_close(dk.double(), dk_ref.double(), **TOL[dtype])
+
+
+def test_per_batch_angles_and_hf_layout():
+    b, t, h, d = 2, 6, 3, 8
+    x = torch.randn(b, h, t, d)  # HF layout, rotated through its (B, T, H, D) view
+    angles = torch.randn(b, t, d // 2)
+    qr, kr = ops.rope(x.transpose(1, 2), x.transpose(1, 2), angles.cos(), angles.sin())
+    assert qr.transpose(1, 2).is_contiguous()  # back in HF's layout without a copy
+    want = reference.rope_fwd(x.transpose(1, 2), angles.cos(), angles.sin(), False)
+    torch.testing.assert_close(qr, want)
+    # and it is the rotation fastlm.nn used before (the module-level reference)
+    from fastlm.nn.rope import _rotate_functional
+    torch.testing.assert_close(qr, _rotate_functional(x.transpose(1, 2), angles.cos()[:, :, None], angles.sin()[:, :, None]))
+
+
+def test_strided_qkv_views():
+    b, t, h, d = 2, 5, 4, 16
+    qkv = torch.randn(b, t, 3 * h * d)
+    q, k, _ = qkv.split(h * d, dim=-1)
+    q, k = q.view(b, t, h, d), k.view(b, t, h, d)
+    cos, sin = rope_cos_sin(torch.arange(t), d, 500.0)
+    qr, kr = ops.rope(q, k, cos, sin)
+    torch.testing.assert_close(qr, reference.rope_fwd(q, cos, sin, False))
+    torch.testing.assert_close(kr, reference.rope_fwd(k, cos, sin, False))
+
+
+def test_fp64_runs_the_reference():
+    q = torch.randn(1, 3, 2, 4, dtype=torch.float64, requires_grad=True)
+    cos, sin = rope_cos_sin(torch.arange(3), 4, 100.0)
+    qr, _ = ops.rope(q, q, cos, sin)
+    assert qr.dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda x: ops.rope(x, x, cos.double(), sin.double())[0], (q,))
+
+
+def test_opcheck():
+    x = torch.randn(2, 3, 2, 8, requires_grad=True)
+    cos, sin = torch.randn(3, 4), torch.randn(3, 4)
+    torch.library.opcheck(torch.ops.fastlm.rope_fwd.default, (x, cos, sin, False))
+    torch.library.opcheck(torch.ops.fastlm.rope_fwd.default, (x.transpose(1, 2), torch.randn(2, 2, 4),
+                                                              torch.randn(2, 2, 4), True))
+
+
+def test_bad_inputs():
+    q = torch.randn(1, 4, 2, 8)
+    cos, sin = torch.randn(4, 4), torch.randn(4, 4)
+    with pytest.raises(ValueError, match="head_dim must be even"):
+        ops.rope(torch.randn(1, 4, 2, 7), torch.randn(1, 4, 2, 7), torch.randn(4, 3), torch.randn(4, 3))
+    with pytest.raises(ValueError, match="cos/sin must be"):
+        ops.rope(q, q, torch.randn(5, 4), torch.randn(5, 4))
+    with pytest.raises(ValueError, match="must be \\(batch, seq, heads, head_dim\\)"):
+        ops.rope(q[0], q[0], cos, sin)
+    with pytest.raises(ValueError, match="must match q"):
+        ops.rope(q, torch.randn(1, 4, 2, 6), cos, sin)
+    with pytest.raises(TypeError, match="floating point"):
+        ops.rope(q.long(), q, cos, sin)
+    with pytest.raises(RuntimeError, match="head_dim must be even"):  # the kernel checks too
+        torch.ops.fastlm.rope_fwd(torch.randn(1, 4, 2, 7), torch.randn(4, 3), torch.randn(4, 3), False)
