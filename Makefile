@@ -36,6 +36,7 @@ test-triton: setup
 bench: setup
 	$(PY) benchmarks/norms.py
 	$(PY) benchmarks/attention.py
+	$(PY) benchmarks/matmul.py
 	$(PY) benchmarks/data_parallel.py
 	$(PY) benchmarks/train_throughput.py --quick
 

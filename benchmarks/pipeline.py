@@ -76,7 +76,9 @@ def _worker(rank, world, port, a, m, schedules, queue):
     for name, v in schedules:
         torch.manual_seed(0)
         pipe = Pipeline(GPT(model_config(a)), mesh, schedule=name, virtual_stages=v, micro_batch_size=a.mbs,
-                        seq_len=a.seq)
+                        seq_len=a.seq, balance=a.balance)
+        if rank == 0:
+            print(f"  pp {world} {name} v={v}: layers per stage {pipe.stage_layers}", flush=True)
         opt = torch.optim.AdamW(pipe.stage.parameters(), lr=1e-4)
 
         def step(pipe=pipe, opt=opt):
@@ -139,13 +141,15 @@ if __name__ == "__main__":
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--mbs", type=int, default=2, help="sequences per micro-batch")
+    parser.add_argument("--balance", choices=["params", "time"], default="params",
+                        help="balance the stages by parameter count or by measured time")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900)
     a = parser.parse_args()
     torch.set_num_threads(1)
     print(f"llama {a.layers} layers, d_model {a.d_model}, vocab {a.vocab}; micro-batch {a.mbs} x {a.seq} tokens; "
-          f"CPU, gloo, 1 thread per process, {os.cpu_count()} cores")
+          f"stages balanced by {a.balance}; CPU, gloo, 1 thread per process, {os.cpu_count()} cores")
     print(f"{'pp':>3s} {'m':>3s} {'schedule':>15s} {'step ms':>9s} {'vs 1 proc':>10s} {'bubble':>8s} "
           f"{'theory':>8s}  per-rank bubble")
     for m in a.micro_batches:

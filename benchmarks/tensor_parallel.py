@@ -23,7 +23,6 @@ import argparse
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -83,7 +82,6 @@ def _worker(rank, world, port, out_dir, a, sp):
 
 
 def run(tp: int, a, sp: bool) -> list[dict]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "parallel"))
     import socket
 
     with socket.socket() as s:

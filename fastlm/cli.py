@@ -5,7 +5,7 @@
     fastlm generate RUN_DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
     fastlm plot RUN_DIR [--out PNG]
     fastlm export RUN_DIR --format hf --out DIR
-    fastlm finetune TASK CONFIG [--out RUN_DIR] [--set section.key=value ...]
+    fastlm finetune TASK CONFIG [--out RUN_DIR] [--set section.key=value ...] [--resume]
     fastlm evaluate TASK RUN_DIR [--data FILE] [--out DIR]
     fastlm quantize RUN_DIR --scheme w8a8|w8a16 --out DIR [--skip NAME ...] [--smooth ALPHA] [--group-size G]
     fastlm bench [NAME ...] [--device cpu|cuda] [--out DIR] [--quick] [--list]
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="RUN_DIR", help="the run directory (default: ./runs/<config name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, also task.KEY=VALUE; may repeat")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
     p.set_defaults(func=_finetune)
 
@@ -133,7 +134,8 @@ def _generate(args) -> int:
 def _finetune(args) -> int:
     from fastlm.tasks import finetune
 
-    r = finetune(args.task, args.config, args.overrides, out_dir=args.out, show_progress=not args.quiet)
+    r = finetune(args.task, args.config, args.overrides, out_dir=args.out, show_progress=not args.quiet,
+                 resume=args.resume)
     _print_task_metrics(r["metrics"])
     print(f"run directory: {r['run_dir']}")
     return 0

@@ -1,5 +1,5 @@
-// Branch-free scalar exp / tanh / erf that GCC vectorizes inside `#pragma omp simd` loops
-// (std::exp, std::tanh and std::erf do not vectorize without -ffast-math). Torch-free.
+// Branch-free scalar exp / erf that GCC vectorizes inside `#pragma omp simd` loops
+// (std::exp and std::erf do not vectorize without -ffast-math). Torch-free.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -28,9 +28,6 @@ inline float fast_exp(float x) {
   std::memcpy(&scale, &e, sizeof(scale));
   return y * scale;
 }
-
-// tanh(x) = 1 - 2 / (exp(2x) + 1): absolute error ~1e-7 (what GELU needs), saturates cleanly.
-inline float fast_tanh(float x) { return 1.f - 2.f / (fast_exp(2.f * x) + 1.f); }
 
 // erf(x), Abramowitz & Stegun 7.1.26: absolute error <= 1.5e-7.
 inline float fast_erf(float x) {

@@ -39,7 +39,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void dequantize_
     if (r < rows) {
       const int64_t n = n0 + r;
       const __m256i bytes = _mm256_maskz_loadu_epi8(mask, g.w + n * g.ldw + k0);
-      const __m512 s = _mm512_set1_ps(g.w_scale[n * groups + k0 / g.group_size]);
+      // per channel (one group): the scale applies to the sums instead (exact bf16 weights)
+      const __m512 s = _mm512_set1_ps(groups == 1 ? 1.f : g.w_scale[n * groups + k0 / g.group_size]);
       const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(bytes))), s);
       const __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(bytes, 1))), s);
       out = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));  // lo -> elements 0..15
@@ -49,9 +50,13 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void dequantize_
 }
 
 void store_transposed(const Int8WeightGemmArgs& g, const float* c, int64_t n0, int64_t n_rows) {
+  const bool per_channel = g.group_size == g.k;
   for (int64_t j = 0; j < g.m; ++j) {
     float* out = g.out + j * g.ldo + n0;
-    for (int64_t i = 0; i < n_rows; ++i) out[i] = c[i * kTile + j] + (g.bias ? g.bias[n0 + i] : 0.f);
+    for (int64_t i = 0; i < n_rows; ++i) {
+      const float scale = per_channel ? g.w_scale[n0 + i] : 1.f;
+      out[i] = c[i * kTile + j] * scale + (g.bias ? g.bias[n0 + i] : 0.f);
+    }
   }
 }
 

@@ -16,10 +16,16 @@ namespace {
 constexpr int kMaxTile = 4;
 using TileFn = void (*)(const Int8WeightGemmArgs&, int64_t m0, int64_t n0);
 
-void store_tile(const Int8WeightGemmArgs& g, int64_t m0, int64_t n0, int mr, int nr, const float acc[kMaxTile][kMaxTile]) {
+// Per channel (one group), the vector paths leave the scale out of the k loop (one multiply less
+// per weight) and apply it to the sums here: `scaled_sums` says the sums still need it.
+void store_tile(const Int8WeightGemmArgs& g, int64_t m0, int64_t n0, int mr, int nr, const float acc[kMaxTile][kMaxTile],
+                bool scaled_sums = false) {
   for (int i = 0; i < mr; ++i) {
     float* out = g.out + (m0 + i) * g.ldo + n0;
-    for (int j = 0; j < nr; ++j) out[j] = acc[i][j] + (g.bias ? g.bias[n0 + j] : 0.f);
+    for (int j = 0; j < nr; ++j) {
+      const float v = scaled_sums ? acc[i][j] * g.w_scale[n0 + j] : acc[i][j];
+      out[j] = v + (g.bias ? g.bias[n0 + j] : 0.f);
+    }
   }
 }
 
@@ -59,9 +65,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void tile_avx512(const Int8
   const float* x = g.x + m0 * g.ldx;
   const int8_t* w = g.w + n0 * g.ldw;
   const int64_t groups = g.k / g.group_size;
+  const bool per_channel = groups == 1;
   for (int64_t gi = 0; gi < groups; ++gi) {
     __m512 s[NR];
-    for (int j = 0; j < NR; ++j) s[j] = _mm512_set1_ps(g.w_scale[(n0 + j) * groups + gi]);
+    for (int j = 0; j < NR; ++j) s[j] = _mm512_set1_ps(per_channel ? 1.f : g.w_scale[(n0 + j) * groups + gi]);
     const int64_t p1 = (gi + 1) * g.group_size;
     int64_t p = gi * g.group_size;
     for (; p < p1; p += 16) {
@@ -69,7 +76,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void tile_avx512(const Int8
       __m512 wv[NR];
       for (int j = 0; j < NR; ++j) {
         const __m128i bytes = _mm_maskz_loadu_epi8(mask, w + j * g.ldw + p);
-        wv[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)), s[j]);
+        wv[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
+        if (!per_channel) wv[j] = _mm512_mul_ps(wv[j], s[j]);
       }
       for (int i = 0; i < MR; ++i) {
         const __m512 xv = _mm512_maskz_loadu_ps(mask, x + i * g.ldx + p);
@@ -80,7 +88,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void tile_avx512(const Int8
   float out[kMaxTile][kMaxTile];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
-  store_tile(g, m0, n0, MR, NR, out);
+  store_tile(g, m0, n0, MR, NR, out, per_channel);
 }
 
 __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
@@ -99,11 +107,12 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const Int8WeightGemmArgs& g, 
   const float* x = g.x + m0 * g.ldx;
   const int8_t* w = g.w + n0 * g.ldw;
   const int64_t groups = g.k / g.group_size;
+  const bool per_channel = groups == 1;
   for (int64_t gi = 0; gi < groups; ++gi) {
     float sc[NR];
     __m256 s[NR];
     for (int j = 0; j < NR; ++j) {
-      sc[j] = g.w_scale[(n0 + j) * groups + gi];
+      sc[j] = per_channel ? 1.f : g.w_scale[(n0 + j) * groups + gi];
       s[j] = _mm256_set1_ps(sc[j]);
     }
     const int64_t p1 = (gi + 1) * g.group_size;
@@ -112,7 +121,8 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const Int8WeightGemmArgs& g, 
       __m256 wv[NR];
       for (int j = 0; j < NR; ++j) {
         const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + j * g.ldw + p));
-        wv[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), s[j]);
+        wv[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+        if (!per_channel) wv[j] = _mm256_mul_ps(wv[j], s[j]);
       }
       for (int i = 0; i < MR; ++i) {
         const __m256 xv = _mm256_loadu_ps(x + i * g.ldx + p);
@@ -124,7 +134,7 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const Int8WeightGemmArgs& g, 
   float out[kMaxTile][kMaxTile];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) out[i][j] = hsum256(acc[i][j]) + tail[i][j];
-  store_tile(g, m0, n0, MR, NR, out);
+  store_tile(g, m0, n0, MR, NR, out, per_channel);
 }
 
 #define FASTLM_TILE_ROW(F, MR) {&F<MR, 1>, &F<MR, 2>, &F<MR, 3>, &F<MR, 4>}

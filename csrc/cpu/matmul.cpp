@@ -232,8 +232,8 @@ std::tuple<at::Tensor, at::Tensor> matmul_fwd(const at::Tensor& a, const at::Ten
 // grad_pre (fp32, M x N) = grad_out * act'(pre).
 at::Tensor pre_activation_grad(const at::Tensor& grad_out, const at::Tensor& pre, Activation act) {
   at::Tensor g = grad_out.to(at::kFloat).contiguous();
+  if (act == Activation::kNone) return g;  // read only
   if (g.data_ptr() == grad_out.data_ptr()) g = g.clone();  // written in place below
-  if (act == Activation::kNone) return g;
   const at::Tensor p = pre.contiguous();
   const int64_t M = g.size(0), N = g.size(1);
   const CastType pt = cast_type(p.scalar_type());

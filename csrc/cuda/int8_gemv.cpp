@@ -1,7 +1,7 @@
 // Torch glue for the CUDA weight-only int8 GEMV (csrc/cuda/int8_gemv.cu): fastlm::int8_gemv, used by
 // fastlm.ops.int8_weight_matmul for CUDA inputs with at most 8 rows (decoding).
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -39,7 +39,7 @@ at::Tensor int8_gemv_op(const at::Tensor& x_in, const at::Tensor& w_in, const at
   at::Tensor out = at::empty({m, n}, x.options());
   const cudaError_t err = int8_gemv(x.data_ptr(), k, type, w.data_ptr<int8_t>(), k, w_scale.data_ptr<float>(), group_size,
                                     bias ? bias->data_ptr<float>() : nullptr, out.data_ptr(), n, static_cast<int>(m), n, k,
-                                    at::cuda::getCurrentCUDAStream());
+                                    c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(err));
   return out;
 }

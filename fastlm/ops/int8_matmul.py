@@ -94,12 +94,17 @@ def _same_device(op: str, ref: torch.Tensor, **tensors) -> None:
             raise ValueError(f"{op}: {name} is on {t.device} but the first input is on {ref.device}")
 
 
-def _float_vector(op: str, name: str, t, n: int, what: str) -> torch.Tensor:
+def _float_vector(op: str, name: str, t, n: int) -> torch.Tensor:
     """A float tensor with n elements laid out as a vector ((n,) or a shape like (n, 1)) -> fp32 (n,)."""
     _tensor(op, name, t)
     if not t.is_floating_point():
         raise TypeError(f"{op}: {name} must be floating point, got {t.dtype}")
-    return t.reshape(n).to(torch.float32).contiguous()
+    # Only the conversions needed: decoding calls this per token, where each call costs.
+    if t.dim() != 1:
+        t = t.reshape(n)
+    if t.dtype != torch.float32:
+        t = t.to(torch.float32)
+    return t if t.is_contiguous() else t.contiguous()
 
 
 # ---------------------------------------------------------------- the public functions
@@ -142,19 +147,22 @@ def int8_matmul(a_int8: torch.Tensor, b_int8: torch.Tensor, a_scale: torch.Tenso
         if b_scale.shape not in ((n,), (1, n)):
             raise ValueError(f"{op}: b_scale must have shape ({n},) (one scale per column of b_int8), "
                              f"got {tuple(b_scale.shape)}")
-        a_scale = _float_vector(op, "a_scale", a_scale, m, "row")
-        b_scale = _float_vector(op, "b_scale", b_scale, n, "column")
+        a_scale = _float_vector(op, "a_scale", a_scale, m)
+        b_scale = _float_vector(op, "b_scale", b_scale, n)
         if bias is not None:
             if bias.shape != (n,):
                 raise ValueError(f"{op}: bias must have shape ({n},), got {tuple(bias.shape)}")
-            bias = _float_vector(op, "bias", bias, n, "bias")
-    a2d = a_int8.reshape(m, k)
-    with torch.no_grad():
-        if forced_backend() == "reference":
-            out = reference.int8_matmul(a2d, b_int8, a_scale, b_scale, bias, out_dtype)
-        else:
-            out = torch.ops.fastlm.int8_matmul(a2d, b_int8, a_scale, b_scale, bias, out_dtype)
-    return out.reshape(*lead, n)
+            bias = _float_vector(op, "bias", bias, n)
+    a2d = a_int8 if a_int8.dim() == 2 else a_int8.reshape(m, k)
+    # No autograd (integer inputs); scales that require grad (e.g. learned) are used as constants.
+    if any(t is not None and t.requires_grad for t in (a_scale, b_scale, bias)):
+        a_scale, b_scale = (None if t is None else t.detach() for t in (a_scale, b_scale))
+        bias = None if bias is None else bias.detach()
+    if forced_backend() == "reference":
+        out = reference.int8_matmul(a2d, b_int8, a_scale, b_scale, bias, out_dtype)
+    else:
+        out = torch.ops.fastlm.int8_matmul(a2d, b_int8, a_scale, b_scale, bias, out_dtype)
+    return out if a_int8.dim() == 2 else out.reshape(*lead, n)
 
 
 def int8_weight_matmul(x: torch.Tensor, w_int8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None,

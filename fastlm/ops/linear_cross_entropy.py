@@ -156,7 +156,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     if weight.dim() != 2 or weight.shape[0] == 0:
         raise ValueError(f"{op}: weight must be (vocab, hidden), got {tuple(weight.shape)}")
     if hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
-        raise ValueError(f"{op}: hidden's last dimension must be weight's ({weight.shape[1]}), got {tuple(hidden.shape)}")
+        raise ValueError(f"{op}: hidden's last dimension must be weight's ({weight.shape[1]}), "
+                         f"got {tuple(hidden.shape)}")
     if hidden.device != weight.device:
         raise ValueError(f"{op}: hidden is on {hidden.device} but weight is on {weight.device}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):

@@ -42,11 +42,12 @@ def _check_float(op: str, name: str, x) -> None:
 
 
 def _quantize_rows(x2d: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    x2d = x2d.contiguous()
-    with torch.no_grad():
-        if use_reference(x2d):
-            return reference.int8_quantize(x2d, group_size)
-        return torch.ops.fastlm.int8_quantize(x2d, group_size)
+    x2d = x2d.detach()  # no autograd: quantization is not differentiable (fake quantization trains)
+    if not x2d.is_contiguous():
+        x2d = x2d.contiguous()
+    if use_reference(x2d):
+        return reference.int8_quantize(x2d, group_size)
+    return torch.ops.fastlm.int8_quantize(x2d, group_size)
 
 
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,6 +56,8 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if x.dim() < 1 or x.shape[-1] == 0:
         raise ValueError(f"quantize_per_token: x must have a non-empty last dimension, got shape {tuple(x.shape)}")
     k = x.shape[-1]
+    if x.dim() == 2:
+        return _quantize_rows(x, k)
     q, scale = _quantize_rows(x.reshape(-1, k), k)
     return q.reshape(x.shape), scale.reshape(*x.shape[:-1], 1)
 

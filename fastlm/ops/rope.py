@@ -54,7 +54,8 @@ def _check(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
         if t.device != q.device:
             raise ValueError(f"rope: {name} is on {t.device} but q is on {q.device}")
     if q.dim() != 4 or k.dim() != 4:
-        raise ValueError(f"rope: q and k must be (batch, seq, heads, head_dim), got {tuple(q.shape)} and {tuple(k.shape)}")
+        raise ValueError(f"rope: q and k must be (batch, seq, heads, head_dim), "
+                         f"got {tuple(q.shape)} and {tuple(k.shape)}")
     b, t, _, d = q.shape
     if k.shape[0] != b or k.shape[1] != t or k.shape[3] != d:
         raise ValueError(f"rope: k {tuple(k.shape)} must match q {tuple(q.shape)} in batch, seq and head_dim")

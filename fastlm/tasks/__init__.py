@@ -22,13 +22,13 @@ def get_task(name: str):
     return TASKS[name]()
 
 
-def finetune(task: str, config, overrides=(), out_dir=None, show_progress: bool = True) -> dict:
+def finetune(task: str, config, overrides=(), out_dir=None, show_progress: bool = True, resume: bool = False) -> dict:
     """Fine-tune on a task config (a TOML file or a shipped demo config name)."""
     from fastlm.tasks.config import load_task_config
     from fastlm.tasks.loop import finetune as run
 
     t = get_task(task)
-    return run(t, load_task_config(config, t.Section, overrides), out_dir, show_progress)
+    return run(t, load_task_config(config, t.Section, overrides), out_dir, show_progress, resume)
 
 
 def evaluate(task: str, run_dir, data=None, out_dir=None) -> dict:

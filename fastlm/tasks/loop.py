@@ -100,15 +100,26 @@ class ExampleSampler:
 
 # ---------------------------------------------------------------- fine-tuning
 
-def finetune(task, tc: TaskConfig, out_dir: str | os.PathLike | None = None, show_progress: bool = True) -> dict:
-    """Train the task (or, with task.k_folds > 1, one model per fold) and write the run directory."""
-    run_dir = _choose_run_dir(tc, out_dir)
+def finetune(task, tc: TaskConfig, out_dir: str | os.PathLike | None = None, show_progress: bool = True,
+             resume: bool = False) -> dict:
+    """Train the task (or, with task.k_folds > 1, one model per fold) and write the run directory.
+
+    resume: continue the run in out_dir from its newest checkpoint (same data order and RNG state,
+    so the result is that of an uninterrupted run)."""
+    if resume:
+        if out_dir is None or not Path(out_dir).is_dir():
+            raise CheckpointError(f"--resume: run directory {out_dir} does not exist")
+        if getattr(tc.task, "k_folds", 0) > 1:
+            raise ConfigError("--resume: not available with task.k_folds (start the cross-validation again)")
+        run_dir = Path(out_dir)
+    else:
+        run_dir = _choose_run_dir(tc, out_dir)
     mesh = _init_mesh(tc) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     folds = getattr(tc.task, "k_folds", 0)
     if folds and folds > 1:
         return _cross_validate(task, tc, run_dir, folds, show_progress, mesh)
     train, val, info = read_task_data(task, tc)
-    return _fit(task, tc, run_dir, train, val, info, show_progress, mesh)
+    return _fit(task, tc, run_dir, train, val, info, show_progress, mesh, resume)
 
 
 def _cross_validate(task, tc, run_dir: Path, k: int, show_progress: bool, mesh) -> dict:
@@ -140,7 +151,8 @@ def _cross_validate(task, tc, run_dir: Path, k: int, show_progress: bool, mesh) 
     return {"run_dir": str(run_dir), "metrics": summary}
 
 
-def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_progress, mesh=None) -> dict:
+def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_progress, mesh=None,
+         resume: bool = False) -> dict:
     cfg, t = tc.config, tc.config.train
     is_main = _is_main()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
@@ -154,8 +166,10 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
     random.seed(t.seed)
     body, init_tokenizer = task.build_body(tc) if hasattr(task, "build_body") else build_backbone(tc)
     texts = task.tokenizer_texts(train_raw)  # None: the task has no text input (speech)
+    saved_tokenizer = run_dir / "tokenizer.json" if resume and (run_dir / "tokenizer.json").is_file() else None
     tok = None if texts is None else task_tokenizer(texts, cfg.data.vocab_size, body.config.vocab_size,
-                                                    init_tokenizer, cfg.data.tokenizer)
+                                                    saved_tokenizer or init_tokenizer,
+                                                    None if saved_tokenizer else cfg.data.tokenizer)
     train = task.encode(tc, train_raw, tok, info)
     val = task.encode(tc, val_raw, tok, info)
     model = task.build_model(tc, body, info).to(device)
@@ -174,7 +188,9 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
 
     made = _first_missing(run_dir)
     metrics = bar = None
-    fresh = is_main
+    fresh = is_main and not resume
+    start = 0
+    identity = {"task": task.name, "model": tc.config.model.to_dict()}
     try:
         if is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -183,15 +199,24 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
             if tok is not None:
                 save_tokenizer(tok, run_dir, None if cfg.data.tokenizer or init_tokenizer is None else init_tokenizer)
         metrics = MetricsLog(run_dir if is_main else None, tensorboard=t.tensorboard)
+        if resume:
+            from fastlm.train.checkpoint import latest_checkpoint, load_checkpoint
+
+            ckpt = latest_checkpoint(run_dir)
+            if ckpt is None:
+                raise CheckpointError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+            start = load_checkpoint(ckpt, model, optimizer, scaler, sampler, identity, device)
+            metrics.truncate_after(start)
+            _say(show_progress and is_main, f"fastlm: resumed from {ckpt} (step {start})")
         _say(show_progress and is_main, f"fastlm: {task.name}: {len(train)} training and {len(val)} validation "
              f"examples, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {t.steps} steps of "
              f"{t.global_batch_size}, {precision} on {device}" + (f", adversarial {t.adversarial}"
                                                                   if embedding is not None else ""))
-        bar = tqdm(total=t.steps, unit="step", dynamic_ncols=True, file=sys.stderr,
+        bar = tqdm(total=t.steps, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr,
                    disable=not (is_main and show_progress))
         result = None
         step_time, timed = 0.0, 0
-        for step in range(t.steps):
+        for step in range(start, t.steps):
             t0 = time.perf_counter()
             lr = lr_at(step, t)
             set_lr(optimizer, lr)
@@ -226,8 +251,9 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
             if every and is_main and (done % every == 0 or done == t.steps):
                 from fastlm.train.checkpoint import save_checkpoint
 
-                save_checkpoint(run_dir, done, model, optimizer, scaler, sampler,
-                                {"task": task.name}, cfg.checkpoint.keep)
+                save_checkpoint(run_dir, done, model, optimizer, scaler, sampler, identity, cfg.checkpoint.keep)
+        if result is None:  # resumed a finished run
+            result, predictions = task.evaluate(model, val, info, device, autocast, t.micro_batch_size, tc)
     except BaseException:
         if fresh:
             _undo(run_dir, made)

@@ -98,11 +98,14 @@ class PromptedTask(Task):
 
         self._tokenizer = tok  # to turn decoded ids back into text in evaluate
         eos, width = find_eos_id(tok), tc.config.data.seq_len
-        prompts = encode(tok, [tc.task.template.format(source=r["source"]) for r in records])
+        before, _, after = tc.task.template.partition("{source}")
+        head, tail = (encode(tok, [x])[0] if x else [] for x in (before, after))
+        sources = encode(tok, [r["source"] for r in records])
         targets = encode(tok, [" " + r["target"] for r in records])
+        budget = max(1, width // 2 - len(head) - len(tail))  # a prompt takes at most half the context
         out = []
-        for r, p, t in zip(records, prompts, targets):
-            p = p[-(width // 2):]  # keep the end of a long prompt (where the template asks)
+        for r, src, t in zip(records, sources, targets):
+            p = head + src[:budget] + tail  # a long source is cut, the template's cue kept
             t = (t + [eos])[:width - len(p)]
             out.append({"prompt": p, "target": t, "source": r["source"], "reference": r["target"], "eos": eos})
         return out

@@ -20,7 +20,8 @@ def config(family: str):
         return transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0,
                                        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, **common)
     return transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
-                                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=64,
+                                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                   max_position_embeddings=64,
                                    **common)
 
 

@@ -45,7 +45,8 @@ def test_hf_trainer_losses_match(tmp_path):
     def run(model, out):
         args = transformers.TrainingArguments(
             output_dir=str(out), per_device_train_batch_size=4, max_steps=4, learning_rate=3e-3, logging_steps=1,
-            report_to=[], save_strategy="no", use_cpu=True, dataloader_num_workers=0, seed=0, lr_scheduler_type="constant",
+            report_to=[], save_strategy="no", use_cpu=True, dataloader_num_workers=0, seed=0,
+            lr_scheduler_type="constant",
             disable_tqdm=True)
         trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
         trainer.train()

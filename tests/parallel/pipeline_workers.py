@@ -51,7 +51,7 @@ def train_pipeline(rank, world, spec):
             micro = batches[s].split(mbs)
             total = torch.zeros(())
             for x in micro:
-                loss = model(x, labels=x)[1] / len(micro)
+                loss = model(x, labels=x, return_logits=False)[1] / len(micro)  # as the trainer
                 loss.backward()
                 total += loss.detach()
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.get("clip", 1.0))

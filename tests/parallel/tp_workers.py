@@ -36,7 +36,8 @@ def data(steps=STEPS):
 
 
 def train(rank, world, spec):
-    """spec: family, tp, sp (sequence parallel), steps, accum, shard (ZeRO-1), model overrides."""
+    """spec: family, tp, sp (sequence parallel), steps, accum, shard (ZeRO-1), recompute (activation
+    checkpointing), model overrides, save_at / save_to (a sharded checkpoint), load_from."""
     from fastlm.parallel import DataParallel, init_mesh
     from fastlm.parallel.tensor import clip_grad_norm_, parallelize_tp
     from fastlm.parallel.tensor.checkpoint import full_state_dict
@@ -46,6 +47,7 @@ def train(rank, world, spec):
     model = build(spec["family"], **spec.get("model", {}))
     if tp > 1:
         parallelize_tp(model, mesh, sequence_parallel=spec.get("sp", False))
+    model.activation_checkpointing = spec.get("recompute", False)  # the collectives run again in the backward
     dp = None
     if mesh is not None and mesh.dp > 1:
         dp = DataParallel(model, mesh, bucket_mb=0.004, shard_optimizer=spec.get("shard", False))

@@ -180,12 +180,15 @@ def test_a_norm_feeding_a_skipped_linear_is_not_folded():
     assert model.fc.smooth_scale is not None
 
 
-def test_smoothing_a_gpt_keeps_its_outputs():
-    model = gpt("llama")
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_smoothing_a_gpt_keeps_its_outputs(family):
+    model = gpt(family)
+    emb = model.tok_emb.weight.detach().clone()
     batches = [torch.randint(0, 64, (2, 16)) for _ in range(2)]
     ids = torch.randint(0, 64, (2, 16))
     ref = model(ids)
     quantize_model(model, "w8a8", smooth=0.5, calibration_batches=batches)
+    assert torch.equal(model.tok_emb.weight, emb)  # gpt2: the head's smoothing did not touch the tied embedding
     folded = [n for n, m in model.named_modules() if isinstance(m, Int8Linear) and m.smooth_scale is None]
     assert sorted(folded) == ["blocks.0.attn.qkv", "blocks.0.mlp.fc", "blocks.1.attn.qkv", "blocks.1.mlp.fc",
                               "lm_head"]

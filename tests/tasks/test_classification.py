@@ -3,6 +3,7 @@ an encoder backbone, the CLI, and malformed datasets reported before training.""
 import json
 
 import pytest
+import torch
 
 from fastlm.eval import metrics as M
 from fastlm.tasks import get_task
@@ -165,3 +166,30 @@ def test_cli_finetune_and_evaluate(tmp_path, data, capsys):
     assert "bad.jsonl:1: missing field 'label'" in capsys.readouterr().err
     assert main(["finetune", "translation-x", str(cfg)]) == 1
     assert "unknown task" in capsys.readouterr().err
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path, data):
+    import shutil
+
+    import safetensors.torch
+
+    raw = tiny_config(*data, steps=6)
+    raw["checkpoint"] = {"every": 3, "keep": 2}
+    finetune(TASK, _tc(raw), tmp_path / "a", show_progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step_0000006")
+    (tmp_path / "b" / "model.safetensors").unlink()
+    finetune(TASK, _tc(raw), tmp_path / "b", show_progress=False, resume=True)
+    a = safetensors.torch.load_file(tmp_path / "a" / "model.safetensors")
+    b = safetensors.torch.load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(x)]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the redone steps replaced, not duplicated
+    from fastlm.train.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        shutil.rmtree(tmp_path / "b" / "checkpoints")
+        finetune(TASK, _tc(raw), tmp_path / "b", show_progress=False, resume=True)

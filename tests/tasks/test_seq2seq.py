@@ -113,3 +113,16 @@ def test_wide_beam_is_exhaustive_search(seed):
     prompt, n = [1, 2], 3
     best = max(itertools.product(range(4), repeat=n), key=lambda c: sequence_log_prob(model, prompt, list(c)))
     assert beam_search(model, prompt, 64, n, eos_id=None, length_penalty=0.0) == list(best)
+
+
+def test_long_source_is_cut_and_the_template_cue_kept(tmp_path):
+    from fastlm.data.tokenizer import train_bpe
+
+    task = get_task("translation")
+    tc = _config(task, "unused.jsonl", None)
+    tok = train_bpe(["red cat blue dog English German"] * 20, 300)
+    (e,) = task.encode(tc, [{"source": "red cat " * 200, "target": "rot katze"}], tok, {})
+    cue = tok.encode("\nGerman:", add_special_tokens=False).ids
+    assert e["prompt"][-len(cue):] == cue
+    assert len(e["prompt"]) <= tc.config.data.seq_len // 2
+    assert len(e["prompt"]) + len(e["target"]) <= tc.config.data.seq_len

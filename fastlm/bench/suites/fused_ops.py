@@ -81,7 +81,8 @@ def measure_speed(options: Options, dtype: str | None = None) -> list[dict]:
 _CHILD = """
 import sys, torch, torch.nn.functional as F
 import fastlm.ops as ops
-impl, n, v, d, device, dtype = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+impl, device, dtype = sys.argv[1], sys.argv[5], sys.argv[6]
+n, v, d = (int(a) for a in sys.argv[2:5])
 dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
 x = torch.randn(n, d, device=device, dtype=dtype, requires_grad=True)
 w = (torch.randn(v, d, device=device, dtype=dtype) / d ** 0.5).requires_grad_()
@@ -120,7 +121,8 @@ def measure_memory(options: Options, tokens=None, vocab: int = 32768, hidden: in
     elem = 2 if dtype == "bf16" else 4
     rows = []
     for n in tokens:
-        ours, eager = peak_mb("fastlm", n, vocab, hidden, device, dtype), peak_mb("eager", n, vocab, hidden, device, dtype)
+        ours = peak_mb("fastlm", n, vocab, hidden, device, dtype)
+        eager = peak_mb("eager", n, vocab, hidden, device, dtype)
         rows.append({"case": f"linear_cross_entropy memory N={n} V={vocab} {dtype}", "tokens": n,
                      "logits_MB": n * vocab * elem / 2**20, "fastlm_MB": ours, "eager_MB": eager,
                      "memory_ratio": ours / eager if eager > 0 else None})

@@ -19,24 +19,10 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from fastlm.parallel.mesh import record_collective, wait_work
 from fastlm.parallel.pipeline.schedules import Action, rank_chunk_of, stage_of
 from fastlm.parallel.pipeline.split import PipelineStage
-
-
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
-            loss_fn=None) -> torch.Tensor:
-    """GPT.forward's loss: position t predicts labels[t + 1]; -100 ignored; no prediction across documents.
-
-    loss_fn: the model's (GPT.loss_fn, vocab-parallel under tensor parallelism); default cross-entropy."""
-    targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-    if cu_seqlens is not None:
-        targets = targets.flatten().index_fill(0, (cu_seqlens[1:] - 1).long(), -100).view_as(targets)
-    if loss_fn is None:
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
-    return loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 def split_batch(batch):
@@ -150,10 +136,11 @@ class PipelineExecutor:
             else:
                 x = self._exchange(stage - 1, "activation", a.microbatch, stage).requires_grad_()
             inputs[key] = x if stage > 0 else None
-            with self.autocast:
-                y = self.stage.forward_chunk(a.chunk, x, ids.shape, cu)
-            if stage == self.num_stages - 1:
-                y = lm_loss(y, ids, cu, self.stage.loss_fn) / divisor
+            last = stage == self.num_stages - 1
+            with self.autocast:  # the last stage returns the loss
+                y = self.stage.forward_chunk(a.chunk, x, ids.shape, cu, labels=ids if last else None)
+            if last:
+                y = y / divisor
                 loss = y.detach()
                 if self.grad_scale is not None:
                     y = self.grad_scale(y)
@@ -185,10 +172,11 @@ class PipelineExecutor:
         loss = torch.zeros((), device=self.device)
         for chunk, stage in enumerate(self.stage.stages):
             x = ids if stage == 0 else self._exchange(stage - 1, "activation", 0, stage)
-            with self.autocast:
-                y = self.stage.forward_chunk(chunk, x, ids.shape, cu)
-            if stage == self.num_stages - 1:
-                loss = lm_loss(y, ids, cu, self.stage.loss_fn).float()
+            last = stage == self.num_stages - 1
+            with self.autocast:  # evaluation computes the logits, as GPT.forward does by default
+                y = self.stage.forward_chunk(chunk, x, ids.shape, cu, labels=ids if last else None, fused=False)
+            if last:
+                loss = y.float()
             else:
                 self._queue_send(y, stage + 1, "activation", 0, stage + 1)
         self._finish_sends()

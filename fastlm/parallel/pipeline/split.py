@@ -13,9 +13,11 @@ so they stay equal (they start equal and take the same optimizer steps).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from fastlm import ops
 from fastlm.models.gpt import GPT, document_positions
 from fastlm.nn import rope_cos_sin
 
@@ -76,10 +78,12 @@ def param_costs(model: GPT) -> tuple[list[float], float, float]:
     return per_layer, first, last
 
 
-def measured_costs(model: GPT, batch_size: int, seq_len: int, repeats: int = 2) -> tuple[list[float], float, float]:
+def measured_costs(model: GPT, batch_size: int, seq_len: int, repeats: int = 5) -> tuple[list[float], float, float]:
     """Cost by measured forward + backward time of every block, the embeddings and the head (seconds).
 
-    Ranks measure different numbers: the caller must agree on one set (the pipeline broadcasts rank 0's)."""
+    Each piece is timed `repeats` times in interleaved rounds (so all see the same machine load) and
+    its fastest time counts. Ranks measure different numbers: the caller must agree on one set
+    (the pipeline broadcasts rank 0's)."""
     import time
 
     device = model.tok_emb.weight.device
@@ -87,25 +91,20 @@ def measured_costs(model: GPT, batch_size: int, seq_len: int, repeats: int = 2) 
     positions = torch.arange(seq_len, device=device)
     rope = None if model.pos_emb is not None else rope_cos_sin(positions, model.config.head_dim,
                                                                model.config.rope_theta)
-
-    def timed(fn, x):
-        best = float("inf")
-        for _ in range(repeats + 1):  # the first run warms up
-            x_ = x.detach().requires_grad_(x.is_floating_point())
+    x = model.tok_emb(ids).detach()
+    pieces = [lambda: model.tok_emb(ids)] + [lambda b=b: b(x.requires_grad_(), rope) for b in model.blocks] + \
+             [lambda: model.lm_head(model.norm(x.requires_grad_()))]
+    best = [float("inf")] * len(pieces)
+    for round_ in range(repeats + 1):  # round 0 warms up
+        for i, piece in enumerate(pieces):
             t0 = time.perf_counter()
-            y = fn(x_)
-            y.float().sum().backward()
+            piece().float().sum().backward()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            best = min(best, time.perf_counter() - t0)
-        return best
-
-    x = model.tok_emb(ids).detach()
-    per_layer = [timed(lambda h, b=b: b(h, rope), x) for b in model.blocks]
-    first = timed(lambda i: model.tok_emb(i), ids)
-    last = timed(lambda h: model.lm_head(model.norm(h)), x)
+            if round_:
+                best[i] = min(best[i], time.perf_counter() - t0)
     model.zero_grad(set_to_none=True)
-    return per_layer, first, last
+    return best[1:-1], best[0], best[-1]
 
 
 class PipelineStage(nn.Module):
@@ -151,7 +150,9 @@ class PipelineStage(nn.Module):
             self.norm = model.norm
             self.lm_head = model.lm_head
             # (N, V) logits, (N,) targets -> mean loss; vocab-parallel under tensor parallelism
-            self.loss_fn = getattr(model, "loss_fn", None)
+            self.loss_fn = model.loss_fn
+            # The head and the loss fused (no logits stored) exactly when GPT.forward fuses them
+            self.fused_loss = model._fused_loss_applies()
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """The whole model's parameter count (what the run reports), not this rank's part."""
@@ -175,7 +176,11 @@ class PipelineStage(nn.Module):
             return document_positions(cu_seqlens, b * t)
         return torch.arange(t, device=device), None
 
-    def forward_chunk(self, chunk: int, x: torch.Tensor, input_ids_shape, cu_seqlens=None) -> torch.Tensor:
+    def forward_chunk(self, chunk: int, x: torch.Tensor, input_ids_shape, cu_seqlens=None, labels=None,
+                      fused: bool | None = None) -> torch.Tensor:
+        """Run chunk `chunk`: input_ids (first stage) or hidden states in; hidden states out, or on the
+        last stage the logits, or with labels the mean loss (fused: by the fused head + loss as
+        GPT.forward(return_logits=False) does; default where it applies)."""
         b, t = input_ids_shape
         positions, max_seqlen = self.positions(input_ids_shape, cu_seqlens, x.device)
         if self.is_first_stage(chunk):
@@ -196,8 +201,21 @@ class PipelineStage(nn.Module):
             else:
                 x = block(x, rope, None, cu_seqlens, max_seqlen)
         if self.is_last_stage(chunk):
-            x = self.lm_head(self.norm(x))
+            x = self.norm(x)
+            return self.lm_head(x) if labels is None else self.head_loss(x, labels, cu_seqlens, fused)
         return x
+
+    def head_loss(self, hidden: torch.Tensor, labels: torch.Tensor, cu_seqlens=None,
+                  fused: bool | None = None) -> torch.Tensor:
+        """GPT.forward's loss from the final norm's output: position t predicts labels[t + 1], -100
+        ignored, no prediction across packed documents."""
+        targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+        if cu_seqlens is not None:
+            targets = targets.flatten().index_fill(0, (cu_seqlens[1:] - 1).long(), -100).view_as(targets)
+        if self.fused_loss and fused is not False:
+            return ops.linear_cross_entropy(hidden, self.lm_head.weight, targets)
+        logits = self.lm_head(hidden)
+        return self.loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 def stage_ranks(num_stages: int, pp: int) -> list[list[int]]:
