@@ -16,8 +16,8 @@ namespace fastlm::cpu {
 namespace {
 
 constexpr int64_t kColumnChunk = 16;  // output columns per parallel work item
-// W8A16 with more rows than this dequantizes the weight and runs a dense GEMM (compute-bound there;
-// bf16 inputs use torch's bf16 GEMM, which has AMX / AVX-512 BF16 kernels on CPUs that have them).
+// W8A16 with more rows than this (and not on the AMX path) dequantizes the weight and runs a dense
+// GEMM (compute-bound there; bf16 inputs use torch's bf16 GEMM, AVX-512 BF16 kernels where the CPU has them).
 constexpr int64_t kStreamingMaxRows = 16;
 constexpr int64_t kAmxMinRows = 4;  // int8_matmul with fewer rows of a uses AVX-512 VNNI on AMX machines
 
@@ -223,12 +223,13 @@ at::Tensor int8_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const
               w_scale.scalar_type(), " ", w_scale.sizes());
   check_vector(bias, n, op, "bias");
   const at::Tensor wc = w.stride(1) == 1 ? w : w.contiguous();
-  if (m > kStreamingMaxRows) return dense_weight_matmul(x_in.contiguous(), wc, w_scale, bias, group_size);
-  at::Tensor out = at::empty({m, n}, x_in.options());
-  if (m == 0) return out;
   const Int8Path path = chosen_path(op, m);
+  // bf16 x on AMX: tiles of bf16-dequantized weights, any m (the weights are dequantized once per call).
   const bool amx = path == Int8Path::kAmx && x_in.scalar_type() == at::kBFloat16 &&
                    (group_size == k || group_size % 32 == 0) && int8_weight_amx_supported();
+  if (m > kStreamingMaxRows && !amx) return dense_weight_matmul(x_in.contiguous(), wc, w_scale, bias, group_size);
+  at::Tensor out = at::empty({m, n}, x_in.options());
+  if (m == 0) return out;
   const at::Tensor x = amx ? x_in.contiguous() : as_float32(x_in.contiguous(), op, "x");
   at::Tensor acc_out = x_in.scalar_type() == at::kFloat ? out : at::empty({m, n}, x.options().dtype(at::kFloat));
   Int8WeightGemmArgs args{};
@@ -243,7 +244,7 @@ at::Tensor int8_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const
   args.out = acc_out.data_ptr<float>();
   args.ldo = n;
   if (amx) {
-    at::Tensor packed = at::empty({int8_weight_amx_packed_bytes(k) / 2}, x.options());
+    at::Tensor packed = at::empty({int8_weight_amx_packed_bytes(m, k) / 2}, x.options());
     const auto* x_bits = reinterpret_cast<const uint16_t*>(x.data_ptr());
     auto* packed_bits = reinterpret_cast<uint16_t*>(packed.data_ptr());
     int8_weight_amx_pack_x(x_bits, k, m, k, packed_bits);

@@ -67,10 +67,10 @@ struct Int8WeightGemmArgs {
   int64_t ldo;
 };
 
-// AMX-BF16 W8A16 for bf16 x with m <= 16 and group_size == k or a multiple of 32: x packed once
-// per call (int8_weight_amx_packed_bytes(k) bytes), then columns [n0, n1) (args.x unused).
+// AMX-BF16 W8A16 for bf16 x and group_size == k or a multiple of 32: x packed once per call
+// (int8_weight_amx_packed_bytes(m, k) bytes), then columns [n0, n1) (args.x unused).
 bool int8_weight_amx_supported();
-int64_t int8_weight_amx_packed_bytes(int64_t k);
+int64_t int8_weight_amx_packed_bytes(int64_t m, int64_t k);
 void int8_weight_amx_pack_x(const uint16_t* x_bf16, int64_t ldx, int64_t m, int64_t k, uint16_t* packed);
 void int8_weight_gemm_amx(const Int8WeightGemmArgs& args, const uint16_t* x_packed, int64_t n0, int64_t n1);
 

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "cpu/int8_kernels.h"
 
@@ -49,10 +50,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void dequantize_
   }
 }
 
-void store_transposed(const Int8WeightGemmArgs& g, const float* c, int64_t n0, int64_t n_rows) {
+// Output tile c[n][m] (16 x 16, n rows from n0, m columns from m0) into out[m][n], with scale and bias.
+void store_transposed(const Int8WeightGemmArgs& g, const float* c, int64_t n0, int64_t n_rows, int64_t m0) {
   const bool per_channel = g.group_size == g.k;
-  for (int64_t j = 0; j < g.m; ++j) {
-    float* out = g.out + j * g.ldo + n0;
+  for (int64_t j = 0; j < std::min(kTile, g.m - m0); ++j) {
+    float* out = g.out + (m0 + j) * g.ldo + n0;
     for (int64_t i = 0; i < n_rows; ++i) {
       const float scale = per_channel ? g.w_scale[n0 + i] : 1.f;
       out[i] = c[i * kTile + j] * scale + (g.bias ? g.bias[n0 + i] : 0.f);
@@ -72,15 +74,18 @@ bool int8_weight_amx_supported() {
 #endif
 }
 
-int64_t int8_weight_amx_packed_bytes(int64_t k) { return (k + kStep - 1) / kStep * kTileBytes; }
+int64_t int8_weight_amx_packed_bytes(int64_t m, int64_t k) {
+  return (m + kTile - 1) / kTile * ((k + kStep - 1) / kStep) * kTileBytes;
+}
 
 void int8_weight_amx_pack_x(const uint16_t* x, int64_t ldx, int64_t m, int64_t k, uint16_t* packed) {
-  const int64_t k_steps = (k + kStep - 1) / kStep;
-  std::memset(packed, 0, k_steps * kTileBytes);
-  for (int64_t c = 0; c < m; ++c) {
+  const int64_t k_steps = (k + kStep - 1) / kStep, m_blocks = (m + kTile - 1) / kTile;
+  std::memset(packed, 0, m_blocks * k_steps * kTileBytes);
+  for (int64_t row = 0; row < m; ++row) {
+    const int64_t mb = row / kTile, c = row % kTile;
     for (int64_t q = 0; q < k; ++q) {
       const int64_t ks = q / kStep, p = q % kStep;
-      packed[ks * (kTileBytes / 2) + (p / 2) * kStep + c * 2 + p % 2] = x[c * ldx + q];
+      packed[(mb * k_steps + ks) * (kTileBytes / 2) + (p / 2) * kStep + c * 2 + p % 2] = x[row * ldx + q];
     }
   }
 }
@@ -88,34 +93,54 @@ void int8_weight_amx_pack_x(const uint16_t* x, int64_t ldx, int64_t m, int64_t k
 __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16"))) void int8_weight_gemm_amx(
     const Int8WeightGemmArgs& g, const uint16_t* x_packed, int64_t n0, int64_t n1) {
   TileConfig config;
-  for (int t = 0; t < 5; ++t) {
+  for (int t = 0; t < 8; ++t) {
     config.rows[t] = kTile;
     config.colsb[t] = 64;
   }
   _tile_loadconfig(&config);
-  const int64_t k_steps = (g.k + kStep - 1) / kStep;
-  alignas(64) uint16_t w_tiles[2][kTile * kStep];
-  alignas(64) float c[2][kTile * kTile];
-  // tmm0, 1: outputs of w tiles 0, 1 (tmm2, 3); tmm4: packed x.
+  const int64_t k_steps = (g.k + kStep - 1) / kStep, m_blocks = (g.m + kTile - 1) / kTile;
+  const int64_t tile_elems = kTile * kStep;
+  // Two 16-row blocks of w dequantized to bf16 over all of k (K * 64 bytes: fits L2), reused by every m block.
+  std::vector<uint16_t> storage(2 * k_steps * tile_elems + 32);
+  uint16_t* w_tiles = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64 / 2;  // 64-byte aligned
+  alignas(64) float c[4][kTile * kTile];
+  // tmm0..3: outputs (w block i x m block j -> 2 * i + j); tmm4, 5: w tiles; tmm6, 7: packed x tiles.
   for (int64_t nb = n0; nb < n1; nb += 2 * kTile) {
     const int64_t rows0 = std::min(kTile, n1 - nb), rows1 = std::clamp<int64_t>(n1 - nb - kTile, 0, kTile);
-    _tile_zero(0);
-    _tile_zero(1);
+    const bool two_w = rows1 > 0;
     for (int64_t ks = 0; ks < k_steps; ++ks) {
-      _tile_loadd(4, x_packed + ks * (kTileBytes / 2), 64);
-      dequantize_tile(g, nb, rows0, ks * kStep, w_tiles[0]);
-      _tile_loadd(2, w_tiles[0], 64);
-      _tile_dpbf16ps(0, 2, 4);
-      if (rows1 > 0) {
-        dequantize_tile(g, nb + kTile, rows1, ks * kStep, w_tiles[1]);
-        _tile_loadd(3, w_tiles[1], 64);
-        _tile_dpbf16ps(1, 3, 4);
-      }
+      dequantize_tile(g, nb, rows0, ks * kStep, &w_tiles[ks * tile_elems]);
+      if (two_w) dequantize_tile(g, nb + kTile, rows1, ks * kStep, &w_tiles[(k_steps + ks) * tile_elems]);
     }
-    _tile_stored(0, c[0], kTile * 4);
-    _tile_stored(1, c[1], kTile * 4);
-    store_transposed(g, c[0], nb, rows0);
-    if (rows1 > 0) store_transposed(g, c[1], nb + kTile, rows1);
+    for (int64_t mb = 0; mb < m_blocks; mb += 2) {
+      const bool two_m = mb + 1 < m_blocks;
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t ks = 0; ks < k_steps; ++ks) {
+        _tile_loadd(4, &w_tiles[ks * tile_elems], 64);
+        _tile_loadd(6, x_packed + (mb * k_steps + ks) * (kTileBytes / 2), 64);
+        _tile_dpbf16ps(0, 4, 6);
+        if (two_m) {
+          _tile_loadd(7, x_packed + ((mb + 1) * k_steps + ks) * (kTileBytes / 2), 64);
+          _tile_dpbf16ps(1, 4, 7);
+        }
+        if (two_w) {
+          _tile_loadd(5, &w_tiles[(k_steps + ks) * tile_elems], 64);
+          _tile_dpbf16ps(2, 5, 6);
+          if (two_m) _tile_dpbf16ps(3, 5, 7);
+        }
+      }
+      _tile_stored(0, c[0], kTile * 4);
+      _tile_stored(1, c[1], kTile * 4);
+      _tile_stored(2, c[2], kTile * 4);
+      _tile_stored(3, c[3], kTile * 4);
+      store_transposed(g, c[0], nb, rows0, mb * kTile);
+      if (two_m) store_transposed(g, c[1], nb, rows0, (mb + 1) * kTile);
+      if (two_w) store_transposed(g, c[2], nb + kTile, rows1, mb * kTile);
+      if (two_w && two_m) store_transposed(g, c[3], nb + kTile, rows1, (mb + 1) * kTile);
+    }
   }
   _tile_release();
 }

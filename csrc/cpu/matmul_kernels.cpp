@@ -5,6 +5,12 @@
 //   silu(x)      = x * sigmoid(x)
 #include "cpu/matmul_kernels.h"
 
+// GCC if-converts the selects below (clamps, sign choices) into vector blends only when float
+// compares may be assumed not to trap (torch builds with the same flag). Values are unchanged.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 #include <cmath>
 #include <cstring>
 
@@ -20,9 +26,11 @@ constexpr float kInvSqrt2 = 0.7071067811865476f;
 constexpr float kInvSqrt2Pi = 0.3989422804014327f;  // 1 / sqrt(2 pi)
 
 // e^x, Cephes expf (relative error ~1e-7); x is clamped to [-87, 88] so 2^n stays a normal float.
+// No libm calls (std::floor, fminf): they keep the loops from vectorizing.
 inline float exp_approx(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23)
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -31,7 +39,7 @@ inline float exp_approx(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float e = p * r * r + r + 1.0f;
-  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) * (1 << 23);
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return e * scale;
@@ -41,7 +49,7 @@ inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 
 // Phi(x) = 0.5 (1 + erf(x / sqrt 2)), via erfc on |x| so there is no cancellation for x < 0.
 inline float normal_cdf(float x) {
-  const float z = std::fabs(x) * kInvSqrt2;
+  const float z = (x < 0.0f ? -x : x) * kInvSqrt2;
   const float t = 1.0f / (1.0f + 0.3275911f * z);
   const float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
   const float half_erfc = 0.5f * poly * exp_approx(-z * z);

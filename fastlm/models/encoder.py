@@ -207,7 +207,7 @@ class EncoderForMaskedLM(nn.Module):
             return logits
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+        loss = self.loss_fn(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         if sentence_order_labels is not None:
             if self.sop_head is None:
                 raise ValueError("sentence_order_labels given, but the model has no sentence-order head "
@@ -215,6 +215,11 @@ class EncoderForMaskedLM(nn.Module):
             sop_logits = self.sop_head(self.encoder.pooled(hidden))
             loss = loss + F.cross_entropy(sop_logits.float(), sentence_order_labels.reshape(-1))
         return logits, loss
+
+    @staticmethod
+    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of (N, V) logits, -100 ignored. parallelize_tp swaps in the vocab-parallel one."""
+        return F.cross_entropy(logits.float(), targets, ignore_index=-100)
 
     def sentence_order_logits(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)

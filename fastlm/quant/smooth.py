@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Iterable
 
 import torch
 from torch import nn
@@ -72,13 +71,16 @@ class _Recorder:
 
 
 def forward_batch(model: nn.Module, batch) -> None:
-    """Run one batch: a tensor of input ids, a tuple of positional args, or a dict of keyword args."""
+    """Run one batch: a tensor of input ids, a tuple of positional args, or a dict of keyword args
+    (tensors are moved to the model's device)."""
+    device = next((p.device for p in model.parameters()), None)
+    move = (lambda v: v.to(device) if isinstance(v, torch.Tensor) and device is not None else v)  # noqa: E731
     if isinstance(batch, dict):
-        model(**batch)
+        model(**{k: move(v) for k, v in batch.items()})
     elif isinstance(batch, (tuple, list)):
-        model(*batch)
+        model(*map(move, batch))
     else:
-        model(batch)
+        model(move(batch))
 
 
 @torch.no_grad()

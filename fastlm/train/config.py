@@ -383,7 +383,10 @@ def _validate_tensor_parallel(config: Config) -> None:
         raise ConfigError(f"parallel.sequence_parallel = {_show(p.sequence_parallel)}: expected true or false")
     if p.tp == 1:
         return
-    for bad, why in ((config.model.is_encoder, f"model.family = {_show(config.model.family)} (GPT families only)"),
+    for bad, why in ((config.model.is_encoder and p.sequence_parallel,
+                      f"parallel.sequence_parallel = true and model.family = {_show(config.model.family)} (an "
+                      f"encoder runs a padded batch as one packed sequence of its real tokens, whose length need "
+                      f"not divide tp)"),
                      (config.model.linear != "default", f"model.linear = {_show(config.model.linear)}"),
                      (p.sync == "local_sgd", 'parallel.sync = "local_sgd"'),
                      (config.train.precision == "fp16", 'train.precision = "fp16" (use "bf16")'),
@@ -397,7 +400,7 @@ def _validate_tensor_parallel(config: Config) -> None:
     from fastlm.parallel.tensor.layout import check_tp_layout
 
     try:
-        check_tp_layout(config.model.gpt_config(), p.tp, p.sequence_parallel, config.data.seq_len)
+        check_tp_layout(config.model.architecture(), p.tp, p.sequence_parallel, config.data.seq_len)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

@@ -218,19 +218,20 @@ def _load_plain_into_tp(path: Path, model, optimizer, scaler, loader, identity: 
     """A tp = 1 checkpoint (model.safetensors + optimizer.pt) into a tensor-parallel model."""
     import safetensors.torch
 
-    from fastlm.models import GPT
     from fastlm.train.checkpoint import verify_checkpoint
 
     verify_checkpoint(path, identity)
     try:
         full = safetensors.torch.load_file(str(path / "model.safetensors"), device="cpu")
-        if "lm_head.weight" not in full and "tok_emb.weight" in full:
-            full["lm_head.weight"] = full["tok_emb.weight"]  # save_model keeps one name of a tied pair
+        for alias, name in tpc.tied_aliases(model).items():  # save_model keeps one name of a tied pair
+            for a, b in ((alias, name), (name, alias)):
+                if a not in full and b in full:
+                    full[a] = full[b]
         tpc.load_full_state_dict(model, full)
         saved = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         # Name the saved optimizer's parameter indices with a plain model's parameter order.
         with torch.device("meta"):
-            plain = GPT(model.config)
+            plain = tpc.plain_model(model)
         from fastlm.train.optim import build_optimizer
 
         plain_opt = build_optimizer(plain, _NoDecay(), torch.device("cpu"))

@@ -289,12 +289,13 @@ class Trainer:
         from fastlm.parallel.tensor import check_tp_layout, parallelize_tp
 
         p = self.config.parallel
-        try:  # init_from brings its own architecture: check it here
+        try:  # init_from brings its own architecture: check it here (and an encoder's, sequence parallel)
             check_tp_layout(model.config, mesh.tp, p.sequence_parallel, self.config.data.seq_len)
+            model = parallelize_tp(model, mesh, sequence_parallel=p.sequence_parallel, seed=self.config.train.seed)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.tp_mesh = mesh
-        return parallelize_tp(model, mesh, sequence_parallel=p.sequence_parallel, seed=self.config.train.seed)
+        return model
 
     @staticmethod
     def _layout(mesh) -> dict:
@@ -307,13 +308,13 @@ class Trainer:
         return self.tp_mesh is not None or self.pipe is not None
 
     def _gathered_model(self, model):
-        """The plain GPT with a tp model's weights (gathered from every tp rank: a collective)."""
-        from fastlm.parallel.tensor.checkpoint import full_state_dict
+        """The plain model (GPT or encoder) with a tp model's weights (gathered from every tp rank: a collective)."""
+        from fastlm.parallel.tensor.checkpoint import full_state_dict, plain_model
 
         state = full_state_dict(model)
         if not self.is_main:
             return model
-        plain = GPT(model.config)
+        plain = plain_model(model)
         plain.load_state_dict({k: v.cpu() for k, v in state.items()})
         return plain
 

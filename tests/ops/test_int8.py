@@ -183,6 +183,18 @@ def test_int8_weight_matmul_matches_reference(path, dtype, group_size, m):
     torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * want.float().abs().amax().item())
 
 
+@pytest.mark.parametrize("group_size", [None, 64, 48])
+@pytest.mark.parametrize("m", [1, 5, 17, 70])
+def test_int8_weight_matmul_bf16_default_paths(m, group_size):
+    # what decoding and prefill run by default (AMX / streaming / dense, chosen by m and the CPU)
+    n, k = 70, 384
+    wq, ws = ops.quantize_per_channel(torch.randn(n, k), group_size=group_size)
+    x = torch.randn(m, k).to(torch.bfloat16)
+    got = ops.int8_weight_matmul(x, wq, ws, group_size=group_size)
+    want = reference.int8_weight_matmul(x, wq, ws.reshape(n, -1), None, group_size or k)
+    torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2 * want.float().abs().amax().item())
+
+
 @pytest.mark.parametrize("group_size", [None, 64])
 @pytest.mark.parametrize("shape", [(1, 1, 4095), (2, 3, 129), (17, 4095, 3), (20, 17, 192)])
 def test_int8_weight_matmul_within_quantization_bound(shape, group_size):

@@ -23,7 +23,7 @@ def single(tmp_path_factory):
                                    ["parallel.schedule=\"interleaved\"", "parallel.virtual_stages=2",
                                     "model.n_layer=4", "train.activation_checkpointing=true"]],
                          ids=["1f1b", "interleaved-ckpt"])
-def test_torchrun_pp2_equals_one_process(tmp_path, tmp_path_factory, single, extra):
+def test_torchrun_pp2_equals_one_process(tmp_path, single, extra):
     reference = single
     if "model.n_layer=4" in extra:
         reference = tmp_path / "single4"

@@ -60,7 +60,7 @@ class Pipeline:
         if mesh.tp > 1 and getattr(model, "tp_size", 1) != mesh.tp:
             raise ValueError(f"Pipeline: the mesh has tp = {mesh.tp}: apply parallelize_tp(model, mesh) before "
                              f"splitting the model into pipeline stages")
-        check_layout(schedule, mesh.pp, max(mesh.pp, 1) if schedule == "interleaved" else 1, virtual_stages)
+        check_layout(schedule, mesh.pp, mesh.pp, virtual_stages)  # the schedule's name and v (m: at each step)
         self.mesh = mesh
         self.schedule = schedule
         self.virtual_stages = virtual_stages

@@ -8,7 +8,7 @@ slice of it ([q_i | k_i | v_i]). Sharded save/load goes through torch.distribute
 offsets in their JSON header: nothing is unpickled to load them). Replicated tensors are written
 once (DCP de-duplicates them over the ranks).
 
-    full_state_dict(model)                  plain GPT state dict, gathered over tp (a collective)
+    full_state_dict(model)                  plain model's state dict, gathered over tp (a collective)
     load_full_state_dict(model, sd)         a plain state dict into a tp (or plain) model
     save_sharded(path, model, opt_state)    DCP save (every rank), load_sharded(path, model) to load
 """
@@ -73,17 +73,37 @@ def _fused(model: nn.Module) -> dict[str, list[str]]:
 
 
 def _plain_keys(model: nn.Module) -> list[str]:
-    """The plain GPT's state-dict keys (tied weights under both names)."""
-    from fastlm.models import GPT
-
+    """The plain model's state-dict keys (tied weights under their first name; see tied_aliases)."""
     keys = []
     for key, _, _, _ in entries(model):
         base = key[:key.rindex("[")] if key.endswith("]") else key
         if base not in keys:
             keys.append(base)
-    if isinstance(model, GPT) and model.config.tie_embeddings and "lm_head.weight" not in keys:
-        keys.append("lm_head.weight")
     return keys
+
+
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """{other name: first name} of every parameter registered under several names (a tied LM head
+    or MLM decoder: `lm_head.weight` -> `tok_emb.weight`, `mlm_head.decoder.weight` -> `encoder.tok_emb.weight`)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return aliases
+
+
+def plain_model(model: nn.Module, device=None) -> nn.Module:
+    """A new plain (tp = 1) model of the same kind and architecture as `model` (GPT or EncoderForMaskedLM)."""
+    from fastlm.models import GPT, EncoderForMaskedLM
+
+    if isinstance(model, EncoderForMaskedLM):
+        return EncoderForMaskedLM(model.config, sentence_order=model.sop_head is not None).to(device)
+    if isinstance(model, GPT):
+        return GPT(model.config).to(device)
+    raise TypeError(f"plain_model: expected a fastlm GPT or EncoderForMaskedLM, got {type(model).__name__}")
 
 
 @torch.no_grad()
@@ -103,7 +123,8 @@ def canonical_state(model: nn.Module, tensors=None) -> dict[str, torch.Tensor]:
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The plain GPT state dict of a tp model (every rank gets it; a collective)."""
+    """The plain (GPT or encoder) state dict of a tp model, tied weights under each name (every rank
+    gets it; a collective)."""
     canon = canonical_state(model)
     fused = _fused(model)
     out = {}
@@ -112,8 +133,8 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             out[key] = torch.cat([canon[k] for k in fused[key]], dim=0)
         elif key in canon:
             out[key] = canon[key]
-    if "lm_head.weight" not in out and "tok_emb.weight" in out:
-        out["lm_head.weight"] = out["tok_emb.weight"]  # tied
+    for alias, name in tied_aliases(model).items():
+        out[alias] = out[name]
     return {k: v.contiguous() for k, v in out.items()}
 
 

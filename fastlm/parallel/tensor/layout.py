@@ -52,8 +52,9 @@ def check_tp_layout(config, tp: int, sequence_parallel: bool = False, seq_len: i
     if c.n_head % tp:
         raise ValueError(f"parallel.tp = {tp} does not divide model.n_head = {c.n_head}: every tp rank must hold "
                          f"the same whole number of attention heads (choose a tp that divides {c.n_head})")
-    if c.n_kv_head % tp and tp % c.n_kv_head:
-        raise ValueError(f"parallel.tp = {tp} and model.n_kv_head = {c.n_kv_head}: one must divide the other "
+    n_kv_head = getattr(c, "n_kv_head", c.n_head)  # encoders: multi-head attention
+    if n_kv_head % tp and tp % n_kv_head:
+        raise ValueError(f"parallel.tp = {tp} and model.n_kv_head = {n_kv_head}: one must divide the other "
                          f"(kv heads are split over the tp ranks, or each is replicated on tp / n_kv_head ranks)")
     if c.d_ff % tp:
         raise ValueError(f"parallel.tp = {tp} does not divide model.d_ff = {c.d_ff}: the MLP is split "

@@ -1,4 +1,4 @@
-"""parallelize_tp: split a built plain GPT over the tp ranks of a mesh (the torchtitan way).
+"""parallelize_tp: split a built plain GPT or encoder over the tp ranks of a mesh (the torchtitan way).
 
     model = GPT(config)                     # the same seed on every rank: the full model
     model = parallelize_tp(model, mesh, sequence_parallel=True)
@@ -15,6 +15,14 @@ Sequence parallel: the residual stream (and norms, dropout) hold 1/tp of every s
 norm's output is all-gathered along the sequence before the column-parallel layers, and the
 row-parallel outputs are reduce-scattered back. Norm weights (and the row-parallel biases) see
 only their shard of the sequence, so their gradients are summed over the tp ranks.
+
+Encoders (Encoder, EncoderForMaskedLM, EncoderForSequenceClassification: BERT, RoBERTa, ALBERT)
+split the same way: their blocks like GPT's, the word embedding and the MLM decoder (tied to it,
+with its bias split alike) over the vocabulary, the MLM loss vocab-parallel. Position and
+token-type embeddings, LayerNorms, ALBERT's embedding projection, the MLM head's dense layer, the
+pooler and the classifier heads stay replicated. ALBERT's shared blocks are split once (the same
+Block runs at several layers). Sequence parallel is not available for encoders: a padded batch
+runs as one packed varlen sequence of its real tokens, whose length need not divide tp.
 """
 from __future__ import annotations
 
@@ -55,7 +63,7 @@ def _dropout(module: nn.Module, tracker: RNGTracker, region: str) -> nn.Module:
 
 
 def parallelize_tp(model: nn.Module, mesh, sequence_parallel: bool = False, seed: int | None = None) -> nn.Module:
-    """Split `model` (a fastlm GPT) in place over mesh.tp_group; returns it.
+    """Split `model` (a fastlm GPT or encoder) in place over mesh.tp_group; returns it.
 
     mesh: a fastlm Mesh (or anything with tp, tp_rank, tp_group). seed: of the dropout generators
     (default: torch.initial_seed(), the seed the model was built with).
@@ -63,12 +71,15 @@ def parallelize_tp(model: nn.Module, mesh, sequence_parallel: bool = False, seed
     from fastlm.models import GPT
     from fastlm.nn import MLP, Attention, LayerNorm, RMSNorm
 
-    if not isinstance(model, GPT):
-        raise TypeError(f"parallelize_tp: expected a fastlm GPT, got {type(model).__name__}")
+    trunk, head_owner, head_name = _parts_to_split(model)
     if getattr(model, "tp_size", 1) > 1:
         raise ValueError("parallelize_tp: the model is already tensor-parallel")
     tp, group = mesh.tp, mesh.tp_group
     cfg = model.config
+    if sequence_parallel and tp > 1 and not isinstance(model, GPT):
+        raise ValueError("parallelize_tp: sequence_parallel is not available for encoders (a padded batch runs as "
+                         "one packed sequence of its real tokens, whose length need not divide tp); "
+                         "use tensor parallelism without it")
     check_tp_layout(cfg, tp, sequence_parallel)
     if tp == 1:
         return model
@@ -78,7 +89,7 @@ def parallelize_tp(model: nn.Module, mesh, sequence_parallel: bool = False, seed
     stream = "sharded" if sp else "replicated"  # the residual stream's dropout region
     column_input = "gathered" if sp else "replicated"
 
-    for block in model.blocks:
+    for block in trunk.blocks:  # ALBERT: each shared block once
         attn, mlp = block.attn, block.mlp
         if not (isinstance(attn, Attention) and isinstance(mlp, MLP)):
             raise TypeError(f"parallelize_tp: a block's attn/mlp are {type(attn).__name__}/{type(mlp).__name__}, "
@@ -106,30 +117,53 @@ def parallelize_tp(model: nn.Module, mesh, sequence_parallel: bool = False, seed
         mlp.d_ff //= tp
         mlp.drop = _dropout(mlp.drop, tracker, stream)
 
-    tied = model.lm_head.weight is model.tok_emb.weight
-    model.tok_emb = VocabParallelEmbedding.from_embedding(model.tok_emb, group=group)
-    _check_linear(model.lm_head, "lm_head")
-    model.lm_head = ColumnParallelLinear.from_linear(model.lm_head, group=group, input_mode=column_input)
-    if tied:
-        model.lm_head.weight = model.tok_emb.weight
-    model.loss_fn = functools.partial(vocab_parallel_cross_entropy, group=group,
-                                      vocab_start=model.lm_head.out_start)
+    if head_owner is not None:  # the LM head (GPT) or MLM decoder: vocab-parallel, like the embedding
+        head = getattr(head_owner, head_name)
+        tied = head.weight is trunk.tok_emb.weight
+        _check_linear(head, head_name)
+        head = ColumnParallelLinear.from_linear(head, group=group, input_mode=column_input)
+        setattr(head_owner, head_name, head)
+    trunk.tok_emb = VocabParallelEmbedding.from_embedding(trunk.tok_emb, group=group)
+    if head_owner is not None:
+        if tied:
+            head.weight = trunk.tok_emb.weight
+        model.loss_fn = functools.partial(vocab_parallel_cross_entropy, group=group, vocab_start=head.out_start)
 
     if sp:
-        model.drop = SequenceScatter(group, _dropout(model.drop, tracker, "sharded")
-                                     if isinstance(model.drop, nn.Dropout) else None)
+        trunk.drop = SequenceScatter(group, _dropout(trunk.drop, tracker, "sharded")
+                                     if isinstance(trunk.drop, nn.Dropout) else None)
         norms = [m for m in model.modules() if isinstance(m, (LayerNorm, RMSNorm))]
         for norm in norms:  # each one feeds a column-parallel layer (or the LM head): gather its output
             norm.register_forward_hook(_gather_output_hook(group))
             for p in norm.parameters():
                 sum_grad_over_tp(p, group)
     else:
+        trunk.drop = _dropout(trunk.drop, tracker, "replicated")
+    if trunk is not model and isinstance(getattr(model, "drop", None), nn.Dropout):  # a classifier's input
         model.drop = _dropout(model.drop, tracker, "replicated")
 
     model.tp_size, model.tp_group, model.sequence_parallel, model.tp_rng = tp, group, sp, tracker
-    model.generate = _no_generate  # its logits are vocabulary slices: sampling from them would be wrong
+    if isinstance(model, GPT):
+        model.generate = _no_generate  # its logits are vocabulary slices: sampling from them would be wrong
     reseed_default_per_tp_rank(mesh.tp_rank)
     return model
+
+
+def _parts_to_split(model: nn.Module) -> tuple[nn.Module, nn.Module | None, str | None]:
+    """(the module holding tok_emb, blocks and drop; the module holding the vocabulary head, its attribute
+    name) of a GPT or an encoder; the head is None for encoders without an MLM head."""
+    from fastlm.models import GPT, Encoder, EncoderForMaskedLM, EncoderForSequenceClassification
+
+    if isinstance(model, GPT):
+        return model, model, "lm_head"
+    if isinstance(model, Encoder):
+        return model, None, None
+    if isinstance(model, EncoderForMaskedLM):
+        return model.encoder, model.mlm_head, "decoder"
+    if isinstance(model, EncoderForSequenceClassification):
+        return model.encoder, None, None
+    raise TypeError(f"parallelize_tp: expected a fastlm GPT or encoder (Encoder, EncoderForMaskedLM, "
+                    f"EncoderForSequenceClassification), got {type(model).__name__}")
 
 
 def _no_generate(*args, **kwargs):
