@@ -61,8 +61,11 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         assert ra["grad_norm"] == pytest.approx(rb["grad_norm"], rel=1e-4)
     wa = safetensors.torch.load_file(tmp_path / "a" / "model.safetensors")
     wb = safetensors.torch.load_file(tmp_path / "b" / "model.safetensors")
+    # Adam divides each gradient by its own RMS: where a gradient is ~0, summation-order noise of the
+    # fused kernels (chunked differently for 2 and 4 sequences) moves a weight by a few 1e-5; a real
+    # accumulation error would move it by the step size (lr 3e-3) and show in the losses above.
     for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-4)
     assert not (tmp_path / "a" / "checkpoints").exists()             # checkpoint.every = 0
 
 
