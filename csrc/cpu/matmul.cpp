@@ -215,6 +215,9 @@ std::tuple<at::Tensor, at::Tensor> matmul_fwd(const at::Tensor& a, const at::Ten
   at::Tensor pre = act == Activation::kNone ? at::empty({0}, a.options()) : at::empty({M, N}, a.options());
   Epilogue e{bias ? bias32.data_ptr<float>() : nullptr, act, at::Tensor(), pre};
   if (use_native_gemm(dtype)) {
+    if (act == Activation::kNone && bias && bias->scalar_type() == dtype) {
+      return {at::addmm(*bias, a, b), pre};  // the bias added to the fp32 accumulators by the GEMM itself
+    }
     e.out = at::mm(a, b).contiguous();
     if (fused) epilogue_in_place(e);
     return {e.out, pre};
@@ -262,11 +265,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> matmul_bwd(const at::Tensor& grad
   TORCH_CHECK(act == Activation::kNone || pre.sizes() == grad_out.sizes(),
               "fastlm::matmul_bwd: pre must be ", grad_out.sizes(), ", got ", pre.sizes());
   const at::ScalarType dtype = a.scalar_type();
-  const at::Tensor g32 = pre_activation_grad(grad_out, pre, act);
-  const at::Tensor grad_bias = bias ? g32.sum(0).to(bias->scalar_type()) : at::empty({0}, a.options());
   const bool native = use_native_gemm(dtype);
-  // The native 16-bit GEMM takes the gradient rounded to 16 bits; the fp32 path keeps it in fp32.
-  const at::Tensor g = native ? g32.to(dtype) : g32;
+  at::Tensor g;  // the pre-activation's gradient, for the GEMMs
+  at::Tensor grad_bias = at::empty({0}, a.options());
+  if (act == Activation::kNone && native) {  // grad_out as it is: no fp32 round trip
+    g = grad_out;
+    if (bias) grad_bias = at::sum(grad_out, {0}, false, at::kFloat).to(bias->scalar_type());
+  } else {
+    const at::Tensor g32 = pre_activation_grad(grad_out, pre, act);
+    if (bias) grad_bias = g32.sum(0).to(bias->scalar_type());
+    // The native 16-bit GEMM takes the gradient rounded to 16 bits; the fp32 path keeps it in fp32.
+    g = native ? g32.to(dtype) : g32;
+  }
   at::Tensor grad_a = needs_grad_a ? gemm(g, b.t(), dtype, native) : at::empty({0}, a.options());
   at::Tensor grad_b = at::empty({0}, b.options());
   if (needs_grad_b) {
