@@ -43,5 +43,6 @@ def int8_quantize(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch
     if rows == 0 or k == 0:
         return q, scale
     block = min(MAX_BLOCK, triton.next_power_of_2(group_size))
-    _quantize_kernel[(rows, groups)](x, q, scale, k, group_size, groups, BLOCK=block, num_warps=4 if block >= 1024 else 1)
+    _quantize_kernel[(rows, groups)](x, q, scale, k, group_size, groups, BLOCK=block,
+                                     num_warps=4 if block >= 1024 else 1)
     return q, scale

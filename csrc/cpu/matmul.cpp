@@ -270,7 +270,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> matmul_bwd(const at::Tensor& grad
   at::Tensor grad_bias = at::empty({0}, a.options());
   if (act == Activation::kNone && native) {  // grad_out as it is: no fp32 round trip
     g = grad_out;
-    if (bias) grad_bias = at::sum(grad_out, {0}, false, at::kFloat).to(bias->scalar_type());
+    // (a 16-bit sum accumulates in fp32 inside; asking for an fp32 result would copy grad_out first)
+    if (bias) grad_bias = bias->scalar_type() == dtype ? grad_out.sum(0) : at::sum(grad_out, {0}, false, at::kFloat);
   } else {
     const at::Tensor g32 = pre_activation_grad(grad_out, pre, act);
     if (bias) grad_bias = g32.sum(0).to(bias->scalar_type());

@@ -8,8 +8,10 @@ int8_matmul: out = (a @ b in int32) * a_scale[:, None] * b_scale[None, :] + bias
 integer sums for any int8 values (-128 included). b (K, N) may be a transposed view of an nn.Linear-
 layout (N, K) int8 weight (the fast CPU path). int8_weight_matmul: x @ (w_int8 * w_scale).T + bias,
 weights dequantized on the fly, fp32 accumulation; per channel (w_scale (N,)) or per group of
-group_size columns (w_scale (N, K // group_size)). CPU: C++ (csrc/cpu/int8*.cpp: AVX-512 VNNI /
-AVX-VNNI / AVX2 / scalar, FASTLM_INT8_KERNEL forces one); CUDA: Triton (kernels/int8_matmul.py), and
+group_size columns (w_scale (N, K // group_size)). CPU: C++ (csrc/cpu/int8*.cpp: AMX (int8 tiles; bf16
+tiles for W8A16 with bf16 x) / AVX-512 VNNI / AVX-VNNI / AVX2 / scalar, chosen by CPU features and M;
+FASTLM_INT8_KERNEL=amx|avx512_vnni|avx_vnni|avx2|scalar forces one, torch.ops.fastlm.int8_cpu_kernels()
+lists what this CPU runs); CUDA: Triton (kernels/int8_matmul.py), and
 for int8_weight_matmul with at most 8 rows the CUDA GEMV (csrc/cuda/int8_gemv.cu) when built.
 Definitions in fastlm/ops/reference_int8.py.
 """
@@ -31,7 +33,8 @@ CUDA_GEMV_MAX_ROWS = 8
 
 # ---------------------------------------------------------------- registration (see _library.py)
 # Schemas as in csrc/cpu/int8.cpp.
-_MATMUL_SCHEMA = "int8_matmul(Tensor a, Tensor b, Tensor? a_scale, Tensor? b_scale, Tensor? bias, ScalarType out_dtype) -> Tensor"
+_MATMUL_SCHEMA = ("int8_matmul(Tensor a, Tensor b, Tensor? a_scale, Tensor? b_scale, Tensor? bias, "
+                  "ScalarType out_dtype) -> Tensor")
 _W8A16_SCHEMA = "int8_weight_matmul(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, int group_size) -> Tensor"
 
 

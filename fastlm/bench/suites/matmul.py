@@ -7,6 +7,8 @@ CPU (LLM shapes K = N = 1024 and 4096, M = 1, 16, 256), each timed with the same
   w8a8       fastlm.ops.quantize_per_token(x) + int8_matmul(..., bias), fp32 in and out
   w8a16      fastlm.ops.int8_weight_matmul(x, ...) with bf16 activations (fp32 accumulation)
 Rows carry `speedup` (fp32 time / fastlm time) and `vs_torch_int8` (torch int8 time / fastlm time).
+fastlm picks its CPU kernels at run time (AMX tiles where the CPU has them, else AVX-512 VNNI / AVX2);
+FASTLM_INT8_KERNEL=avx512_vnni (etc.) measures a specific path.
 CUDA: fp16 cuBLAS, torch._int_mm, fastlm's int8 GEMM (Triton) and the W8A16 GEMV at M = 1, in TFLOP/s.
 """
 from __future__ import annotations
@@ -109,5 +111,6 @@ def measure(options: Options) -> list[dict]:
     return _cuda_rows(options) if options.device == "cuda" else _cpu_rows(options)
 
 
-SUITE = Suite(name="matmul", baseline="fp32 torch.matmul (speedup); torch quantize_dynamic int8 Linear (vs_torch_int8); "
-              "fp16 cuBLAS and torch._int_mm on CUDA", run=measure)
+SUITE = Suite(name="matmul", run=measure,
+              baseline="fp32 torch.matmul (speedup); torch quantize_dynamic int8 Linear (vs_torch_int8); "
+                       "fp16 cuBLAS and torch._int_mm on CUDA")
