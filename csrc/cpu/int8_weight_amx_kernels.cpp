@@ -35,15 +35,22 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void dequantize_
     const Int8WeightGemmArgs& g, int64_t n0, int64_t rows, int64_t k0, uint16_t* tile) {
   const int64_t cols = std::min(kStep, g.k - k0), groups = g.k / g.group_size;
   const __mmask32 mask = cols == kStep ? ~__mmask32(0) : (__mmask32(1) << cols) - 1;
+  // per channel (one group): the scale applies to the sums instead (int8 values are exact in bf16)
+  const bool per_channel = groups == 1;
   for (int64_t r = 0; r < kTile; ++r) {
     __m512i out = _mm512_setzero_si512();
     if (r < rows) {
       const int64_t n = n0 + r;
-      const __m256i bytes = _mm256_maskz_loadu_epi8(mask, g.w + n * g.ldw + k0);
-      // per channel (one group): the scale applies to the sums instead (exact bf16 weights)
-      const __m512 s = _mm512_set1_ps(groups == 1 ? 1.f : g.w_scale[n * groups + k0 / g.group_size]);
-      const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(bytes))), s);
-      const __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(bytes, 1))), s);
+      const int8_t* src = g.w + n * g.ldw + k0;
+      const __m256i bytes = cols == kStep ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src))
+                                          : _mm256_maskz_loadu_epi8(mask, src);
+      __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(bytes)));
+      __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(bytes, 1)));
+      if (!per_channel) {
+        const __m512 s = _mm512_set1_ps(g.w_scale[n * groups + k0 / g.group_size]);
+        lo = _mm512_mul_ps(lo, s);
+        hi = _mm512_mul_ps(hi, s);
+      }
       out = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));  // lo -> elements 0..15
     }
     _mm512_store_si512(tile + r * kStep, out);
@@ -83,12 +90,69 @@ void int8_weight_amx_pack_x(const uint16_t* x, int64_t ldx, int64_t m, int64_t k
   std::memset(packed, 0, m_blocks * k_steps * kTileBytes);
   for (int64_t row = 0; row < m; ++row) {
     const int64_t mb = row / kTile, c = row % kTile;
-    for (int64_t q = 0; q < k; ++q) {
-      const int64_t ks = q / kStep, p = q % kStep;
-      packed[(mb * k_steps + ks) * (kTileBytes / 2) + (p / 2) * kStep + c * 2 + p % 2] = x[row * ldx + q];
+    uint16_t* block = packed + mb * k_steps * (kTileBytes / 2);
+    // Whole bf16 pairs move as 32-bit words: pair q of the row goes to [q / 16][q % 16][c].
+    const int64_t pairs = k / 2;
+    for (int64_t q = 0; q < pairs; ++q) {
+      uint32_t pair;
+      std::memcpy(&pair, x + row * ldx + 2 * q, 4);
+      std::memcpy(block + ((q / kTile) * kTile * kTile + (q % kTile) * kTile + c) * 2, &pair, 4);
+    }
+    if (k % 2) {
+      const int64_t q = k - 1, ks = q / kStep, p = q % kStep;
+      block[ks * (kTileBytes / 2) + (p / 2) * kStep + c * 2] = x[row * ldx + q];
     }
   }
 }
+
+namespace {
+
+// m <= 16 (one block of x, as in decoding): four 16-row blocks of w per pass, each k step's four
+// weight tiles dequantized just before their TDPBF16PS (into a double buffer that stays in L1), so
+// the AVX-512 conversions overlap the tile multiplies; four independent accumulators (tmm0..3).
+// tmm4: the x tile; tmm5..7: weight tiles (tmm5 twice per step).
+__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16"))) void gemm_amx_one_m_block(
+    const Int8WeightGemmArgs& g, const uint16_t* x_packed, int64_t n0, int64_t n1) {
+  const int64_t k_steps = (g.k + kStep - 1) / kStep, tile_elems = kTile * kStep;
+  alignas(64) uint16_t w_tiles[2][4][kTile * kStep];
+  alignas(64) float c[4][kTile * kTile];
+  for (int64_t nb = n0; nb < n1; nb += 4 * kTile) {
+    int64_t rows[4];
+    for (int b = 0; b < 4; ++b) rows[b] = std::clamp<int64_t>(n1 - nb - b * kTile, 0, kTile);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t ks = 0; ks < k_steps; ++ks) {
+      uint16_t(*w)[kTile * kStep] = w_tiles[ks % 2];
+      for (int b = 0; b < 4; ++b)
+        if (rows[b] > 0) dequantize_tile(g, nb + b * kTile, rows[b], ks * kStep, w[b]);
+      _tile_loadd(4, x_packed + ks * tile_elems, 64);
+      _tile_loadd(5, w[0], 64);
+      _tile_dpbf16ps(0, 5, 4);
+      if (rows[1] > 0) {
+        _tile_loadd(6, w[1], 64);
+        _tile_dpbf16ps(1, 6, 4);
+      }
+      if (rows[2] > 0) {
+        _tile_loadd(7, w[2], 64);
+        _tile_dpbf16ps(2, 7, 4);
+      }
+      if (rows[3] > 0) {
+        _tile_loadd(5, w[3], 64);
+        _tile_dpbf16ps(3, 5, 4);
+      }
+    }
+    _tile_stored(0, c[0], kTile * 4);
+    _tile_stored(1, c[1], kTile * 4);
+    _tile_stored(2, c[2], kTile * 4);
+    _tile_stored(3, c[3], kTile * 4);
+    for (int b = 0; b < 4; ++b)
+      if (rows[b] > 0) store_transposed(g, c[b], nb + b * kTile, rows[b], 0);
+  }
+}
+
+}  // namespace
 
 __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16"))) void int8_weight_gemm_amx(
     const Int8WeightGemmArgs& g, const uint16_t* x_packed, int64_t n0, int64_t n1) {
@@ -98,6 +162,11 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16"))
     config.colsb[t] = 64;
   }
   _tile_loadconfig(&config);
+  if (g.m <= kTile) {
+    gemm_amx_one_m_block(g, x_packed, n0, n1);
+    _tile_release();
+    return;
+  }
   const int64_t k_steps = (g.k + kStep - 1) / kStep, m_blocks = (g.m + kTile - 1) / kTile;
   const int64_t tile_elems = kTile * kStep;
   // Two 16-row blocks of w dequantized to bf16 over all of k (K * 64 bytes: fits L2), reused by every m block.

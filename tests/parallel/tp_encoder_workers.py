@@ -138,6 +138,19 @@ def forward_checks(rank, world, family):
                 args = (b["input_ids"], b["attention_mask"], b["token_type_ids"])
                 ref, got = plain(*args), par(*args)
         errs[name] = float((ref - got).abs().max())
+    # The word embedding's padding row (nn.Embedding padding_idx) gets no gradient when split either.
+    from fastlm.parallel.tensor import VocabParallelEmbedding
+    from fastlm.parallel.tensor.collectives import chunk_range
+
+    for pad in (0, VOCAB - 2):  # on the first rank's slice, on the last's
+        emb = torch.nn.Embedding(VOCAB, 5, padding_idx=pad, dtype=torch.float64)
+        par = VocabParallelEmbedding.from_embedding(emb, group=mesh.tp_group)
+        ids = torch.tensor([[pad, 1, pad, VOCAB - 1, 40]])
+        gy = torch.randn(1, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        emb(ids).backward(gy)
+        par(ids).backward(gy)
+        lo, hi = chunk_range(VOCAB, world, mesh.tp_rank)
+        errs[f"padding_idx {pad} grad"] = float((emb.weight.grad[lo:hi] - par.weight.grad).abs().max())
     try:
         parallelize_tp(build(family), mesh, sequence_parallel=True)
         errs["sequence parallel rejected"] = 1.0
