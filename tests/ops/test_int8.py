@@ -195,6 +195,28 @@ def test_int8_weight_matmul_bf16_default_paths(m, group_size):
     torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2 * want.float().abs().amax().item())
 
 
+@pytest.mark.parametrize("group_size", [None, 32])
+@pytest.mark.parametrize("m,n,k", [(4, 200, 96), (16, 65, 160), (9, 17, 95), (16, 130, 1)])
+def test_int8_weight_matmul_bf16_decoding_tiles_are_exact(path, m, n, k, group_size):
+    # bf16 x (decoding sizes, every path incl. AMX's 4-block tiling with partial blocks and odd k): bf16 x int8
+    # products are exact and sums fp32, so the bf16 output is the float64 result rounded (within 1 bf16 ulp)
+    if group_size is not None and k % group_size:
+        pytest.skip("group_size must divide K")
+    wq = _int8(n, k)  # includes -128
+    ws = torch.rand(n, k // (group_size or k)) + 0.5
+    if group_size is None:  # power-of-two scales: w * scale is exact in bf16 for the grouped case too
+        ws = ws.reshape(n)
+    else:
+        ws = 2.0 ** torch.randint(-3, 3, ws.shape).float()
+    x = torch.randn(m, k).to(torch.bfloat16)
+    bias = torch.randn(n)
+    got = ops.int8_weight_matmul(x, wq, ws, bias, group_size=group_size)
+    wd = wq.double() * ws.double().reshape(n, -1).repeat_interleave(group_size or k, dim=1)
+    exact = x.double() @ wd.T + bias.double()
+    ulp = exact.abs().clamp_min(1e-30) * 2.0**-7  # bf16 spacing bound (8-bit significand)
+    assert ((got.double() - exact).abs() <= ulp + 1e-5 * exact.abs().amax()).all()
+
+
 @pytest.mark.parametrize("group_size", [None, 64])
 @pytest.mark.parametrize("shape", [(1, 1, 4095), (2, 3, 129), (17, 4095, 3), (20, 17, 192)])
 def test_int8_weight_matmul_within_quantization_bound(shape, group_size):
