@@ -33,12 +33,9 @@ test: setup
 test-triton: setup
 	FASTLM_REQUIRE_NATIVE=1 TRITON_INTERPRET=1 $(PY) -m pytest -q -m triton tests/kernels
 
+# Every benchmark suite against its baseline: bench-results/results.json, PNGs and a summary table.
 bench: setup
-	$(PY) benchmarks/norms.py
-	$(PY) benchmarks/attention.py
-	$(PY) benchmarks/matmul.py
-	$(PY) benchmarks/data_parallel.py
-	$(PY) benchmarks/train_throughput.py --quick
+	$(VENV)/bin/fastlm bench --out bench-results $(ARGS)
 
 clean:
 	rm -rf build *.egg-info fastlm/_C*.so

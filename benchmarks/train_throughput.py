@@ -21,17 +21,15 @@ without AVX512-BF16/AMX, the case where torch's bf16 training is many times slow
 On a machine shared with other jobs, pass --threads 1: with more OpenMP threads than free cores,
 a run can come out 10-20x slower than the same run a minute later (threads spin at barriers
 waiting for a descheduled peer), which swamps the fastlm/HF difference.
+The runs themselves are fastlm.bench.suites.train_throughput (also `fastlm bench train_throughput`).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
+
+from fastlm.bench.suites.train_throughput import IMPLS, spawn
 
 QUICK = dict(d_model=128, n_layer=2, n_head=4, n_kv_head=2, vocab_size=2048, seq_len=128, batch_size=4,
              warmup=2, steps=8, repeats=2)
@@ -54,13 +52,12 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=1, help="run each pair this many times, keep the best tokens/s")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--impls", default="fastlm,hf", help="comma list of fastlm, torch_linear (fastlm with "
-                   "torch.nn.Linear), hf")
+                   "torch.nn.Linear), reference (fastlm on plain-PyTorch ops), hf")
     p.add_argument("--gemm16", default=None, choices=["auto", "native", "fp32"],
                    help="FASTLM_CPU_GEMM16 for the runs (fastlm's 16-bit CPU GEMM path)")
     p.add_argument("--no-native-bf16", action="store_true",
                    help="ONEDNN_MAX_CPU_ISA=AVX2 in every run: torch's bf16 GEMM as on a CPU without native bf16")
     p.add_argument("--json", default=None, help="also write the results here")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one run, JSON spec
     args = p.parse_args(argv)
     if args.quick:
         for k, v in QUICK.items():
@@ -68,83 +65,8 @@ def parse_args(argv=None):
     return args
 
 
-def _rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def run_one(spec: dict) -> dict:
-    """One training run in this process; returns tokens/s and memory."""
-    import torch
-
-    from fastlm.models import GPT, GPTConfig, to_hf
-
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
-    family = spec["family"]
-    cfg = GPTConfig(family=family, vocab_size=spec["vocab_size"], n_layer=spec["n_layer"], n_head=spec["n_head"],
-                    n_kv_head=spec["n_kv_head"] if family == "llama" else None, d_model=spec["d_model"],
-                    max_seq_len=spec["seq_len"])
-    torch.manual_seed(0)
-    model = GPT(cfg)
-    if spec["impl"] == "torch_linear":  # the baseline: the same model with torch's own linears
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.__class__ = torch.nn.Linear
-    if spec["impl"] == "hf":
-        model = to_hf(model, attn_implementation="sdpa")  # same weights, HF's fastest CPU attention
-        step_loss = lambda x: model(input_ids=x, labels=x).loss
-    else:
-        step_loss = lambda x: model(x, labels=x)[1]
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
-    g = torch.Generator().manual_seed(1234)
-    n = spec["warmup"] + spec["steps"]
-    batches = [torch.randint(0, spec["vocab_size"], (spec["batch_size"], spec["seq_len"]), generator=g)
-               for _ in range(n)]
-    bf16 = spec["precision"] == "bf16"
-    rss_before = _rss_kb()
-    losses, times = [], []
-    for x in batches:
-        t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = step_loss(x)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        times.append(time.perf_counter() - t0)
-    # The median step time: robust to other processes stealing the CPU for part of a run.
-    step_s = statistics.median(times[spec["warmup"]:])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return dict(tokens_per_s=spec["batch_size"] * spec["seq_len"] / step_s, step_s=step_s,
-                peak_rss_mb=peak / 1024, train_mem_mb=(peak - rss_before) / 1024, first_loss=losses[0],
-                last_loss=losses[-1])
-
-
-def spawn(spec: dict) -> dict:
-    env = dict(os.environ)
-    if spec.get("gemm16"):
-        env["FASTLM_CPU_GEMM16"] = spec["gemm16"]
-    if spec.get("no_native_bf16"):
-        env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"benchmark run {spec['impl']}/{spec['family']}/{spec['precision']} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.worker:
-        print(json.dumps(run_one(json.loads(args.worker))))
-        return
     families = [f for f in args.family.split(",") if f]
     precisions = [p for p in args.precision.split(",") if p]
     for f in families:
@@ -186,8 +108,6 @@ def main(argv=None) -> None:
         with open(args.json, "w") as f:
             json.dump(dict(args=base, rows=rows), f, indent=2)
 
-
-IMPLS = ("fastlm", "torch_linear", "hf")
 
 
 def print_precision_ratios(rows: list[dict], families: list[str], impls: list[str]) -> None:

@@ -1,0 +1,173 @@
+"""Training throughput and memory: fastlm's GPT against the same model in Hugging Face transformers
+and in plain PyTorch (fastlm's reference ops), same shape, weights, batches and AdamW.
+
+Each run is its own subprocess (`python -m fastlm.bench.suites.train_throughput --worker SPEC`),
+so its peak memory is its own and an environment switch (FASTLM_BACKEND=reference, the CPU GEMM
+path, ONEDNN_MAX_CPU_ISA) applies to it alone. Implementations:
+  fastlm        fastlm's GPT with its kernels
+  torch_linear  the same model with its linears turned back into torch.nn.Linear
+  reference     the same model on the plain-PyTorch reference of every op (FASTLM_BACKEND=reference)
+  hf            the model converted with fastlm.models.to_hf (HF's SDPA attention)
+On CUDA each row also gives the model FLOPs utilization (MFU) against the GPU's dense bf16 peak.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from fastlm.bench.registry import Options, Suite
+
+IMPLS = ("fastlm", "torch_linear", "reference", "hf")
+# Dense bf16 tensor-core peaks (FLOP/s) for MFU, by a substring of torch.cuda.get_device_name().
+GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "4090": 165e12}
+CPU_SHAPES = {"gpt2": dict(family="gpt2", d_model=256, n_layer=4, n_head=8, vocab_size=4096, seq_len=256, batch_size=8),
+              "llama": dict(family="llama", d_model=256, n_layer=4, n_head=8, n_kv_head=4, vocab_size=4096,
+                            seq_len=256, batch_size=8)}
+QUICK_CPU = dict(d_model=128, n_layer=2, n_head=4, vocab_size=2048, seq_len=128, batch_size=4)
+# The presets' shapes (fastlm/configs) with a modest batch, so a GPU check stays within minutes.
+GPU_SHAPES = {"gpt2-small": dict(family="gpt2", d_model=768, n_layer=12, n_head=12, vocab_size=50304, seq_len=1024,
+                                 batch_size=8),
+              "llama-1b": dict(family="llama", d_model=2048, n_layer=16, n_head=32, n_kv_head=8, vocab_size=32000,
+                               seq_len=1024, batch_size=4)}
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def model_flops_per_token(cfg, n_params: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x parameters + attention scores (12 x layers x width x seq, PaLM's count)."""
+    return 6 * n_params + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+
+
+def run_one(spec: dict) -> dict:
+    """One training run in this process; returns tokens/s, memory, and MFU on CUDA."""
+    import torch
+
+    from fastlm.models import GPT, GPTConfig, to_hf
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    device = torch.device(spec.get("device", "cpu"))
+    cfg = GPTConfig(family=spec["family"], vocab_size=spec["vocab_size"], n_layer=spec["n_layer"],
+                    n_head=spec["n_head"], n_kv_head=spec.get("n_kv_head") if spec["family"] == "llama" else None,
+                    d_model=spec["d_model"], max_seq_len=spec["seq_len"]).resolved()
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    if spec["impl"] == "torch_linear":
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.__class__ = torch.nn.Linear
+    if spec["impl"] == "hf":
+        model = to_hf(model, attn_implementation="sdpa")
+        step_loss = lambda x: model(input_ids=x, labels=x).loss
+    else:
+        step_loss = lambda x: model(x, labels=x, return_logits=False)[1]
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    g = torch.Generator().manual_seed(1234)
+    batches = [torch.randint(0, spec["vocab_size"], (spec["batch_size"], spec["seq_len"]), generator=g).to(device)
+               for _ in range(spec["warmup"] + spec["steps"])]
+    bf16 = spec["precision"] == "bf16"
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = _rss_kb()
+    losses, times = [], []
+    for x in batches:
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = step_loss(x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())  # also synchronizes the device
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times[spec["warmup"]:])  # robust to other jobs stealing the CPU
+    tokens_per_s = spec["batch_size"] * spec["seq_len"] / step_s
+    result = dict(tokens_per_s=tokens_per_s, step_s=step_s, first_loss=losses[0], last_loss=losses[-1],
+                  params=n_params)
+    if device.type == "cuda":
+        result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
+        if peak:
+            result["mfu"] = tokens_per_s * model_flops_per_token(cfg, n_params, spec["seq_len"]) / peak
+    else:
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        result.update(peak_rss_mb=peak_kb / 1024, train_mem_mb=(peak_kb - rss_before) / 1024)
+    return result
+
+
+def spawn(spec: dict) -> dict:
+    env = dict(os.environ)
+    if spec["impl"] == "reference":
+        env["FASTLM_BACKEND"] = "reference"
+    if spec.get("gemm16"):
+        env["FASTLM_CPU_GEMM16"] = spec["gemm16"]
+    if spec.get("no_native_bf16"):
+        env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    proc = subprocess.run([sys.executable, "-m", "fastlm.bench.suites.train_throughput", "--worker", json.dumps(spec)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training run {spec['impl']}/{spec['family']}/{spec['precision']} failed:\n"
+                           f"{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compare_runs(shape: dict, precision: str, impls, base: dict, repeats: int = 1) -> dict[str, dict]:
+    """The best of `repeats` runs per implementation, alternating so machine drift hits all alike."""
+    best: dict[str, dict] = {}
+    for _ in range(repeats):
+        for impl in impls:
+            r = spawn(dict(base, **shape, precision=precision, impl=impl))
+            if impl not in best or r["tokens_per_s"] > best[impl]["tokens_per_s"]:
+                best[impl] = r
+    return best
+
+
+def measure(options: Options) -> list[dict]:
+    cuda = options.device == "cuda"
+    shapes = dict(GPU_SHAPES) if cuda else {k: dict(v, **(QUICK_CPU if options.quick else {}))
+                                           for k, v in CPU_SHAPES.items()}
+    precisions = ["bf16"] if cuda else ["fp32", "bf16"]
+    base = dict(device=options.device, warmup=2 if options.quick else 3, steps=options.repeats(8 if cuda else 10))
+    rows = []
+    for name, shape in shapes.items():
+        for precision in precisions:
+            runs = compare_runs(shape, precision, ("fastlm", "reference", "hf"), base)
+            ours = runs["fastlm"]
+            row = {"case": f"{name} {precision}", "model": name, "precision": precision,
+                   "fastlm_tok_s": ours["tokens_per_s"], "hf_tok_s": runs["hf"]["tokens_per_s"],
+                   "plain_torch_tok_s": runs["reference"]["tokens_per_s"],
+                   "speedup": ours["tokens_per_s"] / runs["hf"]["tokens_per_s"],
+                   "vs_plain_torch": ours["tokens_per_s"] / runs["reference"]["tokens_per_s"]}
+            for key in ("mfu", "peak_mem_mb", "train_mem_mb"):
+                if key in ours:
+                    row[f"fastlm_{key}"] = ours[key]
+                    row[f"hf_{key}"] = runs["hf"].get(key)
+            rows.append(row)
+    if not cuda:  # 16-bit training on CPU: bf16 / fp32 tokens/s of fastlm (the target is >= 1/1.5)
+        by = {(r["model"], r["precision"]): r for r in rows}
+        for name in shapes:
+            by[(name, "bf16")]["bf16_vs_fp32"] = by[(name, "bf16")]["fastlm_tok_s"] / by[(name, "fp32")]["fastlm_tok_s"]
+    return rows
+
+
+SUITE = Suite(name="train_throughput", baseline="Hugging Face transformers (same model, SDPA attention)", run=measure)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        print(json.dumps(run_one(json.loads(sys.argv[2]))))
+    else:
+        sys.exit("usage: python -m fastlm.bench.suites.train_throughput --worker SPEC (use `fastlm bench` instead)")
