@@ -14,7 +14,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -34,6 +33,7 @@ from fastlm.train.errors import CheckpointError, ConfigError, FastlmError
 from fastlm.train.metrics import MetricsLog
 from fastlm.train.optim import build_optimizer, lr_at, set_lr
 from fastlm.train.run import unique_run_dir
+from fastlm.train.run_dir import first_missing, undo_run_dir
 from fastlm.train.trainer import autocast_for, resolve_precision
 
 
@@ -186,7 +186,7 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
     sampler = ExampleSampler(len(train), t.global_batch_size, t.seed)
     per_rank = t.global_batch_size // dp_size
 
-    made = _first_missing(run_dir)
+    made = first_missing(run_dir)
     metrics = bar = None
     fresh = is_main and not resume
     start = 0
@@ -256,7 +256,7 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
             result, predictions = task.evaluate(model, val, info, device, autocast, t.micro_batch_size, tc)
     except BaseException:
         if fresh:
-            _undo(run_dir, made)
+            undo_run_dir(run_dir, made)
         raise
     finally:
         if bar is not None:
@@ -402,18 +402,3 @@ def _say(show: bool, message: str) -> None:
         print(message, file=sys.stderr)
 
 
-def _first_missing(path: Path) -> Path | None:
-    missing = None
-    for p in [path, *path.parents]:
-        if p.exists():
-            return missing
-        missing = p
-    return missing
-
-
-def _undo(run_dir: Path, made: Path | None) -> None:
-    if made is not None:
-        shutil.rmtree(made, ignore_errors=True)
-    elif run_dir.is_dir():
-        for child in run_dir.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()

@@ -32,6 +32,7 @@ from fastlm.train.metrics import MetricsLog
 from fastlm.train.sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint
 from fastlm.train.optim import build_optimizer, lr_at, set_lr
 from fastlm.train.run import build_model, init_model_from, masked_lm_model, unique_run_dir
+from fastlm.train.run_dir import first_missing, undo_run_dir
 
 
 class Trainer:
@@ -110,7 +111,7 @@ class Trainer:
 
         # A new run's directory is removed again if the run fails before its first step.
         fresh = self.is_main and not self.resume
-        made = _first_missing(run_dir)  # the top directory that mkdir will create, if any
+        made = first_missing(run_dir)  # the top directory that mkdir will create, if any
         metrics = bar = None
         start = 0
         try:
@@ -182,7 +183,7 @@ class Trainer:
                     evaluate(model, val_batches, self.device, autocast)
         except BaseException:
             if fresh:
-                _undo_run_dir(run_dir, made)
+                undo_run_dir(run_dir, made)
             raise
         finally:
             if bar is not None:
@@ -432,24 +433,6 @@ class _SavedState:
 
     def state_dict(self) -> dict:
         return self._state
-
-
-def _first_missing(path: Path) -> Path | None:
-    missing = None
-    for p in [path, *path.parents]:
-        if p.exists():
-            return missing
-        missing = p
-    return missing
-
-
-def _undo_run_dir(run_dir: Path, made: Path | None) -> None:
-    """Remove what a failed new run wrote: the directories it made, or its files in an empty --out."""
-    if made is not None:
-        shutil.rmtree(made, ignore_errors=True)
-    elif run_dir.is_dir():
-        for child in run_dir.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 def masked_lm_rule(config: Config, corpus, model_vocab_size: int):
