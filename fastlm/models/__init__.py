@@ -3,8 +3,16 @@ from fastlm.models.config import GPTConfig
 from fastlm.models.encoder import Encoder, EncoderForMaskedLM, EncoderForSequenceClassification
 from fastlm.models.encoder_config import EncoderConfig
 from fastlm.models.gpt import GPT, sample_next_token
-from fastlm.models.hf import (config_from_hf, config_to_hf, from_hf, is_hf_checkpoint, load_hf_checkpoint,
-                              state_dict_from_hf, state_dict_to_hf, to_hf)
+from fastlm.models.hf import (
+                              config_from_hf,
+                              config_to_hf,
+                              from_hf,
+                              is_hf_checkpoint,
+                              load_hf_checkpoint,
+                              state_dict_from_hf,
+                              state_dict_to_hf,
+                              to_hf,
+)
 from fastlm.nn.kv_cache import KVCache
 
 __all__ = ["GPT", "GPTConfig", "Encoder", "EncoderConfig", "EncoderForMaskedLM", "EncoderForSequenceClassification",

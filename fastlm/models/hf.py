@@ -13,8 +13,7 @@ import torch
 
 from fastlm.models.config import GPTConfig
 from fastlm.models.gpt import GPT
-from fastlm.models.hf_encoder import (ENCODER_MODEL_TYPES, encoder_from_hf, encoder_to_hf,
-                                      load_encoder_checkpoint)
+from fastlm.models.hf_encoder import ENCODER_MODEL_TYPES, encoder_from_hf, encoder_to_hf, load_encoder_checkpoint
 from fastlm.nn.activations import ACTIVATIONS
 
 __all__ = ["config_from_hf", "config_to_hf", "from_hf", "to_hf", "load_hf_checkpoint", "is_hf_checkpoint",

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from fastlm.train.config import Config, _build_section, apply_override, dumps_toml, parse_value
 from fastlm.train.errors import ConfigError

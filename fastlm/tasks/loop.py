@@ -36,7 +36,6 @@ from fastlm.train.run import unique_run_dir
 from fastlm.train.run_dir import first_missing, undo_run_dir
 from fastlm.train.trainer import autocast_for, resolve_precision
 
-
 # ---------------------------------------------------------------- data
 
 def split_paths(tc: TaskConfig) -> tuple[Path, Path | None]:

@@ -11,13 +11,14 @@ import dataclasses
 import json
 import math
 import os
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from fastlm.models import EncoderConfig, GPTConfig
 from fastlm.models.config import ENCODER_FAMILIES, FAMILIES

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from fastlm.parallel.tensor import checkpoint as tpc
-from fastlm.train.checkpoint import (_describe, _difference, _rng_state, _set_rng_state, _sha256, checkpoint_dirs)
+from fastlm.train.checkpoint import _describe, _difference, _rng_state, _set_rng_state, _sha256, checkpoint_dirs
 from fastlm.train.errors import CheckpointError
 
 FORMAT = "dcp"

@@ -29,10 +29,10 @@ from fastlm.train.config import Config, ConfigError, check_batch_split, rank_sam
 from fastlm.train.errors import CheckpointError, FastlmError
 from fastlm.train.evaluate import evaluate
 from fastlm.train.metrics import MetricsLog
-from fastlm.train.sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint
 from fastlm.train.optim import build_optimizer, lr_at, set_lr
 from fastlm.train.run import build_model, init_model_from, masked_lm_model, unique_run_dir
 from fastlm.train.run_dir import first_missing, undo_run_dir
+from fastlm.train.sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint
 
 
 class Trainer:

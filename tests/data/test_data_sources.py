@@ -4,8 +4,7 @@ import json
 import pytest
 
 from fastlm.data import sources
-from fastlm.data.sources import (DEFAULT_BUILTIN_MODULES, builtin_documents, jsonl_documents,
-                                 resolve_source)
+from fastlm.data.sources import DEFAULT_BUILTIN_MODULES, builtin_documents, jsonl_documents, resolve_source
 
 
 def test_builtin_corpus_is_real_text():

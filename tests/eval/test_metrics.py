@@ -7,7 +7,6 @@ import pytest
 
 from fastlm.eval import metrics as M
 
-
 # ---------------------------------------------------------------- hand-computed cases
 
 def test_perplexity_forms():

@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from fastlm.data import BatchLoader
-from fastlm.data.masking import (MaskedLMLoader, MaskingRule, SpecialTokens, mask_tokens, masked_eval_batches,
-                                 sentence_order_example, word_start_table)
+from fastlm.data.masking import (
+    MaskedLMLoader,
+    MaskingRule,
+    SpecialTokens,
+    mask_tokens,
+    masked_eval_batches,
+    sentence_order_example,
+    word_start_table,
+)
 
 V = 1000
 SPECIAL = SpecialTokens.after(V)

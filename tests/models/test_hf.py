@@ -8,8 +8,16 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from fastlm.models import (GPT, GPTConfig, config_from_hf, from_hf, is_hf_checkpoint, load_hf_checkpoint,
-                           state_dict_to_hf, to_hf)
+from fastlm.models import (
+    GPT,
+    GPTConfig,
+    config_from_hf,
+    from_hf,
+    is_hf_checkpoint,
+    load_hf_checkpoint,
+    state_dict_to_hf,
+    to_hf,
+)
 
 V = 97  # odd vocab: the exact size must survive conversion
 

@@ -5,8 +5,15 @@ import itertools
 
 import pytest
 
-from fastlm.parallel.pipeline import (Action, check_layout, make_schedule, partition_layers, simulate,
-                                      stage_ranks, theoretical_bubble)
+from fastlm.parallel.pipeline import (
+    Action,
+    check_layout,
+    make_schedule,
+    partition_layers,
+    simulate,
+    stage_ranks,
+    theoretical_bubble,
+)
 from fastlm.parallel.pipeline.schedules import check_transfer_order, transfers
 
 LAYOUTS = [("gpipe", pp, m, 1) for pp in (1, 2, 3, 4) for m in (1, 2, 3, 5, 8)] + \

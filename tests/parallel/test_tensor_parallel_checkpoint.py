@@ -4,8 +4,8 @@ parameters of an uninterrupted run; layout errors name what divides what."""
 import pytest
 import torch
 
-from tests.parallel.dist_helpers import run_world
 from tests.parallel import tp_workers
+from tests.parallel.dist_helpers import run_world
 
 STEPS, SAVE_AT = 3, 2
 

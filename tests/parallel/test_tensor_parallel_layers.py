@@ -2,8 +2,8 @@
 or its definition, forward and backward, float64, odd sizes."""
 import pytest
 
-from tests.parallel.dist_helpers import run_world
 from tests.parallel import tp_workers
+from tests.parallel.dist_helpers import run_world
 
 COLLECTIVES = ["copy", "reduce", "scatter", "gather", "seq scatter", "seq gather", "seq reduce-scatter"]
 LAYERS = ["column (gate|up)", "column gathered", "row", "row seq-parallel", "gqa qkv", "embedding", "cross-entropy"]

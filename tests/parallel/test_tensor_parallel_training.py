@@ -5,8 +5,8 @@ with and without sequence parallel."""
 import pytest
 import torch
 
-from tests.parallel.dist_helpers import run_world
 from tests.parallel import tp_workers
+from tests.parallel.dist_helpers import run_world
 
 _REFS = {}
 

@@ -131,10 +131,20 @@ def layer_checks(rank, world):
     import torch.nn.functional as F
 
     from fastlm.parallel import init_mesh
-    from fastlm.parallel.tensor import (ColumnParallelLinear, GQAColumnParallelLinear, RowParallelLinear,
-                                        VocabParallelEmbedding, copy_to_tp, gather_from_sequence, gather_from_tp,
-                                        reduce_from_tp, reduce_scatter_to_sequence, scatter_to_sequence,
-                                        scatter_to_tp, vocab_parallel_cross_entropy)
+    from fastlm.parallel.tensor import (
+        ColumnParallelLinear,
+        GQAColumnParallelLinear,
+        RowParallelLinear,
+        VocabParallelEmbedding,
+        copy_to_tp,
+        gather_from_sequence,
+        gather_from_tp,
+        reduce_from_tp,
+        reduce_scatter_to_sequence,
+        scatter_to_sequence,
+        scatter_to_tp,
+        vocab_parallel_cross_entropy,
+    )
     from fastlm.parallel.tensor.collectives import chunk_range
 
     mesh = init_mesh(tp=world)

@@ -152,12 +152,12 @@ def test_adversarial_training_keeps_more_accuracy_under_attack(tmp_path):
     """Language ID (the demo task), 3 seeds: FGM-trained classifiers keep more accuracy under a PGD
     attack of the training epsilon than classifiers trained without, by a margin well above the
     spread over seeds. (About 5 minutes on a busy 2-core machine; measured margins: 6-9 points.)"""
+    from fastlm.data.tokenizer import load_tokenizer
     from fastlm.tasks import get_task
     from fastlm.tasks.adversarial import attacked_accuracy
     from fastlm.tasks.config import task_config_from_dict
     from fastlm.tasks.demo import LANGID_LANGUAGES, locale_dir
     from fastlm.tasks.loop import finetune, read_task_data
-    from fastlm.data.tokenizer import load_tokenizer
 
     if not all(any((locale_dir() / lang / "LC_MESSAGES").glob("*.mo")) for lang in LANGID_LANGUAGES):
         pytest.skip("no gettext catalogs for the language-ID demo on this machine")

@@ -8,10 +8,10 @@ import pytest
 import safetensors.torch
 import torch
 
-from tests.train.train_helpers import micro_config
 from fastlm.train import CheckpointError, Trainer
 from fastlm.train.checkpoint import checkpoint_dirs
 from fastlm.train.metrics import read_metrics
+from tests.train.train_helpers import micro_config
 
 
 def _tree(path):

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import math
-import tomllib
 
 import pytest
+import tomllib
 
 from fastlm.models import GPT, GPTConfig
 from fastlm.train import ConfigError, load_config, preset_names

@@ -8,11 +8,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from tests.train.train_helpers import micro_config
 from fastlm.train import ConfigError, Trainer
 from fastlm.train.metrics import read_metrics
 from fastlm.train.optim import lr_at
 from fastlm.train.run import load_run
+from tests.train.train_helpers import micro_config
 
 
 def _losses(run_dir):

@@ -12,8 +12,14 @@ engine.py     Pipeline: the above for one rank of a mesh, plus tied embeddings, 
 """
 from fastlm.parallel.pipeline.engine import Pipeline, plan_stage_layers
 from fastlm.parallel.pipeline.executor import PipelineExecutor
-from fastlm.parallel.pipeline.schedules import (SCHEDULES, Action, check_layout, make_schedule, simulate,
-                                                theoretical_bubble)
+from fastlm.parallel.pipeline.schedules import (
+                                                SCHEDULES,
+                                                Action,
+                                                check_layout,
+                                                make_schedule,
+                                                simulate,
+                                                theoretical_bubble,
+)
 from fastlm.parallel.pipeline.split import PipelineStage, partition_layers, stage_ranks
 
 __all__ = ["Pipeline", "PipelineStage", "PipelineExecutor", "Action", "SCHEDULES", "make_schedule", "check_layout",

@@ -22,8 +22,15 @@ from fastlm.models.gpt import GPT
 from fastlm.parallel.mesh import Mesh, record_collective, wait_work
 from fastlm.parallel.pipeline.executor import PipelineExecutor
 from fastlm.parallel.pipeline.schedules import check_layout, make_schedule
-from fastlm.parallel.pipeline.split import (BALANCES, PipelineStage, check_stage_layers, measured_costs,
-                                            param_costs, partition_layers, stage_ranks)
+from fastlm.parallel.pipeline.split import (
+    BALANCES,
+    PipelineStage,
+    check_stage_layers,
+    measured_costs,
+    param_costs,
+    partition_layers,
+    stage_ranks,
+)
 
 
 def plan_stage_layers(model: GPT, num_stages: int, balance: str = "params", stage_layers: list[int] | None = None,

@@ -10,8 +10,15 @@ Files: collectives.py (autograd collectives), linear.py (column/row parallel), e
 layout.py (shards, layout checks), parallelize.py (parallelize_tp), grad_norm.py (clipping),
 checkpoint.py (sharded, resharding checkpoints with torch.distributed.checkpoint).
 """
-from fastlm.parallel.tensor.collectives import (copy_to_tp, gather_from_sequence, gather_from_tp, reduce_from_tp,
-                                                reduce_scatter_to_sequence, scatter_to_sequence, scatter_to_tp)
+from fastlm.parallel.tensor.collectives import (
+                                                copy_to_tp,
+                                                gather_from_sequence,
+                                                gather_from_tp,
+                                                reduce_from_tp,
+                                                reduce_scatter_to_sequence,
+                                                scatter_to_sequence,
+                                                scatter_to_tp,
+)
 from fastlm.parallel.tensor.cross_entropy import vocab_parallel_cross_entropy
 from fastlm.parallel.tensor.embedding import VocabParallelEmbedding
 from fastlm.parallel.tensor.grad_norm import clip_grad_norm_

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastlm.parallel.tensor.collectives import (copy_to_tp, gather_from_tp, reduce_from_tp,
-                                                reduce_scatter_to_sequence)
+from fastlm.parallel.tensor.collectives import copy_to_tp, gather_from_tp, reduce_from_tp, reduce_scatter_to_sequence
 from fastlm.parallel.tensor.layout import Part, split_parts
 
 INPUT_MODES = ("replicated", "gathered")

@@ -35,8 +35,12 @@ from fastlm.parallel.tensor.collectives import gather_from_sequence, scatter_to_
 from fastlm.parallel.tensor.cross_entropy import vocab_parallel_cross_entropy
 from fastlm.parallel.tensor.embedding import VocabParallelEmbedding
 from fastlm.parallel.tensor.layout import check_tp_layout
-from fastlm.parallel.tensor.linear import (ColumnParallelLinear, GQAColumnParallelLinear, RowParallelLinear,
-                                           sum_grad_over_tp)
+from fastlm.parallel.tensor.linear import (
+    ColumnParallelLinear,
+    GQAColumnParallelLinear,
+    RowParallelLinear,
+    sum_grad_over_tp,
+)
 from fastlm.parallel.tensor.random import RNGTracker, TPDropout, reseed_default_per_tp_rank
 
 
