@@ -247,7 +247,7 @@ at::Tensor int8_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const
     at::Tensor packed = at::empty({int8_weight_amx_packed_bytes(m, k) / 2}, x.options());
     const auto* x_bits = reinterpret_cast<const uint16_t*>(x.data_ptr());
     auto* packed_bits = reinterpret_cast<uint16_t*>(packed.data_ptr());
-    int8_weight_amx_pack_x(x_bits, k, m, k, group_size, packed_bits);
+    int8_weight_amx_pack_x(x_bits, k, m, k, packed_bits);
     parallel_columns(m, n, k, [&](int64_t n0, int64_t n1) { int8_weight_gemm_amx(args, packed_bits, n0, n1); });
     store_from_float32(acc_out, out);
     return out;

@@ -71,8 +71,7 @@ struct Int8WeightGemmArgs {
 // (int8_weight_amx_packed_bytes(m, k) bytes), then columns [n0, n1) (args.x unused).
 bool int8_weight_amx_supported();
 int64_t int8_weight_amx_packed_bytes(int64_t m, int64_t k);
-void int8_weight_amx_pack_x(const uint16_t* x_bf16, int64_t ldx, int64_t m, int64_t k, int64_t group_size,
-                            uint16_t* packed);
+void int8_weight_amx_pack_x(const uint16_t* x_bf16, int64_t ldx, int64_t m, int64_t k, uint16_t* packed);
 void int8_weight_gemm_amx(const Int8WeightGemmArgs& args, const uint16_t* x_packed, int64_t n0, int64_t n1);
 
 // Columns [n0, n1) of the output, all m rows. Paths: AVX-512 (kAmx, kAvx512Vnni), AVX2+FMA (kAvx2, kAvxVnni), scalar.

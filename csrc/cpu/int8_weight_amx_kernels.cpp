@@ -59,52 +59,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void dequantize_
   }
 }
 
-// Per-channel weights at m <= 16 take 64 k values (two k steps) per row at a time through a table
-// (AVX-512 VBMI byte permutes) instead of int8 -> fp32 -> bf16: the bf16 bytes of |w| (exact: |w| <= 128)
-// are looked up, the sign ORed in and the byte planes interleaved. The interleave works within 128-bit
-// lanes, so the two tiles hold k in "lookup order" (lookup_k below), and x is packed to match.
-bool uses_lookup_order(int64_t m, int64_t k, int64_t group_size) { return m <= kTile && group_size == k; }
-
-// k offset (within its 64-chunk) of element j of a tile row, for the first (half 0) or second tile.
-inline int64_t lookup_k(int64_t half, int64_t j) { return 16 * (j >> 3) + 8 * half + (j & 7); }
-
-struct Bf16ByteTables {
-  alignas(64) uint8_t lo[128], hi[128];  // bytes of bf16(i), i = 1..127, and bf16(128) at 0 (|-128| = 0x80)
-  Bf16ByteTables() {
-    for (int i = 0; i < 128; ++i) {
-      const float v = i == 0 ? 128.f : static_cast<float>(i);
-      uint32_t bits;
-      std::memcpy(&bits, &v, 4);
-      lo[i] = static_cast<uint8_t>(bits >> 16);
-      hi[i] = static_cast<uint8_t>(bits >> 24);
-    }
-  }
-};
-const Bf16ByteTables kBf16Bytes;
-
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi"))) void dequantize_tile_pair(
-    const Int8WeightGemmArgs& g, int64_t n0, int64_t rows, int64_t k0, uint16_t* tile0, uint16_t* tile1) {
-  const __m512i lo0 = _mm512_load_si512(kBf16Bytes.lo), lo1 = _mm512_load_si512(kBf16Bytes.lo + 64);
-  const __m512i hi0 = _mm512_load_si512(kBf16Bytes.hi), hi1 = _mm512_load_si512(kBf16Bytes.hi + 64);
-  const __m512i sign = _mm512_set1_epi8(static_cast<char>(0x80));
-  for (int64_t r = 0; r < kTile; ++r) {
-    __m512i first = _mm512_setzero_si512(), second = _mm512_setzero_si512();
-    if (r < rows) {
-      const int8_t* src = g.w + (n0 + r) * g.ldw + k0;
-      if (k0 + 8 * kStep < g.k) _mm_prefetch(reinterpret_cast<const char*>(src + 8 * kStep), _MM_HINT_T0);
-      const __m512i v = _mm512_loadu_si512(src);
-      const __m512i a = _mm512_abs_epi8(v);  // -128 -> 0x80: index 0 holds bf16(128)
-      const __mmask64 nonzero = _mm512_test_epi8_mask(v, v);
-      const __m512i lo = _mm512_maskz_permutex2var_epi8(nonzero, lo0, a, lo1);
-      const __m512i hi = _mm512_or_si512(_mm512_maskz_permutex2var_epi8(nonzero, hi0, a, hi1), _mm512_and_si512(v, sign));
-      first = _mm512_unpacklo_epi8(lo, hi);
-      second = _mm512_unpackhi_epi8(lo, hi);
-    }
-    _mm512_store_si512(tile0 + r * kStep, first);
-    _mm512_store_si512(tile1 + r * kStep, second);
-  }
-}
-
 // Output tile c[n][m] (16 x 16, n rows from n0, m columns from m0) into out[m][n], with scale and bias.
 void store_transposed(const Int8WeightGemmArgs& g, const float* c, int64_t n0, int64_t n_rows, int64_t m0) {
   const bool per_channel = g.group_size == g.k;
@@ -122,7 +76,7 @@ void store_transposed(const Int8WeightGemmArgs& g, const float* c, int64_t n0, i
 bool int8_weight_amx_supported() {
 #if defined(__x86_64__) && defined(__GNUC__)
   static const bool supported = int8_amx_supported() && __builtin_cpu_supports("amx-bf16") &&
-                                __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi");
+                                __builtin_cpu_supports("avx512bf16");
   return supported;
 #else
   return false;
@@ -133,30 +87,22 @@ int64_t int8_weight_amx_packed_bytes(int64_t m, int64_t k) {
   return (m + kTile - 1) / kTile * ((k + kStep - 1) / kStep) * kTileBytes;
 }
 
-void int8_weight_amx_pack_x(const uint16_t* x, int64_t ldx, int64_t m, int64_t k, int64_t group_size,
-                            uint16_t* packed) {
+void int8_weight_amx_pack_x(const uint16_t* x, int64_t ldx, int64_t m, int64_t k, uint16_t* packed) {
   const int64_t k_steps = (k + kStep - 1) / kStep, m_blocks = (m + kTile - 1) / kTile;
   std::memset(packed, 0, m_blocks * k_steps * kTileBytes);
-  const int64_t lookup_end = uses_lookup_order(m, k, group_size) ? k / 64 * 64 : 0;  // whole 64-chunks
   for (int64_t row = 0; row < m; ++row) {
     const int64_t mb = row / kTile, c = row % kTile;
     uint16_t* block = packed + mb * k_steps * (kTileBytes / 2);
-    const uint16_t* xr = x + row * ldx;
-    // element j of a tile row pairs with B's [j / 2][c][j % 2]
-    for (int64_t k0 = 0; k0 < lookup_end; k0 += 64)
-      for (int64_t half = 0; half < 2; ++half) {
-        uint16_t* tile = block + (k0 / kStep + half) * (kTileBytes / 2);
-        for (int64_t j = 0; j < kStep; ++j) tile[(j / 2) * kStep + c * 2 + j % 2] = xr[k0 + lookup_k(half, j)];
-      }
-    // the rest in plain order: whole bf16 pairs move as 32-bit words, pair q to [q / 16][q % 16][c]
-    for (int64_t q = lookup_end / 2; q < k / 2; ++q) {
+    // Whole bf16 pairs move as 32-bit words: pair q of the row goes to [q / 16][q % 16][c].
+    const int64_t pairs = k / 2;
+    for (int64_t q = 0; q < pairs; ++q) {
       uint32_t pair;
-      std::memcpy(&pair, xr + 2 * q, 4);
+      std::memcpy(&pair, x + row * ldx + 2 * q, 4);
       std::memcpy(block + ((q / kTile) * kTile * kTile + (q % kTile) * kTile + c) * 2, &pair, 4);
     }
     if (k % 2) {
       const int64_t q = k - 1, ks = q / kStep, p = q % kStep;
-      block[ks * (kTileBytes / 2) + (p / 2) * kStep + c * 2] = xr[q];
+      block[ks * (kTileBytes / 2) + (p / 2) * kStep + c * 2] = x[row * ldx + q];
     }
   }
 }
@@ -167,11 +113,10 @@ namespace {
 // weight tiles dequantized just before their TDPBF16PS (into a double buffer that stays in L1), so
 // the AVX-512 conversions overlap the tile multiplies; four independent accumulators (tmm0..3).
 // tmm4: the x tile; tmm5..7: weight tiles (tmm5 twice per step).
-__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx512vbmi"))) void gemm_amx_one_m_block(
+__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16"))) void gemm_amx_one_m_block(
     const Int8WeightGemmArgs& g, const uint16_t* x_packed, int64_t n0, int64_t n1) {
   const int64_t k_steps = (g.k + kStep - 1) / kStep, tile_elems = kTile * kStep;
-  alignas(64) uint16_t w_tiles[2][4][kTile * kStep];  // one pair of steps (16 KB, stays in L1)
-  const int64_t lookup_end = uses_lookup_order(g.m, g.k, g.group_size) ? g.k / 64 * 64 : 0;
+  alignas(64) uint16_t w_tiles[2][4][kTile * kStep];
   alignas(64) float c[4][kTile * kTile];
   for (int64_t nb = n0; nb < n1; nb += 4 * kTile) {
     int64_t rows[4];
@@ -181,16 +126,9 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,av
     _tile_zero(2);
     _tile_zero(3);
     for (int64_t ks = 0; ks < k_steps; ++ks) {
-      // steps of a whole 64-chunk come as pairs (lookup order): the even step dequantizes both
       uint16_t(*w)[kTile * kStep] = w_tiles[ks % 2];
-      if (ks * kStep < lookup_end) {
-        if (ks % 2 == 0)
-          for (int b = 0; b < 4; ++b)
-            if (rows[b] > 0) dequantize_tile_pair(g, nb + b * kTile, rows[b], ks * kStep, w[b], w_tiles[1][b]);
-      } else {
-        for (int b = 0; b < 4; ++b)
-          if (rows[b] > 0) dequantize_tile(g, nb + b * kTile, rows[b], ks * kStep, w[b]);
-      }
+      for (int b = 0; b < 4; ++b)
+        if (rows[b] > 0) dequantize_tile(g, nb + b * kTile, rows[b], ks * kStep, w[b]);
       _tile_loadd(4, x_packed + ks * tile_elems, 64);
       _tile_loadd(5, w[0], 64);
       _tile_dpbf16ps(0, 5, 4);

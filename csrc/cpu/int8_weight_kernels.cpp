@@ -74,7 +74,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void tile_avx512(const Int8
     // Whole cache lines of each weight row, prefetched 8 lines ahead: the rows stream from L3 / DRAM at
     // small m, and NR rows x several threads are more streams than the hardware prefetcher follows.
     for (; p + 64 <= p1; p += 64) {
-      for (int j = 0; j < NR; ++j) _mm_prefetch(reinterpret_cast<const char*>(w + j * g.ldw + p + 512), _MM_HINT_T0);
+      if (p + 512 < g.k)
+        for (int j = 0; j < NR; ++j) _mm_prefetch(reinterpret_cast<const char*>(w + j * g.ldw + p + 512), _MM_HINT_T0);
       for (int u = 0; u < 64; u += 16) {
         __m512 wv[NR];
         for (int j = 0; j < NR; ++j) {
