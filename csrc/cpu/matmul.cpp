@@ -293,7 +293,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> matmul_bwd(const at::Tensor& grad
 
 }  // namespace
 
+// Whether 16-bit GEMMs of this dtype run natively here (else on fp32 panels): other ops with GEMMs
+// of their own (the fused LM head + loss) ask, to compute in fp32 where native 16 bits is slow.
+bool matmul_cpu_native16(at::ScalarType dtype) { return use_native_gemm(dtype); }
+
 TORCH_LIBRARY_FRAGMENT(fastlm, m) {
+  m.def("matmul_cpu_native16(ScalarType dtype) -> bool", &matmul_cpu_native16);
   // out = act(a @ b + bias) (fp32 math); pre = a @ b + bias when act != "none" (else empty), for
   // the backward. a (M, K), b (K, N) any strides, bias (N,) or None; fp32/bf16/fp16.
   m.def("matmul_fwd(Tensor a, Tensor b, Tensor? bias, str activation) -> (Tensor, Tensor)");

@@ -15,7 +15,8 @@ How: the forward computes, per chunk, logits = h_c @ W^T and the per-row loss an
   but grad_hidden and grad_weight are held from the forward to the backward;
 - otherwise (reduction="none", or an upstream gradient that differs per row) the forward keeps
   only lse (N floats) and the backward recomputes each chunk's logits: one more matmul, nothing held.
-Under torch.autocast the matmuls run in the autocast dtype, like an nn.Linear head would.
+Under torch.autocast the matmuls run in the autocast dtype, like an nn.Linear head would; on a CPU
+without fast 16-bit GEMMs (AVX2) 16-bit inputs are computed in fp32 instead (as fastlm.ops.matmul does).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from fastlm.ops import reference_cross_entropy as reference
 from fastlm.ops._backend import use_reference
 from fastlm.ops._library import register_backward_op, register_op
 from fastlm.ops.cross_entropy import check_labels, check_loss_options, reduce_loss
+from fastlm.ops.matmul import cpu_gemm16_is_native
 
 # Elements of one chunk's logits (2^22 = 16 MiB in fp32): 128 tokens of a 32k vocabulary.
 CHUNK_ELEMENTS = 1 << 22
@@ -173,6 +175,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         h, weight = h.to(dtype), weight.to(dtype)
     elif h.dtype != weight.dtype:
         raise TypeError(f"{op}: hidden ({h.dtype}) and weight ({weight.dtype}) dtypes differ")
+    if h.device.type == "cpu" and not cpu_gemm16_is_native(h.dtype):  # e.g. bf16 on an AVX2 CPU (see matmul)
+        h, weight = h.float(), weight.float()
     if use_reference(h, weight):
         losses = reference.linear_cross_entropy(h, weight, labels, ignore_index, label_smoothing, z_loss)
     else:

@@ -131,3 +131,14 @@ def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
     else:
         out = torch.ops.fastlm.matmul_fwd(a2, b, bias, act)[0]
     return out if a.dim() == 2 else out.reshape(*lead, b.shape[1])
+
+
+def cpu_gemm16_is_native(dtype: torch.dtype) -> bool:
+    """True when torch's own 16-bit GEMM is fast on this CPU (AMX / AVX512-BF16), as `matmul` decides.
+
+    Ops with GEMMs of their own (linear_cross_entropy) compute in fp32 where it is not: on an AVX2
+    CPU torch's bf16 GEMM is 10-100x slower than fp32.
+    """
+    if dtype not in (torch.bfloat16, torch.float16) or not hasattr(torch.ops.fastlm, "matmul_cpu_native16"):
+        return True
+    return bool(torch.ops.fastlm.matmul_cpu_native16(dtype))

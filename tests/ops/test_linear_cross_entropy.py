@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import fastlm.ops as ops
+from fastlm.ops.matmul import cpu_gemm16_is_native
 
 lce_module = importlib.import_module("fastlm.ops.linear_cross_entropy")
 
@@ -67,7 +68,12 @@ def test_autocast_matches_autocast_linear():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = ops.linear_cross_entropy(hidden, weight, labels)
         unfused = ops.cross_entropy(F.linear(hidden, weight), labels)
-    torch.testing.assert_close(loss, unfused)
+    if cpu_gemm16_is_native(torch.bfloat16):
+        torch.testing.assert_close(loss, unfused)
+    else:  # no fast bf16 GEMM here: the bf16 inputs are multiplied in fp32 (the bf16 linear rounds its logits)
+        h16, w16 = hidden.detach().bfloat16().float(), weight.detach().bfloat16().float()
+        torch.testing.assert_close(loss, ops.cross_entropy(F.linear(h16, w16), labels), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(loss, unfused, atol=2e-2, rtol=2e-2)
     for a, b in zip(torch.autograd.grad(loss, (hidden, weight)), torch.autograd.grad(unfused, (hidden, weight))):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)
