@@ -62,8 +62,18 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scaler, loader,
             "rng": _rng_state(),
             "loader": loader.state_dict(),
         }, tmp / "state.pt")
-        info = {"format": FORMAT_VERSION, "step": step, **identity,
-                "files": {name: _describe(tmp / name) for name in FILES}}
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    seal_checkpoint(tmp, final, {"format": FORMAT_VERSION, "step": step, **identity}, FILES, run_dir, keep)
+    return final
+
+
+def seal_checkpoint(tmp: Path, final: Path, info: dict, files, run_dir: Path, keep: int) -> None:
+    """Record `files` (size, sha256) in tmp/trainer_state.json, rename tmp to final, keep the newest
+    `keep` checkpoints. A failure removes tmp and leaves the earlier checkpoints as they were."""
+    try:
+        info = {**info, "files": {name: _describe(tmp / name) for name in files}}
         (tmp / "trainer_state.json").write_text(json.dumps(info, indent=1))
         if final.exists():  # re-saving a step after a resume: replace it
             shutil.rmtree(final)
@@ -73,20 +83,22 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scaler, loader,
         raise
     for old in checkpoint_dirs(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
-def verify_checkpoint(path: Path, identity: dict) -> dict:
-    """Check files and identity; return trainer_state.json. CheckpointError in one line if bad."""
+def verify_checkpoint(path: Path, identity: dict, format=FORMAT_VERSION, required=FILES) -> dict:
+    """Check files and identity; return trainer_state.json. CheckpointError in one line if bad.
+
+    `required`: the files that must be there; None means every file trainer_state.json lists
+    (a sharded checkpoint's file names depend on the layout it was saved at)."""
     hint = "(delete it to resume from an earlier checkpoint)"
     try:
         info = json.loads((path / "trainer_state.json").read_text())
         files, step = info["files"], int(info["step"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} is damaged: unreadable trainer_state.json ({e}) {hint}") from None
-    if info.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format {info.get('format')!r}, expected {FORMAT_VERSION}")
-    for name in FILES:
+    if info.get("format") != format:
+        raise CheckpointError(f"checkpoint {path} has format {info.get('format')!r}, expected {format}")
+    for name in files if required is None else required:
         want = files.get(name)
         file = path / name
         if want is None or not file.is_file():

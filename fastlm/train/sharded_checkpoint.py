@@ -17,7 +17,6 @@ afresh. The .pt files hold only tensors and plain containers (torch.load(weights
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from fastlm.parallel.tensor import checkpoint as tpc
-from fastlm.train.checkpoint import _describe, _difference, _rng_state, _set_rng_state, _sha256, checkpoint_dirs
+from fastlm.train.checkpoint import _rng_state, _set_rng_state, seal_checkpoint, verify_checkpoint
 from fastlm.train.errors import CheckpointError
 
 FORMAT = "dcp"
@@ -141,47 +140,14 @@ def save_sharded_checkpoint(run_dir: Path, step: int, model, optimizer, scaler, 
             shutil.rmtree(tmp, ignore_errors=True)
         raise error
     if main:
-        try:
-            files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
-            info = {"format": FORMAT, "step": step, "layout": layout, **identity,
-                    "files": {name: _describe(tmp / name) for name in files}}
-            (tmp / "trainer_state.json").write_text(json.dumps(info, indent=1))
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        for old in checkpoint_dirs(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
+        seal_checkpoint(tmp, final, {"format": FORMAT, "step": step, "layout": layout, **identity}, files,
+                        run_dir, keep)
     _barrier()
     return final
 
 
 # ---------------------------------------------------------------- load
-
-def verify_sharded_checkpoint(path: Path, identity: dict) -> dict:
-    hint = "(delete it to resume from an earlier checkpoint)"
-    try:
-        info = json.loads((path / "trainer_state.json").read_text())
-        files, step = info["files"], int(info["step"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {path} is damaged: unreadable trainer_state.json ({e}) {hint}") from None
-    for name, want in files.items():
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"checkpoint {path} is damaged: {name} is missing {hint}")
-        if file.stat().st_size != want["bytes"]:
-            raise CheckpointError(f"checkpoint {path} is truncated: {name} has {file.stat().st_size} bytes, "
-                                  f"expected {want['bytes']} {hint}")
-        if _sha256(file) != want["sha256"]:
-            raise CheckpointError(f"checkpoint {path} is corrupted: {name} does not match its sha256 {hint}")
-    for key, value in identity.items():
-        if info.get(key) != value:
-            raise CheckpointError(f"checkpoint {path} does not match this run: {_difference(key, info.get(key), value)}")
-    info["step"] = step
-    return info
-
 
 def load_sharded_checkpoint(path: Path, model, optimizer, scaler, loader, identity: dict, device,
                             layout: dict) -> int:
@@ -189,7 +155,7 @@ def load_sharded_checkpoint(path: Path, model, optimizer, scaler, loader, identi
     path = Path(path)
     if not is_sharded_checkpoint(path):
         return _load_plain_into_tp(path, model, optimizer, scaler, loader, identity, device)
-    info = verify_sharded_checkpoint(path, identity)
+    info = verify_checkpoint(path, identity, format=FORMAT, required=None)
     try:
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         names = {k.rsplit(".", 1)[1] for k in tpc.saved_keys(path / DCP_DIR) if k.startswith(tpc.OPTIM)}
@@ -217,8 +183,6 @@ def load_sharded_checkpoint(path: Path, model, optimizer, scaler, loader, identi
 def _load_plain_into_tp(path: Path, model, optimizer, scaler, loader, identity: dict, device) -> int:
     """A tp = 1 checkpoint (model.safetensors + optimizer.pt) into a tensor-parallel model."""
     import safetensors.torch
-
-    from fastlm.train.checkpoint import verify_checkpoint
 
     verify_checkpoint(path, identity)
     try:
