@@ -1,5 +1,6 @@
 // Row loads/stores between fp32/bf16/fp16 tensors and fp32 buffers, for torch glue files whose
-// kernels work on fp32 rows (rope.cpp, gated_act.cpp, cross_entropy.cpp). fp32 rows are used in place.
+// kernels work on fp32 rows (norms.cpp, rope.cpp, gated_act.cpp, cross_entropy.cpp). fp32 rows are used
+// in place.
 #pragma once
 #include <ATen/ATen.h>
 

@@ -8,37 +8,10 @@
 #include <algorithm>
 #include <vector>
 
-#include "cpu/norm_rows.h"
-
-// fp32, bf16 and fp16 rows; fp32 accumulation for all three.
-#define FASTLM_DISPATCH_FP32_BF16_FP16(TYPE, NAME, ...)                  \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
-                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
+#include "cpu/float_rows.h"  // row loads/stores in fp32; includes norm_rows.h
 
 namespace fastlm::cpu {
 namespace {
-
-// Row loads/stores in fp32. For fp32 tensors the row is used in place (no copy).
-inline const float* load_row(const float* src, float*, int64_t) { return src; }
-inline const float* load_row(const at::BFloat16* src, float* buf, int64_t n) {
-  bf16_to_float(reinterpret_cast<const uint16_t*>(src), buf, n);
-  return buf;
-}
-inline const float* load_row(const at::Half* src, float* buf, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(src[i]);
-  return buf;
-}
-// Where the kernel writes its fp32 result: straight into an fp32 output, else into buf.
-inline float* out_row(float* dst, float*) { return dst; }
-template <typename T>
-inline float* out_row(T*, float* buf) { return buf; }
-inline void store_row(const float*, float*, int64_t) {}
-inline void store_row(const float* buf, at::BFloat16* dst, int64_t n) {
-  float_to_bf16(buf, reinterpret_cast<uint16_t*>(dst), n);
-}
-inline void store_row(const float* buf, at::Half* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<at::Half>(buf[i]);
-}
 
 int64_t check_norm_args(const at::Tensor& x, const at::Tensor& weight, const char* op) {
   TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
@@ -84,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_fwd(const at::Tensor& x_in, const at
   at::Tensor y = at::empty_like(x);
   at::Tensor rstd = stat_like(x);
   const int64_t rows = x.numel() / n;
-  FASTLM_DISPATCH_FP32_BF16_FP16(x.scalar_type(), "fastlm_rms_norm_fwd", [&] {
+  FASTLM_DISPATCH_FLOATS(x.scalar_type(), "fastlm_rms_norm_fwd", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
     float* rp = rstd.data_ptr<float>();
@@ -92,10 +65,10 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_fwd(const at::Tensor& x_in, const at
     at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
       std::vector<float> xbuf(n), ybuf(n);
       for (int64_t r = r0; r < r1; ++r) {
-        const float* xr = load_row(xp + r * n, xbuf.data(), n);
-        float* yr = out_row(yp + r * n, ybuf.data());
+        const float* xr = rows::load(xp + r * n, xbuf.data(), n);
+        float* yr = rows::out(yp + r * n, ybuf.data());
         rp[r] = rms_norm_row_fwd(xr, wp, static_cast<float>(eps), n, yr);
-        store_row(yr, yp + r * n, n);
+        rows::store(yr, yp + r * n, n);
       }
     });
   });
@@ -113,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd(const at::Tensor& grad_in, const
   at::Tensor dx = at::empty_like(x);
   const int64_t rows = x.numel() / n;
   std::vector<at::Tensor> partials;
-  FASTLM_DISPATCH_FP32_BF16_FP16(x.scalar_type(), "fastlm_rms_norm_bwd", [&] {
+  FASTLM_DISPATCH_FLOATS(x.scalar_type(), "fastlm_rms_norm_bwd", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* gp = g.data_ptr<scalar_t>();
     scalar_t* dxp = dx.data_ptr<scalar_t>();
@@ -123,11 +96,11 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd(const at::Tensor& grad_in, const
       std::vector<float> xbuf(n), gbuf(n), dxbuf(n);
       float* dw = partials[0].data_ptr<float>() + c * n;
       for (int64_t r = r0; r < r1; ++r) {
-        const float* xr = load_row(xp + r * n, xbuf.data(), n);
-        const float* gr = load_row(gp + r * n, gbuf.data(), n);
-        float* dxr = out_row(dxp + r * n, dxbuf.data());
+        const float* xr = rows::load(xp + r * n, xbuf.data(), n);
+        const float* gr = rows::load(gp + r * n, gbuf.data(), n);
+        float* dxr = rows::out(dxp + r * n, dxbuf.data());
         rms_norm_row_bwd(gr, xr, wp, rp[r], n, dxr, dw);
-        store_row(dxr, dxp + r * n, n);
+        rows::store(dxr, dxp + r * n, n);
       }
     });
   });
@@ -146,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd(const at::Tensor& 
   at::Tensor mean = stat_like(x);
   at::Tensor rstd = stat_like(x);
   const int64_t rows = x.numel() / n;
-  FASTLM_DISPATCH_FP32_BF16_FP16(x.scalar_type(), "fastlm_layer_norm_fwd", [&] {
+  FASTLM_DISPATCH_FLOATS(x.scalar_type(), "fastlm_layer_norm_fwd", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
     float* mp = mean.data_ptr<float>();
@@ -156,10 +129,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd(const at::Tensor& 
     at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
       std::vector<float> xbuf(n), ybuf(n);
       for (int64_t r = r0; r < r1; ++r) {
-        const float* xr = load_row(xp + r * n, xbuf.data(), n);
-        float* yr = out_row(yp + r * n, ybuf.data());
+        const float* xr = rows::load(xp + r * n, xbuf.data(), n);
+        float* yr = rows::out(yp + r * n, ybuf.data());
         layer_norm_row_fwd(xr, wp, bp, static_cast<float>(eps), n, yr, mp + r, rp + r);
-        store_row(yr, yp + r * n, n);
+        rows::store(yr, yp + r * n, n);
       }
     });
   });
@@ -179,7 +152,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(const at::Tensor& 
   at::Tensor dx = at::empty_like(x);
   const int64_t rows = x.numel() / n;
   std::vector<at::Tensor> partials;
-  FASTLM_DISPATCH_FP32_BF16_FP16(x.scalar_type(), "fastlm_layer_norm_bwd", [&] {
+  FASTLM_DISPATCH_FLOATS(x.scalar_type(), "fastlm_layer_norm_bwd", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* gp = g.data_ptr<scalar_t>();
     scalar_t* dxp = dx.data_ptr<scalar_t>();
@@ -191,11 +164,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(const at::Tensor& 
       float* dw = partials[0].data_ptr<float>() + c * n;
       float* db = partials[1].data_ptr<float>() + c * n;
       for (int64_t r = r0; r < r1; ++r) {
-        const float* xr = load_row(xp + r * n, xbuf.data(), n);
-        const float* gr = load_row(gp + r * n, gbuf.data(), n);
-        float* dxr = out_row(dxp + r * n, dxbuf.data());
+        const float* xr = rows::load(xp + r * n, xbuf.data(), n);
+        const float* gr = rows::load(gp + r * n, gbuf.data(), n);
+        float* dxr = rows::out(dxp + r * n, dxbuf.data());
         layer_norm_row_bwd(gr, xr, wp, mp[r], rp[r], n, dxr, dw, db);
-        store_row(dxr, dxp + r * n, n);
+        rows::store(dxr, dxp + r * n, n);
       }
     });
   });
