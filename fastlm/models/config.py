@@ -12,8 +12,28 @@ FAMILIES = ("gpt2", "llama")
 ENCODER_FAMILIES = ("bert", "roberta", "albert")  # fastlm.models.Encoder (EncoderConfig)
 
 
+class DictConfig:
+    """from_dict / to_dict of a model config dataclass; KIND names it in errors."""
+
+    KIND = "model"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown {cls.KIND} config key(s): {', '.join(unknown)}; "
+                             f"expected some of: {', '.join(names)}")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass
-class GPTConfig:
+class GPTConfig(DictConfig):
     """Fields left as None take the family's default; `resolved()` fills them in.
 
     gpt2:  learned positions, LayerNorm, GELU (tanh, "gelu_new") MLP of 4*d_model, biases, tied embeddings.
@@ -38,20 +58,7 @@ class GPTConfig:
     dropout: float = 0.0
     init_std: float = 0.02
 
-    # ---- construction -------------------------------------------------------------------------
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"unknown model config key(s): {', '.join(unknown)}; expected some of: {', '.join(names)}")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
+    # ---- construction (from_dict / to_dict: DictConfig) ----------------------------------------
     def resolved(self) -> "GPTConfig":
         """A copy with every None replaced by the family default (so it can be written to TOML)."""
         self.validate()

@@ -8,9 +8,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
-from fastlm.models.config import ENCODER_FAMILIES
+from fastlm.models.config import ENCODER_FAMILIES, DictConfig
 from fastlm.nn.activations import ACTIVATIONS
 
 # Family defaults for the fields left as None (those of the original papers / HF configs).
@@ -22,7 +21,7 @@ _DEFAULTS = {
 
 
 @dataclass
-class EncoderConfig:
+class EncoderConfig(DictConfig):
     """Fields left as None take the family default; `resolved()` fills them in.
 
     bert:    absolute learned positions, token types (2), post-LayerNorm blocks, GELU, tied MLM decoder.
@@ -31,6 +30,8 @@ class EncoderConfig:
              n_layer layers run n_layer_groups distinct blocks (default 1: all layers share one).
     max_seq_len is the longest input (RoBERTa's position table has pad_token_id + 1 more rows).
     """
+
+    KIND = "encoder"
 
     family: str = "bert"
     vocab_size: int = 30522
@@ -48,19 +49,6 @@ class EncoderConfig:
     dropout: float = 0.0
     init_std: float = 0.02
     tie_embeddings: bool | None = None   # the MLM decoder shares the token embedding (default true)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EncoderConfig":
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"unknown encoder config key(s): {', '.join(unknown)}; expected some of: {', '.join(names)}")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @property
     def head_dim(self) -> int:
