@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from fastlm.models.encoder_config import EncoderConfig
 from fastlm.nn import Block, LayerNorm, Linear, get_activation
+from fastlm.nn.init import init_weights_
 
 __all__ = ["Encoder", "EncoderConfig", "EncoderForMaskedLM", "EncoderForSequenceClassification", "Pooler",
            "MaskedLMHead"]
@@ -68,18 +69,7 @@ class Encoder(nn.Module):
 
     def reset_parameters(self) -> None:
         """BERT init: N(0, init_std) weights and embeddings (pad rows zero), zero biases, unit norms."""
-        std = self.config.init_std
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, 0.0, std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
-            if isinstance(module, LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_weights_(self, self.config.init_std)
 
     # ---- forward ------------------------------------------------------------------------------
     def _positions(self, input_ids: torch.Tensor) -> torch.Tensor:

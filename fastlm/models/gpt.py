@@ -12,6 +12,7 @@ from fastlm import ops
 from fastlm.models.config import GPTConfig
 from fastlm.nn import Block, KVCache, LayerNorm, Linear, RMSNorm, rope_cos_sin
 from fastlm.nn.attention import document_ids
+from fastlm.nn.init import init_weights_
 
 __all__ = ["GPT", "GPTConfig"]
 
@@ -46,15 +47,7 @@ class GPT(nn.Module):
         """GPT-2 init: N(0, init_std) for weights and embeddings, zero biases, unit norms, and the
         projections that write into the residual stream scaled by 1/sqrt(2 * n_layer)."""
         std = self.config.init_std
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, 0.0, std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            if isinstance(module, (LayerNorm, RMSNorm)):
-                nn.init.ones_(module.weight)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+        init_weights_(self, std)
         resid_std = std / math.sqrt(2 * self.config.n_layer)
         for block in self.blocks:
             nn.init.normal_(block.attn.proj.weight, 0.0, resid_std)
