@@ -1,57 +1,17 @@
 """Causal self-attention.
 
-`attention()` / `attention_bthd()` are the single place the attention math is called: the fused
-FlashAttention kernels of `fastlm.ops.attention` (C++ on CPU, Triton on GPU), or torch SDPA when
-attention dropout is on (the fused kernels have none) or the head size is outside 8..256.
-The `Attention` module does the projections, RoPE and the KV cache.
+The `Attention` module does the projections, RoPE and the KV cache; `attention()` /
+`attention_bthd()` are layout wrappers of `fastlm.ops.attention`, which picks the fused
+FlashAttention kernels or torch SDPA (attention dropout, head sizes outside 8..256).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastlm import ops
 from fastlm.nn.linear import Linear
-from fastlm.ops.attention import MAX_HEAD_DIM, MIN_HEAD_DIM
-
-# torch >= 2.5 repeats grouped K/V heads inside SDPA; older builds get an explicit repeat.
-_SDPA_HAS_GQA = torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)
-
-
-def _sdpa(q, k, v, *, causal: bool, dropout_p: float, scale: float | None) -> torch.Tensor:
-    """SDPA in (B, H, T, D), bottom-right causal mask when Tk > Tq."""
-    tq, tk = q.shape[-2], k.shape[-2]
-    mask = None
-    is_causal = causal
-    if causal and tq != tk:
-        is_causal = False
-        if tq > 1:  # one query at the end sees every key: no mask needed
-            # SDPA's is_causal is top-left aligned, so build the bottom-right mask explicitly.
-            mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
-    groups = q.shape[1] // k.shape[1]
-    if groups == 1:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                              is_causal=is_causal, scale=scale)
-    if _SDPA_HAS_GQA:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                              is_causal=is_causal, scale=scale, enable_gqa=True)
-    k = k.repeat_interleave(groups, dim=1)
-    v = v.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                          is_causal=is_causal, scale=scale)
-
-
-def _repeat_kv(k, v, groups: int):
-    if groups == 1:
-        return k, v
-    return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-
-
-def document_ids(cu_seqlens: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """Which packed document (0, 1, ...) each of the num_tokens flattened tokens belongs to."""
-    tokens = torch.arange(num_tokens, device=cu_seqlens.device)
-    return torch.searchsorted(cu_seqlens.to(tokens.dtype), tokens, right=True) - 1
+from fastlm.ops.attention_sdpa import document_ids  # noqa: F401  (fastlm.models.gpt imports it from here)
 
 
 def attention_bthd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
@@ -63,26 +23,8 @@ def attention_bthd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     """
     if k.dtype != q.dtype:  # e.g. an fp32 KV cache under bf16 autocast
         k, v = k.to(q.dtype), v.to(q.dtype)
-    fused = dropout_p == 0.0 and MIN_HEAD_DIM <= q.shape[-1] <= MAX_HEAD_DIM
-    if cu_seqlens is not None:
-        b, t = q.shape[:2]
-        if not fused:  # SDPA with an explicit block-diagonal (per-document) mask
-            doc = document_ids(cu_seqlens, b * t).view(b, 1, t)
-            mask = doc.unsqueeze(-1) == doc.unsqueeze(-2)
-            if causal:
-                mask = mask & torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-            y = F.scaled_dot_product_attention(
-                q.transpose(1, 2), *_repeat_kv(k.transpose(1, 2), v.transpose(1, 2), q.shape[2] // k.shape[2]),
-                attn_mask=mask, dropout_p=dropout_p, scale=scale)
-            return y.transpose(1, 2)
-        y = ops.attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), causal=causal, softmax_scale=scale,
-                          cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
-        return y.view(b, t, *y.shape[1:])
-    if fused:
-        return ops.attention(q, k, v, causal=causal, softmax_scale=scale)
-    y = _sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=causal, dropout_p=dropout_p,
-              scale=scale)
-    return y.transpose(1, 2)
+    return ops.attention(q, k, v, causal=causal, softmax_scale=scale, dropout_p=dropout_p, cu_seqlens=cu_seqlens,
+                         max_seqlen=max_seqlen)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,

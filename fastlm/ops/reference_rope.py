@@ -1,4 +1,4 @@
-"""Plain-torch reference of rope: the rotation of fastlm.nn.rope in fp32, one rounding at the end.
+"""Plain-torch reference of rope: the rotation in fp32, one rounding at the end.
 
 x (B, T, H, D), cos/sin (T, D/2) or (B, T, D/2); out1 = x1 cos - x2 sin, out2 = x2 cos + x1 sin
 (x1, x2 the halves of the head dim). inverse=True rotates back (sin -> -sin): the backward.

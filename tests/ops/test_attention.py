@@ -1,6 +1,6 @@
-"""fastlm.ops.attention (C++ CPU FlashAttention kernels) against the float64 reference, torch SDPA,
-and torch.library's checks. Criterion: FlashAttention's (error <= 2x that of the same math in plain
-torch at the input dtype, plus a fraction of an ulp); see accuracy.py."""
+"""fastlm.ops.attention (C++ CPU FlashAttention kernels, torch SDPA for what they lack) against the
+float64 reference, torch SDPA, and torch.library's checks. Criterion: FlashAttention's (error <= 2x
+that of the same math in plain torch at the input dtype, plus a fraction of an ulp); see accuracy.py."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -152,8 +152,15 @@ def _q(shape=(2, 8, 4, 16), dtype=torch.float32):
     (lambda: ops.attention(_q((2, 8, 16)), _q(), _q()), ValueError, "q must be 4-D"),
     (lambda: ops.attention(_q(), _q((2, 8, 3, 16)), _q((2, 8, 3, 16))), ValueError, "multiple of k/v heads"),
     (lambda: ops.attention(_q(), _q((2, 8, 2, 16)), _q((2, 9, 2, 16))), ValueError, "k and v must have the same shape"),
-    (lambda: ops.attention(_q((2, 8, 4, 4)), _q((2, 8, 4, 4)), _q((2, 8, 4, 4))), ValueError, "head_dim must be between"),
-    (lambda: ops.attention(_q((2, 8, 4, 264)), _q((2, 8, 4, 264)), _q((2, 8, 4, 264))), ValueError, "head_dim"),
+    (lambda: ops.attention(_q((2, 8, 4, 4)), _q((2, 8, 4, 4)), _q((2, 8, 4, 4)), return_lse=True), ValueError,
+     "head_dim must be between"),
+    (lambda: ops.attention(_q((2, 8, 4, 264)), _q((2, 8, 4, 264)), _q((2, 8, 4, 264)), return_lse=True), ValueError,
+     "head_dim"),
+    (lambda: ops.attention(_q(), _q(), _q(), dropout_p=0.1, return_lse=True), ValueError, "no dropout"),
+    (lambda: ops.attention(_q(), _q(), _q(), dropout_p=1.0), ValueError, "dropout_p must be"),
+    (lambda: ops.attention(_q(), _q(), _q(), attn_mask=[[True]]), TypeError, "attn_mask must be a tensor"),
+    (lambda: ops.attention(_q(), _q(), _q(), cu_seqlens=torch.tensor([0, 4, 12, 16])), ValueError,
+     "every row must start a document"),
     (lambda: ops.attention(_q(), _q((2, 8, 4, 32)), _q((2, 8, 4, 32))), ValueError, "head_dim differ"),
     (lambda: ops.attention(_q(), _q((3, 8, 4, 16)), _q((3, 8, 4, 16))), ValueError, "batch sizes differ"),
     (lambda: ops.attention(_q(), _q(dtype=torch.bfloat16), _q()), TypeError, "same dtype"),
@@ -185,6 +192,69 @@ def test_fp32_long_sums_as_accurate_as_plain_torch(seqlens, causal):
     sum and dQ sum 20000 terms): fp32 within 2x of plain-torch fp32 against float64, with no floor."""
     q, k, v = make_inputs((1, *seqlens, 2, 1, 64), torch.float32)
     check_attention(fast, q, k, v, causal=causal, floor=0.0)
+
+
+# ---------------------------------------------------------------- what the kernels lack: torch SDPA
+
+
+def _sdpa(q, k, v, **kw):
+    """torch SDPA in the (B, S, H, D) layout."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         enable_gqa=q.shape[2] != k.shape[2], **kw)
+    return out.transpose(1, 2)
+
+
+@pytest.mark.parametrize("head_dim", [4, 264])
+@pytest.mark.parametrize("causal, window", MASKS, ids=str)
+def test_head_sizes_the_kernels_lack_run_sdpa(head_dim, causal, window):
+    """Same masks as the kernels (bottom-right causal with Sq < Sk, windows), GQA, gradients."""
+    q, k, v = make_inputs((2, 9, 13, 4, 2, head_dim), torch.float32)
+    out = ops.attention(q, k, v, causal=causal, window=window)
+    ref, _ = reference.attention(q, k, v, causal=causal, window=window)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_dropout_runs_sdpa(causal):
+    q, k, v = make_inputs((2, 16, 16, 4, 2, 32), torch.float32)
+    torch.manual_seed(1)
+    out = ops.attention(q, k, v, causal=causal, dropout_p=0.5)
+    torch.manual_seed(1)
+    want = _sdpa(q, k, v, is_causal=causal, dropout_p=0.5)
+    torch.testing.assert_close(out, want)
+    assert not torch.allclose(out, ops.attention(q, k, v, causal=causal))
+
+
+def test_attn_mask_runs_sdpa_on_top_of_the_masks():
+    q, k, v = make_inputs((2, 7, 7, 2, 2, 16), torch.float32)
+    keep = torch.rand(2, 1, 7, 7) > 0.3
+    keep[..., 0] = True  # every query sees a key
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()
+    out = ops.attention(q, k, v, causal=True, attn_mask=keep)
+    torch.testing.assert_close(out, _sdpa(q, k, v, attn_mask=keep & causal))
+    additive = torch.zeros(2, 1, 7, 7).masked_fill(~keep, float("-inf"))
+    torch.testing.assert_close(ops.attention(q, k, v, causal=True, attn_mask=additive), out)
+
+
+def test_value_head_size_of_its_own_runs_sdpa():
+    q, k, _ = make_inputs((1, 5, 5, 2, 1, 16), torch.float32)
+    v = torch.randn(1, 5, 1, 24)
+    out = ops.attention(q, k, v, causal=True)
+    assert out.shape == (1, 5, 2, 24)
+    torch.testing.assert_close(out, _sdpa(q, k, v, is_causal=True))
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 1e-9])  # fused; SDPA with a negligible dropout
+def test_rows_of_packed_documents(dropout_p):
+    """(B, T, H, D) with cu_seqlens over the flattened tokens: as the (total, H, D) packed call."""
+    q, k, v = (torch.randn(2, 10, h, 16) for h in (4, 2, 2))
+    cu = torch.tensor([0, 3, 10, 16, 20], dtype=torch.int32)
+    rows = ops.attention(q, k, v, causal=True, cu_seqlens=cu, dropout_p=dropout_p)
+    packed = ops.attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), causal=True, cu_seqlens=cu)
+    torch.testing.assert_close(rows, packed.view(2, 10, 4, 16), atol=1e-5, rtol=1e-5)
 
 
 def test_native_kernel_checks_inputs_directly():
