@@ -203,9 +203,11 @@ FASTLM_MULTIVERSION void ds_tile(const float* p, float* dp, int64_t mr, const fl
   }
 }
 
-FASTLM_MULTIVERSION float dot_row(const float* a, const float* b, int64_t n) {
+// sum(a * b), one product after the other from zero: the order in which gemm_acc sums dP = dO V^T,
+// so that delta = dO . O equals dP exactly when O is V (a query that sees a single key) and
+// dS = P (dP - delta) is exactly 0 there, as in plain torch's softmax backward.
+FASTLM_MULTIVERSION float dot_in_gemm_order(const float* a, const float* b, int64_t n) {
   float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
   for (int64_t j = 0; j < n; ++j) acc += a[j] * b[j];
   return acc;
 }
@@ -458,7 +460,7 @@ void pack_q_block(const Problem& p, const View& q, const View& grad_out, const V
     load_row(out, offset(out, p.q_start, b, i0 + r, h), d, dp, 1.f, o);
     const int64_t li = b * p.lse_batch_stride + h * p.lse_head_stride + p.q_start[b] + i0 + r;
     lr[r] = lse[li];
-    dr[r] = dot_row(dot + r * dp, o, dp) - (grad_lse != nullptr ? grad_lse[li] : 0.f);
+    dr[r] = dot_in_gemm_order(dot + r * dp, o, dp) - (grad_lse != nullptr ? grad_lse[li] : 0.f);
   }
 }
 
