@@ -6,14 +6,9 @@ import torch
 
 from fastlm.ops import reference_matmul as reference
 
+from ..ops.accuracy import assert_as_accurate
+
 pytestmark = pytest.mark.triton
-
-TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
-
-
-def _close(got, want, dtype):
-    scale = max(want.abs().max().item(), 1.0)
-    torch.testing.assert_close(got.double(), want, atol=TOL[dtype] * scale, rtol=TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -30,15 +25,17 @@ def test_triton_matmul_forward_backward(dtype, shape, activation):
     out, pre = matmul_fwd(a, b, bias, activation)
     a64, b64, bias64 = (t.double().requires_grad_() for t in (a, b, bias))
     out64, pre64 = reference.matmul_fwd(a64, b64, bias64, activation)
-    _close(out, out64.detach(), dtype)
+    out_plain, pre_plain = reference.matmul_fwd(a, b, bias, activation)  # plain torch at the input dtype
+    assert_as_accurate("out", out, out64, out_plain)
     if activation != "none":
-        _close(pre, pre64.detach(), dtype)
+        assert_as_accurate("pre", pre, pre64, pre_plain)
     g = torch.randn(m, n).to(dtype)
     grad_a, grad_b, grad_bias = matmul_bwd(g, a, b, bias, pre, activation, True, True)
     want = torch.autograd.grad(out64, (a64, b64, bias64), g.double())
-    for got, ref in zip((grad_a, grad_b, grad_bias), want):
+    plain = reference.matmul_bwd(g, a, b, bias, pre_plain, activation, True, True)
+    for name, got, ref, base in zip(("grad a", "grad b", "grad bias"), (grad_a, grad_b, grad_bias), want, plain):
         assert got.shape == ref.shape and got.dtype == dtype
-        _close(got, ref, dtype)
+        assert_as_accurate(name, got, ref, base)
     assert grad_b.t().is_contiguous()  # the weight's gradient in the weight's layout
 
 

@@ -5,7 +5,8 @@ import torch
 
 from fastlm.ops import reference
 
-from ..ops.norm_cases import DTYPES, GRAD_W_TOL, HIDDEN_SIZES, close
+from ..ops.accuracy import assert_as_accurate, assert_like_reference, to64
+from ..ops.norm_cases import DTYPES, HIDDEN_SIZES
 
 pytestmark = pytest.mark.triton
 norms = pytest.importorskip("fastlm.kernels.norms")
@@ -21,13 +22,13 @@ def _inputs(rows_shape, n, dtype):
 def test_rms_norm(dtype, n):
     x, w, _, g = _inputs((3, 3), n, dtype)
     y, rstd = norms.rms_norm_fwd(x, w, 1e-6)
-    y_ref, rstd_ref = reference.rms_norm_fwd(x, w, 1e-6)
-    close(y, y_ref, dtype)
-    torch.testing.assert_close(rstd, rstd_ref, atol=1e-5, rtol=1e-5)
-    dx, dw = norms.rms_norm_bwd(g, x, w, rstd)
-    dx_ref, dw_ref = reference.rms_norm_bwd(g, x, w, rstd_ref)
-    close(dx, dx_ref, dtype)
-    torch.testing.assert_close(dw, dw_ref, **GRAD_W_TOL)
+    assert_like_reference(("y", "rstd"), (y, rstd), reference.rms_norm_fwd, x, w, 1e-6)
+    # the backward from the saved statistics (the oracle's from its own float64 forward)
+    rstd64 = reference.rms_norm_fwd(to64(x), to64(w), 1e-6)[1]
+    for name, got, want64, want in zip(("grad x", "grad weight"), norms.rms_norm_bwd(g, x, w, rstd),
+                                       reference.rms_norm_bwd(to64(g), to64(x), to64(w), rstd64),
+                                       reference.rms_norm_bwd(g, x, w, rstd)):
+        assert_as_accurate(name, got, want64, want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -35,14 +36,13 @@ def test_rms_norm(dtype, n):
 def test_layer_norm(dtype, n):
     x, w, b, g = _inputs((2, 5), n, dtype)
     y, mean, rstd = norms.layer_norm_fwd(x, w, b, 1e-5)
-    y_ref, mean_ref, rstd_ref = reference.layer_norm_fwd(x, w, b, 1e-5)
-    close(y, y_ref, dtype)
-    torch.testing.assert_close(mean, mean_ref, atol=1e-5, rtol=1e-5)
+    assert_like_reference(("y", "mean", "rstd"), (y, mean, rstd), reference.layer_norm_fwd, x, w, b, 1e-5)
+    _, mean64, rstd64 = reference.layer_norm_fwd(to64(x), to64(w), to64(b), 1e-5)
     grads = norms.layer_norm_bwd(g, x, w, mean, rstd)
-    grads_ref = reference.layer_norm_bwd(g, x, w, mean_ref, rstd_ref)
-    close(grads[0], grads_ref[0], dtype)
-    torch.testing.assert_close(grads[1], grads_ref[1], **GRAD_W_TOL)
-    torch.testing.assert_close(grads[2], grads_ref[2], **GRAD_W_TOL)
+    for name, got, want64, want in zip(("grad x", "grad weight", "grad bias"), grads,
+                                       reference.layer_norm_bwd(to64(g), to64(x), to64(w), mean64, rstd64),
+                                       reference.layer_norm_bwd(g, x, w, mean, rstd)):
+        assert_as_accurate(name, got, want64, want)
 
 
 def test_strided_rows():

@@ -1,8 +1,11 @@
 """The accuracy criterion of every op test (FlashAttention's): against a float64 oracle, the fast path's
 error is at most 2x the error of the plain-torch reference computed at the input dtype, plus a floor of
-a fraction of an ulp of the output dtype (at the result's magnitude) for results both round alike.
+at most a few ulps of the output dtype (at the result's magnitude) for results both get almost exactly.
 No fixed tolerances: the bound is what plain torch itself achieves on the same inputs, fp32 included.
 """
+import contextlib
+import os
+
 import torch
 
 # The floor, relative to the oracle's largest magnitude (at least 1): half an ulp of bf16 / fp16 (a
@@ -17,13 +20,32 @@ def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def assert_as_accurate(name: str, got: torch.Tensor, ref64: torch.Tensor, ref_lowp: torch.Tensor,
-                       dtype: torch.dtype | None = None, floor: float | None = None) -> None:
-    """|got - ref64| <= 2 |ref_lowp - ref64| + floor * max(1, |ref64|); dtype (default got's) picks the floor."""
+                       dtype: torch.dtype | None = None, floor: float | None = None,
+                       scale: torch.Tensor | None = None) -> None:
+    """|got - ref64| <= 2 |ref_lowp - ref64| + floor * max(1, |scale|); dtype (default got's) picks the
+    floor; scale (default ref64) the magnitude it applies to, e.g. the sum of |terms| of a dot product
+    whose result cancels."""
+    assert got.shape == ref64.shape, f"{name}: shape {tuple(got.shape)}, expected {tuple(ref64.shape)}"
     err, base = max_err(got, ref64), max_err(ref_lowp, ref64)
     if floor is None:
         floor = FLOOR[dtype or got.dtype]
-    eps = floor * max(1.0, ref64.abs().max().item() if ref64.numel() else 0.0)
+    scale = ref64 if scale is None else scale
+    eps = floor * max(1.0, scale.abs().max().item() if scale.numel() else 0.0)
     assert err <= 2 * base + eps, f"{name}: max error {err:.3g} > 2 * {base:.3g} (plain torch) + {eps:.3g}"
+
+
+@contextlib.contextmanager
+def plain_torch():
+    """FASTLM_BACKEND=reference inside: fastlm.ops runs its plain-torch references, at the input dtype."""
+    old = os.environ.get("FASTLM_BACKEND")
+    os.environ["FASTLM_BACKEND"] = "reference"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["FASTLM_BACKEND"]
+        else:
+            os.environ["FASTLM_BACKEND"] = old
 
 
 def oracle_and_plain(fn, *inputs, grad=None, dtype=None):
@@ -44,3 +66,18 @@ def oracle_and_plain(fn, *inputs, grad=None, dtype=None):
             grads = torch.autograd.grad(out, wrt, grad.to(out.dtype))
         results.append((out.detach(), grads))
     return results
+
+
+def to64(x):
+    """A float64 copy of a floating tensor (anything else as it is)."""
+    return x.detach().double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+
+def assert_like_reference(names, got, reference, *args):
+    """A kernel's outputs `got` (one tensor or a tuple, named by `names`) against `reference` (its
+    plain-torch reference op) run on float64 copies of args (the oracle) and on args as given."""
+    want64, want = reference(*map(to64, args)), reference(*args)
+    if isinstance(got, torch.Tensor):
+        names, got, want64, want = (names,), (got,), (want64,), (want,)
+    for name, g, w64, w in zip(names, got, want64, want):
+        assert_as_accurate(name, g, w64, w)

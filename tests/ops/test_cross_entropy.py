@@ -5,6 +5,8 @@ import torch.nn.functional as F
 
 import fastlm.ops as ops
 
+from .accuracy import assert_as_accurate, plain_torch
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -36,13 +38,16 @@ def test_vs_torch(dtype, v, options):
     logits, labels = _inputs(6 if v > 1000 else 9, v, dtype)
     loss = ops.cross_entropy(logits, labels, label_smoothing=smoothing, z_loss=z)
     assert loss.dtype == torch.float32 and loss.dim() == 0
-    want = _torch_loss(logits, labels, smoothing, z)
-    torch.testing.assert_close(loss.double(), want, atol=1e-5, rtol=1e-5)  # fp32 math on the given logits
+    x64 = logits.detach().double().requires_grad_()
+    want = _torch_loss(x64, labels, smoothing, z)
     (grad,) = torch.autograd.grad(loss, logits)
-    (grad_ref,) = torch.autograd.grad(want, logits)
-    tol = dict(atol=1e-6, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-3 / v + 1e-5, rtol=1e-2)
+    (grad_ref,) = torch.autograd.grad(want, x64)
     assert grad.dtype == dtype
-    torch.testing.assert_close(grad.double(), grad_ref.double(), **tol)
+    with plain_torch():  # the fastlm reference (fp32 math on the given logits), as plain torch does it
+        plain = ops.cross_entropy(logits, labels, label_smoothing=smoothing, z_loss=z)
+    (grad_plain,) = torch.autograd.grad(plain, logits)
+    assert_as_accurate("loss", loss, want, plain)
+    assert_as_accurate("grad", grad, grad_ref, grad_plain)
     assert grad[1].abs().max() == 0  # the ignored row
 
 
@@ -52,14 +57,17 @@ def test_reductions_and_shapes(reduction):
     labels = torch.randint(0, 11, (2, 5))
     labels[0, 2] = -100
     got = ops.cross_entropy(logits, labels, reduction=reduction)
-    want = _torch_loss(logits.view(-1, 11), labels.view(-1), reduction=reduction)
+    x64 = logits.detach().double().requires_grad_()
+    want = _torch_loss(x64.view(-1, 11), labels.view(-1), reduction=reduction)
     if reduction == "none":
         assert got.shape == labels.shape
         want = want.view(2, 5)
-    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
     g = torch.randn_like(got)
-    torch.testing.assert_close(torch.autograd.grad(got, logits, g)[0].double(),
-                               torch.autograd.grad(want, logits, g.double())[0].double(), atol=1e-6, rtol=1e-5)
+    with plain_torch():
+        plain = ops.cross_entropy(logits, labels, reduction=reduction)
+    assert_as_accurate("loss", got, want, plain)
+    grads = (torch.autograd.grad(t, x, g.to(t.dtype))[0] for t, x in ((got, logits), (want, x64), (plain, logits)))
+    assert_as_accurate("grad", *grads)
 
 
 def test_noncontiguous_logits_and_custom_ignore_index():

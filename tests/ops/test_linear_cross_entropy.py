@@ -8,6 +8,8 @@ import torch.nn.functional as F
 import fastlm.ops as ops
 from fastlm.ops.matmul import cpu_gemm16_is_native
 
+from .accuracy import assert_as_accurate, plain_torch
+
 lce_module = importlib.import_module("fastlm.ops.linear_cross_entropy")
 
 
@@ -21,6 +23,22 @@ def _ref(hidden, weight, labels, smoothing=0.0, z=0.0, reduction="mean"):
     return per_row.sum() if reduction == "sum" else per_row.sum() / valid.sum()
 
 
+def _assert_as_accurate_as_plain(call, oracle, hidden, weight, upstream=None):
+    """call() (an op call on hidden, weight) and its gradients against oracle(hidden, weight) on float64
+    copies, bounded by the same call on fastlm's plain-torch reference at the input dtype."""
+    loss = call()
+    h64, w64 = (t.detach().double().requires_grad_() for t in (hidden, weight))
+    want = oracle(h64, w64)
+    with plain_torch():
+        plain = call()
+    up = torch.ones_like(loss) if upstream is None else upstream
+    assert_as_accurate("loss", loss, want, plain)
+    got, base = (torch.autograd.grad(t, (hidden, weight), up) for t in (loss, plain))
+    grads64 = torch.autograd.grad(want, (h64, w64), up.double())
+    for name, g, r, p in zip(("grad hidden", "grad weight"), got, grads64, base):
+        assert_as_accurate(name, g, r, p)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(37, 16, 50, 8), (64, 32, 1001, 16), (5, 8, 13, 100)])  # N, d, V, chunk
 @pytest.mark.parametrize("options", [(0.0, 0.0), (0.1, 1e-3)])
@@ -31,34 +49,20 @@ def test_vs_unfused(dtype, shape, options):
     weight = (torch.randn(v, d) / d ** 0.5).to(dtype).requires_grad_()
     labels = torch.randint(0, v, (n,))
     labels[::7] = -100
-    loss = ops.linear_cross_entropy(hidden, weight, labels, label_smoothing=smoothing, z_loss=z, chunk_size=chunk)
-    want = _ref(hidden, weight, labels, smoothing, z)
-    grads = torch.autograd.grad(loss, (hidden, weight))
-    grads_ref = torch.autograd.grad(want, (hidden, weight))
-    if dtype == torch.float32:
-        torch.testing.assert_close(loss.double(), want, atol=1e-5, rtol=1e-5)
-        for g, r in zip(grads, grads_ref):
-            torch.testing.assert_close(g.double(), r.double(), atol=1e-6, rtol=1e-4)
-    else:  # bf16 logits: compare with the unfused bf16 head (the same rounding of the matmul)
-        logits = hidden @ weight.t()
-        unfused = ops.cross_entropy(logits, labels, label_smoothing=smoothing, z_loss=z)
-        torch.testing.assert_close(loss, unfused, atol=1e-4, rtol=1e-4)
-        for g, r in zip(grads, torch.autograd.grad(unfused, (hidden, weight))):
-            torch.testing.assert_close(g.float(), r.float(), atol=2e-2, rtol=2e-2)
+    call = lambda: ops.linear_cross_entropy(hidden, weight, labels, label_smoothing=smoothing,  # noqa: E731
+                                            z_loss=z, chunk_size=chunk)
+    # bf16: the plain reference rounds its logits to bf16, as the unfused bf16 head does
+    _assert_as_accurate_as_plain(call, lambda h, w: _ref(h, w, labels, smoothing, z), hidden, weight)
 
 
 def test_reduction_none_with_upstream_gradient_and_batch_shape():
     hidden = torch.randn(2, 9, 16, requires_grad=True)
     weight = torch.randn(40, 16, requires_grad=True)
     labels = torch.randint(0, 40, (2, 9))
-    got = ops.linear_cross_entropy(hidden, weight, labels, reduction="none", chunk_size=4)
-    assert got.shape == (2, 9)
-    want = _ref(hidden.view(-1, 16), weight, labels.view(-1), reduction="none").view(2, 9)
-    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
-    g = torch.rand(2, 9)
-    grads_ref = torch.autograd.grad(want, (hidden, weight), g.double())
-    for a, b in zip(torch.autograd.grad(got, (hidden, weight), g), grads_ref):
-        torch.testing.assert_close(a.double(), b.double(), atol=1e-5, rtol=1e-4)
+    call = lambda: ops.linear_cross_entropy(hidden, weight, labels, reduction="none", chunk_size=4)  # noqa: E731
+    assert call().shape == (2, 9)
+    oracle = lambda h, w: _ref(h.view(-1, 16), w, labels.view(-1), reduction="none").view(2, 9)  # noqa: E731
+    _assert_as_accurate_as_plain(call, oracle, hidden, weight, upstream=torch.rand(2, 9))
 
 
 def test_autocast_matches_autocast_linear():
@@ -110,19 +114,15 @@ def test_grads_in_forward_exact_and_falls_back_for_per_row_gradients(reduction):
     labels = torch.randint(0, 40, (30,))
     labels[4] = -100
     for mode in (True, False):
-        want = _ref(hidden, weight, labels, reduction=reduction)
-        loss = ops.linear_cross_entropy(hidden, weight, labels, reduction=reduction, chunk_size=7,
-                                        grads_in_forward=mode)
-        grads_ref = torch.autograd.grad(3 * want, (hidden, weight))
-        for a, b in zip(torch.autograd.grad(3 * loss, (hidden, weight)), grads_ref):
-            torch.testing.assert_close(a.double(), b.double(), atol=1e-5, rtol=1e-4)
+        call = lambda: ops.linear_cross_entropy(hidden, weight, labels, reduction=reduction,  # noqa: E731
+                                                chunk_size=7, grads_in_forward=mode)
+        _assert_as_accurate_as_plain(call, lambda h, w: _ref(h, w, labels, reduction=reduction), hidden, weight,
+                                     upstream=torch.tensor(3.0))
     # a caller that weights the rows itself: the op sees per-row gradients and recomputes
-    per_row = ops.linear_cross_entropy(hidden, weight, labels, reduction="none", grads_in_forward=True)
-    w = torch.rand(30)
-    got = torch.autograd.grad((per_row * w).sum(), (hidden, weight))
-    ref = torch.autograd.grad((_ref(hidden, weight, labels, reduction="none") * w.double()).sum(), (hidden, weight))
-    for a, b in zip(got, ref):
-        torch.testing.assert_close(a.double(), b.double(), atol=1e-5, rtol=1e-4)
+    call = lambda: ops.linear_cross_entropy(hidden, weight, labels, reduction="none",  # noqa: E731
+                                            grads_in_forward=True)
+    _assert_as_accurate_as_plain(call, lambda h, w: _ref(h, w, labels, reduction="none"), hidden, weight,
+                                 upstream=torch.rand(30))
 
 
 def test_fp64_gradcheck():

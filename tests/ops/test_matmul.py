@@ -11,6 +11,8 @@ from fastlm.nn import MLP, Linear
 from fastlm.ops import reference_matmul as reference
 from fastlm.ops._library import has_native_op
 
+from .accuracy import assert_as_accurate
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 ACTIVATIONS = [None, "gelu", "gelu_tanh", "silu"]
 SHAPES = [(1, 1, 1), (1, 17, 3), (3, 129, 17), (17, 3, 129), (129, 17, 1), (129, 129, 129), (2, 0, 5), (7, 1000, 33)]
@@ -23,15 +25,10 @@ def _f64(*ts):
 
 
 def _check_close(got, want64, lowp_ref, what="", terms=None):
-    """got's error against the fp64 result is at most 3x that of the low-precision reference plus
-    2 eps x the magnitude of the summed terms (`terms`: the result computed on absolute values)."""
-    eps = torch.finfo(got.dtype).eps
-    terms = want64.abs() if terms is None else terms
-    scale = terms.max().item() if terms.numel() else 0.0
-    err = (got.double() - want64).abs().max().item() if got.numel() else 0.0
-    ref_err = (lowp_ref.double() - want64).abs().max().item() if got.numel() else 0.0
-    assert got.dtype == lowp_ref.dtype and got.shape == want64.shape, what
-    assert err <= 3 * ref_err + 2 * eps * scale + 1e-30, f"{what}: error {err:.3g} vs reference {ref_err:.3g}"
+    """accuracy.py's criterion, its floor at the magnitude of the summed terms (`terms`: the result
+    computed on absolute values), where a dot product's rounding lives when its result cancels."""
+    assert got.dtype == lowp_ref.dtype, what
+    assert_as_accurate(what, got, want64, lowp_ref, scale=terms)
 
 
 def _inputs(m, k, n, dtype, bias=True, transposed=True, lead=()):
@@ -109,12 +106,12 @@ def test_activations_match_torch_and_extremes():
     for act, fn in (("gelu", F.gelu), ("gelu_tanh", lambda t: F.gelu(t, approximate="tanh")), ("silu", F.silu),
                     ("gelu_new", lambda t: F.gelu(t, approximate="tanh"))):
         got = ops.matmul(x[None], eye, None, act)[0]
-        torch.testing.assert_close(got, fn(x), atol=2e-6, rtol=1e-5)
-        xr = x.clone().requires_grad_()
+        assert_as_accurate(act, got, fn(x.double()), fn(x))  # against torch's activation in fp64 and fp32
         xg = x[None].clone().requires_grad_()
         (g_got,) = torch.autograd.grad(ops.matmul(xg, eye, None, act).sum(), xg)
-        (g_want,) = torch.autograd.grad(fn(xr).sum(), xr)
-        torch.testing.assert_close(g_got[0], g_want, atol=2e-6, rtol=1e-5)
+        leaves = (x.double().requires_grad_(), x.clone().requires_grad_())  # fp64 oracle, fp32 plain torch
+        grads = [torch.autograd.grad(fn(xr).sum(), xr)[0] for xr in leaves]
+        assert_as_accurate(f"{act} grad", g_got[0], *grads)
 
 
 @pytest.mark.parametrize("act", ["none", "gelu", "gelu_tanh", "silu"])

@@ -8,7 +8,8 @@ import fastlm.ops as ops
 from fastlm import _native
 from fastlm.ops import reference
 
-from .norm_cases import DTYPES, GRAD_W_TOL, HIDDEN_SIZES, close
+from .accuracy import assert_as_accurate, oracle_and_plain
+from .norm_cases import DTYPES, HIDDEN_SIZES
 
 
 def test_native_extension_is_loaded():
@@ -35,13 +36,13 @@ def test_rms_norm_forward_backward(dtype, n):
     g = torch.randn_like(y)
     gx, gw = torch.autograd.grad(y, (x, w), g)
 
-    y_ref = reference.rms_norm_fwd(x, w, 1e-6)[0]
-    gx_ref, gw_ref = torch.autograd.grad(y_ref, (x, w), g)
-    close(y, y_ref, dtype)
-    close(gx, gx_ref, dtype)
-    torch.testing.assert_close(gw, gw_ref, **GRAD_W_TOL)
-    if dtype == torch.float32:  # and the reference agrees with torch's own op
-        torch.testing.assert_close(y, F.rms_norm(x, (n,), w, 1e-6), atol=1e-5, rtol=1e-5)
+    (y64, (gx64, gw64)), (y_ref, (gx_ref, gw_ref)) = oracle_and_plain(
+        lambda a, b: reference.rms_norm_fwd(a, b, 1e-6)[0], x, w, grad=g)
+    assert_as_accurate("y", y, y64, y_ref)
+    assert_as_accurate("grad x", gx, gx64, gx_ref)
+    assert_as_accurate("grad weight", gw, gw64, gw_ref)
+    if dtype == torch.float32:  # and as accurate as torch's own op
+        assert_as_accurate("y vs torch", y, y64, F.rms_norm(x, (n,), w, 1e-6))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -52,14 +53,13 @@ def test_layer_norm_forward_backward(dtype, n):
     g = torch.randn_like(y)
     grads = torch.autograd.grad(y, (x, w, b), g)
 
-    y_ref = reference.layer_norm_fwd(x, w, b, 1e-5)[0]
-    grads_ref = torch.autograd.grad(y_ref, (x, w, b), g)
-    close(y, y_ref, dtype)
-    close(grads[0], grads_ref[0], dtype)
-    torch.testing.assert_close(grads[1], grads_ref[1], **GRAD_W_TOL)
-    torch.testing.assert_close(grads[2], grads_ref[2], **GRAD_W_TOL)
+    (y64, grads64), (y_ref, grads_ref) = oracle_and_plain(
+        lambda a, c, d: reference.layer_norm_fwd(a, c, d, 1e-5)[0], x, w, b, grad=g)
+    assert_as_accurate("y", y, y64, y_ref)
+    for name, got, want64, want in zip(("grad x", "grad weight", "grad bias"), grads, grads64, grads_ref):
+        assert_as_accurate(name, got, want64, want)
     if dtype == torch.float32:
-        torch.testing.assert_close(y, F.layer_norm(x, (n,), w, b, 1e-5), atol=1e-5, rtol=1e-5)
+        assert_as_accurate("y vs torch", y, y64, F.layer_norm(x, (n,), w, b, 1e-5))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -67,13 +67,19 @@ def test_low_precision_weights(dtype):
     """Weights in the activation dtype (a model cast to bf16/fp16): grads come back in that dtype."""
     x, w, b = _inputs((2, 6, 96), dtype, weight_dtype=dtype)
     y = ops.layer_norm(x, w, b)
-    gx, gw, gb = torch.autograd.grad(y.float().sum(), (x, w, b))
-    assert gw.dtype == dtype and gb.dtype == dtype
-    y_ref = reference.layer_norm_fwd(x, w, b, 1e-5)[0]
-    close(y, y_ref, dtype)
-    gx_ref, gw_ref, _ = torch.autograd.grad(y_ref.float().sum(), (x, w, b))
-    close(gx, gx_ref, dtype)
-    close(gw, gw_ref, dtype, atol=0.1, rtol=2e-2)
+    g = torch.ones_like(y)
+    grads = torch.autograd.grad(y, (x, w, b), g)
+    assert grads[1].dtype == dtype and grads[2].dtype == dtype
+    (y64, grads64), (y_ref, grads_ref) = oracle_and_plain(
+        lambda a, c, d: reference.layer_norm_fwd(a, c, d, 1e-5)[0], x, w, b, grad=g)
+    assert_as_accurate("y", y, y64, y_ref)
+    for name, got, want64, want in zip(("grad x", "grad weight", "grad bias"), grads, grads64, grads_ref):
+        assert_as_accurate(name, got, want64, want)
+
+
+def _assert_like_plain_torch(got, fn, *inputs):
+    (want64, _), (want, _) = oracle_and_plain(fn, *inputs)
+    assert_as_accurate("y", got, want64, want)
 
 
 def test_strided_inputs():
@@ -82,16 +88,16 @@ def test_strided_inputs():
     assert not x.is_contiguous()
     w = torch.randn(128)
     b = torch.randn(128)
-    torch.testing.assert_close(ops.rms_norm(x, w), reference.rms_norm_fwd(x, w, 1e-6)[0])
-    torch.testing.assert_close(ops.layer_norm(x, w, b), F.layer_norm(x, (128,), w, b, 1e-5), atol=1e-5, rtol=1e-5)
+    _assert_like_plain_torch(ops.rms_norm(x, w), lambda a, c: reference.rms_norm_fwd(a, c, 1e-6)[0], x, w)
+    _assert_like_plain_torch(ops.layer_norm(x, w, b), lambda a, c, d: F.layer_norm(a, (128,), c, d, 1e-5), x, w, b)
     xt = torch.randn(64, 32).t()  # transposed: last dim has stride 32
-    torch.testing.assert_close(ops.rms_norm(xt, None), reference.rms_norm_fwd(xt, torch.ones(64), 1e-6)[0])
+    _assert_like_plain_torch(ops.rms_norm(xt, None), lambda a: reference.rms_norm_fwd(a, torch.ones(64), 1e-6)[0], xt)
 
 
 def test_optional_weight_and_bias():
     x = torch.randn(4, 33, requires_grad=True)
-    torch.testing.assert_close(ops.layer_norm(x), F.layer_norm(x, (33,)), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ops.rms_norm(x), F.rms_norm(x, (33,), eps=1e-6), atol=1e-5, rtol=1e-5)
+    _assert_like_plain_torch(ops.layer_norm(x), lambda a: F.layer_norm(a, (33,)), x)
+    _assert_like_plain_torch(ops.rms_norm(x), lambda a: F.rms_norm(a, (33,), eps=1e-6), x)
     ops.rms_norm(x).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
@@ -202,4 +208,4 @@ def test_layer_norm_statistics_are_accurate_for_hard_rows(n):
     x[3] *= 1e-3  # tiny variance, close to eps
     w, b = torch.randn(n), torch.randn(n)
     expected = F.layer_norm(x.double(), (n,), w.double(), b.double(), 1e-5)
-    torch.testing.assert_close(ops.layer_norm(x, w, b).double(), expected, atol=2e-4, rtol=1e-4)
+    assert_as_accurate("y", ops.layer_norm(x, w, b), expected, F.layer_norm(x, (n,), w, b, 1e-5))

@@ -6,9 +6,9 @@ import fastlm.ops as ops
 from fastlm.nn.rope import rope_cos_sin
 from fastlm.ops import reference_rope as reference
 
+from .accuracy import assert_as_accurate
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
-       torch.float16: dict(atol=2e-3, rtol=2e-3)}
 
 
 def rotate_half(x):
@@ -37,15 +37,20 @@ def test_rope_matches_hf_and_grads(dtype, shape):
     cos, sin = rope_cos_sin(torch.arange(t) + 3, d, 10000.0)
     qr, kr = ops.rope(q, k, cos, sin)
     assert qr.dtype == dtype and qr.shape == q.shape
-    q_hf, k_hf = _hf_rope(q.transpose(1, 2), k.transpose(1, 2), cos.expand(b, t, -1), sin.expand(b, t, -1))
-    torch.testing.assert_close(qr.double(), q_hf.transpose(1, 2), **TOL[dtype])
-    torch.testing.assert_close(kr.double(), k_hf.transpose(1, 2), **TOL[dtype])
     gq, gk = torch.randn_like(qr), torch.randn_like(kr)
     dq, dk = torch.autograd.grad((qr, kr), (q, k), (gq, gk))
-    dq_ref, dk_ref = torch.autograd.grad((q_hf, k_hf), (q, k),
-                                         (gq.double().transpose(1, 2), gk.double().transpose(1, 2)))
-    torch.testing.assert_close(dq.double(), dq_ref.double(), **TOL[dtype])
-    torch.testing.assert_close(dk.double(), dk_ref.double(), **TOL[dtype])
+    # The float64 oracle: HF's formula; plain torch at the input dtype: the reference rotation.
+    q64, k64 = (t.detach().double().requires_grad_() for t in (q, k))
+    q_hf, k_hf = _hf_rope(q64.transpose(1, 2), k64.transpose(1, 2), cos.expand(b, t, -1), sin.expand(b, t, -1))
+    dq64, dk64 = torch.autograd.grad((q_hf, k_hf), (q64, k64),
+                                     (gq.double().transpose(1, 2), gk.double().transpose(1, 2)))
+    qp, kp = (t.detach().requires_grad_() for t in (q, k))
+    q_ref, k_ref = reference.rope_fwd(qp, cos, sin, False), reference.rope_fwd(kp, cos, sin, False)
+    dq_ref, dk_ref = torch.autograd.grad((q_ref, k_ref), (qp, kp), (gq, gk))
+    assert_as_accurate("q", qr, q_hf.transpose(1, 2), q_ref)
+    assert_as_accurate("k", kr, k_hf.transpose(1, 2), k_ref)
+    assert_as_accurate("grad q", dq, dq64, dq_ref)
+    assert_as_accurate("grad k", dk, dk64, dk_ref)
 
 
 def test_per_batch_angles_and_hf_layout():
@@ -58,7 +63,7 @@ def test_per_batch_angles_and_hf_layout():
     torch.testing.assert_close(qr, want)
     # and it is HF's rotation with per-batch angles
     q_hf, _ = _hf_rope(x, x, angles.cos(), angles.sin())
-    torch.testing.assert_close(qr.double(), q_hf.transpose(1, 2), atol=1e-5, rtol=1e-5)
+    assert_as_accurate("q", qr, q_hf.transpose(1, 2), want)
 
 
 def test_strided_qkv_views():
