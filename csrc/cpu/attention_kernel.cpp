@@ -203,13 +203,19 @@ FASTLM_MULTIVERSION void ds_tile(const float* p, float* dp, int64_t mr, const fl
   }
 }
 
-// sum(a * b), one product after the other from zero: the order in which gemm_acc sums dP = dO V^T,
-// so that delta = dO . O equals dP exactly when O is V (a query that sees a single key) and
-// dS = P (dP - delta) is exactly 0 there, as in plain torch's softmax backward.
-FASTLM_MULTIVERSION float dot_in_gemm_order(const float* a, const float* b, int64_t n) {
-  float acc = 0.f;
-  for (int64_t j = 0; j < n; ++j) acc += a[j] * b[j];
-  return acc;
+// out[r] = sum(a[r] * b[r]) for the kBlockQ rows (n floats each) of two tiles, each row summed one
+// product after the other from zero: the order in which gemm_acc sums dP = dO V^T, so that
+// delta = dO . O equals dP exactly when O is V (a query that sees a single key) and
+// dS = P (dP - delta) is exactly 0 there, as in plain torch's softmax backward. Eight rows at a
+// time, so that their chains overlap.
+FASTLM_MULTIVERSION void row_dots_in_gemm_order(const float* a, const float* b, int64_t n, float* out) {
+  for (int64_t r0 = 0; r0 < kBlockQ; r0 += 8) {
+    float acc[8] = {};
+    for (int64_t j = 0; j < n; ++j)
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) acc[i] += a[(r0 + i) * n + j] * b[(r0 + i) * n + j];
+    std::copy(acc, acc + 8, out + r0);
+  }
 }
 
 // ---------------------------------------------------------------- rows in and out of tensors
@@ -349,13 +355,18 @@ void forward_block(const Problem& p, const View& q, const View& k, const View& v
   float* tmp = corr + kBlockQ;  // dp
 
   load_q_transposed(p, q, b, h, i0, rows, qt, tmp);
+  const Range keys = key_range(p, i0, i0 + rows - 1, qlen, klen);
+  const int64_t blocks = keys.lo <= keys.hi ? keys.hi / kBlockK - keys.lo / kBlockK + 1 : 0;
+  const bool fold = blocks > kFold;  // fewer blocks go straight into the totals
+  float* o_acc = fold ? o_lo : o;
+  float* l_acc = fold ? l_lo : l;
   std::fill(m, m + kBlockQ, kNegInf);
   std::fill(l, l + 2 * kBlockQ, 0.f);  // l, l_lo
-  std::fill(o, o + 2 * kBlockQ * dp, 0.f);  // o, o_lo
+  std::fill(o, o + mr * dp, 0.f);
+  if (fold) std::fill(o_lo, o_lo + mr * dp, 0.f);
   int64_t folded = 0;
 
-  const Range keys = key_range(p, i0, i0 + rows - 1, qlen, klen);
-  if (keys.lo <= keys.hi) {
+  if (blocks > 0) {
     for (int64_t kb = keys.lo / kBlockK; kb <= keys.hi / kBlockK; ++kb) {
       const int64_t j0 = kb * kBlockK, krows = std::min(kBlockK, klen - j0);
       // S^T = K (scale Q)^T: keys in rows, queries in lanes.
@@ -367,22 +378,24 @@ void forward_block(const Problem& p, const View& q, const View& k, const View& v
       for (int64_t r = 0; r < mr; ++r) {  // rows whose max moved: rescale what was summed so far
         if (corr[r] == 1.f) continue;
         scale_row(o + r * dp, dp, corr[r]);
-        scale_row(o_lo + r * dp, dp, corr[r]);
+        if (fold) scale_row(o_lo + r * dp, dp, corr[r]);
         l[r] *= corr[r];
         l_lo[r] *= corr[r];
       }
       // O += P V, reading P^T with strides.
       const Rows vr = kv_rows(p, v, v_rows, b, g, kb, krows, false, nullptr);
-      gemm_acc(mr, dp, krows, st, 1, kBlockQ, vr.data, vr.ld, o_lo, dp, true);
-      add_rows(l_lo, bsum, mr);
-      if (++folded % kFold == 0) {
+      gemm_acc(mr, dp, krows, st, 1, kBlockQ, vr.data, vr.ld, o_acc, dp, true);
+      add_rows(l_acc, bsum, mr);
+      if (fold && ++folded % kFold == 0) {
         flush(l, l_lo, mr);
         flush(o, o_lo, mr * dp);
       }
     }
   }
-  add_rows(l, l_lo, mr);
-  add_rows(o, o_lo, mr * dp);
+  if (fold) {
+    add_rows(l, l_lo, mr);
+    add_rows(o, o_lo, mr * dp);
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const bool any = l[r] > 0.f;
     store_row(out, offset(out, p.q_start, b, i0 + r, h), d, o + r * dp, any ? 1.f / l[r] : 0.f, tmp);
@@ -446,22 +459,28 @@ void pack_q_block(const Problem& p, const View& q, const View& grad_out, const V
   float* dot = do_tiles + p.q_tile(h, b, qb);
   float* lr = lse_rows + p.q_row(h, b, qb);
   float* dr = delta_rows + p.q_row(h, b, qb);
-  float o[512];
+  const int64_t l0 = b * p.lse_batch_stride + h * p.lse_head_stride + p.q_start[b] + i0;  // lse of row 0
+  for (int64_t r = 0; r < kBlockQ; ++r) lr[r] = r < rows ? lse[l0 + r] : kNegInf;
+  // delta matters only where P can be nonzero: skipped for a block whose queries see no key.
+  const bool any = std::any_of(lr, lr + rows, [](float x) { return x != kNegInf; });
+  float o[kBlockQ * 256];  // O rows, dp <= 256
   for (int64_t r = 0; r < kBlockQ; ++r) {
     if (r >= rows) {
       std::fill(qt + r * dp, qt + (r + 1) * dp, 0.f);
       std::fill(dot + r * dp, dot + (r + 1) * dp, 0.f);
-      lr[r] = kNegInf;
-      dr[r] = 0.f;
+      if (any) std::fill(o + r * dp, o + (r + 1) * dp, 0.f);
       continue;
     }
     load_row(q, offset(q, p.q_start, b, i0 + r, h), d, dp, p.scale, qt + r * dp);
     load_row(grad_out, offset(grad_out, p.q_start, b, i0 + r, h), d, dp, 1.f, dot + r * dp);
-    load_row(out, offset(out, p.q_start, b, i0 + r, h), d, dp, 1.f, o);
-    const int64_t li = b * p.lse_batch_stride + h * p.lse_head_stride + p.q_start[b] + i0 + r;
-    lr[r] = lse[li];
-    dr[r] = dot_in_gemm_order(dot + r * dp, o, dp) - (grad_lse != nullptr ? grad_lse[li] : 0.f);
+    if (any) load_row(out, offset(out, p.q_start, b, i0 + r, h), d, dp, 1.f, o + r * dp);
   }
+  if (any)
+    row_dots_in_gemm_order(dot, o, dp, dr);  // 0 for the padding rows
+  else
+    std::fill(dr, dr + kBlockQ, 0.f);
+  if (grad_lse != nullptr)
+    for (int64_t r = 0; r < rows; ++r) dr[r] -= grad_lse[l0 + r];
 }
 
 void backward_blocks(const Problem& p, const float* q_tiles, const float* do_tiles, const float* lse_rows,
@@ -472,21 +491,25 @@ void backward_blocks(const Problem& p, const float* q_tiles, const float* do_til
   const int64_t qlen = p.q_len[b], klen = p.k_len[b], off = klen - qlen;
   float* s = ws;                            // kBlockQ x kBlockK: P
   float* dpm = s + kBlockQ * kBlockK;       // kBlockQ x kBlockK: dP, then dS
-  float* dk_acc = dpm + kBlockQ * kBlockK;  // kBlockK x dp each: dK and dV sums (hi, lo: see kFold)
-  float* dk_lo = dk_acc + kBlockK * dp;
-  float* dv_acc = dk_lo + kBlockK * dp;
-  float* dv_lo = dv_acc + kBlockK * dp;
+  float* dk_acc = dpm + kBlockQ * kBlockK;  // kBlockK x dp each: dK and dV sums (hi, then lo: see kFold)
+  float* dv_acc = dk_acc + kBlockK * dp;
+  float* dk_lo = dv_acc + kBlockK * dp;
+  float* dv_lo = dk_lo + kBlockK * dp;
   float* tmp = dv_lo + kBlockK * dp;        // dp
 
   for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
     const int64_t j0 = kb * kBlockK, krows = std::min(kBlockK, klen - j0);
     const int64_t tile = p.k_tile(g, b, kb);
-    std::fill(dk_acc, dk_acc + 4 * kBlockK * dp, 0.f);  // dk_acc, dk_lo, dv_acc, dv_lo
-    int64_t folded = 0;
     // The queries that see at least one key of this block.
     int64_t i_lo = 0, i_hi = qlen - 1;
     if (p.window_right >= 0) i_lo = std::max(i_lo, j0 - off - p.window_right);
     if (p.window_left >= 0) i_hi = std::min(i_hi, j0 + krows - 1 - off + p.window_left);
+    const int64_t blocks = i_lo <= i_hi ? p.group() * (i_hi / kBlockQ - i_lo / kBlockQ + 1) : 0;
+    const bool fold = blocks > kFold;  // fewer blocks go straight into the totals
+    float* dk_part = fold ? dk_lo : dk_acc;
+    float* dv_part = fold ? dv_lo : dv_acc;
+    std::fill(dk_acc, dk_acc + (fold ? 4 : 2) * kBlockK * dp, 0.f);  // dk_acc, dv_acc (, dk_lo, dv_lo)
+    int64_t folded = 0;
     for (int64_t h = g * p.group(); h < (g + 1) * p.group() && i_lo <= i_hi; ++h) {
       for (int64_t qb = i_lo / kBlockQ; qb <= i_hi / kBlockQ; ++qb) {
         const int64_t i0 = qb * kBlockQ, rows = std::min(kBlockQ, qlen - i0), mr = round_up(rows, 4);
@@ -499,20 +522,22 @@ void backward_blocks(const Problem& p, const float* q_tiles, const float* do_til
         if (!full)
           for (int64_t r = 0; r < rows; ++r) mask_row(p, s + r * kBlockK, i0 + r, j0, qlen, klen);
         exp_tile(s, rows, mr, lr);  // P
-        gemm_acc(kBlockK, dp, mr, s, 1, kBlockK, dot, dp, dv_lo, dp, true);               // dV += P^T dO
+        gemm_acc(kBlockK, dp, mr, s, 1, kBlockK, dot, dp, dv_part, dp, true);             // dV += P^T dO
         gemm_acc(mr, kBlockK, dp, dot, dp, 1, v_t + tile, kBlockK, dpm, kBlockK, false);  // dP = dO V^T
         ds_tile(s, dpm, mr, dr);  // dS = P * (dP - delta)
-        gemm_acc(kBlockK, dp, mr, dpm, 1, kBlockK, qt, dp, dk_lo, dp, true);  // dK += dS^T (scale Q)
+        gemm_acc(kBlockK, dp, mr, dpm, 1, kBlockK, qt, dp, dk_part, dp, true);  // dK += dS^T (scale Q)
         gemm_acc(mr, dp, kBlockK, dpm, kBlockK, 1, k_rows + tile, dp, dq_acc + p.q_tile(h, b, qb), dp,
                  true);  // dQ += dS K
-        if (++folded % kFold == 0) {
+        if (fold && ++folded % kFold == 0) {
           flush(dk_acc, dk_lo, kBlockK * dp);
           flush(dv_acc, dv_lo, kBlockK * dp);
         }
       }
     }
-    add_rows(dk_acc, dk_lo, kBlockK * dp);
-    add_rows(dv_acc, dv_lo, kBlockK * dp);
+    if (fold) {
+      add_rows(dk_acc, dk_lo, kBlockK * dp);
+      add_rows(dv_acc, dv_lo, kBlockK * dp);
+    }
     for (int64_t r = 0; r < krows; ++r) {
       store_row(dk, offset(dk, p.k_start, b, j0 + r, g), d, dk_acc + r * dp, 1.f, tmp);
       store_row(dv, offset(dv, p.k_start, b, j0 + r, g), d, dv_acc + r * dp, 1.f, tmp);
