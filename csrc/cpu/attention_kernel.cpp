@@ -192,6 +192,13 @@ FASTLM_MULTIVERSION void scale_row(float* x, int64_t n, float a) {
   for (int64_t j = 0; j < n; ++j) x[j] *= a;
 }
 
+// The first n values of `rows` rows, ld floats apart, times a.
+FASTLM_MULTIVERSION void scale_tile(float* x, int64_t rows, int64_t ld, int64_t n, float a) {
+  for (int64_t r = 0; r < rows; ++r)
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) x[r * ld + j] *= a;
+}
+
 // dS = P * (dP - delta) on a tile.
 FASTLM_MULTIVERSION void ds_tile(const float* p, float* dp, int64_t mr, const float* delta) {
   for (int64_t r = 0; r < mr; ++r) {
@@ -296,12 +303,12 @@ inline void mask_key_row(const Problem& p, float* st_row, int64_t pos, int64_t i
   }
 }
 
-// The scaled Q tile transposed (dp x kBlockQ: one query per lane), zero past head_dim and `rows`.
+// The Q tile transposed (dp x kBlockQ: one query per lane), zero past head_dim and `rows`.
 void load_q_transposed(const Problem& p, const View& q, int64_t b, int64_t h, int64_t i0, int64_t rows, float* qt,
                        float* tmp) {
   std::fill(qt, qt + p.dp * kBlockQ, 0.f);
   for (int64_t r = 0; r < rows; ++r) {
-    load_row(q, offset(q, p.q_start, b, i0 + r, h), p.head_dim, p.dp, p.scale, tmp);
+    load_row(q, offset(q, p.q_start, b, i0 + r, h), p.head_dim, p.dp, 1.f, tmp);
     for (int64_t c = 0; c < p.head_dim; ++c) qt[c * kBlockQ + r] = tmp[c];
   }
 }
@@ -342,7 +349,7 @@ void forward_block(const Problem& p, const View& q, const View& k, const View& v
   const int64_t i0 = qb * kBlockQ, rows = std::min(kBlockQ, qlen - i0);
   const int64_t lanes = round_up(rows, 16), mr = round_up(rows, 4);
   const int64_t g = h / p.group();
-  float* qt = ws;                     // dp x kBlockQ: scaled Q^T
+  float* qt = ws;                     // dp x kBlockQ: Q^T
   float* o = qt + kBlockQ * dp;       // kBlockQ x dp each: the output sum (hi, lo: see kFold)
   float* o_lo = o + kBlockQ * dp;
   float* kpad = o_lo + kBlockQ * dp;  // kBlockK x dp: a short last key block
@@ -369,9 +376,11 @@ void forward_block(const Problem& p, const View& q, const View& k, const View& v
   if (blocks > 0) {
     for (int64_t kb = keys.lo / kBlockK; kb <= keys.hi / kBlockK; ++kb) {
       const int64_t j0 = kb * kBlockK, krows = std::min(kBlockK, klen - j0);
-      // S^T = K (scale Q)^T: keys in rows, queries in lanes.
+      // S^T = scale (K Q^T): keys in rows, queries in lanes. Scaling the product (not Q) rounds as
+      // plain torch does, for any scale.
       const Rows kr = kv_rows(p, k, k_rows, b, g, kb, krows, true, kpad);
       gemm_acc(round_up(krows, 4), lanes, dp, kr.data, kr.ld, 1, qt, kBlockQ, st, kBlockQ, false);
+      scale_tile(st, krows, kBlockQ, lanes, p.scale);
       if (!block_fully_visible(p, i0, i0 + rows - 1, j0, qlen, klen))
         for (int64_t j = 0; j < krows; ++j) mask_key_row(p, st + j * kBlockQ, j0 + j, i0, qlen, klen);
       softmax_block(st, krows, lanes, m, corr, bsum);
@@ -471,7 +480,7 @@ void pack_q_block(const Problem& p, const View& q, const View& grad_out, const V
       if (any) std::fill(o + r * dp, o + (r + 1) * dp, 0.f);
       continue;
     }
-    load_row(q, offset(q, p.q_start, b, i0 + r, h), d, dp, p.scale, qt + r * dp);
+    load_row(q, offset(q, p.q_start, b, i0 + r, h), d, dp, 1.f, qt + r * dp);
     load_row(grad_out, offset(grad_out, p.q_start, b, i0 + r, h), d, dp, 1.f, dot + r * dp);
     if (any) load_row(out, offset(out, p.q_start, b, i0 + r, h), d, dp, 1.f, o + r * dp);
   }
@@ -517,7 +526,8 @@ void backward_blocks(const Problem& p, const float* q_tiles, const float* do_til
         const float* dot = do_tiles + p.q_tile(h, b, qb);
         const float* lr = lse_rows + p.q_row(h, b, qb);
         const float* dr = delta_rows + p.q_row(h, b, qb);
-        gemm_acc(mr, kBlockK, dp, qt, dp, 1, k_t + tile, kBlockK, s, kBlockK, false);  // S
+        gemm_acc(mr, kBlockK, dp, qt, dp, 1, k_t + tile, kBlockK, s, kBlockK, false);
+        scale_tile(s, mr, kBlockK, kBlockK, p.scale);  // S = scale (Q K^T)
         const bool full = block_fully_visible(p, i0, i0 + rows - 1, j0, qlen, klen);
         if (!full)
           for (int64_t r = 0; r < rows; ++r) mask_row(p, s + r * kBlockK, i0 + r, j0, qlen, klen);
@@ -525,7 +535,7 @@ void backward_blocks(const Problem& p, const float* q_tiles, const float* do_til
         gemm_acc(kBlockK, dp, mr, s, 1, kBlockK, dot, dp, dv_part, dp, true);             // dV += P^T dO
         gemm_acc(mr, kBlockK, dp, dot, dp, 1, v_t + tile, kBlockK, dpm, kBlockK, false);  // dP = dO V^T
         ds_tile(s, dpm, mr, dr);  // dS = P * (dP - delta)
-        gemm_acc(kBlockK, dp, mr, dpm, 1, kBlockK, qt, dp, dk_part, dp, true);  // dK += dS^T (scale Q)
+        gemm_acc(kBlockK, dp, mr, dpm, 1, kBlockK, qt, dp, dk_part, dp, true);  // dK += dS^T Q (scaled at the end)
         gemm_acc(mr, dp, kBlockK, dpm, kBlockK, 1, k_rows + tile, dp, dq_acc + p.q_tile(h, b, qb), dp,
                  true);  // dQ += dS K
         if (fold && ++folded % kFold == 0) {
@@ -539,7 +549,7 @@ void backward_blocks(const Problem& p, const float* q_tiles, const float* do_til
       add_rows(dv_acc, dv_lo, kBlockK * dp);
     }
     for (int64_t r = 0; r < krows; ++r) {
-      store_row(dk, offset(dk, p.k_start, b, j0 + r, g), d, dk_acc + r * dp, 1.f, tmp);
+      store_row(dk, offset(dk, p.k_start, b, j0 + r, g), d, dk_acc + r * dp, p.scale, tmp);
       store_row(dv, offset(dv, p.k_start, b, j0 + r, g), d, dv_acc + r * dp, 1.f, tmp);
     }
   }

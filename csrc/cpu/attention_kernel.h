@@ -2,7 +2,7 @@
 // allocates, and spreads the work items below over threads.
 //
 // Forward, per (sequence, q head, block of kBlockQ queries): streamed blocks of kBlockK keys are
-// multiplied with the scaled, transposed Q tile into S^T (keys in rows, one query per vector lane, so
+// multiplied with the transposed Q tile into S^T (keys in rows, one query per vector lane, so
 // the softmax max/sum are vertical vector ops), masked where the block crosses the causal/window
 // boundary, and folded into the output with an online softmax; blocks that the mask hides entirely
 // are never visited. K and V are read as fp32 rows (converted per work item, or read in place).
@@ -84,7 +84,7 @@ inline bool can_read_kv_in_place(const Problem& p, const View& kv) {
   return kv.dtype == DType::kFloat && p.head_dim == p.dp;
 }
 
-// Backward preparation of query block (b, h, qb): scale * Q and dO as fp32 tiles at p.q_tile(h, b, qb);
+// Backward preparation of query block (b, h, qb): Q and dO as fp32 tiles at p.q_tile(h, b, qb);
 // lse and delta = rowsum(dO * O) - grad_lse (grad_lse may be null) per row at p.q_row(h, b, qb).
 void pack_q_block(const Problem& p, const View& q, const View& grad_out, const View& out, const float* lse,
                   const float* grad_lse, int64_t b, int64_t h, int64_t qb, float* q_tiles, float* do_tiles,
