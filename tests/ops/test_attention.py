@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import fastlm.ops as ops
 from fastlm.ops import reference_attention as reference
 
-from .attention_cases import DTYPES, MASKS, SHAPES, check_attention, make_inputs, max_err
+from .accuracy import assert_as_accurate
+from .attention_cases import DTYPES, MASKS, SHAPES, check_attention, make_inputs, max_err, references
 
 
 def fast(q, k, v, **kw):
@@ -58,17 +59,17 @@ def test_varlen_equals_documents_one_by_one():
 @pytest.mark.parametrize("gqa", [1, 4])
 @pytest.mark.parametrize("causal", [False, True])
 def test_matches_torch_sdpa(causal, gqa):
-    """An independent implementation: torch SDPA (layout (B, H, S, D), top-left causal when Sq == Sk)."""
+    """An independent implementation: torch SDPA (layout (B, H, S, D), top-left causal when Sq == Sk), in
+    float64 as the oracle and in fp32 as the error to match."""
     q, k, v = make_inputs((2, 100, 100, 8, 8 // gqa, 64), torch.float32)
     out = ops.attention(q, k, v, causal=causal)
     g = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), g)
-    qs, ks, vs = (t.detach().transpose(1, 2).requires_grad_() for t in (q, k, v))
-    ref = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, enable_gqa=gqa > 1)
-    grads_ref = torch.autograd.grad(ref, (qs, ks, vs), g.transpose(1, 2))
-    torch.testing.assert_close(out, ref.transpose(1, 2), atol=2e-5, rtol=1e-5)
-    for got, want in zip(grads, grads_ref):
-        torch.testing.assert_close(got, want.transpose(1, 2), atol=5e-5, rtol=1e-5)
+    (out64, grads64), (out32, grads32) = (_sdpa_with_grads(q, k, v, g, dtype, is_causal=causal)
+                                          for dtype in (torch.float64, torch.float32))
+    assert_as_accurate("out", out, out64, out32)
+    for name, got, want64, want32 in zip(("dq", "dk", "dv"), grads, grads64, grads32):
+        assert_as_accurate(name, got, want64, want32)
 
 
 def test_bottom_right_causal_and_window_semantics():
@@ -99,21 +100,21 @@ def test_softmax_scale_and_strided_inputs():
     base = torch.randn(2, 4, 50, 3 * 40)  # (B, H, S, D') -> strided (B, S, H, D) views, no copy needed
     q, k, v = (base[..., i * 40:(i + 1) * 40].transpose(1, 2) for i in range(3))
     assert not q.is_contiguous()
-    out = ops.attention(q, k, v, softmax_scale=0.3, causal=True)
-    ref, _ = reference.attention(q, k, v, softmax_scale=0.3, causal=True)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    check_attention(fast, q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), softmax_scale=0.3, causal=True)
 
 
 def test_gradient_of_lse():
     """lse is differentiable too (d lse / d scores = P): checked against autograd of the reference."""
     q, k, v = make_inputs((1, 40, 50, 2, 1, 32), torch.float32)
     out, lse = ops.attention(q, k, v, causal=True, return_lse=True)
-    loss = (out * 0.5).sum() + lse.sin().sum()
-    grads = torch.autograd.grad(loss, (q, k, v))
-    out_r, lse_r = reference.attention(q, k, v, causal=True)
-    grads_r = torch.autograd.grad((out_r * 0.5).sum() + lse_r.sin().sum(), (q, k, v))
-    for got, want in zip(grads, grads_r):
-        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    grads = torch.autograd.grad((out * 0.5).sum() + lse.sin().sum(), (q, k, v))
+    refs = []
+    for dtype in (torch.float64, torch.float32):
+        qc, kc, vc = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+        out_r, lse_r = reference.attention(qc, kc, vc, causal=True, compute_dtype=dtype)
+        refs.append(torch.autograd.grad((out_r * 0.5).sum() + lse_r.sin().sum(), (qc, kc, vc)))
+    for name, got, want64, want32 in zip(("dq", "dk", "dv"), grads, *refs):
+        assert_as_accurate(name, got, want64, want32)
 
 
 def test_backward_is_deterministic():
@@ -204,17 +205,25 @@ def _sdpa(q, k, v, **kw):
     return out.transpose(1, 2)
 
 
+def _sdpa_with_grads(q, k, v, g, dtype, **kw):
+    """torch SDPA's out and q/k/v gradients, computed in dtype."""
+    qc, kc, vc = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+    out = _sdpa(qc, kc, vc, **kw)
+    return out.detach(), torch.autograd.grad(out, (qc, kc, vc), g.to(dtype))
+
+
 @pytest.mark.parametrize("head_dim", [4, 264])
 @pytest.mark.parametrize("causal, window", MASKS, ids=str)
 def test_head_sizes_the_kernels_lack_run_sdpa(head_dim, causal, window):
     """Same masks as the kernels (bottom-right causal with Sq < Sk, windows), GQA, gradients."""
     q, k, v = make_inputs((2, 9, 13, 4, 2, head_dim), torch.float32)
     out = ops.attention(q, k, v, causal=causal, window=window)
-    ref, _ = reference.attention(q, k, v, causal=causal, window=window)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     g = torch.randn_like(out)
-    for got, want in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    (out64, _, grads64), (out32, _, grads32) = references(q, k, v, g, causal=causal, window=window)
+    assert_as_accurate("out", out, out64, out32)
+    for name, got, want64, want32 in zip(("dq", "dk", "dv"), grads, grads64, grads32):
+        assert_as_accurate(name, got, want64, want32)
 
 
 @pytest.mark.parametrize("causal", [False, True])
