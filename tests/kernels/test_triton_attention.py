@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ..ops.accuracy import assert_as_accurate
 from ..ops.attention_cases import check_attention, make_inputs
 
 pytestmark = pytest.mark.triton
@@ -60,16 +61,20 @@ def test_triton_varlen(causal):
 def test_triton_matches_sdpa_and_grad_of_lse():
     q, k, v = make_inputs((1, 21, 21, 2, 2, 32), torch.float32)
     out, lse = triton_fn(q, k, v, causal=True)
-    qs, ks, vs = (t.detach().transpose(1, 2).requires_grad_() for t in (q, k, v))
-    ref = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
-    torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-5, rtol=1e-5)
+    # torch SDPA in float64 (the oracle) and in fp32 (the error to match)
+    sdpa = [F.scaled_dot_product_attention(*(t.detach().to(dtype).transpose(1, 2) for t in (q, k, v)), is_causal=True)
+            for dtype in (torch.float64, torch.float32)]
+    assert_as_accurate("out", out, *(s.transpose(1, 2) for s in sdpa))
     # d lse / d scores = P: the backward folds grad_lse into delta.
     from fastlm.ops import reference_attention as reference
     grads = torch.autograd.grad(out.sum() + lse.sum(), (q, k, v))
-    out_r, lse_r = reference.attention(q, k, v, causal=True)
-    grads_r = torch.autograd.grad(out_r.sum() + lse_r.sum(), (q, k, v))
-    for got, want in zip(grads, grads_r):
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    refs = []
+    for dtype in (torch.float64, torch.float32):
+        qc, kc, vc = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+        out_r, lse_r = reference.attention(qc, kc, vc, causal=True, compute_dtype=dtype)
+        refs.append(torch.autograd.grad(out_r.sum() + lse_r.sum(), (qc, kc, vc)))
+    for name, got, want64, want32 in zip(("dq", "dk", "dv"), grads, *refs):
+        assert_as_accurate(name, got, want64, want32)
 
 
 def test_triton_head_dims():
