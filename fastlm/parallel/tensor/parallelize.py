@@ -26,14 +26,12 @@ runs as one packed varlen sequence of its real tokens, whose length need not div
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
 from fastlm.parallel.tensor.collectives import gather_from_sequence, scatter_to_sequence
-from fastlm.parallel.tensor.cross_entropy import vocab_parallel_cross_entropy
 from fastlm.parallel.tensor.embedding import VocabParallelEmbedding
+from fastlm.parallel.tensor.head import VocabParallelHead
 from fastlm.parallel.tensor.layout import check_tp_layout
 from fastlm.parallel.tensor.linear import (
     ColumnParallelLinear,
@@ -125,13 +123,12 @@ def parallelize_tp(model: nn.Module, mesh, sequence_parallel: bool = False, seed
         head = getattr(head_owner, head_name)
         tied = head.weight is trunk.tok_emb.weight
         _check_linear(head, head_name)
-        head = ColumnParallelLinear.from_linear(head, group=group, input_mode=column_input)
+        # The head brings the vocab-parallel cross-entropy its slice of the logits needs (fastlm.nn.head).
+        head = VocabParallelHead.from_linear(head, group=group, input_mode=column_input)
         setattr(head_owner, head_name, head)
     trunk.tok_emb = VocabParallelEmbedding.from_embedding(trunk.tok_emb, group=group)
-    if head_owner is not None:
-        if tied:
-            head.weight = trunk.tok_emb.weight
-        model.loss_fn = functools.partial(vocab_parallel_cross_entropy, group=group, vocab_start=head.out_start)
+    if head_owner is not None and tied:
+        head.weight = trunk.tok_emb.weight
 
     if sp:
         trunk.drop = SequenceScatter(group, _dropout(trunk.drop, tracker, "sharded")
@@ -147,8 +144,6 @@ def parallelize_tp(model: nn.Module, mesh, sequence_parallel: bool = False, seed
         model.drop = _dropout(model.drop, tracker, "replicated")
 
     model.tp_size, model.tp_group, model.sequence_parallel, model.tp_rng = tp, group, sp, tracker
-    if isinstance(model, GPT):
-        model.generate = _no_generate  # its logits are vocabulary slices: sampling from them would be wrong
     reseed_default_per_tp_rank(mesh.tp_rank)
     return model
 
@@ -168,12 +163,6 @@ def _parts_to_split(model: nn.Module) -> tuple[nn.Module, nn.Module | None, str 
         return model.encoder, None, None
     raise TypeError(f"parallelize_tp: expected a fastlm GPT or encoder (Encoder, EncoderForMaskedLM, "
                     f"EncoderForSequenceClassification), got {type(model).__name__}")
-
-
-def _no_generate(*args, **kwargs):
-    raise NotImplementedError("generate on a tensor-parallel model: its logits are split over the vocabulary; "
-                              "load the weights into a plain GPT (fastlm.parallel.tensor.checkpoint.full_state_dict, "
-                              "or `fastlm generate RUN_DIR` on one process)")
 
 
 def _check_linear(module: nn.Module, name: str) -> None:
