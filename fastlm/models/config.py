@@ -1,4 +1,4 @@
-"""GPTConfig: the [model] section of a fastlm config. One config covers GPT-2 and LLaMA style models."""
+"""GPTConfig: the architecture of GPT-2 and LLaMA style models (the [model] keys of those families)."""
 from __future__ import annotations
 
 import dataclasses

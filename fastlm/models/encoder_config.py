@@ -1,7 +1,7 @@
 """EncoderConfig: the architecture of a BERT / RoBERTa / ALBERT style bidirectional encoder.
 
-Field names follow GPTConfig where they mean the same thing, so the [model] section of a training
-config holds either.
+Field names follow GPTConfig where they mean the same thing. These are the [model] keys of the
+encoder families in a training config (fastlm.train.model_section).
 """
 from __future__ import annotations
 

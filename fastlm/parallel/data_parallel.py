@@ -23,37 +23,28 @@ How it works:
   bucket in 16 bits, the collective runs in 16 bits, the result is cast back into the fp32 buffer.
 - shard_optimizer=True (ZeRO-1): buckets are reduce-scattered; `wrap_optimizer` gives an optimizer
   (zero.py) that holds and steps only this rank's 1/dp of every bucket (fp32 state), then
-  all-gathers the updated parameters bucket by bucket.
+  all-gathers the updated parameters bucket by bucket. It sees the layout (buckets.py) only through
+  params, param_names, shard_segments(), flat_grad() and all_gather_params().
 """
 from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from fastlm.parallel.buckets import Bucket, ShardSegment, bucket_segments, plan_buckets
 from fastlm.parallel.mesh import Mesh, _check_equal, record_collective, wait_work, weights_checksum
+from fastlm.parallel.zero import ShardedOptimizer
 
 # torch 2.13 renamed the flat-tensor collective (the old name warns); torch 2.6 has only the old one.
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 REDUCE_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
                  "float16": torch.float16, torch.bfloat16: torch.bfloat16, torch.float16: torch.float16}
-
-
-@dataclass
-class _Bucket:
-    index: int
-    dtype: torch.dtype
-    start: int                   # in the dtype's flat buffer
-    size: int                    # padded to a multiple of the world size
-    params: list[int] = field(default_factory=list)
-    grad: torch.Tensor | None = None      # view of the grad buffer
-    comm: torch.Tensor | None = None      # 16-bit copy for a low-precision reduce
-    shard_out: torch.Tensor | None = None  # reduce-scatter output (comm dtype)
 
 
 class DataParallel(nn.Module):
@@ -102,6 +93,7 @@ class DataParallel(nn.Module):
             self.set_shares(shares)
 
         self._no_sync = False
+        self._last_sync_sharded = False  # the last finish_grad_sync reduce-scattered
         self._layout_final = False    # becomes True once the observed order is known
         self._observed: list[int] = []
         self._build(list(reversed(range(len(self._params)))))
@@ -112,33 +104,9 @@ class DataParallel(nn.Module):
 
     def _build(self, order: list[int]) -> None:
         """Lay out buckets and buffers in `order` (the order the backward produces gradients)."""
-        old_views = getattr(self, "_views", None)
-        old_pviews = None
-        limit = max(1, int(self.bucket_mb * 2**20))
         W = self.world_size
-        buckets: list[_Bucket] = []
-        open_bucket: dict[torch.dtype, _Bucket] = {}
-        sizes: dict[torch.dtype, int] = {}
-        offsets = [0] * len(self._params)
-        for i in order:
-            p = self._params[i]
-            b = open_bucket.get(p.dtype)
-            if b is None:
-                b = _Bucket(index=-1, dtype=p.dtype, start=sizes.get(p.dtype, 0), size=0)
-                buckets.append(b)
-                open_bucket[p.dtype] = b
-            offsets[i] = b.start + b.size
-            b.size += p.numel()
-            b.params.append(i)
-            if b.size * p.element_size() >= limit:
-                b.size = -(-b.size // W) * W
-                sizes[p.dtype] = b.start + b.size
-                del open_bucket[p.dtype]
-        for b in open_bucket.values():
-            b.size = -(-b.size // W) * W
-            sizes[b.dtype] = b.start + b.size
-        for k, b in enumerate(buckets):
-            b.index = k
+        limit = max(1, int(self.bucket_mb * 2**20))
+        buckets, offsets, sizes = plan_buckets(self._params, order, limit, W)
         self._grad_buffers = {dt: torch.zeros(n, dtype=dt, device=self.device) for dt, n in sizes.items()}
         self._buckets = buckets
         self._bucket_of = [0] * len(self._params)
@@ -157,13 +125,12 @@ class DataParallel(nn.Module):
             if p.grad is not None:
                 self._views[i].copy_(p.grad)
                 p.grad = self._views[i]
-        del old_views, old_pviews
 
     def _reset_sync_state(self) -> None:
         self._ready = [False] * len(self._params)
         self._pending = [len(b.params) for b in self._buckets]
         self._next = 0
-        self._works: list[tuple[_Bucket, object, bool]] = []
+        self._works: list[tuple[Bucket, object, bool]] = []
         self._any_ready = False
 
     # ------------------------------------------------------------------ forward / hooks
@@ -182,8 +149,6 @@ class DataParallel(nn.Module):
             elif g.data_ptr() != v.data_ptr():
                 v.copy_(g)
                 p.grad = v
-            else:
-                continue
         if not missing:
             return
         if len(missing) == len(self._params):
@@ -225,7 +190,7 @@ class DataParallel(nn.Module):
             self._launch(self._buckets[self._next])
             self._next += 1
 
-    def _launch(self, b: _Bucket) -> None:
+    def _launch(self, b: Bucket) -> None:
         if self.world_size == 1:
             return
         sharded = self.shard_optimizer and self._layout_final
@@ -291,9 +256,7 @@ class DataParallel(nn.Module):
                 from fastlm.ops import cast_scale
 
                 cast_scale(b.comm, 1.0, out=b.grad)
-        self._last_sync_sharded = any(s for _, _, s in self._works)
-        if self.world_size == 1:
-            self._last_sync_sharded = False
+        self._last_sync_sharded = any(s for _, _, s in self._works)  # none launch with one rank
         self._reset_sync_state()
         if not self._layout_final:
             self._layout_final = True
@@ -328,10 +291,61 @@ class DataParallel(nn.Module):
         """The parameter names of each bucket, in launch order."""
         return [[self._names[i] for i in b.params] for b in self._buckets]
 
+    # ------------------------------------------------------------------ what ZeRO-1 uses (zero.py)
+
+    @property
+    def params(self) -> tuple[nn.Parameter, ...]:
+        """The parameters this wrapper synchronizes (those that require grad), in registration order."""
+        return tuple(self._params)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Their names in the wrapped module, same order as `params`."""
+        return tuple(self._names)
+
+    @property
+    def grads_sharded(self) -> bool:
+        """True when the last finish_grad_sync reduce-scattered: each rank holds the reduced
+        gradient of its shard of every bucket only (shard_optimizer=True, after the first step)."""
+        return self._last_sync_sharded
+
+    def shard_segments(self) -> list[ShardSegment]:
+        """This rank's shard of every bucket, as slices of the (flattened) parameters."""
+        numels = [p.numel() for p in self._params]
+        return [s for b in self._buckets for s in bucket_segments(b, self._offsets, numels, self.rank, self.world_size)]
+
+    def flat_grad(self, index: int) -> torch.Tensor:
+        """Parameter `index`'s gradient as a flat view of the gradient buffer (what its .grad is
+        re-attached to); valid as long as the bucket layout, fixed after the first synchronized backward."""
+        return self._views[index].view(-1)
+
+    @torch.no_grad()
+    def all_gather_params(self) -> None:
+        """After each rank updated its shard of the parameters: every rank sends its part of each
+        bucket, and all copy the whole bucket back into the parameters."""
+        numels = [p.numel() for p in self._params]
+        works = []
+        for b in self._buckets:
+            lo_b, hi_b = b.shard(self.rank, self.world_size)
+            full = torch.empty(b.size, dtype=b.dtype, device=self.device)
+            send = torch.zeros(hi_b - lo_b, dtype=b.dtype, device=self.device)
+            for i, _, lo, hi in bucket_segments(b, self._offsets, numels, self.rank, self.world_size):
+                start = self._offsets[i] - lo_b
+                send[start + lo:start + hi] = self._params[i].detach().view(-1)[lo:hi]
+            record_collective(f"all_gather of parameter bucket {b.index}")
+            works.append((b, full, _all_gather(full, send, group=self.group, async_op=True)))
+        for b, full, work in works:
+            wait_work(work, f"all_gather of parameter bucket {b.index}", self.ranks)
+            params = [self._params[i].detach() for i in b.params]
+            parts = [full[self._offsets[i] - b.start:self._offsets[i] - b.start + p.numel()].view_as(p)
+                     for i, p in zip(b.params, params)]
+            torch._foreach_copy_(params, parts)
+
+    # ------------------------------------------------------------------ clipping, local SGD, optimizer
+
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Global gradient-norm clipping (also when the gradients are sharded). Returns the norm."""
-        grads = [p.grad for p in self._params if p.grad is not None]
-        if not getattr(self, "_last_sync_sharded", False):
+        if not self._last_sync_sharded:
             return torch.nn.utils.clip_grad_norm_(self._params, max_norm)
         mine = [b.grad.chunk(self.world_size)[self.rank] for b in self._buckets]
         sq = torch.stack([c.float().pow(2).sum() for c in mine]).sum()
@@ -340,7 +354,6 @@ class DataParallel(nn.Module):
         total = sq.sqrt()
         coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
         torch._foreach_mul_(mine, coef)
-        del grads
         return total
 
     def average_parameters(self, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -368,8 +381,6 @@ class DataParallel(nn.Module):
         """The optimizer to step: itself, or with shard_optimizer=True its ZeRO-1 sharded version."""
         if not self.shard_optimizer or self.world_size == 1:
             return optimizer
-        from fastlm.parallel.zero import ShardedOptimizer  # zero.py builds on this module
-
         return ShardedOptimizer(self, optimizer)
 
     # the wrapped model's own API passes through

@@ -2,19 +2,36 @@
 its 1/dp shard of every gradient bucket, then the updated parameters are all-gathered."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from fastlm.parallel.mesh import record_collective, wait_work
+from fastlm.parallel.buckets import ShardSegment
+from fastlm.parallel.mesh import record_collective
 
-if TYPE_CHECKING:
-    from fastlm.parallel.data_parallel import DataParallel
 
-# torch 2.13 renamed the flat-tensor collective (the old name warns); torch 2.6 has only the old one.
-_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+class ShardedGradients(Protocol):
+    """What ZeRO-1 uses of the data-parallel wrapper (DataParallel implements it)."""
+
+    group: dist.ProcessGroup | None
+    rank: int
+    world_size: int
+
+    @property
+    def params(self) -> tuple[nn.Parameter, ...]: ...
+
+    @property
+    def param_names(self) -> tuple[str, ...]: ...
+
+    def finish_grad_sync(self) -> None: ...
+
+    def shard_segments(self) -> list[ShardSegment]: ...
+
+    def flat_grad(self, index: int) -> torch.Tensor: ...
+
+    def all_gather_params(self) -> None: ...
 
 
 class ShardedOptimizer:
@@ -28,10 +45,10 @@ class ShardedOptimizer:
 
     FORMAT = "fastlm-zero1"
 
-    def __init__(self, dp: DataParallel, optimizer: torch.optim.Optimizer):
+    def __init__(self, dp: ShardedGradients, optimizer: torch.optim.Optimizer):
         self.dp = dp
         self.base = optimizer
-        index = {id(p): i for i, p in enumerate(dp._params)}
+        index = {id(p): i for i, p in enumerate(dp.params)}
         self._group_of: dict[int, int] = {}
         for g, group in enumerate(optimizer.param_groups):
             for p in group["params"]:
@@ -49,30 +66,16 @@ class ShardedOptimizer:
     def state(self):
         return self.inner.state if self.inner is not None else {}
 
-    def _segments(self) -> list[tuple[int, int, int]]:
-        """(param index, start, end) within the param's flat elements that this rank owns."""
-        dp, W, r = self.dp, self.dp.world_size, self.dp.rank
-        segs = []
-        for b in dp._buckets:
-            lo_b = b.start + r * (b.size // W)
-            hi_b = lo_b + b.size // W
-            for i in b.params:
-                o, n = dp._offsets[i], dp._params[i].numel()
-                lo, hi = max(o, lo_b), min(o + n, hi_b)
-                if lo < hi:
-                    segs.append((i, lo - o, hi - o))
-        return segs
-
     def _build(self) -> None:
-        dp = self.dp
-        self._segs = self._segments()
+        dp, params = self.dp, self.dp.params
+        self._segs = [(i, lo, hi) for i, _, lo, hi in dp.shard_segments()]
         self._shard_params = []
         self._shard_grads = []
         groups = [{k: v for k, v in g.items() if k != "params"} | {"params": []} for g in self.base.param_groups]
         for i, lo, hi in self._segs:
-            p = nn.Parameter(dp._params[i].detach().view(-1)[lo:hi])  # a view: steps update the parameter
+            p = nn.Parameter(params[i].detach().view(-1)[lo:hi])  # a view: steps update the parameter
             self._shard_params.append(p)
-            self._shard_grads.append(dp._views[i].view(-1)[lo:hi])
+            self._shard_grads.append(dp.flat_grad(i)[lo:hi])
             groups[self._group_of.get(i, 0)]["params"].append(p)
         groups = [g for g in groups if g["params"]] or [groups[0] | {"params": [nn.Parameter(torch.zeros(1))]}]
         self.inner = type(self.base)(groups)  # every group carries all of its hyperparameters
@@ -93,34 +96,10 @@ class ShardedOptimizer:
         for p, g in zip(self._shard_params, self._shard_grads):
             p.grad = g
         self.inner.step(closure)
-        self._all_gather_params()
-
-    @torch.no_grad()
-    def _all_gather_params(self) -> None:
-        """Every rank sends its updated part of each bucket; all copy the whole bucket into the parameters."""
-        dp, W, r = self.dp, self.dp.world_size, self.dp.rank
-        works = []
-        for b in dp._buckets:
-            chunk = b.size // W
-            c0 = b.start + r * chunk
-            full = torch.empty(b.size, dtype=b.dtype, device=dp.device)
-            send = torch.zeros(chunk, dtype=b.dtype, device=dp.device)
-            for i in b.params:
-                o, n = dp._offsets[i], dp._params[i].numel()
-                lo, hi = max(o, c0), min(o + n, c0 + chunk)
-                if lo < hi:
-                    send[lo - c0:hi - c0] = dp._params[i].detach().view(-1)[lo - o:hi - o]
-            record_collective(f"all_gather of parameter bucket {b.index}")
-            works.append((b, full, _all_gather(full, send, group=dp.group, async_op=True)))
-        for b, full, work in works:
-            wait_work(work, f"all_gather of parameter bucket {b.index}", dp.ranks)
-            params = [dp._params[i].detach() for i in b.params]
-            parts = [full[dp._offsets[i] - b.start:dp._offsets[i] - b.start + p.numel()].view_as(p)
-                     for i, p in zip(b.params, params)]
-            torch._foreach_copy_(params, parts)
+        dp.all_gather_params()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.dp._params:
+        for p in self.dp.params:
             if set_to_none:
                 p.grad = None
             elif p.grad is not None:
@@ -137,7 +116,8 @@ class ShardedOptimizer:
                 return self._pending_state
             self._build()
         inner = self.inner.state_dict()
-        segs = [(self.dp._names[i], lo, hi) for i, lo, hi in self._segs]
+        names = self.dp.param_names
+        segs = [(names[i], lo, hi) for i, lo, hi in self._segs]
         state = {k: inner["state"][n] for k, n in self._inner_index.items() if n in inner["state"]}
         return {"format": self.FORMAT, "dp": self.dp.world_size, "rank": self.dp.rank, "segments": segs,
                 "state": state, "param_groups": [{k: v for k, v in g.items() if k != "params"}
@@ -167,7 +147,7 @@ class ShardedOptimizer:
         # Reassemble each parameter's full state from the shards, then cut out this rank's segments.
         full: dict[str, dict[str, torch.Tensor]] = {}
         scalars: dict[str, dict] = {}
-        numel = {n: p.numel() for n, p in zip(self.dp._names, self.dp._params)}
+        numel = {n: p.numel() for n, p in zip(self.dp.param_names, self.dp.params)}
         for shard in state["shards"]:
             for k, (name, lo, hi) in enumerate(shard["segments"]):
                 if name not in numel:
@@ -182,8 +162,9 @@ class ShardedOptimizer:
                         scalars.setdefault(name, {})[key] = v
         inner = self.inner.state_dict()
         new_state = {}
+        names = self.dp.param_names
         for k, (i, lo, hi) in enumerate(self._segs):
-            name = self.dp._names[i]
+            name = names[i]
             if name not in full and name not in scalars:
                 continue
             entry = {key: t[lo:hi].clone() for key, t in full.get(name, {}).items()}

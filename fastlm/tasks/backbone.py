@@ -1,6 +1,6 @@
 """The pretrained body of a task model: a GPT (decoder) or an Encoder, and what tasks need of it.
 
-    body = build_backbone(task_config)             # GPT or Encoder, maybe from model.init_from
+    body, tokenizer = build_backbone(task_config)  # GPT or Encoder, maybe from model.init_from
     h = hidden_states(body, ids, attention_mask)   # (B, T, d_model)
     emb = input_embedding(body)                    # the token embedding (adversarial training)
 
@@ -20,23 +20,21 @@ from fastlm.train.errors import ConfigError
 
 
 def build_backbone(tc: TaskConfig) -> tuple[nn.Module, Path | None]:
-    """(backbone, tokenizer.json of model.init_from or None)."""
-    cfg = tc.config
-    if cfg.model.is_encoder:
+    """(backbone, tokenizer.json of model.init_from or None). tc is left as it is: the architecture
+    init_from brought is the backbone's `config` (record it with tc.with_model_architecture)."""
+    m = tc.config.model
+    if m.is_encoder:
         from fastlm.models.encoder import Encoder
 
-        if cfg.model.init_from:
+        if m.init_from:
             raise ConfigError("model.init_from: not yet available for encoder task models "
                               "(train the encoder from scratch, or use a GPT run)")
-        return Encoder(cfg.model.encoder_config(), add_pooler=True), None
-    if cfg.model.init_from:
+        return Encoder(m.architecture(), add_pooler=True), None
+    if m.init_from:
         from fastlm.train.run import init_model_from
 
-        model, tokenizer = init_model_from(cfg.model.init_from)
-        for key, value in model.config.to_dict().items():
-            setattr(cfg.model, key, value)  # the resolved config records the architecture
-        return model, tokenizer
-    return GPT(cfg.model.gpt_config()), None
+        return init_model_from(m.init_from)
+    return GPT(m.architecture()), None
 
 
 def is_encoder(body: nn.Module) -> bool:

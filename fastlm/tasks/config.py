@@ -2,7 +2,7 @@
 
     [task]                      # e.g. classification
     train = "data/train.jsonl"  # or "demo:langid"
-    [model]                     # GPT (decoder) fields, or family = "bert" | "roberta" | "albert" (encoder)
+    [model]                     # the family's keys: GPT (decoder), or family = "bert" | "roberta" | "albert"
     [data]  vocab_size, tokenizer, seq_len (= the longest input)
     [train] steps, batch sizes, lr, precision, adversarial, ...
 
@@ -20,7 +20,8 @@ from typing import Any
 
 import tomllib
 
-from fastlm.train.config import Config, _build_section, apply_override, dumps_toml, parse_value
+from fastlm.train.config import (Config, _build_section, apply_override, dumps_toml, parse_value,
+                                 with_model_architecture)
 from fastlm.train.errors import ConfigError
 
 
@@ -33,6 +34,11 @@ class TaskConfig:
     def to_toml(self) -> str:
         """The resolved config, readable again by load_task_config."""
         return dumps_toml({"task": dataclasses.asdict(self.task), **self.config.to_dict()})
+
+    def with_model_architecture(self, model_config) -> "TaskConfig":
+        """A copy whose [model] records a built backbone's architecture (see with_model_architecture)."""
+        return dataclasses.replace(self, config=with_model_architecture(self.config, model_config),
+                                   task=copy.deepcopy(self.task))
 
 
 def demo_config_names() -> list[str]:

@@ -7,6 +7,7 @@ was expected, so the CLI can print it as is.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -20,43 +21,11 @@ from typing import Any
 
 import tomllib
 
-from fastlm.models import EncoderConfig, GPTConfig
-from fastlm.models.config import ENCODER_FAMILIES, FAMILIES
 from fastlm.train.errors import ConfigError
+from fastlm.train.model_section import DEFAULT_FAMILY, MODEL_SECTIONS, GPTSection, ModelSection
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LINEARS = ("default", "int8_train")
-
-
-@dataclass
-class ModelSection(GPTConfig):
-    """[model]: the GPTConfig fields, plus where to start from."""
-
-    # A fastlm run directory (config.toml + model.safetensors) or a Hugging Face checkpoint
-    # directory (config.json + safetensors). Its architecture replaces the fields above.
-    init_from: str | None = None
-    # How the linears train: "default" (float) or "int8_train" (SwitchBack int8 matmuls, applied to
-    # the built model by fastlm.quant.apply_int8_training; the weights stay a float nn.Linear's).
-    linear: str = "default"
-
-    # Encoder families (bert, roberta, albert) only; unset for GPT. See EncoderConfig.
-    embedding_size: int | None = None
-    type_vocab_size: int | None = None
-    pad_token_id: int | None = None
-    n_layer_groups: int | None = None
-
-    def gpt_config(self) -> GPTConfig:
-        return GPTConfig(**{f.name: getattr(self, f.name) for f in fields(GPTConfig)})
-
-    @property
-    def is_encoder(self) -> bool:
-        return self.family in ENCODER_FAMILIES
-
-    def encoder_config(self) -> EncoderConfig:
-        return EncoderConfig(**{f.name: getattr(self, f.name) for f in fields(EncoderConfig)})
-
-    def architecture(self) -> GPTConfig | EncoderConfig:
-        return self.encoder_config() if self.is_encoder else self.gpt_config()
 
 
 @dataclass
@@ -129,7 +98,7 @@ class CheckpointSection:
 
 @dataclass
 class Config:
-    model: ModelSection = field(default_factory=ModelSection)
+    model: ModelSection = field(default_factory=GPTSection)  # the family's section (model_section.py)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     parallel: ParallelSection = field(default_factory=ParallelSection)
@@ -156,17 +125,34 @@ class Config:
                 raise ConfigError(f"unknown section [{section}] (expected one of: {', '.join(SECTIONS)})")
             if not isinstance(raw[section], dict):
                 raise ConfigError(f"{section} = {_show(raw[section])}: expected a [{section}] table")
-        model_raw = dict(raw.get("model", {}))
-        data_raw = raw.get("data", {})
-        # The model's vocabulary and context follow [data] unless the config says otherwise.
-        # Encoders also need [MASK], [CLS], [SEP]: the ids after the tokenizer's (fastlm.data.masking).
-        extra = 3 if model_raw.get("family") in ENCODER_FAMILIES else 0
-        model_raw.setdefault("vocab_size", data_raw.get("vocab_size", DataSection.vocab_size) + extra)
-        model_raw.setdefault("max_seq_len", data_raw.get("seq_len", DataSection.seq_len))
         sections = {s: _build_section(s, SECTIONS[s], raw.get(s, {})) for s in SECTIONS if s != "model"}
-        config = cls(model=_build_section("model", ModelSection, model_raw), name=name, **sections)
+        config = cls(model=_build_model_section(raw.get("model", {}), sections["data"]), name=name, **sections)
         validate(config)
         return config
+
+
+def model_section_class(family: Any) -> type[ModelSection]:
+    """The [model] section class registered for a family (fastlm.train.model_section)."""
+    if isinstance(family, str) and family in MODEL_SECTIONS:
+        return MODEL_SECTIONS[family]
+    raise ConfigError(f"model.family = {_show(family)}: expected one of {', '.join(MODEL_SECTIONS)}")
+
+
+def _build_model_section(raw: dict[str, Any], data: DataSection) -> ModelSection:
+    """[model] as its family's section: `family` first, then only that family's keys."""
+    family = raw.get("family", DEFAULT_FAMILY)
+    section = model_section_class(family)
+    raw = {**section.defaults_from_data(data), **raw, "family": family}
+    return _build_section("model", section, raw, f" for model.family = {_show(family)}")
+
+
+def with_model_architecture(config: Config, model_config) -> Config:
+    """A copy of config whose [model] records a built model's architecture (model.config, e.g. what
+    model.init_from brought); the run keys stay. The config passed in is left as it was."""
+    section = model_section_class(model_config.family)
+    architecture = {f.name: getattr(model_config, f.name) for f in fields(section.ARCHITECTURE)}
+    run_keys = {f.name: getattr(config.model, f.name) for f in fields(ModelSection)}
+    return dataclasses.replace(copy.deepcopy(config), model=section(**architecture, **run_keys))
 
 
 SECTIONS: dict[str, type] = {
@@ -229,13 +215,14 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     table[name] = parse_value(value.strip())
 
 
-def _build_section(section: str, cls: type, raw: dict[str, Any]):
+def _build_section(section: str, cls: type, raw: dict[str, Any], owner: str = ""):
+    """cls(**raw), type-checked; owner says whose keys they are in errors (e.g. a model family)."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
-            raise ConfigError(f"unknown key {section}.{key} (expected one of: {', '.join(names)})")
+            raise ConfigError(f"unknown key {section}.{key}{owner} (expected one of: {', '.join(names)})")
         kwargs[key] = _check_type(f"{section}.{key}", value, hints[key])
     return cls(**kwargs)
 
@@ -328,13 +315,12 @@ def validate(config: Config) -> None:
     # Trainer.fit checks the split again against the real data-parallel size.
     unlaunched_shares = p.dp == "auto" and p.dp_shares is not None and "WORLD_SIZE" not in os.environ
     check_batch_split(config, len(p.dp_shares) if unlaunched_shares else config.dp_size())
-    if d.seq_len > config.model.max_seq_len:
-        raise ConfigError(f"data.seq_len = {d.seq_len}: expected at most model.max_seq_len = {config.model.max_seq_len}")
-    if d.vocab_size > config.model.vocab_size:
-        raise ConfigError(f"data.vocab_size = {d.vocab_size}: expected at most model.vocab_size = {config.model.vocab_size}")
-    if config.model.family not in FAMILIES + ENCODER_FAMILIES:
-        raise ConfigError(f"model.family = {_show(config.model.family)}: expected one of "
-                          f"{', '.join(FAMILIES + ENCODER_FAMILIES)}")
+    # A family without a context or vocabulary field (a vision model) skips these checks.
+    max_seq_len, vocab_size = getattr(config.model, "max_seq_len", None), getattr(config.model, "vocab_size", None)
+    if max_seq_len is not None and d.seq_len > max_seq_len:
+        raise ConfigError(f"data.seq_len = {d.seq_len}: expected at most model.max_seq_len = {max_seq_len}")
+    if vocab_size is not None and d.vocab_size > vocab_size:
+        raise ConfigError(f"data.vocab_size = {d.vocab_size}: expected at most model.vocab_size = {vocab_size}")
     try:
         config.model.architecture().validate()
     except (ValueError, TypeError) as e:
@@ -349,10 +335,11 @@ def _validate_masked_lm(config: Config) -> None:
     if not 0 < d.mask_prob < 1:
         raise ConfigError(f"data.mask_prob = {_show(d.mask_prob)}: expected a number between 0 and 1")
     if not m.is_encoder:
+        encoders = " | ".join(family for family, section in MODEL_SECTIONS.items() if section.is_encoder)
         for key, on in (("whole_word_mask", d.whole_word_mask), ("sentence_order", d.sentence_order)):
             if on:
                 raise ConfigError(f"data.{key} = true: only for masked-LM models (model.family = "
-                                  f"{' | '.join(ENCODER_FAMILIES)}), not {_show(m.family)}")
+                                  f"{encoders}), not {_show(m.family)}")
         return
     if d.pack:
         raise ConfigError(f"data.pack = true: only for GPT families, not model.family = {_show(m.family)}")
@@ -441,7 +428,7 @@ STAGE_BALANCES = ("params", "time")
 
 
 def _validate_pipeline(config: Config) -> None:
-    p, n_layer = config.parallel, config.model.n_layer
+    p, n_layer = config.parallel, getattr(config.model, "n_layer", None)
     if p.schedule not in PIPELINE_SCHEDULES:
         raise ConfigError(f"parallel.schedule = {_show(p.schedule)}: expected one of {', '.join(PIPELINE_SCHEDULES)}")
     if p.stage_balance not in STAGE_BALANCES:
@@ -454,7 +441,7 @@ def _validate_pipeline(config: Config) -> None:
                           f"\"interleaved\" (schedule is {_show(p.schedule)})")
     if p.pp == 1:
         return
-    if getattr(config.model, "is_encoder", False):
+    if config.model.is_encoder:
         raise ConfigError(f"parallel.pp = {p.pp}: pipeline parallelism splits GPT models only, not "
                           f"model.family = {_show(config.model.family)}")
     if config.train.precision == "fp16":

@@ -101,8 +101,8 @@ def build_model(config: Config):
     if config.model.is_encoder:
         from fastlm.models import EncoderForMaskedLM
 
-        return EncoderForMaskedLM(config.model.encoder_config(), sentence_order=config.data.sentence_order)
-    return GPT(config.model.gpt_config())
+        return EncoderForMaskedLM(config.model.architecture(), sentence_order=config.data.sentence_order)
+    return GPT(config.model.architecture())
 
 
 def masked_lm_model(model, sentence_order: bool = False):

@@ -6,9 +6,10 @@ import math
 import pytest
 import tomllib
 
-from fastlm.models import GPT, GPTConfig
+from fastlm.models import GPT, EncoderConfig, GPTConfig
 from fastlm.train import ConfigError, load_config, preset_names
-from fastlm.train.config import dumps_toml, parse_value
+from fastlm.train.config import dumps_toml, parse_value, with_model_architecture
+from fastlm.train.model_section import MODEL_SECTIONS, ModelSection, register_model_section
 from fastlm.train.optim import build_optimizer, lr_at
 
 
@@ -26,8 +27,8 @@ def test_presets_load_and_have_the_promised_shapes():
     # parameter counts from the real model class, built on the meta device (no memory)
     import torch
     with torch.device("meta"):
-        small = GPT(load_config("gpt2-small").model.gpt_config())
-        big = GPT(load_config("llama-1b").model.gpt_config())
+        small = GPT(load_config("gpt2-small").model.architecture())
+        big = GPT(load_config("llama-1b").model.architecture())
     assert small.family == "gpt2" and 120e6 < small.num_params() < 130e6
     assert big.family == "llama" and 0.9e9 < big.num_params() < 1.3e9
 
@@ -107,6 +108,85 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     again = load_config(tmp_path / "config.toml")
     assert again.to_dict() == c.to_dict()
     assert dumps_toml({"s": {"x": float("inf"), "y": None, "z": [True, 1.5]}}) == "[s]\nx = inf\nz = [true, 1.5]\n"
+
+
+def test_model_section_is_the_familys_own_config():
+    gpt, bert = load_config("tiny").model, load_config("bert-tiny").model
+    assert isinstance(gpt, GPTConfig) and not gpt.is_encoder and type(gpt.architecture()) is GPTConfig
+    assert isinstance(bert, EncoderConfig) and bert.is_encoder and type(bert.architecture()) is EncoderConfig
+    assert bert.vocab_size == 4096 + 3  # [MASK], [CLS], [SEP] after the tokenizer's ids
+    assert "embedding_size" not in gpt.to_dict() and "n_kv_head" not in bert.to_dict()
+    assert list(gpt.to_dict())[-2:] == ["init_from", "linear"]
+    # --set switches the family; the keys given must be the new family's
+    albert = load_config("bert-tiny", ["model.family=albert", "model.embedding_size=64"]).model
+    assert (albert.family, albert.embedding_size, albert.is_encoder) == ("albert", 64, True)
+    assert load_config("tiny", ["model.family=gpt2"]).model.family == "gpt2"
+
+
+@pytest.mark.parametrize("preset, override, family, allowed", [
+    ("tiny", "model.embedding_size=64", "llama", "n_kv_head"),
+    ("bert-tiny", "model.n_kv_head=2", "bert", "embedding_size"),
+    ("tiny", "model.family=bert", "bert", "n_layer_groups"),  # tiny's n_kv_head is no encoder key
+])
+def test_a_key_of_another_family_is_named_with_the_family(preset, override, family, allowed):
+    with pytest.raises(ConfigError, match=rf'unknown key model\.\w+ for model\.family = "{family}" '
+                                          rf'\(expected one of: family, .*{allowed}.*, init_from, linear\)') as info:
+        load_config(preset, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_encoder_config_round_trips_through_toml(tmp_path):
+    c = load_config("bert-tiny", ["model.family=roberta", "model.pad_token_id=1"])
+    (tmp_path / "config.toml").write_text(c.to_toml())
+    again = load_config(tmp_path / "config.toml")
+    assert type(again.model) is type(c.model) and again.to_dict() == c.to_dict()
+
+
+def test_with_model_architecture_copies_and_keeps_the_run_keys():
+    c = load_config("tiny", ["model.linear=int8_train"])
+    before = c.to_dict()
+    built = GPTConfig(family="gpt2", vocab_size=4096, n_layer=2, n_head=2, d_model=32).resolved()
+    out = with_model_architecture(c, built)
+    assert c.to_dict() == before  # the user's config is untouched
+    assert out.model.architecture() == built and out.model.linear == "int8_train"
+    assert out.train == c.train and out.train is not c.train
+    encoder = EncoderConfig(vocab_size=4099, n_layer=1, n_head=2, d_model=32).resolved()
+    switched = with_model_architecture(c, encoder)  # e.g. init_from brought an encoder
+    assert switched.model.is_encoder and switched.model.architecture() == encoder and not c.model.is_encoder
+
+
+def test_a_new_family_registers_its_section_with_one_call(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass
+    class ToyConfig:
+        family: str = "toy"
+        n_layer: int = 2
+        width: int = 8
+
+        def validate(self):
+            if self.width < 1:
+                raise ValueError(f"model.width = {self.width}: expected a positive integer")
+
+    @dataclass
+    class ToySection(ModelSection, ToyConfig):
+        ARCHITECTURE = ToyConfig
+
+    register_model_section(ToySection, "toy")
+    try:
+        path = tmp_path / "toy.toml"
+        path.write_text('[model]\nfamily = "toy"\nwidth = 16\n')
+        c = load_config(path)
+        assert type(c.model) is ToySection and c.model.architecture() == ToyConfig(width=16)
+        with pytest.raises(ConfigError, match=r'model.vocab_size for model.family = "toy" \(expected one of: '
+                                              r'family, n_layer, width, init_from, linear\)'):
+            load_config(path, ["model.vocab_size=5"])
+        with pytest.raises(ConfigError, match="model.width = 0: expected a positive integer"):
+            load_config(path, ["model.width=0"])
+        with pytest.raises(ValueError, match="registered already"):
+            register_model_section(ToySection, "toy")
+    finally:
+        del MODEL_SECTIONS["toy"]
 
 
 def test_lr_schedule_is_warmup_then_cosine_to_min_lr():

@@ -1,0 +1,89 @@
+"""The [model] section: the chosen family's own config class plus the keys about the run.
+
+`model.family` picks the class, so a gpt2 model takes GPTConfig's keys and a bert model
+EncoderConfig's; a key of another family is an error naming it. A new model family registers
+its section with one call:
+
+    @dataclass
+    class RecurrentSection(ModelSection, RecurrentConfig):
+        ARCHITECTURE = RecurrentConfig
+
+    register_model_section(RecurrentSection, "lstm", "gru")
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from fastlm.models import EncoderConfig, GPTConfig
+from fastlm.models.config import ENCODER_FAMILIES, FAMILIES
+
+if TYPE_CHECKING:
+    from fastlm.train.config import DataSection
+
+DEFAULT_FAMILY = "gpt2"  # [model] without a family key
+
+
+@dataclass
+class ModelSection:
+    """The run keys every family's section adds to its architecture config (subclass it first,
+    so that these keys come last in the written config.toml)."""
+
+    # A fastlm run directory (config.toml + model.safetensors) or a Hugging Face checkpoint
+    # directory (config.json + safetensors). Its architecture replaces the family's fields.
+    init_from: str | None = None
+    # How the linears train: "default" (float) or "int8_train" (SwitchBack int8 matmuls, applied to
+    # the built model by fastlm.quant.apply_int8_training; the weights stay a float nn.Linear's).
+    linear: str = "default"
+
+    ARCHITECTURE: ClassVar[type]          # the family's plain model config (GPTConfig, ...)
+    is_encoder: ClassVar[bool] = False    # a masked-LM encoder: pretrained on [MASK]ed tokens
+    SPECIAL_TOKENS: ClassVar[int] = 0     # ids the model needs after the tokenizer's
+
+    def architecture(self):
+        """The plain model config (e.g. GPTConfig) of these fields, without the run keys."""
+        return self.ARCHITECTURE(**{f.name: getattr(self, f.name) for f in fields(self.ARCHITECTURE)})
+
+    @classmethod
+    def defaults_from_data(cls, data: DataSection) -> dict[str, Any]:
+        """Fields that follow [data] unless [model] sets them: the vocabulary and the context
+        (for a family that has these fields)."""
+        follow = {"vocab_size": data.vocab_size + cls.SPECIAL_TOKENS, "max_seq_len": data.seq_len}
+        return {f.name: follow[f.name] for f in fields(cls) if f.name in follow}
+
+
+@dataclass
+class GPTSection(ModelSection, GPTConfig):
+    """[model] of the GPT families (gpt2, llama)."""
+
+    ARCHITECTURE = GPTConfig
+
+    def gpt_config(self) -> GPTConfig:  # the older name of architecture(), kept for callers using it
+        return self.architecture()
+
+
+@dataclass
+class EncoderSection(ModelSection, EncoderConfig):
+    """[model] of the masked-LM encoders (bert, roberta, albert)."""
+
+    ARCHITECTURE = EncoderConfig
+    is_encoder = True
+    SPECIAL_TOKENS = 3  # [MASK], [CLS], [SEP] follow the tokenizer's ids (fastlm.data.masking)
+
+
+# family -> its [model] section class, in the order errors list them
+MODEL_SECTIONS: dict[str, type[ModelSection]] = {}
+
+
+def register_model_section(section: type[ModelSection], *families: str) -> None:
+    """Make `model.family = <each of families>` read its [model] section as `section`."""
+    if not issubclass(section, ModelSection):
+        raise TypeError(f"{section.__name__} must subclass ModelSection (for the run keys)")
+    for family in families:
+        if family in MODEL_SECTIONS:
+            raise ValueError(f"model family {family!r} is registered already ({MODEL_SECTIONS[family].__name__})")
+        MODEL_SECTIONS[family] = section
+
+
+register_model_section(GPTSection, *FAMILIES)
+register_model_section(EncoderSection, *ENCODER_FAMILIES)
