@@ -167,3 +167,16 @@ def test_tensorboard_when_asked_for(tmp_path):
         Trainer(config, out_dir=out, show_progress=False).fit()
         assert any((out / "tensorboard").iterdir())
     assert (out / "metrics.jsonl").is_file()
+
+
+@pytest.mark.slow  # inductor compiles the block for about a minute on a CPU
+def test_compile_true_equals_the_eager_run(tmp_path):
+    from fastlm.train.metrics import read_metrics
+
+    runs = {}
+    for flag in ("false", "true"):
+        out = tmp_path / flag
+        Trainer(micro_config("model.dropout=0.0", f"train.compile={flag}", "checkpoint.every=0"), out_dir=out,
+                show_progress=False).fit()
+        runs[flag] = [r["loss"] for r in read_metrics(out) if "loss" in r]
+    assert runs["true"] == pytest.approx(runs["false"], rel=1e-4)
