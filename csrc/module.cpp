@@ -1,5 +1,6 @@
 // The Python module fastlm._C. It has no Python functions: importing it runs the static
-// TORCH_LIBRARY registrations, and the ops are then called as torch.ops.fastlm.*.
+// registrations (TORCH_LIBRARY_IMPL kernels for the schemas that fastlm/ops/schemas.py defines, and
+// a few native-only ops), and the ops are then called as torch.ops.fastlm.*.
 #include <Python.h>
 
 static struct PyModuleDef fastlm_module = {PyModuleDef_HEAD_INIT, "_C", "fastlm native ops (torch.ops.fastlm)", -1, nullptr};

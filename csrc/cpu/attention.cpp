@@ -1,5 +1,5 @@
-// Torch glue of the CPU FlashAttention kernels (attention_kernel.cpp): schemas, checks, packing,
-// threads. Work items (query blocks forward; chunks of key blocks backward) are handed out to
+// Torch glue of the CPU FlashAttention kernels (attention_kernel.cpp): checks, packing, threads
+// (the schemas are in fastlm/ops/schemas.py). Work items (query blocks forward; chunks of key blocks backward) are handed out to
 // torch's threads dynamically, most expensive first (causal blocks differ a lot in cost); each
 // item writes its own outputs, so the results do not depend on the schedule.
 #include <ATen/ATen.h>
@@ -326,19 +326,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(fastlm, m) {
-  // FlashAttention forward: (out, lse). Dense q (B, Sq, H, D), k/v (B, Sk, Hkv, D); with cu_seqlens
-  // (n + 1 offsets of packed sequences) q/k/v are (total, heads, D). lse is fp32 (B, H, Sq) or
-  // (H, total). window_* < 0: unbounded; causal is window_right = 0, aligned bottom-right.
-  m.def(
-      "attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens, int max_seqlen, float softmax_scale, "
-      "int window_left, int window_right) -> (Tensor, Tensor)");
-  m.def(
-      "attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? grad_lse, "
-      "Tensor? cu_seqlens, int max_seqlen, float softmax_scale, int window_left, int window_right) "
-      "-> (Tensor, Tensor, Tensor)");
-}
 
 TORCH_LIBRARY_IMPL(fastlm, CPU, m) {
   m.impl("attention_fwd", &attention_fwd);

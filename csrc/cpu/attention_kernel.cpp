@@ -57,16 +57,17 @@ static_assert(kBlockK == 64 && kBlockQ == 64, "the softmax tiles below are writt
 // C[MR x 16*NV] (+)= A[MR x K] B[K x 16*NV]. A is read with strides (lam per row, lak per k): the
 // transposed operands (P^T, dS^T) need no copy. The MR x NV accumulators are explicit vector values
 // so they stay in registers (6 x 4: 24 of the 32 AVX-512 registers); each k step broadcasts MR
-// values of A against NV vectors of B.
+// values of A against NV vectors of B. With add, A B is summed from zero and only then added to C
+// (see kFold: a block's terms are not rounded against C's running total).
 template <int MR, int NV>
 __attribute__((always_inline)) inline void tile(int64_t K, const float* __restrict__ A, int64_t lam, int64_t lak,
                                                 const float* __restrict__ B, int64_t ldb, float* __restrict__ C,
-                                                int64_t ldc, bool zero_init) {
+                                                int64_t ldc, bool add) {
   vec16 c[MR][NV];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) c[i][v] = zero_init ? vec16{} : load16(C + i * ldc + 16 * v);
+    for (int v = 0; v < NV; ++v) c[i][v] = vec16{};
   for (int64_t k = 0; k < K; ++k) {
     const float* b = B + k * ldb;
     vec16 bv[NV];
@@ -82,41 +83,41 @@ __attribute__((always_inline)) inline void tile(int64_t K, const float* __restri
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) store16(C + i * ldc + 16 * v, c[i][v]);
+    for (int v = 0; v < NV; ++v) store16(C + i * ldc + 16 * v, add ? load16(C + i * ldc + 16 * v) + c[i][v] : c[i][v]);
 }
 
 // Rows [m, m + MR) of C, all N columns (N a multiple of 16).
 template <int MR>
 __attribute__((always_inline)) inline void tile_rows(int64_t N, int64_t K, const float* A, int64_t lam, int64_t lak,
                                                      const float* B, int64_t ldb, float* C, int64_t ldc,
-                                                     bool zero_init) {
+                                                     bool add) {
   int64_t n = 0;
-  for (; n + 64 <= N; n += 64) tile<MR, 4>(K, A, lam, lak, B + n, ldb, C + n, ldc, zero_init);
+  for (; n + 64 <= N; n += 64) tile<MR, 4>(K, A, lam, lak, B + n, ldb, C + n, ldc, add);
   switch (N - n) {
-    case 48: tile<MR, 3>(K, A, lam, lak, B + n, ldb, C + n, ldc, zero_init); break;
-    case 32: tile<MR, 2>(K, A, lam, lak, B + n, ldb, C + n, ldc, zero_init); break;
-    case 16: tile<MR, 1>(K, A, lam, lak, B + n, ldb, C + n, ldc, zero_init); break;
+    case 48: tile<MR, 3>(K, A, lam, lak, B + n, ldb, C + n, ldc, add); break;
+    case 32: tile<MR, 2>(K, A, lam, lak, B + n, ldb, C + n, ldc, add); break;
+    case 16: tile<MR, 1>(K, A, lam, lak, B + n, ldb, C + n, ldc, add); break;
     default: break;
   }
 }
 
-// C[M x N] (+)= A[M x K] B[K x N] with M a multiple of 4 and N a multiple of 16: 6-row tiles, then
+// C[M x N] = A[M x K] B[K x N] (C += A B with add), with M a multiple of 4 and N a multiple of 16: 6-row tiles, then
 // 4-row tiles for the rest.
 FASTLM_MULTIVERSION void gemm_acc(int64_t M, int64_t N, int64_t K, const float* A, int64_t lam, int64_t lak,
-                                  const float* B, int64_t ldb, float* C, int64_t ldc, bool zero_init) {
+                                  const float* B, int64_t ldb, float* C, int64_t ldc, bool add) {
   const int64_t m6 = M / 12 * 12;  // an even number of 6-row tiles leaves a multiple of 4
   int64_t m = 0;
-  for (; m < m6; m += 6) tile_rows<6>(N, K, A + m * lam, lam, lak, B, ldb, C + m * ldc, ldc, zero_init);
-  for (; m < M; m += 4) tile_rows<4>(N, K, A + m * lam, lam, lak, B, ldb, C + m * ldc, ldc, zero_init);
+  for (; m < m6; m += 6) tile_rows<6>(N, K, A + m * lam, lam, lak, B, ldb, C + m * ldc, ldc, add);
+  for (; m < M; m += 4) tile_rows<4>(N, K, A + m * lam, lam, lak, B, ldb, C + m * ldc, ldc, add);
 }
 
 // Online-softmax step on a transposed score tile: st holds `keys` rows (one per key) of kBlockQ
 // query lanes, of which the first 16 * NV are live. Keeping queries in the vector lanes makes the
 // row max and sum plain vertical ops, with no horizontal reductions. st becomes P; the running max m
-// and sum l (per query lane) are updated; corr gets each lane's output rescale factor (exactly 1
-// where the max did not move).
+// (per query lane) is updated; corr gets each lane's rescale factor for what was summed before
+// (exactly 1 where the max did not move) and bsum the sum of this block's P alone.
 template <int NV>
-__attribute__((always_inline)) inline void softmax_cols(float* st, int64_t keys, float* m, float* l, float* corr) {
+__attribute__((always_inline)) inline void softmax_cols(float* st, int64_t keys, float* m, float* corr, float* bsum) {
   vec16 mx[NV], base[NV], sum[NV];
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) mx[v] = load16(m + 16 * v);
@@ -129,11 +130,10 @@ __attribute__((always_inline)) inline void softmax_cols(float* st, int64_t keys,
   }
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {
-    base[v] = mx[v] == splat16(kNegInf) ? vec16{} : mx[v];  // a lane that sees nothing yet: no NaN
-    const vec16 c = exp16(load16(m + 16 * v) - base[v]);    // old max -inf: 0
-    store16(corr + 16 * v, c);
-    sum[v] = load16(l + 16 * v) * c;
+    base[v] = mx[v] == splat16(kNegInf) ? vec16{} : mx[v];                // a lane that sees nothing yet: no NaN
+    store16(corr + 16 * v, exp16(load16(m + 16 * v) - base[v]));        // old max -inf: 0
     store16(m + 16 * v, mx[v]);
+    sum[v] = vec16{};
   }
   for (int64_t j = 0; j < keys; ++j) {
 #pragma GCC unroll 4
@@ -145,25 +145,35 @@ __attribute__((always_inline)) inline void softmax_cols(float* st, int64_t keys,
     }
   }
 #pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) store16(l + 16 * v, sum[v]);
+  for (int v = 0; v < NV; ++v) store16(bsum + 16 * v, sum[v]);
 }
 
-// softmax_cols on the first `lanes` query lanes (rounded up to 16); the output rows o (stride dp)
-// whose max moved are rescaled.
-FASTLM_MULTIVERSION void softmax_update(float* st, int64_t keys, int64_t lanes, float* m, float* l, float* corr,
-                                        float* o, int64_t dp) {
+// softmax_cols on the first `lanes` query lanes (rounded up to 16).
+FASTLM_MULTIVERSION void softmax_block(float* st, int64_t keys, int64_t lanes, float* m, float* corr, float* bsum) {
   switch (ceil_div(lanes, 16)) {
-    case 1: softmax_cols<1>(st, keys, m, l, corr); break;
-    case 2: softmax_cols<2>(st, keys, m, l, corr); break;
-    case 3: softmax_cols<3>(st, keys, m, l, corr); break;
-    default: softmax_cols<4>(st, keys, m, l, corr); break;
+    case 1: softmax_cols<1>(st, keys, m, corr, bsum); break;
+    case 2: softmax_cols<2>(st, keys, m, corr, bsum); break;
+    case 3: softmax_cols<3>(st, keys, m, corr, bsum); break;
+    default: softmax_cols<4>(st, keys, m, corr, bsum); break;
   }
-  for (int64_t r = 0; r < lanes; ++r) {
-    if (corr[r] == 1.f) continue;
-    float* orow = o + r * dp;
-    const vec16 c = splat16(corr[r]);
-    for (int64_t j = 0; j < dp; j += 16) store16(orow + j, load16(orow + j) * c);
-  }
+}
+
+// Accuracy of long sums: a block's product (or softmax sum) is computed from zero (gemm_acc with
+// add), added into a partial sum `lo` of the last kFold blocks, and `lo` into the total `hi` every
+// kFold blocks. One running accumulator would round every term against the whole total (20000
+// queries feeding one dV row: 20000 roundings at its largest magnitude); this way each value meets
+// the total once per kFold blocks, as in a blocked BLAS GEMM, at almost no cost.
+constexpr int64_t kFold = 16;
+
+FASTLM_MULTIVERSION void add_rows(float* dst, const float* src, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dst[j] += src[j];
+}
+
+// hi += lo; lo = 0 (n floats).
+void flush(float* hi, float* lo, int64_t n) {
+  add_rows(hi, lo, n);
+  std::fill(lo, lo + n, 0.f);
 }
 
 // P = exp(S - lse) on the rows of a score tile (masked entries are -inf and become 0); rows past
@@ -325,18 +335,22 @@ void forward_block(const Problem& p, const View& q, const View& k, const View& v
   const int64_t lanes = round_up(rows, 16), mr = round_up(rows, 4);
   const int64_t g = h / p.group();
   float* qt = ws;                     // dp x kBlockQ: scaled Q^T
-  float* o = qt + kBlockQ * dp;       // kBlockQ x dp
-  float* kpad = o + kBlockQ * dp;     // kBlockK x dp: a short last key block
+  float* o = qt + kBlockQ * dp;       // kBlockQ x dp each: the output sum (hi, lo: see kFold)
+  float* o_lo = o + kBlockQ * dp;
+  float* kpad = o_lo + kBlockQ * dp;  // kBlockK x dp: a short last key block
   float* st = kpad + kBlockK * dp;    // kBlockK x kBlockQ: S^T, then P^T
-  float* m = st + kBlockK * kBlockQ;  // kBlockQ each: running max, sum, rescale factors
+  float* m = st + kBlockK * kBlockQ;  // kBlockQ each: running max, softmax sum (hi, lo), block sum, rescale
   float* l = m + kBlockQ;
-  float* corr = l + kBlockQ;
+  float* l_lo = l + kBlockQ;
+  float* bsum = l_lo + kBlockQ;
+  float* corr = bsum + kBlockQ;
   float* tmp = corr + kBlockQ;  // dp
 
   load_q_transposed(p, q, b, h, i0, rows, qt, tmp);
   std::fill(m, m + kBlockQ, kNegInf);
-  std::fill(l, l + kBlockQ, 0.f);
-  std::fill(o, o + lanes * dp, 0.f);
+  std::fill(l, l + 2 * kBlockQ, 0.f);  // l, l_lo
+  std::fill(o, o + 2 * kBlockQ * dp, 0.f);  // o, o_lo
+  int64_t folded = 0;
 
   const Range keys = key_range(p, i0, i0 + rows - 1, qlen, klen);
   if (keys.lo <= keys.hi) {
@@ -344,15 +358,29 @@ void forward_block(const Problem& p, const View& q, const View& k, const View& v
       const int64_t j0 = kb * kBlockK, krows = std::min(kBlockK, klen - j0);
       // S^T = K (scale Q)^T: keys in rows, queries in lanes.
       const Rows kr = kv_rows(p, k, k_rows, b, g, kb, krows, true, kpad);
-      gemm_acc(round_up(krows, 4), lanes, dp, kr.data, kr.ld, 1, qt, kBlockQ, st, kBlockQ, true);
+      gemm_acc(round_up(krows, 4), lanes, dp, kr.data, kr.ld, 1, qt, kBlockQ, st, kBlockQ, false);
       if (!block_fully_visible(p, i0, i0 + rows - 1, j0, qlen, klen))
         for (int64_t j = 0; j < krows; ++j) mask_key_row(p, st + j * kBlockQ, j0 + j, i0, qlen, klen);
-      softmax_update(st, krows, lanes, m, l, corr, o, dp);
+      softmax_block(st, krows, lanes, m, corr, bsum);
+      for (int64_t r = 0; r < mr; ++r) {  // rows whose max moved: rescale what was summed so far
+        if (corr[r] == 1.f) continue;
+        scale_row(o + r * dp, dp, corr[r]);
+        scale_row(o_lo + r * dp, dp, corr[r]);
+        l[r] *= corr[r];
+        l_lo[r] *= corr[r];
+      }
       // O += P V, reading P^T with strides.
       const Rows vr = kv_rows(p, v, v_rows, b, g, kb, krows, false, nullptr);
-      gemm_acc(mr, dp, krows, st, 1, kBlockQ, vr.data, vr.ld, o, dp, false);
+      gemm_acc(mr, dp, krows, st, 1, kBlockQ, vr.data, vr.ld, o_lo, dp, true);
+      add_rows(l_lo, bsum, mr);
+      if (++folded % kFold == 0) {
+        flush(l, l_lo, mr);
+        flush(o, o_lo, mr * dp);
+      }
     }
   }
+  add_rows(l, l_lo, mr);
+  add_rows(o, o_lo, mr * dp);
   for (int64_t r = 0; r < rows; ++r) {
     const bool any = l[r] > 0.f;
     store_row(out, offset(out, p.q_start, b, i0 + r, h), d, o + r * dp, any ? 1.f / l[r] : 0.f, tmp);
@@ -364,7 +392,8 @@ void forward_block(const Problem& p, const View& q, const View& k, const View& v
 }  // namespace
 
 int64_t workspace_floats(const Problem& p) {
-  return 4 * kBlockQ * p.dp + 2 * kBlockQ * kBlockK + 2 * kBlockQ + 2 * kBlockK * p.dp + p.dp;
+  // The larger of forward_block's and backward_blocks' scratch (kBlockQ == kBlockK).
+  return 4 * kBlockQ * p.dp + 2 * kBlockQ * kBlockK + 6 * kBlockQ + p.dp;
 }
 
 void pack_kv_block(const Problem& p, const View& src, int64_t b, int64_t g, int64_t kb, float* rows,
@@ -439,17 +468,19 @@ void backward_blocks(const Problem& p, const float* q_tiles, const float* do_til
                      float* dq_acc, float* ws) {
   const int64_t dp = p.dp, d = p.head_dim;
   const int64_t qlen = p.q_len[b], klen = p.k_len[b], off = klen - qlen;
-  float* s = ws;                          // kBlockQ x kBlockK: P
-  float* dpm = s + kBlockQ * kBlockK;     // kBlockQ x kBlockK: dP, then dS
-  float* dk_acc = dpm + kBlockQ * kBlockK;  // kBlockK x dp
-  float* dv_acc = dk_acc + kBlockK * dp;  // kBlockK x dp
-  float* tmp = dv_acc + kBlockK * dp;     // dp
+  float* s = ws;                            // kBlockQ x kBlockK: P
+  float* dpm = s + kBlockQ * kBlockK;       // kBlockQ x kBlockK: dP, then dS
+  float* dk_acc = dpm + kBlockQ * kBlockK;  // kBlockK x dp each: dK and dV sums (hi, lo: see kFold)
+  float* dk_lo = dk_acc + kBlockK * dp;
+  float* dv_acc = dk_lo + kBlockK * dp;
+  float* dv_lo = dv_acc + kBlockK * dp;
+  float* tmp = dv_lo + kBlockK * dp;        // dp
 
   for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
     const int64_t j0 = kb * kBlockK, krows = std::min(kBlockK, klen - j0);
     const int64_t tile = p.k_tile(g, b, kb);
-    std::fill(dk_acc, dk_acc + kBlockK * dp, 0.f);
-    std::fill(dv_acc, dv_acc + kBlockK * dp, 0.f);
+    std::fill(dk_acc, dk_acc + 4 * kBlockK * dp, 0.f);  // dk_acc, dk_lo, dv_acc, dv_lo
+    int64_t folded = 0;
     // The queries that see at least one key of this block.
     int64_t i_lo = 0, i_hi = qlen - 1;
     if (p.window_right >= 0) i_lo = std::max(i_lo, j0 - off - p.window_right);
@@ -461,19 +492,25 @@ void backward_blocks(const Problem& p, const float* q_tiles, const float* do_til
         const float* dot = do_tiles + p.q_tile(h, b, qb);
         const float* lr = lse_rows + p.q_row(h, b, qb);
         const float* dr = delta_rows + p.q_row(h, b, qb);
-        gemm_acc(mr, kBlockK, dp, qt, dp, 1, k_t + tile, kBlockK, s, kBlockK, true);  // S
+        gemm_acc(mr, kBlockK, dp, qt, dp, 1, k_t + tile, kBlockK, s, kBlockK, false);  // S
         const bool full = block_fully_visible(p, i0, i0 + rows - 1, j0, qlen, klen);
         if (!full)
           for (int64_t r = 0; r < rows; ++r) mask_row(p, s + r * kBlockK, i0 + r, j0, qlen, klen);
         exp_tile(s, rows, mr, lr);  // P
-        gemm_acc(kBlockK, dp, mr, s, 1, kBlockK, dot, dp, dv_acc, dp, false);            // dV += P^T dO
-        gemm_acc(mr, kBlockK, dp, dot, dp, 1, v_t + tile, kBlockK, dpm, kBlockK, true);  // dP = dO V^T
+        gemm_acc(kBlockK, dp, mr, s, 1, kBlockK, dot, dp, dv_lo, dp, true);               // dV += P^T dO
+        gemm_acc(mr, kBlockK, dp, dot, dp, 1, v_t + tile, kBlockK, dpm, kBlockK, false);  // dP = dO V^T
         ds_tile(s, dpm, mr, dr);  // dS = P * (dP - delta)
-        gemm_acc(kBlockK, dp, mr, dpm, 1, kBlockK, qt, dp, dk_acc, dp, false);  // dK += dS^T (scale Q)
+        gemm_acc(kBlockK, dp, mr, dpm, 1, kBlockK, qt, dp, dk_lo, dp, true);  // dK += dS^T (scale Q)
         gemm_acc(mr, dp, kBlockK, dpm, kBlockK, 1, k_rows + tile, dp, dq_acc + p.q_tile(h, b, qb), dp,
-                 false);  // dQ += dS K
+                 true);  // dQ += dS K
+        if (++folded % kFold == 0) {
+          flush(dk_acc, dk_lo, kBlockK * dp);
+          flush(dv_acc, dv_lo, kBlockK * dp);
+        }
       }
     }
+    add_rows(dk_acc, dk_lo, kBlockK * dp);
+    add_rows(dv_acc, dv_lo, kBlockK * dp);
     for (int64_t r = 0; r < krows; ++r) {
       store_row(dk, offset(dk, p.k_start, b, j0 + r, g), d, dk_acc + r * dp, 1.f, tmp);
       store_row(dv, offset(dv, p.k_start, b, j0 + r, g), d, dv_acc + r * dp, 1.f, tmp);

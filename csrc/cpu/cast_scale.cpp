@@ -33,10 +33,7 @@ void cast_scale_(at::Tensor& out, const at::Tensor& x, double scale) {
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(fastlm, m) {
-  // out = scale * x, converted to out's dtype (fp32 math; fp32/bf16/fp16). Same number of elements.
-  m.def("cast_scale_(Tensor(a!) out, Tensor x, float scale) -> ()");
-}
+// Schema in fastlm/ops/schemas.py.
 
 TORCH_LIBRARY_IMPL(fastlm, CPU, m) { m.impl("cast_scale_", &cast_scale_); }
 

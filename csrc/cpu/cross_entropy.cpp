@@ -95,15 +95,7 @@ at::Tensor cross_entropy_bwd(const at::Tensor& grad_loss, const at::Tensor& logi
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(fastlm, m) {
-  // Per-row cross-entropy of logits (N, V) against labels (N,): (loss (N,) fp32, lse (N,) fp32),
-  // loss = lse - (1 - label_smoothing) x[label] - label_smoothing mean(x) + z_loss lse^2; 0 where ignored.
-  m.def("cross_entropy_fwd(Tensor logits, Tensor labels, int ignore_index, float label_smoothing, float z_loss) "
-        "-> (Tensor, Tensor)");
-  // grad_logits (N, V) in logits' dtype for per-row loss gradients grad_loss (N,).
-  m.def("cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor labels, Tensor lse, int ignore_index, "
-        "float label_smoothing, float z_loss) -> Tensor");
-}
+// Schemas in fastlm/ops/schemas.py.
 
 TORCH_LIBRARY_IMPL(fastlm, CPU, m) {
   m.impl("cross_entropy_fwd", &cross_entropy_fwd);

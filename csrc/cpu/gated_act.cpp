@@ -86,12 +86,7 @@ std::tuple<at::Tensor, at::Tensor> gated_act_bwd(const at::Tensor& grad_in, cons
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(fastlm, m) {
-  // out = act(gate) * up; act 0 = SiLU (SwiGLU), 1 = exact GELU, 2 = tanh GELU (GeGLU). fp32 math.
-  m.def("gated_act_fwd(Tensor gate, Tensor up, int act) -> Tensor");
-  // (grad_gate, grad_up), recomputing act(gate).
-  m.def("gated_act_bwd(Tensor grad, Tensor gate, Tensor up, int act) -> (Tensor, Tensor)");
-}
+// Schemas in fastlm/ops/schemas.py.
 
 TORCH_LIBRARY_IMPL(fastlm, CPU, m) {
   m.impl("gated_act_fwd", &gated_act_fwd);

@@ -267,14 +267,8 @@ std::vector<std::string> int8_cpu_kernels() {
 
 }  // namespace
 
+// int8_quantize, int8_matmul, int8_weight_matmul: schemas in fastlm/ops/schemas.py.
 TORCH_LIBRARY_FRAGMENT(fastlm, m) {
-  // x (R, K) contiguous float -> (q (R, K) int8, scale (R, K // group_size) fp32): symmetric absmax.
-  m.def("int8_quantize(Tensor x, int group_size) -> (Tensor, Tensor)");
-  // a (M, K) int8 @ b (K, N) int8 in int32, then * a_scale (M,) * b_scale (N,) + bias (N,) (fp32 vectors),
-  // in out_dtype; out_dtype int32 (no scales, no bias): the raw sums.
-  m.def("int8_matmul(Tensor a, Tensor b, Tensor? a_scale, Tensor? b_scale, Tensor? bias, ScalarType out_dtype) -> Tensor");
-  // x (M, K) float @ (w (N, K) int8 * w_scale (N, K // group_size) fp32)^T + bias (N,) fp32, in x's dtype.
-  m.def("int8_weight_matmul(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, int group_size) -> Tensor");
   // The CPU vector paths this machine runs, best first (for FASTLM_INT8_KERNEL).
   m.def("int8_cpu_kernels() -> str[]", &int8_cpu_kernels);
 }

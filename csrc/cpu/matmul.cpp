@@ -297,15 +297,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> matmul_bwd(const at::Tensor& grad
 // of their own (the fused LM head + loss) ask, to compute in fp32 where native 16 bits is slow.
 bool matmul_cpu_native16(at::ScalarType dtype) { return use_native_gemm(dtype); }
 
-TORCH_LIBRARY_FRAGMENT(fastlm, m) {
-  m.def("matmul_cpu_native16(ScalarType dtype) -> bool", &matmul_cpu_native16);
-  // out = act(a @ b + bias) (fp32 math); pre = a @ b + bias when act != "none" (else empty), for
-  // the backward. a (M, K), b (K, N) any strides, bias (N,) or None; fp32/bf16/fp16.
-  m.def("matmul_fwd(Tensor a, Tensor b, Tensor? bias, str activation) -> (Tensor, Tensor)");
-  // (grad_a, grad_b, grad_bias); a gradient that is not needed (or bias None) comes back empty.
-  m.def("matmul_bwd(Tensor grad_out, Tensor a, Tensor b, Tensor? bias, Tensor pre, str activation, "
-        "bool needs_grad_a, bool needs_grad_b) -> (Tensor, Tensor, Tensor)");
-}
+// matmul_fwd, matmul_bwd: schemas in fastlm/ops/schemas.py.
+TORCH_LIBRARY_FRAGMENT(fastlm, m) { m.def("matmul_cpu_native16(ScalarType dtype) -> bool", &matmul_cpu_native16); }
 
 TORCH_LIBRARY_IMPL(fastlm, CPU, m) {
   m.impl("matmul_fwd", &matmul_fwd);

@@ -177,6 +177,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(const at::Tensor& 
 
 }  // namespace
 
+// Schemas in fastlm/ops/schemas.py.
 TORCH_LIBRARY_IMPL(fastlm, CPU, m) {
   m.impl("rms_norm_fwd", &rms_norm_fwd);
   m.impl("rms_norm_bwd", &rms_norm_bwd);

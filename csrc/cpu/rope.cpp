@@ -56,11 +56,7 @@ at::Tensor rope_fwd(const at::Tensor& x_in, const at::Tensor& cos_in, const at::
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(fastlm, m) {
-  // Rotary embedding (rotate-half layout) of x (B, T, H, D) by angles cos/sin (T, D/2) or (B, T, D/2);
-  // inverse=True rotates back (the backward). fp32 math; output in x's dtype and layout.
-  m.def("rope_fwd(Tensor x, Tensor cos, Tensor sin, bool inverse) -> Tensor");
-}
+// Schema in fastlm/ops/schemas.py.
 
 TORCH_LIBRARY_IMPL(fastlm, CPU, m) { m.impl("rope_fwd", &rope_fwd); }
 

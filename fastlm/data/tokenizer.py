@@ -51,3 +51,29 @@ def find_eos_id(tok: Tokenizer, where: str = "tokenizer") -> int:
             return token_id
     raise ValueError(f"{where} has no end-of-text token (looked for "
                      f"{', '.join(EOS_CANDIDATES)}); add one as a special token")
+
+
+# The other special tokens of common tokenizers, looked up like EOS_CANDIDATES (for an HF export).
+BOS_CANDIDATES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>")
+PAD_CANDIDATES = ("<pad>", "[PAD]", "<|pad|>")
+UNK_CANDIDATES = ("<unk>", "[UNK]")
+ENCODER_CANDIDATES = {"pad_token": PAD_CANDIDATES, "unk_token": UNK_CANDIDATES, "cls_token": ("[CLS]", "<s>"),
+                      "sep_token": ("[SEP]", "</s>"), "mask_token": ("[MASK]", "<mask>")}
+
+
+def _first_token(tok: Tokenizer, candidates: Iterable[str]) -> str | None:
+    return next((t for t in candidates if tok.token_to_id(t) is not None), None)
+
+
+def special_tokens(tok: Tokenizer, encoder: bool = False, where: str = "tokenizer") -> dict[str, str]:
+    """The tokenizer's special tokens as Hugging Face names them ({"eos_token": "<|endoftext|>", ...}).
+
+    A causal LM gets bos/eos/unk/pad; one the tokenizer lacks is its end-of-text token, as in GPT-2
+    (and a pad of end-of-text lets batched generation work). An encoder gets the ones it has of
+    pad/unk/cls/sep/mask (fastlm's own [MASK]/[CLS]/[SEP] are ids after the vocabulary, not tokens)."""
+    if encoder:
+        found = {name: _first_token(tok, cands) for name, cands in ENCODER_CANDIDATES.items()}
+        return {name: t for name, t in found.items() if t is not None}
+    eos = tok.id_to_token(find_eos_id(tok, where))
+    return {"bos_token": _first_token(tok, BOS_CANDIDATES) or eos, "eos_token": eos,
+            "unk_token": _first_token(tok, UNK_CANDIDATES) or eos, "pad_token": _first_token(tok, PAD_CANDIDATES) or eos}

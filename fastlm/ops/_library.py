@@ -1,10 +1,11 @@
 """torch.library wiring shared by every fastlm op: schema, per-device kernels, fake kernel.
 
-Each op file (norms.py, ...) calls `register_op` once at import. The schema and the CPU kernel
-normally come from the C++ extension (TORCH_LIBRARY in csrc/); when the extension lacks the op,
-the schema is defined here with the plain-torch reference as the CPU kernel, so everything above
-works unchanged. CUDA tensors go to the Triton kernel (the reference when Triton is missing).
-Fake kernels let torch.compile trace the ops without running them.
+Each op file (norms.py, ...) calls `register_op` once at import. The schema comes from
+schemas.py, its only copy; the CPU kernel normally from the C++ extension (which registers
+kernels only, TORCH_LIBRARY_IMPL in csrc/). When the extension lacks the op, the plain-torch
+reference is the CPU kernel, so everything above works unchanged. CUDA tensors go to the Triton
+kernel (the reference when Triton is missing). Fake kernels let torch.compile trace the ops
+without running them.
 """
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import torch
 
 from fastlm import _native  # noqa: F401  (loads fastlm._C, which defines the native ops)
 from fastlm.ops._backend import triton_available
+from fastlm.ops.schemas import SCHEMAS
 
 _libraries: list[torch.library.Library] = []  # kept alive: dropping a Library unregisters it
+_fallbacks: set[str] = set()  # ops whose CPU kernel is the plain-torch reference
 
 
 def _library(kind: str) -> torch.library.Library:
@@ -25,6 +28,9 @@ def _library(kind: str) -> torch.library.Library:
 
 
 def has_native_op(name: str) -> bool:
+    """True when the compiled extension implements torch.ops.fastlm.<name> (not the plain-torch fallback)."""
+    if name in _fallbacks:
+        return False
     try:
         getattr(torch.ops.fastlm, name)
     except (AttributeError, RuntimeError):
@@ -32,24 +38,25 @@ def has_native_op(name: str) -> bool:
     return True
 
 
-def register_op(name: str, schema: str, *, reference: Callable, triton: Callable[[], Callable] | None,
-                fake: Callable) -> None:
-    """Makes torch.ops.fastlm.<name> usable on CPU and CUDA and traceable.
+def register_op(name: str, *, reference: Callable, triton: Callable[[], Callable] | None, fake: Callable) -> None:
+    """Defines torch.ops.fastlm.<name> from SCHEMAS[name] and makes it usable on CPU and CUDA and traceable.
 
-    schema must match the C++ one (it is used only when the extension lacks the op).
-    triton: returns the Triton launcher (imported lazily: Triton is optional).
+    The C++ CPU kernel, when the extension has one, is already registered (the dispatcher checks
+    its signature against the schema here). triton: returns the Triton launcher (imported lazily:
+    Triton is optional).
     """
-    if not has_native_op(name):
-        fallback = _library("FRAGMENT")
-        fallback.define(schema)
-        fallback.impl(name, reference, "CPU")
+    lib = _library("FRAGMENT")
+    lib.define(SCHEMAS[name])
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastlm::{name}", "CPU"):
+        lib.impl(name, reference, "CPU")
+        _fallbacks.add(name)
 
     def cuda_kernel(*args):
         if triton is not None and triton_available():
             return triton()(*args)
         return reference(*args)
 
-    _library("IMPL").impl(name, cuda_kernel, "CUDA")
+    lib.impl(name, cuda_kernel, "CUDA")
     torch.library.register_fake(f"fastlm::{name}")(fake)
 
 

@@ -21,15 +21,6 @@ from fastlm.ops._library import register_backward_op, register_op
 MIN_HEAD_DIM, MAX_HEAD_DIM = 8, 256
 
 # ---------------------------------------------------------------- registration (see _library.py)
-# Schemas as in csrc/cpu/attention.cpp. Dense q (B, Sq, H, D), k/v (B, Sk, Hkv, D); with cu_seqlens
-# q/k/v are (total, heads, D). window_* < 0: unbounded (causal is window_right = 0).
-# max_seqlen: the longest document with cu_seqlens (0: the kernel computes it).
-
-_FWD_SCHEMA = ("attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens, int max_seqlen, float softmax_scale, "
-               "int window_left, int window_right) -> (Tensor, Tensor)")
-_BWD_SCHEMA = ("attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-               "Tensor? grad_lse, Tensor? cu_seqlens, int max_seqlen, float softmax_scale, int window_left, "
-               "int window_right) -> (Tensor, Tensor, Tensor)")
 
 
 def _triton(name: str):
@@ -54,9 +45,9 @@ def _fake_bwd(grad_out, q, k, v, out, lse, grad_lse, cu_seqlens, max_seqlen, sof
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
-register_op("attention_fwd", _FWD_SCHEMA, reference=reference.attention_fwd, triton=_triton("attention_fwd"),
+register_op("attention_fwd", reference=reference.attention_fwd, triton=_triton("attention_fwd"),
             fake=_fake_fwd)
-register_op("attention_bwd", _BWD_SCHEMA, reference=reference.attention_bwd, triton=_triton("attention_bwd"),
+register_op("attention_bwd", reference=reference.attention_bwd, triton=_triton("attention_bwd"),
             fake=_fake_bwd)
 
 

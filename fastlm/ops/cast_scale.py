@@ -20,8 +20,7 @@ def _triton():
     return triton_cast_scale.cast_scale_
 
 
-register_op("cast_scale_", "cast_scale_(Tensor(a!) out, Tensor x, float scale) -> ()",
-            reference=reference.cast_scale_, triton=_triton, fake=lambda out, x, scale: None)
+register_op("cast_scale_", reference=reference.cast_scale_, triton=_triton, fake=lambda out, x, scale: None)
 
 
 def cast_scale(x: torch.Tensor, scale: float = 1.0, *, out: torch.Tensor | None = None,

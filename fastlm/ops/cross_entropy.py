@@ -36,14 +36,9 @@ def _fake_fwd(logits, labels, ignore_index, label_smoothing, z_loss):
     return logits.new_empty(n, dtype=torch.float32), logits.new_empty(n, dtype=torch.float32)
 
 
-register_op("cross_entropy_fwd",
-            "cross_entropy_fwd(Tensor logits, Tensor labels, int ignore_index, float label_smoothing, float z_loss) "
-            "-> (Tensor, Tensor)",
-            reference=reference.cross_entropy_fwd, triton=_triton("cross_entropy_fwd"), fake=_fake_fwd)
-register_op("cross_entropy_bwd",
-            "cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor labels, Tensor lse, int ignore_index, "
-            "float label_smoothing, float z_loss) -> Tensor",
-            reference=reference.cross_entropy_bwd, triton=_triton("cross_entropy_bwd"),
+register_op("cross_entropy_fwd", reference=reference.cross_entropy_fwd, triton=_triton("cross_entropy_fwd"),
+            fake=_fake_fwd)
+register_op("cross_entropy_bwd", reference=reference.cross_entropy_bwd, triton=_triton("cross_entropy_bwd"),
             fake=lambda grad_loss, logits, labels, lse, ii, ls, z: logits.new_empty(logits.shape))
 
 

@@ -32,10 +32,6 @@ MAX_K = 131071  # 128 * 128 * K must stay below 2^31 (exact int32 accumulation)
 CUDA_GEMV_MAX_ROWS = 8
 
 # ---------------------------------------------------------------- registration (see _library.py)
-# Schemas as in csrc/cpu/int8.cpp.
-_MATMUL_SCHEMA = ("int8_matmul(Tensor a, Tensor b, Tensor? a_scale, Tensor? b_scale, Tensor? bias, "
-                  "ScalarType out_dtype) -> Tensor")
-_W8A16_SCHEMA = "int8_weight_matmul(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, int group_size) -> Tensor"
 
 
 def _triton_matmul():
@@ -58,9 +54,9 @@ def _cuda_weight_matmul():
     return launch
 
 
-register_op("int8_matmul", _MATMUL_SCHEMA, reference=reference.int8_matmul, triton=_triton_matmul,
+register_op("int8_matmul", reference=reference.int8_matmul, triton=_triton_matmul,
             fake=lambda a, b, a_scale, b_scale, bias, out_dtype: a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype))
-register_op("int8_weight_matmul", _W8A16_SCHEMA, reference=reference.int8_weight_matmul, triton=_cuda_weight_matmul,
+register_op("int8_weight_matmul", reference=reference.int8_weight_matmul, triton=_cuda_weight_matmul,
             fake=lambda x, w, w_scale, bias, group_size: x.new_empty((x.shape[0], w.shape[0])))
 
 

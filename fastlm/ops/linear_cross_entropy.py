@@ -95,14 +95,6 @@ def _bwd(grad_loss, hidden, weight, labels, lse, grad_hidden_unit, grad_weight_u
     return grad_hidden, grad_weight.to(weight.dtype)
 
 
-_FWD_SCHEMA = ("linear_cross_entropy_fwd(Tensor hidden, Tensor weight, Tensor labels, int ignore_index, "
-               "float label_smoothing, float z_loss, int chunk_size, bool grads_in_forward) "
-               "-> (Tensor, Tensor, Tensor, Tensor)")
-_BWD_SCHEMA = ("linear_cross_entropy_bwd(Tensor grad_loss, Tensor hidden, Tensor weight, Tensor labels, Tensor lse, "
-               "Tensor grad_hidden_unit, Tensor grad_weight_unit, int ignore_index, float label_smoothing, "
-               "float z_loss, int chunk_size) -> (Tensor, Tensor)")
-
-
 def _fake_fwd(hidden, weight, labels, ignore_index, label_smoothing, z_loss, chunk_size, grads_in_forward):
     n = hidden.shape[0]
     grad_hidden, grad_weight = _unit_grads_buffers(hidden, weight, grads_in_forward)
@@ -111,8 +103,8 @@ def _fake_fwd(hidden, weight, labels, ignore_index, label_smoothing, z_loss, chu
 
 # No native op: the chunk loops above are the CPU and CUDA implementation (their matmuls are torch's,
 # their cross-entropy kernels fastlm's).
-register_op("linear_cross_entropy_fwd", _FWD_SCHEMA, reference=_fwd, triton=None, fake=_fake_fwd)
-register_op("linear_cross_entropy_bwd", _BWD_SCHEMA, reference=_bwd, triton=None,
+register_op("linear_cross_entropy_fwd", reference=_fwd, triton=None, fake=_fake_fwd)
+register_op("linear_cross_entropy_bwd", reference=_bwd, triton=None,
             fake=lambda g, hidden, weight, *rest: (torch.empty_like(hidden), torch.empty_like(weight)))
 
 

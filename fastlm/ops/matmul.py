@@ -26,7 +26,6 @@ ACTIVATION_ALIASES = {
 }
 
 # ---------------------------------------------------------------- registration (see _library.py)
-# Schemas as in csrc/cpu/matmul.cpp.
 
 
 def _triton(name: str):
@@ -50,11 +49,8 @@ def _fake_bwd(grad_out, a, b, bias, pre, activation, needs_grad_a, needs_grad_b)
     return grad_a, grad_b, grad_bias
 
 
-register_op("matmul_fwd", "matmul_fwd(Tensor a, Tensor b, Tensor? bias, str activation) -> (Tensor, Tensor)",
-            reference=reference.matmul_fwd, triton=_triton("matmul_fwd"), fake=_fake_fwd)
-register_op("matmul_bwd", "matmul_bwd(Tensor grad_out, Tensor a, Tensor b, Tensor? bias, Tensor pre, str activation, "
-            "bool needs_grad_a, bool needs_grad_b) -> (Tensor, Tensor, Tensor)",
-            reference=reference.matmul_bwd, triton=_triton("matmul_bwd"), fake=_fake_bwd)
+register_op("matmul_fwd", reference=reference.matmul_fwd, triton=_triton("matmul_fwd"), fake=_fake_fwd)
+register_op("matmul_bwd", reference=reference.matmul_bwd, triton=_triton("matmul_bwd"), fake=_fake_bwd)
 
 
 def _setup(ctx, inputs, output):

@@ -12,7 +12,6 @@ from fastlm.ops._backend import use_reference
 from fastlm.ops._library import register_backward_op, register_op
 
 # ---------------------------------------------------------------- registration (see _library.py)
-# Schemas as in csrc/registration.cpp.
 
 
 def _triton(name: str):
@@ -29,21 +28,16 @@ def _stat(x: torch.Tensor) -> torch.Tensor:
 
 
 register_op(
-    "rms_norm_fwd", "rms_norm_fwd(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)",
-    reference=reference.rms_norm_fwd, triton=_triton("rms_norm_fwd"),
+    "rms_norm_fwd", reference=reference.rms_norm_fwd, triton=_triton("rms_norm_fwd"),
     fake=lambda x, weight, eps: (torch.empty_like(x), _stat(x)))
 register_op(
-    "rms_norm_bwd", "rms_norm_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor rstd) -> (Tensor, Tensor)",
-    reference=reference.rms_norm_bwd, triton=_triton("rms_norm_bwd"),
+    "rms_norm_bwd", reference=reference.rms_norm_bwd, triton=_triton("rms_norm_bwd"),
     fake=lambda grad_y, x, weight, rstd: (torch.empty_like(x), torch.empty_like(weight)))
 register_op(
-    "layer_norm_fwd", "layer_norm_fwd(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor)",
-    reference=reference.layer_norm_fwd, triton=_triton("layer_norm_fwd"),
+    "layer_norm_fwd", reference=reference.layer_norm_fwd, triton=_triton("layer_norm_fwd"),
     fake=lambda x, weight, bias, eps: (torch.empty_like(x), _stat(x), _stat(x)))
 register_op(
-    "layer_norm_bwd",
-    "layer_norm_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor mean, Tensor rstd) -> (Tensor, Tensor, Tensor)",
-    reference=reference.layer_norm_bwd, triton=_triton("layer_norm_bwd"),
+    "layer_norm_bwd", reference=reference.layer_norm_bwd, triton=_triton("layer_norm_bwd"),
     fake=lambda grad_y, x, weight, mean, rstd: (torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)))
 
 

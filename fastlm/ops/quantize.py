@@ -29,9 +29,8 @@ def _fake(x, group_size):
             x.new_empty((x.shape[0], x.shape[1] // group_size), dtype=torch.float32))
 
 
-# x (R, K) contiguous float -> (q (R, K) int8, scale (R, K // group_size) fp32). Schema as in csrc/cpu/int8.cpp.
-register_op("int8_quantize", "int8_quantize(Tensor x, int group_size) -> (Tensor, Tensor)",
-            reference=reference.int8_quantize, triton=_triton, fake=_fake)
+# x (R, K) contiguous float -> (q (R, K) int8, scale (R, K // group_size) fp32).
+register_op("int8_quantize", reference=reference.int8_quantize, triton=_triton, fake=_fake)
 
 
 def _check_float(op: str, name: str, x) -> None:

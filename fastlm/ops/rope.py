@@ -27,8 +27,7 @@ def _fake(x, cos, sin, inverse):
     return torch.empty_like(x) if x.stride(-1) == 1 else torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-register_op("rope_fwd", "rope_fwd(Tensor x, Tensor cos, Tensor sin, bool inverse) -> Tensor",
-            reference=reference.rope_fwd, triton=_triton, fake=_fake)
+register_op("rope_fwd", reference=reference.rope_fwd, triton=_triton, fake=_fake)
 
 
 def _setup(ctx, inputs, output):

@@ -31,11 +31,9 @@ def _out(t: torch.Tensor) -> torch.Tensor:
     return torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
 
-register_op("gated_act_fwd", "gated_act_fwd(Tensor gate, Tensor up, int act) -> Tensor",
-            reference=reference.gated_act_fwd, triton=_triton("gated_act_fwd"),
+register_op("gated_act_fwd", reference=reference.gated_act_fwd, triton=_triton("gated_act_fwd"),
             fake=lambda gate, up, act: _out(gate))
-register_op("gated_act_bwd", "gated_act_bwd(Tensor grad, Tensor gate, Tensor up, int act) -> (Tensor, Tensor)",
-            reference=reference.gated_act_bwd, triton=_triton("gated_act_bwd"),
+register_op("gated_act_bwd", reference=reference.gated_act_bwd, triton=_triton("gated_act_bwd"),
             fake=lambda grad, gate, up, act: (_out(gate), _out(up)))
 
 

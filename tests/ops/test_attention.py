@@ -1,6 +1,6 @@
 """fastlm.ops.attention (C++ CPU FlashAttention kernels) against the float64 reference, torch SDPA,
 and torch.library's checks. Criterion: FlashAttention's (error <= 2x that of the same math in plain
-torch at the input dtype, plus a small epsilon); see attention_cases.py."""
+torch at the input dtype, plus a fraction of an ulp); see accuracy.py."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -176,6 +176,15 @@ def _q(shape=(2, 8, 4, 16), dtype=torch.float32):
 def test_bad_inputs_raise_clear_errors(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("seqlens", [(20000, 16), (16, 20000)], ids=str)
+def test_fp32_long_sums_as_accurate_as_plain_torch(seqlens, causal):
+    """Many queries over a few keys (each dK / dV row sums 20000 terms) and the reverse (out, the softmax
+    sum and dQ sum 20000 terms): fp32 within 2x of plain-torch fp32 against float64, with no floor."""
+    q, k, v = make_inputs((1, *seqlens, 2, 1, 64), torch.float32)
+    check_attention(fast, q, k, v, causal=causal, floor=0.0)
 
 
 def test_native_kernel_checks_inputs_directly():

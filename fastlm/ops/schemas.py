@@ -1,0 +1,67 @@
+"""The schema of every torch.ops.fastlm op that has a plain-torch fallback: written here once.
+
+fastlm/ops/_library.py defines these schemas (register_op). The C++ extension only registers
+kernels for them (TORCH_LIBRARY_IMPL in csrc/), and the dispatcher checks each C++ kernel's
+signature against the schema here; tests/ops/test_schemas.py checks it again, op by op.
+Native-only helpers without a fallback (int8_cpu_kernels, matmul_cpu_native16, the CUDA
+int8_gemv) are defined next to their C++ code instead.
+"""
+
+SCHEMAS = {
+    # RMSNorm / LayerNorm over the last dimension: (y, rstd) / (y, mean, rstd), statistics fp32 with
+    # shape x.shape[:-1].
+    "rms_norm_fwd": "rms_norm_fwd(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)",
+    "rms_norm_bwd": "rms_norm_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor rstd) -> (Tensor, Tensor)",
+    "layer_norm_fwd": "layer_norm_fwd(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor)",
+    "layer_norm_bwd": ("layer_norm_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor mean, Tensor rstd) "
+                       "-> (Tensor, Tensor, Tensor)"),
+    # Rotary embedding (rotate-half layout) of x (B, T, H, D) by angles cos/sin (T, D/2) or (B, T, D/2);
+    # inverse=True rotates back (the backward). fp32 math; output in x's dtype and layout.
+    "rope_fwd": "rope_fwd(Tensor x, Tensor cos, Tensor sin, bool inverse) -> Tensor",
+    # out = act(gate) * up; act 0 = SiLU (SwiGLU), 1 = exact GELU, 2 = tanh GELU (GeGLU). The backward
+    # returns (grad_gate, grad_up), recomputing act(gate).
+    "gated_act_fwd": "gated_act_fwd(Tensor gate, Tensor up, int act) -> Tensor",
+    "gated_act_bwd": "gated_act_bwd(Tensor grad, Tensor gate, Tensor up, int act) -> (Tensor, Tensor)",
+    # Per-row cross-entropy of logits (N, V) against labels (N,): (loss (N,) fp32, lse (N,) fp32),
+    # loss = lse - (1 - label_smoothing) x[label] - label_smoothing mean(x) + z_loss lse^2; 0 where
+    # ignored. The backward gives grad_logits (N, V) in logits' dtype for per-row grad_loss (N,).
+    "cross_entropy_fwd": ("cross_entropy_fwd(Tensor logits, Tensor labels, int ignore_index, float label_smoothing, "
+                          "float z_loss) -> (Tensor, Tensor)"),
+    "cross_entropy_bwd": ("cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor labels, Tensor lse, "
+                          "int ignore_index, float label_smoothing, float z_loss) -> Tensor"),
+    # Cross-entropy of hidden @ weight^T without the logits, in chunks of rows (no C++ kernel: the
+    # plain-torch composition is the CPU implementation). See linear_cross_entropy.py.
+    "linear_cross_entropy_fwd": ("linear_cross_entropy_fwd(Tensor hidden, Tensor weight, Tensor labels, "
+                                 "int ignore_index, float label_smoothing, float z_loss, int chunk_size, "
+                                 "bool grads_in_forward) -> (Tensor, Tensor, Tensor, Tensor)"),
+    "linear_cross_entropy_bwd": ("linear_cross_entropy_bwd(Tensor grad_loss, Tensor hidden, Tensor weight, "
+                                 "Tensor labels, Tensor lse, Tensor grad_hidden_unit, Tensor grad_weight_unit, "
+                                 "int ignore_index, float label_smoothing, float z_loss, int chunk_size) "
+                                 "-> (Tensor, Tensor)"),
+    # out = act(a @ b + bias) (fp32 math); pre = a @ b + bias when act != "none" (else empty), for the
+    # backward. a (M, K), b (K, N) any strides, bias (N,) or None. The backward returns (grad_a,
+    # grad_b, grad_bias); a gradient that is not needed (or bias None) comes back empty.
+    "matmul_fwd": "matmul_fwd(Tensor a, Tensor b, Tensor? bias, str activation) -> (Tensor, Tensor)",
+    "matmul_bwd": ("matmul_bwd(Tensor grad_out, Tensor a, Tensor b, Tensor? bias, Tensor pre, str activation, "
+                   "bool needs_grad_a, bool needs_grad_b) -> (Tensor, Tensor, Tensor)"),
+    # out = scale * x, converted to out's dtype (fp32 math). Same number of elements.
+    "cast_scale_": "cast_scale_(Tensor(a!) out, Tensor x, float scale) -> ()",
+    # x (R, K) contiguous float -> (q (R, K) int8, scale (R, K // group_size) fp32): symmetric absmax.
+    "int8_quantize": "int8_quantize(Tensor x, int group_size) -> (Tensor, Tensor)",
+    # a (M, K) int8 @ b (K, N) int8 in int32, then * a_scale (M,) * b_scale (N,) + bias (N,) (fp32
+    # vectors), in out_dtype; out_dtype int32 (no scales, no bias): the raw sums.
+    "int8_matmul": ("int8_matmul(Tensor a, Tensor b, Tensor? a_scale, Tensor? b_scale, Tensor? bias, "
+                    "ScalarType out_dtype) -> Tensor"),
+    # x (M, K) float @ (w (N, K) int8 * w_scale (N, K // group_size) fp32)^T + bias (N,) fp32, in x's dtype.
+    "int8_weight_matmul": ("int8_weight_matmul(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, int group_size) "
+                           "-> Tensor"),
+    # FlashAttention: (out, lse). Dense q (B, Sq, H, D), k/v (B, Sk, Hkv, D); with cu_seqlens (n + 1
+    # offsets of packed sequences) q/k/v are (total, heads, D). lse is fp32 (B, H, Sq) or (H, total).
+    # window_* < 0: unbounded; causal is window_right = 0, aligned bottom-right. max_seqlen: the
+    # longest document with cu_seqlens (0: the kernel computes it).
+    "attention_fwd": ("attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens, int max_seqlen, "
+                      "float softmax_scale, int window_left, int window_right) -> (Tensor, Tensor)"),
+    "attention_bwd": ("attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+                      "Tensor? grad_lse, Tensor? cu_seqlens, int max_seqlen, float softmax_scale, int window_left, "
+                      "int window_right) -> (Tensor, Tensor, Tensor)"),
+}
