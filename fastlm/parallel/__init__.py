@@ -6,9 +6,9 @@
 
     pm = parallelize(model, mesh, config)       # everything a run's config asks for, composed
 """
+from fastlm.parallel.apply import apply_activation_checkpointing, apply_compile
 from fastlm.parallel.data_parallel import DataParallel
 from fastlm.parallel.mesh import CollectiveError, Mesh, MeshError, current_mesh, destroy_mesh, init_mesh
-from fastlm.parallel.apply import apply_activation_checkpointing, apply_compile
 from fastlm.parallel.parallelize import (
     ParallelModel,
     apply_data_parallel,

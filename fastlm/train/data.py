@@ -26,7 +26,7 @@ def lm_batches(config, corpus, model_config, dp_rank: int = 0, dp_size: int = 1,
     """(this rank's training batch loader, the validation batches)."""
     t, d = config.train, config.data
     if config.model.is_encoder:  # masked-LM pretraining: [MASK], [CLS], [SEP] follow the tokenizer's ids
-        from fastlm.data.masking import MaskedLMLoader, masked_eval_batches
+        from fastlm.data.masking import MaskedLMLoader
 
         rule = masked_lm_rule(config, corpus, model_config.vocab_size)
         loader = MaskedLMLoader(corpus.train_tokens, rule=rule, seq_len=d.seq_len,

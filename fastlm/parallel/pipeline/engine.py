@@ -17,7 +17,6 @@ import datetime
 
 import torch
 import torch.distributed as dist
-
 from torch import nn
 
 from fastlm.parallel.mesh import Mesh, record_collective, wait_work

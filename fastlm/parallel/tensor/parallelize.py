@@ -71,7 +71,7 @@ def parallelize_tp(model: nn.Module, mesh, sequence_parallel: bool = False, seed
     (default: torch.initial_seed(), the seed the model was built with).
     """
     from fastlm.models import GPT
-    from fastlm.nn import MLP, Attention, LayerNorm, RMSNorm
+    from fastlm.nn import LayerNorm, RMSNorm
 
     trunk, head_owner, head_name = _parts_to_split(model)
     if getattr(model, "tp_size", 1) > 1:
@@ -92,32 +92,7 @@ def parallelize_tp(model: nn.Module, mesh, sequence_parallel: bool = False, seed
     column_input = "gathered" if sp else "replicated"
 
     for block in trunk.blocks:  # ALBERT: each shared block once
-        attn, mlp = block.attn, block.mlp
-        if not (isinstance(attn, Attention) and isinstance(mlp, MLP)):
-            raise TypeError(f"parallelize_tp: a block's attn/mlp are {type(attn).__name__}/{type(mlp).__name__}, "
-                            f"expected fastlm.nn Attention/MLP")
-        n_q, n_kv, hd = attn.n_head * attn.head_dim, attn.n_kv_head * attn.head_dim, attn.head_dim
-        _check_linear(attn.qkv, "attn.qkv")
-        if attn.n_kv_head % tp == 0:
-            attn.qkv = ColumnParallelLinear.from_linear(attn.qkv, group=group, input_mode=column_input,
-                                                        parts=[("q", n_q), ("k", n_kv), ("v", n_kv)])
-            local_kv = attn.n_kv_head // tp
-        else:  # fewer kv heads than ranks: each rank computes the one its q heads use
-            attn.qkv = GQAColumnParallelLinear.from_linear(attn.qkv, n_head=attn.n_head, n_kv_head=attn.n_kv_head,
-                                                           head_dim=hd, group=group, input_mode=column_input)
-            local_kv = 1
-        _check_linear(attn.proj, "attn.proj")
-        attn.proj = RowParallelLinear.from_linear(attn.proj, group=group, sequence_parallel=sp)
-        attn.n_head, attn.n_kv_head = attn.n_head // tp, local_kv
-        attn.resid_drop = _dropout(attn.resid_drop, tracker, stream)
-
-        _check_linear(mlp.fc, "mlp.fc")
-        parts = [("gate", mlp.d_ff), ("up", mlp.d_ff)] if mlp.gated else None
-        mlp.fc = ColumnParallelLinear.from_linear(mlp.fc, group=group, input_mode=column_input, parts=parts)
-        _check_linear(mlp.proj, "mlp.proj")
-        mlp.proj = RowParallelLinear.from_linear(mlp.proj, group=group, sequence_parallel=sp)
-        mlp.d_ff //= tp
-        mlp.drop = _dropout(mlp.drop, tracker, stream)
+        _split_block(block, group, tp, column_input, sp, lambda m: _dropout(m, tracker, stream))
 
     if head_owner is not None:  # the LM head (GPT) or MLM decoder: vocab-parallel, like the embedding
         head = getattr(head_owner, head_name)
@@ -146,6 +121,38 @@ def parallelize_tp(model: nn.Module, mesh, sequence_parallel: bool = False, seed
     model.tp_size, model.tp_group, model.sequence_parallel, model.tp_rng = tp, group, sp, tracker
     reseed_default_per_tp_rank(mesh.tp_rank)
     return model
+
+
+def _split_block(block: nn.Module, group, tp: int, column_input: str, sp: bool, dropout) -> None:
+    """Split one block's attention heads and MLP over the tp ranks (dropout: the stream's TPDropout maker)."""
+    from fastlm.nn import MLP, Attention
+
+    attn, mlp = block.attn, block.mlp
+    if not (isinstance(attn, Attention) and isinstance(mlp, MLP)):
+        raise TypeError(f"parallelize_tp: a block's attn/mlp are {type(attn).__name__}/{type(mlp).__name__}, "
+                        f"expected fastlm.nn Attention/MLP")
+    n_q, n_kv, hd = attn.n_head * attn.head_dim, attn.n_kv_head * attn.head_dim, attn.head_dim
+    _check_linear(attn.qkv, "attn.qkv")
+    if attn.n_kv_head % tp == 0:
+        attn.qkv = ColumnParallelLinear.from_linear(attn.qkv, group=group, input_mode=column_input,
+                                                    parts=[("q", n_q), ("k", n_kv), ("v", n_kv)])
+        local_kv = attn.n_kv_head // tp
+    else:  # fewer kv heads than ranks: each rank computes the one its q heads use
+        attn.qkv = GQAColumnParallelLinear.from_linear(attn.qkv, n_head=attn.n_head, n_kv_head=attn.n_kv_head,
+                                                       head_dim=hd, group=group, input_mode=column_input)
+        local_kv = 1
+    _check_linear(attn.proj, "attn.proj")
+    attn.proj = RowParallelLinear.from_linear(attn.proj, group=group, sequence_parallel=sp)
+    attn.n_head, attn.n_kv_head = attn.n_head // tp, local_kv
+    attn.resid_drop = dropout(attn.resid_drop)
+
+    _check_linear(mlp.fc, "mlp.fc")
+    parts = [("gate", mlp.d_ff), ("up", mlp.d_ff)] if mlp.gated else None
+    mlp.fc = ColumnParallelLinear.from_linear(mlp.fc, group=group, input_mode=column_input, parts=parts)
+    _check_linear(mlp.proj, "mlp.proj")
+    mlp.proj = RowParallelLinear.from_linear(mlp.proj, group=group, sequence_parallel=sp)
+    mlp.d_ff //= tp
+    mlp.drop = dropout(mlp.drop)
 
 
 def _parts_to_split(model: nn.Module) -> tuple[nn.Module, nn.Module | None, str | None]:
