@@ -123,11 +123,10 @@ def apply_tensor_parallel(model: nn.Module, mesh, sequence_parallel: bool, seq_l
     """parallelize_tp after checking the layout (heads, vocabulary, sequence) divides by tp."""
     from fastlm.parallel.tensor import check_tp_layout, parallelize_tp
 
-    try:
-        check_tp_layout(model.config, mesh.tp, sequence_parallel, seq_len)
-    except AttributeError:
+    if not hasattr(model, "config"):
         raise ValueError(f"parallel.tp = {mesh.tp}: {type(model).__name__} cannot be split over tensor-parallel "
-                         f"ranks (fastlm GPT and encoder models can)") from None
+                         f"ranks (fastlm GPT and encoder models can)")
+    check_tp_layout(model.config, mesh.tp, sequence_parallel, seq_len)
     try:
         return parallelize_tp(model, mesh, sequence_parallel=sequence_parallel, seed=seed)
     except TypeError as e:

@@ -207,6 +207,8 @@ def test_split_encoder_and_tied_embeddings():
 
 
 def test_shared_blocks_are_not_split():
+    import torch
+
     from fastlm.models import EncoderConfig, EncoderForMaskedLM
     from fastlm.parallel.pipeline import PipelineStage
 
@@ -214,3 +216,5 @@ def test_shared_blocks_are_not_split():
                                               embedding_size=16, max_seq_len=16))
     with pytest.raises(ValueError, match="shared blocks"):
         PipelineStage(albert, [2, 2], [0])
+    with pytest.raises(ValueError, match="Linear does not name its pipeline parts"):
+        PipelineStage(torch.nn.Linear(2, 2), [1], [0])

@@ -78,8 +78,8 @@ def _get(model: nn.Module, path: str) -> nn.Module | None:
 def layers_of(model: nn.Module):
     """The model's Layers container (model.pipeline_layers names it)."""
     if not hasattr(model, "pipeline_layers"):
-        raise TypeError(f"pipeline: {type(model).__name__} does not name its pipeline parts (pipeline_layers, "
-                        f"pipeline_first, pipeline_last); expected a fastlm GPT or EncoderForMaskedLM")
+        raise ValueError(f"pipeline: {type(model).__name__} does not name its pipeline parts (pipeline_layers, "
+                         f"pipeline_first, pipeline_last); fastlm GPT and EncoderForMaskedLM models can be split")
     layers = _get(model, model.pipeline_layers)
     if len(layers) != model.config.n_layer:
         raise ValueError(f"pipeline: this {model.config.family} model runs {len(layers)} shared blocks at "
