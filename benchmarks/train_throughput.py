@@ -17,6 +17,7 @@ without AVX512-BF16/AMX, the case where torch's bf16 training is many times slow
     python benchmarks/train_throughput.py --quick
     python benchmarks/train_throughput.py --family llama --d-model 512 --n-layer 8 --steps 20
     python benchmarks/train_throughput.py --family gpt2 --impls fastlm,torch_linear --no-native-bf16 --threads 1
+    python benchmarks/train_throughput.py --impls fastlm,fastlm_compiled --threads 1     # [train] compile
 
 On a machine shared with other jobs, pass --threads 1: with more OpenMP threads than free cores,
 a run can come out 10-20x slower than the same run a minute later (threads spin at barriers
@@ -51,8 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--repeats", type=int, default=1, help="run each pair this many times, keep the best tokens/s")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--impls", default="fastlm,hf", help="comma list of fastlm, torch_linear (fastlm with "
-                   "torch.nn.Linear), reference (fastlm on plain-PyTorch ops), hf")
+    p.add_argument("--impls", default="fastlm,hf", help="comma list of fastlm, fastlm_compiled (blocks compiled "
+                   "by torch.compile), torch_linear (fastlm with torch.nn.Linear), reference (fastlm on plain-PyTorch "
+                   "ops), hf")
     p.add_argument("--gemm16", default=None, choices=["auto", "native", "fp32"],
                    help="FASTLM_CPU_GEMM16 for the runs (fastlm's 16-bit CPU GEMM path)")
     p.add_argument("--no-native-bf16", action="store_true",

@@ -207,11 +207,11 @@ def test_out_dir_of_another_run_is_not_overwritten(run_dir, micro_toml, capsys):
 
 
 def test_failure_before_the_first_step_removes_the_run_dir(workdir, micro_toml, capsys, monkeypatch):
-    from fastlm.train import trainer
+    from fastlm.train.step import TrainStep
 
     def broken(*args, **kwargs):
         raise ValueError("disk on fire")
-    monkeypatch.setattr(trainer.Trainer, "_train_step", broken)
+    monkeypatch.setattr(TrainStep, "__call__", broken)
     assert main(["train", str(micro_toml), "--out", "nested/out"]) == 1
     assert "disk on fire" in _error_line(capsys.readouterr())
     assert list(workdir.iterdir()) == []                  # also the parent it created
@@ -266,4 +266,27 @@ def test_model_weights_that_do_not_fit(run_dir, tmp_path, capsys):
     shutil.copytree(run_dir, copy)
     (copy / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     assert main(["eval", str(copy)]) == 1
+    assert "model.safetensors is truncated" in _error_line(capsys.readouterr())  # its seal says so
+    (copy / "weights.json").unlink()  # a run from before the seal: the weights are read as they are
+    assert main(["eval", str(copy)]) == 1
     assert "model.safetensors does not fit the model in its config.toml" in _error_line(capsys.readouterr())
+
+
+@pytest.mark.parametrize("command", [["eval"], ["generate", "--prompt", "x"], ["export", "--out", "hf"],
+                                     ["quantize", "--scheme", "w8a8", "--out", "q"],
+                                     ["train", "init-from", "--set", "train.steps=1"]])
+def test_one_flipped_byte_in_the_final_weights_is_an_error(command, run_dir, tmp_path, capsys, monkeypatch):
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    weights = bytearray((copy / "model.safetensors").read_bytes())
+    weights[-5] ^= 0x01  # inside the last tensor's data: the file still parses
+    (copy / "model.safetensors").write_bytes(bytes(weights))
+    monkeypatch.chdir(tmp_path)
+    if command[0] == "train":  # model.init_from = the damaged run
+        args = ["train", str(copy / "config.toml"), "--set", f"model.init_from={str(copy)!r}", *command[2:],
+                "--out", "init-from"]
+    else:
+        args = [command[0], str(copy), *command[1:]]
+    assert main(args) == 1
+    assert "model.safetensors is corrupted: it does not match the sha256 in weights.json" in \
+        _error_line(capsys.readouterr())

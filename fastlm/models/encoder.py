@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from fastlm.models.encoder_config import EncoderConfig
-from fastlm.nn import Block, LayerNorm, Linear, get_activation
+from fastlm.nn import Block, LayerNorm, Layers, Linear, get_activation
+from fastlm.nn.head import logits_loss
 from fastlm.nn.init import init_weights_
 
 __all__ = ["Encoder", "EncoderConfig", "EncoderForMaskedLM", "EncoderForSequenceClassification", "Pooler",
@@ -40,14 +40,21 @@ class Encoder(nn.Module):
     Module names follow GPT (tok_emb, pos_emb, blocks[i].attn.qkv/proj, blocks[i].mlp.fc/proj), so
     the parallelize functions that swap GPT's modules apply here too. ALBERT's shared layers are
     the same Block objects run several times (blocks holds n_layer_groups of them).
+
+    A pipeline stage is an Encoder with the parts it does not hold set to None: without tok_emb
+    the forward starts from `hidden_states` (the previous stage's padded output), and only the
+    blocks it holds run.
     """
+
+    pipeline_layers = "blocks"
+    pipeline_first = ("tok_emb", "pos_emb", "type_emb", "emb_norm", "drop", "emb_proj")
+    pipeline_last = ("pooler",)
 
     def __init__(self, config: EncoderConfig, add_pooler: bool = False):
         super().__init__()
         c = config.resolved()
         self.config = c
         self.family = c.family
-        self.activation_checkpointing = False
         e, h = c.embedding_size, c.d_model
         self.tok_emb = nn.Embedding(c.vocab_size, e, padding_idx=c.pad_token_id)
         self.pos_emb = nn.Embedding(c.max_seq_len + c.position_offset, e,
@@ -57,7 +64,7 @@ class Encoder(nn.Module):
         self.drop = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
         # ALBERT projects its small embedding up to the hidden size (it keeps the projection even when E == H).
         self.emb_proj = Linear(e, h) if c.family == "albert" else None
-        self.blocks = nn.ModuleList(
+        self.blocks = Layers(
             Block(d_model=h, n_head=c.n_head, n_kv_head=c.n_head, head_dim=c.head_dim, d_ff=c.d_ff,
                   norm="layernorm", norm_eps=c.norm_eps, activation=c.activation, bias=True, dropout=c.dropout,
                   layer_idx=i, post_norm=True, causal=False)
@@ -91,41 +98,46 @@ class Encoder(nn.Module):
                 raise ValueError(f"{name} shape {tuple(t.shape)} != input_ids shape {tuple(input_ids.shape)}")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                token_type_ids: torch.Tensor | None = None, hidden_states: torch.Tensor | None = None) -> torch.Tensor:
         """Last hidden states (B, S, d_model); zeros where attention_mask is 0.
 
         attention_mask: (B, S), 1 for real tokens and 0 for padding (any pattern: the real tokens of a
-        row form one sequence). token_type_ids: (B, S) segment ids (default 0).
+        row form one sequence). token_type_ids: (B, S) segment ids (default 0). hidden_states: the
+        previous pipeline stage's output (B, S, d_model), for a stage without the embeddings.
         """
         self._check(input_ids, attention_mask, token_type_ids)
         b, s = input_ids.shape
+        if self.tok_emb is None and hidden_states is None:
+            raise ValueError("this encoder holds no embeddings (a pipeline stage): pass the previous stage's "
+                             "output as hidden_states")
         positions = self._positions(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if attention_mask is None or bool(attention_mask.all()):
-            return self._run(input_ids, positions, token_type_ids, None, None)
+            return self._run(input_ids, positions, token_type_ids, hidden_states, None, None)
         # Unpad: the real tokens of all rows as one (1, total) batch of packed sequences.
         keep = attention_mask.reshape(-1).bool()
         index = keep.nonzero().squeeze(1)
         lengths = attention_mask.bool().sum(dim=1)
         cu_seqlens = F.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
         packed = [t.reshape(-1)[index][None] for t in (input_ids, positions, token_type_ids)]
-        h = self._run(*packed, cu_seqlens, int(lengths.max()))[0]
+        if hidden_states is not None:
+            hidden_states = hidden_states.reshape(b * s, -1)[index][None]
+        h = self._run(*packed, hidden_states, cu_seqlens, int(lengths.max()))[0]
         out = h.new_zeros(b * s, h.shape[-1]).index_copy(0, index, h)
         return out.view(b, s, -1)
 
-    def _run(self, input_ids, positions, token_type_ids, cu_seqlens, max_seqlen) -> torch.Tensor:
-        x = self.tok_emb(input_ids) + self.pos_emb(positions) + self.type_emb(token_type_ids)
-        x = self.drop(self.emb_norm(x))
-        if self.emb_proj is not None:
-            x = self.emb_proj(x)
-        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+    def _run(self, input_ids, positions, token_type_ids, hidden_states, cu_seqlens, max_seqlen) -> torch.Tensor:
+        if self.tok_emb is not None:
+            x = self.tok_emb(input_ids) + self.pos_emb(positions) + self.type_emb(token_type_ids)
+            x = self.drop(self.emb_norm(x))
+            if self.emb_proj is not None:
+                x = self.emb_proj(x)
+        else:
+            x = hidden_states
         for i in self.layer_block:
-            block = self.blocks[i]
-            if recompute:
-                x = checkpoint(block, x, None, None, cu_seqlens, max_seqlen, use_reentrant=False)
-            else:
-                x = block(x, None, None, cu_seqlens, max_seqlen)
+            if i in self.blocks:  # a pipeline stage runs the layers it holds
+                x = self.blocks[str(i)](x, None, None, cu_seqlens, max_seqlen)
         return x
 
     def pooled(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -161,7 +173,13 @@ class MaskedLMHead(nn.Module):
 
 class EncoderForMaskedLM(nn.Module):
     """Encoder + MLM head (+ with sentence_order, a pooler and a 2-way head: ALBERT's sentence-order
-    prediction, or BERT's next-sentence prediction, which has the same shape)."""
+    prediction, or BERT's next-sentence prediction, which has the same shape).
+
+    A pipeline stage without the heads returns the encoder's hidden states."""
+
+    pipeline_layers = "encoder.blocks"
+    pipeline_first = tuple(f"encoder.{name}" for name in Encoder.pipeline_first)
+    pipeline_last = ("encoder.pooler", "mlm_head", "sop_head")
 
     def __init__(self, config: EncoderConfig, sentence_order: bool = False):
         super().__init__()
@@ -169,6 +187,7 @@ class EncoderForMaskedLM(nn.Module):
         self.config = self.encoder.config
         self.family = self.config.family
         self.mlm_head = MaskedLMHead(self.config)
+        self.sentence_order = sentence_order
         self.sop_head = Linear(self.config.d_model, 2) if sentence_order else None
         std = self.config.init_std
         for m in (self.mlm_head.dense, self.mlm_head.decoder, self.sop_head):
@@ -178,26 +197,20 @@ class EncoderForMaskedLM(nn.Module):
         if self.config.tie_embeddings:
             self.mlm_head.decoder.weight = self.encoder.tok_emb.weight
 
-    @property
-    def activation_checkpointing(self) -> bool:
-        return self.encoder.activation_checkpointing
-
-    @activation_checkpointing.setter
-    def activation_checkpointing(self, value: bool) -> None:
-        self.encoder.activation_checkpointing = value
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                sentence_order_labels: torch.Tensor | None = None):
+                sentence_order_labels: torch.Tensor | None = None, hidden_states: torch.Tensor | None = None):
         """logits (B, S, vocab); (logits, loss) when labels are given: the mean cross-entropy over the
         tokens whose label is not -100, plus the sentence-order loss when sentence_order_labels (B,) are given."""
-        hidden = self.encoder(input_ids, attention_mask, token_type_ids)
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids, hidden_states)
+        if self.mlm_head is None:  # a pipeline stage before the last
+            return hidden
         logits = self.mlm_head(hidden)
         if labels is None:
             return logits
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
-        loss = self.loss_fn(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        loss = logits_loss(self.mlm_head.decoder, logits, labels)
         if sentence_order_labels is not None:
             if self.sop_head is None:
                 raise ValueError("sentence_order_labels given, but the model has no sentence-order head "
@@ -205,11 +218,6 @@ class EncoderForMaskedLM(nn.Module):
             sop_logits = self.sop_head(self.encoder.pooled(hidden))
             loss = loss + F.cross_entropy(sop_logits.float(), sentence_order_labels.reshape(-1))
         return logits, loss
-
-    @staticmethod
-    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of (N, V) logits, -100 ignored. parallelize_tp swaps in the vocab-parallel one."""
-        return F.cross_entropy(logits.float(), targets, ignore_index=-100)
 
     def sentence_order_logits(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)

@@ -6,31 +6,40 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from fastlm import ops
 from fastlm.models.config import GPTConfig
-from fastlm.nn import Block, KVCache, LayerNorm, Linear, RMSNorm, rope_cos_sin
+from fastlm.nn import Block, KVCache, LayerNorm, Layers, Linear, RMSNorm, rope_cos_sin
 from fastlm.nn.attention import document_ids
+from fastlm.nn.head import full_logits, head_loss
 from fastlm.nn.init import init_weights_
 
 __all__ = ["GPT", "GPTConfig"]
 
 
 class GPT(nn.Module):
+    """Embeddings -> blocks -> final norm -> LM head (and loss).
+
+    A pipeline stage is a GPT with the parts it does not hold set to None (see
+    fastlm.parallel.pipeline.split): without tok_emb the forward starts from `hidden_states`,
+    without lm_head it returns the hidden states. The parts are named for that split:
+    """
+
+    pipeline_layers = "blocks"                   # the Layers container, split between stages
+    pipeline_first = ("tok_emb", "pos_emb", "drop")  # the first stage's parts
+    pipeline_last = ("norm", "lm_head")          # the last stage's parts
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         config = config.resolved()
         self.config = config
         self.family = config.family
         llama = config.family == "llama"
-        self.activation_checkpointing = False
+        self.uses_rope = llama  # LLaMA rotates q/k (RoPE); GPT-2 learns absolute positions
 
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        # GPT-2 learns absolute positions; LLaMA rotates q/k instead (RoPE, in the attention).
         self.pos_emb = None if llama else nn.Embedding(config.max_seq_len, config.d_model)
         self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.blocks = nn.ModuleList(
+        self.blocks = Layers(
             Block(d_model=config.d_model, n_head=config.n_head, n_kv_head=config.n_kv_head,
                   head_dim=config.head_dim, d_ff=config.d_ff, norm="rmsnorm" if llama else "layernorm",
                   norm_eps=config.norm_eps, activation=config.activation, gated_mlp=llama,
@@ -55,12 +64,15 @@ class GPT(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------
     def hidden_states(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None,
-                      cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+                      cu_seqlens: torch.Tensor | None = None, hidden_states: torch.Tensor | None = None
+                      ) -> torch.Tensor:
         """The final-norm output (B, T, d_model). With a KV cache, input_ids continue the cached positions.
 
         cu_seqlens: documents packed into the rows, as offsets into the flattened B*T tokens (a
         boundary at every row start too): no token attends across a document, and positions restart
         at each document, so every document is computed as if it ran alone.
+        hidden_states: the previous pipeline stage's output, for a stage without the embeddings
+        (input_ids still give the positions); a stage without the final norm returns its blocks' output.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
@@ -79,36 +91,39 @@ class GPT(nn.Module):
         else:
             positions = torch.arange(start, start + t, device=input_ids.device)
 
-        x = self.tok_emb(input_ids)
-        rope = None
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(positions).view(-1, t, x.shape[-1])
+        if self.tok_emb is not None:
+            x = self.tok_emb(input_ids)
+            if self.pos_emb is not None:
+                x = x + self.pos_emb(positions).view(-1, t, x.shape[-1])
+            x = self.drop(x)
+        elif hidden_states is None:
+            raise ValueError("this GPT holds no embeddings (a pipeline stage): pass the previous stage's "
+                             "output as hidden_states")
         else:
-            rope = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
-        x = self.drop(x)
-
-        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
+            x = hidden_states
+        rope = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta) if self.uses_rope else None
         for block in self.blocks:
-            if recompute:
-                x = checkpoint(block, x, rope, None, cu_seqlens, max_seqlen, use_reentrant=False)
-            else:
-                x = block(x, rope, kv_cache, cu_seqlens, max_seqlen)
+            x = block(x, rope, kv_cache, cu_seqlens, max_seqlen)
         if kv_cache is not None:
             kv_cache.advance(t)
-        return self.norm(x)
+        return self.norm(x) if self.norm is not None else x
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None, cu_seqlens: torch.Tensor | None = None, return_logits: bool = True):
+                kv_cache: KVCache | None = None, cu_seqlens: torch.Tensor | None = None, return_logits: bool = True,
+                hidden_states: torch.Tensor | None = None):
         """logits (B, T, vocab); (logits, loss) when labels are given.
 
         return_logits=False (with labels; what the trainer uses): (None, loss), computed by the fused
-        linear cross-entropy so the (B, T, vocab) logits are never stored.
+        linear cross-entropy where the head offers it, so the (B, T, vocab) logits are never stored.
 
         labels follow the Hugging Face convention: the same shape as input_ids, shifted here (position
         t predicts labels[t + 1]), -100 ignored, loss averaged over the counted tokens. With
         cu_seqlens (packed documents) the last token of a document predicts nothing.
+        A pipeline stage without the head returns its hidden states (B, T, d_model) instead.
         """
-        hidden = self.hidden_states(input_ids, kv_cache, cu_seqlens)
+        hidden = self.hidden_states(input_ids, kv_cache, cu_seqlens, hidden_states)
+        if self.lm_head is None:
+            return hidden
         if labels is None:
             return self.lm_head(hidden)
         if labels.shape != input_ids.shape:
@@ -117,23 +132,7 @@ class GPT(nn.Module):
         targets = F.pad(labels[:, 1:], (0, 1), value=-100)
         if cu_seqlens is not None:  # no prediction across a document boundary
             targets = targets.flatten().index_fill(0, (cu_seqlens[1:] - 1).long(), -100).view_as(targets)
-        if not return_logits and self._fused_loss_applies():
-            return None, ops.linear_cross_entropy(hidden, self.lm_head.weight, targets)
-        logits = self.lm_head(hidden)
-        loss = self.loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        return logits, loss
-
-    def _fused_loss_applies(self) -> bool:
-        """Whether the fused head + loss computes exactly lm_head then loss_fn: a bias-free plain linear
-        head (torch's or fastlm.nn.Linear) and loss_fn not swapped (tensor parallel swaps both)."""
-        head = self.lm_head
-        plain = type(head) is nn.Linear or type(head).__module__ == "fastlm.nn.linear"
-        return plain and head.bias is None and "loss_fn" not in vars(self)
-
-    @staticmethod
-    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of (N, V) logits, -100 ignored. parallelize_tp swaps in the vocab-parallel one."""
-        return ops.cross_entropy(logits, targets, ignore_index=-100)  # fp32 math, no fp32 copy of the logits
+        return head_loss(self.lm_head, hidden, targets, return_logits)
 
     # ---- utilities ----------------------------------------------------------------------------
     def num_params(self, exclude_embeddings: bool = False) -> int:
@@ -187,7 +186,7 @@ class GPT(nn.Module):
             while out.shape[1] < total:
                 # Only the last position's logits are needed.
                 h = self.hidden_states(step_input, cache)[:, -1]
-                logits = self.lm_head(h).float()
+                logits = full_logits(self.lm_head, h).float()
                 nxt = sample_next_token(logits, temperature, top_k, top_p, generator)
                 if eos_token_id is not None:
                     nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)

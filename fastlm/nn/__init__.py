@@ -4,10 +4,11 @@ from fastlm.nn.attention import Attention, attention
 from fastlm.nn.block import Block
 from fastlm.nn.int8_linear import Int8Linear
 from fastlm.nn.kv_cache import KVCache
+from fastlm.nn.layers import Layers
 from fastlm.nn.linear import Linear
 from fastlm.nn.mlp import MLP
 from fastlm.nn.norms import LayerNorm, RMSNorm
 from fastlm.nn.rope import apply_rope, rope_cos_sin, rotate_half
 
-__all__ = ["ACTIVATIONS", "get_activation", "Attention", "attention", "Block", "Int8Linear", "KVCache", "Linear", "MLP",
+__all__ = ["ACTIVATIONS", "get_activation", "Attention", "attention", "Block", "Int8Linear", "KVCache", "Layers", "Linear", "MLP",
            "LayerNorm", "RMSNorm", "apply_rope", "rope_cos_sin", "rotate_half"]

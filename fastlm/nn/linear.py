@@ -35,7 +35,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 class Linear(nn.Linear):
     """nn.Linear computed by fastlm.ops.matmul; `activation` (None, "gelu", "gelu_tanh"/"gelu_new",
     "silu") is fused into the GEMM's epilogue. forward(x, activation=...) overrides it per call
-    (the MLP uses that to fuse its activation only while `fc` is this class)."""
+    (the MLP fuses its activation into any layer whose `fuses_activation` is true)."""
+
+    fuses_activation = True  # forward(x, activation=...) computes activation(x @ W.T + b) in one op
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
                  activation: str | None = None):
@@ -47,6 +49,12 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
         return linear(x, self.weight, self.bias, activation or self.activation)
+
+    def fused_cross_entropy(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of this layer's logits without storing them (fastlm.nn.head)."""
+        if self.bias is not None:  # the fused kernel has no bias: compute the logits
+            return ops.cross_entropy(self(hidden).flatten(0, -2), targets.flatten(), ignore_index=-100)
+        return ops.linear_cross_entropy(hidden, self.weight, targets)
 
     def extra_repr(self) -> str:
         extra = f", activation={self.activation!r}" if self.activation else ""

@@ -31,15 +31,15 @@ class MLP(nn.Module):
         self.d_ff = d_ff
         self.act = get_activation(activation)
         self.gated_act = _FUSED_GATED.get(activation)
-        # Plain MLP: the activation runs in fc's GEMM epilogue (same math, fp32) while fc is a
-        # fastlm Linear; a swapped-in fc (tensor parallel, int8) gets the separate activation.
+        # Plain MLP: the activation runs in fc's GEMM epilogue (same math, fp32) when the layer in
+        # fc offers it (`fuses_activation`); another one (tensor parallel, int8) gets it separately.
         self.fused_act = activation if not gated and activation in ACTIVATION_ALIASES else None
         self.fc = Linear(d_model, 2 * d_ff if gated else d_ff, bias=bias)
         self.proj = Linear(d_ff, d_model, bias=bias)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused_act is not None and type(self.fc) is Linear:
+        if self.fused_act is not None and getattr(self.fc, "fuses_activation", False):
             return self.drop(self.proj(self.fc(x, activation=self.fused_act)))
         h = self.fc(x)
         if self.gated:

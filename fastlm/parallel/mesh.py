@@ -91,20 +91,7 @@ def init_mesh(dp: int | str | None = "auto", tp: int = 1, pp: int = 1, *, timeou
     rank = int(os.environ.get("RANK", "0"))
     if dist.is_available() and dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()
-    for name, v in (("tp", tp), ("pp", pp)):
-        if not isinstance(v, int) or v < 1:
-            raise MeshError(f"init_mesh: {name} must be a positive integer, got {v!r}")
-    if dp is None or dp == "auto":
-        if world % (tp * pp):
-            raise MeshError(f"init_mesh: world size {world} is not divisible by tp * pp = {tp} * {pp}")
-        dp = world // (tp * pp)
-    if not isinstance(dp, int) or dp < 1:
-        raise MeshError(f'init_mesh: dp must be a positive integer or "auto", got {dp!r}')
-    if dp * tp * pp != world:
-        raise MeshError(f"init_mesh: dp * tp * pp = {dp} * {tp} * {pp} = {dp * tp * pp}, but there are "
-                        f"{world} processes (WORLD_SIZE); launch {dp * tp * pp} with torchrun, or set dp = \"auto\"")
-    if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
-        raise MeshError(f"init_mesh: timeout_s must be a positive number, got {timeout_s!r}")
+    dp = _check_sizes(dp, tp, pp, world, timeout_s)
     if _MESH is not None and (_MESH.dp, _MESH.tp, _MESH.pp) == (dp, tp, pp):
         return _MESH
     if _MESH is not None:
@@ -128,6 +115,36 @@ def init_mesh(dp: int | str | None = "auto", tp: int = 1, pp: int = 1, *, timeou
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     backend = dist.get_backend()
     tp_rank, dp_rank, pp_rank = rank % tp, (rank // tp) % dp, rank // (tp * dp)
+    groups = _new_groups(dp, tp, pp, rank, world, timeout_s)
+    _MESH = Mesh(dp=dp, tp=tp, pp=pp, rank=rank, world_size=world, device=device, backend=backend,
+                 timeout_s=float(timeout_s), dp_rank=dp_rank, tp_rank=tp_rank, pp_rank=pp_rank,
+                 dp_group=groups["dp"][0], tp_group=groups["tp"][0], pp_group=groups["pp"][0],
+                 dp_ranks=groups["dp"][1])
+    start_heartbeat()
+    return _MESH
+
+
+def _check_sizes(dp, tp: int, pp: int, world: int, timeout_s) -> int:
+    """The data-parallel size ("auto": what tp and pp leave), after checking the sizes fit the world."""
+    for name, v in (("tp", tp), ("pp", pp)):
+        if not isinstance(v, int) or v < 1:
+            raise MeshError(f"init_mesh: {name} must be a positive integer, got {v!r}")
+    if dp is None or dp == "auto":
+        if world % (tp * pp):
+            raise MeshError(f"init_mesh: world size {world} is not divisible by tp * pp = {tp} * {pp}")
+        dp = world // (tp * pp)
+    if not isinstance(dp, int) or dp < 1:
+        raise MeshError(f'init_mesh: dp must be a positive integer or "auto", got {dp!r}')
+    if dp * tp * pp != world:
+        raise MeshError(f"init_mesh: dp * tp * pp = {dp} * {tp} * {pp} = {dp * tp * pp}, but there are "
+                        f"{world} processes (WORLD_SIZE); launch {dp * tp * pp} with torchrun, or set dp = \"auto\"")
+    if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+        raise MeshError(f"init_mesh: timeout_s must be a positive number, got {timeout_s!r}")
+    return dp
+
+
+def _new_groups(dp: int, tp: int, pp: int, rank: int, world: int, timeout_s) -> dict:
+    """{"dp" | "tp" | "pp": (this rank's group, its ranks)} in Megatron rank order (tp fastest)."""
     # Every rank creates every group, in the same order (new_group is collective).
     groups = {}
     for kind, members in (("dp", [[(p * dp + d) * tp + t for d in range(dp)] for p in range(pp) for t in range(tp)]),
@@ -138,12 +155,7 @@ def init_mesh(dp: int | str | None = "auto", tp: int = 1, pp: int = 1, *, timeou
                 ranks, timeout=datetime.timedelta(seconds=timeout_s))
             if rank in ranks:
                 groups[kind] = (group, ranks)
-    _MESH = Mesh(dp=dp, tp=tp, pp=pp, rank=rank, world_size=world, device=device, backend=backend,
-                 timeout_s=float(timeout_s), dp_rank=dp_rank, tp_rank=tp_rank, pp_rank=pp_rank,
-                 dp_group=groups["dp"][0], tp_group=groups["tp"][0], pp_group=groups["pp"][0],
-                 dp_ranks=groups["dp"][1])
-    start_heartbeat()
-    return _MESH
+    return groups
 
 
 def destroy_mesh() -> None:

@@ -15,26 +15,26 @@ import math
 import os
 import random
 import sys
-import time
-from contextlib import nullcontext
 from pathlib import Path
 
-import safetensors.torch
 import torch
-from tqdm.auto import tqdm
 
 from fastlm.tasks.adversarial import adversarial_backward
 from fastlm.tasks.backbone import build_backbone, input_embedding
 from fastlm.tasks.config import TaskConfig, task_config_from_dict
 from fastlm.tasks.demo import resolve_source
 from fastlm.tasks.text import save_tokenizer, task_tokenizer
+from fastlm.train.checkpointer import Checkpointer
 from fastlm.train.config import check_batch_split
 from fastlm.train.errors import CheckpointError, ConfigError, FastlmError
-from fastlm.train.metrics import MetricsLog
-from fastlm.train.optim import build_optimizer, lr_at, set_lr
-from fastlm.train.run import unique_run_dir
-from fastlm.train.run_dir import first_missing, undo_run_dir
-from fastlm.train.trainer import autocast_for, resolve_precision
+from fastlm.train.loop import Hooks, Schedule, run_steps
+from fastlm.train.metrics import MetricsLog, progress_bar
+from fastlm.train.optim import build_optimizer, lr_at
+from fastlm.train.run_dir import RunDirectory, choose_run_dir
+from fastlm.train.runtime import Runtime, init_run_mesh, resolve_precision
+from fastlm.train.step import TrainStep, autocast_for, task_loss
+from fastlm.train.trainer import parallelize_for_run
+from fastlm.train.weights import load_weights, save_weights
 
 # ---------------------------------------------------------------- data
 
@@ -105,16 +105,11 @@ def finetune(task, tc: TaskConfig, out_dir: str | os.PathLike | None = None, sho
 
     resume: continue the run in out_dir from its newest checkpoint (same data order and RNG state,
     so the result is that of an uninterrupted run)."""
-    if resume:
-        if out_dir is None or not Path(out_dir).is_dir():
-            raise CheckpointError(f"--resume: run directory {out_dir} does not exist")
-        if getattr(tc.task, "k_folds", 0) > 1:
-            raise ConfigError("--resume: not available with task.k_folds (start the cross-validation again)")
-        run_dir = Path(out_dir)
-    else:
-        run_dir = _choose_run_dir(tc, out_dir)
-    mesh = _init_mesh(tc) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     folds = getattr(tc.task, "k_folds", 0)
+    if resume and folds > 1:
+        raise ConfigError("--resume: not available with task.k_folds (start the cross-validation again)")
+    mesh = init_run_mesh(tc.config) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    run_dir = choose_run_dir(tc.name, out_dir, resume, mesh)
     if folds and folds > 1:
         return _cross_validate(task, tc, run_dir, folds, show_progress, mesh)
     train, val, info = read_task_data(task, tc)
@@ -153,161 +148,113 @@ def _cross_validate(task, tc, run_dir: Path, k: int, show_progress: bool, mesh) 
 def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_progress, mesh=None,
          resume: bool = False) -> dict:
     cfg, t = tc.config, tc.config.train
-    is_main = _is_main()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
-        else torch.device("cpu")
-    precision = resolve_precision(t.precision, device)
-    autocast = autocast_for(precision, device)
-    dp_size, dp_rank = (mesh.dp, mesh.dp_rank) if mesh is not None else (1, 0)
-    check_batch_split(cfg, dp_size)
-
+    rt = Runtime.from_env(cfg, show_progress, mesh=False)
+    rt.mesh = mesh
+    check_batch_split(cfg, rt.dp[0])
     torch.manual_seed(t.seed)
     random.seed(t.seed)
     body, init_tokenizer = task.build_body(tc) if hasattr(task, "build_body") else build_backbone(tc)
-    texts = task.tokenizer_texts(train_raw)  # None: the task has no text input (speech)
-    saved_tokenizer = run_dir / "tokenizer.json" if resume and (run_dir / "tokenizer.json").is_file() else None
-    tok = None if texts is None else task_tokenizer(texts, cfg.data.vocab_size, body.config.vocab_size,
-                                                    saved_tokenizer or init_tokenizer,
-                                                    None if saved_tokenizer else cfg.data.tokenizer)
-    train = task.encode(tc, train_raw, tok, info)
-    val = task.encode(tc, val_raw, tok, info)
-    model = task.build_model(tc, body, info).to(device)
-    dp = None
-    if mesh is not None and mesh.dp > 1:
-        from fastlm.parallel import DataParallel
-
-        p = cfg.parallel
-        dp = DataParallel(model, mesh, bucket_mb=p.bucket_mb,
-                          grad_reduce_dtype=None if p.grad_reduce_dtype == "fp32" else p.grad_reduce_dtype)
-    optimizer = build_optimizer(model, t, device)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    embedding = input_embedding(model) if t.adversarial != "none" else None
+    if cfg.model.init_from:  # record the architecture the checkpoint brought (on a copy)
+        tc = tc.with_model_architecture(body.config)
+    tok, tokenizer_source = _tokenizer(task, tc, run_dir, train_raw, body, init_tokenizer, resume)
+    train, val = task.encode(tc, train_raw, tok, info), task.encode(tc, val_raw, tok, info)
+    model = task.build_model(tc, body, info).to(rt.device)
+    num_params = sum(p.numel() for p in model.parameters())
+    pm = parallelize_for_run(model, rt, cfg)
+    optimizer = pm.wrap_optimizer(build_optimizer(pm.module, t, rt.device))
+    step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, grad_clip=t.grad_clip,
+                     loss_of=task_loss, micro_backward=adversarial_hook(model, t))
     sampler = ExampleSampler(len(train), t.global_batch_size, t.seed)
+    ckpt = Checkpointer(run_dir, pm, optimizer, step.scaler, sampler, {"task": task.name, "model": tc.config.model.to_dict()},
+                        every=cfg.checkpoint.every, keep=cfg.checkpoint.keep, is_main=rt.is_main, device=rt.device)
+    evaluate_at = _evaluator(task, model, val, info, rt, step.autocast, tc)
+    metrics = bar = None
+    with RunDirectory(run_dir, fresh=rt.is_main and not resume, create=rt.is_main) as rd:
+        try:
+            _write_run_files(rt, run_dir, tc, info, tok, tokenizer_source)
+            metrics = MetricsLog(run_dir if rt.is_main else None, tensorboard=t.tensorboard)
+            start = 0
+            if resume:
+                start, path = ckpt.resume()
+                metrics.truncate_after(start)
+                rt.say(f"fastlm: resumed from {path} (step {start})")
+            rt.say(f"fastlm: {task.name}: {len(train)} training and {len(val)} validation examples, "
+                   f"{num_params / 1e6:.2f}M parameters, {t.steps} steps of {t.global_batch_size}, {rt.precision} on "
+                   f"{rt.device}" + (f", adversarial {t.adversarial}" if t.adversarial != "none" else ""))
+            bar = progress_bar(t.steps, start, rt.is_main and rt.show_progress)
+            schedule = Schedule(start, t.steps, lambda i: lr_at(i, t), t.log_every, t.eval_every, "examples_per_s",
+                                t.global_batch_size)
+            hooks = Hooks(evaluate=lambda done, bar: evaluate_at(done, bar, metrics),
+                          save=lambda done: ckpt.maybe_save(done, t.steps), started=rd.started)
+            result = run_steps(step, _batches(task, train, sampler, rt, t), schedule, hooks, metrics, bar)
+            result = result or evaluate_at(t.steps, bar, None)  # None: resumed a finished run
+        finally:
+            for closing in (bar, metrics):
+                if closing is not None:
+                    closing.close()
+    if rt.is_main:
+        save_weights(model, run_dir)
+        write_outputs(task, run_dir, *result, info)
+    return {"run_dir": str(run_dir), "metrics": result[0], "model": model}
+
+
+def _tokenizer(task, tc: TaskConfig, run_dir: Path, train_raw, body, init_tokenizer, resume: bool):
+    """(the task's tokenizer or None, the file it came from or None): a resumed run's own, data.tokenizer,
+    model.init_from's, or one trained on the training texts."""
+    texts = task.tokenizer_texts(train_raw)  # None: the task has no text input (speech)
+    if texts is None:
+        return None, None
+    cfg = tc.config
+    saved = run_dir / "tokenizer.json" if resume and (run_dir / "tokenizer.json").is_file() else None
+    tok = task_tokenizer(texts, cfg.data.vocab_size, body.config.vocab_size, saved or init_tokenizer,
+                         None if saved else cfg.data.tokenizer)
+    return tok, None if cfg.data.tokenizer or init_tokenizer is None else init_tokenizer
+
+
+def _write_run_files(rt, run_dir: Path, tc: TaskConfig, info: dict, tok, tokenizer_source) -> None:
+    if not rt.is_main:
+        return
+    (run_dir / "config.toml").write_text(tc.to_toml())
+    (run_dir / "task_info.json").write_text(json.dumps(info, indent=1, ensure_ascii=False))
+    if tok is not None:
+        save_tokenizer(tok, run_dir, tokenizer_source)
+
+
+def _batches(task, train: list, sampler: ExampleSampler, rt, t):
+    """next_batches(): this rank's micro-batches (collated examples) of the next global batch."""
+    dp_size, dp_rank = rt.dp
     per_rank = t.global_batch_size // dp_size
 
-    made = first_missing(run_dir)
-    metrics = bar = None
-    fresh = is_main and not resume
-    start = 0
-    identity = {"task": task.name, "model": tc.config.model.to_dict()}
-    try:
-        if is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.toml").write_text(tc.to_toml())
-            (run_dir / "task_info.json").write_text(json.dumps(info, indent=1, ensure_ascii=False))
-            if tok is not None:
-                save_tokenizer(tok, run_dir, None if cfg.data.tokenizer or init_tokenizer is None else init_tokenizer)
-        metrics = MetricsLog(run_dir if is_main else None, tensorboard=t.tensorboard)
-        if resume:
-            from fastlm.train.checkpoint import latest_checkpoint, load_checkpoint
+    def next_batches() -> list:
+        indices = sampler.next()[dp_rank * per_rank:(dp_rank + 1) * per_rank]
+        return [task.collate([train[i] for i in indices[k:k + t.micro_batch_size]])
+                for k in range(0, len(indices), t.micro_batch_size)]
+    return next_batches
 
-            ckpt = latest_checkpoint(run_dir)
-            if ckpt is None:
-                raise CheckpointError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-            start = load_checkpoint(ckpt, model, optimizer, scaler, sampler, identity, device)
-            metrics.truncate_after(start)
-            _say(show_progress and is_main, f"fastlm: resumed from {ckpt} (step {start})")
-        _say(show_progress and is_main, f"fastlm: {task.name}: {len(train)} training and {len(val)} validation "
-             f"examples, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {t.steps} steps of "
-             f"{t.global_batch_size}, {precision} on {device}" + (f", adversarial {t.adversarial}"
-                                                                  if embedding is not None else ""))
-        bar = tqdm(total=t.steps, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr,
-                   disable=not (is_main and show_progress))
-        result = None
-        step_time, timed = 0.0, 0
-        for step in range(start, t.steps):
-            t0 = time.perf_counter()
-            lr = lr_at(step, t)
-            set_lr(optimizer, lr)
-            indices = sampler.next()[dp_rank * per_rank:(dp_rank + 1) * per_rank]
-            micro = [indices[i:i + t.micro_batch_size] for i in range(0, len(indices), t.micro_batch_size)]
-            loss, adv_loss, grad_norm = _train_step(task, model, dp, optimizer, scaler, autocast, device,
-                                                    [[train[i] for i in m] for m in micro], embedding, t,
-                                                    cfg.train.grad_clip)
-            fresh = False
-            done = step + 1
-            step_time, timed = step_time + time.perf_counter() - t0, timed + 1
-            if done % t.log_every == 0 or done == t.steps:
-                if dp is not None:
-                    loss = dp.mean_over_ranks(loss)
-                loss = loss.item()
-                if not math.isfinite(loss):
-                    raise FastlmError(f"the loss became {loss} at step {done} (try a lower train.lr)")
-                record = {"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
-                          "examples_per_s": t.global_batch_size * timed / step_time}
-                if adv_loss is not None:
-                    record["adversarial_loss"] = adv_loss.item()
-                step_time, timed = 0.0, 0
-                metrics.log(record)
-                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-            bar.update(1)
-            if done == t.steps or (t.eval_every and done % t.eval_every == 0):
-                result, predictions = task.evaluate(model, val, info, device, autocast, t.micro_batch_size, tc)
-                metrics.log({"step": done, **{f"val_{k}": v for k, v in result.items() if _is_number(v)}})
-                (bar.write if show_progress and is_main else (lambda *_a, **_k: None))(
-                    f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items() if _is_number(v)))
-            every = cfg.checkpoint.every
-            if every and is_main and (done % every == 0 or done == t.steps):
-                from fastlm.train.checkpoint import save_checkpoint
 
-                save_checkpoint(run_dir, done, model, optimizer, scaler, sampler, identity, cfg.checkpoint.keep)
-        if result is None:  # resumed a finished run
-            result, predictions = task.evaluate(model, val, info, device, autocast, t.micro_batch_size, tc)
-    except BaseException:
-        if fresh:
-            undo_run_dir(run_dir, made)
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
+def _evaluator(task, model, val: list, info: dict, rt, autocast, tc):
+    """evaluate_at(step, bar, metrics) -> (metrics, predictions) of the validation split, logged."""
+    def evaluate_at(step: int, bar, metrics):
+        result, predictions = task.evaluate(model, val, info, rt.device, autocast, tc.config.train.micro_batch_size, tc)
         if metrics is not None:
-            metrics.close()
-    if is_main:
-        safetensors.torch.save_model(model, str(run_dir / "model.safetensors"))
-        write_outputs(task, run_dir, result, predictions, info)
-    return {"run_dir": str(run_dir), "metrics": result, "model": model}
+            metrics.log({"step": step, **{f"val_{k}": v for k, v in result.items() if _is_number(v)}})
+            rt.say(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items() if _is_number(v)), bar)
+        return result, predictions
+    return evaluate_at
 
 
-def _train_step(task, model, dp, optimizer, scaler, autocast, device, micro_batches, embedding, t, clip):
-    n = len(micro_batches)
-    total = torch.zeros((), device=device)
-    adv_total = torch.zeros((), device=device) if embedding is not None else None
-    runner = dp if dp is not None else model
-    for i, examples in enumerate(micro_batches):
-        batch = {k: v.to(device, non_blocking=True) for k, v in task.collate(examples).items()}
-        last = i == n - 1
-        sync_ctx = (lambda: nullcontext()) if dp is None or last else dp.no_sync
+def adversarial_hook(model, t):
+    """TrainStep's micro_backward for [train] adversarial = fgm | pgd (None without)."""
+    if t.adversarial == "none":
+        return None
+    embedding = input_embedding(model)
 
-        def loss_fn():
-            with autocast:
-                return runner(batch)["loss"].float()
-
-        if embedding is not None:
-            grad_scale = 1.0 / n if scaler is None else scaler.get_scale() / n
-            clean, adv = adversarial_backward(
-                loss_fn, embedding, t.adversarial, t.adversarial_epsilon, t.adversarial_steps,
-                t.adversarial_alpha or None, scale=grad_scale,
-                clean_context=dp.no_sync() if dp is not None else None, final_context=sync_ctx())
-            total += clean / n
-            adv_total += adv / n
-        else:
-            with sync_ctx():
-                loss = loss_fn() / n
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-            total += loss.detach()
-    if dp is not None:
-        dp.finish_grad_sync()
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    params = [p for p in model.parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip or float("inf"))
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total, adv_total, grad_norm
+    def micro_backward(loss_fn, scale, clean_context, final_context):
+        clean, adv = adversarial_backward(loss_fn, embedding, t.adversarial, t.adversarial_epsilon,
+                                          t.adversarial_steps, t.adversarial_alpha or None, scale=scale,
+                                          clean_context=clean_context, final_context=final_context)
+        return clean, {"adversarial_loss": adv}
+    return micro_backward
 
 
 def write_outputs(task, out_dir: Path, result: dict, predictions: list[dict], info: dict) -> None:
@@ -338,11 +285,7 @@ def load_task_run(task, run_dir: str | Path, device="cpu"):
     info = json.loads((run_dir / "task_info.json").read_text())
     body, _ = task.build_body(tc) if hasattr(task, "build_body") else build_backbone(tc)
     model = task.build_model(tc, body, info)
-    try:
-        safetensors.torch.load_model(model, str(run_dir / "model.safetensors"), strict=True, device=str(device))
-    except Exception as e:  # noqa: BLE001 - several error types for foreign or truncated files
-        raise CheckpointError(f"{run_dir / 'model.safetensors'} does not fit the {task.name} model: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    load_weights(model, run_dir, device, what=f"the {task.name} model")
     return tc, model.to(device), load_tokenizer(run_dir / "tokenizer.json") if uses_tokenizer else None, info
 
 
@@ -364,29 +307,6 @@ def evaluate_run(task, run_dir: str | Path, data: str | None = None, out_dir: st
 
 
 # ---------------------------------------------------------------- helpers
-
-def _init_mesh(tc: TaskConfig):
-    from fastlm.parallel import init_mesh
-
-    p = tc.config.parallel
-    mesh = init_mesh(dp=p.dp, tp=p.tp, pp=p.pp, timeout_s=p.timeout_s)
-    mesh.check_same("config", tc.config.to_dict())
-    return mesh
-
-
-def _choose_run_dir(tc: TaskConfig, out_dir) -> Path:
-    """--out, or a new runs/<name>[-time]. Under torchrun, runs/<name> on every rank (only rank 0,
-    which writes it, checks it is free)."""
-    if out_dir is not None:
-        run_dir = Path(out_dir)
-    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        run_dir = Path("runs") / tc.name
-    else:
-        run_dir = unique_run_dir(Path("runs"), tc.name)
-    if _is_main() and run_dir.exists() and any(run_dir.iterdir()):
-        raise FastlmError(f"run directory {run_dir} already exists and is not empty (use another --out)")
-    return run_dir
-
 
 def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"

@@ -73,7 +73,7 @@ def seal_checkpoint(tmp: Path, final: Path, info: dict, files, run_dir: Path, ke
     """Record `files` (size, sha256) in tmp/trainer_state.json, rename tmp to final, keep the newest
     `keep` checkpoints. A failure removes tmp and leaves the earlier checkpoints as they were."""
     try:
-        info = {**info, "files": {name: _describe(tmp / name) for name in files}}
+        info = {**info, "files": {name: describe_file(tmp / name) for name in files}}
         (tmp / "trainer_state.json").write_text(json.dumps(info, indent=1))
         if final.exists():  # re-saving a step after a resume: replace it
             shutil.rmtree(final)
@@ -150,7 +150,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _describe(path: Path) -> dict:
+def describe_file(path: Path) -> dict:
+    """{"bytes": size, "sha256": hex digest}: what a seal records of a file."""
     return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
 
 

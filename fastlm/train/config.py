@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import math
 import os
 import types
 import typing
@@ -21,11 +19,18 @@ from typing import Any
 
 import tomllib
 
+from fastlm.train.config_checks import (  # noqa: F401 - the checks are part of this module's API
+    LINEARS,
+    PRECISIONS,
+    check_batch_split,
+    check_pipeline_microbatches,
+    rank_samples,
+    validate,
+)
 from fastlm.train.errors import ConfigError
 from fastlm.train.model_section import DEFAULT_FAMILY, MODEL_SECTIONS, GPTSection, ModelSection
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-LINEARS = ("default", "int8_train")
+from fastlm.train.toml_text import dumps_toml
+from fastlm.train.toml_text import show as _show
 
 
 @dataclass
@@ -61,6 +66,7 @@ class TrainSection:
     eval_every: int = 500                # also always at step 0 and at the end; 0: only those
     eval_batches: int = 20               # validation batches of micro_batch_size sequences
     activation_checkpointing: bool = False
+    compile: bool = False                # torch.compile every Transformer block (fullgraph), applied from outside
     tensorboard: bool = False            # also log to RUN_DIR/tensorboard (if installed)
     # Adversarial training (fastlm.tasks.adversarial): perturb the input embeddings along the loss
     # gradient and train on the perturbed loss too. "fgm" (one step) | "pgd" (projected steps) | "none".
@@ -268,270 +274,3 @@ def _describe(hint: Any, key: str) -> str:
         else:
             words.append(names.get(opt, str(opt)))
     return " or ".join(words)
-
-
-def _show(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, str) else _toml_value(value)
-
-
-# ---------------------------------------------------------------- validation
-
-def validate(config: Config) -> None:
-    t, d, p, c = config.train, config.data, config.parallel, config.checkpoint
-    if t.precision not in PRECISIONS:
-        raise ConfigError(f"train.precision = {_show(t.precision)}: expected one of {', '.join(PRECISIONS)}")
-    if config.model.linear not in LINEARS:
-        raise ConfigError(f"model.linear = {_show(config.model.linear)}: expected one of {', '.join(LINEARS)}")
-    positive = {
-        "train.steps": t.steps, "train.global_batch_size": t.global_batch_size,
-        "train.micro_batch_size": t.micro_batch_size, "train.log_every": t.log_every,
-        "train.eval_batches": t.eval_batches, "data.vocab_size": d.vocab_size, "data.seq_len": d.seq_len,
-        "parallel.tp": p.tp, "parallel.pp": p.pp, "checkpoint.keep": c.keep,
-    }
-    if p.dp != "auto":
-        positive["parallel.dp"] = p.dp
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key} = {_show(value)}: expected a positive integer")
-    non_negative = {
-        "train.warmup_steps": t.warmup_steps, "train.eval_every": t.eval_every, "checkpoint.every": c.every,
-        "train.min_lr": t.min_lr, "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
-    }
-    for key, value in non_negative.items():
-        if value < 0 or (isinstance(value, float) and not math.isfinite(value)):
-            raise ConfigError(f"{key} = {_show(value)}: expected a value >= 0")
-    if not (t.lr > 0 and math.isfinite(t.lr)):
-        raise ConfigError(f"train.lr = {_show(t.lr)}: expected a positive number")
-    if t.min_lr > t.lr:
-        raise ConfigError(f"train.min_lr = {_show(t.min_lr)}: expected at most train.lr = {_show(t.lr)}")
-    if not 0 < d.val_fraction < 1:
-        raise ConfigError(f"data.val_fraction = {_show(d.val_fraction)}: expected a number between 0 and 1")
-    _validate_tensor_parallel(config)
-    _validate_pipeline(config)
-    _validate_parallel(p, t)
-    _validate_adversarial(t)
-    # Outside a launch (no WORLD_SIZE: loading a finished run for eval/generate, or a config in a
-    # notebook) dp = "auto" has no process count yet: dp_shares say how many ranks there will be.
-    # Trainer.fit checks the split again against the real data-parallel size.
-    unlaunched_shares = p.dp == "auto" and p.dp_shares is not None and "WORLD_SIZE" not in os.environ
-    check_batch_split(config, len(p.dp_shares) if unlaunched_shares else config.dp_size())
-    # A family without a context or vocabulary field (a vision model) skips these checks.
-    max_seq_len, vocab_size = getattr(config.model, "max_seq_len", None), getattr(config.model, "vocab_size", None)
-    if max_seq_len is not None and d.seq_len > max_seq_len:
-        raise ConfigError(f"data.seq_len = {d.seq_len}: expected at most model.max_seq_len = {max_seq_len}")
-    if vocab_size is not None and d.vocab_size > vocab_size:
-        raise ConfigError(f"data.vocab_size = {d.vocab_size}: expected at most model.vocab_size = {vocab_size}")
-    try:
-        config.model.architecture().validate()
-    except (ValueError, TypeError) as e:
-        raise ConfigError(str(e)) from None
-    _validate_masked_lm(config)
-
-
-def _validate_masked_lm(config: Config) -> None:
-    d, m = config.data, config.model
-    if d.masking not in ("static", "dynamic"):
-        raise ConfigError(f"data.masking = {_show(d.masking)}: expected \"static\" or \"dynamic\"")
-    if not 0 < d.mask_prob < 1:
-        raise ConfigError(f"data.mask_prob = {_show(d.mask_prob)}: expected a number between 0 and 1")
-    if not m.is_encoder:
-        encoders = " | ".join(family for family, section in MODEL_SECTIONS.items() if section.is_encoder)
-        for key, on in (("whole_word_mask", d.whole_word_mask), ("sentence_order", d.sentence_order)):
-            if on:
-                raise ConfigError(f"data.{key} = true: only for masked-LM models (model.family = "
-                                  f"{encoders}), not {_show(m.family)}")
-        return
-    if d.pack:
-        raise ConfigError(f"data.pack = true: only for GPT families, not model.family = {_show(m.family)}")
-    if d.sentence_order and d.seq_len < 5:
-        raise ConfigError(f"data.seq_len = {d.seq_len}: sentence-order prediction needs at least 5")
-    if d.vocab_size + 3 > m.vocab_size:
-        raise ConfigError(f"model.vocab_size = {m.vocab_size}: expected at least data.vocab_size + 3 = "
-                          f"{d.vocab_size + 3} (room for [MASK], [CLS], [SEP])")
-
-
-ADVERSARIAL = ("none", "fgm", "pgd")
-
-
-def _validate_adversarial(t: TrainSection) -> None:
-    if t.adversarial not in ADVERSARIAL:
-        raise ConfigError(f"train.adversarial = {_show(t.adversarial)}: expected one of {', '.join(ADVERSARIAL)}")
-    if not (t.adversarial_epsilon > 0 and math.isfinite(t.adversarial_epsilon)):
-        raise ConfigError(f"train.adversarial_epsilon = {_show(t.adversarial_epsilon)}: expected a positive number")
-    if t.adversarial_steps < 1:
-        raise ConfigError(f"train.adversarial_steps = {_show(t.adversarial_steps)}: expected a positive integer")
-    if not (t.adversarial_alpha >= 0 and math.isfinite(t.adversarial_alpha)):
-        raise ConfigError(f"train.adversarial_alpha = {_show(t.adversarial_alpha)}: expected a number >= 0 "
-                          f"(0: 2.5 * epsilon / steps)")
-
-
-def _validate_tensor_parallel(config: Config) -> None:
-    p = config.parallel
-    if not isinstance(p.sequence_parallel, bool):
-        raise ConfigError(f"parallel.sequence_parallel = {_show(p.sequence_parallel)}: expected true or false")
-    if p.tp == 1:
-        return
-    for bad, why in ((config.model.is_encoder and p.sequence_parallel,
-                      f"parallel.sequence_parallel = true and model.family = {_show(config.model.family)} (an "
-                      f"encoder runs a padded batch as one packed sequence of its real tokens, whose length need "
-                      f"not divide tp)"),
-                     (config.model.linear != "default", f"model.linear = {_show(config.model.linear)}"),
-                     (p.sync == "local_sgd", 'parallel.sync = "local_sgd"'),
-                     (config.train.precision == "fp16", 'train.precision = "fp16" (use "bf16")'),
-                     (config.train.activation_checkpointing and config.model.dropout > 0,
-                      "train.activation_checkpointing and model.dropout > 0 (the recomputation would draw "
-                      "other dropout masks)")):
-        if bad:
-            raise ConfigError(f"parallel.tp = {p.tp}: not available with {why}")
-    if config.model.init_from:
-        return  # the architecture comes from init_from: checked when the model is built
-    from fastlm.parallel.tensor.layout import check_tp_layout
-
-    try:
-        check_tp_layout(config.model.architecture(), p.tp, p.sequence_parallel, config.data.seq_len)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-GRAD_REDUCE_DTYPES = ("fp32", "bf16", "fp16")
-SYNC_MODES = ("every_step", "local_sgd")
-
-
-def _validate_parallel(p: ParallelSection, t: TrainSection) -> None:
-    if not (p.bucket_mb > 0 and math.isfinite(p.bucket_mb)):
-        raise ConfigError(f"parallel.bucket_mb = {_show(p.bucket_mb)}: expected a positive number")
-    if not (p.timeout_s > 0 and math.isfinite(p.timeout_s)):
-        raise ConfigError(f"parallel.timeout_s = {_show(p.timeout_s)}: expected a positive number of seconds")
-    if p.grad_reduce_dtype not in GRAD_REDUCE_DTYPES:
-        raise ConfigError(f"parallel.grad_reduce_dtype = {_show(p.grad_reduce_dtype)}: expected one of "
-                          f"{', '.join(GRAD_REDUCE_DTYPES)}")
-    if p.sync not in SYNC_MODES:
-        raise ConfigError(f"parallel.sync = {_show(p.sync)}: expected one of {', '.join(SYNC_MODES)}")
-    if p.sync_every < 1:
-        raise ConfigError(f"parallel.sync_every = {_show(p.sync_every)}: expected a positive integer")
-    if p.sync_every != 1 and p.sync != "local_sgd":
-        raise ConfigError(f"parallel.sync_every = {p.sync_every}: only used with parallel.sync = \"local_sgd\"")
-    if p.shard_optimizer and p.sync == "local_sgd":
-        raise ConfigError('parallel.shard_optimizer = true: not available with parallel.sync = "local_sgd" '
-                          '(each rank keeps its whole optimizer state)')
-    if p.shard_optimizer and t.precision == "fp16":
-        raise ConfigError('parallel.shard_optimizer = true: not available with train.precision = "fp16" '
-                          '(use "bf16")')
-    if p.dp_shares is not None:
-        if not p.dp_shares or any(s < 1 for s in p.dp_shares):
-            raise ConfigError(f"parallel.dp_shares = {_show(p.dp_shares)}: expected a list of positive integers, "
-                              f"one per data-parallel rank")
-
-
-PIPELINE_SCHEDULES = ("gpipe", "1f1b", "interleaved")
-STAGE_BALANCES = ("params", "time")
-
-
-def _validate_pipeline(config: Config) -> None:
-    p, n_layer = config.parallel, getattr(config.model, "n_layer", None)
-    if p.schedule not in PIPELINE_SCHEDULES:
-        raise ConfigError(f"parallel.schedule = {_show(p.schedule)}: expected one of {', '.join(PIPELINE_SCHEDULES)}")
-    if p.stage_balance not in STAGE_BALANCES:
-        raise ConfigError(f"parallel.stage_balance = {_show(p.stage_balance)}: expected one of "
-                          f"{', '.join(STAGE_BALANCES)}")
-    if p.virtual_stages < 1:
-        raise ConfigError(f"parallel.virtual_stages = {_show(p.virtual_stages)}: expected a positive integer")
-    if p.virtual_stages > 1 and p.schedule != "interleaved":
-        raise ConfigError(f"parallel.virtual_stages = {p.virtual_stages}: only used with parallel.schedule = "
-                          f"\"interleaved\" (schedule is {_show(p.schedule)})")
-    if p.pp == 1:
-        return
-    if config.model.is_encoder:
-        raise ConfigError(f"parallel.pp = {p.pp}: pipeline parallelism splits GPT models only, not "
-                          f"model.family = {_show(config.model.family)}")
-    if config.train.precision == "fp16":
-        raise ConfigError('parallel.pp > 1: not available with train.precision = "fp16" (use "bf16")')
-    if p.shard_optimizer:
-        raise ConfigError("parallel.shard_optimizer = true: not available with parallel.pp > 1 yet")
-    if p.sync == "local_sgd":
-        raise ConfigError('parallel.sync = "local_sgd": not available with parallel.pp > 1')
-    stages = p.pp * p.virtual_stages
-    if n_layer is not None and stages > n_layer:
-        raise ConfigError(f"parallel.pp * parallel.virtual_stages = {p.pp} * {p.virtual_stages} = {stages} pipeline "
-                          f"stages, more than model.n_layer = {n_layer}: every stage needs at least one layer")
-    if p.stage_layers is not None:
-        if len(p.stage_layers) != stages:
-            raise ConfigError(f"parallel.stage_layers = {_show(p.stage_layers)}: expected {stages} entries "
-                              f"(parallel.pp * parallel.virtual_stages), one per pipeline stage")
-        if any(c < 1 for c in p.stage_layers) or (n_layer is not None and sum(p.stage_layers) != n_layer):
-            raise ConfigError(f"parallel.stage_layers = {_show(p.stage_layers)}: expected positive layer counts that "
-                              f"add up to model.n_layer = {n_layer}")
-
-
-def check_pipeline_microbatches(config: Config, dp: int) -> None:
-    """Interleaved 1F1B needs each rank's micro-batch count to be a multiple of pp."""
-    p, t = config.parallel, config.train
-    if p.pp == 1 or p.schedule != "interleaved":
-        return
-    for samples in rank_samples(config, dp):
-        m = samples // t.micro_batch_size
-        if m % p.pp:
-            raise ConfigError(
-                f"parallel.schedule = \"interleaved\": {m} micro-batches per step (train.global_batch_size / "
-                f"(train.micro_batch_size * data-parallel size) = {t.global_batch_size} / ({t.micro_batch_size} * "
-                f"{dp})) must be a multiple of parallel.pp = {p.pp}")
-
-
-def rank_samples(config: Config, dp: int) -> list[int]:
-    """Sequences of each global batch that each data-parallel rank takes (dp_shares, or equal parts)."""
-    t, shares = config.train, config.parallel.dp_shares
-    if shares is None:
-        return [t.global_batch_size // dp] * dp
-    return [t.global_batch_size * s // sum(shares) for s in shares]
-
-
-def check_batch_split(config: Config, dp: int) -> None:
-    t, shares = config.train, config.parallel.dp_shares
-    if shares is not None:
-        if len(shares) != dp:
-            raise ConfigError(f"parallel.dp_shares = {_show(shares)}: expected {dp} shares, one per "
-                              f"data-parallel rank")
-        total = sum(shares)
-        for s in shares:
-            if (t.global_batch_size * s) % total or (t.global_batch_size * s // total) % t.micro_batch_size:
-                raise ConfigError(
-                    f"parallel.dp_shares = {_show(shares)}: train.global_batch_size = {t.global_batch_size} "
-                    f"does not split into these shares in whole multiples of train.micro_batch_size = "
-                    f"{t.micro_batch_size}")
-        return
-    if t.global_batch_size % (t.micro_batch_size * dp) != 0:
-        raise ConfigError(
-            f"train.global_batch_size = {t.global_batch_size}: expected a multiple of "
-            f"train.micro_batch_size * data-parallel size = {t.micro_batch_size} * {dp}"
-        )
-    check_pipeline_microbatches(config, dp)
-
-
-# ---------------------------------------------------------------- writing
-
-def dumps_toml(sections: dict[str, dict[str, Any]]) -> str:
-    """A TOML writer for flat sections of scalars and lists (None values are left out)."""
-    out = []
-    for name, table in sections.items():
-        out.append(f"[{name}]")
-        out += [f"{key} = {_toml_value(value)}" for key, value in table.items() if value is not None]
-        out.append("")
-    return "\n".join(out)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)  # shortest round-trip form: 0.0003, 1e-05 (both valid TOML)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")

@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from fastlm.train.errors import FastlmError
 

@@ -3,8 +3,16 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import warnings
 from pathlib import Path
+
+from tqdm.auto import tqdm
+
+
+def progress_bar(total: int, initial: int, show: bool) -> tqdm:
+    """The steps' progress bar on stderr (throughput and loss go in its postfix)."""
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr, disable=not show)
 
 
 class MetricsLog:

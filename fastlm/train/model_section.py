@@ -58,9 +58,6 @@ class GPTSection(ModelSection, GPTConfig):
 
     ARCHITECTURE = GPTConfig
 
-    def gpt_config(self) -> GPTConfig:  # the older name of architecture(), kept for callers using it
-        return self.architecture()
-
 
 @dataclass
 class EncoderSection(ModelSection, EncoderConfig):

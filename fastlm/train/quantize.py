@@ -10,12 +10,11 @@ import os
 import shutil
 from pathlib import Path
 
-import safetensors.torch
-
 from fastlm.quant import SCHEMES, quantization_record, quantize_model
 from fastlm.quant.saved import write_quantization
 from fastlm.train.errors import FastlmError
 from fastlm.train.run import load_run
+from fastlm.train.weights import save_weights
 
 CALIBRATION_BATCHES = 8
 
@@ -45,7 +44,7 @@ def quantize_run(run_dir: str | Path, out: str | Path, scheme: str, skip: list[s
     try:
         shutil.copyfile(Path(run_dir) / "config.toml", tmp / "config.toml")
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-        safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+        save_weights(model, tmp)
         write_quantization(tmp, record)
         if out.exists():
             out.rmdir()  # empty (checked above)

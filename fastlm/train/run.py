@@ -1,31 +1,16 @@
-"""Run directories: naming new ones, loading finished ones, and [model] init_from.
+"""Run directories: loading finished ones, building a config's model, and [model] init_from.
 
 A run directory holds config.toml (the resolved config), tokenizer.json, model.safetensors,
 metrics.jsonl and checkpoints/.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
-
-import safetensors.torch
 
 from fastlm.models import GPT
 from fastlm.train.config import Config, load_config
 from fastlm.train.errors import CheckpointError, ConfigError
-
-
-def unique_run_dir(root: Path, name: str) -> Path:
-    """root/name, or root/name-YYYYmmdd-HHMMSS[-N] when that exists already."""
-    path = root / name
-    if not path.exists():
-        return path
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path, n = root / f"{name}-{stamp}", 1
-    while path.exists():
-        n += 1
-        path = root / f"{name}-{stamp}-{n}"
-    return path
+from fastlm.train.weights import load_weights
 
 
 def load_run(run_dir: str | Path, device="cpu") -> tuple[Config, GPT, Path]:
@@ -83,7 +68,8 @@ def _run_model(run_dir: Path, device="cpu") -> tuple[Config, GPT]:
 
         load_sharded(sharded, model.to(device))
     else:
-        _load_weights(model, run_dir / "model.safetensors", device)
+        load_weights(model, run_dir, device)
+        model.to(device)
     return config, model
 
 
@@ -122,14 +108,6 @@ def masked_lm_model(model, sentence_order: bool = False):
     if isinstance(model, EncoderForMaskedLM):
         out.mlm_head.load_state_dict(model.mlm_head.state_dict())
     return out
-
-
-def _load_weights(model: GPT, path: Path, device) -> None:
-    try:
-        safetensors.torch.load_model(model, str(path), strict=True, device=str(device))
-    except Exception as e:  # safetensors raises several types for truncated or foreign files
-        raise CheckpointError(f"{path} does not fit the model in its config.toml: {_first_line(e)}") from None
-    model.to(device)
 
 
 def _first_line(e: BaseException) -> str:

@@ -29,12 +29,33 @@ def test_return_logits_false_matches(family):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
-def test_swapped_loss_disables_the_fused_path():
+class _OwnLossHead(torch.nn.Linear):
+    """A head that brings the loss of its logits (as the vocab-parallel head does)."""
+
+    def logits_cross_entropy(self, logits, targets):
+        return logits.sum() * 0
+
+
+def test_head_with_its_own_loss_takes_the_logits_path():
     model = _model("llama")
-    model.loss_fn = lambda logits, targets: logits.sum() * 0  # what tensor parallel does (its own loss)
+    head = _OwnLossHead(32, 300, bias=False)
+    head.weight = model.lm_head.weight
+    model.lm_head = head
     ids = torch.randint(0, 300, (2, 8))
     logits, loss = model(ids, labels=ids, return_logits=False)
     assert logits is not None and loss == 0
+
+
+def test_plain_torch_head_gets_the_plain_loss():
+    model = _model("gpt2")
+    ids = torch.randint(0, 300, (2, 8))
+    _, fused = model(ids, labels=ids, return_logits=False)
+    plain = torch.nn.Linear(32, 300, bias=False)
+    plain.weight = model.lm_head.weight
+    model.lm_head = plain  # no fused loss offered: logits, then cross-entropy
+    logits, loss = model(ids, labels=ids, return_logits=False)
+    assert logits is not None
+    torch.testing.assert_close(loss, fused, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])

@@ -19,7 +19,10 @@ def small_gpt(family="gpt2", n_layer=4, checkpointing=False):
     torch.manual_seed(0)
     model = GPT(GPTConfig(family=family, vocab_size=64, n_layer=n_layer, n_head=2, n_kv_head=2 if family == "llama"
                           else None, d_model=32, max_seq_len=T))
-    model.activation_checkpointing = checkpointing
+    if checkpointing:
+        from fastlm.parallel import apply_activation_checkpointing
+
+        apply_activation_checkpointing(model)
     return model
 
 
@@ -95,7 +98,7 @@ def train_pipeline(rank, world, spec):
         peaks.append(pipe.executor.peak_live)
     full = pipe.full_state_dict()
     out = {"losses": losses, "params": full, "peak_live": peaks, "stage_layers": pipe.stage_layers,
-           "stages": stage.stages, "wait_s": pipe.executor.wait_s}
+           "stages": pipe.stages, "wait_s": pipe.executor.wait_s}
     if spec.get("keep_stage"):
         out["stage"] = stage
     return out

@@ -163,12 +163,58 @@ def test_split_gpt_keeps_names_and_balances_by_parameters():
     assert sum(timed) == 6 and min(timed) >= 1
     full = set(model.state_dict())
     stages = [PipelineStage(model, [1, 2, 3], [s]) for s in range(3)]
-    keys = [set(s.state_dict()) for s in stages]
+    keys = [set(s.module.state_dict()) for s in stages]
     assert set().union(*keys) == full and sum(map(len, keys)) == len(full)
     assert "tok_emb.weight" in keys[0] and "lm_head.weight" in keys[2] and "blocks.5.mlp.fc.weight" in keys[2]
-    # forward_chunk through the stages equals the whole model
+    assert all(type(s.module) is GPT for s in stages)  # a stage is the model, pruned
+    # the stages' own forwards, one after the other, equal the whole model (logits and loss)
     x = torch.randint(0, 512, (2, 16))
-    h = x
-    for c, s in enumerate(stages):
-        h = s.forward_chunk(0, h, x.shape)
+    h = None
+    for s in stages:
+        h = s.chunks[0](x, hidden_states=h)
     torch.testing.assert_close(h, model(x), rtol=1e-5, atol=1e-5)
+    h = stages[1].chunks[0](x, hidden_states=stages[0].chunks[0](x))
+    _, loss = stages[2].chunks[0](x, labels=x, hidden_states=h, return_logits=False)
+    torch.testing.assert_close(loss, model(x, labels=x)[1], rtol=1e-5, atol=1e-5)
+    assert model.tok_emb is not None and len(model.blocks) == 6  # pruning leaves the model whole
+
+
+def test_split_encoder_and_tied_embeddings():
+    import torch
+
+    from fastlm.models import EncoderConfig, EncoderForMaskedLM
+    from fastlm.parallel.pipeline import PipelineStage
+
+    torch.manual_seed(0)
+    model = EncoderForMaskedLM(EncoderConfig(family="bert", vocab_size=128, n_layer=4, n_head=2, d_model=32,
+                                             max_seq_len=16), sentence_order=True)
+    stages = [PipelineStage(model, [2, 2], [s]) for s in range(2)]
+    # The last stage keeps the tied word embedding registered (its weight is the MLM decoder's).
+    assert "encoder.tok_emb.weight" in stages[1].module.state_dict()
+    assert stages[0].tied_weight() is model.encoder.tok_emb.weight is stages[1].tied_weight()
+    assert stages[1].chunks[0].encoder.tok_emb is None and stages[1].module.sentence_order
+    ids = torch.randint(4, 128, (3, 16))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0  # padded rows: each stage packs the real tokens again
+    labels = ids.masked_fill(mask == 0, -100)
+    sop = torch.tensor([0, 1, 1])
+    h = stages[0].chunks[0](ids, attention_mask=mask)
+    assert h.shape == (3, 16, 32) and bool((h[1, 9:] == 0).all())
+    _, loss = stages[1].chunks[0](ids, attention_mask=mask, labels=labels, sentence_order_labels=sop,
+                                  hidden_states=h)
+    torch.testing.assert_close(loss, model(ids, mask, labels=labels, sentence_order_labels=sop)[1],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_shared_blocks_are_not_split():
+    import torch
+
+    from fastlm.models import EncoderConfig, EncoderForMaskedLM
+    from fastlm.parallel.pipeline import PipelineStage
+
+    albert = EncoderForMaskedLM(EncoderConfig(family="albert", vocab_size=64, n_layer=4, n_head=2, d_model=32,
+                                              embedding_size=16, max_seq_len=16))
+    with pytest.raises(ValueError, match="shared blocks"):
+        PipelineStage(albert, [2, 2], [0])
+    with pytest.raises(ValueError, match="Linear does not name its pipeline parts"):
+        PipelineStage(torch.nn.Linear(2, 2), [1], [0])

@@ -103,7 +103,9 @@ def single_bert(tmp_path_factory):
 @pytest.mark.parametrize("extra,nproc", [
     ([], 2),                                             # dp = 2
     (["parallel.tp=2"], 2),
+    (["parallel.pp=2"], 2),                              # the encoder split into pipeline stages
     pytest.param(["parallel.tp=2"], 4, marks=pytest.mark.slow),  # dp 2 x tp 2
+    pytest.param(["parallel.pp=2", "parallel.tp=2"], 4, marks=pytest.mark.slow),
 ])
 def test_torchrun_bert_equals_one_process(tmp_path, single_bert, extra, nproc):
     import shutil
@@ -118,7 +120,7 @@ def test_torchrun_bert_equals_one_process(tmp_path, single_bert, extra, nproc):
     _assert_same_run(out, single_bert, atol=1e-4)  # fp32 sums in another order, through AdamW
     _, model, _ = load_run(out)  # the finished run's weights are a plain encoder's
     assert type(model).__name__ == "EncoderForMaskedLM"
-    if extra:  # tp: step 2's sharded checkpoint, resumed by one process, finishes like the single run
+    if extra:  # tp / pp: step 2's sharded checkpoint, resumed by one process, finishes like the single run
         shutil.rmtree(out / "checkpoints" / "step_0000004")
         (out / "model.safetensors").unlink()
         _, model, _ = load_run(out)  # an unfinished tp run: its latest sharded checkpoint, in a plain encoder

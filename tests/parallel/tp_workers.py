@@ -47,7 +47,10 @@ def train(rank, world, spec):
     model = build(spec["family"], **spec.get("model", {}))
     if tp > 1:
         parallelize_tp(model, mesh, sequence_parallel=spec.get("sp", False))
-    model.activation_checkpointing = spec.get("recompute", False)  # the collectives run again in the backward
+    if spec.get("recompute", False):  # the collectives run again in the backward
+        from fastlm.parallel import apply_activation_checkpointing
+
+        apply_activation_checkpointing(model)
     dp = None
     if mesh is not None and mesh.dp > 1:
         dp = DataParallel(model, mesh, bucket_mb=0.004, shard_optimizer=spec.get("shard", False))

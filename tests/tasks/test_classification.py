@@ -193,3 +193,20 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, data):
     with pytest.raises(CheckpointError, match="no checkpoint"):
         shutil.rmtree(tmp_path / "b" / "checkpoints")
         finetune(TASK, _tc(raw), tmp_path / "b", show_progress=False, resume=True)
+
+
+def test_final_weights_are_sealed_and_verified(tmp_path, data):
+    """The task loop writes model.safetensors like the trainer (temporary name, then renamed, with
+    its sha256 in weights.json); one flipped byte is an error when the run is evaluated."""
+    from fastlm.train.errors import CheckpointError
+
+    out = tmp_path / "run"
+    finetune(TASK, _tc(tiny_config(*data, steps=2)), out, show_progress=False)
+    seal = json.loads((out / "weights.json").read_text())["files"]["model.safetensors"]
+    assert seal["bytes"] == (out / "model.safetensors").stat().st_size
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+    weights = bytearray((out / "model.safetensors").read_bytes())
+    weights[-3] ^= 0x10
+    (out / "model.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(CheckpointError, match="model.safetensors is corrupted"):
+        evaluate_run(TASK, out)

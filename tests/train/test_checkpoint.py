@@ -9,6 +9,7 @@ import safetensors.torch
 import torch
 
 from fastlm.train import CheckpointError, Trainer
+from fastlm.train.step import TrainStep
 from fastlm.train.checkpoint import checkpoint_dirs
 from fastlm.train.metrics import read_metrics
 from tests.train.train_helpers import micro_config
@@ -30,8 +31,8 @@ def test_resume_is_bit_exact(finished_run, tmp_path, monkeypatch):
     shutil.rmtree(resumed / "checkpoints" / "step_0000006")
     (resumed / "model.safetensors").unlink()
     steps_run = []
-    real = Trainer._train_step
-    monkeypatch.setattr(Trainer, "_train_step", lambda self, *a: steps_run.append(1) or real(self, *a))
+    real = TrainStep.__call__
+    monkeypatch.setattr(TrainStep, "__call__", lambda self, *a: steps_run.append(1) or real(self, *a))
 
     Trainer(micro_config(), out_dir=resumed, resume=True, show_progress=False).fit()
 

@@ -127,3 +127,30 @@ def test_tokenizer_source_needs_the_same_tokenizer(hf_dir, tmp_path):
     (child / "tokenizer.json").write_bytes((hf_dir / "tokenizer.json").read_bytes())
     (run / "config.toml").write_text(f"[model]\ninit_from = {json.dumps(str(hf_dir))}\n")
     assert tokenizer_source(child) == hf_dir
+
+
+def test_a_run_from_a_checkpoint_records_what_it_used(hf_dir, tmp_path, monkeypatch):
+    """config.toml records the checkpoint's architecture and tokenizer (file and vocabulary), the
+    user's config is left as it was, and `fastlm eval` trains no throwaway tokenizer."""
+    import tomllib
+
+    from fastlm.data import prepare
+    from fastlm.train.evaluate import evaluate_run
+
+    run_dir = tmp_path / "from-hf"
+    config = micro_config(f"model.init_from={json.dumps(str(hf_dir))}", "train.steps=1", "checkpoint.every=0")
+    before = config.to_dict()
+    Trainer(config, out_dir=run_dir, show_progress=False).fit()
+    assert config.to_dict() == before                               # the run wrote into a copy
+    recorded = tomllib.loads((run_dir / "config.toml").read_text())
+    tok = load_tokenizer(hf_dir / "tokenizer.json")
+    assert recorded["data"]["tokenizer"] == str((hf_dir / "tokenizer.json").resolve())
+    assert recorded["data"]["vocab_size"] == tok.get_vocab_size()
+    hf_config = json.loads((hf_dir / "config.json").read_text())
+    assert recorded["model"]["family"] == "llama" and recorded["model"]["n_layer"] == hf_config["num_hidden_layers"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("fastlm eval trained a tokenizer")
+    monkeypatch.setattr(prepare, "train_bpe", no_training)
+    result = evaluate_run(run_dir)
+    assert result["val_loss"] > 0

@@ -71,15 +71,14 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 
 @pytest.mark.parametrize("clip", [0.01, 0.0])
 def test_train_step_clips_the_global_norm_and_averages_micro_batches(clip):
-    from contextlib import nullcontext
-
     from fastlm.models import GPT
+    from fastlm.parallel import ParallelModel
     from fastlm.train.optim import build_optimizer
+    from fastlm.train.step import TrainStep
 
     config = micro_config(f"train.grad_clip={clip}", "model.dropout=0.0")
-    trainer = Trainer(config)
     torch.manual_seed(0)
-    model = GPT(config.model.gpt_config())
+    model = GPT(config.model.architecture())
     optimizer = build_optimizer(model, config.train, torch.device("cpu"))
     norms_at_step = []
     real_step = optimizer.step
@@ -93,7 +92,8 @@ def test_train_step_clips_the_global_norm_and_averages_micro_batches(clip):
     x1, x2 = torch.randint(0, 320, (2, 2, 32))
     with torch.no_grad():
         expected = (model(x1, labels=x1)[1] + model(x2, labels=x2)[1]) / 2
-    loss, grad_norm = trainer._train_step(model, optimizer, None, [x1, x2], nullcontext())
+    train_step = TrainStep(ParallelModel(model), optimizer, device=torch.device("cpu"), grad_clip=clip)
+    loss, grad_norm, _ = train_step([x1, x2])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert grad_norm.item() > 0.05                                      # logged: the norm before clipping
     if clip:
@@ -167,3 +167,16 @@ def test_tensorboard_when_asked_for(tmp_path):
         Trainer(config, out_dir=out, show_progress=False).fit()
         assert any((out / "tensorboard").iterdir())
     assert (out / "metrics.jsonl").is_file()
+
+
+@pytest.mark.slow  # inductor compiles the block for about a minute on a CPU
+def test_compile_true_equals_the_eager_run(tmp_path):
+    from fastlm.train.metrics import read_metrics
+
+    runs = {}
+    for flag in ("false", "true"):
+        out = tmp_path / flag
+        Trainer(micro_config("model.dropout=0.0", f"train.compile={flag}", "checkpoint.every=0"), out_dir=out,
+                show_progress=False).fit()
+        runs[flag] = [r["loss"] for r in read_metrics(out) if "loss" in r]
+    assert runs["true"] == pytest.approx(runs["false"], rel=1e-4)

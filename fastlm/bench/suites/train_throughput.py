@@ -5,6 +5,7 @@ Each run is its own subprocess (`python -m fastlm.bench.suites.train_throughput 
 so its peak memory is its own and an environment switch (FASTLM_BACKEND=reference, the CPU GEMM
 path, ONEDNN_MAX_CPU_ISA) applies to it alone. Implementations:
   fastlm        fastlm's GPT with its kernels
+  fastlm_compiled  the same with every block compiled (fastlm.parallel.apply_compile; `[train] compile`)
   torch_linear  the same model with its linears turned back into torch.nn.Linear
   reference     the same model on the plain-PyTorch reference of every op (FASTLM_BACKEND=reference)
   hf            the model converted with fastlm.models.to_hf (HF's SDPA attention)
@@ -22,7 +23,7 @@ import time
 
 from fastlm.bench.registry import Options, Suite
 
-IMPLS = ("fastlm", "torch_linear", "reference", "hf")
+IMPLS = ("fastlm", "fastlm_compiled", "torch_linear", "reference", "hf")
 # Dense bf16 tensor-core peaks (FLOP/s) for MFU, by a substring of torch.cuda.get_device_name().
 GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "4090": 165e12}
 CPU_SHAPES = {"gpt2": dict(family="gpt2", d_model=256, n_layer=4, n_head=8, vocab_size=4096, seq_len=256, batch_size=8),
@@ -68,6 +69,10 @@ def run_one(spec: dict) -> dict:
         for module in model.modules():
             if isinstance(module, torch.nn.Linear):
                 module.__class__ = torch.nn.Linear
+    if spec["impl"] == "fastlm_compiled":  # compiled in the warm-up steps, which are not timed
+        from fastlm.parallel import apply_compile
+
+        apply_compile(model)
     if spec["impl"] == "hf":
         model = to_hf(model, attn_implementation="sdpa")
         step_loss = lambda x: model(input_ids=x, labels=x).loss

@@ -1,7 +1,7 @@
 """The pipeline of one rank: its stage, its schedule, and the step-level pieces around them.
 
     pipe = Pipeline(model, mesh, schedule="1f1b", micro_batch_size=8, seq_len=128)
-    stage = pipe.stage                        # this rank's part of the model (an nn.Module to optimize)
+    stage = pipe.stage                        # this rank's part of the model (the same class, pruned)
     loss = pipe.train_step(micro_batches)     # forward + backward of every micro-batch (the schedule)
     pipe.finish_grads()                       # tied embedding copies: gradients summed
     norm = pipe.clip_grad_norm_(1.0)          # over the whole model (every stage)
@@ -17,8 +17,8 @@ import datetime
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-from fastlm.models.gpt import GPT
 from fastlm.parallel.mesh import Mesh, record_collective, wait_work
 from fastlm.parallel.pipeline.executor import PipelineExecutor
 from fastlm.parallel.pipeline.schedules import check_layout, make_schedule
@@ -26,6 +26,7 @@ from fastlm.parallel.pipeline.split import (
     BALANCES,
     PipelineStage,
     check_stage_layers,
+    layers_of,
     measured_costs,
     param_costs,
     partition_layers,
@@ -33,12 +34,12 @@ from fastlm.parallel.pipeline.split import (
 )
 
 
-def plan_stage_layers(model: GPT, num_stages: int, balance: str = "params", stage_layers: list[int] | None = None,
+def plan_stage_layers(model: nn.Module, num_stages: int, balance: str = "params", stage_layers: list[int] | None = None,
                       micro_batch_size: int = 1, seq_len: int = 128) -> list[int]:
     """Layers per stage: the explicit list, or balanced by parameter count or by measured time.
 
     balance="time" measures on this rank; under torch.distributed every rank takes rank 0's numbers."""
-    n = model.config.n_layer
+    n = len(layers_of(model))
     if num_stages > n:
         raise ValueError(f"pipeline: pp x virtual_stages = {num_stages} stages but model.n_layer = {n}; every "
                          f"stage needs at least one layer (use at most {n} stages)")
@@ -59,7 +60,7 @@ def plan_stage_layers(model: GPT, num_stages: int, balance: str = "params", stag
 
 
 class Pipeline:
-    def __init__(self, model: GPT, mesh: Mesh, *, schedule: str = "1f1b", virtual_stages: int = 1,
+    def __init__(self, model: nn.Module, mesh: Mesh, *, schedule: str = "1f1b", virtual_stages: int = 1,
                  stage_layers: list[int] | None = None, balance: str = "params", micro_batch_size: int = 1,
                  seq_len: int | None = None, autocast=None):
         if mesh.pp < 2:
@@ -77,8 +78,10 @@ class Pipeline:
         seq_len = seq_len or model.config.max_seq_len
         num_stages = mesh.pp * virtual_stages
         self.stage_layers = plan_stage_layers(model, num_stages, balance, stage_layers, micro_batch_size, seq_len)
-        self.stage = PipelineStage(model, self.stage_layers, stage_ranks(num_stages, mesh.pp)[mesh.pp_rank])
-        self.embedding_group = self._embedding_group(mesh) if self.stage.tied else None
+        self.plan = PipelineStage(model, self.stage_layers, stage_ranks(num_stages, mesh.pp)[mesh.pp_rank])
+        self.stage = self.plan.module  # what this rank optimizes and checkpoints
+        self.stages = self.plan.stages
+        self.embedding_group = self._embedding_group(mesh) if self.plan.tied else None
         # Every rank of the pipeline meets once before any point-to-point transfer (NCCL sets up its
         # communicator in the first collective of a group).
         record_collective("barrier (pipeline start)")
@@ -86,7 +89,7 @@ class Pipeline:
         dtype = next(model.parameters()).dtype
         # The residual stream between stages; sequence parallel keeps 1/tp of every sequence on each rank.
         local_seq = seq_len // mesh.tp if getattr(model, "sequence_parallel", False) else seq_len
-        self.executor = PipelineExecutor(self.stage, self.pp_rank, self.pp_ranks, self.group,
+        self.executor = PipelineExecutor(self.plan, self.pp_rank, self.pp_ranks, self.group,
                                          (micro_batch_size, local_seq, model.config.d_model), dtype, mesh.device,
                                          autocast=autocast)
 
@@ -118,7 +121,7 @@ class Pipeline:
 
     def finish_grads(self) -> None:
         """Sum the gradients of the two copies of a tied embedding (first and last stage)."""
-        weight = self.stage.tied_weight()
+        weight = self.plan.tied_weight()
         if weight is None:
             return
         if weight.grad is None:
@@ -129,7 +132,7 @@ class Pipeline:
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Clip by the norm of the whole model's gradient (each parameter counted once); returns it."""
-        duplicate = self.stage.tied_weight() if self.stage.has_last else None  # the first stage counts it
+        duplicate = self.plan.tied_weight() if self.plan.has_last else None  # the first stage counts it
         all_grads = [p.grad for p in self.stage.parameters() if p.grad is not None]
         counted = [p.grad for p in self.stage.parameters() if p.grad is not None and p is not duplicate
                    and self._counted_here(p)]
@@ -200,13 +203,25 @@ class Pipeline:
             full.update(part)
         return full
 
-    def full_model(self) -> GPT | None:
-        """A one-process GPT with every stage's weights, on the pipeline's first rank (None elsewhere)."""
+    def full_model(self) -> nn.Module | None:
+        """A one-process model with every stage's weights, on the pipeline's first rank (None elsewhere)."""
+        from fastlm.parallel.tensor.checkpoint import plain_model
+
         state = self.full_state_dict()
         if state is None:
             return None
-        model = GPT(self.stage.config)
-        if self.stage.tied:
-            state.setdefault("lm_head.weight", state["tok_emb.weight"])
+        model = plain_model(self.stage)
+        for aliases in _tied_names(model):  # a tied weight is saved under the names its stage held
+            value = next((state[name] for name in aliases if name in state), None)
+            for name in aliases:
+                state.setdefault(name, value)
         model.load_state_dict(state, strict=True)
         return model
+
+
+def _tied_names(model: nn.Module) -> list[list[str]]:
+    """Groups of parameter names that are one tensor (tied weights)."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return [group for group in names.values() if len(group) > 1]

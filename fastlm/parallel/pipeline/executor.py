@@ -20,16 +20,10 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
+from fastlm.data.inputs import model_inputs
 from fastlm.parallel.mesh import record_collective, wait_work
 from fastlm.parallel.pipeline.schedules import Action, rank_chunk_of, stage_of
 from fastlm.parallel.pipeline.split import PipelineStage
-
-
-def split_batch(batch):
-    """(input_ids, cu_seqlens or None) of a micro-batch (a tensor or a PackedBatch)."""
-    if hasattr(batch, "input_ids"):
-        return batch.input_ids, batch.cu_seqlens
-    return batch, None
 
 
 class PipelineExecutor:
@@ -125,20 +119,18 @@ class PipelineExecutor:
         """One forward or backward; returns the (detached) loss it computed, or zero."""
         loss = torch.zeros((), device=self.device)
         stage = stage_of(self.pp_rank, a.chunk, self.pp)
-        ids, cu = split_batch(micro_batches[a.microbatch])
-        ids = ids.to(self.device, non_blocking=True)
-        cu = cu.to(self.device, non_blocking=True) if cu is not None else None
+        batch = micro_batches[a.microbatch].to(self.device, non_blocking=True)
         key = (a.microbatch, a.chunk)
         if a.kind == "F":
             if stage == 0:
                 self._exchange()
-                x = ids
+                x = None
             else:
                 x = self._exchange(stage - 1, "activation", a.microbatch, stage).requires_grad_()
             inputs[key] = x if stage > 0 else None
             last = stage == self.num_stages - 1
-            with self.autocast:  # the last stage returns the loss
-                y = self.stage.forward_chunk(a.chunk, x, ids.shape, cu, labels=ids if last else None)
+            with self.autocast:  # the last stage returns (None, loss)
+                y = self._forward(a.chunk, batch, x, return_logits=False)
             if last:
                 y = y / divisor
                 loss = y.detach()
@@ -164,17 +156,24 @@ class PipelineExecutor:
 
     # ------------------------------------------------------------------ forward only (evaluation)
 
+    def _forward(self, chunk: int, batch, x: torch.Tensor | None, return_logits: bool) -> torch.Tensor:
+        """Chunk `chunk`'s model on a micro-batch: its hidden states, or on the last stage its loss."""
+        inputs = model_inputs(batch, return_logits=return_logits)
+        if x is not None:
+            inputs["hidden_states"] = x
+        y = self.stage.chunks[chunk](**inputs)
+        return y[1] if self.stage.is_last_stage(chunk) else y
+
     @torch.no_grad()
     def forward_only(self, batch) -> torch.Tensor:
         """One batch through every stage (no graph); the loss on the last stage, zero elsewhere."""
-        ids, cu = split_batch(batch)
-        ids = ids.to(self.device)
+        batch = batch.to(self.device)
         loss = torch.zeros((), device=self.device)
         for chunk, stage in enumerate(self.stage.stages):
-            x = ids if stage == 0 else self._exchange(stage - 1, "activation", 0, stage)
+            x = None if stage == 0 else self._exchange(stage - 1, "activation", 0, stage)
             last = stage == self.num_stages - 1
-            with self.autocast:  # evaluation computes the logits, as GPT.forward does by default
-                y = self.stage.forward_chunk(chunk, x, ids.shape, cu, labels=ids if last else None, fused=False)
+            with self.autocast:  # evaluation computes the logits, as the model does by default
+                y = self._forward(chunk, batch, x, return_logits=True)
             if last:
                 loss = y.float()
             else:

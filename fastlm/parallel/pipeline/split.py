@@ -1,25 +1,24 @@
-"""Split a built GPT into pipeline stages of consecutive blocks.
+"""Split a built model (GPT, EncoderForMaskedLM) into pipeline stages of consecutive layers.
 
-    layers = partition_layers(costs, num_stages)            # [(start, end), ...] per stage
-    module = PipelineStage(gpt, stage_ranges, stages=[r, pp + r])   # what one rank holds
+    layers = partition_layers(costs, num_stages)            # layers per stage
+    stage = PipelineStage(model, stage_layers, stages=[r, pp + r])   # what one rank holds
 
-A PipelineStage keeps the GPT's module names (tok_emb, pos_emb, blocks.<i>, norm, lm_head), so its
-state_dict keys are a subset of the whole model's: checkpoints reshard between layouts by name.
-The first stage holds the embeddings, the last the final norm and the head (the loss is computed
-there). With tied embeddings and the two on different ranks, the last stage holds its own copy of
-the embedding matrix as lm_head.weight; the pipeline sums the two copies' gradients every step
-so they stay equal (they start equal and take the same optimizer steps).
+A stage is the same model class with the parts it does not own removed (`prune`): the model names
+its first-stage parts (embeddings), its last-stage parts (final norm, head) and its Layers
+container; its one forward skips what is missing. `stage.module` holds every part the rank owns
+under the whole model's names, so state-dict keys are a subset of the model's and checkpoints
+reshard between layouts by name; `stage.chunks[c]` is the model of chunk (virtual stage) c.
+With tied embeddings and the first and last stage on different ranks, the last stage keeps the
+embedding module registered (its weight is the head's): the pipeline sums the two copies'
+gradients every step so they stay equal (they start equal and take the same optimizer steps).
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.checkpoint import checkpoint
+import copy
+import time
 
-from fastlm import ops
-from fastlm.models.gpt import GPT, document_positions
-from fastlm.nn import rope_cos_sin
+import torch
+from torch import nn
 
 BALANCES = ("params", "time")
 
@@ -70,37 +69,103 @@ def check_stage_layers(stage_layers: list[int], n_layer: int, num_stages: int) -
                          f"model.n_layer = {n_layer}")
 
 
-def param_costs(model: GPT) -> tuple[list[float], float, float]:
-    """Cost by parameter count: per block, the embeddings (first stage), norm + head (last stage)."""
-    per_layer = [float(sum(p.numel() for p in b.parameters())) for b in model.blocks]
-    first = float(model.tok_emb.weight.numel() + (model.pos_emb.weight.numel() if model.pos_emb is not None else 0))
-    last = float(sum(p.numel() for p in model.norm.parameters()) + model.lm_head.weight.numel())
-    return per_layer, first, last
+def _get(model: nn.Module, path: str) -> nn.Module | None:
+    for name in path.split("."):
+        model = model._modules.get(name) if model is not None else None
+    return model
 
 
-def measured_costs(model: GPT, batch_size: int, seq_len: int, repeats: int = 5) -> tuple[list[float], float, float]:
-    """Cost by measured forward + backward time of every block, the embeddings and the head (seconds).
+def layers_of(model: nn.Module):
+    """The model's Layers container (model.pipeline_layers names it)."""
+    if not hasattr(model, "pipeline_layers"):
+        raise ValueError(f"pipeline: {type(model).__name__} does not name its pipeline parts (pipeline_layers, "
+                         f"pipeline_first, pipeline_last); fastlm GPT and EncoderForMaskedLM models can be split")
+    layers = _get(model, model.pipeline_layers)
+    if len(layers) != model.config.n_layer:
+        raise ValueError(f"pipeline: this {model.config.family} model runs {len(layers)} shared blocks at "
+                         f"{model.config.n_layer} layers; a pipeline stage needs layers of its own")
+    return layers
+
+
+def _shallow_copy(module: nn.Module) -> nn.Module:
+    """A new module object sharing every submodule and parameter, whose children can be replaced."""
+    new = copy.copy(module)
+    new._modules, new._parameters, new._buffers = dict(module._modules), dict(module._parameters), \
+        dict(module._buffers)
+    return new
+
+
+def prune(model: nn.Module, layers, first: bool, last: bool, keep: tuple[str, ...] = ()) -> nn.Module:
+    """The model holding only `layers` (layer indices), the first-stage parts if `first`, the
+    last-stage parts if `last` (and the parts named in `keep`). Shares the module objects."""
+    root = _shallow_copy(model)
+    copied = {"": root}
+
+    def parent_of(path: str) -> tuple[nn.Module, str]:
+        *names, leaf = path.split(".")
+        prefix = ""
+        for name in names:
+            key = f"{prefix}{name}"
+            if key not in copied:
+                copied[key] = _shallow_copy(copied[prefix.rstrip(".")]._modules[name])
+                copied[prefix.rstrip(".")]._modules[name] = copied[key]
+            prefix = key + "."
+        return copied[prefix.rstrip(".")], leaf
+
+    for path in (() if first else model.pipeline_first) + (() if last else model.pipeline_last):
+        if path not in keep:
+            owner, name = parent_of(path)
+            if name in owner._modules:
+                owner._modules[name] = None
+    owner, name = parent_of(model.pipeline_layers)
+    owner._modules[name] = owner._modules[name].subset(layers)
+    return root
+
+
+def tied_parts(model: nn.Module) -> tuple[str, ...]:
+    """The first-stage parts that share a parameter with a last-stage part (a tied embedding)."""
+    last = {id(p) for path in model.pipeline_last if (m := _get(model, path)) is not None for p in m.parameters()}
+    return tuple(path for path in model.pipeline_first if (m := _get(model, path)) is not None
+                 and any(id(p) in last for p in m.parameters()))
+
+
+def _params(model: nn.Module, paths) -> float:
+    return float(sum(p.numel() for path in paths if (m := _get(model, path)) is not None for p in m.parameters()))
+
+
+def param_costs(model: nn.Module) -> tuple[list[float], float, float]:
+    """Cost by parameter count: per layer, the first-stage parts (embeddings), the last-stage parts (head)."""
+    per_layer = [float(sum(p.numel() for p in b.parameters())) for b in layers_of(model)]
+    return per_layer, _params(model, model.pipeline_first), _params(model, model.pipeline_last)
+
+
+def measured_costs(model: nn.Module, batch_size: int, seq_len: int, repeats: int = 5) -> tuple[list[float], float, float]:
+    """Cost by measured forward + backward time of every layer, the first-stage and the last-stage
+    parts (seconds), each timed through the model's own forward on a pruned copy.
 
     Each piece is timed `repeats` times in interleaved rounds (so all see the same machine load) and
     its fastest time counts. Ranks measure different numbers: the caller must agree on one set
     (the pipeline broadcasts rank 0's)."""
-    import time
+    layers = layers_of(model)
+    weight = next(model.parameters())
+    ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), device=weight.device)
+    x = prune(model, [], first=True, last=False)(input_ids=ids).detach()
 
-    device = model.tok_emb.weight.device
-    ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), device=device)
-    positions = torch.arange(seq_len, device=device)
-    rope = None if model.pos_emb is not None else rope_cos_sin(positions, model.config.head_dim,
-                                                               model.config.rope_theta)
-    x = model.tok_emb(ids).detach()
-    pieces = [lambda: model.tok_emb(ids)] + [lambda b=b: b(x.requires_grad_(), rope) for b in model.blocks] + \
-             [lambda: model.lm_head(model.norm(x.requires_grad_()))]
+    def run(piece: nn.Module, **kwargs) -> torch.Tensor:
+        out = piece(input_ids=ids, **kwargs)
+        return out[1] if isinstance(out, tuple) else out  # the loss, or the hidden states
+
+    pieces = [lambda: run(prune(model, [], first=True, last=False))]
+    pieces += [lambda i=i: run(prune(model, [i], first=False, last=False), hidden_states=x.requires_grad_())
+               for i in layers.indices()]
+    pieces += [lambda: run(prune(model, [], first=False, last=True), hidden_states=x.requires_grad_(), labels=ids)]
     best = [float("inf")] * len(pieces)
     for round_ in range(repeats + 1):  # round 0 warms up
         for i, piece in enumerate(pieces):
             t0 = time.perf_counter()
             piece().float().sum().backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            if weight.device.type == "cuda":
+                torch.cuda.synchronize(weight.device)
             if round_:
                 best[i] = min(best[i], time.perf_counter() - t0)
     model.zero_grad(set_to_none=True)
@@ -108,7 +173,7 @@ def measured_costs(model: GPT, batch_size: int, seq_len: int, repeats: int = 5) 
     # on a busy machine would otherwise move layers between stages from run to run).
     per_layer = best[1:-1]
     kinds: dict = {}
-    for i, block in enumerate(model.blocks):
+    for i, block in enumerate(layers):
         kinds.setdefault(tuple((type(m).__name__, tuple(p.shape)) for m in block.modules()
                                for p in m.parameters(recurse=False)), []).append(i)
     for members in kinds.values():
@@ -118,115 +183,48 @@ def measured_costs(model: GPT, batch_size: int, seq_len: int, repeats: int = 5) 
     return per_layer, best[0], best[-1]
 
 
-class PipelineStage(nn.Module):
-    """The part of a GPT one pipeline rank holds: one or more chunks (virtual stages) of blocks.
+class PipelineStage:
+    """The part of a model one pipeline rank holds: one or more chunks (virtual stages) of layers.
 
-    stage_layers: the number of blocks of every stage of the whole pipeline; stages: the stage
-    indices this rank holds (chunk c is stages[c]). forward_chunk(c, x, ...) runs one chunk: on
-    the first stage x is input_ids, elsewhere the hidden states; the last stage returns logits.
+    stage_layers: the number of layers of every stage of the whole pipeline; stages: the stage
+    indices this rank holds (chunk c is stages[c]). `module`: everything the rank holds (what to
+    optimize and checkpoint); `chunks[c]`: chunk c's model, run as model(**inputs, hidden_states=x)
+    (x: the previous stage's output; the first stage embeds input_ids, the last returns the loss).
     """
 
-    def __init__(self, model: GPT, stage_layers: list[int], stages: list[int]):
-        super().__init__()
+    def __init__(self, model: nn.Module, stage_layers: list[int], stages: list[int]):
         num_stages = len(stage_layers)
-        check_stage_layers(stage_layers, model.config.n_layer, num_stages)
-        self.config = model.config
+        layers = layers_of(model)
+        check_stage_layers(stage_layers, len(layers), num_stages)
         self.stage_layers = list(stage_layers)
         self.stages = list(stages)
         self.num_stages = num_stages
-        self.activation_checkpointing = model.activation_checkpointing
-        for name in ("tp_size", "tp_group", "sequence_parallel", "tp_rng"):  # set by parallelize_tp
-            if name in vars(model):
-                setattr(self, name, getattr(model, name))
-        self._total_params = model.num_params()
         starts = [sum(stage_layers[:s]) for s in range(num_stages)]
-        self.chunk_layers = [list(range(starts[s], starts[s] + stage_layers[s])) for s in stages]
+        indices = layers.indices()
+        self.chunk_layers = [indices[starts[s]:starts[s] + stage_layers[s]] for s in stages]
         self.has_first = 0 in stages
         self.has_last = num_stages - 1 in stages
-        self.tied = bool(model.config.tie_embeddings)
-
-        if self.has_first:
-            self.tok_emb = model.tok_emb
-            self.pos_emb = model.pos_emb
-            self.drop = model.drop
-        self.blocks = nn.ModuleDict({str(i): model.blocks[i] for layers in self.chunk_layers for i in layers})
-        if self.has_last:
-            if self.tied and not self.has_first:
-                # The head's weight is the embedding matrix: the last stage keeps its own copy under
-                # the same name (tok_emb.weight, never looked up here), so checkpoints, the optimizer
-                # (no weight decay: the embedding is registered first, so it owns the weight) and
-                # state dicts see the tied model; the pipeline sums the two copies' gradients every
-                # step, so they stay equal.
-                self.tok_emb = model.tok_emb
-            self.norm = model.norm
-            self.lm_head = model.lm_head
-            # (N, V) logits, (N,) targets -> mean loss; vocab-parallel under tensor parallelism
-            self.loss_fn = model.loss_fn
-            # The head and the loss fused (no logits stored) exactly when GPT.forward fuses them
-            self.fused_loss = model._fused_loss_applies()
-
-    def num_params(self, exclude_embeddings: bool = False) -> int:
-        """The whole model's parameter count (what the run reports), not this rank's part."""
-        return self._total_params
+        tied = tied_parts(model)
+        self.tied = bool(tied)
+        # A last stage without the first keeps the tied embedding's module under its own name.
+        keep = tied if self.has_last and not self.has_first else ()
+        mine = [i for chunk in self.chunk_layers for i in chunk]
+        self.module = prune(model, mine, self.has_first, self.has_last, keep)
+        self.chunks = [prune(model, layers, s == 0, s == num_stages - 1) for s, layers in
+                       zip(stages, self.chunk_layers)]
+        self._tied_weight = next(_get(model, tied[0]).parameters()) if tied else None
 
     def tied_weight(self) -> nn.Parameter | None:
         """The copy of a tied embedding this rank holds when the first and last stage are on different ranks."""
-        if not self.tied or self.has_first == self.has_last:
+        if self._tied_weight is None or self.has_first == self.has_last:
             return None
-        return self.tok_emb.weight
+        return self._tied_weight
 
     def is_first_stage(self, chunk: int) -> bool:
         return self.stages[chunk] == 0
 
     def is_last_stage(self, chunk: int) -> bool:
         return self.stages[chunk] == self.num_stages - 1
-
-    def positions(self, input_ids_shape, cu_seqlens, device):
-        b, t = input_ids_shape
-        if cu_seqlens is not None:
-            return document_positions(cu_seqlens, b * t)
-        return torch.arange(t, device=device), None
-
-    def forward_chunk(self, chunk: int, x: torch.Tensor, input_ids_shape, cu_seqlens=None, labels=None,
-                      fused: bool | None = None) -> torch.Tensor:
-        """Run chunk `chunk`: input_ids (first stage) or hidden states in; hidden states out, or on the
-        last stage the logits, or with labels the mean loss (fused: by the fused head + loss as
-        GPT.forward(return_logits=False) does; default where it applies)."""
-        b, t = input_ids_shape
-        positions, max_seqlen = self.positions(input_ids_shape, cu_seqlens, x.device)
-        if self.is_first_stage(chunk):
-            if t > self.config.max_seq_len:
-                raise ValueError(f"sequence of {t} tokens is longer than max_seq_len {self.config.max_seq_len}")
-            ids = x
-            x = self.tok_emb(ids)
-            if self.pos_emb is not None:
-                x = x + self.pos_emb(positions).view(-1, t, x.shape[-1])
-            x = self.drop(x)
-        rope = None if self.config.family != "llama" else \
-            rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
-        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
-        for i in self.chunk_layers[chunk]:
-            block = self.blocks[str(i)]
-            if recompute:
-                x = checkpoint(block, x, rope, None, cu_seqlens, max_seqlen, use_reentrant=False)
-            else:
-                x = block(x, rope, None, cu_seqlens, max_seqlen)
-        if self.is_last_stage(chunk):
-            x = self.norm(x)
-            return self.lm_head(x) if labels is None else self.head_loss(x, labels, cu_seqlens, fused)
-        return x
-
-    def head_loss(self, hidden: torch.Tensor, labels: torch.Tensor, cu_seqlens=None,
-                  fused: bool | None = None) -> torch.Tensor:
-        """GPT.forward's loss from the final norm's output: position t predicts labels[t + 1], -100
-        ignored, no prediction across packed documents."""
-        targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-        if cu_seqlens is not None:
-            targets = targets.flatten().index_fill(0, (cu_seqlens[1:] - 1).long(), -100).view_as(targets)
-        if self.fused_loss and fused is not False:
-            return ops.linear_cross_entropy(hidden, self.lm_head.weight, targets)
-        logits = self.lm_head(hidden)
-        return self.loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 def stage_ranks(num_stages: int, pp: int) -> list[list[int]]:

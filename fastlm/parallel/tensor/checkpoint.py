@@ -96,11 +96,12 @@ def tied_aliases(model: nn.Module) -> dict[str, str]:
 
 
 def plain_model(model: nn.Module, device=None) -> nn.Module:
-    """A new plain (tp = 1) model of the same kind and architecture as `model` (GPT or EncoderForMaskedLM)."""
+    """A new plain (tp = 1) model of the same kind and architecture as `model` (GPT or EncoderForMaskedLM;
+    also a pipeline stage of one: the whole model)."""
     from fastlm.models import GPT, EncoderForMaskedLM
 
     if isinstance(model, EncoderForMaskedLM):
-        return EncoderForMaskedLM(model.config, sentence_order=model.sop_head is not None).to(device)
+        return EncoderForMaskedLM(model.config, sentence_order=model.sentence_order).to(device)
     if isinstance(model, GPT):
         return GPT(model.config).to(device)
     raise TypeError(f"plain_model: expected a fastlm GPT or EncoderForMaskedLM, got {type(model).__name__}")

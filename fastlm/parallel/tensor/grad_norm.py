@@ -20,18 +20,13 @@ def clip_grad_norm_(model: torch.nn.Module, max_norm: float, mesh, dp=None) -> t
     """
     counted = mesh.tp_rank == 0
     sq = torch.zeros((), dtype=torch.float32, device=mesh.device if dp is None else dp.device)
-    if dp is not None and getattr(dp, "_last_sync_sharded", False):
-        W, r = dp.world_size, dp.rank
+    if dp is not None and dp.grads_sharded:  # each dp rank counts and clips its shard of the gradients
         grads = []
-        for b in dp._buckets:
-            lo_b = b.start + r * (b.size // W)
-            hi_b = lo_b + b.size // W
-            grads.append(b.grad.chunk(W)[r])
-            for i in b.params:
-                p, o = dp._params[i], dp._offsets[i]
-                lo, hi = max(o, lo_b), min(o + p.numel(), hi_b)
-                if lo < hi and (counted or is_tp_sharded(p)):
-                    sq += dp._views[i].view(-1)[lo - o:hi - o].float().pow(2).sum()
+        for seg in dp.shard_segments():
+            g = dp.flat_grad(seg.index)[seg.lo:seg.hi]
+            grads.append(g)
+            if counted or is_tp_sharded(dp.params[seg.index]):
+                sq += g.float().pow(2).sum()
         sq = all_reduce(sq, dp.group)
     else:
         params = [p for p in model.parameters() if p.grad is not None]

@@ -26,14 +26,12 @@ runs as one packed varlen sequence of its real tokens, whose length need not div
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
 from fastlm.parallel.tensor.collectives import gather_from_sequence, scatter_to_sequence
-from fastlm.parallel.tensor.cross_entropy import vocab_parallel_cross_entropy
 from fastlm.parallel.tensor.embedding import VocabParallelEmbedding
+from fastlm.parallel.tensor.head import VocabParallelHead
 from fastlm.parallel.tensor.layout import check_tp_layout
 from fastlm.parallel.tensor.linear import (
     ColumnParallelLinear,
@@ -73,7 +71,7 @@ def parallelize_tp(model: nn.Module, mesh, sequence_parallel: bool = False, seed
     (default: torch.initial_seed(), the seed the model was built with).
     """
     from fastlm.models import GPT
-    from fastlm.nn import MLP, Attention, LayerNorm, RMSNorm
+    from fastlm.nn import LayerNorm, RMSNorm
 
     trunk, head_owner, head_name = _parts_to_split(model)
     if getattr(model, "tp_size", 1) > 1:
@@ -94,44 +92,18 @@ def parallelize_tp(model: nn.Module, mesh, sequence_parallel: bool = False, seed
     column_input = "gathered" if sp else "replicated"
 
     for block in trunk.blocks:  # ALBERT: each shared block once
-        attn, mlp = block.attn, block.mlp
-        if not (isinstance(attn, Attention) and isinstance(mlp, MLP)):
-            raise TypeError(f"parallelize_tp: a block's attn/mlp are {type(attn).__name__}/{type(mlp).__name__}, "
-                            f"expected fastlm.nn Attention/MLP")
-        n_q, n_kv, hd = attn.n_head * attn.head_dim, attn.n_kv_head * attn.head_dim, attn.head_dim
-        _check_linear(attn.qkv, "attn.qkv")
-        if attn.n_kv_head % tp == 0:
-            attn.qkv = ColumnParallelLinear.from_linear(attn.qkv, group=group, input_mode=column_input,
-                                                        parts=[("q", n_q), ("k", n_kv), ("v", n_kv)])
-            local_kv = attn.n_kv_head // tp
-        else:  # fewer kv heads than ranks: each rank computes the one its q heads use
-            attn.qkv = GQAColumnParallelLinear.from_linear(attn.qkv, n_head=attn.n_head, n_kv_head=attn.n_kv_head,
-                                                           head_dim=hd, group=group, input_mode=column_input)
-            local_kv = 1
-        _check_linear(attn.proj, "attn.proj")
-        attn.proj = RowParallelLinear.from_linear(attn.proj, group=group, sequence_parallel=sp)
-        attn.n_head, attn.n_kv_head = attn.n_head // tp, local_kv
-        attn.resid_drop = _dropout(attn.resid_drop, tracker, stream)
-
-        _check_linear(mlp.fc, "mlp.fc")
-        parts = [("gate", mlp.d_ff), ("up", mlp.d_ff)] if mlp.gated else None
-        mlp.fc = ColumnParallelLinear.from_linear(mlp.fc, group=group, input_mode=column_input, parts=parts)
-        _check_linear(mlp.proj, "mlp.proj")
-        mlp.proj = RowParallelLinear.from_linear(mlp.proj, group=group, sequence_parallel=sp)
-        mlp.d_ff //= tp
-        mlp.drop = _dropout(mlp.drop, tracker, stream)
+        _split_block(block, group, tp, column_input, sp, lambda m: _dropout(m, tracker, stream))
 
     if head_owner is not None:  # the LM head (GPT) or MLM decoder: vocab-parallel, like the embedding
         head = getattr(head_owner, head_name)
         tied = head.weight is trunk.tok_emb.weight
         _check_linear(head, head_name)
-        head = ColumnParallelLinear.from_linear(head, group=group, input_mode=column_input)
+        # The head brings the vocab-parallel cross-entropy its slice of the logits needs (fastlm.nn.head).
+        head = VocabParallelHead.from_linear(head, group=group, input_mode=column_input)
         setattr(head_owner, head_name, head)
     trunk.tok_emb = VocabParallelEmbedding.from_embedding(trunk.tok_emb, group=group)
-    if head_owner is not None:
-        if tied:
-            head.weight = trunk.tok_emb.weight
-        model.loss_fn = functools.partial(vocab_parallel_cross_entropy, group=group, vocab_start=head.out_start)
+    if head_owner is not None and tied:
+        head.weight = trunk.tok_emb.weight
 
     if sp:
         trunk.drop = SequenceScatter(group, _dropout(trunk.drop, tracker, "sharded")
@@ -147,10 +119,40 @@ def parallelize_tp(model: nn.Module, mesh, sequence_parallel: bool = False, seed
         model.drop = _dropout(model.drop, tracker, "replicated")
 
     model.tp_size, model.tp_group, model.sequence_parallel, model.tp_rng = tp, group, sp, tracker
-    if isinstance(model, GPT):
-        model.generate = _no_generate  # its logits are vocabulary slices: sampling from them would be wrong
     reseed_default_per_tp_rank(mesh.tp_rank)
     return model
+
+
+def _split_block(block: nn.Module, group, tp: int, column_input: str, sp: bool, dropout) -> None:
+    """Split one block's attention heads and MLP over the tp ranks (dropout: the stream's TPDropout maker)."""
+    from fastlm.nn import MLP, Attention
+
+    attn, mlp = block.attn, block.mlp
+    if not (isinstance(attn, Attention) and isinstance(mlp, MLP)):
+        raise TypeError(f"parallelize_tp: a block's attn/mlp are {type(attn).__name__}/{type(mlp).__name__}, "
+                        f"expected fastlm.nn Attention/MLP")
+    n_q, n_kv, hd = attn.n_head * attn.head_dim, attn.n_kv_head * attn.head_dim, attn.head_dim
+    _check_linear(attn.qkv, "attn.qkv")
+    if attn.n_kv_head % tp == 0:
+        attn.qkv = ColumnParallelLinear.from_linear(attn.qkv, group=group, input_mode=column_input,
+                                                    parts=[("q", n_q), ("k", n_kv), ("v", n_kv)])
+        local_kv = attn.n_kv_head // tp
+    else:  # fewer kv heads than ranks: each rank computes the one its q heads use
+        attn.qkv = GQAColumnParallelLinear.from_linear(attn.qkv, n_head=attn.n_head, n_kv_head=attn.n_kv_head,
+                                                       head_dim=hd, group=group, input_mode=column_input)
+        local_kv = 1
+    _check_linear(attn.proj, "attn.proj")
+    attn.proj = RowParallelLinear.from_linear(attn.proj, group=group, sequence_parallel=sp)
+    attn.n_head, attn.n_kv_head = attn.n_head // tp, local_kv
+    attn.resid_drop = dropout(attn.resid_drop)
+
+    _check_linear(mlp.fc, "mlp.fc")
+    parts = [("gate", mlp.d_ff), ("up", mlp.d_ff)] if mlp.gated else None
+    mlp.fc = ColumnParallelLinear.from_linear(mlp.fc, group=group, input_mode=column_input, parts=parts)
+    _check_linear(mlp.proj, "mlp.proj")
+    mlp.proj = RowParallelLinear.from_linear(mlp.proj, group=group, sequence_parallel=sp)
+    mlp.d_ff //= tp
+    mlp.drop = dropout(mlp.drop)
 
 
 def _parts_to_split(model: nn.Module) -> tuple[nn.Module, nn.Module | None, str | None]:
@@ -168,12 +170,6 @@ def _parts_to_split(model: nn.Module) -> tuple[nn.Module, nn.Module | None, str 
         return model.encoder, None, None
     raise TypeError(f"parallelize_tp: expected a fastlm GPT or encoder (Encoder, EncoderForMaskedLM, "
                     f"EncoderForSequenceClassification), got {type(model).__name__}")
-
-
-def _no_generate(*args, **kwargs):
-    raise NotImplementedError("generate on a tensor-parallel model: its logits are split over the vocabulary; "
-                              "load the weights into a plain GPT (fastlm.parallel.tensor.checkpoint.full_state_dict, "
-                              "or `fastlm generate RUN_DIR` on one process)")
 
 
 def _check_linear(module: nn.Module, name: str) -> None:

@@ -1,0 +1,71 @@
+"""A run's language-modelling data: the prepared corpus, this rank's training batches and the
+validation batches (token windows for a GPT, masked sequences for an encoder).
+
+    corpus = run_corpus(config, tokenizer_path, show_progress)
+    loader, val_batches = lm_batches(config, corpus, model_config, dp_rank, dp_size, device)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fastlm.data import BatchLoader, eval_batches, prepare_corpus
+from fastlm.train.errors import ConfigError
+
+
+def run_corpus(config, tokenizer_path: Path | None, show_progress: bool = False):
+    """The corpus of [data], tokenized with tokenizer_path (None: a BPE tokenizer trained on it)."""
+    d = config.data
+    return prepare_corpus(d.source, vocab_size=d.vocab_size, text_field=d.text_field, tokenizer_path=tokenizer_path,
+                          val_fraction=d.val_fraction, builtin_modules=d.builtin_modules, show_progress=show_progress)
+
+
+def lm_batches(config, corpus, model_config, dp_rank: int = 0, dp_size: int = 1,
+               device: torch.device | None = None) -> tuple:
+    """(this rank's training batch loader, the validation batches)."""
+    t, d = config.train, config.data
+    if config.model.is_encoder:  # masked-LM pretraining: [MASK], [CLS], [SEP] follow the tokenizer's ids
+        from fastlm.data.masking import MaskedLMLoader
+
+        rule = masked_lm_rule(config, corpus, model_config.vocab_size)
+        loader = MaskedLMLoader(corpus.train_tokens, rule=rule, seq_len=d.seq_len,
+                                global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size,
+                                seed=t.seed, rank=dp_rank, world_size=dp_size, shares=config.parallel.dp_shares)
+        return loader, validation_batches(config, corpus, model_config)
+    if corpus.vocab_size > model_config.vocab_size:
+        raise ConfigError(f"the tokenizer has {corpus.vocab_size} tokens, more than model.vocab_size = "
+                          f"{model_config.vocab_size} (set model.vocab_size or data.vocab_size)")
+    loader = BatchLoader(corpus.train_tokens, seq_len=d.seq_len, global_batch_size=t.global_batch_size,
+                         micro_batch_size=t.micro_batch_size, seed=t.seed, rank=dp_rank, world_size=dp_size,
+                         pin_memory=device is not None and device.type == "cuda", shares=config.parallel.dp_shares,
+                         pack_eos_id=corpus.eos_id if d.pack else None)
+    return loader, validation_batches(config, corpus, model_config)
+
+
+def validation_batches(config, corpus, model_config) -> list:
+    """The fixed validation batches (the same in training and `fastlm eval`)."""
+    t, d = config.train, config.data
+    if config.model.is_encoder:  # fixed masks
+        from fastlm.data.masking import masked_eval_batches
+
+        rule = masked_lm_rule(config, corpus, model_config.vocab_size)
+        return masked_eval_batches(corpus.val_tokens, rule=rule, seq_len=d.seq_len, batch_size=t.micro_batch_size,
+                                   num_batches=t.eval_batches)
+    return eval_batches(corpus.val_tokens, seq_len=d.seq_len, batch_size=t.micro_batch_size,
+                        num_batches=t.eval_batches)
+
+
+def masked_lm_rule(config, corpus, model_vocab_size: int):
+    """How a run masks its sequences (fastlm.data.masking.MaskingRule), from [data] and the tokenizer."""
+    from fastlm.data.masking import NUM_SPECIAL_TOKENS, MaskingRule, SpecialTokens, word_start_table
+
+    d = config.data
+    special = SpecialTokens.of(corpus.tokenizer(), corpus.vocab_size)
+    if max(special) >= model_vocab_size:
+        raise ConfigError(f"the tokenizer has {corpus.vocab_size} tokens: model.vocab_size = {model_vocab_size} "
+                          f"leaves no room for [MASK], [CLS], [SEP] (expected at least "
+                          f"{corpus.vocab_size + NUM_SPECIAL_TOKENS})")
+    word_starts = word_start_table(corpus.tokenizer(), corpus.vocab_size) if d.whole_word_mask else None
+    return MaskingRule(special, random_vocab=corpus.vocab_size, seed=config.train.seed, masking=d.masking,
+                       mask_prob=d.mask_prob, word_starts=word_starts, sentence_order=d.sentence_order)

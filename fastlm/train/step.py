@@ -1,0 +1,124 @@
+"""One optimizer step, shared by `fastlm train`, `fastlm finetune` and other trainers.
+
+    step = TrainStep(pm, optimizer, loss_of=lm_loss, precision="bf16", device=device, grad_clip=1.0)
+    result = step(micro_batches)            # StepResult(loss, grad_norm, extras)
+
+Gradient accumulation over the micro-batches (each loss divided by their count: every micro-batch
+has the same number of examples, so the gradient is that of the global batch's mean loss), mixed
+precision and fp16 loss scaling, data-parallel communication only in the last micro-batch's
+backward, the pipeline schedule when the model is pipelined, clipping over every dp/tp/pp rank
+(fastlm.parallel.ParallelModel), the optimizer step, and local SGD's parameter averaging.
+
+A hook replaces one micro-batch's backward (adversarial training does; DP-SGD and distillation
+plug in the same way): `micro_backward(loss_fn, scale, clean_context, final_context) -> (loss,
+extras)`, where loss_fn() computes the micro-batch's loss, `scale` multiplies what is
+back-propagated, and final_context must wrap the backward that communicates.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import NamedTuple
+
+import torch
+
+from fastlm.data.inputs import model_inputs
+
+
+class StepResult(NamedTuple):
+    loss: torch.Tensor          # this rank's part of the mean loss (detached; fastlm.parallel reduces it)
+    grad_norm: torch.Tensor     # the whole model's gradient norm before clipping
+    extras: dict                # what a hook measured (e.g. "adversarial_loss"), detached tensors
+
+
+def lm_loss(runner, batch) -> torch.Tensor:
+    """A language-modelling micro-batch's mean loss (GPT: the fused head + loss; encoders: masked LM)."""
+    return runner(**model_inputs(batch))[1]
+
+
+def task_loss(runner, batch) -> torch.Tensor:
+    """A fine-tuning task model's loss: forward(batch) returns a dict with "loss"."""
+    return runner(batch)["loss"].float()
+
+
+def to_device(batch, device: torch.device):
+    if isinstance(batch, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return batch.to(device, non_blocking=True)
+
+
+def autocast_for(precision: str, device: torch.device):
+    """The forward pass context: nothing for fp32, autocast to bf16/fp16 otherwise."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+class TrainStep:
+    def __init__(self, pm, optimizer, *, device: torch.device, precision: str = "fp32", grad_clip: float = 0.0,
+                 loss_of: Callable = lm_loss, micro_backward: Callable | None = None, local_sgd_every: int = 0):
+        """pm: a fastlm.parallel.ParallelModel; grad_clip 0 measures the norm and clips nothing;
+        local_sgd_every > 0: the data-parallel ranks step on their own and average parameters every
+        that many steps (see sync())."""
+        self.pm, self.optimizer, self.device = pm, optimizer, device
+        self.autocast = autocast_for(precision, device)
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        self.max_norm = grad_clip or float("inf")
+        self.loss_of, self.micro_backward = loss_of, micro_backward
+        self.local_sgd_every = local_sgd_every if pm.dp is not None else 0
+
+    def __call__(self, micro_batches: list, sync: bool = True) -> StepResult:
+        """Forward and backward of every micro-batch, clip, step. sync=False (local SGD between
+        synchronizations): no gradient communication at all."""
+        if self.pm.pipe is not None:
+            loss, extras = self.pm.pipe.train_step(micro_batches, no_sync=self.pm.dp.no_sync if self.pm.dp else None), {}
+        else:
+            loss, extras = self._accumulate(micro_batches, sync)
+        self.pm.finish_grad_sync()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = self.pm.clip_grad_norm_(self.max_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss, grad_norm, extras)
+
+    def sync(self, done: int, total: int) -> bool:
+        """Whether step `done` (1-based) of `total` communicates gradients (always, unless local SGD)."""
+        every = self.local_sgd_every
+        return not every or done % every == 0 or done == total
+
+    def after_sync(self) -> None:
+        """Local SGD: average the parameters the ranks stepped on their own since the last sync."""
+        if self.local_sgd_every > 1:
+            self.pm.dp.average_parameters(self.optimizer)
+
+    def _accumulate(self, micro_batches: list, sync: bool) -> tuple[torch.Tensor, dict]:
+        n = len(micro_batches)
+        total = torch.zeros((), device=self.device)
+        extras: dict = {}
+        for i, batch in enumerate(micro_batches):
+            batch = to_device(batch, self.device)
+            communicate = sync and i == n - 1  # gradients are reduced in the last backward only
+
+            def loss_fn(batch=batch):
+                with self.autocast:
+                    return self.loss_of(self.pm.runner, batch)
+
+            if self.micro_backward is not None:
+                scale = (self.scaler.get_scale() if self.scaler is not None else 1.0) / n
+                loss, more = self.micro_backward(loss_fn, scale, self.pm.no_sync(),
+                                                 self.pm.no_sync(local=not communicate))
+                loss = loss / n
+                for key, value in more.items():
+                    extras[key] = extras.get(key, 0.0) + value.detach() / n
+            else:
+                with self.pm.no_sync(local=not communicate):
+                    loss = loss_fn() / n
+                    (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            total += loss.detach()
+        return total, extras

@@ -1,0 +1,74 @@
+"""A run's final weights: RUN_DIR/model.safetensors, sealed like a checkpoint.
+
+    save_weights(model, run_dir)                 # temporary name + rename, then weights.json
+    load_weights(model, run_dir, device)         # verified (size, sha256) before it is read
+
+weights.json records the file's size and sha256, so a truncated or corrupted model.safetensors
+is an error wherever a run is read (eval, generate, export, quantize, init_from, a task's
+evaluate) instead of being evaluated silently. Runs written before the seal existed have no
+weights.json and are read as they are.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import safetensors.torch
+from torch import nn
+
+from fastlm.train.checkpoint import describe_file
+from fastlm.train.errors import CheckpointError
+
+WEIGHTS = "model.safetensors"
+SEAL = "weights.json"
+
+
+def save_weights(model: nn.Module, directory: str | Path) -> Path:
+    """Write model's state (tied tensors once) to directory/model.safetensors and seal it."""
+    directory = Path(directory)
+    tmp = directory / f".{WEIGHTS}.tmp-{os.getpid()}"
+    seal_tmp = directory / f".{SEAL}.tmp-{os.getpid()}"
+    try:
+        safetensors.torch.save_model(model, str(tmp))
+        seal_tmp.write_text(json.dumps({"files": {WEIGHTS: describe_file(tmp)}}, indent=1))
+        os.replace(tmp, directory / WEIGHTS)
+        os.replace(seal_tmp, directory / SEAL)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        seal_tmp.unlink(missing_ok=True)
+        raise
+    return directory / WEIGHTS
+
+
+def verify_weights(directory: str | Path) -> Path:
+    """The path of directory/model.safetensors after checking it against its seal (CheckpointError if not)."""
+    directory = Path(directory)
+    path = directory / WEIGHTS
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    seal = directory / SEAL
+    if not seal.is_file():
+        return path
+    try:
+        want = json.loads(seal.read_text())["files"][WEIGHTS]
+        want_bytes, want_sha = int(want["bytes"]), str(want["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{seal} is damaged: {e}") from None
+    have = describe_file(path)
+    if have["bytes"] != want_bytes:
+        raise CheckpointError(f"{path} is truncated: {have['bytes']} bytes, its seal ({SEAL}) says {want_bytes}")
+    if have["sha256"] != want_sha:
+        raise CheckpointError(f"{path} is corrupted: it does not match the sha256 in {SEAL}")
+    return path
+
+
+def load_weights(model: nn.Module, directory: str | Path, device="cpu", what: str = "the model in its config.toml") -> None:
+    """Verify directory/model.safetensors, then load it into model (strict)."""
+    path = verify_weights(directory)
+    try:
+        safetensors.torch.load_model(model, str(path), strict=True, device=str(device))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for foreign files
+        text = str(e).strip()
+        raise CheckpointError(f"{path} does not fit {what}: "
+                              f"{text.splitlines()[0] if text else type(e).__name__}") from None
