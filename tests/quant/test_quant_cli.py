@@ -42,7 +42,7 @@ def test_quantize_then_eval_and_generate(run_dir, tmp_path, capsys, args, layers
     printed = capsys.readouterr().out
     assert f"quantized {layers} linear layers" in printed and str(out) in printed
     assert sorted(p.name for p in out.iterdir()) == ["config.toml", "model.safetensors", "quantization.json",
-                                                      "tokenizer.json"]
+                                                      "tokenizer.json", "weights.json"]
     assert len(json.loads((out / "quantization.json").read_text())["modules"]) == layers
     assert not list(tmp_path.glob(".q.tmp-*"))
     assert eval_ppl(out, capsys) == pytest.approx(base, rel=0.05)
