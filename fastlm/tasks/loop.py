@@ -148,8 +148,7 @@ def _cross_validate(task, tc, run_dir: Path, k: int, show_progress: bool, mesh) 
 def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_progress, mesh=None,
          resume: bool = False) -> dict:
     cfg, t = tc.config, tc.config.train
-    rt = Runtime.from_env(cfg, show_progress, mesh=False)
-    rt.mesh = mesh
+    rt = Runtime.from_env(cfg, show_progress, mesh)
     check_batch_split(cfg, rt.dp[0])
     torch.manual_seed(t.seed)
     random.seed(t.seed)
@@ -165,19 +164,18 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
     step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, grad_clip=t.grad_clip,
                      loss_of=task_loss, micro_backward=adversarial_hook(model, t))
     sampler = ExampleSampler(len(train), t.global_batch_size, t.seed)
-    ckpt = Checkpointer(run_dir, pm, optimizer, step.scaler, sampler, {"task": task.name, "model": tc.config.model.to_dict()},
+    identity = {"task": task.name, "model": tc.config.model.to_dict()}  # what a checkpoint must match
+    ckpt = Checkpointer(run_dir, pm, optimizer, step.scaler, sampler, identity,
                         every=cfg.checkpoint.every, keep=cfg.checkpoint.keep, is_main=rt.is_main, device=rt.device)
     evaluate_at = _evaluator(task, model, val, info, rt, step.autocast, tc)
     metrics = bar = None
     with RunDirectory(run_dir, fresh=rt.is_main and not resume, create=rt.is_main) as rd:
         try:
+            # Resume before writing the run files: a checkpoint that does not fit changes nothing.
+            start = ckpt.start_step(resume, rt.say)
             _write_run_files(rt, run_dir, tc, info, tok, tokenizer_source)
             metrics = MetricsLog(run_dir if rt.is_main else None, tensorboard=t.tensorboard)
-            start = 0
-            if resume:
-                start, path = ckpt.resume()
-                metrics.truncate_after(start)
-                rt.say(f"fastlm: resumed from {path} (step {start})")
+            metrics.truncate_after(start)
             rt.say(f"fastlm: {task.name}: {len(train)} training and {len(val)} validation examples, "
                    f"{num_params / 1e6:.2f}M parameters, {t.steps} steps of {t.global_batch_size}, {rt.precision} on "
                    f"{rt.device}" + (f", adversarial {t.adversarial}" if t.adversarial != "none" else ""))

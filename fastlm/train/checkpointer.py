@@ -1,7 +1,7 @@
 """One checkpoint writer for every training entry point (`fastlm train`, `fastlm finetune`, ...).
 
     ckpt = Checkpointer(run_dir, pm, optimizer, scaler, data_state, identity, every=100, keep=3)
-    start = ckpt.resume()                 # --resume: the newest checkpoint, any layout it was saved at
+    start = ckpt.start_step(resume, say)  # 0, or with --resume the newest checkpoint's (any layout)
     ckpt.maybe_save(step, total_steps)    # every `every` steps and at the end
 
 Plain checkpoints (fastlm.train.checkpoint) on one process and under data parallelism (a sharded
@@ -37,6 +37,14 @@ class Checkpointer:
         if self.pm.sharded or is_sharded_checkpoint(ckpt):  # any (dp, tp, pp) it was saved at
             return load_sharded_checkpoint(ckpt, *args, self.pm.layout), ckpt
         return load_checkpoint(ckpt, *args), ckpt
+
+    def start_step(self, resume: bool, say=print) -> int:
+        """The step a run starts from: 0 for a new run, else the newest checkpoint's, restored."""
+        if not resume:
+            return 0
+        start, path = self.resume()
+        say(f"fastlm: resumed from {path} (step {start})")
+        return start
 
     def maybe_save(self, step: int, total: int) -> None:
         if self.every and (step % self.every == 0 or step == total):

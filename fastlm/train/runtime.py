@@ -1,6 +1,6 @@
 """Where a run executes: its rank, device, precision and process mesh (from torchrun's environment).
 
-    rt = Runtime.from_env(config)        # mesh None in a single process
+    rt = Runtime.from_env(config, mesh=init_run_mesh(config) if launched else None)
 """
 from __future__ import annotations
 
@@ -32,15 +32,12 @@ class Runtime:
         return (self.mesh.dp, self.mesh.dp_rank) if self.mesh is not None else (1, 0)
 
     @classmethod
-    def from_env(cls, config, show_progress: bool = True, mesh: bool = True) -> "Runtime":
-        """mesh=False: do not create the process groups (yet)."""
+    def from_env(cls, config, show_progress: bool = True, mesh=None) -> "Runtime":
+        """mesh: the process mesh when torchrun started several processes (init_run_mesh), else None."""
         rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
             else torch.device("cpu")
-        rt = cls(rank, world, device, resolve_precision(config.train.precision, device), show_progress=show_progress)
-        if mesh and world > 1:
-            rt.mesh = init_run_mesh(config)
-        return rt
+        return cls(rank, world, device, resolve_precision(config.train.precision, device), mesh, show_progress)
 
     def say(self, message: str, bar=None) -> None:
         """A line on stderr from the main rank (above the progress bar when there is one)."""

@@ -72,7 +72,8 @@ class TrainStep:
         """Forward and backward of every micro-batch, clip, step. sync=False (local SGD between
         synchronizations): no gradient communication at all."""
         if self.pm.pipe is not None:
-            loss, extras = self.pm.pipe.train_step(micro_batches, no_sync=self.pm.dp.no_sync if self.pm.dp else None), {}
+            no_sync = self.pm.dp.no_sync if self.pm.dp is not None else None
+            loss, extras = self.pm.pipe.train_step(micro_batches, no_sync=no_sync), {}
         else:
             loss, extras = self._accumulate(micro_batches, sync)
         self.pm.finish_grad_sync()

@@ -42,7 +42,7 @@ class Trainer:
         self.config = config  # the user's; what the run resolves goes to a copy (self.resolved)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.resume = resume
-        self.rt = Runtime.from_env(config, show_progress, mesh=False)
+        self.rt = Runtime.from_env(config, show_progress)  # the mesh is created when the run starts
 
     def fit(self) -> dict:
         cfg, t, rt = self.config, self.config.train, self.rt
@@ -67,7 +67,7 @@ class Trainer:
         metrics = bar = None
         with RunDirectory(run_dir, fresh=rt.is_main and not self.resume, create=rt.is_main) as rd:
             try:
-                start = self._resume(ckpt) if self.resume else 0
+                start = ckpt.start_step(self.resume, rt.say)
                 self._write_run_files(run_dir, corpus.tokenizer_path)
                 metrics = MetricsLog(run_dir if rt.is_main else None, tensorboard=t.tensorboard)
                 metrics.truncate_after(start)
@@ -108,11 +108,6 @@ class Trainer:
             model = masked_lm_model(model, cfg.data.sentence_order)
         self.rt.say(f"fastlm: initialized from {cfg.model.init_from}")
         return model, tokenizer or init_tokenizer
-
-    def _resume(self, ckpt: Checkpointer) -> int:
-        start, path = ckpt.resume()
-        self.rt.say(f"fastlm: resumed from {path} (step {start})")
-        return start
 
     def _write_run_files(self, run_dir: Path, tokenizer_path: Path) -> None:
         """config.toml (the resolved config) and tokenizer.json (rank 0 only)."""

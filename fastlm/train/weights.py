@@ -63,7 +63,8 @@ def verify_weights(directory: str | Path) -> Path:
     return path
 
 
-def load_weights(model: nn.Module, directory: str | Path, device="cpu", what: str = "the model in its config.toml") -> None:
+def load_weights(model: nn.Module, directory: str | Path, device="cpu",
+                 what: str = "the model in its config.toml") -> None:
     """Verify directory/model.safetensors, then load it into model (strict)."""
     path = verify_weights(directory)
     try:

@@ -205,23 +205,16 @@ class Pipeline:
 
     def full_model(self) -> nn.Module | None:
         """A one-process model with every stage's weights, on the pipeline's first rank (None elsewhere)."""
-        from fastlm.parallel.tensor.checkpoint import plain_model
+        from fastlm.parallel.tensor.checkpoint import plain_model, tied_aliases
 
         state = self.full_state_dict()
         if state is None:
             return None
         model = plain_model(self.stage)
-        for aliases in _tied_names(model):  # a tied weight is saved under the names its stage held
-            value = next((state[name] for name in aliases if name in state), None)
-            for name in aliases:
-                state.setdefault(name, value)
+        for alias, name in tied_aliases(model).items():  # a tied weight comes under the name its stage held
+            for a, b in ((alias, name), (name, alias)):
+                if a not in state and b in state:
+                    state[a] = state[b]
         model.load_state_dict(state, strict=True)
         return model
 
-
-def _tied_names(model: nn.Module) -> list[list[str]]:
-    """Groups of parameter names that are one tensor (tied weights)."""
-    names: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(name)
-    return [group for group in names.values() if len(group) > 1]

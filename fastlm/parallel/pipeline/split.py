@@ -139,7 +139,8 @@ def param_costs(model: nn.Module) -> tuple[list[float], float, float]:
     return per_layer, _params(model, model.pipeline_first), _params(model, model.pipeline_last)
 
 
-def measured_costs(model: nn.Module, batch_size: int, seq_len: int, repeats: int = 5) -> tuple[list[float], float, float]:
+def measured_costs(model: nn.Module, batch_size: int, seq_len: int,
+                   repeats: int = 5) -> tuple[list[float], float, float]:
     """Cost by measured forward + backward time of every layer, the first-stage and the last-stage
     parts (seconds), each timed through the model's own forward on a pruned copy.
 
