@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 # name -> module under fastlm.bench.suites (order = the order `fastlm bench` runs them in)
@@ -21,6 +22,7 @@ SUITE_MODULES = {
     "data_parallel": "data_parallel",
     "train_throughput": "train_throughput",
     "hf_patched": "hf_patched",
+    "lm_history": "lm_history",
 }
 
 
@@ -43,6 +45,7 @@ class Suite:
     ratio: str = "speedup"              # "speedup" (higher is better) or "memory_ratio" (lower is better)
     plot_x: str | None = None           # a line plot of `plot_y` against this column instead of bars per case
     plot_y: list[str] = field(default_factory=list)
+    plot: Callable[[list[dict], Path], Path] | None = None  # a suite's own figure instead of the above
 
 
 def suite_names() -> list[str]:

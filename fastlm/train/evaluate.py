@@ -33,8 +33,11 @@ def evaluate_run(run_dir, device=None, show_progress: bool = False) -> dict:
     from fastlm.train.data import run_corpus, validation_batches
     from fastlm.train.run import load_run
     from fastlm.train.runtime import resolve_precision
+    from fastlm.train.statistical import evaluate_fitted_run, fitted_family_of
     from fastlm.train.step import autocast_for
 
+    if fitted_family_of(run_dir):  # an n-gram or HMM run
+        return evaluate_fitted_run(run_dir, show_progress)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config, model, tokenizer_path = load_run(run_dir, device)
     corpus = run_corpus(config, tokenizer_path, show_progress)  # the run's own tokenizer: nothing to train

@@ -14,6 +14,10 @@ def generate_text(run_dir: str | Path, prompt: str, max_new_tokens: int = 200, t
                   top_k: int | None = 50, top_p: float | None = None, seed: int = 0,
                   device: str | torch.device | None = None) -> str:
     """The prompt and its sampled continuation. Stops at max_new_tokens, end of text or the context."""
+    from fastlm.train.statistical import fitted_family_of, generate_fitted
+
+    if fitted_family_of(run_dir):  # an n-gram or HMM run: no device, no context limit
+        return generate_fitted(run_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config, model, tokenizer_path = load_run(run_dir, device)
     if config.model.is_encoder:

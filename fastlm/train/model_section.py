@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from fastlm.lm.config import HMMConfig, NGramConfig
 from fastlm.models import EncoderConfig, GPTConfig
 from fastlm.models.config import ENCODER_FAMILIES, FAMILIES
 
@@ -38,6 +39,7 @@ class ModelSection:
 
     ARCHITECTURE: ClassVar[type]          # the family's plain model config (GPTConfig, ...)
     is_encoder: ClassVar[bool] = False    # a masked-LM encoder: pretrained on [MASK]ed tokens
+    is_fitted: ClassVar[bool] = False     # a statistical model fitted on the tokens (no gradient steps)
     SPECIAL_TOKENS: ClassVar[int] = 0     # ids the model needs after the tokenizer's
 
     def architecture(self):
@@ -68,6 +70,22 @@ class EncoderSection(ModelSection, EncoderConfig):
     SPECIAL_TOKENS = 3  # [MASK], [CLS], [SEP] follow the tokenizer's ids (fastlm.data.masking)
 
 
+@dataclass
+class NGramSection(ModelSection, NGramConfig):
+    """[model] of the n-gram models (fastlm.lm.NGramLM), fitted by fastlm.train.statistical."""
+
+    ARCHITECTURE = NGramConfig
+    is_fitted = True
+
+
+@dataclass
+class HMMSection(ModelSection, HMMConfig):
+    """[model] of the hidden Markov models (fastlm.lm.HMM), fitted by fastlm.train.statistical."""
+
+    ARCHITECTURE = HMMConfig
+    is_fitted = True
+
+
 # family -> its [model] section class, in the order errors list them
 MODEL_SECTIONS: dict[str, type[ModelSection]] = {}
 
@@ -84,3 +102,5 @@ def register_model_section(section: type[ModelSection], *families: str) -> None:
 
 register_model_section(GPTSection, *FAMILIES)
 register_model_section(EncoderSection, *ENCODER_FAMILIES)
+register_model_section(NGramSection, "ngram")
+register_model_section(HMMSection, "hmm")

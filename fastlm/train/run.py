@@ -58,6 +58,9 @@ def _run_model(run_dir: Path, device="cpu") -> tuple[Config, GPT]:
     from fastlm.quant.saved import read_quantization, restore_quantized
 
     config = load_config(run_dir / "config.toml")
+    if config.model.is_fitted:  # fastlm.train.statistical loads these
+        raise CheckpointError(f"{run_dir} holds a model.family = \"{config.model.family}\" model (fitted by "
+                              f"statistics): only fastlm eval and fastlm generate work on it")
     model = build_model(config)
     quantization = read_quantization(run_dir)  # `fastlm quantize` output: int8 modules first
     if quantization is not None:

@@ -45,6 +45,12 @@ class Trainer:
         self.rt = Runtime.from_env(config, show_progress)  # the mesh is created when the run starts
 
     def fit(self) -> dict:
+        if self.config.model.is_fitted:  # n-gram / HMM: counted or EM-fitted, no gradient steps
+            from fastlm.train.statistical import fit_run
+
+            result = fit_run(self.config, self.out_dir, self.resume, self.rt.show_progress)
+            self.model = result.pop("model")
+            return result
         cfg, t, rt = self.config, self.config.train, self.rt
         rt.mesh = init_run_mesh(cfg) if rt.world_size > 1 else None
         check_batch_split(cfg, rt.dp[0])
