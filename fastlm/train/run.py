@@ -18,6 +18,7 @@ def load_run(run_dir: str | Path, device="cpu") -> tuple[Config, GPT, Path]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} does not exist")
+    _refuse_fitted(run_dir)
     for name in ("config.toml", "model.safetensors", "tokenizer.json"):
         if not (run_dir / name).is_file() and not (name == "model.safetensors" and _sharded_weights(run_dir)):
             raise CheckpointError(f"{run_dir} is not a finished fastlm run: {name} is missing")
@@ -57,10 +58,8 @@ def init_model_from(directory: str | Path) -> tuple[GPT, Path | None]:
 def _run_model(run_dir: Path, device="cpu") -> tuple[Config, GPT]:
     from fastlm.quant.saved import read_quantization, restore_quantized
 
+    _refuse_fitted(run_dir)
     config = load_config(run_dir / "config.toml")
-    if config.model.is_fitted:  # fastlm.train.statistical loads these
-        raise CheckpointError(f"{run_dir} holds a model.family = \"{config.model.family}\" model (fitted by "
-                              f"statistics): only fastlm eval and fastlm generate work on it")
     model = build_model(config)
     quantization = read_quantization(run_dir)  # `fastlm quantize` output: int8 modules first
     if quantization is not None:
@@ -74,6 +73,16 @@ def _run_model(run_dir: Path, device="cpu") -> tuple[Config, GPT]:
         load_weights(model, run_dir, device)
         model.to(device)
     return config, model
+
+
+def _refuse_fitted(run_dir: Path) -> None:
+    """An n-gram or HMM run has no Transformer weights (fastlm.train.statistical loads it)."""
+    from fastlm.train.statistical import fitted_family_of
+
+    family = fitted_family_of(run_dir)
+    if family is not None:
+        raise CheckpointError(f"{run_dir} holds a model.family = \"{family}\" model (fitted by statistics): "
+                              f"only fastlm eval and fastlm generate work on it")
 
 
 def _sharded_weights(run_dir: Path) -> Path | None:
