@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from fastlm.models import EncoderConfig, GPTConfig
+from fastlm.models import EncoderConfig, GPTConfig, MaxEntConfig
 from fastlm.models.config import ENCODER_FAMILIES, FAMILIES
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ class ModelSection:
     ARCHITECTURE: ClassVar[type]          # the family's plain model config (GPTConfig, ...)
     is_encoder: ClassVar[bool] = False    # a masked-LM encoder: pretrained on [MASK]ed tokens
     SPECIAL_TOKENS: ClassVar[int] = 0     # ids the model needs after the tokenizer's
+    data_parallel_only: ClassVar[bool] = False  # no tensor or pipeline parallelism (parallel.tp/pp must be 1)
 
     def architecture(self):
         """The plain model config (e.g. GPTConfig) of these fields, without the run keys."""
@@ -68,6 +69,14 @@ class EncoderSection(ModelSection, EncoderConfig):
     SPECIAL_TOKENS = 3  # [MASK], [CLS], [SEP] follow the tokenizer's ids (fastlm.data.masking)
 
 
+@dataclass
+class MaxEntSection(ModelSection, MaxEntConfig):
+    """[model] of the hashed maximum-entropy language model (maxent)."""
+
+    ARCHITECTURE = MaxEntConfig
+    data_parallel_only = True
+
+
 # family -> its [model] section class, in the order errors list them
 MODEL_SECTIONS: dict[str, type[ModelSection]] = {}
 
@@ -84,3 +93,4 @@ def register_model_section(section: type[ModelSection], *families: str) -> None:
 
 register_model_section(GPTSection, *FAMILIES)
 register_model_section(EncoderSection, *ENCODER_FAMILIES)
+register_model_section(MaxEntSection, "maxent")
