@@ -72,7 +72,7 @@ def hashed_window_sum(theta: torch.Tensor, hashes: torch.Tensor, vocab_size: int
     """(..., vocab_size) scores in theta's dtype for hashes (..., F); see the module doc."""
     _check(theta, hashes, vocab_size)
     lead = hashes.shape[:-1]
-    flat = hashes.reshape(-1, hashes.shape[-1])
+    flat = hashes.reshape(lead.numel(), hashes.shape[-1])  # also with no features (F = 0)
     if use_reference(theta):
         out = reference.hashed_window_sum_fwd(theta, flat, vocab_size)
     else:
