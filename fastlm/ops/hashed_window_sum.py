@@ -7,8 +7,9 @@ window of V buckets (wrapping around the end of theta), so the model never holds
 matrix (Mikolov's RNNME "direct connections"). A hash of -1 is an absent feature (it adds nothing).
 fp32 math; the output has theta's dtype. The backward scatters the score gradients back into those
 windows (grad_theta, deterministic); hashes get no gradient. CPU tensors run the C++ kernel
-(csrc/cpu/hashed_window.cpp), CUDA tensors the plain-torch reference (gather / index_add_), fp64
-and FASTLM_BACKEND=reference the reference.
+(csrc/cpu/hashed_window.cpp), CUDA tensors the Triton one (kernels/hashed_window.py: a deterministic
+backward without atomics), fp64 and FASTLM_BACKEND=reference the plain-torch reference (gather /
+index_add_).
 """
 from __future__ import annotations
 
@@ -28,8 +29,20 @@ def _fake_bwd(grad_out, hashes, num_buckets):
     return grad_out.new_empty(num_buckets, dtype=dtype)
 
 
-register_op("hashed_window_sum_fwd", reference=reference.hashed_window_sum_fwd, triton=None, fake=_fake_fwd)
-register_op("hashed_window_sum_bwd", reference=reference.hashed_window_sum_bwd, triton=None, fake=_fake_bwd)
+def _triton_fwd():
+    from fastlm.kernels import hashed_window
+
+    return hashed_window.hashed_window_sum_fwd
+
+
+def _triton_bwd():
+    from fastlm.kernels import hashed_window
+
+    return hashed_window.hashed_window_sum_bwd
+
+
+register_op("hashed_window_sum_fwd", reference=reference.hashed_window_sum_fwd, triton=_triton_fwd, fake=_fake_fwd)
+register_op("hashed_window_sum_bwd", reference=reference.hashed_window_sum_bwd, triton=_triton_bwd, fake=_fake_bwd)
 register_backward_op("hashed_window_sum_bwd")
 
 
