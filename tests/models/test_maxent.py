@@ -176,3 +176,17 @@ def test_parallelize_refuses_tensor_parallel_for_maxent():
     mesh = SimpleNamespace(tp=2, pp=1, dp=1)
     with pytest.raises(ValueError, match=r"^parallel.tp = 2: MaxEntLM trains with data parallelism only"):
         parallelize(MaxEntLM(config.model.architecture()), mesh, config)
+
+
+def test_compiles_without_graph_breaks():
+    model = small_model(order=3, seq=16)
+    ids = torch.randint(0, 23, (2, 16))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    _, loss = compiled(ids, labels=ids)
+    loss.backward()
+    grad = model.theta.grad.clone()
+    model.theta.grad = None
+    _, eager = model(ids, labels=ids)
+    eager.backward()
+    assert loss.item() == pytest.approx(eager.item(), rel=1e-6)
+    torch.testing.assert_close(grad, model.theta.grad)
