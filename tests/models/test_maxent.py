@@ -190,3 +190,12 @@ def test_compiles_without_graph_breaks():
     eager.backward()
     assert loss.item() == pytest.approx(eager.item(), rel=1e-6)
     torch.testing.assert_close(grad, model.theta.grad)
+
+
+def test_export_of_a_maxent_run_is_a_one_line_error(maxent_run, tmp_path, capsys):
+    from fastlm.cli import main
+
+    assert main(["export", str(maxent_run), "--out", str(tmp_path / "hf")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("fastlm: error: export:") and "no Hugging Face format" in err
+    assert not (tmp_path / "hf").exists()
