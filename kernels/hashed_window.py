@@ -18,7 +18,7 @@ def _fwd_kernel(THETA, H, OUT, F, V, B, BLOCK_V: tl.constexpr):
     v = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     vmask = v < V
     acc = tl.zeros((BLOCK_V,), dtype=tl.float32)
-    for f in range(0, F):
+    for f in range(F):
         h = tl.load(H + row * F + f)
         idx = tl.maximum(h, 0) + v  # an absent feature (h = -1) reads window 0 and adds nothing
         idx = tl.where(idx >= B, idx - B, idx)  # V <= B: a window wraps at most once

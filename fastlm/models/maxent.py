@@ -21,7 +21,7 @@ from fastlm.models.gpt import document_positions, sample_next_token
 from fastlm.models.maxent_config import MaxEntConfig
 from fastlm.models.ngram_hash import history_hashes
 
-__all__ = ["MaxEntLM", "MaxEntConfig"]
+__all__ = ["MaxEntConfig", "MaxEntLM"]
 
 
 class MaxEntLM(nn.Module):

@@ -28,7 +28,7 @@ class MaxEntConfig(DictConfig):
     hash_buckets: int = 2**22
     init_std: float = 0.0
 
-    def resolved(self) -> "MaxEntConfig":
+    def resolved(self) -> MaxEntConfig:
         """A checked copy (there are no family defaults to fill in)."""
         self.validate()
         return dataclasses.replace(self)

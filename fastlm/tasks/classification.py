@@ -26,7 +26,12 @@ from torch import nn
 from fastlm.tasks.backbone import build_backbone, d_model, hidden_states, is_encoder
 from fastlm.tasks.base import DataFiles, Task
 from fastlm.tasks.datasets import DatasetError, label_value, read_records, text_value
-from fastlm.tasks.maxent_classifier import HashedFeatureBody, MaxEntClassifier, pad_features, text_features
+from fastlm.tasks.maxent_classifier import (
+    HashedFeatureBody,
+    MaxEntClassifier,
+    pad_features,
+    text_features,
+)
 from fastlm.tasks.text import encode, pad_batch
 from fastlm.train.errors import ConfigError
 

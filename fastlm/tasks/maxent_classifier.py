@@ -46,7 +46,7 @@ class HashedFeatureBody:
     num_buckets: int
 
     @property
-    def config(self) -> "HashedFeatureBody":
+    def config(self) -> HashedFeatureBody:
         return self
 
 

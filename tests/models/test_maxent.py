@@ -101,7 +101,7 @@ def test_generate_greedy_follows_the_logits_and_is_seeded():
     assert out.shape == (1, 7) and torch.equal(out[:, :3], prompt)
     for t in range(3, 7):
         assert out[0, t].item() == model(out[:, :t])[0, -1].argmax().item()
-    g = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(7)
     assert torch.equal(model.generate(prompt, 20, top_k=5, generator=g()), model.generate(prompt, 20, top_k=5, generator=g()))
     assert model.generate(prompt, 20).shape[1] == 12  # stops at max_seq_len
     with pytest.raises(ValueError, match="max_seq_len"):

@@ -4,7 +4,7 @@ wrap-around windows, absent features, determinism, bad input."""
 import pytest
 import torch
 
-import fastlm.ops as ops
+from fastlm import ops
 from fastlm.ops import reference_hashed_window as reference
 
 from .accuracy import assert_as_accurate, plain_torch

@@ -29,7 +29,7 @@ def test_two_data_parallel_processes_equal_one(tmp_path):
     dp = tmp_path / "dp"
     cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "fastlm", "train", "maxent",
            "--out", str(dp), "--quiet", *[a for item in MICRO for a in ("--set", item)]]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     losses = [[r["loss"] for r in read_metrics(run) if "loss" in r] for run in (single, dp)]
     assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-5)
