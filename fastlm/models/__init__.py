@@ -1,4 +1,4 @@
-"""fastlm.models: the GPT family (GPT-2 / LLaMA style), encoders (BERT / RoBERTa / ALBERT) and Hugging Face weight import/export."""
+"""fastlm.models: the GPT family (GPT-2 / LLaMA style), encoders (BERT / RoBERTa / ALBERT), the hashed maxent LM and Hugging Face weight import/export."""
 from fastlm.models.config import GPTConfig
 from fastlm.models.encoder import Encoder, EncoderForMaskedLM, EncoderForSequenceClassification
 from fastlm.models.encoder_config import EncoderConfig
@@ -13,8 +13,9 @@ from fastlm.models.hf import (
                               state_dict_to_hf,
                               to_hf,
 )
+from fastlm.models.maxent import MaxEntConfig, MaxEntLM
 from fastlm.nn.kv_cache import KVCache
 
 __all__ = ["GPT", "GPTConfig", "Encoder", "EncoderConfig", "EncoderForMaskedLM", "EncoderForSequenceClassification",
-           "KVCache", "sample_next_token", "from_hf", "to_hf", "config_from_hf",
+           "KVCache", "MaxEntLM", "MaxEntConfig", "sample_next_token", "from_hf", "to_hf", "config_from_hf",
            "config_to_hf", "load_hf_checkpoint", "is_hf_checkpoint", "state_dict_from_hf", "state_dict_to_hf"]

@@ -2,6 +2,7 @@
 from fastlm.ops.attention import attention
 from fastlm.ops.cast_scale import cast_scale
 from fastlm.ops.cross_entropy import cross_entropy
+from fastlm.ops.hashed_window_sum import hashed_window_sum
 from fastlm.ops.int8_matmul import int8_matmul, int8_weight_matmul
 from fastlm.ops.linear_cross_entropy import linear_cross_entropy
 from fastlm.ops.matmul import matmul
@@ -12,4 +13,5 @@ from fastlm.ops.swiglu import geglu, swiglu
 
 __all__ = ["rms_norm", "layer_norm", "cast_scale", "attention", "quantize_per_token", "quantize_per_channel", "int8_matmul",
            "int8_weight_matmul",
-           "rope", "swiglu", "geglu", "cross_entropy", "linear_cross_entropy", "matmul"]
+           "rope", "swiglu", "geglu", "cross_entropy", "linear_cross_entropy", "matmul",
+           "hashed_window_sum"]

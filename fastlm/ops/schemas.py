@@ -38,6 +38,11 @@ SCHEMAS = {
                                  "Tensor labels, Tensor lse, Tensor grad_hidden_unit, Tensor grad_weight_unit, "
                                  "int ignore_index, float label_smoothing, float z_loss, int chunk_size) "
                                  "-> (Tensor, Tensor)"),
+    # Hashed window sums (hashed maximum-entropy features): theta (B,) float, hashes (N, F) int64 in
+    # [-1, B) (-1: no feature), vocab_size V <= B: out (N, V)[n, v] = sum_f theta[(hashes[n, f] + v) mod B]
+    # (fp32 math, theta's dtype). The backward scatters grad_out (N, V) back: grad_theta (B,) fp32.
+    "hashed_window_sum_fwd": "hashed_window_sum_fwd(Tensor theta, Tensor hashes, int vocab_size) -> Tensor",
+    "hashed_window_sum_bwd": "hashed_window_sum_bwd(Tensor grad_out, Tensor hashes, int num_buckets) -> Tensor",
     # out = act(a @ b + bias) (fp32 math); pre = a @ b + bias when act != "none" (else empty), for the
     # backward. a (M, K), b (K, N) any strides, bias (N,) or None. The backward returns (grad_a,
     # grad_b, grad_bias); a gradient that is not needed (or bias None) comes back empty.

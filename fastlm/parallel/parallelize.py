@@ -95,6 +95,10 @@ def parallelize(model: nn.Module, mesh, config, autocast=None) -> ParallelModel:
 
     Raises ValueError (naming the config key) when the model and the layout do not fit."""
     p, t = config.parallel, config.train
+    if getattr(model, "data_parallel_only", False) and mesh is not None and (mesh.tp > 1 or mesh.pp > 1):
+        key, value = ("parallel.tp", mesh.tp) if mesh.tp > 1 else ("parallel.pp", mesh.pp)
+        raise ValueError(f"{key} = {value}: {type(model).__name__} trains with data parallelism only "
+                         f"(expected {key} = 1)")
     if getattr(config.model, "linear", "default") == "int8_train":
         from fastlm.quant import apply_int8_training
 

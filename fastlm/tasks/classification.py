@@ -1,5 +1,6 @@
 """Text classification: a GPT (last-token or mean pooling) or an Encoder (pooled [CLS]) with a
-linear head; metrics accuracy, precision/recall/F1 (macro and micro), ROC-AUC, confusion matrix.
+linear head, or (task.model = "maxent") a maximum-entropy classifier over hashed unigrams and bigrams
+of the token ids (fastlm/tasks/maxent_classifier.py); metrics accuracy, precision/recall/F1 (macro and micro), ROC-AUC, confusion matrix.
 
     [task]
     train = "train.jsonl"         # or .csv/.tsv, or "demo:langid"
@@ -8,6 +9,9 @@ linear head; metrics accuracy, precision/recall/F1 (macro and micro), ROC-AUC, c
     labels = ["neg", "pos"]       # optional: fixes the classes and their order (else: sorted, from train)
     pooling = "auto"              # auto (decoder: last, encoder: cls) | last | mean | cls
     k_folds = 0                   # > 1: k-fold cross-validation, one model per fold
+    model = "transformer"         # transformer ([model]: a GPT or an encoder) | maxent (logistic
+                                  # regression over hashed unigrams and bigrams of the token ids)
+    hash_buckets = 262144         # maxent: feature buckets
 """
 from __future__ import annotations
 
@@ -19,13 +23,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastlm.tasks.backbone import d_model, hidden_states, is_encoder
+from fastlm.tasks.backbone import build_backbone, d_model, hidden_states, is_encoder
 from fastlm.tasks.base import DataFiles, Task
 from fastlm.tasks.datasets import DatasetError, label_value, read_records, text_value
+from fastlm.tasks.maxent_classifier import (
+    HashedFeatureBody,
+    MaxEntClassifier,
+    pad_features,
+    text_features,
+)
 from fastlm.tasks.text import encode, pad_batch
 from fastlm.train.errors import ConfigError
 
 POOLINGS = ("auto", "last", "mean", "cls")
+CLASSIFIER_MODELS = ("transformer", "maxent")
 
 
 @dataclass
@@ -35,8 +46,15 @@ class ClassificationSection(DataFiles):
     labels: list[str] | None = None
     pooling: str = "auto"
     k_folds: int = 0
+    model: str = "transformer"
+    hash_buckets: int = 2**18
 
     def validate(self) -> None:
+        if self.model not in CLASSIFIER_MODELS:
+            raise ConfigError(f"task.model = {self.model!r}: expected one of {', '.join(CLASSIFIER_MODELS)}")
+        if isinstance(self.hash_buckets, bool) or not isinstance(self.hash_buckets, int) or \
+                not 1 <= self.hash_buckets <= 2**31 - 1:
+            raise ConfigError(f"task.hash_buckets = {self.hash_buckets!r}: expected an integer in [1, 2**31 - 1]")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"task.pooling = {self.pooling!r}: expected one of {', '.join(POOLINGS)}")
         if self.k_folds < 0 or self.k_folds == 1:
@@ -115,16 +133,35 @@ class ClassificationTask(Task):
         for r, ids in zip(records, encode(tok, [r["text"] for r in records])):
             # Decoder: the text then an end token whose state sums it up; encoder: a leading [CLS]-like token.
             ids = [eos] + ids[:width - 1] if encoder else ids[:width - 1] + [eos]
-            out.append({"ids": ids, "label": index[r["label"]], "text": r["text"]})
+            example = {"ids": ids, "label": index[r["label"]], "text": r["text"]}
+            if tc.task.model == "maxent":
+                example["features"] = text_features(ids, tc.task.hash_buckets)
+                example["num_buckets"] = tc.task.hash_buckets
+            out.append(example)
         return out
 
+    def build_body(self, tc) -> tuple:
+        """(the Transformer backbone, or a maxent classifier's feature "body"; tokenizer.json or None)."""
+        if tc.task.model != "maxent":
+            return build_backbone(tc)
+        for bad, key in ((tc.config.model.init_from, "model.init_from"),
+                         (tc.config.train.adversarial != "none", "train.adversarial")):
+            if bad:
+                raise ConfigError(f"{key}: not available with task.model = \"maxent\" (a classifier without a backbone)")
+        return HashedFeatureBody(tc.config.model.vocab_size, tc.task.hash_buckets), None
+
     def build_model(self, tc, body, info) -> nn.Module:
+        if tc.task.model == "maxent":
+            return MaxEntClassifier(tc.task.hash_buckets, len(info["labels"]))
         return SequenceClassifier(body, len(info["labels"]), tc.task.pooling)
 
     def collate(self, examples) -> dict:
         ids, mask = pad_batch([e["ids"] for e in examples], pad_id=0)
-        return {"input_ids": ids, "attention_mask": mask,
-                "labels": torch.tensor([e["label"] for e in examples], dtype=torch.long)}
+        batch = {"input_ids": ids, "attention_mask": mask,
+                 "labels": torch.tensor([e["label"] for e in examples], dtype=torch.long)}
+        if examples and "features" in examples[0]:
+            batch["features"] = pad_features([e["features"] for e in examples], examples[0]["num_buckets"])
+        return batch
 
     @torch.no_grad()
     def predict(self, model, examples, device, autocast, batch_size) -> torch.Tensor:

@@ -49,6 +49,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.min_lr = {_show(t.min_lr)}: expected at most train.lr = {_show(t.lr)}")
     if not 0 < d.val_fraction < 1:
         raise ConfigError(f"data.val_fraction = {_show(d.val_fraction)}: expected a number between 0 and 1")
+    _validate_model_parallel(config)
     _validate_tensor_parallel(config)
     _validate_pipeline(config)
     _validate_parallel(p, t)
@@ -106,6 +107,16 @@ def _validate_adversarial(t: TrainSection) -> None:
     if not (t.adversarial_alpha >= 0 and math.isfinite(t.adversarial_alpha)):
         raise ConfigError(f"train.adversarial_alpha = {_show(t.adversarial_alpha)}: expected a number >= 0 "
                           f"(0: 2.5 * epsilon / steps)")
+
+
+def _validate_model_parallel(config: Config) -> None:
+    """A family that trains with data parallelism only (maxent) takes neither tp nor pp."""
+    if not type(config.model).data_parallel_only:
+        return
+    for key, value in (("parallel.tp", config.parallel.tp), ("parallel.pp", config.parallel.pp)):
+        if value != 1:
+            raise ConfigError(f"{key} = {_show(value)}: model.family = {_show(config.model.family)} trains with data "
+                              f"parallelism only (expected {key} = 1)")
 
 
 def _validate_tensor_parallel(config: Config) -> None:

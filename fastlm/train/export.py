@@ -33,7 +33,7 @@ ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
 def export_run(run_dir: str | Path, out: str | Path, format: str = "hf") -> Path:
-    from fastlm.models import GPT, to_hf
+    from fastlm.models import GPT, MaxEntLM, to_hf
     from fastlm.train.run import load_run
 
     if format not in FORMATS:
@@ -46,6 +46,9 @@ def export_run(run_dir: str | Path, out: str | Path, format: str = "hf") -> Path
     except ImportError:
         raise FastlmError("export --format hf needs transformers (pip install 'fastlm[hf]')") from None
     _, model, tokenizer_path = load_run(run_dir)
+    if isinstance(model, MaxEntLM):
+        raise FastlmError(f"export: {run_dir} is a maxent model (model.family = \"maxent\"), which has no "
+                          f"Hugging Face format")
     causal = isinstance(model, GPT)
     source = tokenizer_source(Path(run_dir))
     tokens = _special_tokens(tokenizer_path, source, causal)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastlm.lm.config import HMMConfig, NGramConfig
-from fastlm.models import EncoderConfig, GPTConfig
+from fastlm.models import EncoderConfig, GPTConfig, MaxEntConfig
 from fastlm.models.config import ENCODER_FAMILIES, FAMILIES
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ class ModelSection:
     is_encoder: ClassVar[bool] = False    # a masked-LM encoder: pretrained on [MASK]ed tokens
     is_fitted: ClassVar[bool] = False     # a statistical model fitted on the tokens (no gradient steps)
     SPECIAL_TOKENS: ClassVar[int] = 0     # ids the model needs after the tokenizer's
+    data_parallel_only: ClassVar[bool] = False  # no tensor or pipeline parallelism (parallel.tp/pp must be 1)
 
     def architecture(self):
         """The plain model config (e.g. GPTConfig) of these fields, without the run keys."""
@@ -86,6 +87,14 @@ class HMMSection(ModelSection, HMMConfig):
     is_fitted = True
 
 
+@dataclass
+class MaxEntSection(ModelSection, MaxEntConfig):
+    """[model] of the hashed maximum-entropy language model (maxent)."""
+
+    ARCHITECTURE = MaxEntConfig
+    data_parallel_only = True
+
+
 # family -> its [model] section class, in the order errors list them
 MODEL_SECTIONS: dict[str, type[ModelSection]] = {}
 
@@ -102,5 +111,6 @@ def register_model_section(section: type[ModelSection], *families: str) -> None:
 
 register_model_section(GPTSection, *FAMILIES)
 register_model_section(EncoderSection, *ENCODER_FAMILIES)
+register_model_section(MaxEntSection, "maxent")
 register_model_section(NGramSection, "ngram")
 register_model_section(HMMSection, "hmm")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastlm.models import GPT
+from fastlm.models import GPT, MaxEntConfig, MaxEntLM
 from fastlm.train.config import Config, load_config
 from fastlm.train.errors import CheckpointError, ConfigError
 from fastlm.train.weights import load_weights
@@ -95,12 +95,16 @@ def _sharded_weights(run_dir: Path) -> Path | None:
 
 
 def build_model(config: Config):
-    """The model of a config: GPT, or EncoderForMaskedLM for the encoder families (bert, roberta, albert)."""
+    """The model of a config: GPT, EncoderForMaskedLM for the encoder families (bert, roberta, albert),
+    MaxEntLM for maxent."""
     if config.model.is_encoder:
         from fastlm.models import EncoderForMaskedLM
 
         return EncoderForMaskedLM(config.model.architecture(), sentence_order=config.data.sentence_order)
-    return GPT(config.model.architecture())
+    architecture = config.model.architecture()
+    if isinstance(architecture, MaxEntConfig):
+        return MaxEntLM(architecture)
+    return GPT(architecture)
 
 
 def masked_lm_model(model, sentence_order: bool = False):
