@@ -194,7 +194,7 @@ def test_empty_corpus(workdir, micro_toml, capsys):
 
 def test_unknown_preset_and_missing_file(workdir, capsys):
     assert main(["train", "tinyy"]) == 1
-    assert "config 'tinyy' is neither a TOML file nor a preset (presets: bert-tiny, gpt2-small, llama-1b, maxent, tiny)" \
+    assert "config 'tinyy' is neither a TOML file nor a preset (presets: bert-tiny, gpt2-small, hmm, llama-1b, maxent, ngram, tiny)" \
         in _error_line(capsys.readouterr())
     assert list(workdir.iterdir()) == []
 
