@@ -280,7 +280,7 @@ void interpolate_order(const Counts& counts, const std::vector<bool>& pruned, in
       }
       if (n > 1) {
         const int64_t h = find(lower->keys.data(), static_cast<int64_t>(lower->keys.size()), context(g));
-        if (h >= 0) lower->log_backoff[h] = std::log(gamma);
+        if (h >= 0) lower->log_backoff[h] = gamma > 0.0 ? std::log(gamma) : kLogZero;
       }
       g = end;
     }

@@ -105,7 +105,9 @@ class NGramLM:
             sums to 1); the last value repeats for higher orders; prune[0] must be 0 and the values
             non-decreasing (so every kept n-gram keeps its prefix and suffix).
         k: the add_k constant (> 0). discount: fixed discounts instead of the estimates — kneser_ney: a
-            float or one per order, in (0, 1]; modified_kneser_ney: (D1, D2, D3+) or one triple per order,
+            float or one per order, in [0, 1] (0 at order 1 = NLTK's KneserNeyInterpolated, whose unigrams
+            are continuation counts without the uniform level; unseen words then score e^(-99 ln 10),
+            ARPA's -99); modified_kneser_ney: (D1, D2, D3+) or one triple per order,
             0 < Dk <= k.
         """
         if not isinstance(order, (int, np.integer)) or isinstance(order, bool) or order < 1:
@@ -285,8 +287,8 @@ def _discount_list(discount, smoothing: str, order: int) -> list[float]:
         return []
     if smoothing == "kneser_ney":
         values = [discount] * order if np.isscalar(discount) else list(discount)
-        if len(values) != order or not all(isinstance(d, (int, float)) and 0 < d <= 1 for d in values):
-            raise ValueError(f"kneser_ney discount must be a number in (0, 1] or one per order ({order}), got {discount!r}")
+        if len(values) != order or not all(isinstance(d, (int, float)) and 0 <= d <= 1 for d in values):
+            raise ValueError(f"kneser_ney discount must be a number in [0, 1] or one per order ({order}), got {discount!r}")
         return [float(d) for d in values for _ in range(3)]
     if smoothing == "modified_kneser_ney":
         triples = list(discount)

@@ -69,6 +69,8 @@ class _Lines:
         self.path = path
         with open(path, encoding="utf-8", errors="replace") as f:
             self.lines = f.read().split("\n")
+        if self.lines and self.lines[-1] == "":  # the final newline ends the last line
+            self.lines.pop()
         self.i = 0
 
     def error(self, message: str, line: int | None = None) -> ValueError:
@@ -77,6 +79,7 @@ class _Lines:
     def next(self) -> str | None:
         """The next line (stripped), or None at the end of the file; self.i is its 1-based number."""
         if self.i >= len(self.lines):
+            self.i = len(self.lines) + 1  # errors point just past the last line
             return None
         self.i += 1
         return self.lines[self.i - 1].strip()
@@ -86,6 +89,10 @@ class _Lines:
         while line == "":
             line = self.next()
         return line
+
+
+def _shown(line: str | None) -> str:
+    return "the end of the file" if line is None else repr(line)
 
 
 def _number(text: str, lines: _Lines, what: str) -> float:
@@ -98,7 +105,7 @@ def _number(text: str, lines: _Lines, what: str) -> float:
 def _read_section(lines: _Lines, n: int, count: int) -> tuple[list[list[str]], list[float], list[float], list[int]]:
     header = lines.next_nonblank()
     if header != f"\\{n}-grams:":
-        raise lines.error(f"expected '\\{n}-grams:', got {header!r}")
+        raise lines.error(f"expected '\\{n}-grams:', got {_shown(header)}")
     grams, probs, backoffs, numbers = [], [], [], []
     for _ in range(count):
         line = lines.next()
@@ -144,7 +151,7 @@ def read(cls, path: Path):
     while line is not None and line != "\\data\\":  # tools may write a header before \data\
         line = lines.next()
     if line is None:
-        raise lines.error("no \\data\\ section: not an ARPA file")
+        raise lines.error("no \\data\\ section up to the end of the file: not an ARPA file")
     counts: list[int] = []
     line = lines.next_nonblank()
     while line is not None and line.startswith("ngram"):
@@ -160,7 +167,7 @@ def read(cls, path: Path):
     sections = [_read_section(lines, n, c) for n, c in enumerate(counts, start=1)]
     end = lines.next_nonblank()
     if end != "\\end\\":
-        raise lines.error(f"expected '\\end\\', got {end!r}")
+        raise lines.error(f"expected '\\end\\', got {_shown(end)}")
 
     V, words, index = _vocabulary(sections[0][0], lines, sections[0][3])
     bits = ngram_keys.bits_for(V)

@@ -103,7 +103,7 @@ def estimate(stream: np.ndarray, *, order: int, smoothing: int, bits: int, vocab
                 p = (c - _discount(d, c)) / den + gamma * lower if den > 0 else gamma * lower
                 log_prob[n - 1][g] = math.log(p) if p > 0 else LOG_ZERO
             if n > 1:
-                log_backoff[n - 2][context] = math.log(gamma)
+                log_backoff[n - 2][context] = math.log(gamma) if gamma > 0 else LOG_ZERO
 
     tables = []
     for n in range(1, order + 1):
