@@ -82,11 +82,23 @@ std::vector<at::Tensor> ngram_estimate(const at::Tensor& stream_in, int64_t orde
 }
 
 // log p of tokens[r, t] for start <= t < lengths[r] -> (rows, width - start) float64 (0 elsewhere).
-at::Tensor ngram_query(at::TensorList keys, at::TensorList log_prob, at::TensorList log_backoff, int64_t bits,
+// The hash index of one order's sorted keys (see hash_slots), built once per model.
+at::Tensor ngram_hash_index(const at::Tensor& keys) {
+  TORCH_CHECK(keys.dim() == 2 && keys.size(1) == 2 && keys.scalar_type() == at::kLong && keys.is_contiguous(),
+              "fastlm::ngram_hash_index: keys must be contiguous int64 (m, 2)");
+  at::Tensor slots = at::empty({ngram::hash_slot_count(keys.size(0))}, at::kLong);
+  ngram::hash_slots(reinterpret_cast<const ngram::Key*>(keys.data_ptr<int64_t>()), keys.size(0),
+                    slots.data_ptr<int64_t>(), slots.numel());
+  return slots;
+}
+
+at::Tensor ngram_query(at::TensorList keys, at::TensorList log_prob, at::TensorList log_backoff, at::TensorList slots,
+                       int64_t bits,
                        double unk_log_prob, const at::Tensor& tokens_in, const at::Tensor& lengths_in, int64_t start) {
   constexpr const char* op = "fastlm::ngram_query";
   const size_t N = keys.size();
-  TORCH_CHECK(N >= 1 && log_prob.size() == N && log_backoff.size() == N, op, ": one keys/log_prob/log_backoff per order");
+  TORCH_CHECK(N >= 1 && log_prob.size() == N && log_backoff.size() == N && slots.size() == N, op,
+              ": one keys/log_prob/log_backoff/slots per order");
   TORCH_CHECK(tokens_in.dim() == 2, op, ": tokens must be (rows, width)");
   const at::Tensor tokens = tokens_in.to(at::kLong).contiguous();
   const at::Tensor lengths = lengths_in.to(at::kLong).contiguous();
@@ -104,8 +116,13 @@ at::Tensor ngram_query(at::TensorList keys, at::TensorList log_prob, at::TensorL
                     log_prob[n].numel() == k.size(0) && log_backoff[n].scalar_type() == at::kDouble &&
                     log_backoff[n].is_contiguous() && log_backoff[n].numel() == k.size(0),
                 op, ": log_prob/log_backoff must be contiguous float64 (m,)");
+    const at::Tensor& index = slots[n];
+    TORCH_CHECK(index.dim() == 1 && index.scalar_type() == at::kLong && index.is_contiguous() &&
+                    index.numel() == ngram::hash_slot_count(k.size(0)),
+                op, ": slots must be the ngram_hash_index of the keys");
     views.push_back({reinterpret_cast<const ngram::Key*>(k.data_ptr<int64_t>()), k.size(0),
-                     log_prob[n].data_ptr<double>(), log_backoff[n].data_ptr<double>()});
+                     log_prob[n].data_ptr<double>(), log_backoff[n].data_ptr<double>(), index.data_ptr<int64_t>(),
+                     index.numel()});
   }
   at::Tensor out = at::zeros({rows, width - start}, at::kDouble);
   ngram::query(views, static_cast<int>(bits), unk_log_prob, tokens.data_ptr<int64_t>(), rows, width, len, start,
@@ -119,8 +136,9 @@ TORCH_LIBRARY_FRAGMENT(fastlm, m) {
   m.def("ngram_estimate(Tensor stream, int order, int smoothing, int bits, int vocab_words, bool all_vocab, "
         "float add_k, float[] discounts, int[] prune) -> Tensor[]",
         &ngram_estimate);
-  m.def("ngram_query(Tensor[] keys, Tensor[] log_prob, Tensor[] log_backoff, int bits, float unk_log_prob, "
-        "Tensor tokens, Tensor lengths, int start) -> Tensor",
+  m.def("ngram_hash_index(Tensor keys) -> Tensor", &ngram_hash_index);
+  m.def("ngram_query(Tensor[] keys, Tensor[] log_prob, Tensor[] log_backoff, Tensor[] slots, int bits, "
+        "float unk_log_prob, Tensor tokens, Tensor lengths, int start) -> Tensor",
         &ngram_query);
 }
 

@@ -39,7 +39,7 @@ template <class T, class Less>
 void parallel_sort(std::vector<T>& v, Less less, const ParallelFor& parallel_for) {
   const int64_t n = static_cast<int64_t>(v.size());
   int64_t chunks = 1;
-  while (chunks < 64 && n / (chunks * 2) >= (1 << 16)) chunks *= 2;
+  while (chunks < 64 && n / (chunks * 2) >= (1 << 17)) chunks *= 2;  // small inputs: one thread
   if (chunks == 1) {
     std::sort(v.begin(), v.end(), less);
     return;
@@ -112,7 +112,7 @@ std::vector<KeyCount> count_windows(const int64_t* stream, int64_t length, int n
     block = std::max<int64_t>(block, static_cast<int64_t>(total.size()));
     const int64_t b1 = std::min(positions, b0 + block);
     std::vector<Key> keys(b1 - b0);
-    parallel_for(b0, b1, 1 << 14, [&](int64_t p0, int64_t p1) {
+    parallel_for(b0, b1, 1 << 16, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) keys[p - b0] = window_key(stream, p, n, bits, bos);
     });
     parallel_sort(keys, std::less<Key>(), parallel_for);
@@ -127,7 +127,7 @@ Counts lower_order(const Counts& higher, const int64_t* stream, int64_t length, 
                    const ParallelFor& parallel_for) {
   const Key mask = (static_cast<Key>(1) << (bits * n)) - 1;
   std::vector<KeyCount> suffixes(higher.keys.size());
-  parallel_for(0, static_cast<int64_t>(suffixes.size()), 1 << 14, [&](int64_t i0, int64_t i1) {
+  parallel_for(0, static_cast<int64_t>(suffixes.size()), 1 << 16, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) suffixes[i] = {higher.keys[i] & mask, higher.raw[i]};
   });
   parallel_sort(suffixes, [](const KeyCount& a, const KeyCount& b) { return a.key < b.key; }, parallel_for);
@@ -244,7 +244,7 @@ void interpolate_order(const Counts& counts, const std::vector<bool>& pruned, in
   auto context = [&](int64_t i) { return counts.keys[i] >> bits; };
   auto same_context = [&](int64_t a, int64_t b) { return n == 1 || context(a) == context(b); };
 
-  parallel_for(0, m, 1 << 12, [&](int64_t b, int64_t e) {
+  parallel_for(0, m, 1 << 14, [&](int64_t b, int64_t e) {
     int64_t g = b;
     while (g > 0 && g < m && same_context(g, g - 1)) ++g;  // groups starting in [b, e) are ours
     while (g < e && g < m) {

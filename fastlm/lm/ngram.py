@@ -81,6 +81,7 @@ class NGramLM:
         self._known = torch.zeros(self.vocab_size + 3, dtype=torch.bool)  # ids with a unigram entry
         self._known[torch.from_numpy(unigram_ids)] = True
         self.unk_log_prob = 0.0 if bool(self._known[self.unk]) else UNK_LOG_PROB_MISSING
+        self._index = ngram_backend.hash_index(tables)
 
     # ----------------------------------------------------------------------------------- estimation
     @classmethod
@@ -120,8 +121,18 @@ class NGramLM:
         docs = _documents(token_ids)
         if not docs or sum(len(d) for d in docs) == 0:
             raise ValueError("empty corpus: token_ids has no tokens")
-        low = min(int(d.min()) for d in docs if len(d))
-        high = max(int(d.max()) for d in docs if len(d))
+        # One copy of the tokens, `<s> doc </s>` ...; the markers get their ids once V is known.
+        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+        eos_at = np.cumsum(lengths + 2) - 1
+        bos_at = eos_at - lengths - 1
+        zero = np.zeros(1, dtype=np.int64)
+        stream = np.concatenate([part for doc in docs for part in (zero, doc, zero)])
+        del docs
+        is_word = np.ones(stream.size, dtype=bool)
+        is_word[bos_at] = is_word[eos_at] = False
+        low = int(np.min(stream, where=is_word, initial=np.iinfo(np.int64).max))
+        high = int(np.max(stream, where=is_word, initial=-1))
+        del is_word
         if low < 0:
             raise ValueError(f"token ids must be >= 0, got {low}")
         if vocab_size is not None:
@@ -136,13 +147,7 @@ class NGramLM:
         discounts = _discount_list(discount, smoothing, order)
         prune_list = _prune_list(prune, order)
 
-        lengths = np.array([len(d) + 2 for d in docs], dtype=np.int64)
-        stream = np.empty(int(lengths.sum()), dtype=np.int64)
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        for doc, s in zip(docs, starts):
-            stream[s] = V + 1
-            stream[s + 1:s + 1 + len(doc)] = doc
-            stream[s + 1 + len(doc)] = V
+        stream[bos_at], stream[eos_at] = V + 1, V
         result = ngram_backend.estimate(stream, order=order, smoothing=smoothing, bits=bits, vocab_size=V,
                                         all_vocab=vocab_size is not None, k=float(k), discounts=discounts,
                                         prune=prune_list)
@@ -170,7 +175,7 @@ class NGramLM:
         if eos:
             internal[torch.arange(B), offset + lengths] = self.eos
         total = lengths + offset + int(eos)
-        return ngram_backend.query(self.tables, self.bits, self.unk_log_prob, internal, total, offset)[:, :T + int(eos)]
+        return ngram_backend.query(self.tables, self._index, self.bits, self.unk_log_prob, internal, total, offset)[:, :T + int(eos)]
 
     def logprob(self, tokens, bos: bool = True, eos: bool = False):
         """Natural-log probability of each token given its history (float64), batched.
@@ -220,7 +225,7 @@ class NGramLM:
         prefix = torch.cat([torch.tensor([self.bos]), context]) if bos and len(context) < self.order - 1 else context
         rows = torch.cat([prefix.expand(len(candidates), -1), candidates[:, None]], dim=1)
         lengths = torch.full((len(candidates),), rows.shape[1], dtype=torch.int64)
-        scores = ngram_backend.query(self.tables, self.bits, self.unk_log_prob, rows, lengths, rows.shape[1] - 1)[:, 0]
+        scores = ngram_backend.query(self.tables, self._index, self.bits, self.unk_log_prob, rows, lengths, rows.shape[1] - 1)[:, 0]
         scores[:self.vocab_size][~self._known[:self.vocab_size]] = -math.inf
         return scores if include_unk else scores[:self.vocab_size + 1]
 

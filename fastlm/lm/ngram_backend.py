@@ -43,10 +43,18 @@ def estimate(stream: np.ndarray, *, order: int, smoothing: str, bits: int, vocab
     return Estimate(tables, used, coc)
 
 
-def query(tables: list[Table], bits: int, unk_log_prob: float, tokens: torch.Tensor, lengths: torch.Tensor,
-          start: int) -> torch.Tensor:
-    """log p(tokens[r, t] | tokens[r, :t]) for start <= t < lengths[r] -> (rows, width - start) float64."""
-    if native():
+def hash_index(tables: list[Table]) -> list[torch.Tensor] | None:
+    """The per-order hash indexes the native query looks keys up in (None without the native ops)."""
+    return [torch.ops.fastlm.ngram_hash_index(t[0]) for t in tables] if native() else None
+
+
+def query(tables: list[Table], index: list[torch.Tensor] | None, bits: int, unk_log_prob: float,
+          tokens: torch.Tensor, lengths: torch.Tensor, start: int) -> torch.Tensor:
+    """log p(tokens[r, t] | tokens[r, :t]) for start <= t < lengths[r] -> (rows, width - start) float64.
+
+    index: hash_index(tables), built once per model.
+    """
+    if native() and index is not None:
         return torch.ops.fastlm.ngram_query([t[0] for t in tables], [t[1] for t in tables], [t[2] for t in tables],
-                                            bits, float(unk_log_prob), tokens, lengths, start)
+                                            index, bits, float(unk_log_prob), tokens, lengths, start)
     return ngram_fallback.query(tables, bits, unk_log_prob, tokens, lengths, start)
