@@ -25,6 +25,14 @@ struct Counts {
   std::vector<Key> keys;
   std::vector<uint64_t> raw;       // occurrences
   std::vector<uint64_t> adjusted;  // KenLM's adjusted count
+  std::vector<int64_t> suffix;     // index of (w2..wn) in the order below (orders >= 2)
+};
+
+// A suffix of an (n+1)-gram, its raw count and where it came from (to link the two orders).
+struct SuffixRef {
+  Key key;
+  uint64_t count;
+  int64_t origin;
 };
 
 struct KeyCount {
@@ -123,14 +131,15 @@ std::vector<KeyCount> count_windows(const int64_t* stream, int64_t length, int n
 
 // Order n < N from the distinct (n+1)-grams (their suffixes: continuation counts and raw counts)
 // and the documents' first n-grams `<s> ...` (raw counts).
-Counts lower_order(const Counts& higher, const int64_t* stream, int64_t length, int n, int bits, int64_t bos,
+// Also sets higher.suffix: the index of each (n+1)-gram's suffix in the result.
+Counts lower_order(Counts& higher, const int64_t* stream, int64_t length, int n, int bits, int64_t bos,
                    const ParallelFor& parallel_for) {
   const Key mask = (static_cast<Key>(1) << (bits * n)) - 1;
-  std::vector<KeyCount> suffixes(higher.keys.size());
+  std::vector<SuffixRef> suffixes(higher.keys.size());
   parallel_for(0, static_cast<int64_t>(suffixes.size()), 1 << 16, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) suffixes[i] = {higher.keys[i] & mask, higher.raw[i]};
+    for (int64_t i = i0; i < i1; ++i) suffixes[i] = {higher.keys[i] & mask, higher.raw[i], i};
   });
-  parallel_sort(suffixes, [](const KeyCount& a, const KeyCount& b) { return a.key < b.key; }, parallel_for);
+  parallel_sort(suffixes, [](const SuffixRef& a, const SuffixRef& b) { return a.key < b.key; }, parallel_for);
 
   std::vector<Key> starts;  // <s>-initial windows: one per document long enough
   for (int64_t i = 0; i + n <= length; ++i) {
@@ -142,6 +151,7 @@ Counts lower_order(const Counts& higher, const int64_t* stream, int64_t length, 
   const std::vector<KeyCount> bos_counts = run_lengths(starts);
 
   Counts out;
+  higher.suffix.assign(higher.keys.size(), -1);
   size_t j = 0;
   auto take_bos_before = [&](Key limit, bool all) {
     for (; j < bos_counts.size() && (all || bos_counts[j].key < limit); ++j) {
@@ -151,10 +161,14 @@ Counts lower_order(const Counts& higher, const int64_t* stream, int64_t length, 
     }
   };
   for (size_t i = 0; i < suffixes.size();) {
+    take_bos_before(suffixes[i].key, false);
+    const int64_t index = static_cast<int64_t>(out.keys.size());
     size_t e = i;
     uint64_t raw = 0;
-    for (; e < suffixes.size() && suffixes[e].key == suffixes[i].key; ++e) raw += suffixes[e].count;
-    take_bos_before(suffixes[i].key, false);
+    for (; e < suffixes.size() && suffixes[e].key == suffixes[i].key; ++e) {
+      raw += suffixes[e].count;
+      higher.suffix[suffixes[e].origin] = index;
+    }
     out.keys.push_back(suffixes[i].key);
     out.raw.push_back(raw);
     out.adjusted.push_back(static_cast<uint64_t>(e - i));
@@ -166,7 +180,8 @@ Counts lower_order(const Counts& higher, const int64_t* stream, int64_t length, 
 
 // Unigram entries for words never seen (count 0): <unk>, and all of 0..V-1 when asked; <s> gets
 // count 0 (it is never predicted; KenLM writes p(<s>) = -99).
-void complete_unigrams(Counts& unigrams, const EstimateOptions& options) {
+// Returns where each old entry went (the bigrams' suffix indices are remapped with it).
+std::vector<int64_t> complete_unigrams(Counts& unigrams, const EstimateOptions& options) {
   const int64_t V = options.vocab_words, bos = V + 1, unk = V + 2;
   std::vector<Key> missing;
   size_t i = 0;
@@ -180,9 +195,11 @@ void complete_unigrams(Counts& unigrams, const EstimateOptions& options) {
   add_if_missing(bos);
   add_if_missing(unk);
   Counts merged;
+  std::vector<int64_t> moved(unigrams.keys.size());
   size_t a = 0, b = 0;
   while (a < unigrams.keys.size() || b < missing.size()) {
     if (b == missing.size() || (a < unigrams.keys.size() && unigrams.keys[a] < missing[b])) {
+      moved[a] = static_cast<int64_t>(merged.keys.size());
       merged.keys.push_back(unigrams.keys[a]);
       merged.raw.push_back(unigrams.raw[a]);
       merged.adjusted.push_back(unigrams.adjusted[a]);
@@ -196,6 +213,7 @@ void complete_unigrams(Counts& unigrams, const EstimateOptions& options) {
   const int64_t bos_index = find(merged.keys.data(), static_cast<int64_t>(merged.keys.size()), static_cast<Key>(bos));
   merged.raw[bos_index] = merged.adjusted[bos_index] = 0;
   unigrams = std::move(merged);
+  return moved;
 }
 
 bool uses_adjusted(Smoothing s) { return s == Smoothing::ModifiedKneserNey || s == Smoothing::KneserNey; }
@@ -236,7 +254,6 @@ void interpolate_order(const Counts& counts, const std::vector<bool>& pruned, in
                        OrderTable& table, OrderTable* lower, const ParallelFor& parallel_for) {
   const int64_t m = static_cast<int64_t>(counts.keys.size());
   const std::vector<uint64_t>& c = uses_adjusted(options.smoothing) ? counts.adjusted : counts.raw;
-  const Key mask = n > 1 ? (static_cast<Key>(1) << (bits * (n - 1))) - 1 : 0;
   const Key bos_key = static_cast<Key>(options.vocab_words + 1);
   table.keys = counts.keys;
   table.log_prob.assign(m, 0.0);
@@ -247,6 +264,10 @@ void interpolate_order(const Counts& counts, const std::vector<bool>& pruned, in
   parallel_for(0, m, 1 << 14, [&](int64_t b, int64_t e) {
     int64_t g = b;
     while (g > 0 && g < m && same_context(g, g - 1)) ++g;  // groups starting in [b, e) are ours
+    // The contexts increase with g: find the first in the order below, then walk forward.
+    int64_t h = (n > 1 && g < m) ? std::lower_bound(lower->keys.begin(), lower->keys.end(), context(g)) -
+                                       lower->keys.begin()
+                                 : 0;
     while (g < e && g < m) {
       int64_t end = g + 1;
       while (end < m && same_context(end, g)) ++end;
@@ -267,20 +288,15 @@ void interpolate_order(const Counts& counts, const std::vector<bool>& pruned, in
           table.log_prob[i] = kLogZero;
           continue;
         }
-        double p_lower;
-        if (n == 1) {
-          p_lower = 1.0 / uniform_size;
-        } else {
-          const int64_t s = find(lower->keys.data(), static_cast<int64_t>(lower->keys.size()), counts.keys[i] & mask);
-          p_lower = s >= 0 ? std::exp(lower->log_prob[s]) : 0.0;
-        }
+        const double p_lower = n == 1 ? 1.0 / uniform_size : std::exp(lower->log_prob[counts.suffix[i]]);
         const double own = den > 0.0 ? (static_cast<double>(c[i]) - discount_of(d, c[i])) / den : 0.0;
         const double p = own + gamma * p_lower;
         table.log_prob[i] = p > 0.0 ? std::log(p) : kLogZero;
       }
       if (n > 1) {
-        const int64_t h = find(lower->keys.data(), static_cast<int64_t>(lower->keys.size()), context(g));
-        if (h >= 0) lower->log_backoff[h] = gamma > 0.0 ? std::log(gamma) : kLogZero;
+        const int64_t size = static_cast<int64_t>(lower->keys.size());
+        while (h < size && lower->keys[h] < context(g)) ++h;
+        if (h < size && lower->keys[h] == context(g)) lower->log_backoff[h] = gamma > 0.0 ? std::log(gamma) : kLogZero;
       }
       g = end;
     }
@@ -325,7 +341,9 @@ EstimateResult estimate(const int64_t* stream, int64_t length, const EstimateOpt
     }
   }
   for (int n = N - 1; n >= 1; --n) counts[n - 1] = lower_order(counts[n], stream, length, n, options.bits, bos, parallel_for);
-  complete_unigrams(counts[0], options);
+  const std::vector<int64_t> moved = complete_unigrams(counts[0], options);
+  if (N >= 2)
+    for (int64_t& index : counts[1].suffix) index = moved[index];
 
   EstimateResult result;
   result.discounts.assign(3 * N, 0.0);
