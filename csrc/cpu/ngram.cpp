@@ -39,7 +39,8 @@ at::Tensor doubles_tensor(const std::vector<double>& values) {
 // Returns [keys_1, log_prob_1, log_backoff_1, ..., keys_N, ..., discounts (N, 3), counts_of_counts (N, 4)].
 std::vector<at::Tensor> ngram_estimate(const at::Tensor& stream_in, int64_t order, int64_t smoothing, int64_t bits,
                                        int64_t vocab_words, bool all_vocab, double add_k,
-                                       at::ArrayRef<double> discounts, at::ArrayRef<int64_t> prune) {
+                                       at::ArrayRef<double> discounts, at::ArrayRef<int64_t> prune, int64_t block,
+                                       int64_t sort_chunk) {
   constexpr const char* op = "fastlm::ngram_estimate";
   TORCH_CHECK(stream_in.dim() == 1 && stream_in.device().is_cpu(), op, ": stream must be a 1-D CPU tensor");
   TORCH_CHECK(order >= 1 && bits >= 1 && order * bits <= 128, op, ": need 1 <= order and order * bits <= 128");
@@ -62,6 +63,9 @@ std::vector<at::Tensor> ngram_estimate(const at::Tensor& stream_in, int64_t orde
   options.add_k = add_k;
   options.discounts.assign(discounts.begin(), discounts.end());
   options.prune.assign(prune.begin(), prune.end());
+  TORCH_CHECK(block >= 1 && sort_chunk >= 1, op, ": block and sort_chunk must be >= 1");
+  options.block = block;
+  options.sort_chunk = sort_chunk;
   ngram::EstimateResult result;
   try {
     result = ngram::estimate(s, length, options, torch_parallel_for());
@@ -134,7 +138,7 @@ at::Tensor ngram_query(at::TensorList keys, at::TensorList log_prob, at::TensorL
 
 TORCH_LIBRARY_FRAGMENT(fastlm, m) {
   m.def("ngram_estimate(Tensor stream, int order, int smoothing, int bits, int vocab_words, bool all_vocab, "
-        "float add_k, float[] discounts, int[] prune) -> Tensor[]",
+        "float add_k, float[] discounts, int[] prune, int block=4194304, int sort_chunk=131072) -> Tensor[]",
         &ngram_estimate);
   m.def("ngram_hash_index(Tensor keys) -> Tensor", &ngram_hash_index);
   m.def("ngram_query(Tensor[] keys, Tensor[] log_prob, Tensor[] log_backoff, Tensor[] slots, int bits, "

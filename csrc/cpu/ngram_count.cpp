@@ -44,10 +44,10 @@ Key all_ones() { return ~static_cast<Key>(0); }
 
 // Sorts v in parallel: sorted chunks, then rounds of pairwise merges.
 template <class T, class Less>
-void parallel_sort(std::vector<T>& v, Less less, const ParallelFor& parallel_for) {
+void parallel_sort(std::vector<T>& v, Less less, int64_t min_chunk, const ParallelFor& parallel_for) {
   const int64_t n = static_cast<int64_t>(v.size());
   int64_t chunks = 1;
-  while (chunks < 64 && n / (chunks * 2) >= (1 << 17)) chunks *= 2;  // small inputs: one thread
+  while (chunks < 64 && n / (chunks * 2) >= min_chunk) chunks *= 2;  // small inputs: one thread
   if (chunks == 1) {
     std::sort(v.begin(), v.end(), less);
     return;
@@ -111,11 +111,13 @@ std::vector<KeyCount> merge_counts(const std::vector<KeyCount>& a, const std::ve
 
 // Raw counts of every order-n window, a block of positions at a time so that the memory is the
 // distinct n-grams plus one block.
-std::vector<KeyCount> count_windows(const int64_t* stream, int64_t length, int n, int bits, int64_t bos,
+std::vector<KeyCount> count_windows(const int64_t* stream, int64_t length, int n, const EstimateOptions& options,
                                     const ParallelFor& parallel_for) {
+  const int bits = options.bits;
+  const int64_t bos = options.vocab_words + 1;
   const int64_t positions = length - n + 1;
   std::vector<KeyCount> total;
-  int64_t block = int64_t{1} << 22;
+  int64_t block = options.block;
   for (int64_t b0 = 0; b0 < positions; b0 += block) {
     block = std::max<int64_t>(block, static_cast<int64_t>(total.size()));
     const int64_t b1 = std::min(positions, b0 + block);
@@ -123,7 +125,7 @@ std::vector<KeyCount> count_windows(const int64_t* stream, int64_t length, int n
     parallel_for(b0, b1, 1 << 16, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) keys[p - b0] = window_key(stream, p, n, bits, bos);
     });
-    parallel_sort(keys, std::less<Key>(), parallel_for);
+    parallel_sort(keys, std::less<Key>(), options.sort_chunk, parallel_for);
     total = total.empty() ? run_lengths(keys) : merge_counts(total, run_lengths(keys));
   }
   return total;
@@ -132,14 +134,17 @@ std::vector<KeyCount> count_windows(const int64_t* stream, int64_t length, int n
 // Order n < N from the distinct (n+1)-grams (their suffixes: continuation counts and raw counts)
 // and the documents' first n-grams `<s> ...` (raw counts).
 // Also sets higher.suffix: the index of each (n+1)-gram's suffix in the result.
-Counts lower_order(Counts& higher, const int64_t* stream, int64_t length, int n, int bits, int64_t bos,
+Counts lower_order(Counts& higher, const int64_t* stream, int64_t length, int n, const EstimateOptions& options,
                    const ParallelFor& parallel_for) {
+  const int bits = options.bits;
+  const int64_t bos = options.vocab_words + 1;
   const Key mask = (static_cast<Key>(1) << (bits * n)) - 1;
   std::vector<SuffixRef> suffixes(higher.keys.size());
   parallel_for(0, static_cast<int64_t>(suffixes.size()), 1 << 16, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) suffixes[i] = {higher.keys[i] & mask, higher.raw[i], i};
   });
-  parallel_sort(suffixes, [](const SuffixRef& a, const SuffixRef& b) { return a.key < b.key; }, parallel_for);
+  parallel_sort(suffixes, [](const SuffixRef& a, const SuffixRef& b) { return a.key < b.key; }, options.sort_chunk,
+                parallel_for);
 
   std::vector<Key> starts;  // <s>-initial windows: one per document long enough
   for (int64_t i = 0; i + n <= length; ++i) {
@@ -333,14 +338,14 @@ EstimateResult estimate(const int64_t* stream, int64_t length, const EstimateOpt
 
   std::vector<Counts> counts(N);
   {
-    std::vector<KeyCount> top = count_windows(stream, length, N, options.bits, bos, parallel_for);
+    std::vector<KeyCount> top = count_windows(stream, length, N, options, parallel_for);
     for (const KeyCount& kc : top) {
       counts[N - 1].keys.push_back(kc.key);
       counts[N - 1].raw.push_back(kc.count);
       counts[N - 1].adjusted.push_back(kc.count);
     }
   }
-  for (int n = N - 1; n >= 1; --n) counts[n - 1] = lower_order(counts[n], stream, length, n, options.bits, bos, parallel_for);
+  for (int n = N - 1; n >= 1; --n) counts[n - 1] = lower_order(counts[n], stream, length, n, options, parallel_for);
   const std::vector<int64_t> moved = complete_unigrams(counts[0], options);
   if (N >= 2)
     for (int64_t& index : counts[1].suffix) index = moved[index];

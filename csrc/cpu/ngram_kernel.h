@@ -37,6 +37,8 @@ struct EstimateOptions {
   // Per order (index n-1): 3 discounts (D1, D2, D3+) each; empty = estimate from counts of counts.
   std::vector<double> discounts;
   std::vector<int64_t> prune;    // per order (index n-1): drop n-grams with raw count <= prune[n-1]
+  int64_t block = int64_t{1} << 22;       // positions counted per block (memory: distinct n-grams + a block)
+  int64_t sort_chunk = int64_t{1} << 17;  // smallest chunk a sort gives a thread (small inputs: one thread)
 };
 
 struct EstimateResult {

@@ -29,13 +29,18 @@ def native() -> bool:
 
 
 def estimate(stream: np.ndarray, *, order: int, smoothing: str, bits: int, vocab_size: int, all_vocab: bool,
-             k: float, discounts: Sequence[float], prune: Sequence[int]) -> Estimate:
-    """Counts and smooths `stream` (documents as `<s> ids </s>`, internal ids) into backoff tables."""
+             k: float, discounts: Sequence[float], prune: Sequence[int], block: int = 1 << 22,
+             sort_chunk: int = 1 << 17) -> Estimate:
+    """Counts and smooths `stream` (documents as `<s> ids </s>`, internal ids) into backoff tables.
+
+    block / sort_chunk (native only): positions counted per block, and the smallest piece of a sort
+    given to one thread; they change the work's shape, never the result (the tests shrink them).
+    """
     code = SMOOTHING_CODES[smoothing]
     if native():
         out = torch.ops.fastlm.ngram_estimate(torch.from_numpy(np.ascontiguousarray(stream, dtype=np.int64)), order,
                                               code, bits, vocab_size, all_vocab, float(k), list(map(float, discounts)),
-                                              list(map(int, prune)))
+                                              list(map(int, prune)), int(block), int(sort_chunk))
         tables = [(out[3 * i], out[3 * i + 1], out[3 * i + 2]) for i in range(order)]
         return Estimate(tables, out[-2], out[-1])
     tables, used, coc = ngram_fallback.estimate(stream, order=order, smoothing=code, bits=bits, vocab_size=vocab_size,

@@ -269,3 +269,18 @@ def test_matches_nltk_kneser_ney_interpolated():
         for t, word in enumerate(words):
             theirs = nltk_lm.score(word, words[max(0, t - order + 1):t])
             assert float(ours[r, t]) == pytest.approx(math.log(theirs), abs=1e-9), (r, t)
+
+
+@pytest.mark.skipif(not ngram_backend.native(), reason="the native ops' work split")
+@pytest.mark.parametrize("smoothing", ["modified_kneser_ney", "witten_bell"])
+def test_blocked_counting_and_chunked_sorts_change_nothing(smoothing):
+    """Tiny blocks and sort chunks (several merges, several threads' sorts) give the same tables."""
+    docs = corpus(21, docs=300, vocab=50, max_len=60)
+    V = 50
+    stream = np.concatenate([np.concatenate([[V + 1], d, [V]]) for d in docs]).astype(np.int64)
+    kwargs = dict(order=4, smoothing=smoothing, bits=6, vocab_size=V, all_vocab=True, k=1.0, discounts=[], prune=[])
+    whole = ngram_backend.estimate(stream, **kwargs)
+    split = ngram_backend.estimate(stream, block=97, sort_chunk=64, **kwargs)
+    for a, b in zip(whole.tables, split.tables):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+    assert len(stream) > 20 * 97 and whole.tables[3][0].shape[0] > 8 * 64  # the split path really ran
