@@ -13,11 +13,14 @@ separated by tabs or spaces. fastlm's words are decimal ids plus <s>, </s> and <
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import os
 import re
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -36,7 +39,7 @@ def _word_strings(model) -> list[str]:
 
 
 def write(model, path: Path) -> None:
-    strings = _word_strings(model)
+    strings = np.array(_word_strings(model), dtype=object)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -47,7 +50,10 @@ def write(model, path: Path) -> None:
             for n, (keys, log_prob, log_backoff) in enumerate(model.tables, start=1):
                 f.write(f"\n\\{n}-grams:\n")
                 ids = ngram_keys.unpack(keys.numpy(), n, model.bits)
-                names = [" ".join(strings[i] for i in row) for row in ids.tolist()]
+                names = strings[ids[:, 0]]
+                for j in range(1, n):  # object arrays: one C loop of str concatenations per word
+                    names = names + " " + strings[ids[:, j]]
+                names = names.tolist()
                 probs = (log_prob.numpy() / LN10).tolist()
                 if n < model.order:
                     backoffs = (log_backoff.numpy() / LN10).tolist()
@@ -57,7 +63,7 @@ def write(model, path: Path) -> None:
             f.write("\n\\end\\\n")
         os.replace(tmp, path)
     except BaseException:
-        with __import__("contextlib").suppress(OSError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
@@ -95,39 +101,56 @@ def _shown(line: str | None) -> str:
     return "the end of the file" if line is None else repr(line)
 
 
-def _number(text: str, lines: _Lines, what: str) -> float:
+def _number(text: str, lines: _Lines, what: str, line: int) -> float:
     try:
         return float(text)
     except ValueError:
-        raise lines.error(f"{what} {text!r} is not a number") from None
+        raise lines.error(f"{what} {text!r} is not a number", line) from None
 
 
-def _read_section(lines: _Lines, n: int, count: int) -> tuple[list[list[str]], list[float], list[float], list[int]]:
+class _Section(NamedTuple):
+    grams: list[list[str]]   # the words of each entry
+    log10_prob: np.ndarray
+    log10_backoff: np.ndarray
+    first_line: int          # entries are consecutive lines from here
+
+
+def _floats(texts: list[str], lines: _Lines, first_line: int, what: str) -> np.ndarray:
+    try:
+        return np.array(texts, dtype=np.float64)
+    except ValueError:  # find and name the bad one
+        for offset, text in enumerate(texts):
+            _number(text, lines, what, first_line + offset)
+        raise
+
+
+def _read_section(lines: _Lines, n: int, count: int) -> _Section:
+    """The `\\n-grams:` section of `count` entries, parsed a section at a time (fast for big files)."""
     header = lines.next_nonblank()
     if header != f"\\{n}-grams:":
         raise lines.error(f"expected '\\{n}-grams:', got {_shown(header)}")
-    grams, probs, backoffs, numbers = [], [], [], []
-    for _ in range(count):
-        line = lines.next()
-        if line is None or line == "" or line.startswith("\\"):
-            raise lines.error(f"the {n}-gram section has fewer entries than the {count} its header announces")
-        fields = line.split()
-        if len(fields) not in (n + 1, n + 2):
-            raise lines.error(f"a {n}-gram line needs a log10 probability, {n} words and an optional backoff, "
-                              f"got {len(fields)} fields")
-        probs.append(_number(fields[0], lines, "probability"))
-        grams.append(fields[1:n + 1])
-        backoffs.append(_number(fields[n + 1], lines, "backoff") if len(fields) == n + 2 else 0.0)
-        numbers.append(lines.i)
+    first = lines.i + 1
+    fields = [line.split() for line in lines.lines[lines.i:lines.i + count]]
+    short = next((i for i, f in enumerate(fields) if not f or f[0].startswith("\\")), len(fields))
+    if short < count:
+        raise lines.error(f"the {n}-gram section has fewer entries than the {count} its header announces",
+                          first + short)
+    if not {len(f) for f in fields} <= {n + 1, n + 2}:
+        bad = next(i for i, f in enumerate(fields) if len(f) not in (n + 1, n + 2))
+        raise lines.error(f"a {n}-gram line needs a log10 probability, {n} words and an optional backoff, "
+                          f"got {len(fields[bad])} fields", first + bad)
+    lines.i += count
     after = lines.next()
     if after not in ("", None) and not after.startswith("\\"):
         raise lines.error(f"the {n}-gram section has more entries than the {count} its header announces")
     if after is not None and after.startswith("\\"):
         lines.i -= 1  # let the caller read the next section header
-    return grams, probs, backoffs, numbers
+    probs = _floats([f[0] for f in fields], lines, first, "probability")
+    backoffs = _floats([f[n + 1] if len(f) == n + 2 else "0" for f in fields], lines, first, "backoff")
+    return _Section([f[1:n + 1] for f in fields], probs, backoffs, first)
 
 
-def _vocabulary(unigrams: list[list[str]], lines: _Lines, numbers: list[int]) -> tuple[int, list[str] | None, dict]:
+def _vocabulary(unigrams: list[list[str]], lines: _Lines, first_line: int) -> tuple[int, list[str] | None, dict]:
     """(vocab_size, words or None, string -> internal id) from the unigram section."""
     plain = [g[0] for g in unigrams if g[0] not in SPECIALS]
     decimal = all(w.isdigit() and str(int(w)) == w for w in plain)
@@ -136,9 +159,9 @@ def _vocabulary(unigrams: list[list[str]], lines: _Lines, numbers: list[int]) ->
     index = {w: int(w) for w in plain} if decimal else {w: i for i, w in enumerate(plain)}
     if not decimal and len(index) != len(plain):
         seen = set()
-        for g, line in zip(unigrams, numbers):
+        for offset, g in enumerate(unigrams):
             if g[0] in seen:
-                raise lines.error(f"duplicate unigram {g[0]!r}", line)
+                raise lines.error(f"duplicate unigram {g[0]!r}", first_line + offset)
             seen.add(g[0])
     for offset, special in enumerate(SPECIALS):
         index[special] = V + offset
@@ -146,6 +169,17 @@ def _vocabulary(unigrams: list[list[str]], lines: _Lines, numbers: list[int]) ->
 
 
 def read(cls, path: Path):
+    # Millions of small lists: the cyclic GC would rescan them over and over (they hold no cycles).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _read(cls, path)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read(cls, path: Path):
     lines = _Lines(path)
     line = lines.next()
     while line is not None and line != "\\data\\":  # tools may write a header before \data\
@@ -169,27 +203,26 @@ def read(cls, path: Path):
     if end != "\\end\\":
         raise lines.error(f"expected '\\end\\', got {_shown(end)}")
 
-    V, words, index = _vocabulary(sections[0][0], lines, sections[0][3])
+    V, words, index = _vocabulary(sections[0].grams, lines, sections[0].first_line)
     bits = ngram_keys.bits_for(V)
     if len(counts) * bits > 128:
         raise ValueError(f"{path}: order {len(counts)} with {V} words needs {len(counts) * bits} key bits; "
                          "at most 128 are supported")
     tables = []
-    for n, (grams, probs, backoffs, numbers) in enumerate(sections, start=1):
-        ids = np.empty((len(grams), n), dtype=np.int64)
-        for row, (gram, line_number) in enumerate(zip(grams, numbers)):
-            try:
-                ids[row] = [index[w] for w in gram]
-            except KeyError as missing:
-                raise lines.error(f"word {missing.args[0]!r} of this {n}-gram has no unigram entry", line_number) from None
+    for n, section in enumerate(sections, start=1):
+        try:
+            ids = np.array([index[w] for gram in section.grams for w in gram], dtype=np.int64).reshape(-1, n)
+        except KeyError as missing:
+            row = next(i for i, gram in enumerate(section.grams) if missing.args[0] in gram)
+            raise lines.error(f"word {missing.args[0]!r} of this {n}-gram has no unigram entry",
+                              section.first_line + row) from None
         keys = ngram_keys.pack(ids, bits)
         perm = ngram_keys.sort_permutation(keys)
         keys = np.ascontiguousarray(keys[perm])
         if ngram_keys.has_duplicates(keys):
             dup = int(np.flatnonzero(np.all(keys[1:] == keys[:-1], axis=1))[0])
-            raise lines.error(f"duplicate {n}-gram", numbers[int(perm[dup + 1])])
-        log_prob = np.asarray(probs, dtype=np.float64)[perm] * LN10
-        log_backoff = np.asarray(backoffs, dtype=np.float64)[perm] * LN10
-        tables.append((torch.from_numpy(keys), torch.from_numpy(np.ascontiguousarray(log_prob)),
-                       torch.from_numpy(np.ascontiguousarray(log_backoff))))
+            raise lines.error(f"duplicate {n}-gram", section.first_line + int(perm[dup + 1]))
+        log_prob = np.ascontiguousarray(section.log10_prob[perm] * LN10)
+        log_backoff = np.ascontiguousarray(section.log10_backoff[perm] * LN10)
+        tables.append((torch.from_numpy(keys), torch.from_numpy(log_prob), torch.from_numpy(log_backoff)))
     return cls(tables, vocab_size=V, smoothing="arpa", words=words)
