@@ -54,6 +54,15 @@ def _documents(token_ids) -> list[np.ndarray]:
     return [_as_ids(doc, "each document of token_ids") for doc in items]
 
 
+def split_documents(tokens, separator: int) -> list[np.ndarray]:
+    """A token stream with documents separated by `separator` (e.g. a corpus' eos id) -> the documents,
+    without the separator (NGramLM adds <s> and </s> itself); empty documents are dropped."""
+    ids = _as_ids(tokens, "tokens")
+    pieces = np.split(ids, np.flatnonzero(ids == separator))  # every piece but the first starts with it
+    docs = pieces[:1] + [p[1:] for p in pieces[1:]]
+    return [d for d in docs if len(d)]
+
+
 class NGramLM:
     """An n-gram model in backoff (ARPA) form. Build it with `fit` or `from_arpa`.
 

@@ -94,9 +94,9 @@ def test_next_token_distribution_sums_to_one(smoothing, prune):
 def test_arpa_round_trip_and_kenlm_reads_it(tmp_path):
     docs = corpus(2, docs=100, vocab=40, max_len=30)
     rows = torch.tensor(np.random.default_rng(9).integers(-2, 45, size=(5, 30)))
-    for smoothing in SMOOTHINGS:
-        lm = NGramLM.fit(docs, order=4, smoothing=smoothing, vocab_size=42)
-        path = tmp_path / f"{smoothing}.arpa"
+    for smoothing, prune in [(s, None) for s in SMOOTHINGS] + [("modified_kneser_ney", [0, 1, 1])]:
+        lm = NGramLM.fit(docs, order=4, smoothing=smoothing, vocab_size=42, prune=prune)
+        path = tmp_path / f"{smoothing}-{prune is not None}.arpa"
         lm.to_arpa(path)
         assert not list(tmp_path.glob(".*tmp"))  # written atomically, nothing left behind
         back = NGramLM.from_arpa(path)
@@ -216,6 +216,27 @@ def test_fallback_without_native_gives_the_same_model(monkeypatch):
             torch.testing.assert_close(a[1], b[1], rtol=0, atol=1e-12)
             torch.testing.assert_close(a[2], b[2], rtol=0, atol=1e-12)
         torch.testing.assert_close(fallback_scores, native.logprob(rows, eos=True), rtol=0, atol=1e-12)
+
+
+def test_documents_as_rows_lists_and_generators():
+    docs = corpus(13, docs=10)
+    reference = NGramLM.fit(docs, order=3)
+    probe = torch.tensor([1, 2, 3, 4])
+    from_generator = NGramLM.fit((torch.from_numpy(d) for d in docs), order=3)
+    torch.testing.assert_close(from_generator.logprob(probe), reference.logprob(probe))
+    equal_length = [d[:5] for d in docs if len(d) >= 5]
+    rows = NGramLM.fit(torch.from_numpy(np.stack(equal_length)), order=3)
+    torch.testing.assert_close(rows.logprob(probe), NGramLM.fit(equal_length, order=3).logprob(probe))
+    one = NGramLM.fit(list(docs[0]), order=2)  # a list of ints is one document
+    assert one.tables[1][0].shape[0] == len(set(zip([-1] + list(docs[0]), list(docs[0]) + [-2])))
+
+
+def test_split_documents():
+    from fastlm.lm.ngram import split_documents
+
+    parts = split_documents(np.array([5, 1, 2, 0, 3, 0, 0, 4], dtype=np.uint16), separator=0)
+    assert [p.tolist() for p in parts] == [[5, 1, 2], [3], [4]]
+    assert [p.tolist() for p in split_documents(torch.tensor([0, 7, 0]), separator=0)] == [[7]]
 
 
 def test_shapes_lists_and_windows():

@@ -17,13 +17,6 @@ from fastlm.bench.registry import Options, Suite
 from fastlm.bench.timing import time_callable
 
 
-def _documents(tokens: np.ndarray, eos_id: int) -> list[np.ndarray]:
-    """The corpus' documents (split at its eos id, which KenLM-style </s> replaces)."""
-    tokens = np.asarray(tokens, dtype=np.int64)
-    docs = np.split(tokens, np.flatnonzero(tokens == eos_id) + 1)
-    return [d[d != eos_id] for d in docs if np.any(d != eos_id)]
-
-
 def _sentences(docs: list[np.ndarray], budget: int, length: int = 64) -> list[np.ndarray]:
     """Up to `budget` tokens as sentence-sized pieces (what NLTK is used on)."""
     out, total = [], 0
@@ -67,12 +60,13 @@ def measure(options: Options, nltk_tokens: int | None = None, query_tokens: int 
             order: int = 3) -> list[dict]:
     from fastlm.data import prepare_corpus
     from fastlm.lm import NGramLM
+    from fastlm.lm.ngram import split_documents
 
     nltk_tokens = nltk_tokens or (5_000 if options.quick else 20_000)
     query_tokens = query_tokens or (100 if options.quick else 300)
     corpus = prepare_corpus("builtin", vocab_size=4096, show_progress=False)
-    train = _documents(corpus.train_tokens, corpus.eos_id)
-    val = _documents(corpus.val_tokens, corpus.eos_id)
+    train = split_documents(corpus.train_tokens, corpus.eos_id)
+    val = split_documents(corpus.val_tokens, corpus.eos_id)
     threads = torch.get_num_threads()
     repeat = options.repeats(5)
     rows = []
