@@ -73,10 +73,11 @@ std::vector<at::Tensor> ngram_estimate(const at::Tensor& stream_in, int64_t orde
     TORCH_CHECK(false, op, ": ", error.what());
   }
   std::vector<at::Tensor> out;
-  for (const ngram::OrderTable& table : result.tables) {
+  for (ngram::OrderTable& table : result.tables) {
     out.push_back(keys_tensor(table.keys));
     out.push_back(doubles_tensor(table.log_prob));
     out.push_back(doubles_tensor(table.log_backoff));
+    table = ngram::OrderTable();  // free it now: peak memory is one copy of the model, not two
   }
   out.push_back(doubles_tensor(result.discounts).view({order, 3}));
   at::Tensor t = at::empty({order, 4}, at::kLong);

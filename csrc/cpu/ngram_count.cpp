@@ -293,6 +293,7 @@ void interpolate_order(const Counts& counts, const std::vector<bool>& pruned, in
           table.log_prob[i] = kLogZero;
           continue;
         }
+        if (n > 1 && i + 16 < m) __builtin_prefetch(&lower->log_prob[counts.suffix[i + 16]]);  // a random read
         const double p_lower = n == 1 ? 1.0 / uniform_size : std::exp(lower->log_prob[counts.suffix[i]]);
         const double own = den > 0.0 ? (static_cast<double>(c[i]) - discount_of(d, c[i])) / den : 0.0;
         const double p = own + gamma * p_lower;
