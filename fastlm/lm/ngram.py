@@ -15,6 +15,7 @@ vocab_size was not given) is <unk>, whose probability is the interpolated leftov
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,10 +29,11 @@ from fastlm.lm.ngram_backend import SMOOTHING_CODES, Table
 SMOOTHINGS = tuple(SMOOTHING_CODES)
 UNK_LOG_PROB_MISSING = -100.0 * math.log(10.0)  # KenLM's p(<unk>) for an ARPA file without <unk>
 
-TokenInput = "torch.Tensor | np.ndarray | Sequence[int] | Iterable[torch.Tensor | np.ndarray | Sequence[int]]"
+# One sequence of ids, or several (documents / rows).
+Ids = torch.Tensor | np.ndarray | Sequence[int]
 
 
-def _as_ids(x, what: str) -> np.ndarray:
+def _as_ids(x: Ids, what: str) -> np.ndarray:
     array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if array.ndim != 1:
         raise ValueError(f"{what} must be 1-D id sequences, got shape {tuple(array.shape)}")
@@ -40,7 +42,7 @@ def _as_ids(x, what: str) -> np.ndarray:
     return array.astype(np.int64, copy=False)
 
 
-def _documents(token_ids) -> list[np.ndarray]:
+def _documents(token_ids: Ids | Iterable[Ids]) -> list[np.ndarray]:
     """A 1-D tensor/array/list of ints is one document; a 2-D tensor/array or an iterable, several."""
     if isinstance(token_ids, (torch.Tensor, np.ndarray)):
         if token_ids.ndim == 1:
@@ -54,7 +56,7 @@ def _documents(token_ids) -> list[np.ndarray]:
     return [_as_ids(doc, "each document of token_ids") for doc in items]
 
 
-def split_documents(tokens, separator: int) -> list[np.ndarray]:
+def split_documents(tokens: Ids, separator: int) -> list[np.ndarray]:
     """A token stream with documents separated by `separator` (e.g. a corpus' eos id) -> the documents,
     without the separator (NGramLM adds <s> and </s> itself); empty documents are dropped."""
     ids = _as_ids(tokens, "tokens")
@@ -94,8 +96,9 @@ class NGramLM:
 
     # ----------------------------------------------------------------------------------- estimation
     @classmethod
-    def fit(cls, token_ids, order: int = 5, smoothing: str = "modified_kneser_ney", vocab_size: int | None = None,
-            prune: Sequence[int] | None = None, k: float = 1.0, discount=None) -> "NGramLM":
+    def fit(cls, token_ids: Ids | Iterable[Ids], order: int = 5, smoothing: str = "modified_kneser_ney", vocab_size: int | None = None,
+            prune: Sequence[int] | None = None, k: float = 1.0,
+            discount: float | Sequence[float] | Sequence[Sequence[float]] | None = None) -> NGramLM:
         """Estimate an interpolated n-gram model from documents of token ids.
 
         token_ids: a 1-D integer tensor/array (one document) or an iterable of them (or a 2-D tensor,
@@ -186,7 +189,8 @@ class NGramLM:
         total = lengths + offset + int(eos)
         return ngram_backend.query(self.tables, self._index, self.bits, self.unk_log_prob, internal, total, offset)[:, :T + int(eos)]
 
-    def logprob(self, tokens, bos: bool = True, eos: bool = False):
+    def logprob(self, tokens: Ids | Sequence[Ids], bos: bool = True,
+                eos: bool = False) -> torch.Tensor | list[torch.Tensor]:
         """Natural-log probability of each token given its history (float64), batched.
 
         tokens: 1-D (T,) or 2-D (B, T) integer tensor/array, or a list of 1-D sequences; each row is its
@@ -212,7 +216,7 @@ class NGramLM:
         scores = self._score_rows(rows.cpu(), lengths, bos, eos)
         return scores if x.dim() == 2 else scores[0]
 
-    def perplexity(self, tokens, bos: bool = True, eos: bool = True) -> float:
+    def perplexity(self, tokens: Ids | Sequence[Ids], bos: bool = True, eos: bool = True) -> float:
         """exp(-mean log p) over every predicted token (and each row's </s> when eos=True)."""
         scores = self.logprob(tokens, bos=bos, eos=eos)
         flat = torch.cat([s.reshape(-1) for s in scores]) if isinstance(scores, list) else scores.reshape(-1)
@@ -220,7 +224,7 @@ class NGramLM:
             raise ValueError("perplexity of an empty sequence")
         return float(torch.exp(-flat.mean()))
 
-    def next_token_logprobs(self, history, bos: bool = True, include_unk: bool = False) -> torch.Tensor:
+    def next_token_logprobs(self, history: Ids, bos: bool = True, include_unk: bool = False) -> torch.Tensor:
         """log p(w | history) for w = 0..V-1 and, at index V, </s> -> float64 (V + 1,).
 
         Ids the model does not know get -inf here (they are not outcomes of their own: logprob scores
@@ -238,7 +242,7 @@ class NGramLM:
         scores[:self.vocab_size][~self._known[:self.vocab_size]] = -math.inf
         return scores if include_unk else scores[:self.vocab_size + 1]
 
-    def generate(self, prompt, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+    def generate(self, prompt: Ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Sample up to max_new_tokens ids after `prompt` (history starts with <s>); stops at </s>.
 
@@ -275,7 +279,7 @@ class NGramLM:
         ngram_arpa.write(self, Path(path))
 
     @classmethod
-    def from_arpa(cls, path: str | Path) -> "NGramLM":
+    def from_arpa(cls, path: str | Path) -> NGramLM:
         """Read an ARPA file (fastlm's, KenLM's, SRILM's...). Malformed input -> ValueError naming the line.
 
         When the words are decimal ids the ids are kept; otherwise the model gets `words` (index = id,
@@ -320,7 +324,7 @@ def _prune_list(prune, order: int) -> list[int]:
     if prune is None:
         return []
     values = [int(p) for p in prune]
-    if not values or values[0] != 0 or any(p < 0 for p in values) or any(b < a for a, b in zip(values, values[1:])):
+    if not values or values[0] != 0 or any(p < 0 for p in values) or any(b < a for a, b in itertools.pairwise(values)):
         raise ValueError(f"prune must be non-negative, non-decreasing per-order thresholds starting with 0 "
                          f"(unigrams are never pruned), got {prune!r}")
     return (values + [values[-1]] * order)[:order]

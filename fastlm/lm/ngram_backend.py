@@ -5,7 +5,8 @@ one (keys int64 (m, 2), log_prob float64 (m,), log_backoff float64 (m,)) per ord
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch

@@ -6,10 +6,11 @@ V+2 = <unk>; KenLM's adjusted counts; interpolated probabilities stored in backo
 """
 from __future__ import annotations
 
+import itertools
 import math
 import weakref
 from collections import Counter, defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ MODIFIED_KN, KN, WITTEN_BELL, ADD_K = 0, 1, 2, 3
 
 def _documents(stream: np.ndarray, bos: int) -> list[list[int]]:
     starts = np.flatnonzero(stream == bos).tolist() + [len(stream)]
-    return [stream[a:b].tolist() for a, b in zip(starts[:-1], starts[1:])]
+    return [stream[a:b].tolist() for a, b in itertools.pairwise(starts)]
 
 
 def _counts(docs: list[list[int]], order: int, bos: int) -> tuple[list[Counter], list[Counter]]:

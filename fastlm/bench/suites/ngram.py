@@ -93,10 +93,10 @@ def measure(options: Options, nltk_tokens: int | None = None, query_tokens: int 
     # fastlm alone on the whole corpus (no baseline can run it in this time)
     n_train, n_val = sum(map(len, train)), sum(map(len, val))
     for full_order in (3, 5):
-        fit = time_callable("fastlm", lambda: NGramLM.fit(train, order=full_order, vocab_size=corpus.vocab_size),
+        fit = time_callable("fastlm", lambda o=full_order: NGramLM.fit(train, order=o, vocab_size=corpus.vocab_size),
                             warmup=1, repeat=max(2, repeat // 2))
         model = NGramLM.fit(train, order=full_order, vocab_size=corpus.vocab_size)
-        query = time_callable("fastlm", lambda: model.logprob(val), warmup=1, repeat=repeat)
+        query = time_callable("fastlm", lambda m=model: m.logprob(val), warmup=1, repeat=repeat)
         rows.append(_row(f"whole corpus, order {full_order} modified KN: estimate {n_train} tokens", threads,
                          n_train / fit.seconds))
         rows.append(_row(f"whole corpus, order {full_order}: query {n_val} tokens", threads, n_val / query.seconds,
