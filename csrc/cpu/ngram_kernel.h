@@ -51,10 +51,6 @@ struct EstimateResult {
 EstimateResult estimate(const int64_t* stream, int64_t length, const EstimateOptions& options,
                         const ParallelFor& parallel_for);
 
-// log p(token | history) for rows of internal ids (ids the model does not know already mapped to unk). tables[n-1] holds order n. For each row r and
-// position t >= start (t < lengths[r]) writes out[r * out_stride + t - start]; history = the row's
-// tokens before t (at most order-1 of them). Rows are row_stride ids apart (row_stride >= every length). A token without a unigram entry scores unk_log_prob
-// (a model without <unk>), and the history is searched as KenLM does (longest stored suffix).
 // A read-only view of one order (the torch glue points it at tensors). `slots` is its hash index
 // (hash_slots): open addressing, linear probing, num_slots a power of two, -1 = empty.
 struct TableView {
@@ -72,6 +68,12 @@ void hash_slots(const Key* keys, int64_t size, int64_t* slots, int64_t num_slots
 // Index of key in the table (through its hash index), or -1.
 int64_t lookup(const TableView& table, Key key);
 
+// log p(token | history) for rows of internal ids (ids the model does not know already mapped to
+// <unk>); tables[n-1] holds order n. For each row r and position start <= t < lengths[r] writes
+// out[r * out_stride + t - start]; history = the row's tokens before t (at most order-1 of them).
+// Rows are row_stride ids apart (row_stride >= every length). A token without a unigram entry
+// scores unk_log_prob (a model without <unk>), and the history is searched as KenLM does (the
+// longest stored suffix).
 void query(const std::vector<TableView>& tables, int bits, double unk_log_prob,
            const int64_t* tokens, int64_t rows, int64_t row_stride, const int64_t* lengths, int64_t start,
            double* out, int64_t out_stride, const ParallelFor& parallel_for);

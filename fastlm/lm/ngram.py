@@ -96,8 +96,8 @@ class NGramLM:
 
     # ----------------------------------------------------------------------------------- estimation
     @classmethod
-    def fit(cls, token_ids: Ids | Iterable[Ids], order: int = 5, smoothing: str = "modified_kneser_ney", vocab_size: int | None = None,
-            prune: Sequence[int] | None = None, k: float = 1.0,
+    def fit(cls, token_ids: Ids | Iterable[Ids], order: int = 5, smoothing: str = "modified_kneser_ney",
+            vocab_size: int | None = None, prune: Sequence[int] | None = None, k: float = 1.0,
             discount: float | Sequence[float] | Sequence[Sequence[float]] | None = None) -> NGramLM:
         """Estimate an interpolated n-gram model from documents of token ids.
 
@@ -151,7 +151,8 @@ class NGramLM:
             if not isinstance(vocab_size, (int, np.integer)) or vocab_size < 1:
                 raise ValueError(f"vocab_size must be a positive integer or None, got {vocab_size!r}")
             if high >= vocab_size:
-                raise ValueError(f"token id {high} is outside the vocabulary 0..{vocab_size - 1} (vocab_size={vocab_size})")
+                raise ValueError(f"token id {high} is outside the vocabulary 0..{vocab_size - 1} "
+                                 f"(vocab_size={vocab_size})")
         V = int(vocab_size) if vocab_size is not None else high + 1
         bits = ngram_keys.bits_for(V)
         if order * bits > 128:
@@ -187,7 +188,8 @@ class NGramLM:
         if eos:
             internal[torch.arange(B), offset + lengths] = self.eos
         total = lengths + offset + int(eos)
-        return ngram_backend.query(self.tables, self._index, self.bits, self.unk_log_prob, internal, total, offset)[:, :T + int(eos)]
+        scores = ngram_backend.query(self.tables, self._index, self.bits, self.unk_log_prob, internal, total, offset)
+        return scores[:, :T + int(eos)]
 
     def logprob(self, tokens: Ids | Sequence[Ids], bos: bool = True,
                 eos: bool = False) -> torch.Tensor | list[torch.Tensor]:
@@ -238,7 +240,8 @@ class NGramLM:
         prefix = torch.cat([torch.tensor([self.bos]), context]) if bos and len(context) < self.order - 1 else context
         rows = torch.cat([prefix.expand(len(candidates), -1), candidates[:, None]], dim=1)
         lengths = torch.full((len(candidates),), rows.shape[1], dtype=torch.int64)
-        scores = ngram_backend.query(self.tables, self._index, self.bits, self.unk_log_prob, rows, lengths, rows.shape[1] - 1)[:, 0]
+        scores = ngram_backend.query(self.tables, self._index, self.bits, self.unk_log_prob, rows, lengths,
+                                     rows.shape[1] - 1)[:, 0]
         scores[:self.vocab_size][~self._known[:self.vocab_size]] = -math.inf
         return scores if include_unk else scores[:self.vocab_size + 1]
 
@@ -296,7 +299,8 @@ class NGramLM:
 
     def __repr__(self) -> str:
         sizes = ", ".join(str(t[0].shape[0]) for t in self.tables)
-        return f"NGramLM(order={self.order}, vocab_size={self.vocab_size}, smoothing={self.smoothing!r}, ngrams=[{sizes}])"
+        return (f"NGramLM(order={self.order}, vocab_size={self.vocab_size}, smoothing={self.smoothing!r}, "
+                f"ngrams=[{sizes}])")
 
 
 def _discount_list(discount, smoothing: str, order: int) -> list[float]:
@@ -306,7 +310,8 @@ def _discount_list(discount, smoothing: str, order: int) -> list[float]:
     if smoothing == "kneser_ney":
         values = [discount] * order if np.isscalar(discount) else list(discount)
         if len(values) != order or not all(isinstance(d, (int, float)) and 0 <= d <= 1 for d in values):
-            raise ValueError(f"kneser_ney discount must be a number in [0, 1] or one per order ({order}), got {discount!r}")
+            raise ValueError(f"kneser_ney discount must be a number in [0, 1] or one per order ({order}), "
+                             f"got {discount!r}")
         return [float(d) for d in values for _ in range(3)]
     if smoothing == "modified_kneser_ney":
         triples = list(discount)

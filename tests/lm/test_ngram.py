@@ -299,7 +299,8 @@ def test_blocked_counting_and_chunked_sorts_change_nothing(smoothing):
     docs = corpus(21, docs=300, vocab=50, max_len=60)
     V = 50
     stream = np.concatenate([np.concatenate([[V + 1], d, [V]]) for d in docs]).astype(np.int64)
-    kwargs = {"order": 4, "smoothing": smoothing, "bits": 6, "vocab_size": V, "all_vocab": True, "k": 1.0, "discounts": [], "prune": []}
+    kwargs = {"order": 4, "smoothing": smoothing, "bits": 6, "vocab_size": V, "all_vocab": True, "k": 1.0,
+              "discounts": [], "prune": []}
     whole = ngram_backend.estimate(stream, **kwargs)
     split = ngram_backend.estimate(stream, block=97, sort_chunk=64, **kwargs)
     for a, b in zip(whole.tables, split.tables):
