@@ -306,3 +306,39 @@ def test_blocked_counting_and_chunked_sorts_change_nothing(smoothing):
     for a, b in zip(whole.tables, split.tables):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
     assert len(stream) > 20 * 97 and whole.tables[3][0].shape[0] > 8 * 64  # the split path really ran
+
+
+def test_works_without_the_compiled_extension(tmp_path):
+    """A fresh process where fastlm._C cannot be imported: fit, query and ARPA on the fallback."""
+    import os
+    import subprocess
+    import sys
+
+    docs = corpus(17, docs=20)
+    native = NGramLM.fit(docs, order=3)
+    rows = np.random.default_rng(4).integers(-1, 14, size=(2, 12))
+    np.save(tmp_path / "rows.npy", rows)
+    np.savez(tmp_path / "docs.npz", *docs)
+    script = f"""
+import sys, warnings
+sys.modules["fastlm._C"] = None  # the import of the extension fails
+warnings.simplefilter("ignore")
+import numpy as np, torch
+from fastlm import _native
+from fastlm.lm import NGramLM, ngram_backend
+assert not _native.AVAILABLE and not ngram_backend.native()
+with np.load({str(tmp_path / "docs.npz")!r}) as saved:
+    docs = [saved[f"arr_{{i}}"] for i in range(len(saved.files))]
+lm = NGramLM.fit(docs, order=3)
+lm.to_arpa({str(tmp_path / "fallback.arpa")!r})
+back = NGramLM.from_arpa({str(tmp_path / "fallback.arpa")!r})
+rows = torch.from_numpy(np.load({str(tmp_path / "rows.npy")!r}))
+torch.save([lm.logprob(rows, eos=True), back.logprob(rows, eos=True)], {str(tmp_path / "out.pt")!r})
+"""
+    env = {**os.environ, "FASTLM_REQUIRE_NATIVE": "0"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    ours, back = torch.load(tmp_path / "out.pt", weights_only=True)
+    want = native.logprob(torch.from_numpy(rows), eos=True)
+    torch.testing.assert_close(ours, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(back, want, rtol=0, atol=1e-6)
