@@ -231,7 +231,8 @@ void estimate_discounts(Smoothing smoothing, const int64_t* t, double* d) {
     return;
   }
   const double fallback[3] = {0.5, 1.0, 1.5};
-  if (t[0] == 0 || (smoothing == Smoothing::ModifiedKneserNey && (t[1] == 0 || t[2] == 0 || t[3] == 0))) {
+  // KenLM needs t1, t2, t3 (t4 = 0 just gives D3+ = 3).
+  if (t[0] == 0 || (smoothing == Smoothing::ModifiedKneserNey && (t[1] == 0 || t[2] == 0))) {
     std::copy(fallback, fallback + 3, d);
     if (smoothing == Smoothing::KneserNey) d[1] = d[2] = d[0];
     return;

@@ -46,7 +46,7 @@ def _counts(docs: list[list[int]], order: int, bos: int) -> tuple[list[Counter],
 def _discounts(smoothing: int, t: list[int]) -> list[float]:
     if smoothing in (WITTEN_BELL, ADD_K):
         return [0.0, 0.0, 0.0]
-    if t[0] == 0 or (smoothing == MODIFIED_KN and 0 in t):
+    if t[0] == 0 or (smoothing == MODIFIED_KN and 0 in t[:3]):  # KenLM needs t1..t3 (t4 = 0: D3+ = 3)
         return [0.5, 0.5, 0.5] if smoothing == KN else [0.5, 1.0, 1.5]
     y = t[0] / (t[0] + 2.0 * t[1])
     if smoothing == KN:

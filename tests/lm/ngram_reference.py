@@ -56,7 +56,7 @@ class ReferenceLM:
         t1, t2, t3, t4 = self.counts_of_counts(n)
         if self.smoothing == "kneser_ney":
             return (t1 / (t1 + 2 * t2),) * 3 if t1 else (0.5,) * 3
-        if 0 in (t1, t2, t3, t4):
+        if 0 in (t1, t2, t3):  # lmplz's test: Chen & Goodman's estimates need n1, n2, n3
             return (0.5, 1.0, 1.5)
         y = t1 / (t1 + 2 * t2)
         d = (1 - 2 * y * t2 / t1, 2 - 3 * y * t3 / t2, 3 - 4 * y * t4 / t3)

@@ -343,3 +343,18 @@ torch.save([lm.logprob(rows, eos=True), back.logprob(rows, eos=True)], {str(tmp_
     want = native.logprob(torch.from_numpy(rows), eos=True)
     torch.testing.assert_close(ours, want, rtol=0, atol=1e-12)
     torch.testing.assert_close(back, want, rtol=0, atol=1e-6)
+
+
+def test_discounts_when_no_ngram_is_seen_four_times():
+    """lmplz's rule: D1, D2, D3+ need n1, n2, n3 (n4 = 0 gives D3+ = 3), else 0.5, 1, 1.5."""
+    docs = [np.array([1, 2, 3, 1, 2, 3, 1, 2, 4, 5, 6, 5, 6, 7, 8, 7, 9])] * 1 + [np.array([1, 2, 3, 4])] * 2
+    lm = NGramLM.fit(docs, order=3)
+    ref = ReferenceLM(docs, 3, "modified_kneser_ney")
+    t = lm.counts_of_counts.tolist()
+    assert any(row[3] == 0 and row[2] > 0 for row in t)  # the case of interest occurs
+    assert t == [ref.counts_of_counts(n) for n in (1, 2, 3)]
+    expected = torch.tensor([ref.discounts[n] for n in (1, 2, 3)], dtype=torch.float64)
+    torch.testing.assert_close(lm.discounts, expected, rtol=1e-12, atol=1e-12)
+    rows = torch.tensor([[1, 2, 3, 4, 5, 6, 9]])
+    want = torch.tensor([reference_scores(ref, rows[0].tolist(), True, True)], dtype=torch.float64)
+    torch.testing.assert_close(lm.logprob(rows, eos=True), want, rtol=0, atol=1e-10)
