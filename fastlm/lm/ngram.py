@@ -92,6 +92,8 @@ class NGramLM:
         self._known = torch.zeros(self.vocab_size + 3, dtype=torch.bool)  # ids with a unigram entry
         self._known[torch.from_numpy(unigram_ids)] = True
         self.unk_log_prob = 0.0 if bool(self._known[self.unk]) else UNK_LOG_PROB_MISSING
+        ids = torch.arange(self.vocab_size, dtype=torch.int64)  # id -> itself if known, else <unk>
+        self._id_map = torch.where(self._known[:self.vocab_size], ids, torch.full_like(ids, self.unk))
         self._index = ngram_backend.hash_index(tables)
 
     # ----------------------------------------------------------------------------------- estimation
@@ -172,9 +174,8 @@ class NGramLM:
         """User ids -> internal ids: unknown ones (outside 0..V-1 or without a unigram) -> <unk>."""
         ids = ids.to(torch.int64)
         inside = (ids >= 0) & (ids < self.vocab_size)
-        known = torch.zeros_like(inside)
-        known[inside] = self._known[ids[inside]]
-        return torch.where(known, ids, torch.full_like(ids, self.unk))
+        mapped = self._id_map[ids.clamp(0, max(self.vocab_size - 1, 0))] if self.vocab_size else ids
+        return torch.where(inside, mapped, torch.full_like(ids, self.unk))
 
     def _score_rows(self, rows: torch.Tensor, lengths: torch.Tensor, bos: bool, eos: bool) -> torch.Tensor:
         """rows (B, T) user ids, lengths (B,) -> (B, T + eos) log-probs (0 past a row's end)."""
