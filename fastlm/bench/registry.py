@@ -22,6 +22,7 @@ SUITE_MODULES = {
     "data_parallel": "data_parallel",
     "train_throughput": "train_throughput",
     "hf_patched": "hf_patched",
+    "ngram": "ngram",
     "lm_history": "lm_history",
 }
 
