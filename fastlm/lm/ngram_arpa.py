@@ -38,6 +38,12 @@ def _word_strings(model) -> list[str]:
     return list(words) + list(SPECIALS)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write(model, path: Path) -> None:
     strings = np.array(_word_strings(model), dtype=object)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +67,7 @@ def write(model, path: Path) -> None:
                 else:
                     f.writelines(f"{p:.10g}\t{w}\n" for p, w in zip(probs, names))
             f.write("\n\\end\\\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a model file is as readable as any other
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
