@@ -70,3 +70,23 @@ def test_glove_native_and_numpy_costs_agree(monkeypatch):
     assert native.meta["pairs"] == numpy.meta["pairs"]
     for a, b in zip(native.meta["costs"], numpy.meta["costs"]):
         assert abs(a - b) <= 0.05 * b
+
+
+@pytest.mark.parametrize("method", ["skipgram", "cbow"])
+def test_as_good_as_gensim_on_the_planted_classes(corpus, method):
+    """gensim's Word2Vec with the same settings on the same sentences is the reference: fastlm's
+    precision@5 is within 0.05 of it, and their neighbour lists overlap."""
+    from gensim.models import Word2Vec
+
+    from fastlm.bench.suites.word2vec import neighbour_overlap
+    from fastlm.embeddings import word_sentences
+
+    sentences = word_sentences(corpus)
+    ours = train_word2vec(sentences, method=method, dim=32, epochs=5, min_count=1, threads=1, seed=0)
+    model = Word2Vec(sentences, vector_size=32, window=5, negative=5, sample=1e-3, min_count=1,
+                     sg=int(method == "skipgram"), hs=0, workers=1, epochs=5, seed=0)
+    theirs = WordVectors(list(model.wv.index_to_key), torch.from_numpy(model.wv.vectors.copy()))
+    assert precision_at_k(ours.most_similar) >= precision_at_k(theirs.most_similar) - 0.05
+    members = [w for ws in CLASSES.values() for w in ws]
+    overlap = neighbour_overlap((ours.words, ours.vectors.numpy()), (theirs.words, theirs.vectors.numpy()), members, k=5)
+    assert overlap >= 0.5
