@@ -53,12 +53,13 @@ double train_range(const GloveArgs& a, const int64_t* order, int64_t i0, int64_t
     const float fdiff = weight * diff;
     if (!std::isfinite(fdiff)) continue;  // a diverged pair would poison its rows: skip it
     cost += 0.5 * static_cast<double>(fdiff) * diff;
-    const float step = fdiff * a.lr;
+    const float lr = a.lr;  // a local: the stores below cannot change it, so the loop vectorizes
+    const float step = fdiff * lr;
 #pragma omp simd
     for (int64_t k = 0; k < d; ++k) {
       const float g1 = fdiff * wcc[k], g2 = fdiff * wr[k];
-      wr[k] -= a.lr * g1 / std::sqrt(gw[k]);
-      wcc[k] -= a.lr * g2 / std::sqrt(gwc[k]);
+      wr[k] -= lr * g1 / std::sqrt(gw[k]);
+      wcc[k] -= lr * g2 / std::sqrt(gwc[k]);
       gw[k] += g1 * g1;
       gwc[k] += g2 * g2;
     }
