@@ -11,5 +11,5 @@ from fastlm.embeddings.vectors import WordVectors
 from fastlm.embeddings.vocab import Vocabulary, build_vocab, tokenize_words, word_sentences
 from fastlm.embeddings.word2vec import train_word2vec
 
-__all__ = ["WordVectors", "Vocabulary", "build_vocab", "tokenize_words", "train_glove", "train_word2vec",
+__all__ = ["Vocabulary", "WordVectors", "build_vocab", "tokenize_words", "train_glove", "train_word2vec",
            "word_sentences"]

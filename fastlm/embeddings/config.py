@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from fastlm.train.config import _build_section, parse_value
 from fastlm.train.errors import ConfigError

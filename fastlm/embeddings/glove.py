@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from fastlm import _native
@@ -50,8 +49,8 @@ def train_glove(corpus, *, dim: int = 100, window: int = 10, x_max: float = 100.
         costs = fallback.glove_train(rows.numpy(), cols.numpy(), values.numpy(), w.numpy(), wc.numpy(), b.numpy(),
                                      bc.numpy(), *(g.numpy() for g in grads), *hyper, seed).tolist()
     seconds = time.perf_counter() - start
-    meta = {"method": "glove", "vocab_size": vocab, "corpus_words": int(len(data.tokens)),
-            "sentences": int(len(data.starts) - 1), "pairs": int(len(values)), "costs": costs,
+    meta = {"method": "glove", "vocab_size": vocab, "corpus_words": len(data.tokens),
+            "sentences": int(len(data.starts) - 1), "pairs": len(values), "costs": costs,
             "count_seconds": counted - start, "seconds": seconds,
             "words_per_s": len(data.tokens) * epochs / max(seconds, 1e-9), "threads": threads,
             "native": _native.AVAILABLE}

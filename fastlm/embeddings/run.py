@@ -33,9 +33,9 @@ def train_embeddings_run(config: EmbeddingsConfig, out_dir: str | os.PathLike | 
     if not texts:
         raise ValueError(f"data source {d.source!r} has no text")
     tokenizer = _bpe_tokenizer(config, show_progress) if e.tokens == "bpe" else None
-    common = dict(dim=e.dim, window=e.window, min_count=e.min_count, epochs=e.epochs, seed=e.seed,
-                  threads=e.threads or None, tokens=e.tokens, lowercase=e.lowercase, tokenizer=tokenizer,
-                  max_vocab=e.max_vocab or None)
+    common = {"dim": e.dim, "window": e.window, "min_count": e.min_count, "epochs": e.epochs, "seed": e.seed,
+              "threads": e.threads or None, "tokens": e.tokens, "lowercase": e.lowercase, "tokenizer": tokenizer,
+              "max_vocab": e.max_vocab or None}
     _say(show_progress, f"fastlm: training {e.method} vectors (dim {e.dim}) on {src.name!r}")
     if e.method == "glove":
         wv = train_glove(texts, x_max=e.x_max, alpha=e.weight_power, lr=e.lr, **common)

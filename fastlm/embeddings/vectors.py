@@ -121,7 +121,7 @@ class WordVectors:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "WordVectors":
+    def load(cls, path: str | os.PathLike) -> WordVectors:
         """Read a file save() (a .safetensors name) or save_word2vec() (text or binary, by content) wrote."""
         path = Path(path)
         if path.suffix == ".safetensors":
@@ -129,21 +129,21 @@ class WordVectors:
         return cls.load_word2vec(path)
 
     @classmethod
-    def _load_safetensors(cls, path: Path) -> "WordVectors":
-        from safetensors import safe_open
+    def _load_safetensors(cls, path: Path) -> WordVectors:
+        from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 vectors = f.get_tensor("vectors")
-        except Exception as e:  # a corrupt or foreign file
+        except (SafetensorError, OSError, KeyError, ValueError) as e:  # a corrupt or foreign file
             raise ValueError(f"{path}: not a fastlm word-vector safetensors file ({e})") from None
         if meta.get("format") != SAFETENSORS_FORMAT or "words" not in meta:
             raise ValueError(f"{path}: not a fastlm word-vector safetensors file (no word list in its metadata)")
         return cls(json.loads(meta["words"]), vectors)
 
     @classmethod
-    def load_word2vec(cls, path: str | os.PathLike, binary: bool | None = None) -> "WordVectors":
+    def load_word2vec(cls, path: str | os.PathLike, binary: bool | None = None) -> WordVectors:
         """Read word2vec.c's text or binary format (binary=None: decide by the content)."""
         path = Path(path)
         data = path.read_bytes()

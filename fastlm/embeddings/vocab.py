@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -45,7 +45,8 @@ def word_sentences(corpus: str | Iterable[str] | Iterable[Sequence[str]], lowerc
             if item:
                 out.append(list(item))
         else:
-            raise ValueError(f"a corpus item must be a text or a list of words, got {type(item).__name__}")
+            raise ValueError(  # noqa: TRY004 - bad input is a ValueError (the CLI reports it in one line)
+                f"a corpus item must be a text or a list of words, got {type(item).__name__}")
     return out
 
 
@@ -107,5 +108,5 @@ def bpe_sentences(corpus: str | Iterable[str], tokenizer) -> list[list[str]]:
 
 def _text_of(item) -> str:
     if not isinstance(item, str):
-        raise ValueError(f"tokens = 'bpe' needs texts, got {type(item).__name__}")
+        raise ValueError(f"tokens = 'bpe' needs texts, got {type(item).__name__}")  # noqa: TRY004 - as above
     return item

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from fastlm import _native
@@ -66,8 +65,8 @@ def train_word2vec(corpus, *, method: str = "skipgram", dim: int = 100, window: 
         trained = fallback.word2vec_train(data.tokens, data.starts, data.vocab.counts, syn0.numpy(),
                                           syn1neg.numpy(), *args, seed)
     seconds = time.perf_counter() - start
-    words = int(len(data.tokens)) * epochs
-    meta = {"method": method, "vocab_size": vocab, "corpus_words": int(len(data.tokens)),
+    words = len(data.tokens) * epochs
+    meta = {"method": method, "vocab_size": vocab, "corpus_words": len(data.tokens),
             "sentences": int(len(data.starts) - 1), "words_trained": int(trained), "seconds": seconds,
             "words_per_s": words / max(seconds, 1e-9), "threads": threads, "native": _native.AVAILABLE}
     return WordVectors(data.vocab.words, syn0, meta)

@@ -24,7 +24,7 @@ def test_random_vectors_fail_the_threshold(corpus):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_word2vec_finds_the_planted_classes(corpus, method, threads):
     wv = train_word2vec(corpus, method=method, dim=32, epochs=5, min_count=1, threads=threads, seed=1)
-    assert set(w for ws in CLASSES.values() for w in ws) <= set(wv.words)
+    assert {w for ws in CLASSES.values() for w in ws} <= set(wv.words)
     assert precision_at_k(wv.most_similar) >= THRESHOLD
     assert wv.meta["native"] and wv.meta["words_trained"] > 0
 

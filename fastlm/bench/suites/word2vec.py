@@ -19,7 +19,7 @@ import numpy as np
 
 from fastlm.bench.registry import Options, Suite
 
-SETTINGS = dict(dim=100, window=5, negative=5, sample=1e-3, min_count=5, epochs=5)
+SETTINGS = {"dim": 100, "window": 5, "negative": 5, "sample": 1e-3, "min_count": 5, "epochs": 5}
 PROBE_WORDS = 200  # the most frequent words whose neighbours are compared
 K = 10
 
