@@ -57,3 +57,10 @@ def test_gpt_model_and_the_config_key(tmp_path):
     WordVectors(["cat", "zz"], torch.randn(2, 8)).save_word2vec(tmp_path / "v.txt")
     message = init_model_embeddings(model, tokenizer(), tmp_path / "v.txt")
     assert "2 of 7 rows initialised (28.6% coverage)" in message
+
+
+def test_a_fitted_family_rejects_the_key():
+    from fastlm.train import load_config
+
+    with pytest.raises(ConfigError, match='model.family = "ngram" is fitted from counts'):
+        load_config("ngram", ["model.init_embeddings=v.txt"])
