@@ -78,3 +78,14 @@ def test_cooccurrence_counts_by_hand(threads):
     np.testing.assert_allclose(got, expected)
     keys = (rows.long() * 3 + cols.long()).tolist()
     assert keys == sorted(keys) and len(keys) == int((expected != 0).sum())
+
+
+@pytest.mark.parametrize("method", ["skipgram", "cbow"])
+def test_odd_shapes_train_without_error(method):
+    """More threads than sentences, one-word sentences (no context), one word in the vocabulary."""
+    wv = train_word2vec([["a"], ["a", "b"], ["b"]], method=method, min_count=1, dim=3, threads=8, sample=0)
+    assert wv.vectors.shape == (2, 3) and torch.isfinite(wv.vectors).all()
+    wv = train_word2vec([["a"], ["a"]], method=method, min_count=1, dim=5, threads=2)
+    assert wv.words == ["a"] and torch.isfinite(wv.vectors).all()
+    gv = train_glove([["a"], ["a", "b", "a"]], min_count=1, dim=3, threads=8)
+    assert gv.meta["pairs"] == 3 and torch.isfinite(gv.vectors).all()

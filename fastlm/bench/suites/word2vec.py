@@ -91,7 +91,7 @@ def measure(options: Options, methods=("skipgram", "cbow"), threads: int | None 
     if options.quick:
         settings["epochs"] = min(settings["epochs"], 2)
     sentences = corpus_sentences()
-    repeats = options.repeats(3)
+    repeats = max(2, options.repeats(3))  # two seeds at least: the run-to-run overlap needs them
     rows = []
     for method in methods:
         ours, theirs = [], []
