@@ -9,6 +9,9 @@
     fastlm evaluate TASK RUN_DIR [--data FILE] [--out DIR]
     fastlm quantize RUN_DIR --scheme w8a8|w8a16 --out DIR [--skip NAME ...] [--smooth ALPHA] [--group-size G]
     fastlm bench [NAME ...] [--device cpu|cuda] [--out DIR] [--quick] [--list]
+    fastlm embeddings train CONFIG [--out RUN_DIR] [--set section.key=value ...]
+    fastlm embeddings neighbors RUN WORD [-k K]
+    fastlm embeddings analogy RUN A B C [-k K]
 
 A problem with the input is reported as one line, "fastlm: error: ...", with a non-zero exit
 status and no traceback (FASTLM_DEBUG=1 shows the traceback).
@@ -104,7 +107,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=None, help="timed runs per measurement (median reported)")
     p.add_argument("--list", action="store_true", help="list the benchmarks and their baselines")
     p.set_defaults(func=_bench)
+
+    _add_embeddings_parser(sub)
     return parser
+
+
+def _add_embeddings_parser(sub) -> None:
+    p = sub.add_parser("embeddings", help="static word embeddings: word2vec (skipgram, cbow) and GloVe")
+    esub = p.add_subparsers(dest="embeddings_command", required=True, metavar="ACTION", parser_class=_Parser)
+    q = esub.add_parser("train", help="train word vectors from a TOML config or a preset (word2vec, cbow, glove)")
+    q.add_argument("config", metavar="CONFIG", help="a TOML file or a preset name (word2vec, cbow, glove)")
+    q.add_argument("--out", metavar="RUN_DIR", help="the run directory (default: ./runs/<config name>)")
+    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. embeddings.dim=50; may repeat")
+    q.add_argument("--quiet", action="store_true", help="no progress messages")
+    q.set_defaults(func=_embeddings_train)
+    q = esub.add_parser("neighbors", help="the nearest words (cosine) of WORD")
+    q.add_argument("run", metavar="RUN", help="an embeddings run directory or a vectors file")
+    q.add_argument("word", metavar="WORD")
+    q.add_argument("-k", type=int, default=10, help="how many (default 10)")
+    q.set_defaults(func=_embeddings_neighbors)
+    q = esub.add_parser("analogy", help="A is to B as C is to ...: the words nearest B - A + C")
+    q.add_argument("run", metavar="RUN", help="an embeddings run directory or a vectors file")
+    q.add_argument("a", metavar="A")
+    q.add_argument("b", metavar="B")
+    q.add_argument("c", metavar="C")
+    q.add_argument("-k", type=int, default=10, help="how many (default 10)")
+    q.set_defaults(func=_embeddings_analogy)
 
 
 def _train(args) -> int:
@@ -174,6 +203,35 @@ def _bench(args) -> int:
     failed = [name for name, entry in results["suites"].items() if "error" in entry]
     print(f"results: {os.path.join(args.out, 'results.json')}")
     return EXIT_ERROR if failed else 0
+
+
+def _embeddings_train(args) -> int:
+    from fastlm.embeddings.config import load_embeddings_config
+    from fastlm.embeddings.run import train_embeddings_run
+
+    config = load_embeddings_config(args.config, args.overrides)
+    r = train_embeddings_run(config, out_dir=args.out, show_progress=not args.quiet)
+    print(f"run directory: {r['run_dir']}")
+    return 0
+
+
+def _embeddings_neighbors(args) -> int:
+    from fastlm.embeddings.run import load_run_vectors
+
+    _print_scored(load_run_vectors(args.run).most_similar(args.word, args.k))
+    return 0
+
+
+def _embeddings_analogy(args) -> int:
+    from fastlm.embeddings.run import load_run_vectors
+
+    _print_scored(load_run_vectors(args.run).analogy(args.a, args.b, args.c, args.k))
+    return 0
+
+
+def _print_scored(pairs: list[tuple[str, float]]) -> None:
+    for word, score in pairs:
+        print(f"{word}\t{score:.4f}")
 
 
 def _quantize(args) -> int:

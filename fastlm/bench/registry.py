@@ -24,6 +24,7 @@ SUITE_MODULES = {
     "hf_patched": "hf_patched",
     "ngram": "ngram",
     "lm_history": "lm_history",
+    "word2vec": "word2vec",
 }
 
 

@@ -156,6 +156,10 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
     if cfg.model.init_from:  # record the architecture the checkpoint brought (on a copy)
         tc = tc.with_model_architecture(body.config)
     tok, tokenizer_source = _tokenizer(task, tc, run_dir, train_raw, body, init_tokenizer, resume)
+    if cfg.model.init_embeddings:
+        from fastlm.embeddings.init import init_model_embeddings
+
+        rt.say(init_model_embeddings(body, tok, cfg.model.init_embeddings))
     train, val = task.encode(tc, train_raw, tok, info), task.encode(tc, val_raw, tok, info)
     model = task.build_model(tc, body, info).to(rt.device)
     num_params = sum(p.numel() for p in model.parameters())

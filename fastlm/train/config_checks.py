@@ -25,6 +25,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.precision = {_show(t.precision)}: expected one of {', '.join(PRECISIONS)}")
     if config.model.linear not in LINEARS:
         raise ConfigError(f"model.linear = {_show(config.model.linear)}: expected one of {', '.join(LINEARS)}")
+    if config.model.init_embeddings and config.model.is_fitted:
+        raise ConfigError(f"model.init_embeddings: model.family = {_show(config.model.family)} is fitted from counts "
+                          "and has no token embedding to initialise")
     positive = {
         "train.steps": t.steps, "train.global_batch_size": t.global_batch_size,
         "train.micro_batch_size": t.micro_batch_size, "train.log_every": t.log_every,

@@ -33,6 +33,9 @@ class ModelSection:
     # A fastlm run directory (config.toml + model.safetensors) or a Hugging Face checkpoint
     # directory (config.json + safetensors). Its architecture replaces the family's fields.
     init_from: str | None = None
+    # Word vectors (word2vec text/binary or safetensors, e.g. a `fastlm embeddings train` run's) to
+    # start the token embeddings from: tokens matched by string (fastlm.embeddings.init).
+    init_embeddings: str | None = None
     # How the linears train: "default" (float) or "int8_train" (SwitchBack int8 matmuls, applied to
     # the built model by fastlm.quant.apply_int8_training; the weights stay a float nn.Linear's).
     linear: str = "default"

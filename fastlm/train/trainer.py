@@ -59,6 +59,10 @@ class Trainer:
         random.seed(t.seed)
         model, tokenizer_path = self._build_model()  # a model from init_from brings its architecture and tokenizer
         corpus = run_corpus(cfg, tokenizer_path, rt.is_main and rt.show_progress)
+        if cfg.model.init_embeddings:  # before parallelizing: every rank copies the same rows
+            from fastlm.embeddings.init import init_model_embeddings
+
+            rt.say(init_model_embeddings(model, corpus.tokenizer(), cfg.model.init_embeddings))
         self.resolved = resolved_config(cfg, model, tokenizer_path, corpus)
         loader, val_batches = lm_batches(cfg, corpus, model.config, rt.dp[1], rt.dp[0], rt.device)
         num_params = model.num_params()
