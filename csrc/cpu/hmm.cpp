@@ -64,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor> hmm_forward_scaled(const at::Tensor& obs, con
     at::parallel_for(0, c.B, 1, [&](int64_t b0, int64_t b1) {
       std::vector<scalar_t> work(2 * c.S);
       for (int64_t b = b0; b < b1; ++b)
-        hmm::forward_scaled(o + b * c.T, l[b], c.start.data_ptr<scalar_t>(), c.trans.data_ptr<scalar_t>(),
+        hmm::forward_scaled_seq(o + b * c.T, l[b], c.start.data_ptr<scalar_t>(), c.trans.data_ptr<scalar_t>(),
                             c.emit_t.data_ptr<scalar_t>(), c.S, lc + b * c.T, al ? al + b * c.T * c.S : nullptr,
                             work.data());
     });
@@ -85,7 +85,7 @@ at::Tensor hmm_backward_scaled(const at::Tensor& obs, const at::Tensor& lengths,
     at::parallel_for(0, c.B, 1, [&](int64_t b0, int64_t b1) {
       std::vector<scalar_t> work(c.S);
       for (int64_t b = b0; b < b1; ++b)
-        hmm::backward_scaled(o + b * c.T, l[b], c.trans.data_ptr<scalar_t>(), c.emit_t.data_ptr<scalar_t>(),
+        hmm::backward_scaled_seq(o + b * c.T, l[b], c.trans.data_ptr<scalar_t>(), c.emit_t.data_ptr<scalar_t>(),
                              log_c.data_ptr<scalar_t>() + b * c.T, c.S, beta.data_ptr<scalar_t>() + b * c.T * c.S,
                              work.data());
     });
@@ -104,11 +104,11 @@ std::tuple<at::Tensor, at::Tensor> hmm_viterbi(const at::Tensor& obs, const at::
     const int64_t* o = c.obs.data_ptr<int64_t>();
     const int64_t* l = c.lengths.data_ptr<int64_t>();
     at::parallel_for(0, c.B, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<scalar_t> work(2 * c.S);
+      std::vector<scalar_t> work(3 * c.S);
       std::vector<int32_t> back(c.T * c.S);
       for (int64_t b = b0; b < b1; ++b)
         logprob.data_ptr<scalar_t>()[b] =
-            hmm::viterbi(o + b * c.T, l[b], log_start.data_ptr<scalar_t>(), log_trans.data_ptr<scalar_t>(),
+            hmm::viterbi_seq(o + b * c.T, l[b], log_start.data_ptr<scalar_t>(), log_trans.data_ptr<scalar_t>(),
                          log_emit_t.data_ptr<scalar_t>(), c.S, path.data_ptr<int64_t>() + b * c.T, back.data(),
                          work.data());
     });
@@ -136,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> hmm_expected_counts(c
       scalar_t* mine = acc.data_ptr<scalar_t>() + tid * per_thread;
       std::vector<scalar_t> work(4 * c.S), log_c(c.T), alpha(c.T * c.S);
       for (int64_t b = b0; b < b1; ++b)
-        loglik.data_ptr<scalar_t>()[b] = hmm::expected_counts(
+        loglik.data_ptr<scalar_t>()[b] = hmm::expected_counts_seq(
             o + b * c.T, l[b], c.start.data_ptr<scalar_t>(), c.trans.data_ptr<scalar_t>(),
             c.emit_t.data_ptr<scalar_t>(), c.S, log_c.data(), alpha.data(), work.data(), mine, mine + c.S,
             mine + c.S + c.S * c.S);

@@ -20,6 +20,7 @@ inline void vec_mat(const T* prev, const T* trans, int64_t S, T* next) {
   for (int64_t i = 0; i < S; ++i) {
     const T a = prev[i];
     const T* row = trans + i * S;
+#pragma omp simd
     for (int64_t j = 0; j < S; ++j) next[j] += a * row[j];
   }
 }
@@ -30,6 +31,7 @@ inline void mat_vec(const T* trans, const T* w, int64_t S, T* out) {
   for (int64_t i = 0; i < S; ++i) {
     const T* row = trans + i * S;
     T acc = T(0);
+#pragma omp simd reduction(+ : acc)
     for (int64_t j = 0; j < S; ++j) acc += row[j] * w[j];
     out[i] = acc;
   }
@@ -40,6 +42,7 @@ inline void mat_vec(const T* trans, const T* w, int64_t S, T* out) {
 template <typename T>
 inline T normalise(T* v, const T* fallback, int64_t S) {
   T sum = T(0);
+#pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < S; ++j) sum += v[j];
   if (sum > T(0)) {
     const T inv = T(1) / sum;
@@ -129,6 +132,7 @@ T expected_counts(const int64_t* obs, int64_t len, const T* start, const T* tran
     for (int64_t i = 0; i < S; ++i) {
       const T ai = a_prev[i];
       T* row = xi_acc + i * S;
+#pragma omp simd
       for (int64_t j = 0; j < S; ++j) row[j] += ai * w[j];
     }
     mat_vec(trans, w, S, beta_prev);
@@ -138,35 +142,41 @@ T expected_counts(const int64_t* obs, int64_t len, const T* start, const T* tran
 }
 
 // Viterbi in log space: path [len] and the log-probability of the best path. back: len x S int32
-// scratch; work: 2 * S scratch. Ties go to the lowest state index.
+// scratch; work: 3 * S scratch. Ties go to the lowest state index. The max-plus step keeps the
+// running argmax as a T (same width as the scores) so the selects vectorize.
 template <typename T>
 T viterbi(const int64_t* obs, int64_t len, const T* log_start, const T* log_trans, const T* log_emit_t, int64_t S,
           int64_t* path, int32_t* back, T* work) {
   if (len == 0) return T(0);
   T* delta = work;
   T* next = work + S;
+  T* arg = work + 2 * S;
   const T* e0 = log_emit_t + obs[0] * S;
   for (int64_t j = 0; j < S; ++j) delta[j] = log_start[j] + e0[j];
   const T neg_inf = -std::numeric_limits<T>::infinity();
   for (int64_t t = 1; t < len; ++t) {
-    int32_t* bp = back + t * S;
     for (int64_t j = 0; j < S; ++j) {
       next[j] = neg_inf;
-      bp[j] = 0;
+      arg[j] = T(0);
     }
     for (int64_t i = 0; i < S; ++i) {  // row-wise so the inner loop is contiguous
       const T d = delta[i];
+      const T index = static_cast<T>(i);
       const T* row = log_trans + i * S;
+#pragma omp simd
       for (int64_t j = 0; j < S; ++j) {
         const T v = d + row[j];
-        if (v > next[j]) {
-          next[j] = v;
-          bp[j] = static_cast<int32_t>(i);
-        }
+        const bool better = v > next[j];
+        next[j] = better ? v : next[j];
+        arg[j] = better ? index : arg[j];
       }
     }
     const T* e = log_emit_t + obs[t] * S;
-    for (int64_t j = 0; j < S; ++j) delta[j] = next[j] + e[j];
+    int32_t* bp = back + t * S;
+    for (int64_t j = 0; j < S; ++j) {
+      delta[j] = next[j] + e[j];
+      bp[j] = static_cast<int32_t>(arg[j]);
+    }
   }
   int64_t best = 0;
   for (int64_t j = 1; j < S; ++j)
@@ -179,5 +189,19 @@ T viterbi(const int64_t* obs, int64_t len, const T* log_start, const T* log_tran
   }
   return logprob;
 }
+
+// Entry points compiled once per instruction set (FASTLM_MULTIVERSION, in hmm_kernel.cpp).
+#define FASTLM_HMM_DECLARE(T)                                                                                   \
+  void forward_scaled_seq(const int64_t* obs, int64_t len, const T* start, const T* trans, const T* emit_t,      \
+                          int64_t S, T* log_c, T* alpha, T* work);                                              \
+  void backward_scaled_seq(const int64_t* obs, int64_t len, const T* trans, const T* emit_t, const T* log_c,     \
+                           int64_t S, T* beta, T* work);                                                        \
+  T expected_counts_seq(const int64_t* obs, int64_t len, const T* start, const T* trans, const T* emit_t,        \
+                        int64_t S, T* log_c, T* alpha, T* work, T* start_acc, T* xi_acc, T* emit_acc);          \
+  T viterbi_seq(const int64_t* obs, int64_t len, const T* log_start, const T* log_trans, const T* log_emit_t,    \
+                int64_t S, int64_t* path, int32_t* back, T* work);
+FASTLM_HMM_DECLARE(float)
+FASTLM_HMM_DECLARE(double)
+#undef FASTLM_HMM_DECLARE
 
 }  // namespace fastlm::cpu::hmm

@@ -21,6 +21,7 @@ SUITE_MODULES = {
     "data_parallel": "data_parallel",
     "train_throughput": "train_throughput",
     "hf_patched": "hf_patched",
+    "hmm": "hmm",
 }
 
 

@@ -13,6 +13,7 @@ sequences in parallel, CUDA runs Triton kernels, FASTLM_BACKEND=reference the pl
 """
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import tempfile
@@ -239,12 +240,20 @@ class HMM:
         if length < 0:
             raise ValueError(f"HMM.sample: length must be >= 0, got {length}")
         start, trans, emit = (p.cpu().double() for p in self._params())
+        # Inverse-CDF draws from one stream of uniforms: states step by step, tokens per state at once.
+        u = torch.rand(length, 2, generator=generator, dtype=torch.float64)
+        cum_start, cum_trans = start.cumsum(0).tolist(), trans.cumsum(1).tolist()
+        last = self.n_states - 1
         states = torch.zeros(length, dtype=torch.long)
+        prev = 0
+        for t, draw in enumerate(u[:, 0].tolist()):
+            prev = min(bisect.bisect_right(cum_start if t == 0 else cum_trans[prev], draw), last)
+            states[t] = prev
         tokens = torch.zeros(length, dtype=torch.long)
-        for t in range(length):
-            dist = start if t == 0 else trans[states[t - 1]]
-            states[t] = torch.multinomial(dist, 1, generator=generator)
-            tokens[t] = torch.multinomial(emit[states[t]], 1, generator=generator)
+        cum_emit = emit.cumsum(1)
+        for s in states.unique().tolist():
+            where = states == s
+            tokens[where] = torch.searchsorted(cum_emit[s], u[where, 1], right=True).clamp_max(self.vocab_size - 1)
         return tokens, states
 
     def _filtered(self, history: torch.Tensor) -> torch.Tensor | None:
