@@ -104,12 +104,11 @@ std::tuple<at::Tensor, at::Tensor> hmm_viterbi(const at::Tensor& obs, const at::
     const int64_t* o = c.obs.data_ptr<int64_t>();
     const int64_t* l = c.lengths.data_ptr<int64_t>();
     at::parallel_for(0, c.B, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<scalar_t> work(3 * c.S);
-      std::vector<int32_t> back(c.T * c.S);
+      std::vector<scalar_t> work(c.S), lattice(c.T * c.S);
       for (int64_t b = b0; b < b1; ++b)
         logprob.data_ptr<scalar_t>()[b] =
             hmm::viterbi_seq(o + b * c.T, l[b], log_start.data_ptr<scalar_t>(), log_trans.data_ptr<scalar_t>(),
-                         log_emit_t.data_ptr<scalar_t>(), c.S, path.data_ptr<int64_t>() + b * c.T, back.data(),
+                         log_emit_t.data_ptr<scalar_t>(), c.S, path.data_ptr<int64_t>() + b * c.T, lattice.data(),
                          work.data());
     });
   });

@@ -21,8 +21,8 @@ namespace fastlm::cpu::hmm {
     return expected_counts(obs, len, start, trans, emit_t, S, log_c, alpha, work, start_acc, xi_acc, emit_acc);  \
   }                                                                                                              \
   FASTLM_MULTIVERSION T viterbi_seq(const int64_t* obs, int64_t len, const T* log_start, const T* log_trans,     \
-                                    const T* log_emit_t, int64_t S, int64_t* path, int32_t* back, T* work) {     \
-    return viterbi(obs, len, log_start, log_trans, log_emit_t, S, path, back, work);                             \
+                                    const T* log_emit_t, int64_t S, int64_t* path, T* lattice, T* work) {     \
+    return viterbi(obs, len, log_start, log_trans, log_emit_t, S, path, lattice, work);                             \
   }
 
 FASTLM_HMM_DEFINE(float)

@@ -141,50 +141,53 @@ T expected_counts(const int64_t* obs, int64_t len, const T* start, const T* tran
   return loglik;
 }
 
-// Viterbi in log space: path [len] and the log-probability of the best path. back: len x S int32
-// scratch; work: 3 * S scratch. Ties go to the lowest state index. The max-plus step keeps the
-// running argmax as a T (same width as the scores) so the selects vectorize.
+// Viterbi in log space: path [len] and the log-probability of the best path. lattice: len x S
+// scratch (delta_t); work: 2 * S scratch. The forward sweep is a pure max-plus product (vectorizes);
+// as in hmmlearn, no back-pointers are kept: the trace-back recomputes the argmax for the chosen
+// state only (O(T * S) extra), with the same sums, so it finds the same state. Ties go to the
+// lowest state index.
 template <typename T>
 T viterbi(const int64_t* obs, int64_t len, const T* log_start, const T* log_trans, const T* log_emit_t, int64_t S,
-          int64_t* path, int32_t* back, T* work) {
+          int64_t* path, T* lattice, T* work) {
   if (len == 0) return T(0);
-  T* delta = work;
-  T* next = work + S;
-  T* arg = work + 2 * S;
+  T* next = work;
   const T* e0 = log_emit_t + obs[0] * S;
-  for (int64_t j = 0; j < S; ++j) delta[j] = log_start[j] + e0[j];
+  for (int64_t j = 0; j < S; ++j) lattice[j] = log_start[j] + e0[j];
   const T neg_inf = -std::numeric_limits<T>::infinity();
   for (int64_t t = 1; t < len; ++t) {
-    for (int64_t j = 0; j < S; ++j) {
-      next[j] = neg_inf;
-      arg[j] = T(0);
-    }
+    const T* delta = lattice + (t - 1) * S;
+    for (int64_t j = 0; j < S; ++j) next[j] = neg_inf;
     for (int64_t i = 0; i < S; ++i) {  // row-wise so the inner loop is contiguous
       const T d = delta[i];
-      const T index = static_cast<T>(i);
       const T* row = log_trans + i * S;
 #pragma omp simd
       for (int64_t j = 0; j < S; ++j) {
         const T v = d + row[j];
-        const bool better = v > next[j];
-        next[j] = better ? v : next[j];
-        arg[j] = better ? index : arg[j];
+        next[j] = v > next[j] ? v : next[j];
       }
     }
     const T* e = log_emit_t + obs[t] * S;
-    int32_t* bp = back + t * S;
-    for (int64_t j = 0; j < S; ++j) {
-      delta[j] = next[j] + e[j];
-      bp[j] = static_cast<int32_t>(arg[j]);
-    }
+    T* out = lattice + t * S;
+    for (int64_t j = 0; j < S; ++j) out[j] = next[j] + e[j];
   }
+  const T* last = lattice + (len - 1) * S;
   int64_t best = 0;
   for (int64_t j = 1; j < S; ++j)
-    if (delta[j] > delta[best]) best = j;
-  const T logprob = delta[best];
+    if (last[j] > last[best]) best = j;
+  const T logprob = last[best];
   path[len - 1] = best;
   for (int64_t t = len - 1; t > 0; --t) {
-    best = back[t * S + best];
+    const T* delta = lattice + (t - 1) * S;
+    int64_t arg = 0;
+    T top = neg_inf;
+    for (int64_t i = 0; i < S; ++i) {
+      const T v = delta[i] + log_trans[i * S + best];
+      if (v > top) {
+        top = v;
+        arg = i;
+      }
+    }
+    best = arg;
     path[t - 1] = best;
   }
   return logprob;
@@ -199,7 +202,7 @@ T viterbi(const int64_t* obs, int64_t len, const T* log_start, const T* log_tran
   T expected_counts_seq(const int64_t* obs, int64_t len, const T* start, const T* trans, const T* emit_t,        \
                         int64_t S, T* log_c, T* alpha, T* work, T* start_acc, T* xi_acc, T* emit_acc);          \
   T viterbi_seq(const int64_t* obs, int64_t len, const T* log_start, const T* log_trans, const T* log_emit_t,    \
-                int64_t S, int64_t* path, int32_t* back, T* work);
+                int64_t S, int64_t* path, T* lattice, T* work);
 FASTLM_HMM_DECLARE(float)
 FASTLM_HMM_DECLARE(double)
 #undef FASTLM_HMM_DECLARE
