@@ -311,3 +311,26 @@ def test_save_and_load_round_trip(tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="not a fastlm HMM file"):
         HMM.load(tmp_path / "other.safetensors")
+
+
+def test_sampled_tokens_follow_the_emissions():
+    model = _model(2, 3, seed=15)
+    tokens, states = model.sample(20000, generator=torch.Generator().manual_seed(4))
+    for s in range(2):
+        freq = torch.bincount(tokens[states == s], minlength=3).double()
+        torch.testing.assert_close(freq / freq.sum(), model.emissionprob[s], atol=0.03, rtol=0)
+
+
+def test_pseudocount_keeps_unseen_tokens_possible():
+    seqs = [torch.tensor([0, 1, 2, 1, 0] * 20)]
+    plain = _model(3, 6, seed=1).fit(seqs, n_iter=5)
+    smoothed = _model(3, 6, seed=1).fit(seqs, n_iter=5, emission_pseudocount=0.01)
+    unseen = torch.tensor([0, 5, 1])
+    assert float(plain.token_logprobs(unseen)[1]) < -30  # EM drove p(token 5) to ~0
+    lp = smoothed.token_logprobs(unseen)
+    assert torch.isfinite(lp).all() and float(lp[1]) > -15
+    assert float(smoothed.emissionprob[:, 5].min()) > 0
+    with pytest.raises(ValueError, match="no tokens"):
+        _model(3, 6).fit([torch.tensor([], dtype=torch.long)])
+    with pytest.raises(ValueError, match="emission_pseudocount"):
+        _model(3, 6).fit(seqs, emission_pseudocount=-1)
