@@ -107,35 +107,51 @@ class HMM:
 
     # --- sequences --------------------------------------------------------------------------------
     def _batch(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor, str]:
-        """(obs [B, T] int64 padded with 0, lengths [B], layout 'single' | 'batch' | 'list')."""
+        """(obs [B, T] int64 padded with 0, lengths [B], layout 'single' | 'batch' | 'list'), validated at once."""
         if isinstance(obs, (torch.Tensor, np.ndarray)):
             t = torch.as_tensor(obs)
             if t.dim() not in (1, 2):
                 raise ValueError(f"HMM: a sequence tensor must be 1-D or 2-D [batch, T], got shape {tuple(t.shape)}")
             layout = "single" if t.dim() == 1 else "batch"
-            seqs = [t] if t.dim() == 1 else list(t)
+            padded = self._ids(t.reshape(1, -1) if t.dim() == 1 else t)
+            lengths = torch.full((padded.shape[0],), padded.shape[1], dtype=torch.long)
+            self._check_ids(padded.reshape(-1), lengths, layout)
         elif isinstance(obs, (list, tuple)):
             layout = "list"
-            seqs = [torch.as_tensor(s) for s in obs]
+            seqs = [self._ids(torch.as_tensor(s)) for s in obs]
             for i, s in enumerate(seqs):
                 if s.dim() != 1:
                     raise ValueError(f"HMM: sequence {i} of the list must be 1-D, got shape {tuple(s.shape)}")
+            lengths = torch.tensor([s.numel() for s in seqs], dtype=torch.long)
+            flat = torch.cat(seqs) if seqs else torch.zeros(0, dtype=torch.long)
+            self._check_ids(flat, lengths, layout)
+            T = int(lengths.max()) if len(seqs) else 0
+            if len(seqs) and bool((lengths == T).all()):
+                padded = torch.stack(seqs)
+            else:
+                padded = torch.zeros(len(seqs), T, dtype=torch.long)
+                padded[torch.arange(T)[None, :] < lengths[:, None]] = flat
         else:
             raise ValueError(f"HMM: sequences must be a tensor, an array or a list of them, got {type(obs).__name__}")
-        lengths = torch.tensor([s.numel() for s in seqs], dtype=torch.long)
-        T = int(lengths.max()) if len(seqs) else 0
-        padded = torch.zeros(len(seqs), T, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            if s.is_floating_point() or s.dtype == torch.bool or s.is_complex():
-                raise ValueError(f"HMM: token ids must be integers, got {s.dtype}")
-            s = s.to(torch.long).cpu()
-            bad = ((s < 0) | (s >= self.vocab_size)).nonzero()
-            if bad.numel():
-                pos = int(bad[0, 0])
-                where = f"position {pos}" if layout == "single" else f"sequence {i}, position {pos}"
-                raise ValueError(f"HMM: token id {int(s[pos])} at {where} is outside [0, {self.vocab_size})")
-            padded[i, : s.numel()] = s
         return padded.to(self.device), lengths.to(self.device), layout
+
+    @staticmethod
+    def _ids(t: torch.Tensor) -> torch.Tensor:
+        if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
+            raise ValueError(f"HMM: token ids must be integers, got {t.dtype}")
+        return t.to(device="cpu", dtype=torch.long).contiguous()
+
+    def _check_ids(self, flat: torch.Tensor, lengths: torch.Tensor, layout: str) -> None:
+        """ValueError naming the first id outside [0, V) and where it is (flat: the sequences one after another)."""
+        bad = ((flat < 0) | (flat >= self.vocab_size)).nonzero()
+        if not bad.numel():
+            return
+        index = int(bad[0, 0])
+        ends = lengths.cumsum(0)
+        seq = int(torch.searchsorted(ends, torch.tensor(index), right=True))
+        pos = index - (int(ends[seq - 1]) if seq else 0)
+        where = f"position {pos}" if layout == "single" else f"sequence {seq}, position {pos}"
+        raise ValueError(f"HMM: token id {int(flat[index])} at {where} is outside [0, {self.vocab_size})")
 
     @staticmethod
     def _unbatch(values: torch.Tensor, lengths: torch.Tensor, layout: str):
