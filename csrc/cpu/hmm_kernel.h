@@ -11,11 +11,19 @@
 #include <cstdint>
 #include <limits>
 
+// Forced inlining, so each per-ISA clone of the entry points (hmm_kernel.cpp) compiles these loops
+// for its own instruction set instead of calling one baseline copy.
+#if defined(__GNUC__)
+#define FASTLM_HMM_INLINE inline __attribute__((always_inline))
+#else
+#define FASTLM_HMM_INLINE inline
+#endif
+
 namespace fastlm::cpu::hmm {
 
 // next[j] = sum_i prev[i] * trans[i, j]  (row-wise axpy: contiguous, vectorizable)
 template <typename T>
-inline void vec_mat(const T* prev, const T* trans, int64_t S, T* next) {
+FASTLM_HMM_INLINE void vec_mat(const T* prev, const T* trans, int64_t S, T* next) {
   for (int64_t j = 0; j < S; ++j) next[j] = T(0);
   for (int64_t i = 0; i < S; ++i) {
     const T a = prev[i];
@@ -27,7 +35,7 @@ inline void vec_mat(const T* prev, const T* trans, int64_t S, T* next) {
 
 // out[i] = sum_j trans[i, j] * w[j]
 template <typename T>
-inline void mat_vec(const T* trans, const T* w, int64_t S, T* out) {
+FASTLM_HMM_INLINE void mat_vec(const T* trans, const T* w, int64_t S, T* out) {
   for (int64_t i = 0; i < S; ++i) {
     const T* row = trans + i * S;
     T acc = T(0);
@@ -40,7 +48,7 @@ inline void mat_vec(const T* trans, const T* w, int64_t S, T* out) {
 // Scales v to sum 1 and returns the sum. A zero sum (an impossible token under the model) leaves
 // `fallback` normalised in v instead, so the recursion continues; the caller records log 0 = -inf.
 template <typename T>
-inline T normalise(T* v, const T* fallback, int64_t S) {
+FASTLM_HMM_INLINE T normalise(T* v, const T* fallback, int64_t S) {
   T sum = T(0);
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < S; ++j) sum += v[j];
@@ -58,7 +66,7 @@ inline T normalise(T* v, const T* fallback, int64_t S) {
 // Forward pass. log_c[t] = log p(x_t | x_<t). alpha (T x S) may be null (only log_c wanted); else
 // it receives alpha_hat. work: 2 * S scratch.
 template <typename T>
-void forward_scaled(const int64_t* obs, int64_t len, const T* start, const T* trans, const T* emit_t, int64_t S,
+FASTLM_HMM_INLINE void forward_scaled(const int64_t* obs, int64_t len, const T* start, const T* trans, const T* emit_t, int64_t S,
                     T* log_c, T* alpha, T* work) {
   T* cur = work;        // alpha_hat_t
   T* pred = work + S;   // p(z_t | x_<t)
@@ -80,7 +88,7 @@ void forward_scaled(const int64_t* obs, int64_t len, const T* start, const T* tr
 // One backward step: w = emit(x_{t+1}) * beta_hat_{t+1} / c_{t+1}; beta_hat_t = trans @ w.
 // Returns false when c_{t+1} was 0 (the step is then skipped: beta_hat_t = 1).
 template <typename T>
-inline bool backward_weights(const T* beta_next, const T* e, T log_c_next, int64_t S, T* w) {
+FASTLM_HMM_INLINE bool backward_weights(const T* beta_next, const T* e, T log_c_next, int64_t S, T* w) {
   if (!std::isfinite(log_c_next)) return false;
   const T inv_c = std::exp(-log_c_next);
   for (int64_t j = 0; j < S; ++j) w[j] = e[j] * beta_next[j] * inv_c;
@@ -89,7 +97,7 @@ inline bool backward_weights(const T* beta_next, const T* e, T log_c_next, int64
 
 // Backward pass: beta (T x S) receives beta_hat. work: S scratch.
 template <typename T>
-void backward_scaled(const int64_t* obs, int64_t len, const T* trans, const T* emit_t, const T* log_c, int64_t S,
+FASTLM_HMM_INLINE void backward_scaled(const int64_t* obs, int64_t len, const T* trans, const T* emit_t, const T* log_c, int64_t S,
                      T* beta, T* work) {
   if (len == 0) return;
   for (int64_t j = 0; j < S; ++j) beta[(len - 1) * S + j] = T(1);
@@ -107,7 +115,7 @@ void backward_scaled(const int64_t* obs, int64_t len, const T* trans, const T* e
 // alpha_hat_t[i] * w_{t+1}[j]; the caller multiplies by trans[i, j] once at the end) and
 // emit_acc [V, S]. Returns the log-likelihood. alpha: T x S scratch; work: 4 * S scratch.
 template <typename T>
-T expected_counts(const int64_t* obs, int64_t len, const T* start, const T* trans, const T* emit_t, int64_t S,
+FASTLM_HMM_INLINE T expected_counts(const int64_t* obs, int64_t len, const T* start, const T* trans, const T* emit_t, int64_t S,
                   T* log_c, T* alpha, T* work, T* start_acc, T* xi_acc, T* emit_acc) {
   if (len == 0) return T(0);
   forward_scaled(obs, len, start, trans, emit_t, S, log_c, alpha, work);
@@ -147,7 +155,7 @@ T expected_counts(const int64_t* obs, int64_t len, const T* start, const T* tran
 // state only (O(T * S) extra), with the same sums, so it finds the same state. Ties go to the
 // lowest state index.
 template <typename T>
-T viterbi(const int64_t* obs, int64_t len, const T* log_start, const T* log_trans, const T* log_emit_t, int64_t S,
+FASTLM_HMM_INLINE T viterbi(const int64_t* obs, int64_t len, const T* log_start, const T* log_trans, const T* log_emit_t, int64_t S,
           int64_t* path, T* lattice, T* work) {
   if (len == 0) return T(0);
   T* next = work;
