@@ -53,6 +53,10 @@ class HMM:
         self.startprob, self.transmat, self.emissionprob = rows(n_states), rows(n_states, n_states), rows(
             n_states, vocab_size)
 
+    def __repr__(self) -> str:
+        return (f"HMM(n_states={self.n_states}, vocab_size={self.vocab_size}, dtype={self.dtype}, "
+                f"device={self.device})")
+
     # --- parameters -------------------------------------------------------------------------------
     def _validated(self, name: str, value, shape: tuple[int, ...]) -> torch.Tensor:
         t = torch.as_tensor(value).detach()
@@ -178,6 +182,14 @@ class HMM:
         Their sum over a sequence is forward(); their mean gives the perplexity exp(-mean)."""
         x, lengths, layout = self._batch(obs)
         return self._unbatch(self._log_c(x, lengths), lengths, layout)
+
+    def perplexity(self, obs: Obs) -> float:
+        """exp(-mean token log-probability) over every token of obs (as NGramLM.perplexity)."""
+        lp = self.token_logprobs(obs)
+        flat = torch.cat([t.reshape(-1) for t in lp]) if isinstance(lp, list) else lp.reshape(-1)
+        if flat.numel() == 0:
+            raise ValueError("HMM.perplexity: no tokens")
+        return float(torch.exp(-flat.double().mean()))
 
     def backward(self, obs: Obs):
         """log beta_t(i) = log p(x_>t | z_t = i): [T, S] for one sequence, [B, T, S] for 2-D, a list for a list."""

@@ -334,3 +334,14 @@ def test_pseudocount_keeps_unseen_tokens_possible():
         _model(3, 6).fit([torch.tensor([], dtype=torch.long)])
     with pytest.raises(ValueError, match="emission_pseudocount"):
         _model(3, 6).fit(seqs, emission_pseudocount=-1)
+
+
+def test_perplexity_is_exp_of_the_mean_negative_token_logprob():
+    model = _model(3, 5, seed=16)
+    seqs = _ragged(5, [10, 3])
+    want = np.exp(-np.mean(np.concatenate([t.numpy() for t in model.token_logprobs(seqs)])))
+    assert model.perplexity(seqs) == pytest.approx(want, rel=1e-12)
+    # uniform emissions: every token has probability 1/V whatever the states
+    model.emissionprob = torch.full((3, 5), 0.2, dtype=torch.float64)
+    assert model.perplexity(seqs) == pytest.approx(5.0, rel=1e-12)
+    assert "n_states=3" in repr(model)
