@@ -23,8 +23,9 @@ SUITE_MODULES = {
     "train_throughput": "train_throughput",
     "hf_patched": "hf_patched",
     "ngram": "ngram",
-    "lm_history": "lm_history",
+    "hmm": "hmm",
     "word2vec": "word2vec",
+    "lm_history": "lm_history",
 }
 
 

@@ -66,10 +66,15 @@ class HMMConfig(_FittedConfig):
     iterations: int = 20             # EM iterations at most
     tol: float = 1e-4                # stop when an iteration gains less log-likelihood per token
     chunk_len: int = 1024            # training sequences: the token stream in pieces of this length
+    # added to every expected emission count in each M step, so that a token the training split
+    # never shows keeps a probability > 0 (no infinite validation perplexity); 0: plain EM
+    emission_pseudocount: float = 0.01
 
     def validate(self) -> None:
         for key in ("vocab_size", "n_states", "iterations", "chunk_len"):
             if getattr(self, key) < 1:
                 raise ValueError(f"model.{key} = {getattr(self, key)}: expected a positive integer")
+        if not self.emission_pseudocount >= 0:
+            raise ValueError(f"model.emission_pseudocount = {self.emission_pseudocount}: expected a number >= 0")
         if not self.tol >= 0:
             raise ValueError(f"model.tol = {self.tol}: expected a number >= 0")

@@ -3,6 +3,7 @@ from fastlm.ops.attention import attention
 from fastlm.ops.cast_scale import cast_scale
 from fastlm.ops.cross_entropy import cross_entropy
 from fastlm.ops.hashed_window_sum import hashed_window_sum
+from fastlm.ops import hmm  # noqa: F401  (registers torch.ops.fastlm.hmm_*; fastlm.lm.HMM calls it)
 from fastlm.ops.int8_matmul import int8_matmul, int8_weight_matmul
 from fastlm.ops.linear_cross_entropy import linear_cross_entropy
 from fastlm.ops.matmul import matmul

@@ -69,4 +69,18 @@ SCHEMAS = {
     "attention_bwd": ("attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
                       "Tensor? grad_lse, Tensor? cu_seqlens, int max_seqlen, float softmax_scale, int window_left, "
                       "int window_right) -> (Tensor, Tensor, Tensor)"),
+    # Hidden Markov models (fastlm/ops/hmm.py): a batch obs [B, T] int64 padded, row b has lengths[b] tokens;
+    # parameters are probabilities startprob [S], transmat [S, S], emissionprob [S, V] (float32/64).
+    # Scaled forward: (log_c [B, T] with log_c[b, t] = log p(x_t | x_<t) (0 on padding), alpha_hat
+    # [B, T, S] (rows sum to 1) or empty when not store_alpha). Scaled backward: beta_hat [B, T, S]
+    # = beta_t / prod_{u>t} c_u. Viterbi: (path [B, T] int64, best log-probability [B]). Expected
+    # counts for Baum-Welch: (loglik [B], start [S], transitions [S, S], emissions [S, V]).
+    "hmm_forward_scaled": ("hmm_forward_scaled(Tensor obs, Tensor lengths, Tensor startprob, Tensor transmat, "
+                           "Tensor emissionprob, bool store_alpha) -> (Tensor, Tensor)"),
+    "hmm_backward_scaled": ("hmm_backward_scaled(Tensor obs, Tensor lengths, Tensor transmat, Tensor emissionprob, "
+                            "Tensor log_c) -> Tensor"),
+    "hmm_viterbi": ("hmm_viterbi(Tensor obs, Tensor lengths, Tensor startprob, Tensor transmat, "
+                    "Tensor emissionprob) -> (Tensor, Tensor)"),
+    "hmm_expected_counts": ("hmm_expected_counts(Tensor obs, Tensor lengths, Tensor startprob, Tensor transmat, "
+                            "Tensor emissionprob) -> (Tensor, Tensor, Tensor, Tensor)"),
 }

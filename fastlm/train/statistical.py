@@ -54,7 +54,8 @@ def _fit_hmm(config: Config, tokens: np.ndarray, say) -> object:
     stream = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
     sequences = list(stream.split(m.chunk_len))
     hmm = HMM(m.n_states, m.vocab_size, seed=config.train.seed)
-    hmm.fit(sequences, n_iter=m.iterations, tol=m.tol * len(stream))  # tol is per token
+    hmm.fit(sequences, n_iter=m.iterations, tol=m.tol * len(stream),  # tol is per token
+            emission_pseudocount=m.emission_pseudocount)
     return hmm
 
 
