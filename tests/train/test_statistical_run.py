@@ -16,7 +16,7 @@ from fastlm.train.metrics import read_metrics
 # The micro data of the trainer tests (tests/train/train_helpers.py): the pydoc topics, 320 tokens.
 DATA = ["data.vocab_size=320", "data.seq_len=32", "data.builtin_modules=[]",
         "train.micro_batch_size=2", "train.eval_batches=3"]
-HMM = ["model.n_states=6", "model.iterations=3", "model.chunk_len=256"]
+HMM_KEYS = ["model.n_states=6", "model.iterations=3", "model.chunk_len=256"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def ngram_run(tmp_path_factory, fastlm_cache):
 @pytest.fixture(scope="module")
 def hmm_run(tmp_path_factory, fastlm_cache):
     out = tmp_path_factory.mktemp("runs") / "hmm"
-    summary = Trainer(load_config("hmm", [*DATA, *HMM]), out_dir=out, show_progress=False).fit()
+    summary = Trainer(load_config("hmm", [*DATA, *HMM_KEYS]), out_dir=out, show_progress=False).fit()
     return out, summary
 
 
@@ -121,7 +121,7 @@ def test_unseen_validation_tokens_keep_a_finite_hmm_perplexity(tmp_path):
     from fastlm.lm import HMM
 
     out = tmp_path / "hmm"
-    Trainer(load_config("hmm", [*DATA, *HMM, "model.vocab_size=400"]), out_dir=out, show_progress=False).fit()
+    Trainer(load_config("hmm", [*DATA, *HMM_KEYS, "model.vocab_size=400"]), out_dir=out, show_progress=False).fit()
     hmm = HMM.load(out / "model.safetensors")
     never_seen = torch.tensor([[5, 399, 398, 7]])  # ids 320..399 are no token of the 320-token tokenizer
     assert torch.isfinite(hmm.token_logprobs(never_seen)).all()
