@@ -23,6 +23,7 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from fastlm.nn.sampling import check_sampling, sample_next_token
 from fastlm.ops import hmm as ops
 
 Obs = Union[torch.Tensor, np.ndarray, Sequence]
@@ -304,23 +305,18 @@ class HMM:
         return self._predictive(self._filtered(h))
 
     def generate(self, prompt: Obs, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """The 1-D prompt followed by max_new_tokens ids sampled from the predictive distribution."""
+                 generator: torch.Generator | None = None, top_p: float | None = None) -> torch.Tensor:
+        """The 1-D prompt followed by max_new_tokens ids sampled from the predictive distribution
+        (temperature 0 = greedy, top_k / top_p as for every fastlm model)."""
         p = torch.as_tensor(prompt).to(torch.long)
         if p.dim() != 1:
             raise ValueError(f"HMM.generate: prompt must be 1-D, got shape {tuple(p.shape)}")
-        if temperature <= 0:
-            raise ValueError(f"HMM.generate: temperature must be > 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"HMM.generate: top_k must be >= 1, got {top_k}")
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
         filtered = self._filtered(p)
         out = [int(v) for v in p.tolist()]
         for _ in range(max_new_tokens):
-            logits = self._predictive(filtered).double().cpu() / temperature
-            if top_k is not None and top_k < logits.numel():
-                kth = torch.topk(logits, top_k).values[-1]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            token = int(torch.multinomial(torch.softmax(logits, 0), 1, generator=generator))
+            logits = self._predictive(filtered).double().cpu()
+            token = int(sample_next_token(logits[None], temperature, top_k, top_p, generator)[0])
             out.append(token)
             state = self._startprob if filtered is None else filtered @ self._transmat
             joint = state * self._emissionprob[:, token]

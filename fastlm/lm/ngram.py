@@ -25,6 +25,7 @@ import torch
 
 from fastlm.lm import ngram_arpa, ngram_backend, ngram_keys
 from fastlm.lm.ngram_backend import SMOOTHING_CODES, Table
+from fastlm.nn.sampling import check_sampling, sample_next_token
 
 SMOOTHINGS = tuple(SMOOTHING_CODES)
 UNK_LOG_PROB_MISSING = -100.0 * math.log(10.0)  # KenLM's p(<unk>) for an ARPA file without <unk>
@@ -247,28 +248,17 @@ class NGramLM:
         return scores if include_unk else scores[:self.vocab_size + 1]
 
     def generate(self, prompt: Ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, top_p: float | None = None) -> torch.Tensor:
         """Sample up to max_new_tokens ids after `prompt` (history starts with <s>); stops at </s>.
 
-        Returns prompt + new ids (1-D int64). temperature 0 = greedy; top_k keeps the k likeliest.
+        Returns prompt + new ids (1-D int64). temperature 0 = greedy; top_k keeps the k likeliest,
+        top_p the smallest set holding that much probability.
         """
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
         out = [int(t) for t in _as_ids(prompt, "prompt")]
         for _ in range(max_new_tokens):
             scores = self.next_token_logprobs(torch.tensor(out, dtype=torch.int64))
-            if temperature == 0:
-                choice = int(torch.argmax(scores))
-            else:
-                logits = scores / temperature
-                if top_k is not None and top_k < logits.numel():
-                    threshold = torch.topk(logits, top_k).values[-1]
-                    logits = torch.where(logits < threshold, torch.full_like(logits, -math.inf), logits)
-                choice = int(torch.multinomial(torch.softmax(logits, dim=0), 1, generator=generator))
+            choice = int(sample_next_token(scores[None], temperature, top_k, top_p, generator)[0])
             if choice == self.vocab_size:  # </s>
                 break
             out.append(choice)

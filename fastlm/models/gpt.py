@@ -12,6 +12,7 @@ from fastlm.nn import Block, KVCache, LayerNorm, Layers, Linear, RMSNorm, rope_c
 from fastlm.nn.attention import document_ids
 from fastlm.nn.head import full_logits, head_loss
 from fastlm.nn.init import init_weights_
+from fastlm.nn.sampling import check_sampling, sample_next_token  # noqa: F401  (sample_next_token: fastlm.models API)
 
 __all__ = ["GPT", "GPTConfig"]
 
@@ -164,14 +165,7 @@ class GPT(nn.Module):
             raise ValueError("generate needs a prompt of at least one token")
         if t > self.config.max_seq_len:
             raise ValueError(f"prompt of {t} tokens is longer than the model's context (max_seq_len {self.config.max_seq_len})")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
 
         total = min(self.config.max_seq_len, t + max_new_tokens)
         out = input_ids
@@ -217,23 +211,3 @@ def document_positions(cu_seqlens: torch.Tensor, num_tokens: int) -> tuple[torch
         raise ValueError(f"cu_seqlens must start at 0 and end at batch * seq = {num_tokens}, "
                          f"got {int(cu_seqlens[0])} ... {int(cu_seqlens[-1])}")
     return positions, int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-
-
-def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                      top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits (B, V) -> token ids (B,). temperature 0 is argmax."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1:
-        sorted_logits, idx = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # Drop a token when the tokens ranked above it already hold top_p of the mass (the top one stays).
-        drop = probs.cumsum(dim=-1) - probs > top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

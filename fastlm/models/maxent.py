@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastlm import ops
-from fastlm.models.gpt import document_positions, sample_next_token
+from fastlm.models.gpt import document_positions
 from fastlm.models.maxent_config import MaxEntConfig
 from fastlm.models.ngram_hash import history_hashes
+from fastlm.nn.sampling import check_sampling, sample_next_token
 
 __all__ = ["MaxEntConfig", "MaxEntLM"]
 
@@ -110,14 +111,7 @@ class MaxEntLM(nn.Module):
             raise ValueError("generate needs a prompt of at least one token")
         if t > self.config.max_seq_len:
             raise ValueError(f"prompt of {t} tokens is longer than the model's context (max_seq_len {self.config.max_seq_len})")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
 
         total = min(self.config.max_seq_len, t + max_new_tokens)
         out = input_ids

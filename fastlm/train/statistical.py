@@ -194,14 +194,14 @@ def generate_fitted(run_dir: str | Path, prompt: str, max_new_tokens: int = 200,
                     top_k: int | None = 50, top_p: float | None = None, seed: int = 0) -> str:
     """The prompt and a continuation sampled from the model's next-token distribution."""
     from fastlm.data.tokenizer import find_eos_id, load_tokenizer
-    from fastlm.models.gpt import sample_next_token
+    from fastlm.nn.sampling import check_sampling, sample_next_token
 
     config, model, tokenizer_path = load_fitted_run(run_dir)
     tokenizer = load_tokenizer(tokenizer_path)
     ids = tokenizer.encode(prompt, add_special_tokens=False).ids
     if not ids:
         raise FastlmError("the prompt is empty")
-    _check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     eos = find_eos_id(tokenizer)
     vocab = config.model.vocab_size
     generator = torch.Generator().manual_seed(seed)
@@ -214,13 +214,3 @@ def generate_fitted(run_dir: str | Path, prompt: str, max_new_tokens: int = 200,
         out.append(nxt)
     return tokenizer.decode(out, skip_special_tokens=True)
 
-
-def _check_sampling(max_new_tokens, temperature, top_k, top_p) -> None:
-    if max_new_tokens < 0:
-        raise FastlmError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise FastlmError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise FastlmError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise FastlmError(f"top_p must be in (0, 1], got {top_p}")
