@@ -64,4 +64,13 @@ SCHEMAS = {
     "attention_bwd": ("attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
                       "Tensor? grad_lse, Tensor? cu_seqlens, int max_seqlen, float softmax_scale, int window_left, "
                       "int window_right) -> (Tensor, Tensor, Tensor)"),
+    # The recurrence of one RNN / LSTM / GRU layer over a sequence (fastlm/ops/reference_recurrent.py):
+    # xproj (T, B, G*H) = x @ W_ih^T + b_ih for all steps; mode 0 LSTM, 1 GRU, 2 RNN tanh, 3 RNN relu;
+    # batch_sizes (T,) int64 active leading rows per step (empty: all). -> (out (T, B, H), h_n, c_n,
+    # saved gates). The backward returns (grad_xproj, grad_h0, grad_c0, grad_w_hh, grad_b_hh).
+    "recurrent_fwd": ("recurrent_fwd(Tensor xproj, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor c0, "
+                      "Tensor batch_sizes, int mode) -> (Tensor, Tensor, Tensor, Tensor)"),
+    "recurrent_bwd": ("recurrent_bwd(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor xproj, Tensor w_hh, "
+                      "Tensor? b_hh, Tensor h0, Tensor c0, Tensor out, Tensor saved, Tensor batch_sizes, int mode) "
+                      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"),
 }
