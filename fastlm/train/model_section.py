@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastlm.lm.config import HMMConfig, NGramConfig
-from fastlm.models import EncoderConfig, GPTConfig
+from fastlm.models import EncoderConfig, GPTConfig, RecurrentConfig
 from fastlm.models.config import ENCODER_FAMILIES, FAMILIES
 
 if TYPE_CHECKING:
@@ -86,6 +86,13 @@ class HMMSection(ModelSection, HMMConfig):
     is_fitted = True
 
 
+@dataclass
+class RecurrentSection(ModelSection, RecurrentConfig):
+    """[model] of the recurrent language models (rnn, lstm, gru: fastlm.models.RecurrentLM)."""
+
+    ARCHITECTURE = RecurrentConfig
+
+
 # family -> its [model] section class, in the order errors list them
 MODEL_SECTIONS: dict[str, type[ModelSection]] = {}
 
@@ -104,3 +111,4 @@ register_model_section(GPTSection, *FAMILIES)
 register_model_section(EncoderSection, *ENCODER_FAMILIES)
 register_model_section(NGramSection, "ngram")
 register_model_section(HMMSection, "hmm")
+register_model_section(RecurrentSection, "rnn", "lstm", "gru")

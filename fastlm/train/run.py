@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastlm.models import GPT
+from fastlm.models import GPT, RECURRENT_FAMILIES, RecurrentLM
 from fastlm.train.config import Config, load_config
 from fastlm.train.errors import CheckpointError, ConfigError
 from fastlm.train.weights import load_weights
@@ -86,11 +86,14 @@ def _sharded_weights(run_dir: Path) -> Path | None:
 
 
 def build_model(config: Config):
-    """The model of a config: GPT, or EncoderForMaskedLM for the encoder families (bert, roberta, albert)."""
+    """The model of a config: GPT, EncoderForMaskedLM for the encoder families (bert, roberta, albert),
+    RecurrentLM for rnn, lstm, gru."""
     if config.model.is_encoder:
         from fastlm.models import EncoderForMaskedLM
 
         return EncoderForMaskedLM(config.model.architecture(), sentence_order=config.data.sentence_order)
+    if config.model.family in RECURRENT_FAMILIES:
+        return RecurrentLM(config.model.architecture(), stateful=getattr(config.data, "stateful", False))
     return GPT(config.model.architecture())
 
 
