@@ -23,6 +23,7 @@ SUITE_MODULES = {
     "train_throughput": "train_throughput",
     "hf_patched": "hf_patched",
     "lm_history": "lm_history",
+    "recurrent": "recurrent",
 }
 
 
