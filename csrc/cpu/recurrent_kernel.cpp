@@ -1,8 +1,10 @@
 // Fused gate math of the recurrent layers (see recurrent_kernel.h). Plain loops over the hidden
-// units that GCC vectorizes (`omp simd`, fast_exp instead of std::exp); no tails to get wrong.
+// units that GCC vectorizes (`omp simd`, fast_exp instead of std::exp), cloned per x86 level
+// (AVX-512 / AVX2 / baseline, chosen at load time); no tails to get wrong.
 #include "cpu/recurrent_kernel.h"
 
 #include "cpu/fast_math.h"
+#include "cpu/vectorize.h"
 
 namespace fastlm::cpu {
 namespace {
@@ -13,7 +15,7 @@ inline float tanh_(float x) { return 1.f - 2.f / (fast_exp(2.f * x) + 1.f); }
 
 }  // namespace
 
-void lstm_cell_fwd_row(const float* xp, const float* hp, float* c, float* h_out, float* saved, int64_t H) {
+FASTLM_MULTIVERSION void lstm_cell_fwd_row(const float* xp, const float* hp, float* c, float* h_out, float* saved, int64_t H) {
   float* si = saved;
   float* sf = saved + H;
   float* sg = saved + 2 * H;
@@ -36,7 +38,7 @@ void lstm_cell_fwd_row(const float* xp, const float* hp, float* c, float* h_out,
   }
 }
 
-void gru_cell_fwd_row(const float* xp, const float* hp, const float* h_prev, float* h_out, float* saved, int64_t H) {
+FASTLM_MULTIVERSION void gru_cell_fwd_row(const float* xp, const float* hp, const float* h_prev, float* h_out, float* saved, int64_t H) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     const float r = sigmoid(xp[j] + hp[j]);
@@ -51,7 +53,7 @@ void gru_cell_fwd_row(const float* xp, const float* hp, const float* h_prev, flo
   }
 }
 
-void rnn_cell_fwd_row(const float* xp, const float* hp, float* h_out, int64_t H, bool relu) {
+FASTLM_MULTIVERSION void rnn_cell_fwd_row(const float* xp, const float* hp, float* h_out, int64_t H, bool relu) {
   if (relu) {
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
@@ -64,7 +66,7 @@ void rnn_cell_fwd_row(const float* xp, const float* hp, float* h_out, int64_t H,
   }
 }
 
-void lstm_cell_bwd_row(const float* saved, const float* c_prev, float* dh, float* dc, float* dgates, int64_t H) {
+FASTLM_MULTIVERSION void lstm_cell_bwd_row(const float* saved, const float* c_prev, float* dh, float* dc, float* dgates, int64_t H) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     const float i = saved[j], f = saved[H + j], g = saved[2 * H + j], o = saved[3 * H + j], c = saved[4 * H + j];
@@ -79,7 +81,7 @@ void lstm_cell_bwd_row(const float* saved, const float* c_prev, float* dh, float
   }
 }
 
-void gru_cell_bwd_row(const float* saved, const float* h_prev, float* dh, float* dx, float* dhp, int64_t H) {
+FASTLM_MULTIVERSION void gru_cell_bwd_row(const float* saved, const float* h_prev, float* dh, float* dx, float* dhp, int64_t H) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     const float r = saved[j], z = saved[H + j], n = saved[2 * H + j], hn = saved[3 * H + j];
@@ -97,7 +99,7 @@ void gru_cell_bwd_row(const float* saved, const float* h_prev, float* dh, float*
   }
 }
 
-void rnn_cell_bwd_row(const float* h, float* dh, float* da, int64_t H, bool relu) {
+FASTLM_MULTIVERSION void rnn_cell_bwd_row(const float* h, float* dh, float* da, int64_t H, bool relu) {
   if (relu) {
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {

@@ -6,7 +6,9 @@ parameter names (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ...), shape
 initialization (uniform(-1/sqrt(H), 1/sqrt(H))), so `load_state_dict(torch_module.state_dict())`
 works unchanged. forward(x, hx=None) -> (output, h_n) or, for the LSTM, (output, (h_n, c_n)); x is
 (T, B, I) ((B, T, I) with batch_first), unbatched (T, I), or a PackedSequence (output packed too).
-Dropout applies to the outputs of every layer but the last, in training only.
+Dropout applies to the outputs of every layer but the last, in training only. One step of a batch
+without gradients (decoding: CPU float32, x with one time step, under no_grad) runs the whole stack
+in one op call (fastlm.ops.recurrent.recurrent_step).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from fastlm.ops.recurrent import gru as gru_op
 from fastlm.ops.recurrent import lstm as lstm_op
+from fastlm.ops.recurrent import recurrent_step
 from fastlm.ops.recurrent import rnn as rnn_op
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -69,7 +72,34 @@ class _Recurrent(nn.Module):
     def _zero_state(self, x: torch.Tensor, batch: int) -> torch.Tensor:
         return torch.zeros(self.num_layers, batch, self.hidden_size, device=x.device, dtype=x.dtype)
 
+    def _step_mode(self) -> str:
+        return self.KIND.lower()
+
+    def _single_step(self, x) -> bool:
+        """Decoding one step without gradients on CPU float32: the whole stack in one op call."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[1 if self.batch_first else 0] != 1:
+            return False
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+            return False
+        if self.training and self.dropout and self.num_layers > 1:
+            return False
+        return not torch.is_grad_enabled() and self.weight_hh_l0.dtype == torch.float32
+
+    def _step(self, x: torch.Tensor, hx):
+        batch = x.shape[0 if self.batch_first else 1]
+        states = self._initial_states(x, hx, batch, False, None)
+        weights = [w for layer in range(self.num_layers) for w in self.layer_weights(layer)]
+        c0 = states[1] if len(states) > 1 else None
+        out, h_n, c_n = recurrent_step(x.reshape(batch, -1), weights, states[0], c0, self._step_mode())
+        out = out.unsqueeze(1) if self.batch_first else out.unsqueeze(0)
+        return out, self._pack_state([h_n] if c_n is None else [h_n, c_n])
+
     def forward(self, x, hx=None):
+        if self._single_step(x):
+            if x.shape[-1] != self.input_size:
+                raise ValueError(f"fastlm.nn.{self.KIND}: input_size is {self.input_size}, got inputs of width "
+                                 f"{x.shape[-1]}")
+            return self._step(x, hx)
         packed = isinstance(x, PackedSequence)
         unbatched = False
         batch_sizes = sorted_indices = unsorted_indices = lengths = None
@@ -179,6 +209,9 @@ class RNN(_Recurrent):
             raise ValueError(f"fastlm.nn.RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype)
+
+    def _step_mode(self) -> str:
+        return f"rnn_{self.nonlinearity}"
 
     def _layer(self, layer, x, state, batch_sizes):
         out, h = rnn_op(x, *self.layer_weights(layer), state[0], batch_sizes, self.nonlinearity)

@@ -17,6 +17,8 @@ Triton per-step kernel is not written yet).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -41,6 +43,9 @@ def _bwd_fake(grad_out, grad_hn, grad_cn, xproj, w_hh, b_hh, h0, c0, out, saved,
 register_op("recurrent_fwd", reference=reference.recurrent_fwd, triton=None, fake=_fwd_fake)
 register_op("recurrent_bwd", reference=reference.recurrent_bwd, triton=None, fake=_bwd_fake)
 register_backward_op("recurrent_bwd")
+register_op("recurrent_step", reference=reference.recurrent_step, triton=None,
+            fake=lambda x, weights, h0, c0, mode: (x.new_empty(x.shape[0], h0.shape[2]), torch.empty_like(h0),
+                                                   torch.empty_like(c0)))
 
 
 def _setup(ctx, inputs, output):
@@ -63,6 +68,55 @@ def _backward(ctx, grad_out, grad_hn, grad_cn, _grad_saved):
 
 
 torch.library.register_autograd("fastlm::recurrent_fwd", _backward, setup_context=_setup)
+
+
+@functools.lru_cache(maxsize=None)
+def _onednn_available() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_ONEDNN_ROWS = 64  # below, packing the weight costs more than it saves (decoding is 1 row a step)
+
+
+def _dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (M, K) @ weight (N, K)^T + bias: oneDNN with the weight packed for this call on CPU float32
+    (about twice MKL's speed for these shapes, like torch.nn.LSTM's own path) for 64 rows or more,
+    else F.linear."""
+    if x.shape[0] >= _ONEDNN_ROWS and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 \
+            and _onednn_available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), x.shape[0])
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+class _InputProjection(torch.autograd.Function):
+    """x (T, B, I) @ W_ih^T + b_ih for all steps: one GEMM forward, two GEMMs backward (dx, dW_ih)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _dense(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        g = grad.reshape(-1, weight.shape[0])
+        x2 = x.reshape(-1, x.shape[-1])
+        grad_x = _dense(g, weight.t()).view_as(x) if ctx.needs_input_grad[0] else None
+        grad_w = _dense(g.t(), x2.t()) if ctx.needs_input_grad[1] else None
+        grad_b = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
+def _project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    if x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") \
+            and not use_reference(x):
+        return _InputProjection.apply(x, weight, bias)
+    return F.linear(x, weight, bias)  # autocast, other dtypes and devices: torch's own linear
 
 
 def _check(name: str, x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih, b_hh, h0, gates: int) -> None:
@@ -100,7 +154,7 @@ def _recurrence(name: str, mode: int, x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_s
     steps, batch, _ = x.shape
     hidden = w_hh.shape[1]
     sizes = _batch_sizes(batch_sizes, steps, batch)
-    xproj = F.linear(x, w_ih, b_ih)  # all steps in one GEMM
+    xproj = _project(x, w_ih, b_ih)  # all steps in one GEMM
     dtype = xproj.dtype
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     if h0 is None:
@@ -144,3 +198,27 @@ def rnn(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Ten
         raise ValueError(f"rnn: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     out, h_n, _ = _recurrence("rnn", modes[nonlinearity], x, w_ih, w_hh, b_ih, b_hh, h0, None, batch_sizes)
     return out, h_n
+
+
+def recurrent_step(x: torch.Tensor, weights: list[torch.Tensor], h0: torch.Tensor, c0: torch.Tensor | None,
+                   mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One decoding step through a stack of layers in one op call (inference only: no gradients).
+
+    x (B, I); weights: per layer (w_ih, w_hh, b_ih or None, b_hh or None), torch.nn's layout; h0 (L, B, H),
+    c0 (L, B, H) for mode "lstm" (else None). mode: "lstm" | "gru" | "rnn_tanh" | "rnn_relu".
+    Returns (out (B, H), h_n (L, B, H), c_n or None).
+    """
+    if mode not in reference.MODES:
+        raise ValueError(f"recurrent_step: mode must be one of {', '.join(reference.MODES)}, got {mode!r}")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *weights)):
+        raise ValueError("recurrent_step: inference only (no autograd); use lstm / gru / rnn to train")
+    code = reference.MODES[mode]
+    empty = x.new_empty(0)
+    flat = [t if t is not None else empty for t in weights]
+    c = c0 if code == LSTM else empty
+    args = (x, flat, h0, c, code)
+    if use_reference(x):
+        out, h_n, c_n = reference.recurrent_step(*args)
+    else:
+        out, h_n, c_n = torch.ops.fastlm.recurrent_step(*args)
+    return out, h_n, (c_n if code == LSTM else None)

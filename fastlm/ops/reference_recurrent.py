@@ -86,3 +86,19 @@ def recurrent_bwd(grad_out: torch.Tensor, grad_hn: torch.Tensor, grad_cn: torch.
     grads = [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, inputs)]
     grad_b = grads[4] if bias is not None else xproj.new_empty(0)
     return grads[0], grads[2], grads[3], grads[1], grad_b
+
+
+def recurrent_step(x: torch.Tensor, weights: list[torch.Tensor], h0: torch.Tensor, c0: torch.Tensor, mode: int):
+    """One step through a stack of layers: (out (B, H), h_n (L, B, H), c_n). weights: [w_ih, w_hh, b_ih, b_hh]
+    per layer, an empty bias meaning none; c0 is only used by the LSTM."""
+    h_n, c_n = h0.clone(), c0.clone()
+    for layer in range(len(weights) // 4):
+        w_ih, w_hh, b_ih, b_hh = weights[4 * layer:4 * layer + 4]
+        xp = torch.nn.functional.linear(x, w_ih, b_ih if b_ih.numel() else None)
+        hp = torch.nn.functional.linear(h_n[layer], w_hh, b_hh if b_hh.numel() else None)
+        c = c_n[layer] if mode == LSTM else c_n
+        x, c, _ = _cell(mode, xp, hp, h_n[layer], c)
+        h_n[layer] = x
+        if mode == LSTM:
+            c_n[layer] = c
+    return x, h_n, c_n

@@ -73,4 +73,7 @@ SCHEMAS = {
     "recurrent_bwd": ("recurrent_bwd(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor xproj, Tensor w_hh, "
                       "Tensor? b_hh, Tensor h0, Tensor c0, Tensor out, Tensor saved, Tensor batch_sizes, int mode) "
                       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"),
+    # One decoding step through a stack of layers (no autograd): x (B, I), weights [w_ih, w_hh, b_ih, b_hh]
+    # per layer (an empty bias: none), h0/c0 (L, B, H) -> (out (B, H), h_n, c_n).
+    "recurrent_step": "recurrent_step(Tensor x, Tensor[] weights, Tensor h0, Tensor c0, int mode) -> (Tensor, Tensor, Tensor)",
 }

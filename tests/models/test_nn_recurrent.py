@@ -107,3 +107,32 @@ def test_errors():
         fnn.GRU(3, 4)(torch.randn(2, 1, 5))
     with pytest.raises(ValueError, match="hidden state"):
         fnn.GRU(3, 4)(torch.randn(2, 1, 3), torch.randn(2, 1, 4))
+
+
+@pytest.mark.parametrize("torch_cls,ours_cls,kw", PAIRS, ids=IDS)
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_single_step_decoding_path_matches_torch(torch_cls, ours_cls, kw, batch_first, bias):
+    """Token by token under no_grad (the one-op-call path of the whole stack) equals torch.nn stepwise."""
+    torch.manual_seed(11)
+    ref, ours = _pair(torch_cls, ours_cls, kw, 6, 33, num_layers=3, batch_first=batch_first, bias=bias)
+    ours.eval()
+    ref_state = our_state = None
+    with torch.no_grad():
+        for _ in range(5):
+            x = torch.randn(2, 1, 6) if batch_first else torch.randn(1, 2, 6)
+            y, ref_state = ref(x, ref_state)
+            o, our_state = ours(x, our_state)
+            torch.testing.assert_close(o, y, atol=5e-6, rtol=1e-5)
+            for a, b in zip(_states(our_state), _states(ref_state)):
+                torch.testing.assert_close(a, b, atol=5e-6, rtol=1e-5)
+
+
+def test_recurrent_step_op_refuses_gradients():
+    from fastlm.ops.recurrent import recurrent_step
+
+    m = fnn.GRU(3, 4)
+    with pytest.raises(ValueError, match="inference only"):
+        recurrent_step(torch.randn(1, 3), list(m.layer_weights(0)), torch.zeros(1, 1, 4), None, "gru")
+    with pytest.raises(ValueError, match="mode"):
+        recurrent_step(torch.randn(1, 3), list(m.layer_weights(0)), torch.zeros(1, 1, 4), None, "elman")
