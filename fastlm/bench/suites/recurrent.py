@@ -4,6 +4,7 @@ CPU, cuDNN on CUDA) with the same weights, in the same run.
 Two measurements per family and shape:
   train   tokens/s of forward + backward over a (T, B, H) batch (all gradients: inputs and weights);
   infer   batch 1, token by token with the carried state (what generation does), microseconds per token.
+Columns `fastlm` and `torch` are in `unit` (tokens/s for train, microseconds per token for infer);
 `speedup` = torch's time / fastlm's (>1: fastlm faster); `threads` is torch.get_num_threads().
 """
 from __future__ import annotations
@@ -66,8 +67,8 @@ def measure(options: Options, families: list[str] | None = None) -> list[dict]:
             b = time_callable("torch", _train_step(theirs, x, grad), warmup=1, repeat=repeat, device=sync)
             tokens = batch * seq
             rows.append({"case": f"{family} train B{batch} T{seq} H{hidden} L{layers}", "family": family,
-                         "mode": "train", "threads": threads, "fastlm_tok_s": tokens / a.seconds,
-                         "torch_tok_s": tokens / b.seconds, "speedup": compare(a, b)})
+                         "mode": "train", "threads": threads, "fastlm": tokens / a.seconds,
+                         "torch": tokens / b.seconds, "unit": "tokens/s", "speedup": compare(a, b)})
         for hidden, layers in (QUICK_INFER_SHAPES if options.quick else INFER_SHAPES):
             theirs, ours = _pair(family, hidden, layers, device)
             steps = [torch.randn(1, 1, hidden, device=device) for _ in range(INFER_TOKENS)]
@@ -75,8 +76,8 @@ def measure(options: Options, families: list[str] | None = None) -> list[dict]:
             a = time_callable("fastlm", _decode(ours, steps), warmup=1, repeat=repeat, device=sync)
             b = time_callable("torch", _decode(theirs, steps), warmup=1, repeat=repeat, device=sync)
             rows.append({"case": f"{family} infer b1 H{hidden} L{layers}", "family": family, "mode": "infer",
-                         "threads": threads, "fastlm_us_per_token": a.seconds / INFER_TOKENS * 1e6,
-                         "torch_us_per_token": b.seconds / INFER_TOKENS * 1e6, "speedup": compare(a, b)})
+                         "threads": threads, "fastlm": a.seconds / INFER_TOKENS * 1e6,
+                         "torch": b.seconds / INFER_TOKENS * 1e6, "unit": "us/token", "speedup": compare(a, b)})
     return rows
 
 
