@@ -12,8 +12,9 @@ batch_sizes[t] rows active at step t: inactive rows keep their state and output 
 
 CPU float32 runs the C++ kernels (csrc/cpu/recurrent.cpp); bfloat16/float16 inputs (e.g. autocast)
 run the recurrence in float32 and return the input's dtype; float64 and FASTLM_BACKEND=reference run
-the plain-torch reference (reference_recurrent.py). CUDA tensors run the reference recurrence (the
-Triton per-step kernel is not written yet).
+the plain-torch reference (reference_recurrent.py). CUDA tensors run the forward recurrence with a
+Triton kernel for the fused gate math of each step (kernels/recurrent.py) and the reference backward
+(autograd through the reference recurrence); decoding steps (recurrent_step) use the reference there.
 """
 from __future__ import annotations
 
@@ -40,7 +41,13 @@ def _bwd_fake(grad_out, grad_hn, grad_cn, xproj, w_hh, b_hh, h0, c0, out, saved,
     return torch.empty_like(xproj), torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(w_hh), grad_b
 
 
-register_op("recurrent_fwd", reference=reference.recurrent_fwd, triton=None, fake=_fwd_fake)
+def _triton_fwd():
+    from fastlm.kernels import recurrent as triton_recurrent
+
+    return triton_recurrent.recurrent_fwd
+
+
+register_op("recurrent_fwd", reference=reference.recurrent_fwd, triton=_triton_fwd, fake=_fwd_fake)
 register_op("recurrent_bwd", reference=reference.recurrent_bwd, triton=None, fake=_bwd_fake)
 register_backward_op("recurrent_bwd")
 register_op("recurrent_step", reference=reference.recurrent_step, triton=None,
