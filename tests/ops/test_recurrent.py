@@ -106,3 +106,41 @@ def test_bad_inputs_name_the_problem():
         ops.lstm(torch.randn(3, 2, 5), w_ih, w_hh, batch_sizes=torch.tensor([1, 2, 2]))
     with pytest.raises(ValueError, match="nonlinearity"):
         ops.rnn(torch.randn(3, 2, 5), torch.randn(7, 5), torch.randn(7, 7), nonlinearity="gelu")
+
+
+FALLBACK_SCRIPT = r"""
+import sys, importlib.abc, warnings
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "fastlm._C":
+            raise ImportError("blocked for the test")
+sys.meta_path.insert(0, Block())
+warnings.simplefilter("ignore")
+import torch, fastlm._native as native
+import fastlm.nn as fnn
+assert not native.AVAILABLE
+for cls, ours_cls in ((torch.nn.LSTM, fnn.LSTM), (torch.nn.GRU, fnn.GRU), (torch.nn.RNN, fnn.RNN)):
+    ref, ours = cls(5, 7, num_layers=2), ours_cls(5, 7, num_layers=2)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 3, 5, requires_grad=True)
+    y, o = ref(x)[0], ours(x)[0]
+    torch.testing.assert_close(o, y)
+    for a, b in zip(torch.autograd.grad(o.sum(), [x, *ours.parameters()]),
+                    torch.autograd.grad(y.sum(), [x, *ref.parameters()])):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x[:1])[0], ref(x[:1])[0])
+print("fallback ok")
+"""
+
+
+def test_plain_torch_fallback_without_the_extension():
+    """Without fastlm._C the ops fall back to the reference (forward, backward and the decoding step)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FASTLM_REQUIRE_NATIVE": "0"}
+    r = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "fallback ok" in r.stdout
