@@ -102,6 +102,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_fwd(
     check_float(c0_in, kFwd, "c0");
     TORCH_CHECK(c0_in.sizes() == h0_in.sizes(), kFwd, ": c0 must be (", B, ", ", H, "), got ", c0_in.sizes());
   }
+  if (b_hh.has_value() && b_hh->defined()) {
+    check_float(*b_hh, kFwd, "b_hh");
+    TORCH_CHECK(b_hh->dim() == 1 && b_hh->size(0) == G * H, kFwd, ": b_hh must be (", G * H, ",), got ", b_hh->sizes());
+  }
+  TORCH_CHECK(T >= 1, kFwd, ": the sequence must have at least one step");
   const std::vector<int64_t> rows = active_rows(batch_sizes, T, B, kFwd);
   const at::Tensor xproj = xproj_in.contiguous();
   at::Tensor out = at::empty({T, B, H}, xproj.options());
@@ -160,6 +165,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent
               grad_out_in.sizes());
   TORCH_CHECK(grad_hn.sizes() == at::IntArrayRef({B, H}), op, ": grad_hn must be (", B, ", ", H, ")");
   TORCH_CHECK(saved_in.sizes() == at::IntArrayRef({T, B, S}), op, ": saved must be (", T, ", ", B, ", ", S, ")");
+  TORCH_CHECK(T >= 1, op, ": the sequence must have at least one step");
   const std::vector<int64_t> rows = active_rows(batch_sizes, T, B, op);
   const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), saved = saved_in.contiguous();
   const at::Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous();

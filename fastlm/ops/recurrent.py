@@ -133,6 +133,8 @@ def _check(name: str, x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 3:
         raise ValueError(f"{name}: x must be a floating-point (seq, batch, input_size) tensor, got "
                          f"{getattr(x, 'shape', type(x).__name__)}")
+    if x.shape[0] < 1:
+        raise ValueError(f"{name}: x must have at least one step, got shape {tuple(x.shape)}")
     hidden = w_hh.shape[-1]
     if w_hh.dim() != 2 or w_hh.shape[0] != gates * hidden:
         raise ValueError(f"{name}: w_hh must be ({gates}*hidden, hidden), got {tuple(w_hh.shape)}")
