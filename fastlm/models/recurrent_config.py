@@ -25,7 +25,10 @@ class RecurrentConfig(DictConfig):
     max_seq_len: int = 1024
     dropout: float = 0.0
     tie_embeddings: bool = True
-    init_range: float = 0.1  # embeddings (and a tied head) uniform(-init_range, init_range)
+    # Embeddings (and a tied head) uniform(-init_range, init_range). Large on purpose: the recurrent
+    # output is bounded by 1, so tied logits need embedding norms of several units to reach the spread
+    # of a unigram distribution (0.1 leaves training on a unigram plateau for hundreds of steps).
+    init_range: float = 1.0
 
     def resolved(self) -> "RecurrentConfig":
         """A validated copy (nothing is left to a family default)."""
