@@ -26,6 +26,7 @@ SUITE_MODULES = {
     "hmm": "hmm",
     "word2vec": "word2vec",
     "lm_history": "lm_history",
+    "recurrent": "recurrent",
 }
 
 

@@ -14,8 +14,11 @@ from fastlm.models.hf import (
                               to_hf,
 )
 from fastlm.models.maxent import MaxEntConfig, MaxEntLM
+from fastlm.models.recurrent import RecurrentLM
+from fastlm.models.recurrent_config import RECURRENT_FAMILIES, RecurrentConfig
 from fastlm.nn.kv_cache import KVCache
 
 __all__ = ["GPT", "GPTConfig", "Encoder", "EncoderConfig", "EncoderForMaskedLM", "EncoderForSequenceClassification",
-           "KVCache", "MaxEntLM", "MaxEntConfig", "sample_next_token", "from_hf", "to_hf", "config_from_hf",
-           "config_to_hf", "load_hf_checkpoint", "is_hf_checkpoint", "state_dict_from_hf", "state_dict_to_hf"]
+           "KVCache", "MaxEntLM", "MaxEntConfig", "RecurrentLM", "RecurrentConfig", "RECURRENT_FAMILIES",
+           "sample_next_token", "from_hf", "to_hf", "config_from_hf", "config_to_hf", "load_hf_checkpoint",
+           "is_hf_checkpoint", "state_dict_from_hf", "state_dict_to_hf"]

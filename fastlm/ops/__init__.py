@@ -8,6 +8,7 @@ from fastlm.ops.int8_matmul import int8_matmul, int8_weight_matmul
 from fastlm.ops.linear_cross_entropy import linear_cross_entropy
 from fastlm.ops.matmul import matmul
 from fastlm.ops.norms import layer_norm, rms_norm
+from fastlm.ops.recurrent import gru, lstm, rnn
 from fastlm.ops.quantize import quantize_per_channel, quantize_per_token
 from fastlm.ops.rope import rope
 from fastlm.ops.swiglu import geglu, swiglu
@@ -15,4 +16,4 @@ from fastlm.ops.swiglu import geglu, swiglu
 __all__ = ["rms_norm", "layer_norm", "cast_scale", "attention", "quantize_per_token", "quantize_per_channel", "int8_matmul",
            "int8_weight_matmul",
            "rope", "swiglu", "geglu", "cross_entropy", "linear_cross_entropy", "matmul",
-           "hashed_window_sum"]
+           "hashed_window_sum", "lstm", "gru", "rnn"]

@@ -83,4 +83,16 @@ SCHEMAS = {
                     "Tensor emissionprob) -> (Tensor, Tensor)"),
     "hmm_expected_counts": ("hmm_expected_counts(Tensor obs, Tensor lengths, Tensor startprob, Tensor transmat, "
                             "Tensor emissionprob) -> (Tensor, Tensor, Tensor, Tensor)"),
+    # The recurrence of one RNN / LSTM / GRU layer over a sequence (fastlm/ops/reference_recurrent.py):
+    # xproj (T, B, G*H) = x @ W_ih^T + b_ih for all steps; mode 0 LSTM, 1 GRU, 2 RNN tanh, 3 RNN relu;
+    # batch_sizes (T,) int64 active leading rows per step (empty: all). -> (out (T, B, H), h_n, c_n,
+    # saved gates). The backward returns (grad_xproj, grad_h0, grad_c0, grad_w_hh, grad_b_hh).
+    "recurrent_fwd": ("recurrent_fwd(Tensor xproj, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor c0, "
+                      "Tensor batch_sizes, int mode) -> (Tensor, Tensor, Tensor, Tensor)"),
+    "recurrent_bwd": ("recurrent_bwd(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor xproj, Tensor w_hh, "
+                      "Tensor? b_hh, Tensor h0, Tensor c0, Tensor out, Tensor saved, Tensor batch_sizes, int mode) "
+                      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"),
+    # One decoding step through a stack of layers (no autograd): x (B, I), weights [w_ih, w_hh, b_ih, b_hh]
+    # per layer (an empty bias: none), h0/c0 (L, B, H) -> (out (B, H), h_n, c_n).
+    "recurrent_step": "recurrent_step(Tensor x, Tensor[] weights, Tensor h0, Tensor c0, int mode) -> (Tensor, Tensor, Tensor)",
 }

@@ -48,6 +48,9 @@ class DataSection:
     mask_prob: float = 0.15              # share of tokens selected for prediction (80% [MASK], 10% random, 10% kept)
     whole_word_mask: bool = False        # select whole words (all of their tokens) instead of tokens
     sentence_order: bool = False         # ALBERT's sentence-order prediction ([CLS] A [SEP] B [SEP], maybe swapped)
+    # Recurrent families (rnn | lstm | gru): each batch row continues the previous batch's row (consecutive
+    # windows of long streams) and the model carries its detached state across them (truncated BPTT).
+    stateful: bool = False
 
 
 @dataclass

@@ -8,6 +8,7 @@ import math
 import os
 from typing import TYPE_CHECKING
 
+from fastlm.models.recurrent_config import RECURRENT_FAMILIES
 from fastlm.train.errors import ConfigError
 from fastlm.train.model_section import MODEL_SECTIONS
 from fastlm.train.toml_text import show as _show
@@ -73,6 +74,9 @@ def validate(config: Config) -> None:
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
     _validate_masked_lm(config)
+    if d.stateful and config.model.family not in RECURRENT_FAMILIES:
+        raise ConfigError(f"data.stateful = true: only for recurrent models (model.family = rnn | lstm | gru), "
+                          f"not {_show(config.model.family)}")
 
 
 def _validate_masked_lm(config: Config) -> None:

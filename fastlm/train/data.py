@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from fastlm.data import BatchLoader, eval_batches, prepare_corpus
+from fastlm.data.stream_loader import StreamLoader
 from fastlm.train.errors import ConfigError
 
 
@@ -36,7 +37,8 @@ def lm_batches(config, corpus, model_config, dp_rank: int = 0, dp_size: int = 1,
     if corpus.vocab_size > model_config.vocab_size:
         raise ConfigError(f"the tokenizer has {corpus.vocab_size} tokens, more than model.vocab_size = "
                           f"{model_config.vocab_size} (set model.vocab_size or data.vocab_size)")
-    loader = BatchLoader(corpus.train_tokens, seq_len=d.seq_len, global_batch_size=t.global_batch_size,
+    loader_class = StreamLoader if d.stateful else BatchLoader  # stateful: rows continue (truncated BPTT)
+    loader = loader_class(corpus.train_tokens, seq_len=d.seq_len, global_batch_size=t.global_batch_size,
                          micro_batch_size=t.micro_batch_size, seed=t.seed, rank=dp_rank, world_size=dp_size,
                          pin_memory=device is not None and device.type == "cuda", shares=config.parallel.dp_shares,
                          pack_eos_id=corpus.eos_id if d.pack else None)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastlm.lm.config import HMMConfig, NGramConfig
-from fastlm.models import EncoderConfig, GPTConfig, MaxEntConfig
+from fastlm.models import EncoderConfig, GPTConfig, MaxEntConfig, RecurrentConfig
 from fastlm.models.config import ENCODER_FAMILIES, FAMILIES
 
 if TYPE_CHECKING:
@@ -98,6 +98,14 @@ class MaxEntSection(ModelSection, MaxEntConfig):
     data_parallel_only = True
 
 
+@dataclass
+class RecurrentSection(ModelSection, RecurrentConfig):
+    """[model] of the recurrent language models (rnn, lstm, gru: fastlm.models.RecurrentLM)."""
+
+    ARCHITECTURE = RecurrentConfig
+    data_parallel_only = True
+
+
 # family -> its [model] section class, in the order errors list them
 MODEL_SECTIONS: dict[str, type[ModelSection]] = {}
 
@@ -117,3 +125,4 @@ register_model_section(EncoderSection, *ENCODER_FAMILIES)
 register_model_section(MaxEntSection, "maxent")
 register_model_section(NGramSection, "ngram")
 register_model_section(HMMSection, "hmm")
+register_model_section(RecurrentSection, "rnn", "lstm", "gru")

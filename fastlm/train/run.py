@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastlm.models import GPT, MaxEntConfig, MaxEntLM
+from fastlm.models import GPT, RECURRENT_FAMILIES, MaxEntConfig, MaxEntLM, RecurrentLM
 from fastlm.train.config import Config, load_config
 from fastlm.train.errors import CheckpointError, ConfigError
 from fastlm.train.weights import load_weights
@@ -96,7 +96,7 @@ def _sharded_weights(run_dir: Path) -> Path | None:
 
 def build_model(config: Config):
     """The model of a config: GPT, EncoderForMaskedLM for the encoder families (bert, roberta, albert),
-    MaxEntLM for maxent."""
+    MaxEntLM for maxent, RecurrentLM for rnn, lstm, gru."""
     if config.model.is_encoder:
         from fastlm.models import EncoderForMaskedLM
 
@@ -104,6 +104,8 @@ def build_model(config: Config):
     architecture = config.model.architecture()
     if isinstance(architecture, MaxEntConfig):
         return MaxEntLM(architecture)
+    if config.model.family in RECURRENT_FAMILIES:
+        return RecurrentLM(architecture, stateful=config.data.stateful)
     return GPT(architecture)
 
 

@@ -1,4 +1,5 @@
-"""The history of language models in one table: n-gram (orders 2-5), HMM, maximum entropy and the
+"""The history of language models in one table: n-gram (orders 2-5), HMM, maximum entropy, the recurrent
+networks (LSTM, GRU) and the
 `tiny` GPT, each trained on the built-in corpus with the same tokenizer and scored on the same
 validation tokens; validation perplexity against training time.
 
@@ -22,10 +23,12 @@ MODELS = [
     ("5-gram", "ngram", ["model.order=5"]),
     ("hmm-64", "hmm", []),
     ("maxent-3", "maxent", []),
+    ("lstm-tiny", "lstm-tiny", []),
+    ("gru-tiny", "gru-tiny", []),
     ("gpt-tiny", "tiny", []),
 ]
 QUICK_OVERRIDES = {"hmm": ["model.n_states=16", "model.iterations=5"], "maxent": ["train.steps=100"],
-                   "tiny": ["train.steps=100"]}
+                   "tiny": ["train.steps=100"], "lstm-tiny": ["train.steps=50"], "gru-tiny": ["train.steps=50"]}
 
 
 def train_one(preset: str, overrides: list[str], out_dir: Path) -> dict:
