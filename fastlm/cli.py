@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a model from a TOML config or a preset")
-    p.add_argument("config", metavar="CONFIG", help="a TOML file or a preset name (tiny, gpt2-small, llama-1b, bert-tiny, ngram, hmm, maxent)")
+    p.add_argument("config", metavar="CONFIG", help="a TOML file or a preset name (tiny, gpt2-small, llama-1b, bert-tiny, ngram, hmm, maxent, lstm-tiny, gru-tiny)")
     p.add_argument("--out", metavar="RUN_DIR", help="the run directory (default: ./runs/<config name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (a TOML value, or else a string); may repeat")
