@@ -298,6 +298,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(
         std::max<int64_t>(1, std::min<int64_t>(max_kb, attn::ceil_div(2 * at::get_num_threads(), units)));
     const int64_t part = p.q_tiles_floats();
     at::Tensor dq_acc = at::zeros({chunks * part}, opts);
+    // Partial sums for long key ranges (see attn::kFold); only a chunk of more than kFold key blocks uses it.
+    at::Tensor dq_lo = at::zeros({max_kb / chunks > attn::kFold ? chunks * part : 0}, opts);
     std::vector<Block> tasks;
     for (int64_t c = 0; c < chunks; ++c)
       for (int64_t b = 0; b < L.batch; ++b)
@@ -309,7 +311,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(
       attn::backward_blocks(p, q_tiles.data_ptr<float>(), do_tiles.data_ptr<float>(), lse_rows.data_ptr<float>(),
                             delta_rows.data_ptr<float>(), k_rows.data_ptr<float>(), k_t.data_ptr<float>(),
                             v_t.data_ptr<float>(), dkv, dvv, t.b, t.h, nkb * t.blk / chunks,
-                            nkb * (t.blk + 1) / chunks, dq_acc.data_ptr<float>() + t.blk * part, ws);
+                            nkb * (t.blk + 1) / chunks, dq_acc.data_ptr<float>() + t.blk * part,
+                            dq_lo.numel() ? dq_lo.data_ptr<float>() + t.blk * part : nullptr, ws);
     });
     const attn::View dqv = view_of(dq, varlen);
     for_each_item(static_cast<int64_t>(qblocks.size()), 0, [&](int64_t i, float*) {

@@ -162,8 +162,7 @@ FASTLM_MULTIVERSION void softmax_block(float* st, int64_t keys, int64_t lanes, f
 // add), added into a partial sum `lo` of the last kFold blocks, and `lo` into the total `hi` every
 // kFold blocks. One running accumulator would round every term against the whole total (20000
 // queries feeding one dV row: 20000 roundings at its largest magnitude); this way each value meets
-// the total once per kFold blocks, as in a blocked BLAS GEMM, at almost no cost.
-constexpr int64_t kFold = 16;
+// the total once per kFold blocks (attention_kernel.h), as in a blocked BLAS GEMM, at almost no cost.
 
 FASTLM_MULTIVERSION void add_rows(float* dst, const float* src, int64_t n) {
 #pragma omp simd
@@ -495,7 +494,7 @@ void pack_q_block(const Problem& p, const View& q, const View& grad_out, const V
 void backward_blocks(const Problem& p, const float* q_tiles, const float* do_tiles, const float* lse_rows,
                      const float* delta_rows, const float* k_rows, const float* k_t, const float* v_t,
                      const View& dk, const View& dv, int64_t b, int64_t g, int64_t kb_begin, int64_t kb_end,
-                     float* dq_acc, float* ws) {
+                     float* dq_acc, float* dq_lo, float* ws) {
   const int64_t dp = p.dp, d = p.head_dim;
   const int64_t qlen = p.q_len[b], klen = p.k_len[b], off = klen - qlen;
   float* s = ws;                            // kBlockQ x kBlockK: P
@@ -506,6 +505,14 @@ void backward_blocks(const Problem& p, const float* q_tiles, const float* do_til
   float* dv_lo = dk_lo + kBlockK * dp;
   float* tmp = dv_lo + kBlockK * dp;        // dp
 
+  // dQ sums one block product per key block: with more than kFold of them, fold as dK and dV do.
+  const bool fold_q = dq_lo != nullptr && kb_end - kb_begin > kFold;
+  float* dq_part = fold_q ? dq_lo : dq_acc;
+  const auto flush_dq = [&] {
+    for (int64_t h = g * p.group(); h < (g + 1) * p.group(); ++h)
+      for (int64_t qb = 0; qb * kBlockQ < qlen; ++qb)
+        flush(dq_acc + p.q_tile(h, b, qb), dq_lo + p.q_tile(h, b, qb), kBlockQ * dp);
+  };
   for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
     const int64_t j0 = kb * kBlockK, krows = std::min(kBlockK, klen - j0);
     const int64_t tile = p.k_tile(g, b, kb);
@@ -536,7 +543,7 @@ void backward_blocks(const Problem& p, const float* q_tiles, const float* do_til
         gemm_acc(mr, kBlockK, dp, dot, dp, 1, v_t + tile, kBlockK, dpm, kBlockK, false);  // dP = dO V^T
         ds_tile(s, dpm, mr, dr);  // dS = P * (dP - delta)
         gemm_acc(kBlockK, dp, mr, dpm, 1, kBlockK, qt, dp, dk_part, dp, true);  // dK += dS^T Q (scaled at the end)
-        gemm_acc(mr, dp, kBlockK, dpm, kBlockK, 1, k_rows + tile, dp, dq_acc + p.q_tile(h, b, qb), dp,
+        gemm_acc(mr, dp, kBlockK, dpm, kBlockK, 1, k_rows + tile, dp, dq_part + p.q_tile(h, b, qb), dp,
                  true);  // dQ += dS K
         if (fold && ++folded % kFold == 0) {
           flush(dk_acc, dk_lo, kBlockK * dp);
@@ -552,7 +559,9 @@ void backward_blocks(const Problem& p, const float* q_tiles, const float* do_til
       store_row(dk, offset(dk, p.k_start, b, j0 + r, g), d, dk_acc + r * dp, p.scale, tmp);
       store_row(dv, offset(dv, p.k_start, b, j0 + r, g), d, dv_acc + r * dp, 1.f, tmp);
     }
+    if (fold_q && (kb + 1 - kb_begin) % kFold == 0) flush_dq();
   }
+  if (fold_q) flush_dq();
 }
 
 void store_dq_block(const Problem& p, const float* dq_acc, int64_t parts, int64_t part_stride, const View& dq,

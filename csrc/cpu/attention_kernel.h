@@ -21,6 +21,9 @@ namespace fastlm::cpu::attn {
 
 constexpr int64_t kBlockQ = 64;
 constexpr int64_t kBlockK = 64;
+// Long sums (dK, dV, dQ, the output) add block products into a partial sum of the last kFold
+// blocks, and that into the total every kFold blocks (see attention_kernel.cpp).
+constexpr int64_t kFold = 16;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
@@ -91,11 +94,12 @@ void pack_q_block(const Problem& p, const View& q, const View& grad_out, const V
                   float* lse_rows, float* delta_rows);
 
 // Backward of key blocks [kb_begin, kb_end) of sequence b, kv head g: writes their dK and dV rows,
-// and adds dS K (without the scale) into dq_acc (laid out like the query tiles).
+// and adds dS K (without the scale) into dq_acc (laid out like the query tiles). dq_lo (same
+// layout, zeros, or null) holds the partial dQ sums of the last kFold key blocks (accuracy).
 void backward_blocks(const Problem& p, const float* q_tiles, const float* do_tiles, const float* lse_rows,
                      const float* delta_rows, const float* k_rows, const float* k_t, const float* v_t,
                      const View& dk, const View& dv, int64_t b, int64_t g, int64_t kb_begin, int64_t kb_end,
-                     float* dq_acc, float* workspace);
+                     float* dq_acc, float* dq_lo, float* workspace);
 
 // dQ of query block (b, h, qb) = scale * (sum of `parts` accumulators, part_stride floats apart).
 void store_dq_block(const Problem& p, const float* dq_acc, int64_t parts, int64_t part_stride, const View& dq,
