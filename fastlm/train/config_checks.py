@@ -8,7 +8,6 @@ import math
 import os
 from typing import TYPE_CHECKING
 
-from fastlm.models.recurrent_config import RECURRENT_FAMILIES
 from fastlm.train.errors import ConfigError
 from fastlm.train.model_section import MODEL_SECTIONS
 from fastlm.train.toml_text import show as _show
@@ -74,8 +73,9 @@ def validate(config: Config) -> None:
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
     _validate_masked_lm(config)
-    if d.stateful and config.model.family not in RECURRENT_FAMILIES:
-        raise ConfigError(f"data.stateful = true: only for recurrent models (model.family = rnn | lstm | gru), "
+    if d.stateful and not type(config.model).carries_state:
+        recurrent = " | ".join(family for family, section in MODEL_SECTIONS.items() if section.carries_state)
+        raise ConfigError(f"data.stateful = true: only for recurrent models (model.family = {recurrent}), "
                           f"not {_show(config.model.family)}")
 
 

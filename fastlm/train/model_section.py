@@ -45,6 +45,7 @@ class ModelSection:
     is_fitted: ClassVar[bool] = False     # a statistical model fitted on the tokens (no gradient steps)
     SPECIAL_TOKENS: ClassVar[int] = 0     # ids the model needs after the tokenizer's
     data_parallel_only: ClassVar[bool] = False  # no tensor or pipeline parallelism (parallel.tp/pp must be 1)
+    carries_state: ClassVar[bool] = False  # data.stateful: a recurrent state carried across consecutive windows
 
     def architecture(self):
         """The plain model config (e.g. GPTConfig) of these fields, without the run keys."""
@@ -104,6 +105,7 @@ class RecurrentSection(ModelSection, RecurrentConfig):
 
     ARCHITECTURE = RecurrentConfig
     data_parallel_only = True
+    carries_state = True
 
 
 # family -> its [model] section class, in the order errors list them
