@@ -35,6 +35,7 @@ class FittedFamily:
     save: Callable[[object, Path], None]
     load: Callable[[Path], object]
     window_logprobs: Callable[[object, torch.Tensor], torch.Tensor]  # (B, T) -> log p of each token given the window before it
+    next_logprobs: Callable[[object, torch.Tensor], torch.Tensor]    # a history (T,) -> log p of the next token
 
 
 def _fit_ngram(config: Config, tokens: np.ndarray, say) -> object:
@@ -72,10 +73,12 @@ def _load_hmm(path: Path):
 
 
 FITTED_FAMILIES: dict[str, FittedFamily] = {
+    # bos=False: the n-gram learned the training stream as a GPT does (documents split by eos tokens),
+    # so a window or a prompt is a piece of that stream, not the start of a <s> sentence.
     "ngram": FittedFamily("model.arpa", _fit_ngram, lambda lm, path: lm.to_arpa(path), _load_ngram,
-                          lambda lm, x: lm.logprob(x, bos=False)),
+                          lambda lm, x: lm.logprob(x, bos=False), lambda lm, h: lm.next_token_logprobs(h, bos=False)),
     "hmm": FittedFamily("model.safetensors", _fit_hmm, lambda hmm, path: hmm.save(path), _load_hmm,
-                        lambda hmm, x: hmm.token_logprobs(x)),
+                        lambda hmm, x: hmm.token_logprobs(x), lambda hmm, h: hmm.next_token_logprobs(h)),
 }
 
 
@@ -206,8 +209,9 @@ def generate_fitted(run_dir: str | Path, prompt: str, max_new_tokens: int = 200,
     vocab = config.model.vocab_size
     generator = torch.Generator().manual_seed(seed)
     out = list(ids)
+    next_logprobs = FITTED_FAMILIES[config.model.family].next_logprobs
     for _ in range(max_new_tokens):
-        logprobs = model.next_token_logprobs(torch.tensor(out)).float()
+        logprobs = next_logprobs(model, torch.tensor(out)).float()
         nxt = int(sample_next_token(logprobs[None], temperature, top_k, top_p, generator)[0])
         if nxt >= vocab or nxt == eos:  # the n-gram's </s> (index vocab_size) or the tokenizer's eos
             break
