@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastlm.models.gpt import sample_next_token
 from fastlm.models.recurrent_config import RecurrentConfig
 from fastlm.nn import GRU, LSTM, RNN, Linear
 from fastlm.nn.head import full_logits, head_loss
+from fastlm.nn.sampling import check_sampling, sample_next_token
 
 __all__ = ["RecurrentLM", "RecurrentConfig"]
 
@@ -115,14 +115,7 @@ class RecurrentLM(nn.Module):
         b, t = input_ids.shape
         if t == 0:
             raise ValueError("generate needs a prompt of at least one token")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
         out = input_ids
         if max_new_tokens == 0:
             return out
