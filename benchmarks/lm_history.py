@@ -27,7 +27,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller HMM, 100 gradient steps")
+    parser.add_argument("--quick", action="store_true", help="5 EM iterations, 50-100 gradient steps")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="bench-results")
     args = parser.parse_args()

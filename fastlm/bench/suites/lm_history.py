@@ -27,7 +27,7 @@ MODELS = [
     ("gru-tiny", "gru-tiny", []),
     ("gpt-tiny", "tiny", []),
 ]
-QUICK_OVERRIDES = {"hmm": ["model.n_states=16", "model.iterations=5"], "maxent": ["train.steps=100"],
+QUICK_OVERRIDES = {"hmm": ["model.iterations=5"], "maxent": ["train.steps=100"],
                    "tiny": ["train.steps=100"], "lstm-tiny": ["train.steps=50"], "gru-tiny": ["train.steps=50"]}
 
 
