@@ -12,7 +12,7 @@ from fastlm.nn import Block, KVCache, LayerNorm, Layers, Linear, RMSNorm, rope_c
 from fastlm.nn.attention import document_ids
 from fastlm.nn.head import full_logits, head_loss
 from fastlm.nn.init import init_weights_
-from fastlm.nn.sampling import check_sampling, sample_next_token  # noqa: F401  (sample_next_token: fastlm.models API)
+from fastlm.nn.sampling import check_sampling, sample_next_token, sample_step  # noqa: F401  (sample_next_token: fastlm.models API)
 
 __all__ = ["GPT", "GPTConfig"]
 
@@ -181,10 +181,7 @@ class GPT(nn.Module):
                 # Only the last position's logits are needed.
                 h = self.hidden_states(step_input, cache)[:, -1]
                 logits = full_logits(self.lm_head, h).float()
-                nxt = sample_next_token(logits, temperature, top_k, top_p, generator)
-                if eos_token_id is not None:
-                    nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
-                    finished |= nxt == eos_token_id
+                nxt = sample_step(logits, finished, eos_token_id, temperature, top_k, top_p, generator)
                 out = torch.cat([out, nxt[:, None]], dim=1)
                 if eos_token_id is not None and bool(finished.all()):
                     break

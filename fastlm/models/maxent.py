@@ -20,7 +20,7 @@ from fastlm import ops
 from fastlm.models.gpt import document_positions
 from fastlm.models.maxent_config import MaxEntConfig
 from fastlm.models.ngram_hash import history_hashes
-from fastlm.nn.sampling import check_sampling, sample_next_token
+from fastlm.nn.sampling import check_sampling, sample_step
 
 __all__ = ["MaxEntConfig", "MaxEntLM"]
 
@@ -119,10 +119,7 @@ class MaxEntLM(nn.Module):
         finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
         while out.shape[1] < total:
             logits = self.logits(out[:, -context:])[:, -1].float()
-            nxt = sample_next_token(logits, temperature, top_k, top_p, generator)
-            if eos_token_id is not None:
-                nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
-                finished |= nxt == eos_token_id
+            nxt = sample_step(logits, finished, eos_token_id, temperature, top_k, top_p, generator)
             out = torch.cat([out, nxt[:, None]], dim=1)
             if eos_token_id is not None and bool(finished.all()):
                 break

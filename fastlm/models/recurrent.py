@@ -20,7 +20,7 @@ from torch import nn
 from fastlm.models.recurrent_config import RecurrentConfig
 from fastlm.nn import GRU, LSTM, RNN, Linear
 from fastlm.nn.head import full_logits, head_loss
-from fastlm.nn.sampling import check_sampling, sample_next_token
+from fastlm.nn.sampling import check_sampling, sample_step
 
 __all__ = ["RecurrentLM", "RecurrentConfig"]
 
@@ -127,10 +127,7 @@ class RecurrentLM(nn.Module):
             for _ in range(max_new_tokens):
                 hidden, state = self.hidden_states(step_input, state)  # the prompt once, then one token a step
                 logits = full_logits(self.lm_head, hidden[:, -1]).float()
-                nxt = sample_next_token(logits, temperature, top_k, top_p, generator)
-                if eos_token_id is not None:
-                    nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
-                    finished |= nxt == eos_token_id
+                nxt = sample_step(logits, finished, eos_token_id, temperature, top_k, top_p, generator)
                 out = torch.cat([out, nxt[:, None]], dim=1)
                 if eos_token_id is not None and bool(finished.all()):
                     break

@@ -1,5 +1,6 @@
-"""Next-token sampling shared by every model that generates (GPT, maxent, n-gram, HMM):
-temperature (0 = greedy), top-k and top-p (nucleus), and one check of those settings."""
+"""Next-token sampling shared by every model that generates (GPT, maxent, recurrent, n-gram, HMM):
+temperature (0 = greedy), top-k and top-p (nucleus), one check of those settings, and the batched
+step that keeps finished rows at eos."""
 from __future__ import annotations
 
 import torch
@@ -36,3 +37,14 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int
         logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def sample_step(logits: torch.Tensor, finished: torch.Tensor, eos_token_id: int | None, temperature: float,
+                top_k: int | None, top_p: float | None, generator: torch.Generator | None) -> torch.Tensor:
+    """The next token of each row (B,): a row that has produced eos_token_id keeps producing it
+    (finished, a (B,) bool tensor, is updated in place)."""
+    nxt = sample_next_token(logits, temperature, top_k, top_p, generator)
+    if eos_token_id is not None:
+        nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
+        finished |= nxt == eos_token_id
+    return nxt
