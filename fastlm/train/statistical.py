@@ -26,6 +26,7 @@ from fastlm.train.data import run_corpus, validation_batches
 from fastlm.train.errors import CheckpointError, FastlmError
 from fastlm.train.metrics import MetricsLog
 from fastlm.train.run_dir import RunDirectory, choose_run_dir
+from fastlm.train.trainer import resolved_config
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def fit_run(config: Config, out_dir=None, resume: bool = False, show_progress: b
         raise ConfigError(f"the tokenizer has {corpus.vocab_size} tokens, more than model.vocab_size = "
                           f"{m.vocab_size} (set model.vocab_size or data.vocab_size)")
     val_batches = validation_batches(config, corpus, m)
-    resolved = _resolved(config, tokenizer, corpus)
+    resolved = resolved_config(config, m.architecture(), tokenizer, corpus)  # the trainer's record
     with RunDirectory(run_dir, fresh=True) as rd:
         (run_dir / "config.toml").write_text(resolved.to_toml())
         if Path(corpus.tokenizer_path).resolve() != (run_dir / "tokenizer.json").resolve():
@@ -145,17 +146,6 @@ def _describe(m) -> str:
     if m.family == "ngram":
         return f"{m.order}-gram model ({m.smoothing})"
     return f"{m.n_states}-state HMM ({m.iterations} EM iterations at most)"
-
-
-def _resolved(config: Config, tokenizer: Path | None, corpus) -> Config:
-    """A copy of config recording the tokenizer file the run used (as the trainer's does)."""
-    import copy
-
-    resolved = copy.deepcopy(config)
-    if tokenizer is not None:
-        resolved.data.tokenizer = str(tokenizer.resolve())
-        resolved.data.vocab_size = corpus.vocab_size
-    return resolved
 
 
 # ---------------------------------------------------------------- finished runs

@@ -63,7 +63,7 @@ class Trainer:
             from fastlm.embeddings.init import init_model_embeddings
 
             rt.say(init_model_embeddings(model, corpus.tokenizer(), cfg.model.init_embeddings))
-        self.resolved = resolved_config(cfg, model, tokenizer_path, corpus)
+        self.resolved = resolved_config(cfg, model.config, tokenizer_path, corpus)
         loader, val_batches = lm_batches(cfg, corpus, model.config, rt.dp[1], rt.dp[0], rt.device)
         num_params = model.num_params()
         pm = parallelize_for_run(model.to(rt.device), rt, cfg)
@@ -151,10 +151,10 @@ def parallelize_for_run(model, rt: Runtime, config):
         raise ConfigError(str(e)) from None
 
 
-def resolved_config(config: Config, model, tokenizer_path: Path | None, corpus) -> Config:
-    """A copy of config recording what the run really used: the model's architecture (init_from
-    brings its own) and, when the tokenizer came from a file, that file and its vocabulary size."""
-    resolved = with_model_architecture(config, model.config)
+def resolved_config(config: Config, model_config, tokenizer_path: Path | None, corpus) -> Config:
+    """A copy of config recording what the run really used: the model's architecture (model_config:
+    init_from brings its own) and, when the tokenizer came from a file, that file and its vocabulary size."""
+    resolved = with_model_architecture(config, model_config)
     if tokenizer_path is not None:
         resolved.data.tokenizer = str(Path(tokenizer_path).resolve())
         resolved.data.vocab_size = corpus.vocab_size
