@@ -1,0 +1,1 @@
+"""Private training: DP-SGD (per-sample clipping without per-sample gradients, noise, accounting)."""

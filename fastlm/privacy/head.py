@@ -1,0 +1,142 @@
+"""The fused linear + cross-entropy head under DP-SGD: per-sample norms of its weight gradient
+without storing the (tokens x vocab) logits.
+
+    losses = head_losses(hidden, weight, targets, record)   # per-token losses (fp32); record(HeadUse)
+
+The forward is fastlm.ops.linear_cross_entropy's (chunked, logits never stored). The backward walks
+the vocabulary in chunks: logits_c = h W_c^T, dlogits_c = softmax_c - onehot_c, grad_h += dlogits_c W_c,
+and for the weight either
+- "direct": the per-sample gradients dlogits_b^T h_b (B, V, d) when they fit in memory (the same
+  FLOPs as the weight gradient itself; the clipped sum is then a weighted sum of them), or
+- "ghost": the per-sample Gram matrices dlogits_b dlogits_b^T (B, L, L); the clipped sum recomputes
+  the chunks once more with the clipping factors applied.
+Every count is in fp32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastlm.ops.linear_cross_entropy import CHUNK_ELEMENTS
+
+IGNORE = -100
+# Per-sample head gradients are materialized ("direct") up to this many elements (256 MiB in fp32).
+DIRECT_HEAD_ELEMENTS = 1 << 26
+
+
+@dataclass
+class HeadUse:
+    h: torch.Tensor           # (B, L, d) fp32
+    weight: torch.Tensor      # (V, d)
+    labels: torch.Tensor      # (B, L)
+    lse: torch.Tensor         # (B, L) fp32
+    grad_row: torch.Tensor    # (B, L) fp32, zero where the label is ignored
+    per_sample: torch.Tensor | None = None  # (B, V, d) (direct)
+    gram: torch.Tensor | None = None        # (B, L, L) (ghost)
+
+
+def _vocab_chunks(vocab: int, tokens: int):
+    size = max(16, CHUNK_ELEMENTS // max(1, tokens))
+    for start in range(0, vocab, size):
+        yield start, min(vocab, start + size)
+
+
+def _dlogits(h, w_chunk, start, labels, lse, grad_row):
+    """(softmax - onehot) * grad_row for the vocabulary columns [start, start + len(w_chunk))."""
+    d = torch.exp(h @ w_chunk.t() - lse[:, None])
+    inside = (labels >= start) & (labels < start + w_chunk.shape[0])
+    rows = inside.nonzero().flatten()
+    d[rows, labels[rows] - start] -= 1.0
+    return d * grad_row[:, None]
+
+
+def _losses_fp64(hidden, weight, labels):
+    lse = torch.empty(hidden.shape[0], dtype=hidden.dtype, device=hidden.device)
+    target = torch.zeros_like(lse)
+    counted = labels != IGNORE
+    for s, e in _vocab_chunks(hidden.shape[0], weight.shape[0]):  # chunks of tokens
+        logits = hidden[s:e] @ weight.t()
+        lse[s:e] = torch.logsumexp(logits, 1)
+        target[s:e] = logits.gather(1, labels[s:e].clamp_min(0)[:, None])[:, 0]
+    return (lse - target) * counted, lse
+
+
+class _HeadDP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, batch_size, record):
+        if hidden.dtype == torch.float64:  # no native kernel: the same chunks in plain torch
+            losses, lse = _losses_fp64(hidden, weight, labels)
+        else:
+            losses, lse, _, _ = torch.ops.fastlm.linear_cross_entropy_fwd(
+                hidden, weight, labels, IGNORE, 0.0, 0.0, max(16, CHUNK_ELEMENTS // weight.shape[0]), False)
+        ctx.save_for_backward(hidden, weight, labels, lse)
+        ctx.batch_size, ctx.record = batch_size, record
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        hidden, weight, labels, lse = ctx.saved_tensors
+        B = ctx.batch_size
+        h = hidden if hidden.dtype == torch.float64 else hidden.float()
+        N, d = h.shape
+        L = N // B
+        grad_row = grad_losses.to(h.dtype) * (labels != IGNORE)
+        safe_labels = labels.masked_fill(labels == IGNORE, -1)
+        V = weight.shape[0]
+        direct = B * V * d <= DIRECT_HEAD_ELEMENTS and L >= d  # ghost is cheaper for short samples
+        grad_h = torch.zeros_like(h)
+        per_sample = h.new_empty(B, V, d) if direct else None
+        gram = None if direct else h.new_zeros(B, L, L)
+        hb = h.view(B, L, d)
+        for s, e in _vocab_chunks(V, N):
+            w = weight[s:e].to(h.dtype)
+            dl = _dlogits(h, w, s, safe_labels, lse, grad_row)
+            grad_h.addmm_(dl, w)
+            dlb = dl.view(B, L, e - s)
+            if direct:
+                torch.bmm(dlb.transpose(1, 2), hb, out=per_sample[:, s:e])
+            else:
+                gram.baddbmm_(dlb, dlb.transpose(1, 2))
+        ctx.record(HeadUse(hb, weight, safe_labels.view(B, L), lse.view(B, L), grad_row.view(B, L), per_sample, gram))
+        return grad_h.to(hidden.dtype), None, None, None, None
+
+
+def head_losses(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, batch_size: int, record):
+    """Per-token losses of hidden (N, d) @ weight.T against labels (N,); weight gets no gradient
+    through autograd: record(HeadUse) receives what its per-sample gradients need."""
+    return _HeadDP.apply(hidden, weight.detach(), labels, batch_size, record)
+
+
+def head_sq_norms(use: HeadUse) -> torch.Tensor:
+    if use.per_sample is not None:
+        return use.per_sample.pow(2).sum((1, 2))
+    return (use.gram * (use.h @ use.h.transpose(1, 2))).sum((1, 2))
+
+
+def head_embedding_dot(use: HeadUse, ids: torch.Tensor, g_emb: torch.Tensor) -> torch.Tensor:
+    """<head grad_b, embedding grad_b> for a tied weight: sum_t <P_b[id_t], ge_t>."""
+    ids, ge = ids.long(), g_emb.to(use.h.dtype)
+    if use.per_sample is not None:
+        rows = torch.gather(use.per_sample, 1, ids[:, :, None].expand(-1, -1, use.per_sample.shape[2]))
+        return (rows * ge).sum((1, 2))
+    w_at = use.weight.to(use.h.dtype)[ids]                                   # (B, Lt, d)
+    logits_at = use.h @ w_at.transpose(1, 2)                         # (B, Ls, Lt): h_s . W[id_t]
+    d_at = torch.exp(logits_at - use.lse[:, :, None]) - (use.labels[:, :, None] == ids[:, None, :]).to(use.h.dtype)
+    d_at = d_at * use.grad_row[:, :, None]
+    return (d_at * (use.h @ ge.transpose(1, 2))).sum((1, 2))
+
+
+def head_clipped_sum(use: HeadUse, factors: torch.Tensor, out: torch.Tensor) -> None:
+    """out += sum_b factors_b * (dlogits_b^T h_b)."""
+    f = factors.to(use.h.dtype)
+    if use.per_sample is not None:
+        out.add_(torch.tensordot(f, use.per_sample, dims=1).to(out.dtype))
+        return
+    B, L, d = use.h.shape
+    h = use.h.reshape(B * L, d)
+    rows = (use.grad_row * f[:, None]).flatten()
+    labels, lse = use.labels.flatten(), use.lse.flatten()
+    for s, e in _vocab_chunks(use.weight.shape[0], B * L):
+        dl = _dlogits(h, use.weight[s:e].to(h.dtype), s, labels, lse, rows)
+        out[s:e] += (dl.t() @ h).to(out.dtype)
