@@ -5,6 +5,13 @@ starts from `np.random.default_rng([seed, s])`, and rank r of `world_size` takes
 slice [r*G/W, (r+1)*G/W) of them. So the sequences of a step do not depend on the number of
 processes (data-parallel runs see the same data as one process), and resuming needs only the
 step, which `state_dict()` holds.
+
+DP-SGD's sampling (sampling = "poisson" | "shuffle"): the samples are the disjoint windows
+tokens[i * seq_len : (i + 1) * seq_len] (a token belongs to one sample, as the privacy guarantee
+needs). "poisson": step s includes each window independently with probability
+global_batch_size / num_samples (a variable batch size; a rank may get none); "shuffle": step s
+takes the next global_batch_size windows of a seeded permutation of them, one per epoch. The ranks
+split a step's windows into contiguous parts, so again the data do not depend on the number of processes.
 """
 from __future__ import annotations
 
@@ -57,6 +64,9 @@ def pack_documents(batch: torch.Tensor, eos_id: int) -> PackedBatch:
     return PackedBatch(batch, cu.to(torch.int32))
 
 
+SAMPLINGS = ("random", "poisson", "shuffle")
+
+
 class _Failure:
     """An exception raised in the prefetch thread, carried to the caller of next()."""
 
@@ -75,8 +85,13 @@ class BatchLoader:
 
     def __init__(self, tokens, *, seq_len: int, global_batch_size: int, micro_batch_size: int,
                  seed: int, rank: int = 0, world_size: int = 1, prefetch: int = 2,
-                 pin_memory: bool = False, shares: list[int] | None = None, pack_eos_id: int | None = None):
+                 pin_memory: bool = False, shares: list[int] | None = None, pack_eos_id: int | None = None,
+                 sampling: str = "random"):
         _check_tokens(tokens, seq_len)
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+        if sampling != "random" and shares is not None:
+            raise ValueError(f"sampling = {sampling!r} splits each step's windows evenly: no shares")
         for name, v in (("global_batch_size", global_batch_size),
                         ("micro_batch_size", micro_batch_size), ("world_size", world_size)):
             if not isinstance(v, int) or v < 1:
@@ -99,6 +114,10 @@ class BatchLoader:
         self.prefetch = max(0, int(prefetch))
         self.pin_memory = pin_memory
         self.pack_eos_id = pack_eos_id  # not None: micro-batches are PackedBatch (documents split at eos)
+        self.sampling = sampling
+        if sampling == "shuffle" and global_batch_size > self.num_samples:
+            raise ValueError(f"global_batch_size {global_batch_size} is more than the {self.num_samples} windows of "
+                             f"{seq_len} tokens in the training data")
         self.step = 0  # the step whose batch next() returns
         self._queue: queue.Queue | None = None
         self._stop: threading.Event | None = None
@@ -106,15 +125,39 @@ class BatchLoader:
 
     # -------------------------------------------------------------- the data
 
+    @property
+    def num_samples(self) -> int:
+        """Disjoint windows of seq_len tokens: the samples DP-SGD's sampling draws from."""
+        return len(self.tokens) // self.seq_len
+
+    @property
+    def sample_rate(self) -> float:
+        """The probability that a given window is in a step's batch (poisson and shuffle sampling)."""
+        return min(1.0, self.global_batch_size / self.num_samples)
+
     def window_starts(self, step: int) -> np.ndarray:
         """Where this rank's windows of `step` start in the tokens (a pure function of seed, step, rank, world)."""
+        if self.sampling != "random":
+            windows = self._sampled_windows(step)
+            return np.array_split(windows, self.world_size)[self.rank] * self.seq_len
         rng = np.random.default_rng([self.seed, step])
         starts = rng.integers(0, len(self.tokens) - self.seq_len + 1, size=self.global_batch_size)
         return starts[self.bounds[self.rank]:self.bounds[self.rank + 1]]
 
+    def _sampled_windows(self, step: int) -> np.ndarray:
+        n = self.num_samples
+        if self.sampling == "poisson":
+            return np.flatnonzero(np.random.default_rng([self.seed, step, 1]).random(n) < self.sample_rate)
+        per_epoch = n // self.global_batch_size
+        epoch, index = divmod(step, per_epoch)
+        order = np.random.default_rng([self.seed, epoch, 2]).permutation(n)
+        return order[index * self.global_batch_size:(index + 1) * self.global_batch_size]
+
     def batch_for_step(self, step: int) -> list[torch.Tensor]:
         """This rank's micro-batches of `step` (a pure function of seed, step, rank, world)."""
         batch = _windows(self.tokens, self.window_starts(step), self.seq_len)
+        if len(batch) == 0:  # poisson sampling gave this rank nothing: one empty micro-batch
+            return [pack_documents(batch, self.pack_eos_id) if self.pack_eos_id is not None else batch]
         if self.pin_memory:
             batch = batch.pin_memory()
         if self.pack_eos_id is not None:

@@ -174,6 +174,8 @@ class MaskedLMLoader(BatchLoader):
     def batch_for_step(self, step: int) -> list[MaskedBatch]:
         starts = self.window_starts(step)
         windows = _windows(self.tokens, starts, self.seq_len)
+        if len(starts) == 0:  # poisson sampling gave this rank nothing: one empty micro-batch (see BatchLoader)
+            return [windows]
         mb = self.micro_batch_size
         return [self.rule.batch(windows[i:i + mb], starts[i:i + mb], step) for i in range(0, len(starts), mb)]
 

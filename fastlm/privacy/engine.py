@@ -31,7 +31,10 @@ CLIP_EPS = 1e-6  # as Opacus: factor = C / (norm + 1e-6), at most 1
 
 
 def batch_size_of(batch) -> int:
-    """Samples in a micro-batch: rows of its first tensor (a tensor, a dict of tensors, a PackedBatch)."""
+    """Samples in a micro-batch: rows of its first tensor (a tensor, a dict of tensors, a PackedBatch);
+    0 for an empty dict (a rank that Poisson sampling gave no sample)."""
+    if isinstance(batch, dict) and not batch:
+        return 0
     if isinstance(batch, torch.Tensor):
         return batch.shape[0]
     if isinstance(batch, dict):
@@ -90,7 +93,13 @@ class DPSGD:
         if batch is None:
             raise ValueError("DP-SGD: the train step must pass the micro-batch to micro_backward")
         device = self.params[0].device
-        rec = Recorder(batch_size_of(batch), device)
+        B = batch_size_of(batch)
+        if B == 0:  # nothing sampled for this rank: zeros, so that the collectives still match
+            with final_context:
+                self.accumulate([torch.zeros_like(p) for p in self.params])
+            zero = torch.zeros((), device=device)
+            return zero, {"dp_clipped_fraction": zero}
+        rec = Recorder(B, device)
         with clean_context:  # no gradient reaches a parameter here: nothing to communicate
             with recording(rec):
                 loss = loss_fn()

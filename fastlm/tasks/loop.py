@@ -251,7 +251,7 @@ def adversarial_hook(model, t):
         return None
     embedding = input_embedding(model)
 
-    def micro_backward(loss_fn, scale, clean_context, final_context):
+    def micro_backward(loss_fn, scale, clean_context, final_context, batch=None):
         clean, adv = adversarial_backward(loss_fn, embedding, t.adversarial, t.adversarial_epsilon,
                                           t.adversarial_steps, t.adversarial_alpha or None, scale=scale,
                                           clean_context=clean_context, final_context=final_context)

@@ -27,6 +27,7 @@ from fastlm.train.config_checks import (  # noqa: F401 - the checks are part of 
     rank_samples,
     validate,
 )
+from fastlm.privacy.config import PrivacySection
 from fastlm.train.errors import ConfigError
 from fastlm.train.model_section import DEFAULT_FAMILY, MODEL_SECTIONS, GPTSection, ModelSection
 from fastlm.train.toml_text import dumps_toml
@@ -112,6 +113,7 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     parallel: ParallelSection = field(default_factory=ParallelSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
     name: str = "run"                    # not a TOML key: names the run directory
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -170,6 +172,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainSection,
     "parallel": ParallelSection,
     "checkpoint": CheckpointSection,
+    "privacy": PrivacySection,
 }
 
 

@@ -8,6 +8,7 @@ import math
 import os
 from typing import TYPE_CHECKING
 
+from fastlm.privacy.config import validate_privacy
 from fastlm.train.errors import ConfigError
 from fastlm.train.model_section import MODEL_SECTIONS
 from fastlm.train.toml_text import show as _show
@@ -57,6 +58,7 @@ def validate(config: Config) -> None:
     _validate_pipeline(config)
     _validate_parallel(p, t)
     _validate_adversarial(t)
+    validate_privacy(config)
     # Outside a launch (no WORLD_SIZE: loading a finished run for eval/generate, or a config in a
     # notebook) dp = "auto" has no process count yet: dp_shares say how many ranks there will be.
     # Trainer.fit checks the split again against the real data-parallel size.

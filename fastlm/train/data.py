@@ -26,13 +26,15 @@ def lm_batches(config, corpus, model_config, dp_rank: int = 0, dp_size: int = 1,
                device: torch.device | None = None) -> tuple:
     """(this rank's training batch loader, the validation batches)."""
     t, d = config.train, config.data
+    sampling = config.privacy.sampling if config.privacy.dp_sgd else "random"  # DP-SGD: disjoint windows
     if config.model.is_encoder:  # masked-LM pretraining: [MASK], [CLS], [SEP] follow the tokenizer's ids
         from fastlm.data.masking import MaskedLMLoader
 
         rule = masked_lm_rule(config, corpus, model_config.vocab_size)
         loader = MaskedLMLoader(corpus.train_tokens, rule=rule, seq_len=d.seq_len,
                                 global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size,
-                                seed=t.seed, rank=dp_rank, world_size=dp_size, shares=config.parallel.dp_shares)
+                                seed=t.seed, rank=dp_rank, world_size=dp_size, shares=config.parallel.dp_shares,
+                                sampling=sampling)
         return loader, validation_batches(config, corpus, model_config)
     if corpus.vocab_size > model_config.vocab_size:
         raise ConfigError(f"the tokenizer has {corpus.vocab_size} tokens, more than model.vocab_size = "
@@ -41,7 +43,8 @@ def lm_batches(config, corpus, model_config, dp_rank: int = 0, dp_size: int = 1,
     loader = loader_class(corpus.train_tokens, seq_len=d.seq_len, global_batch_size=t.global_batch_size,
                          micro_batch_size=t.micro_batch_size, seed=t.seed, rank=dp_rank, world_size=dp_size,
                          pin_memory=device is not None and device.type == "cuda", shares=config.parallel.dp_shares,
-                         pack_eos_id=corpus.eos_id if d.pack else None)
+                         pack_eos_id=corpus.eos_id if d.pack else None,
+                         **({"sampling": sampling} if loader_class is BatchLoader else {}))
     return loader, validation_batches(config, corpus, model_config)
 
 

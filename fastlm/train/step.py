@@ -9,10 +9,12 @@ precision and fp16 loss scaling, data-parallel communication only in the last mi
 backward, the pipeline schedule when the model is pipelined, clipping over every dp/tp/pp rank
 (fastlm.parallel.ParallelModel), the optimizer step, and local SGD's parameter averaging.
 
-A hook replaces one micro-batch's backward (adversarial training does; DP-SGD and distillation
-plug in the same way): `micro_backward(loss_fn, scale, clean_context, final_context) -> (loss,
-extras)`, where loss_fn() computes the micro-batch's loss, `scale` multiplies what is
-back-propagated, and final_context must wrap the backward that communicates.
+A hook replaces one micro-batch's backward (adversarial training and DP-SGD do; distillation
+plugs in the same way): `micro_backward(loss_fn, scale, clean_context, final_context, batch) ->
+(loss, extras)`, where loss_fn() computes the micro-batch's loss, `scale` multiplies what is
+back-propagated, final_context must wrap the backward that communicates, and batch is the
+micro-batch (on the device). `after_grad_sync()` runs once the gradients are reduced, before
+clipping and the optimizer step (DP-SGD adds its noise there).
 """
 from __future__ import annotations
 
@@ -57,7 +59,8 @@ def autocast_for(precision: str, device: torch.device):
 
 class TrainStep:
     def __init__(self, pm, optimizer, *, device: torch.device, precision: str = "fp32", grad_clip: float = 0.0,
-                 loss_of: Callable = lm_loss, micro_backward: Callable | None = None, local_sgd_every: int = 0):
+                 loss_of: Callable = lm_loss, micro_backward: Callable | None = None, local_sgd_every: int = 0,
+                 after_grad_sync: Callable[[], None] | None = None):
         """pm: a fastlm.parallel.ParallelModel; grad_clip 0 measures the norm and clips nothing;
         local_sgd_every > 0: the data-parallel ranks step on their own and average parameters every
         that many steps (see sync())."""
@@ -65,7 +68,7 @@ class TrainStep:
         self.autocast = autocast_for(precision, device)
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self.max_norm = grad_clip or float("inf")
-        self.loss_of, self.micro_backward = loss_of, micro_backward
+        self.loss_of, self.micro_backward, self.after_grad_sync = loss_of, micro_backward, after_grad_sync
         self.local_sgd_every = local_sgd_every if pm.dp is not None else 0
 
     def __call__(self, micro_batches: list, sync: bool = True) -> StepResult:
@@ -77,6 +80,8 @@ class TrainStep:
         else:
             loss, extras = self._accumulate(micro_batches, sync)
         self.pm.finish_grad_sync()
+        if self.after_grad_sync is not None:
+            self.after_grad_sync()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = self.pm.clip_grad_norm_(self.max_norm)
@@ -113,7 +118,7 @@ class TrainStep:
             if self.micro_backward is not None:
                 scale = (self.scaler.get_scale() if self.scaler is not None else 1.0) / n
                 loss, more = self.micro_backward(loss_fn, scale, self.pm.no_sync(),
-                                                 self.pm.no_sync(local=not communicate))
+                                                 self.pm.no_sync(local=not communicate), batch)
                 loss = loss / n
                 for key, value in more.items():
                     extras[key] = extras.get(key, 0.0) + value.detach() / n

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from fastlm.privacy.training import PrivateTraining
 from fastlm.train.checkpointer import Checkpointer
 from fastlm.train.config import Config, ConfigError, check_batch_split, validate, with_model_architecture
 from fastlm.train.data import lm_batches, masked_lm_rule, run_corpus
@@ -66,34 +67,39 @@ class Trainer:
         self.resolved = resolved_config(cfg, model.config, tokenizer_path, corpus)
         loader, val_batches = lm_batches(cfg, corpus, model.config, rt.dp[1], rt.dp[0], rt.device)
         num_params = model.num_params()
+        private = PrivateTraining.setup(cfg, model, loader.num_samples, rt.dp[0])  # None without DP-SGD
         pm = parallelize_for_run(model.to(rt.device), rt, cfg)
         optimizer = pm.wrap_optimizer(build_optimizer(pm.module, t, rt.device))  # ZeRO-1 with shard_optimizer
-        step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, grad_clip=t.grad_clip,
+        step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, **private_step_hooks(private, t),
                          local_sgd_every=cfg.parallel.sync_every if cfg.parallel.sync == "local_sgd" else 0)
         identity = {"model": model.config.to_dict(), "corpus_key": corpus.key}  # what a checkpoint must match
         ckpt = Checkpointer(run_dir, pm, optimizer, step.scaler, loader, identity, every=cfg.checkpoint.every,
                             keep=cfg.checkpoint.keep, is_main=rt.is_main, device=rt.device)
-        evaluate_at = self._evaluator(pm, val_batches, step.autocast)
+        evaluate_at = self._evaluator(pm, val_batches, step.autocast, private, run_dir)
+        last_step = private.last_step if private is not None else t.steps
         metrics = bar = None
         with RunDirectory(run_dir, fresh=rt.is_main and not self.resume, create=rt.is_main) as rd:
             try:
                 start = ckpt.start_step(self.resume, rt.say)
+                if private is not None:
+                    private.engine.step = start  # the noise of step s is drawn from (seed, s)
+                    rt.say(f"fastlm: {private.describe()}")
                 self._write_run_files(run_dir, corpus.tokenizer_path)
                 metrics = MetricsLog(run_dir if rt.is_main else None, tensorboard=t.tensorboard)
                 metrics.truncate_after(start)
                 rt.say(f"fastlm: {num_params / 1e6:.2f}M parameters, {t.steps} steps of {t.global_batch_size} x "
                        f"{cfg.data.seq_len} tokens, {rt.precision} on {rt.device}")
                 result = evaluate_at(0, None, metrics) if start == 0 else None
-                bar = progress_bar(t.steps, start, rt.is_main and rt.show_progress)
+                bar = progress_bar(last_step, start, rt.is_main and rt.show_progress)
                 tokens = t.global_batch_size * cfg.data.seq_len
-                schedule = Schedule(start, t.steps, lambda i: lr_at(i, t), t.log_every, t.eval_every,
+                schedule = Schedule(start, last_step, lambda i: lr_at(i, t), t.log_every, t.eval_every,
                                     "tokens_per_s", tokens)
                 hooks = Hooks(evaluate=lambda done, bar: evaluate_at(done, bar, metrics),
-                              save=lambda done: ckpt.maybe_save(done, t.steps), started=rd.started,
+                              save=lambda done: ckpt.maybe_save(done, last_step), started=rd.started,
                               record=lambda done: {"tokens": done * tokens})
                 result = run_steps(step, loader.next, schedule, hooks, metrics, bar) or result
                 if result is None:  # resumed a finished run: its last evaluation is already logged
-                    result = evaluate_at(t.steps, bar, None)
+                    result = evaluate_at(last_step, bar, None)
             finally:
                 for closing in (bar, loader, metrics):
                     if closing is not None:
@@ -101,10 +107,12 @@ class Trainer:
         final = pm.full_model(rt.is_main)  # every stage's and tp rank's weights in a plain model: a collective
         if rt.is_main:
             save_weights(final, run_dir)
+            if private is not None and private.stop_message(t.steps):
+                print(private.stop_message(t.steps))
             print(f"validation perplexity: {result['val_ppl']:.2f} (loss {result['val_loss']:.4f})")
             print(f"run directory: {run_dir}")
         self.model = pm.module
-        return {"step": t.steps, "val_loss": result["val_loss"], "val_ppl": result["val_ppl"], "run_dir": str(run_dir)}
+        return {"step": last_step, "val_loss": result["val_loss"], "val_ppl": result["val_ppl"], "run_dir": str(run_dir)}
 
     # ------------------------------------------------------------------ pieces
 
@@ -127,18 +135,37 @@ class Trainer:
         if Path(tokenizer_path).resolve() != (run_dir / "tokenizer.json").resolve():
             shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
 
-    def _evaluator(self, pm, batches, autocast):
-        """evaluate_at(step, bar, metrics): the validation loss, logged and shown."""
+    def _evaluator(self, pm, batches, autocast, private=None, run_dir: Path | None = None):
+        """evaluate_at(step, bar, metrics): the validation loss (and DP-SGD's epsilon), logged and shown."""
         def evaluate_at(step: int, bar, metrics) -> dict:
             if pm.pipe is not None:
                 result = pm.pipe.evaluate(batches, autocast)
             else:
                 result = evaluate(pm.module, batches, self.rt.device, autocast)
             if metrics is not None:
-                metrics.log({"step": step, **result})
+                privacy = private_metrics(private, step, run_dir if self.rt.is_main else None)
+                metrics.log({"step": step, **result, **privacy})
                 self.rt.say(f"step {step}: val_loss {result['val_loss']:.4f}, val_ppl {result['val_ppl']:.2f}", bar)
             return result
         return evaluate_at
+
+
+def private_step_hooks(private, t) -> dict:
+    """TrainStep's keywords for a run: DP-SGD's hooks (its per-sample clipping replaces train.grad_clip)."""
+    if private is None:
+        return {"grad_clip": t.grad_clip}
+    return {"grad_clip": 0.0, "micro_backward": private.engine.micro_backward,
+            "after_grad_sync": private.engine.add_noise}
+
+
+def private_metrics(private, step: int, run_dir: Path | None) -> dict:
+    """{"epsilon": ...} spent after `step` steps (and privacy.json rewritten in run_dir); {} without DP-SGD."""
+    if private is None:
+        return {}
+    if run_dir is not None:
+        private.write(run_dir, step)
+    eps = private.epsilon(step)
+    return {"epsilon": eps if eps != float("inf") else None}
 
 
 def parallelize_for_run(model, rt: Runtime, config):
