@@ -10,7 +10,9 @@ approximation (Opacus does the same); privacy.json says which sampling ran.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 
 ACCOUNTANTS = ("rdp", "prv")
 # RDP orders: Opacus' defaults and larger ones, which small sampling rates and few steps need (with
@@ -34,7 +36,16 @@ def epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: f
         return math.inf
     acc = _accountant(accountant)
     acc.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
-    return float(acc.get_epsilon(delta=float(delta), **_options(accountant)))
+    with _quiet():
+        return float(acc.get_epsilon(delta=float(delta), **_options(accountant)))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Opacus warns when the best RDP order is the largest one tried (searches pass through such points)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        yield
 
 
 def _options(accountant: str) -> dict:
@@ -47,7 +58,8 @@ def calibrate_noise(*, target_epsilon: float, sample_rate: float, steps: int, de
     from opacus.accountants.utils import get_noise_multiplier
 
     _accountant(accountant)  # the name check
-    return float(get_noise_multiplier(target_epsilon=float(target_epsilon), target_delta=float(delta),
+    with _quiet():
+        return float(get_noise_multiplier(target_epsilon=float(target_epsilon), target_delta=float(delta),
                                       sample_rate=float(sample_rate), steps=int(steps), accountant=accountant,
                                       epsilon_tolerance=0.01, **_options(accountant)))
 

@@ -84,7 +84,7 @@ class _HeadDP(torch.autograd.Function):
         grad_row = grad_losses.to(h.dtype) * (labels != IGNORE)
         safe_labels = labels.masked_fill(labels == IGNORE, -1)
         V = weight.shape[0]
-        direct = B * V * d <= DIRECT_HEAD_ELEMENTS and L >= d  # ghost is cheaper for short samples
+        direct = B * V * d <= DIRECT_HEAD_ELEMENTS  # no recompute later: the cheaper way when it fits
         grad_h = torch.zeros_like(h)
         per_sample = h.new_empty(B, V, d) if direct else None
         gram = None if direct else h.new_zeros(B, L, L)
@@ -98,7 +98,8 @@ class _HeadDP(torch.autograd.Function):
                 torch.bmm(dlb.transpose(1, 2), hb, out=per_sample[:, s:e])
             else:
                 gram.baddbmm_(dlb, dlb.transpose(1, 2))
-        ctx.record(HeadUse(hb, weight, safe_labels.view(B, L), lse.view(B, L), grad_row.view(B, L), per_sample, gram))
+        record, ctx.record = ctx.record, None
+        record(HeadUse(hb, weight, safe_labels.view(B, L), lse.view(B, L), grad_row.view(B, L), per_sample, gram))
         return grad_h.to(hidden.dtype), None, None, None, None
 
 
@@ -109,8 +110,8 @@ def head_losses(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
 
 
 def head_sq_norms(use: HeadUse) -> torch.Tensor:
-    if use.per_sample is not None:
-        return use.per_sample.pow(2).sum((1, 2))
+    if use.per_sample is not None:  # a norm reduction: no (B, V, d) temporary of squares
+        return torch.linalg.vector_norm(use.per_sample.flatten(1), dim=1).pow(2)
     return (use.gram * (use.h @ use.h.transpose(1, 2))).sum((1, 2))
 
 

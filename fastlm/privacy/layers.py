@@ -58,7 +58,8 @@ class _Tap(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        ctx.on_grad(grad)
+        on_grad, ctx.on_grad = ctx.on_grad, None  # drop the closure: it must not outlive the backward
+        on_grad(grad)
         return grad, None, None
 
 
@@ -94,9 +95,10 @@ def _linear_forward(module, x, activation, rec):
     xc, w, b = _autocast(x, w, b)
     pre = F.linear(xc, w, b)
     B = rec.batch_size
+    x_seen = xc.detach()  # the closure must not hold the graph (a cycle through autograd nodes leaks)
 
     def on_grad(g):
-        rec.add(module.weight, LinearUse(_per_sample(xc.detach(), B), _per_sample(g, B)))
+        rec.add(module.weight, LinearUse(_per_sample(x_seen, B), _per_sample(g, B)))
         if module.bias is not None:
             rec.add(module.bias, DenseUse(_acc(_per_sample(g, B)).sum(1)))
 
@@ -169,9 +171,10 @@ def _norm_forward(module, x, rec, rms: bool):
     b = module.bias.detach() if getattr(module, "bias", None) is not None else None
     out = ops.rms_norm(x, w, module.eps) if rms else ops.layer_norm(x, w, b, module.eps)
     B = rec.batch_size
+    x_seen = x.detach()  # the closure must not hold the graph
 
     def on_grad(g):
-        xs = _acc(_per_sample(x.detach(), B))
+        xs = _acc(_per_sample(x_seen, B))
         if rms:
             xhat = xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + module.eps)
         else:
