@@ -95,7 +95,9 @@ class GPT(nn.Module):
         if self.tok_emb is not None:
             x = self.tok_emb(input_ids)
             if self.pos_emb is not None:
-                x = x + self.pos_emb(positions).view(-1, t, x.shape[-1])
+                # One row of positions per sequence (packed documents restart them): per-sample gradients
+                # (DP-SGD) need each row's own share of the position embedding's gradient.
+                x = x + self.pos_emb(positions.view(-1, t).expand(b, t))
             x = self.drop(x)
         elif hidden_states is None:
             raise ValueError("this GPT holds no embeddings (a pipeline stage): pass the previous stage's "

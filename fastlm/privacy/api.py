@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastlm.privacy.engine import DPSGD, batch_size_of
+from fastlm.privacy.engine import DPSGD, attention_mask_of, batch_size_of
 from fastlm.privacy.layers import _ACTIVE, apply_dp_sgd
 from fastlm.privacy.recorder import Recorder
 
@@ -70,7 +70,8 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_mu
             return
         private.clip_pending()  # the previous micro-batch's backward is done
         batch = args[0] if args else next(iter(kwargs.values()), None)
-        rec = Recorder(batch_size_of(batch), device)
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 and isinstance(batch, torch.Tensor) else None)
+        rec = Recorder(batch_size_of(batch), device, mask if mask is not None else attention_mask_of(batch))
         _ACTIVE.append(rec)
         started.append(rec)
 

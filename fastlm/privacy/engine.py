@@ -49,6 +49,12 @@ def batch_size_of(batch) -> int:
     raise ValueError(f"DP-SGD: cannot tell the number of samples of a {type(batch).__name__} batch")
 
 
+def attention_mask_of(batch) -> torch.Tensor | None:
+    """The (B, L) real-token mask of a padded micro-batch (a dict's or a MaskedBatch's attention_mask)."""
+    mask = batch.get("attention_mask") if isinstance(batch, dict) else getattr(batch, "attention_mask", None)
+    return mask if isinstance(mask, torch.Tensor) else None
+
+
 class DPSGD:
     def __init__(self, model: nn.Module, *, max_grad_norm: float, noise_multiplier: float,
                  expected_batch_size: float, loss_reduction: str = "mean", seed: int = 0, world_size: int = 1):
@@ -99,7 +105,7 @@ class DPSGD:
                 self.accumulate([torch.zeros_like(p) for p in self.params])
             zero = torch.zeros((), device=device)
             return zero, {"dp_clipped_fraction": zero}
-        rec = Recorder(B, device)
+        rec = Recorder(B, device, attention_mask_of(batch))
         with clean_context:  # no gradient reaches a parameter here: nothing to communicate
             with recording(rec):
                 loss = loss_fn()

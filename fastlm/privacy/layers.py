@@ -67,9 +67,20 @@ def tap(out: torch.Tensor, recorder, on_grad) -> torch.Tensor:
     return _Tap.apply(out, recorder.anchor, on_grad)
 
 
-def _per_sample(t: torch.Tensor, batch: int) -> torch.Tensor:
-    """(B, L, features): a sample's rows are contiguous in every layout the models use."""
-    return t.reshape(batch, -1, t.shape[-1])
+def _per_sample(t: torch.Tensor, rec) -> torch.Tensor:
+    """(B, L, features). A sample's rows are contiguous in every layout the models use; an encoder
+    runs only the real tokens of a padded batch (rec.token_mask): they go back to their rows, with
+    zeros (which add nothing to any gradient) where the padding was."""
+    rows = t.numel() // max(1, t.shape[-1])
+    mask = rec.token_mask
+    if mask is not None and rows != mask.numel() and rows == rec.real_tokens:
+        out = t.new_zeros(*mask.shape, t.shape[-1])
+        out[mask] = t.reshape(rows, t.shape[-1])
+        return out
+    if t.dim() < 2 or t.shape[0] != rec.batch_size and rows % rec.batch_size:
+        raise ValueError(f"DP-SGD: a layer saw a tensor of shape {tuple(t.shape)}, which does not split into the "
+                         f"batch's {rec.batch_size} samples")
+    return t.reshape(rec.batch_size, -1, t.shape[-1])
 
 
 def _acc(t: torch.Tensor) -> torch.Tensor:
@@ -94,13 +105,12 @@ def _linear_forward(module, x, activation, rec):
     w, b = module.weight.detach(), module.bias.detach() if module.bias is not None else None
     xc, w, b = _autocast(x, w, b)
     pre = F.linear(xc, w, b)
-    B = rec.batch_size
     x_seen = xc.detach()  # the closure must not hold the graph (a cycle through autograd nodes leaks)
 
     def on_grad(g):
-        rec.add(module.weight, LinearUse(_per_sample(x_seen, B), _per_sample(g, B)))
+        rec.add(module.weight, LinearUse(_per_sample(x_seen, rec), _per_sample(g, rec)))
         if module.bias is not None:
-            rec.add(module.bias, DenseUse(_acc(_per_sample(g, B)).sum(1)))
+            rec.add(module.bias, DenseUse(_acc(_per_sample(g, rec)).sum(1)))
 
     pre = tap(pre, rec, on_grad)
     return _ACTIVATIONS[ACTIVATION_ALIASES[activation]](pre)
@@ -141,24 +151,17 @@ class DPTorchLinear(nn.Linear):
 
 
 class DPEmbedding(nn.Embedding):
-    """Ids without a batch dimension (positions shared by every sample) are broadcast to the batch:
-    each sample's gradient holds its own share."""
-
     def forward(self, ids):
         rec = active_recorder()
         if rec is None:
             return super().forward(ids)
-        B = rec.batch_size
-        shared = ids.dim() == 1
-        if shared:
-            ids = ids.expand(B, -1)
         out = F.embedding(ids, self.weight.detach(), self.padding_idx, self.max_norm, self.norm_type,
                           self.scale_grad_by_freq, self.sparse)
         weight = self.weight
 
         def on_grad(g):
-            g = _per_sample(g, B)
-            keep = ids.reshape(B, -1)
+            g = _per_sample(g, rec)
+            keep = _per_sample(ids[..., None], rec)[..., 0]
             if self.padding_idx is not None:  # torch gives the padding row no gradient
                 g = g * (keep != self.padding_idx)[..., None]
             rec.add(weight, EmbeddingUse(keep, g))
@@ -170,16 +173,15 @@ def _norm_forward(module, x, rec, rms: bool):
     w = module.weight.detach()
     b = module.bias.detach() if getattr(module, "bias", None) is not None else None
     out = ops.rms_norm(x, w, module.eps) if rms else ops.layer_norm(x, w, b, module.eps)
-    B = rec.batch_size
     x_seen = x.detach()  # the closure must not hold the graph
 
     def on_grad(g):
-        xs = _acc(_per_sample(x_seen, B))
+        xs = _acc(_per_sample(x_seen, rec))
         if rms:
             xhat = xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + module.eps)
         else:
             xhat = F.layer_norm(xs, xs.shape[-1:], eps=module.eps)
-        gs = _acc(_per_sample(g, B))
+        gs = _acc(_per_sample(g, rec))
         rec.add(module.weight, DenseUse((gs * xhat).sum(1)))
         if b is not None:
             rec.add(module.bias, DenseUse(gs.sum(1)))

@@ -30,8 +30,11 @@ _KINDS = (LinearUse, EmbeddingUse, DenseUse, HeadUse)
 
 
 class Recorder:
-    def __init__(self, batch_size: int, device: torch.device | str):
+    def __init__(self, batch_size: int, device: torch.device | str, token_mask: torch.Tensor | None = None):
+        """token_mask: (B, L) bool, the real tokens of a padded batch (an encoder computes only those)."""
         self.batch_size = int(batch_size)
+        self.token_mask = token_mask.bool() if token_mask is not None else None
+        self.real_tokens = int(self.token_mask.sum()) if token_mask is not None else None
         self.anchor = torch.empty(0, device=device, requires_grad=True)  # see fastlm.privacy.layers._Tap
         self._uses: dict[int, tuple[torch.nn.Parameter, list]] = {}
 

@@ -95,3 +95,21 @@ class PrivateTraining:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(self.summary(steps), indent=1) + "\n")
         os.replace(tmp, path)
+
+
+def private_step_hooks(private, t) -> dict:
+    """TrainStep's keywords for a run: DP-SGD's hooks (its per-sample clipping replaces train.grad_clip)."""
+    if private is None:
+        return {"grad_clip": t.grad_clip}
+    return {"grad_clip": 0.0, "micro_backward": private.engine.micro_backward,
+            "after_grad_sync": private.engine.add_noise}
+
+
+def private_metrics(private, step: int, run_dir: Path | None) -> dict:
+    """{"epsilon": ...} spent after `step` steps (and privacy.json rewritten in run_dir); {} without DP-SGD."""
+    if private is None:
+        return {}
+    if run_dir is not None:
+        private.write(run_dir, step)
+    eps = private.epsilon(step)
+    return {"epsilon": eps if eps != float("inf") else None}

@@ -17,8 +17,10 @@ import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from fastlm.privacy.training import PrivateTraining, private_metrics, private_step_hooks
 from fastlm.tasks.adversarial import adversarial_backward
 from fastlm.tasks.backbone import build_backbone, input_embedding
 from fastlm.tasks.config import TaskConfig, task_config_from_dict
@@ -68,11 +70,14 @@ def read_task_data(task, tc: TaskConfig):
 
 
 class ExampleSampler:
-    """Global batches of example indices, a fresh seeded permutation every epoch; resumable."""
+    """Global batches of example indices, a fresh seeded permutation every epoch; resumable.
 
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.epoch, self.pos = 0, 0
+    sampling="poisson" (DP-SGD): step s includes each example independently with probability
+    batch_size / n, drawn from (seed, s): a batch of variable size."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, sampling: str = "shuffle"):
+        self.n, self.batch_size, self.seed, self.sampling = n, batch_size, seed, sampling
+        self.epoch, self.pos, self.step = 0, 0, 0
 
     def _order(self) -> list[int]:
         order = list(range(self.n))
@@ -80,6 +85,10 @@ class ExampleSampler:
         return order
 
     def next(self) -> list[int]:
+        if self.sampling == "poisson":
+            draw = np.random.default_rng([self.seed, self.step, 3]).random(self.n)
+            self.step += 1
+            return np.flatnonzero(draw < min(1.0, self.batch_size / self.n)).tolist()
         out = []
         while len(out) < self.batch_size:
             order = self._order()
@@ -91,10 +100,10 @@ class ExampleSampler:
         return out
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
+        return {"epoch": self.epoch, "pos": self.pos, "step": self.step}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self.epoch, self.pos, self.step = int(state["epoch"]), int(state["pos"]), int(state.get("step", 0))
 
 
 # ---------------------------------------------------------------- fine-tuning
@@ -163,33 +172,40 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
     train, val = task.encode(tc, train_raw, tok, info), task.encode(tc, val_raw, tok, info)
     model = task.build_model(tc, body, info).to(rt.device)
     num_params = sum(p.numel() for p in model.parameters())
+    private = PrivateTraining.setup(cfg, model, len(train), rt.dp[0])  # None without DP-SGD
     pm = parallelize_for_run(model, rt, cfg)
     optimizer = pm.wrap_optimizer(build_optimizer(pm.module, t, rt.device))
-    step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, grad_clip=t.grad_clip,
-                     loss_of=task_loss, micro_backward=adversarial_hook(model, t))
-    sampler = ExampleSampler(len(train), t.global_batch_size, t.seed)
+    step_hooks = private_step_hooks(private, t) if private is not None else \
+        {"grad_clip": t.grad_clip, "micro_backward": adversarial_hook(model, t)}
+    step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, loss_of=task_loss, **step_hooks)
+    sampler = ExampleSampler(len(train), t.global_batch_size, t.seed,
+                             sampling="poisson" if private is not None and cfg.privacy.sampling == "poisson" else "shuffle")
+    last_step = private.last_step if private is not None else t.steps
     identity = {"task": task.name, "model": tc.config.model.to_dict()}  # what a checkpoint must match
     ckpt = Checkpointer(run_dir, pm, optimizer, step.scaler, sampler, identity,
                         every=cfg.checkpoint.every, keep=cfg.checkpoint.keep, is_main=rt.is_main, device=rt.device)
-    evaluate_at = _evaluator(task, model, val, info, rt, step.autocast, tc)
+    evaluate_at = _evaluator(task, model, val, info, rt, step.autocast, tc, private, run_dir)
     metrics = bar = None
     with RunDirectory(run_dir, fresh=rt.is_main and not resume, create=rt.is_main) as rd:
         try:
             # Resume before writing the run files: a checkpoint that does not fit changes nothing.
             start = ckpt.start_step(resume, rt.say)
+            if private is not None:
+                private.engine.step = start  # the noise of step s is drawn from (seed, s)
+                rt.say(f"fastlm: {private.describe()}")
             _write_run_files(rt, run_dir, tc, info, tok, tokenizer_source)
             metrics = MetricsLog(run_dir if rt.is_main else None, tensorboard=t.tensorboard)
             metrics.truncate_after(start)
             rt.say(f"fastlm: {task.name}: {len(train)} training and {len(val)} validation examples, "
                    f"{num_params / 1e6:.2f}M parameters, {t.steps} steps of {t.global_batch_size}, {rt.precision} on "
                    f"{rt.device}" + (f", adversarial {t.adversarial}" if t.adversarial != "none" else ""))
-            bar = progress_bar(t.steps, start, rt.is_main and rt.show_progress)
-            schedule = Schedule(start, t.steps, lambda i: lr_at(i, t), t.log_every, t.eval_every, "examples_per_s",
+            bar = progress_bar(last_step, start, rt.is_main and rt.show_progress)
+            schedule = Schedule(start, last_step, lambda i: lr_at(i, t), t.log_every, t.eval_every, "examples_per_s",
                                 t.global_batch_size)
             hooks = Hooks(evaluate=lambda done, bar: evaluate_at(done, bar, metrics),
-                          save=lambda done: ckpt.maybe_save(done, t.steps), started=rd.started)
+                          save=lambda done: ckpt.maybe_save(done, last_step), started=rd.started)
             result = run_steps(step, _batches(task, train, sampler, rt, t), schedule, hooks, metrics, bar)
-            result = result or evaluate_at(t.steps, bar, None)  # None: resumed a finished run
+            result = result or evaluate_at(last_step, bar, None)  # None: resumed a finished run
         finally:
             for closing in (bar, metrics):
                 if closing is not None:
@@ -197,6 +213,8 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
     if rt.is_main:
         save_weights(model, run_dir)
         write_outputs(task, run_dir, *result, info)
+        if private is not None and private.stop_message(t.steps):
+            print(private.stop_message(t.steps))
     return {"run_dir": str(run_dir), "metrics": result[0], "model": model}
 
 
@@ -228,18 +246,25 @@ def _batches(task, train: list, sampler: ExampleSampler, rt, t):
     per_rank = t.global_batch_size // dp_size
 
     def next_batches() -> list:
-        indices = sampler.next()[dp_rank * per_rank:(dp_rank + 1) * per_rank]
+        if sampler.sampling == "poisson":  # a variable number: contiguous, nearly equal parts
+            indices = np.array_split(np.asarray(sampler.next(), dtype=np.int64), dp_size)[dp_rank].tolist()
+            if not indices:
+                return [{}]  # nothing for this rank: DP-SGD adds zeros, so that the collectives match
+        else:
+            indices = sampler.next()[dp_rank * per_rank:(dp_rank + 1) * per_rank]
         return [task.collate([train[i] for i in indices[k:k + t.micro_batch_size]])
                 for k in range(0, len(indices), t.micro_batch_size)]
     return next_batches
 
 
-def _evaluator(task, model, val: list, info: dict, rt, autocast, tc):
-    """evaluate_at(step, bar, metrics) -> (metrics, predictions) of the validation split, logged."""
+def _evaluator(task, model, val: list, info: dict, rt, autocast, tc, private=None, run_dir: Path | None = None):
+    """evaluate_at(step, bar, metrics) -> (metrics, predictions) of the validation split, logged
+    (with DP-SGD's epsilon)."""
     def evaluate_at(step: int, bar, metrics):
         result, predictions = task.evaluate(model, val, info, rt.device, autocast, tc.config.train.micro_batch_size, tc)
         if metrics is not None:
-            metrics.log({"step": step, **{f"val_{k}": v for k, v in result.items() if _is_number(v)}})
+            privacy = private_metrics(private, step, run_dir if rt.is_main else None)
+            metrics.log({"step": step, **{f"val_{k}": v for k, v in result.items() if _is_number(v)}, **privacy})
             rt.say(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items() if _is_number(v)), bar)
         return result, predictions
     return evaluate_at

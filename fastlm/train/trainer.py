@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fastlm.privacy.training import PrivateTraining
+from fastlm.privacy.training import PrivateTraining, private_metrics, private_step_hooks
 from fastlm.train.checkpointer import Checkpointer
 from fastlm.train.config import Config, ConfigError, check_batch_split, validate, with_model_architecture
 from fastlm.train.data import lm_batches, masked_lm_rule, run_corpus
@@ -148,24 +148,6 @@ class Trainer:
                 self.rt.say(f"step {step}: val_loss {result['val_loss']:.4f}, val_ppl {result['val_ppl']:.2f}", bar)
             return result
         return evaluate_at
-
-
-def private_step_hooks(private, t) -> dict:
-    """TrainStep's keywords for a run: DP-SGD's hooks (its per-sample clipping replaces train.grad_clip)."""
-    if private is None:
-        return {"grad_clip": t.grad_clip}
-    return {"grad_clip": 0.0, "micro_backward": private.engine.micro_backward,
-            "after_grad_sync": private.engine.add_noise}
-
-
-def private_metrics(private, step: int, run_dir: Path | None) -> dict:
-    """{"epsilon": ...} spent after `step` steps (and privacy.json rewritten in run_dir); {} without DP-SGD."""
-    if private is None:
-        return {}
-    if run_dir is not None:
-        private.write(run_dir, step)
-    eps = private.epsilon(step)
-    return {"epsilon": eps if eps != float("inf") else None}
 
 
 def parallelize_for_run(model, rt: Runtime, config):
