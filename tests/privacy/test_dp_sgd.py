@@ -177,13 +177,14 @@ def test_make_private_noise_and_accumulation():
         m, popt = make_private(m, torch.optim.SGD(m.parameters(), lr=0.0), noise_multiplier=noise, max_grad_norm=0.5,
                                expected_batch_size=8, seed=seed)
         for i, j in zip(ids.split(split), y.split(split)):  # gradient accumulation over micro-batches
-            (F.cross_entropy(m(i), j) * len(i) / len(ids)).backward()  # scaled like a mean over the whole batch
+            F.cross_entropy(m(i), j).backward()  # each micro-batch's mean loss (as with Opacus)
         popt.step()
         return torch.cat([p.grad.flatten() for p in m.parameters()])
 
-    # accumulation: the clipped sum does not depend on how the samples are grouped (loss scale aside)
+    # accumulation: the clipped sum does not depend on how the samples are grouped into micro-batches
     whole = grads(0.0, 8)
     assert whole.abs().sum() > 0
+    torch.testing.assert_close(grads(0.0, 3), whole)
     noisy, again, other_seed = grads(2.0, 8), grads(2.0, 8), grads(2.0, 8, seed=1)
     torch.testing.assert_close(noisy, again)  # seeded: the same on every rank and rerun
     assert not torch.allclose(noisy, other_seed)
