@@ -114,6 +114,11 @@ def parallelize(model: nn.Module, mesh, config, autocast=None) -> ParallelModel:
                         stage_layers=p.stage_layers, balance=p.stage_balance, micro_batch_size=t.micro_batch_size,
                         seq_len=config.data.seq_len, autocast=autocast)
         model = pipe.stage
+    privacy = getattr(config, "privacy", None)
+    if privacy is not None and privacy.dp_sgd:  # per-sample clipping: the layers (tp shards too) record
+        from fastlm.privacy import apply_dp_sgd
+
+        apply_dp_sgd(model)
     if t.activation_checkpointing:
         apply_activation_checkpointing(model)
     if getattr(t, "compile", False):

@@ -53,7 +53,6 @@ def validate_privacy(config) -> None:
     t, par, m = config.train, config.parallel, config.model
     unsupported = {
         "train.precision = \"fp16\" (use bf16 or fp32)": t.precision == "fp16",
-        "parallel.tp > 1": par.tp > 1,
         "parallel.pp > 1": par.pp > 1,
         "parallel.sync = \"local_sgd\"": par.sync != "every_step",
         "parallel.dp_shares": par.dp_shares is not None,

@@ -21,6 +21,8 @@ every rank: the result equals one process's.
 """
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import nn
 
@@ -55,9 +57,16 @@ def attention_mask_of(batch) -> torch.Tensor | None:
     return mask if isinstance(mask, torch.Tensor) else None
 
 
+def _stream_seed(*parts: int) -> int:
+    """A 63-bit seed from (seed, step, stream): independent streams for every step and tp shard."""
+    digest = hashlib.sha256(",".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 class DPSGD:
     def __init__(self, model: nn.Module, *, max_grad_norm: float, noise_multiplier: float,
-                 expected_batch_size: float, loss_reduction: str = "mean", seed: int = 0, world_size: int = 1):
+                 expected_batch_size: float, loss_reduction: str = "mean", seed: int = 0, world_size: int = 1,
+                 tp_group=None):
         if not max_grad_norm > 0:
             raise ValueError(f"DP-SGD: max_grad_norm must be positive, got {max_grad_norm!r}")
         if not noise_multiplier >= 0:
@@ -73,6 +82,8 @@ class DPSGD:
         self.loss_reduction = loss_reduction
         self.seed = int(seed)
         self.world_size = int(world_size)
+        self.tp_group = tp_group  # tensor parallelism: norms summed over it; each rank's shards get their own noise
+        self.tp_rank = torch.distributed.get_rank(tp_group) if tp_group is not None else 0
         self.step = 0               # optimizer steps taken (the noise of step s is drawn from (seed, s))
         self.last_norms: torch.Tensor | None = None  # the last micro-batch's per-sample norms
 
@@ -82,7 +93,7 @@ class DPSGD:
         """The clipped sum (scaled for the data-parallel average) for every parameter, in self.params order."""
         B = rec.batch_size
         per_sample_scale = B if self.loss_reduction == "mean" else 1
-        norms = rec.sq_norms().clamp_min(0).sqrt() * per_sample_scale
+        norms = rec.sq_norms(self.tp_group).clamp_min(0).sqrt() * per_sample_scale
         clip = (self.max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0)
         factors = clip * (per_sample_scale * self.world_size / self.expected_batch_size)
         self.last_norms = norms.detach()
@@ -104,7 +115,7 @@ class DPSGD:
             with final_context:
                 self.accumulate([torch.zeros_like(p) for p in self.params])
             zero = torch.zeros((), device=device)
-            return zero, {"dp_clipped_fraction": zero}
+            return zero, {"dp_clipped_fraction": zero, "dp_sample_grad_norm": zero}
         rec = Recorder(B, device, attention_mask_of(batch))
         with clean_context:  # no gradient reaches a parameter here: nothing to communicate
             with recording(rec):
@@ -114,18 +125,21 @@ class DPSGD:
         with final_context:  # the last micro-batch's gradients are all-reduced as they enter .grad
             self.accumulate(grads)
         clipped = (self.last_norms > self.max_grad_norm).float().mean()
-        return loss.detach(), {"dp_clipped_fraction": clipped}
+        return loss.detach(), {"dp_clipped_fraction": clipped, "dp_sample_grad_norm": self.last_norms.float().mean()}
 
     # ------------------------------------------------------------------ once per step
 
     def add_noise(self) -> None:
-        """grad += N(0, (sigma C / expected_batch_size)^2): the same draw on every rank; advances the step."""
+        """grad += N(0, (sigma C / expected_batch_size)^2): the same draw on every data-parallel rank (and,
+        for a replicated parameter, on every tp rank; a tp shard gets its own); advances the step."""
         std = self.noise_multiplier * self.max_grad_norm / self.expected_batch_size
         if std > 0:
             device = self.params[0].device
-            gen = torch.Generator(device=device)
-            gen.manual_seed((self.seed * 1_000_003 + self.step) % (2**63))
+            replicated = torch.Generator(device=device).manual_seed(_stream_seed(self.seed, self.step, -1))
+            shard = torch.Generator(device=device).manual_seed(_stream_seed(self.seed, self.step, self.tp_rank)) \
+                if self.tp_group is not None else None
             for p in self.params:
+                gen = shard if shard is not None and hasattr(p, "_tp_parts") else replicated
                 noise = torch.randn(p.shape, generator=gen, device=device, dtype=torch.float32)
                 if p.grad is None:
                     p.grad = (noise * std).to(p.dtype)

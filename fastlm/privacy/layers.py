@@ -217,10 +217,12 @@ DP_CLASSES: dict[type, type] = {
 
 
 def _dp_class(module: nn.Module) -> type | None:
+    from fastlm.privacy.tensor_parallel import DP_TP_CLASSES
+
     cls = type(module)
-    if cls in DP_CLASSES.values():
+    if cls in DP_CLASSES.values() or cls in DP_TP_CLASSES.values():
         return cls
-    return DP_CLASSES.get(cls)
+    return DP_CLASSES.get(cls) or DP_TP_CLASSES.get(cls)
 
 
 def apply_dp_sgd(model: nn.Module) -> nn.Module:

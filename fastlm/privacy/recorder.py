@@ -61,11 +61,19 @@ class Recorder:
             raise ValueError("DP-SGD: a weight used both by a linear layer and by the fused head is not supported")
         return merged
 
-    def sq_norms(self) -> torch.Tensor:
-        """(B,) squared norms of every sample's whole gradient (fp32; fp64 when the model is)."""
-        parts = []
+    def sq_norms(self, tp_group=None) -> torch.Tensor:
+        """(B,) squared norms of every sample's whole gradient (fp32; fp64 when the model is).
+
+        tp_group (tensor parallelism): the shards' norms (parameters with `_tp_parts`) are summed over
+        the tp ranks; a replicated parameter counts once, and one whose gradient each rank only gets part
+        of (`_tp_grad_summed`: sequence-parallel norms) has its per-sample gradients summed first."""
+        parts, sharded = [], []
         for param_id, (param, _) in self._uses.items():
             merged = self._merged(param_id)
+            if tp_group is not None and getattr(param, "_tp_grad_summed", False) and DenseUse in merged:
+                whole = merged[DenseUse].per_sample.clone()
+                torch.distributed.all_reduce(whole, group=tp_group)
+                merged[DenseUse] = DenseUse(whole)
             part = 0.0
             lin, emb, dense, head = (merged.get(k) for k in _KINDS)
             if lin is not None:
@@ -80,11 +88,16 @@ class Recorder:
                 part = part + 2 * linear_embedding_dot(lin, emb)
             if emb is not None and head is not None:  # tied: the LM head and the token embedding
                 part = part + 2 * head_embedding_dot(head, emb.ids, emb.g)
-            parts.append(part)
-        if not parts:
-            return torch.zeros(self.batch_size, device=self.anchor.device)
-        dtype = torch.float64 if any(p.dtype == torch.float64 for p in parts) else torch.float32
-        return sum(p.to(dtype) for p in parts)
+            (sharded if tp_group is not None and hasattr(param, "_tp_parts") else parts).append(part)
+        dtype = torch.float64 if any(p.dtype == torch.float64 for p in parts + sharded) else torch.float32
+        total = torch.zeros(self.batch_size, device=self.anchor.device, dtype=dtype)
+        for part in sharded:
+            total += part
+        if tp_group is not None:
+            torch.distributed.all_reduce(total, group=tp_group)
+        for part in parts:
+            total += part
+        return total
 
     def clipped_sums(self, factors: torch.Tensor) -> dict[int, torch.Tensor]:
         """{id(param): sum_b factors_b * grad_b(param)} in the parameter's dtype."""

@@ -1,10 +1,11 @@
 """What a DP-SGD run adds to a training run (`fastlm train` and `fastlm finetune` alike).
 
-    private = PrivateTraining.setup(config, model, num_samples, dp_world_size)   # None without [privacy] dp_sgd
+    pm = fastlm.parallel.parallelize(model, mesh, config)          # swaps the layers for their DP variants
+    private = PrivateTraining.setup(config, pm, num_samples)        # None without [privacy] dp_sgd
     step = TrainStep(..., grad_clip=0, micro_backward=private.engine.micro_backward,
                      after_grad_sync=private.engine.add_noise)
 
-setup() swaps the model's layers for their DP variants (before any parallel wrapper), fixes the
+setup() fixes the
 sampling rate q = global_batch_size / num_samples and delta (default 1 / num_samples), calibrates
 the noise for privacy.target_epsilon over train.steps when no noise_multiplier is given, and, when
 both are given, finds the last step whose epsilon stays within the target (`last_step`).
@@ -20,7 +21,6 @@ from pathlib import Path
 
 from fastlm.privacy.accounting import calibrate_noise, epsilon, steps_within
 from fastlm.privacy.engine import DPSGD
-from fastlm.privacy.layers import apply_dp_sgd
 from fastlm.train.errors import ConfigError
 
 
@@ -35,16 +35,16 @@ class PrivateTraining:
     settings: object        # the [privacy] section
 
     @classmethod
-    def setup(cls, config, model, num_samples: int, dp_world_size: int = 1) -> "PrivateTraining | None":
+    def setup(cls, config, pm, num_samples: int) -> "PrivateTraining | None":
+        """pm: the fastlm.parallel.ParallelModel (its layers already swapped by parallelize)."""
         p, t = config.privacy, config.train
         if not p.dp_sgd:
             return None
         if num_samples < 1:
             raise ConfigError("privacy.dp_sgd: the training data holds no sample")
-        try:
-            apply_dp_sgd(model)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        mesh = pm.mesh
+        dp_world = pm.dp.world_size if pm.dp is not None else 1
+        tp_group = mesh.tp_group if mesh is not None and mesh.tp > 1 else None
         q = min(1.0, t.global_batch_size / num_samples)
         delta = p.delta if p.delta is not None else 1.0 / num_samples
         sigma = p.noise_multiplier
@@ -58,8 +58,8 @@ class PrivateTraining:
             if last == 0:
                 raise ConfigError(f"privacy.target_epsilon = {p.target_epsilon}: already exceeded by one step with "
                                   f"noise_multiplier {sigma:g} at sampling rate {q:.4g}")
-        engine = DPSGD(model, max_grad_norm=p.max_grad_norm, noise_multiplier=sigma,
-                       expected_batch_size=t.global_batch_size, seed=t.seed, world_size=dp_world_size)
+        engine = DPSGD(pm.module, max_grad_norm=p.max_grad_norm, noise_multiplier=sigma,
+                       expected_batch_size=t.global_batch_size, seed=t.seed, world_size=dp_world, tp_group=tp_group)
         return cls(engine, sigma, q, num_samples, delta, last, p)
 
     def epsilon(self, steps: int) -> float:

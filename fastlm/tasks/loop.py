@@ -172,8 +172,8 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
     train, val = task.encode(tc, train_raw, tok, info), task.encode(tc, val_raw, tok, info)
     model = task.build_model(tc, body, info).to(rt.device)
     num_params = sum(p.numel() for p in model.parameters())
-    private = PrivateTraining.setup(cfg, model, len(train), rt.dp[0])  # None without DP-SGD
     pm = parallelize_for_run(model, rt, cfg)
+    private = PrivateTraining.setup(cfg, pm, len(train))  # None without DP-SGD
     optimizer = pm.wrap_optimizer(build_optimizer(pm.module, t, rt.device))
     step_hooks = private_step_hooks(private, t) if private is not None else \
         {"grad_clip": t.grad_clip, "micro_backward": adversarial_hook(model, t)}

@@ -67,8 +67,8 @@ class Trainer:
         self.resolved = resolved_config(cfg, model.config, tokenizer_path, corpus)
         loader, val_batches = lm_batches(cfg, corpus, model.config, rt.dp[1], rt.dp[0], rt.device)
         num_params = model.num_params()
-        private = PrivateTraining.setup(cfg, model, loader.num_samples, rt.dp[0])  # None without DP-SGD
         pm = parallelize_for_run(model.to(rt.device), rt, cfg)
+        private = PrivateTraining.setup(cfg, pm, loader.num_samples)  # None without DP-SGD
         optimizer = pm.wrap_optimizer(build_optimizer(pm.module, t, rt.device))  # ZeRO-1 with shard_optimizer
         step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, **private_step_hooks(private, t),
                          local_sgd_every=cfg.parallel.sync_every if cfg.parallel.sync == "local_sgd" else 0)

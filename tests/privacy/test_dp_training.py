@@ -77,7 +77,7 @@ def test_resume_continues_exactly(tmp_path):
     (["privacy.max_grad_norm=0"], "privacy.max_grad_norm = 0"),
     ([], "needs privacy.noise_multiplier or privacy.target_epsilon"),
     (["privacy.noise_multiplier=1", "privacy.sampling=\"random\""], "privacy.sampling = \"random\""),
-    (["privacy.noise_multiplier=1", "parallel.tp=2"], "does not combine with parallel.tp > 1"),
+    (["privacy.noise_multiplier=1", "parallel.pp=2"], "does not combine with parallel.pp > 1"),
     (["privacy.noise_multiplier=1", "privacy.delta=2"], "privacy.delta = 2"),
 ])
 def test_config_errors_name_the_key(override, message):
@@ -119,3 +119,30 @@ def test_two_data_parallel_processes_equal_one_with_noise(tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=2e-6, rtol=1e-5, msg=key)
     assert json.loads((tmp_path / "dp" / "privacy.json").read_text())["steps"] == 6
+
+
+@pytest.mark.parametrize("extra", [
+    ["parallel.tp=2"],
+    ["parallel.tp=2", "parallel.sequence_parallel=true"],
+    ["parallel.tp=2", "model.family=\"gpt2\"", "model.n_kv_head=4", "model.tie_embeddings=true"],
+], ids=["tp2", "tp2-sequence-parallel", "tp2-gpt2-tied-vocab-parallel"])
+def test_tensor_parallel_clipping_equals_one_process(tmp_path, extra):
+    """tp=2 without noise (a shard's noise is its own draw): the per-sample norms summed over the tp
+    ranks clip exactly as one process does, through the vocabulary-parallel embedding and head."""
+    extra = ["privacy.noise_multiplier=0", "checkpoint.every=0", "train.eval_every=0", "train.steps=3", *extra]
+    single = [e for e in extra if not e.startswith("parallel.")]
+    _run(tmp_path / "single", *single)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "fastlm", "train", "tiny",
+           "--out", str(tmp_path / "tp"), "--quiet", *[a for item in [*MICRO, *extra] for a in ("--set", item)]]
+    out = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    a, b = (safetensors.torch.load_file(tmp_path / r / "model.safetensors") for r in ("single", "tp"))
+    for key in a:  # fp32 sums in another order, through AdamW
+        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-4, msg=key)
+    # the per-sample norms themselves (a shard's norm alone would be far smaller)
+    norms = [[r["dp_sample_grad_norm"] for r in read_metrics(tmp_path / run) if "loss" in r] for run in ("single", "tp")]
+    assert len(norms[0]) == 3 and norms[0] == pytest.approx(norms[1], rel=1e-4)
+    assert max(r["dp_clipped_fraction"] for r in read_metrics(tmp_path / "single") if "loss" in r) > 0
