@@ -27,6 +27,7 @@ SUITE_MODULES = {
     "word2vec": "word2vec",
     "lm_history": "lm_history",
     "recurrent": "recurrent",
+    "dp_sgd": "dp_sgd",
 }
 
 

@@ -100,10 +100,15 @@ class Recorder:
         return total
 
     def clipped_sums(self, factors: torch.Tensor) -> dict[int, torch.Tensor]:
-        """{id(param): sum_b factors_b * grad_b(param)} in the parameter's dtype."""
+        """{id(param): sum_b factors_b * grad_b(param)} in the parameter's dtype.
+
+        Each parameter's uses are released once its sum is taken, so the saved inputs and output
+        gradients make way for the gradients instead of adding to them (the recorder is spent)."""
         out = {}
-        for param_id, (param, _) in self._uses.items():
+        for param_id in list(self._uses):
+            param = self._uses[param_id][0]
             merged = self._merged(param_id)
+            self._uses[param_id] = (param, [])
             acc_dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
             grad = torch.zeros(param.shape, dtype=acc_dtype, device=param.device)
             for kind, use in merged.items():

@@ -79,8 +79,7 @@ def _head_per_sample(h, w, labels, grad_row):
 
 @pytest.mark.parametrize("direct", [True, False])
 def test_fused_head_per_sample_norms_sums_and_tied_embedding(monkeypatch, direct):
-    if not direct:
-        monkeypatch.setattr(head_rules, "DIRECT_HEAD_ELEMENTS", 0)
+    monkeypatch.setattr(head_rules, "_direct", lambda *shape: direct)
     monkeypatch.setattr(head_rules, "CHUNK_ELEMENTS", 64)  # several vocabulary chunks
     torch.manual_seed(4)
     B, L, d, V = 3, 5, 4, 13

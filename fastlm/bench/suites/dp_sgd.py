@@ -11,7 +11,10 @@ peak RSS is its own):
   clipping: a second backward with the clipped loss).
 Ratios: fastlm_dp / fastlm (targets <= 1.25x time, <= 1.1x memory) and opacus_ghost / fastlm_dp.
 Memory: CUDA max_memory_allocated, or on CPU the growth of the peak RSS during the timed steps
-(`train_mem_mb`; the interpreter, torch and the model are there before and after).
+(`train_mem_mb`; the interpreter, torch and the model are there before and after) in a second run
+of each implementation with MALLOC_MMAP_THRESHOLD_=131072, so that glibc returns every freed large
+block and the RSS follows the live tensors (the timed run keeps the default allocator: mmap-backed
+allocations make every step slower).
 """
 from __future__ import annotations
 
@@ -28,8 +31,10 @@ import torch
 from fastlm.bench.registry import Options, Suite
 
 IMPLS = ("fastlm", "fastlm_dp", "torch", "opacus_ghost")
-SHAPE = dict(d_model=256, n_layer=4, n_head=8, n_kv_head=4, vocab_size=4096, seq_len=128, batch_size=8)
-QUICK_SHAPE = dict(d_model=128, n_layer=2, n_head=4, n_kv_head=2, vocab_size=2048, seq_len=128, batch_size=8)
+SHAPE = {"d_model": 256, "n_layer": 4, "n_head": 8, "n_kv_head": 4, "vocab_size": 4096, "seq_len": 128,
+         "batch_size": 8}
+QUICK_SHAPE = {"d_model": 128, "n_layer": 2, "n_head": 4, "n_kv_head": 2, "vocab_size": 2048, "seq_len": 128,
+               "batch_size": 8}
 
 
 def _rss_kb() -> int:
@@ -76,15 +81,15 @@ def worker(spec: dict) -> dict:
     batches = [torch.randint(0, V, (B, T), generator=g).to(device) for _ in range(spec["warmup"] + spec["steps"])]
     noise, clip = 1.0, 1.0
     ce = torch.nn.CrossEntropyLoss()
-    targets = lambda x: torch.nn.functional.pad(x[:, 1:], (0, 1), value=-100)  # noqa: E731
+    targets = lambda x: torch.nn.functional.pad(x[:, 1:], (0, 1), value=-100)
     if impl == "fastlm_dp":
         from fastlm.privacy import make_private
 
         model, opt = make_private(model, opt, noise_multiplier=noise, max_grad_norm=clip, expected_batch_size=B)
     if impl in ("fastlm", "fastlm_dp"):
-        loss_of = lambda x: model(x, labels=x, return_logits=False)[1]  # noqa: E731
+        loss_of = lambda x: model(x, labels=x, return_logits=False)[1]
     elif impl == "torch":
-        loss_of = lambda x: ce(model(x).flatten(0, 1), targets(x).flatten())  # noqa: E731
+        loss_of = lambda x: ce(model(x).flatten(0, 1), targets(x).flatten())
     else:
         from opacus import PrivacyEngine
 
@@ -120,9 +125,10 @@ def worker(spec: dict) -> dict:
     return out
 
 
-def spawn(spec: dict) -> dict:
+def spawn(spec: dict, exact_rss: bool = False) -> dict:
+    env = dict(os.environ, **({"MALLOC_MMAP_THRESHOLD_": "131072"} if exact_rss else {}))
     proc = subprocess.run([sys.executable, "-m", "fastlm.bench.suites.dp_sgd", "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=dict(os.environ))
+                          check=False, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"dp_sgd run {spec['impl']} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -137,6 +143,10 @@ def measure_shape(shape: dict, device: str, warmup: int, steps: int, repeats: in
             r = spawn(dict(shape, impl=impl, device=device, warmup=warmup, steps=steps, threads=threads))
             if impl not in best or r["step_s"] < best[impl]["step_s"]:
                 best[impl] = r
+    if device != "cuda":  # the memory of a run whose RSS follows the live tensors (see the module doc)
+        for impl in impls:
+            r = spawn(dict(shape, impl=impl, device=device, warmup=1, steps=2, threads=threads), exact_rss=True)
+            best[impl].update(train_mem_mb=r["train_mem_mb"], peak_rss_mb=r["peak_rss_mb"])
     return best
 
 
