@@ -32,7 +32,7 @@ class PrivateOptimizer:
 
     def clip_pending(self) -> None:
         for rec in self.pending:
-            self.engine.accumulate(self.engine.clip_micro_batch(rec))
+            self.engine.add_clipped(rec)
         self.pending.clear()
 
     def step(self, closure=None):

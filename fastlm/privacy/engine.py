@@ -10,7 +10,7 @@ mean loss times the micro-batch size, differentiated for that sample: exactly th
 sample's mean loss when the samples count the same number of tokens, as LM windows do) and
 clip(g, C) = g * min(1, C / (||g|| + 1e-6)).
 
-One micro-batch (`clip_micro_batch`): the backward through the DP layers computes no weight
+One micro-batch (`add_clipped`): the backward through the DP layers computes no weight
 gradient; from what it recorded come every sample's norm over the whole model, the clipping
 factors, and the clipped sums, which enter `.grad` through `torch.autograd.backward` on the
 parameters, so that a data-parallel wrapper's gradient hooks (fastlm's DataParallel buckets, torch
@@ -89,21 +89,28 @@ class DPSGD:
 
     # ------------------------------------------------------------------ one micro-batch
 
-    def clip_micro_batch(self, rec: Recorder) -> list[torch.Tensor]:
-        """The clipped sum (scaled for the data-parallel average) for every parameter, in self.params order."""
-        B = rec.batch_size
-        per_sample_scale = B if self.loss_reduction == "mean" else 1
+    def clip_factors(self, rec: Recorder) -> torch.Tensor:
+        """(B,) the factor of every sample's gradient: its clipping, and the scaling for the data-parallel average."""
+        per_sample_scale = rec.batch_size if self.loss_reduction == "mean" else 1
         norms = rec.sq_norms(self.tp_group).clamp_min(0).sqrt() * per_sample_scale
         clip = (self.max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0)
-        factors = clip * (per_sample_scale * self.world_size / self.expected_batch_size)
         self.last_norms = norms.detach()
-        sums = rec.clipped_sums(factors)
-        return [sums[id(p)] if id(p) in sums else torch.zeros_like(p) for p in self.params]
+        return clip * (per_sample_scale * self.world_size / self.expected_batch_size)
 
-    def accumulate(self, grads: list[torch.Tensor]) -> None:
-        """Add grads into .grad through autograd, so that gradient hooks fire (reverse order: as a backward)."""
-        pairs = [(p, g) for p, g in zip(self.params, grads)][::-1]
-        torch.autograd.backward([p for p, _ in pairs], [g for _, g in pairs])
+    def add_clipped(self, rec: Recorder) -> None:
+        """.grad += the micro-batch's clipped sum, one parameter at a time (through autograd, so that
+        gradient hooks fire as in a backward; one at a time, so that no second copy of every gradient
+        exists at once); parameters the micro-batch did not use get zeros (data parallelism counts them)."""
+        factors = self.clip_factors(rec)
+        done = set()
+        for param, grad in rec.clipped_sums(factors):
+            torch.autograd.backward(param, grad)
+            done.add(id(param))
+        self.add_zeros([p for p in self.params if id(p) not in done])
+
+    def add_zeros(self, params) -> None:
+        for p in reversed(params):
+            torch.autograd.backward(p, torch.zeros_like(p))
 
     def micro_backward(self, loss_fn, scale, clean_context, final_context, batch=None):
         """fastlm.train.step.TrainStep's hook: forward and backward of one micro-batch, clipped."""
@@ -113,7 +120,7 @@ class DPSGD:
         B = batch_size_of(batch)
         if B == 0:  # nothing sampled for this rank: zeros, so that the collectives still match
             with final_context:
-                self.accumulate([torch.zeros_like(p) for p in self.params])
+                self.add_zeros(self.params)
             zero = torch.zeros((), device=device)
             return zero, {"dp_clipped_fraction": zero, "dp_sample_grad_norm": zero}
         rec = Recorder(B, device, attention_mask_of(batch))
@@ -121,9 +128,8 @@ class DPSGD:
             with recording(rec):
                 loss = loss_fn()
             loss.backward()
-        grads = self.clip_micro_batch(rec)
         with final_context:  # the last micro-batch's gradients are all-reduced as they enter .grad
-            self.accumulate(grads)
+            self.add_clipped(rec)
         clipped = (self.last_norms > self.max_grad_norm).float().mean()
         return loss.detach(), {"dp_clipped_fraction": clipped, "dp_sample_grad_norm": self.last_norms.float().mean()}
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from fastlm.ops.linear_cross_entropy import CHUNK_ELEMENTS
-
 IGNORE = -100
+# Logits computed at once (4 MiB in fp32): the passes below keep a few such temporaries alive.
+CHUNK_ELEMENTS = 1 << 20
 # Per-sample head gradients are materialized ("direct") up to this many elements (256 MiB in fp32).
 DIRECT_HEAD_ELEMENTS = 1 << 26
 
@@ -44,11 +44,11 @@ def _vocab_chunks(vocab: int, tokens: int):
 
 def _dlogits(h, w_chunk, start, labels, lse, grad_row):
     """(softmax - onehot) * grad_row for the vocabulary columns [start, start + len(w_chunk))."""
-    d = torch.exp(h @ w_chunk.t() - lse[:, None])
+    d = (h @ w_chunk.t()).sub_(lse[:, None]).exp_()
     inside = (labels >= start) & (labels < start + w_chunk.shape[0])
     rows = inside.nonzero().flatten()
     d[rows, labels[rows] - start] -= 1.0
-    return d * grad_row[:, None]
+    return d.mul_(grad_row[:, None])
 
 
 def _direct(B: int, L: int, V: int, d: int) -> bool:

@@ -5,7 +5,7 @@ every sample's gradient norm over the whole model, and the clipped sum of the sa
     with recording(rec):                      # fastlm.privacy.layers
         loss = model(batch); loss.backward()  # the DP layers add their uses
     norms = rec.sq_norms().sqrt()             # (B,)
-    grads = rec.clipped_sums(factors)         # {param: sum_b factors_b grad_b(param)}
+    for param, grad in rec.clipped_sums(factors):   # sum_b factors_b grad_b(param)
 """
 from __future__ import annotations
 
@@ -99,12 +99,11 @@ class Recorder:
             total += part
         return total
 
-    def clipped_sums(self, factors: torch.Tensor) -> dict[int, torch.Tensor]:
-        """{id(param): sum_b factors_b * grad_b(param)} in the parameter's dtype.
+    def clipped_sums(self, factors: torch.Tensor):
+        """Yields (param, sum_b factors_b * grad_b(param)) in the parameter's dtype, in backward order.
 
         Each parameter's uses are released once its sum is taken, so the saved inputs and output
         gradients make way for the gradients instead of adding to them (the recorder is spent)."""
-        out = {}
         for param_id in list(self._uses):
             param = self._uses[param_id][0]
             merged = self._merged(param_id)
@@ -120,5 +119,4 @@ class Recorder:
                     dense_clipped_sum(use, factors, grad)
                 else:
                     head_clipped_sum(use, factors, grad)
-            out[param_id] = grad.to(param.dtype)
-        return out
+            yield param, grad.to(param.dtype)

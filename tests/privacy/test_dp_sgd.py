@@ -40,7 +40,7 @@ def _dp_sum(model, loss, batch_size: int, max_norm: float, mask=None):
     with recording(rec):
         out = loss(dp_model)
     out.backward()
-    engine.accumulate(engine.clip_micro_batch(rec))
+    engine.add_clipped(rec)
     return {n: p.grad for n, p in dp_model.named_parameters()}, engine.last_norms
 
 
