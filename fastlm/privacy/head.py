@@ -187,9 +187,14 @@ def head_clipped_sum(use: HeadUse, factors: torch.Tensor, out: torch.Tensor) -> 
         out.add_(torch.tensordot(f, use.per_sample, dims=1).to(out.dtype))
         return
     B, L, d = use.h.shape
-    h = use.h.reshape(B * L, d)
-    rows = (use.grad_row * f[:, None]).flatten()
-    labels, lse = use.labels.flatten(), use.lse.flatten()
-    for s, e in _vocab_chunks(use.weight.shape[0], B * L):
-        dl = _dlogits(h, use.weight[s:e].to(h.dtype), s, labels, lse, rows)
-        out[s:e] += (dl.t() @ h).to(out.dtype)
+    w = use.weight.to(use.h.dtype)
+    scaled = use.grad_row * f[:, None]  # a sample's factor scales its rows' dlogits
+    for s, e in _sample_chunks(B, L, w.shape[0]):  # recompute each chunk's logits, whole rows at a time
+        h = use.h[s:e].reshape(-1, d)
+        logits, labels, lse, rows = h @ w.t(), use.labels[s:e].flatten(), use.lse[s:e].flatten(), scaled[s:e].flatten()
+        if logits.dtype == torch.float64:
+            dl = _dlogits(h, w, 0, labels, lse, rows)
+        else:  # the native cross-entropy backward: softmax - onehot, scaled per row, in one pass
+            dl = torch.ops.fastlm.cross_entropy_bwd(rows, logits, labels.masked_fill(labels < 0, IGNORE), lse,
+                                                    IGNORE, 0.0, 0.0)
+        out.addmm_(dl.t().to(out.dtype), h.to(out.dtype))

@@ -107,3 +107,26 @@ def test_fused_head_per_sample_norms_sums_and_tied_embedding(monkeypatch, direct
     ge = torch.randn(B, 6, d, dtype=torch.float64)
     emb = _grads_embedding(ids, ge, V)
     torch.testing.assert_close(head_rules.head_embedding_dot(use, ids, ge), (per * emb).sum((1, 2)))
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_fused_head_in_float32_matches_float64(monkeypatch, direct):
+    """The native kernels' path (fp32): norms and clipped sums within fp32 error of the fp64 ones."""
+    monkeypatch.setattr(head_rules, "_direct", lambda *shape: direct)
+    torch.manual_seed(5)
+    B, L, d, V = 4, 7, 8, 37
+    h64, w64 = torch.randn(B * L, d, dtype=torch.float64), torch.randn(V, d, dtype=torch.float64)
+    labels = torch.randint(0, V, (B * L,))
+    labels[3] = -100
+    results = {}
+    for dtype in (torch.float32, torch.float64):
+        uses = []
+        h = h64.to(dtype).requires_grad_()
+        losses = head_rules.head_losses(h, w64.to(dtype), labels, B, uses.append)
+        losses.sum().backward()  # a uniform upstream gradient: the forward's unit gradients, scaled
+        f = torch.linspace(0.2, 1.0, B, dtype=torch.float64)
+        out = torch.zeros(V, d, dtype=torch.float64)
+        head_rules.head_clipped_sum(uses[0], f, out)
+        results[dtype] = (losses.double(), head_rules.head_sq_norms(uses[0]).double(), out, h.grad.double())
+    for got, want in zip(results[torch.float32], results[torch.float64]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
