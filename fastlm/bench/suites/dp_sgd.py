@@ -71,6 +71,11 @@ def worker(spec: dict) -> dict:
                     n_kv_head=spec["n_kv_head"], d_model=spec["d_model"], max_seq_len=spec["seq_len"])
     torch.manual_seed(0)
     model = GPT(cfg)
+    classify = spec.get("task") == "classify"  # fine-tuning: a 2-way classifier on the last token
+    if classify:
+        from fastlm.tasks.classification import SequenceClassifier
+
+        model = SequenceClassifier(model, num_labels=2)
     impl = spec["impl"]
     if impl in ("torch", "opacus_ghost"):
         _torch_layers(model)
@@ -79,6 +84,8 @@ def worker(spec: dict) -> dict:
     B, T, V = spec["batch_size"], spec["seq_len"], spec["vocab_size"]
     g = torch.Generator().manual_seed(1234)
     batches = [torch.randint(0, V, (B, T), generator=g).to(device) for _ in range(spec["warmup"] + spec["steps"])]
+    if classify:
+        batches = [{"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x[:, 0] % 2} for x in batches]
     noise, clip = 1.0, 1.0
     ce = torch.nn.CrossEntropyLoss()
     targets = lambda x: torch.nn.functional.pad(x[:, 1:], (0, 1), value=-100)
@@ -86,20 +93,25 @@ def worker(spec: dict) -> dict:
         from fastlm.privacy import make_private
 
         model, opt = make_private(model, opt, noise_multiplier=noise, max_grad_norm=clip, expected_batch_size=B)
-    if impl in ("fastlm", "fastlm_dp"):
+    if classify and impl != "opacus_ghost":
+        loss_of = lambda b: model(b)["loss"]
+    elif impl in ("fastlm", "fastlm_dp"):
         loss_of = lambda x: model(x, labels=x, return_logits=False)[1]
     elif impl == "torch":
         loss_of = lambda x: ce(model(x).flatten(0, 1), targets(x).flatten())
     else:
         from opacus import PrivacyEngine
 
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.cat(batches)), batch_size=B)
+        ids = torch.cat([b["input_ids"] if classify else b for b in batches])
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids), batch_size=B)
         engine = PrivacyEngine()
         model, opt, ce, _ = engine.make_private(module=model, optimizer=opt, data_loader=loader, criterion=ce,
                                                 noise_multiplier=noise, max_grad_norm=clip, grad_sample_mode="ghost",
                                                 poisson_sampling=False)
 
         def loss_of(x):
+            if classify:
+                return ce(model(x)["logits"], x["labels"])
             logits = model(x)
             return ce(logits.flatten(0, 1), targets(x).flatten(), shape=logits.shape)
     if device.type == "cuda":
