@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastlm.models import GPT, RECURRENT_FAMILIES, MaxEntConfig, MaxEntLM, RecurrentLM
+from fastlm.privacy.encryption import encryption_for
 from fastlm.train.config import Config, load_config
 from fastlm.train.errors import CheckpointError, ConfigError
 from fastlm.train.weights import load_weights
@@ -70,7 +71,7 @@ def _run_model(run_dir: Path, device="cpu") -> tuple[Config, GPT]:
 
         load_sharded(sharded, model.to(device))
     else:
-        load_weights(model, run_dir, device)
+        load_weights(model, run_dir, device, enc=encryption_for(run_dir, config.checkpoint))
         model.to(device)
     return config, model
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 from fastlm.train.checkpointer import Checkpointer
-from fastlm.train.config import Config, ConfigError, check_batch_split, validate, with_model_architecture
+from fastlm.privacy.encryption import encryption_for
+from fastlm.train.config import (Config, ConfigError, check_batch_split, check_checkpoint_key, validate,
+                                 with_model_architecture)
 from fastlm.train.data import lm_batches, masked_lm_rule, run_corpus
 from fastlm.train.evaluate import evaluate
 from fastlm.train.loop import Hooks, Schedule, run_steps
@@ -36,6 +38,7 @@ class Trainer:
     def __init__(self, config: Config, out_dir: str | os.PathLike | None = None, resume: bool = False,
                  show_progress: bool = True):
         validate(config)  # also a config built or changed in Python gets one-line errors
+        check_checkpoint_key(config)  # an encrypted run fails here, not at its first checkpoint
         if config.train.adversarial != "none":  # embedding perturbation lives in the task loop
             raise ConfigError(f"train.adversarial = \"{config.train.adversarial}\": only for fine-tuning "
                               f"(fastlm finetune TASK CONFIG), not for language-model training")
@@ -71,8 +74,9 @@ class Trainer:
         step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, grad_clip=t.grad_clip,
                          local_sgd_every=cfg.parallel.sync_every if cfg.parallel.sync == "local_sgd" else 0)
         identity = {"model": model.config.to_dict(), "corpus_key": corpus.key}  # what a checkpoint must match
+        enc = encryption_for(run_dir, cfg.checkpoint, create_id=True)  # None unless checkpoint.encrypt
         ckpt = Checkpointer(run_dir, pm, optimizer, step.scaler, loader, identity, every=cfg.checkpoint.every,
-                            keep=cfg.checkpoint.keep, is_main=rt.is_main, device=rt.device)
+                            keep=cfg.checkpoint.keep, is_main=rt.is_main, device=rt.device, enc=enc)
         evaluate_at = self._evaluator(pm, val_batches, step.autocast)
         metrics = bar = None
         with RunDirectory(run_dir, fresh=rt.is_main and not self.resume, create=rt.is_main) as rd:
@@ -100,7 +104,7 @@ class Trainer:
                         closing.close()  # the bar ends its line, so an error message starts on a fresh one
         final = pm.full_model(rt.is_main)  # every stage's and tp rank's weights in a plain model: a collective
         if rt.is_main:
-            save_weights(final, run_dir)
+            save_weights(final, run_dir, enc)
             print(f"validation perplexity: {result['val_ppl']:.2f} (loss {result['val_loss']:.4f})")
             print(f"run directory: {run_dir}")
         self.model = pm.module
@@ -155,6 +159,8 @@ def resolved_config(config: Config, model_config, tokenizer_path: Path | None, c
     """A copy of config recording what the run really used: the model's architecture (model_config:
     init_from brings its own) and, when the tokenizer came from a file, that file and its vocabulary size."""
     resolved = with_model_architecture(config, model_config)
+    if resolved.checkpoint.key_file:  # readers in another directory find it (the path, never the key)
+        resolved.checkpoint.key_file = str(Path(resolved.checkpoint.key_file).resolve())
     if tokenizer_path is not None:
         resolved.data.tokenizer = str(Path(tokenizer_path).resolve())
         resolved.data.vocab_size = corpus.vocab_size

@@ -1,0 +1,1 @@
+"""fastlm.privacy: private training (see the modules of this package)."""
