@@ -41,6 +41,7 @@ VERSION = 1
 HEADER = struct.Struct(">8sBI")        # magic, version, chunk size
 NONCE_BYTES, TAG_BYTES = 12, 16
 CHUNK_BYTES = 64 << 20                 # AES-GCM in `cryptography` takes < 2 GiB per call
+MAX_CHUNK_BYTES = 1 << 30
 NO_KEY = (f"no key (set {KEY_ENV} to a base64 key of {KEY_BYTES} bytes, or checkpoint.key_file to a file "
           f"holding one; `fastlm keygen PATH` makes one)")
 AUTH_FAILED = "authentication failed (wrong key, or the file was modified or belongs to another run)"
@@ -62,7 +63,7 @@ def load_key(key_file: str | os.PathLike | None = None) -> bytes:
             text = Path(key_file).read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as e:
             raise _error(f"checkpoint.key_file = {str(key_file)!r}: cannot read the key "
-                              f"({getattr(e, 'strerror', None) or e})") from None
+                         f"({getattr(e, 'strerror', None) or e})") from None
         return _decode_key(text, f"checkpoint.key_file = {str(key_file)!r}")
     text = os.environ.get(KEY_ENV)
     if not text:
@@ -92,7 +93,7 @@ def write_key_file(path: str | os.PathLike, force: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not force:
         raise _error(f"{path} already exists (use --force to replace the key; data encrypted with the old "
-                          f"key can then no longer be read)")
+                     f"key can then no longer be read)")
     target = path.with_name(f".{path.name}.tmp-{os.getpid()}") if force else path
     try:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -155,6 +156,8 @@ class Encryption:
         """Encrypt data as root's file `name` into path (a temporary name, renamed into place)."""
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+        if not 0 < self.chunk_bytes <= MAX_CHUNK_BYTES:
+            raise ValueError(f"chunk_bytes = {self.chunk_bytes}: expected 1 .. {MAX_CHUNK_BYTES}")
         key, rid = self._resolve(path, writing=True)
         aes, view = AESGCM(key), memoryview(data).cast("B")
         header = HEADER.pack(MAGIC, VERSION, self.chunk_bytes)
@@ -185,7 +188,7 @@ class Encryption:
             head = f.read(HEADER.size)
             if not head.startswith(MAGIC):
                 raise _error(f"{path}: not encrypted, but checkpoint.encrypt = true (expected an encrypted "
-                                  f"file; a plaintext file in an encrypted run is not read)")
+                             f"file; a plaintext file in an encrypted run is not read)")
             if len(head) < HEADER.size:
                 raise _error(f"{path}: {AUTH_FAILED}")
             _, version, chunk_bytes = HEADER.unpack(head)
@@ -196,17 +199,17 @@ class Encryption:
             body = os.fstat(f.fileno()).st_size - HEADER.size
             count = max(1, -(-body // record))
             last = body - (count - 1) * record
-            if chunk_bytes == 0 or last < NONCE_BYTES + TAG_BYTES:
-                raise _error(f"{path}: {AUTH_FAILED}")
-            out = bytearray()
+            if not 0 < chunk_bytes <= MAX_CHUNK_BYTES or last < NONCE_BYTES + TAG_BYTES:
+                raise _error(f"{path}: {AUTH_FAILED}")  # a changed header or a truncated file
+            chunks = []
             try:
                 for index in range(count):
                     blob = f.read(record if index < count - 1 else last)
                     aad = _aad(head, name, rid, index, index == count - 1)
-                    out += aes.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+                    chunks.append(aes.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad))
             except InvalidTag:
                 raise _error(f"{path}: {AUTH_FAILED}") from None
-        return bytes(out)
+        return b"".join(chunks)
 
     def _resolve(self, path, writing: bool) -> tuple[bytes, str]:
         from fastlm.train.errors import FastlmError
@@ -235,5 +238,5 @@ def encryption_for(directory: str | os.PathLike, checkpoint, create_id: bool = F
 def refuse_encrypted(path: str | os.PathLike) -> None:
     """FastlmError when path is encrypted but is being read as plaintext (its run says encrypt = false)."""
     if Path(path).is_file() and is_encrypted(path):
-        raise _error(f"{path} is encrypted, but its run's config.toml has checkpoint.encrypt = false "
-                          f"(the config does not belong to these weights)")
+        raise _error(f"{path} is encrypted, but is read as plaintext (checkpoint.encrypt = false in the "
+                     f"config of the run reading it)")

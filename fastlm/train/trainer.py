@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from fastlm.train.checkpointer import Checkpointer
 from fastlm.privacy.encryption import encryption_for
+from fastlm.train.checkpointer import Checkpointer
 from fastlm.train.config import (Config, ConfigError, check_batch_split, check_checkpoint_key, validate,
                                  with_model_architecture)
 from fastlm.train.data import lm_batches, masked_lm_rule, run_corpus
@@ -117,7 +117,7 @@ class Trainer:
         tokenizer = Path(cfg.data.tokenizer) if cfg.data.tokenizer else None
         if not cfg.model.init_from:
             return build_model(cfg), tokenizer
-        model, init_tokenizer = init_model_from(cfg.model.init_from)
+        model, init_tokenizer = init_model_from(cfg.model.init_from, encrypt=cfg.checkpoint.encrypt)
         if cfg.model.is_encoder or hasattr(model, "pooler"):  # encoder pretraining needs the MLM head
             model = masked_lm_model(model, cfg.data.sentence_order)
         self.rt.say(f"fastlm: initialized from {cfg.model.init_from}")

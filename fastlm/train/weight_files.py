@@ -26,7 +26,7 @@ def save_model_file(model: torch.nn.Module, path: Path, enc: Encryption | None =
         return
     state = model.state_dict()
     # What safetensors.torch.save_model does before writing: one name of each group of tied tensors.
-    for kept, removed in safetensors.torch._remove_duplicate_names(state).items():
+    for removed in safetensors.torch._remove_duplicate_names(state).values():
         for other in removed:
             del state[other]
     enc.write(path, safetensors.torch.save({k: v.contiguous() for k, v in state.items()}), name)
