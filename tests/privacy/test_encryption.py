@@ -386,3 +386,29 @@ def test_finetune_and_evaluate(tmp_path, key, capsys, monkeypatch):
     assert f"{run / 'model.safetensors'}: cannot decrypt: no key" in error_line(capsys)
     assert main(["finetune", "classification", str(cfg), "--out", str(tmp_path / "r2"), "--quiet"]) == 1
     assert "checkpoint.encrypt = true: no key" in error_line(capsys) and not (tmp_path / "r2").exists()
+
+
+def test_data_parallel_run_and_resume(tmp_path, key):
+    """torchrun with 2 processes: rank 0 writes encrypted checkpoints, every rank reads them on --resume."""
+    import subprocess
+    import sys
+
+    from tests.parallel.dist_helpers import free_port
+
+    def torchrun(out: Path, *extra: str) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2", "--master-port",
+               str(free_port()), "-m", "fastlm", "train", "tiny", "--out", str(out), "--quiet",
+               *extra, *_sets(*FAST)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    torchrun(straight)
+    assert_no_plaintext(straight, _weight_needles(straight))
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_0000004")
+    (resumed / "model.safetensors").unlink()
+    torchrun(resumed, "--resume")
+    wa, wb = load_run(straight)[1].state_dict(), load_run(resumed)[1].state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
