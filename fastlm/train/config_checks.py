@@ -8,7 +8,8 @@ import math
 import os
 from typing import TYPE_CHECKING
 
-from fastlm.train.errors import ConfigError
+from fastlm.privacy.encryption import load_key
+from fastlm.train.errors import ConfigError, FastlmError
 from fastlm.train.model_section import MODEL_SECTIONS
 from fastlm.train.toml_text import show as _show
 
@@ -124,9 +125,6 @@ def check_checkpoint_key(config: Config) -> None:
     """With checkpoint.encrypt, the key must be there and valid before training starts (ConfigError)."""
     if not config.checkpoint.encrypt:
         return
-    from fastlm.privacy.encryption import load_key
-    from fastlm.train.errors import FastlmError
-
     try:
         load_key(config.checkpoint.key_file)
     except FastlmError as e:

@@ -11,8 +11,8 @@ LlamaForCausalLM, encoder runs BertForMaskedLM / RobertaForMaskedLM / AlbertForM
 
 An encrypted run ([checkpoint] encrypt = true) exports an encrypted model.safetensors (bound to its
 name and a run id of the export's own run_id.json): no plaintext weights are written. The other
-files are plaintext; transformers loads the directory once the weights are decrypted
-(fastlm.privacy.encryption.Encryption(out).read).
+files are plaintext; transformers loads the directory once the weights are decrypted, e.g.
+Encryption(out, key_file).read(out / "model.safetensors", "model.safetensors") (fastlm.privacy.encryption).
 
 Special tokens: a run that kept the tokenizer of a Hugging Face checkpoint it started from
 (model.init_from, followed through runs started from runs) gets that checkpoint's tokenizer,
