@@ -109,14 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the benchmarks and their baselines")
     p.set_defaults(func=_bench)
 
+    _add_keygen_parser(sub)
+    _add_embeddings_parser(sub)
+    return parser
+
+
+def _add_keygen_parser(sub) -> None:
     p = sub.add_parser("keygen", help="write a new key for [checkpoint] encrypt = true (mode 0600)")
     p.add_argument("path", metavar="PATH", nargs="?", default="fastlm.key",
                    help="the key file to create (default: fastlm.key); use it as checkpoint.key_file")
     p.add_argument("--force", action="store_true", help="replace an existing key file")
     p.set_defaults(func=_keygen)
-
-    _add_embeddings_parser(sub)
-    return parser
 
 
 def _add_embeddings_parser(sub) -> None:
