@@ -8,6 +8,7 @@
     fastlm finetune TASK CONFIG [--out RUN_DIR] [--set section.key=value ...] [--resume]
     fastlm evaluate TASK RUN_DIR [--data FILE] [--out DIR]
     fastlm quantize RUN_DIR --scheme w8a8|w8a16 --out DIR [--skip NAME ...] [--smooth ALPHA] [--group-size G]
+    fastlm keygen [PATH] [--force]
     fastlm bench [NAME ...] [--device cpu|cuda] [--out DIR] [--quick] [--list]
     fastlm embeddings train CONFIG [--out RUN_DIR] [--set section.key=value ...]
     fastlm embeddings neighbors RUN WORD [-k K]
@@ -108,8 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the benchmarks and their baselines")
     p.set_defaults(func=_bench)
 
+    _add_keygen_parser(sub)
     _add_embeddings_parser(sub)
     return parser
+
+
+def _add_keygen_parser(sub) -> None:
+    p = sub.add_parser("keygen", help="write a new key for [checkpoint] encrypt = true (mode 0600)")
+    p.add_argument("path", metavar="PATH", nargs="?", default="fastlm.key",
+                   help="the key file to create (default: fastlm.key); use it as checkpoint.key_file")
+    p.add_argument("--force", action="store_true", help="replace an existing key file")
+    p.set_defaults(func=_keygen)
 
 
 def _add_embeddings_parser(sub) -> None:
@@ -242,6 +252,13 @@ def _quantize(args) -> int:
     print(f"quantized {r['layers']} linear layers ({r['scheme']}): {r['bytes_before'] / 2**20:.2f} MiB -> "
           f"{r['bytes_after'] / 2**20:.2f} MiB")
     print(f"run directory: {r['out']}")
+    return 0
+
+
+def _keygen(args) -> int:
+    from fastlm.privacy.encryption import write_key_file
+
+    print(write_key_file(args.path, force=args.force))
     return 0
 
 

@@ -33,7 +33,7 @@ def build_backbone(tc: TaskConfig) -> tuple[nn.Module, Path | None]:
     if m.init_from:
         from fastlm.train.run import init_model_from
 
-        return init_model_from(m.init_from)
+        return init_model_from(m.init_from, encrypt=tc.config.checkpoint.encrypt)
     return GPT(m.architecture()), None
 
 

@@ -10,6 +10,7 @@ read and checked before the model is built, so a malformed file stops the run be
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -21,13 +22,14 @@ import numpy as np
 import torch
 
 from fastlm.privacy.training import PrivateTraining, private_metrics, private_step_hooks
+from fastlm.privacy.encryption import encryption_for
 from fastlm.tasks.adversarial import adversarial_backward
 from fastlm.tasks.backbone import build_backbone, input_embedding
 from fastlm.tasks.config import TaskConfig, task_config_from_dict
 from fastlm.tasks.demo import resolve_source
 from fastlm.tasks.text import save_tokenizer, task_tokenizer
 from fastlm.train.checkpointer import Checkpointer
-from fastlm.train.config import check_batch_split
+from fastlm.train.config import check_batch_split, check_checkpoint_key
 from fastlm.train.errors import CheckpointError, ConfigError, FastlmError
 from fastlm.train.loop import Hooks, Schedule, run_steps
 from fastlm.train.metrics import MetricsLog, progress_bar
@@ -114,6 +116,10 @@ def finetune(task, tc: TaskConfig, out_dir: str | os.PathLike | None = None, sho
 
     resume: continue the run in out_dir from its newest checkpoint (same data order and RNG state,
     so the result is that of an uninterrupted run)."""
+    check_checkpoint_key(tc.config)  # an encrypted run without its key fails before anything is read
+    if tc.config.checkpoint.key_file:  # recorded absolute (the path, never the key): readers elsewhere find it
+        tc = copy.deepcopy(tc)
+        tc.config.checkpoint.key_file = str(Path(tc.config.checkpoint.key_file).resolve())
     folds = getattr(tc.task, "k_folds", 0)
     if resume and folds > 1:
         raise ConfigError("--resume: not available with task.k_folds (start the cross-validation again)")
@@ -182,8 +188,9 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
                              sampling="poisson" if private is not None and cfg.privacy.sampling == "poisson" else "shuffle")
     last_step = private.last_step if private is not None else t.steps
     identity = {"task": task.name, "model": tc.config.model.to_dict()}  # what a checkpoint must match
-    ckpt = Checkpointer(run_dir, pm, optimizer, step.scaler, sampler, identity,
-                        every=cfg.checkpoint.every, keep=cfg.checkpoint.keep, is_main=rt.is_main, device=rt.device)
+    enc = encryption_for(run_dir, cfg.checkpoint, create_id=True)  # None unless checkpoint.encrypt
+    ckpt = Checkpointer(run_dir, pm, optimizer, step.scaler, sampler, identity, every=cfg.checkpoint.every,
+                        keep=cfg.checkpoint.keep, is_main=rt.is_main, device=rt.device, enc=enc)
     evaluate_at = _evaluator(task, model, val, info, rt, step.autocast, tc, private, run_dir)
     metrics = bar = None
     with RunDirectory(run_dir, fresh=rt.is_main and not resume, create=rt.is_main) as rd:
@@ -211,7 +218,7 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
                 if closing is not None:
                     closing.close()
     if rt.is_main:
-        save_weights(model, run_dir)
+        save_weights(model, run_dir, enc)
         write_outputs(task, run_dir, *result, info)
         if private is not None and private.stop_message(t.steps):
             print(private.stop_message(t.steps))
@@ -312,7 +319,8 @@ def load_task_run(task, run_dir: str | Path, device="cpu"):
     info = json.loads((run_dir / "task_info.json").read_text())
     body, _ = task.build_body(tc) if hasattr(task, "build_body") else build_backbone(tc)
     model = task.build_model(tc, body, info)
-    load_weights(model, run_dir, device, what=f"the {task.name} model")
+    load_weights(model, run_dir, device, what=f"the {task.name} model",
+                 enc=encryption_for(run_dir, tc.config.checkpoint))
     return tc, model.to(device), load_tokenizer(run_dir / "tokenizer.json") if uses_tokenizer else None, info
 
 

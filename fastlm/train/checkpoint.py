@@ -6,6 +6,9 @@
     trainer_state.json   step, the model config and data key it belongs to, each file's size
                          and sha256 (so a truncated or corrupted checkpoint is caught on resume)
 
+With [checkpoint] encrypt = true the three weight and state files are encrypted (see
+fastlm.privacy.encryption), each bound to its name, e.g. "checkpoints/step_0000100/optimizer.pt".
+
 The .pt files hold only tensors and plain containers, loaded with torch.load(weights_only=True).
 The learning rate is a pure function of the step, so the scheduler's state is the step.
 """
@@ -20,10 +23,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 
+from fastlm.privacy.encryption import Encryption
 from fastlm.train.errors import CheckpointError
+from fastlm.train.weight_files import load_model_file, load_torch_file, save_model_file, save_torch_file
 
 FORMAT_VERSION = 1
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
@@ -45,23 +49,25 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scaler, loader,
-                    identity: dict, keep: int) -> Path:
-    """Write checkpoint `step`, then delete all but the newest `keep`. Returns its directory."""
+                    identity: dict, keep: int, enc: Encryption | None = None) -> Path:
+    """Write checkpoint `step`, then delete all but the newest `keep`. Returns its directory.
+    enc: encrypt the files (None: plaintext)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    within = f"checkpoints/{final.name}/"  # the files' names within the run directory (what enc binds them to)
     try:
-        safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save({
+        save_model_file(model, tmp / "model.safetensors", enc, within + "model.safetensors")
+        save_torch_file(optimizer.state_dict(), tmp / "optimizer.pt", enc, within + "optimizer.pt")
+        save_torch_file({
             "step": step,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": _rng_state(),
             "loader": loader.state_dict(),
-        }, tmp / "state.pt")
+        }, tmp / "state.pt", enc, within + "state.pt")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -117,13 +123,14 @@ def verify_checkpoint(path: Path, identity: dict, format=FORMAT_VERSION, require
 
 
 def load_checkpoint(path: Path, model, optimizer, scaler, loader, identity: dict,
-                    device: torch.device) -> int:
+                    device: torch.device, enc: Encryption | None = None) -> int:
     """Restore everything saved by save_checkpoint; returns the step to continue from."""
     verify_checkpoint(path, identity)
+    within = f"checkpoints/{path.name}/"
     try:
-        safetensors.torch.load_model(model, str(path / "model.safetensors"), strict=True, device=str(device))
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        load_model_file(model, path / "model.safetensors", device, enc, within + "model.safetensors")
+        optimizer.load_state_dict(load_torch_file(path / "optimizer.pt", device, enc, within + "optimizer.pt"))
+        state = load_torch_file(path / "state.pt", "cpu", enc, within + "state.pt")
     except (RuntimeError, ValueError, KeyError, OSError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {path} does not fit this run: {first_line}") from None

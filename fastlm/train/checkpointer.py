@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastlm.privacy.encryption import Encryption
 from fastlm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from fastlm.train.errors import CheckpointError
 from fastlm.train.sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint
@@ -20,13 +21,14 @@ from fastlm.train.sharded_checkpoint import is_sharded_checkpoint, load_sharded_
 
 class Checkpointer:
     def __init__(self, run_dir: Path, pm, optimizer, scaler, data_state, identity: dict, *, every: int, keep: int,
-                 is_main: bool, device):
+                 is_main: bool, device, enc: Encryption | None = None):
         """pm: the fastlm.parallel.ParallelModel; data_state: what restores the data order
         (state_dict / load_state_dict: a batch loader or an example sampler); identity: what a
-        checkpoint must match to be resumed (the model config, the data)."""
+        checkpoint must match to be resumed (the model config, the data); enc: encrypt plain
+        checkpoints ([checkpoint] encrypt; config checks refuse it with sharded ones)."""
         self.run_dir, self.pm, self.optimizer, self.scaler = Path(run_dir), pm, optimizer, scaler
         self.data_state, self.identity = data_state, identity
-        self.every, self.keep, self.is_main, self.device = every, keep, is_main, device
+        self.every, self.keep, self.is_main, self.device, self.enc = every, keep, is_main, device, enc
 
     def resume(self) -> tuple[int, Path]:
         """(the step to continue from, the checkpoint) of the newest checkpoint; CheckpointError if none."""
@@ -36,7 +38,7 @@ class Checkpointer:
         args = (self.pm.module, self.optimizer, self.scaler, self.data_state, self.identity, self.device)
         if self.pm.sharded or is_sharded_checkpoint(ckpt):  # any (dp, tp, pp) it was saved at
             return load_sharded_checkpoint(ckpt, *args, self.pm.layout), ckpt
-        return load_checkpoint(ckpt, *args), ckpt
+        return load_checkpoint(ckpt, *args, enc=self.enc), ckpt
 
     def start_step(self, resume: bool, say=print) -> int:
         """The step a run starts from: 0 for a new run, else the newest checkpoint's, restored."""
@@ -61,7 +63,7 @@ class Checkpointer:
         saved = _SavedState(full()) if full is not None else self.optimizer
         if self.is_main:
             save_checkpoint(self.run_dir, step, self.pm.module, saved, self.scaler, self.data_state, self.identity,
-                            self.keep)
+                            self.keep, self.enc)
 
 
 class _SavedState:

@@ -23,6 +23,7 @@ from fastlm.train.config_checks import (  # noqa: F401 - the checks are part of 
     LINEARS,
     PRECISIONS,
     check_batch_split,
+    check_checkpoint_key,
     check_pipeline_microbatches,
     rank_samples,
     validate,
@@ -104,6 +105,8 @@ class ParallelSection:
 class CheckpointSection:
     every: int = 1000                    # steps between checkpoints (and at the end); 0: none
     keep: int = 3                        # newest checkpoints kept
+    encrypt: bool = False                # AES-256-GCM checkpoints and weights (fastlm.privacy.encryption)
+    key_file: str | None = None          # the key's file (base64); else env FASTLM_CHECKPOINT_KEY
 
 
 @dataclass

@@ -9,7 +9,8 @@ import os
 from typing import TYPE_CHECKING
 
 from fastlm.privacy.config import validate_privacy
-from fastlm.train.errors import ConfigError
+from fastlm.privacy.encryption import load_key
+from fastlm.train.errors import ConfigError, FastlmError
 from fastlm.train.model_section import MODEL_SECTIONS
 from fastlm.train.toml_text import show as _show
 
@@ -59,6 +60,7 @@ def validate(config: Config) -> None:
     _validate_parallel(p, t)
     _validate_adversarial(t)
     validate_privacy(config)
+    _validate_encryption(config)
     # Outside a launch (no WORLD_SIZE: loading a finished run for eval/generate, or a config in a
     # notebook) dp = "auto" has no process count yet: dp_shares say how many ranks there will be.
     # Trainer.fit checks the split again against the real data-parallel size.
@@ -101,6 +103,34 @@ def _validate_masked_lm(config: Config) -> None:
     if d.vocab_size + 3 > m.vocab_size:
         raise ConfigError(f"model.vocab_size = {m.vocab_size}: expected at least data.vocab_size + 3 = "
                           f"{d.vocab_size + 3} (room for [MASK], [CLS], [SEP])")
+
+
+def _validate_encryption(config: Config) -> None:
+    """[checkpoint] encrypt / key_file: their shape (whether the key is there: check_checkpoint_key)."""
+    c, p = config.checkpoint, config.parallel
+    if c.key_file is not None and not c.key_file.strip():
+        raise ConfigError('checkpoint.key_file = "": expected the path of a key file (or leave it out)')
+    if not c.encrypt:
+        if c.key_file is not None:
+            raise ConfigError(f"checkpoint.key_file = {_show(c.key_file)}: set checkpoint.encrypt = true too "
+                              f"(nothing is encrypted without it)")
+        return
+    if p.tp > 1 or p.pp > 1:  # torch.distributed.checkpoint writes its shards' plaintext itself
+        raise ConfigError(f"checkpoint.encrypt = true: not available with sharded checkpoints (parallel.tp = "
+                          f"{p.tp}, parallel.pp = {p.pp}; expected 1 and 1)")
+    if config.model.is_fitted:
+        raise ConfigError(f"checkpoint.encrypt = true: not available for model.family = "
+                          f"{_show(config.model.family)} (a fitted model, not written through checkpoints)")
+
+
+def check_checkpoint_key(config: Config) -> None:
+    """With checkpoint.encrypt, the key must be there and valid before training starts (ConfigError)."""
+    if not config.checkpoint.encrypt:
+        return
+    try:
+        load_key(config.checkpoint.key_file)
+    except FastlmError as e:
+        raise ConfigError(f"checkpoint.encrypt = true: {e}") from None
 
 
 ADVERSARIAL = ("none", "fgm", "pgd")

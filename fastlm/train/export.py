@@ -9,6 +9,11 @@ and AutoTokenizer.from_pretrained(out) load the result. GPT runs become GPT2LMHe
 LlamaForCausalLM, encoder runs BertForMaskedLM / RobertaForMaskedLM / AlbertForMaskedLM
 (*ForPreTraining with sentence order).
 
+An encrypted run ([checkpoint] encrypt = true) exports an encrypted model.safetensors (bound to its
+name and a run id of the export's own run_id.json): no plaintext weights are written. The other
+files are plaintext; transformers loads the directory once the weights are decrypted, e.g.
+Encryption(out, key_file).read(out / "model.safetensors", "model.safetensors") (fastlm.privacy.encryption).
+
 Special tokens: a run that kept the tokenizer of a Hugging Face checkpoint it started from
 (model.init_from, followed through runs started from runs) gets that checkpoint's tokenizer,
 special-token and generation files and token ids. Otherwise they come from the tokenizer itself:
@@ -45,7 +50,7 @@ def export_run(run_dir: str | Path, out: str | Path, format: str = "hf") -> Path
         import transformers
     except ImportError:
         raise FastlmError("export --format hf needs transformers (pip install 'fastlm[hf]')") from None
-    _, model, tokenizer_path = load_run(run_dir)
+    config, model, tokenizer_path = load_run(run_dir)
     if isinstance(model, MaxEntLM):
         raise FastlmError(f"export: {run_dir} is a maxent model (model.family = \"maxent\"), which has no "
                           f"Hugging Face format")
@@ -66,7 +71,10 @@ def export_run(run_dir: str | Path, out: str | Path, format: str = "hf") -> Path
     partial = out.resolve().with_name(f".{out.resolve().name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        hf.save_pretrained(str(partial))
+        if config.checkpoint.encrypt:
+            _save_encrypted(hf, partial, config.checkpoint, causal)
+        else:
+            hf.save_pretrained(str(partial))
         shutil.copyfile(tokenizer_path, partial / "tokenizer.json")
         _write_tokenizer_files(partial, tokens, source, _max_seq_len(model), causal)
         if out.is_dir():  # an existing empty directory (maybe the cwd, which cannot be replaced)
@@ -77,6 +85,23 @@ def export_run(run_dir: str | Path, out: str | Path, format: str = "hf") -> Path
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return out
+
+
+def _save_encrypted(hf, directory: Path, checkpoint, causal: bool) -> None:
+    """What save_pretrained writes (config, generation config, the weights without tied copies), with
+    the weights serialized in memory and encrypted."""
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    from fastlm.privacy.encryption import encryption_for
+    from fastlm.train.weight_files import save_tensors_file
+
+    directory.mkdir(parents=True)
+    hf.config.save_pretrained(str(directory))
+    if causal:
+        hf.generation_config.save_pretrained(str(directory))
+    state = remove_tied_weights_from_state_dict(hf.state_dict(), hf)
+    save_tensors_file({k: v.contiguous() for k, v in state.items()}, directory / "model.safetensors",
+                      encryption_for(directory, checkpoint, create_id=True), "model.safetensors", {"format": "pt"})
 
 
 def tokenizer_source(run_dir: Path, max_depth: int = 8) -> Path | None:

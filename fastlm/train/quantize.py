@@ -2,7 +2,8 @@
 
 The output holds the run's config.toml and tokenizer.json, model.safetensors with int8 weights and
 fp32 scales, and quantization.json (which modules are Int8Linear: see fastlm.quant.saved). It is
-written under a temporary name and renamed into place, so a failure leaves nothing behind.
+written under a temporary name and renamed into place, so a failure leaves nothing behind. An
+encrypted run ([checkpoint] encrypt = true) gives an encrypted one, with a run id of its own.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
+from fastlm.privacy.encryption import encryption_for
 from fastlm.quant import SCHEMES, quantization_record, quantize_model
 from fastlm.quant.saved import write_quantization
 from fastlm.train.errors import FastlmError
@@ -44,7 +46,7 @@ def quantize_run(run_dir: str | Path, out: str | Path, scheme: str, skip: list[s
     try:
         shutil.copyfile(Path(run_dir) / "config.toml", tmp / "config.toml")
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-        save_weights(model, tmp)
+        save_weights(model, tmp, encryption_for(tmp, config.checkpoint, create_id=True))
         write_quantization(tmp, record)
         if out.exists():
             out.rmdir()  # empty (checked above)

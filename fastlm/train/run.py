@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastlm.models import GPT, RECURRENT_FAMILIES, MaxEntConfig, MaxEntLM, RecurrentLM
+from fastlm.privacy.encryption import encryption_for
 from fastlm.train.config import Config, load_config
 from fastlm.train.errors import CheckpointError, ConfigError
 from fastlm.train.weights import load_weights
@@ -31,8 +32,9 @@ def load_run(run_dir: str | Path, device="cpu") -> tuple[Config, GPT, Path]:
     return config, model, run_dir / "tokenizer.json"
 
 
-def init_model_from(directory: str | Path) -> tuple[GPT, Path | None]:
-    """[model] init_from: (model, its tokenizer.json or None) from a fastlm run or an HF checkpoint."""
+def init_model_from(directory: str | Path, encrypt: bool = False) -> tuple[GPT, Path | None]:
+    """[model] init_from: (model, its tokenizer.json or None) from a fastlm run or an HF checkpoint.
+    encrypt: the new run's checkpoint.encrypt (an encrypted run's weights go only into another one)."""
     from fastlm.models import is_hf_checkpoint, load_hf_checkpoint
 
     path = Path(directory)
@@ -44,7 +46,11 @@ def init_model_from(directory: str | Path) -> tuple[GPT, Path | None]:
         if (path / "quantization.json").is_file():
             raise ConfigError(f"model.init_from = {str(directory)!r}: a quantized run (int8 weights) cannot "
                               f"be trained; start from the run it was quantized from")
-        return _run_model(path)[1], tokenizer
+        config, model = _run_model(path)
+        if config.checkpoint.encrypt and not encrypt:
+            raise ConfigError(f"model.init_from = {str(directory)!r} is an encrypted run: set checkpoint.encrypt = "
+                              f"true for this run too (its weights are not written in plaintext)")
+        return model, tokenizer
     if is_hf_checkpoint(path):
         try:
             return load_hf_checkpoint(path), tokenizer
@@ -70,7 +76,7 @@ def _run_model(run_dir: Path, device="cpu") -> tuple[Config, GPT]:
 
         load_sharded(sharded, model.to(device))
     else:
-        load_weights(model, run_dir, device)
+        load_weights(model, run_dir, device, enc=encryption_for(run_dir, config.checkpoint))
         model.to(device)
     return config, model
 

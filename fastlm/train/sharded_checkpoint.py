@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from fastlm.parallel.tensor import checkpoint as tpc
+from fastlm.privacy.encryption import refuse_encrypted
 from fastlm.train.checkpoint import _rng_state, _set_rng_state, seal_checkpoint, verify_checkpoint
 from fastlm.train.errors import CheckpointError
 
@@ -185,6 +186,7 @@ def _load_plain_into_tp(path: Path, model, optimizer, scaler, loader, identity: 
     import safetensors.torch
 
     verify_checkpoint(path, identity)
+    refuse_encrypted(path / "model.safetensors")  # encryption is refused with tp > 1 (config checks)
     try:
         full = safetensors.torch.load_file(str(path / "model.safetensors"), device="cpu")
         for alias, name in tpc.tied_aliases(model).items():  # save_model keeps one name of a tied pair

@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 
 from fastlm.privacy.training import PrivateTraining, private_metrics, private_step_hooks
+from fastlm.privacy.encryption import encryption_for
 from fastlm.train.checkpointer import Checkpointer
-from fastlm.train.config import Config, ConfigError, check_batch_split, validate, with_model_architecture
+from fastlm.train.config import (Config, ConfigError, check_batch_split, check_checkpoint_key, validate,
+                                 with_model_architecture)
 from fastlm.train.data import lm_batches, masked_lm_rule, run_corpus
 from fastlm.train.evaluate import evaluate
 from fastlm.train.loop import Hooks, Schedule, run_steps
@@ -37,6 +39,7 @@ class Trainer:
     def __init__(self, config: Config, out_dir: str | os.PathLike | None = None, resume: bool = False,
                  show_progress: bool = True):
         validate(config)  # also a config built or changed in Python gets one-line errors
+        check_checkpoint_key(config)  # an encrypted run fails here, not at its first checkpoint
         if config.train.adversarial != "none":  # embedding perturbation lives in the task loop
             raise ConfigError(f"train.adversarial = \"{config.train.adversarial}\": only for fine-tuning "
                               f"(fastlm finetune TASK CONFIG), not for language-model training")
@@ -73,8 +76,9 @@ class Trainer:
         step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, **private_step_hooks(private, t),
                          local_sgd_every=cfg.parallel.sync_every if cfg.parallel.sync == "local_sgd" else 0)
         identity = {"model": model.config.to_dict(), "corpus_key": corpus.key}  # what a checkpoint must match
+        enc = encryption_for(run_dir, cfg.checkpoint, create_id=True)  # None unless checkpoint.encrypt
         ckpt = Checkpointer(run_dir, pm, optimizer, step.scaler, loader, identity, every=cfg.checkpoint.every,
-                            keep=cfg.checkpoint.keep, is_main=rt.is_main, device=rt.device)
+                            keep=cfg.checkpoint.keep, is_main=rt.is_main, device=rt.device, enc=enc)
         evaluate_at = self._evaluator(pm, val_batches, step.autocast, private, run_dir)
         last_step = private.last_step if private is not None else t.steps
         metrics = bar = None
@@ -106,7 +110,7 @@ class Trainer:
                         closing.close()  # the bar ends its line, so an error message starts on a fresh one
         final = pm.full_model(rt.is_main)  # every stage's and tp rank's weights in a plain model: a collective
         if rt.is_main:
-            save_weights(final, run_dir)
+            save_weights(final, run_dir, enc)
             if private is not None and private.stop_message(t.steps):
                 print(private.stop_message(t.steps))
             print(f"validation perplexity: {result['val_ppl']:.2f} (loss {result['val_loss']:.4f})")
@@ -121,7 +125,7 @@ class Trainer:
         tokenizer = Path(cfg.data.tokenizer) if cfg.data.tokenizer else None
         if not cfg.model.init_from:
             return build_model(cfg), tokenizer
-        model, init_tokenizer = init_model_from(cfg.model.init_from)
+        model, init_tokenizer = init_model_from(cfg.model.init_from, encrypt=cfg.checkpoint.encrypt)
         if cfg.model.is_encoder or hasattr(model, "pooler"):  # encoder pretraining needs the MLM head
             model = masked_lm_model(model, cfg.data.sentence_order)
         self.rt.say(f"fastlm: initialized from {cfg.model.init_from}")
@@ -164,6 +168,8 @@ def resolved_config(config: Config, model_config, tokenizer_path: Path | None, c
     """A copy of config recording what the run really used: the model's architecture (model_config:
     init_from brings its own) and, when the tokenizer came from a file, that file and its vocabulary size."""
     resolved = with_model_architecture(config, model_config)
+    if resolved.checkpoint.key_file:  # readers in another directory find it (the path, never the key)
+        resolved.checkpoint.key_file = str(Path(resolved.checkpoint.key_file).resolve())
     if tokenizer_path is not None:
         resolved.data.tokenizer = str(Path(tokenizer_path).resolve())
         resolved.data.vocab_size = corpus.vocab_size

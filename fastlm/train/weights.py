@@ -6,7 +6,8 @@
 weights.json records the file's size and sha256, so a truncated or corrupted model.safetensors
 is an error wherever a run is read (eval, generate, export, quantize, init_from, a task's
 evaluate) instead of being evaluated silently. Runs written before the seal existed have no
-weights.json and are read as they are.
+weights.json and are read as they are. With enc (an Encryption: [checkpoint] encrypt = true)
+model.safetensors is encrypted, bound to the name "model.safetensors" and the directory's run id.
 """
 from __future__ import annotations
 
@@ -14,23 +15,24 @@ import json
 import os
 from pathlib import Path
 
-import safetensors.torch
 from torch import nn
 
+from fastlm.privacy.encryption import Encryption
 from fastlm.train.checkpoint import describe_file
-from fastlm.train.errors import CheckpointError
+from fastlm.train.errors import CheckpointError, FastlmError
+from fastlm.train.weight_files import load_model_file, save_model_file
 
 WEIGHTS = "model.safetensors"
 SEAL = "weights.json"
 
 
-def save_weights(model: nn.Module, directory: str | Path) -> Path:
+def save_weights(model: nn.Module, directory: str | Path, enc: Encryption | None = None) -> Path:
     """Write model's state (tied tensors once) to directory/model.safetensors and seal it."""
     directory = Path(directory)
     tmp = directory / f".{WEIGHTS}.tmp-{os.getpid()}"
     seal_tmp = directory / f".{SEAL}.tmp-{os.getpid()}"
     try:
-        safetensors.torch.save_model(model, str(tmp))
+        save_model_file(model, tmp, enc, WEIGHTS)
         seal_tmp.write_text(json.dumps({"files": {WEIGHTS: describe_file(tmp)}}, indent=1))
         os.replace(tmp, directory / WEIGHTS)
         os.replace(seal_tmp, directory / SEAL)
@@ -64,11 +66,13 @@ def verify_weights(directory: str | Path) -> Path:
 
 
 def load_weights(model: nn.Module, directory: str | Path, device="cpu",
-                 what: str = "the model in its config.toml") -> None:
-    """Verify directory/model.safetensors, then load it into model (strict)."""
+                 what: str = "the model in its config.toml", enc: Encryption | None = None) -> None:
+    """Verify directory/model.safetensors, then load it into model (strict); enc decrypts it."""
     path = verify_weights(directory)
     try:
-        safetensors.torch.load_model(model, str(path), strict=True, device=str(device))
+        load_model_file(model, path, device, enc, WEIGHTS)
+    except FastlmError:  # encrypted: a missing or wrong key, or a changed file
+        raise
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for foreign files
         text = str(e).strip()
         raise CheckpointError(f"{path} does not fit {what}: "
