@@ -84,8 +84,8 @@ class ShardedOptimizer:
         flat = [p for g in self.inner.param_groups for p in g["params"]]
         self._inner_index = {seg_of[id(p)]: n for n, p in enumerate(flat) if id(p) in seg_of}
         self.base.state.clear()
-        if self._pending_state is not None:
-            self._apply_full_state(self._pending_state)
+        if self._pending_state is not None:  # its hyperparameters are in base's groups already
+            self._apply_full_state(self._pending_state, applied_groups=True)
             self._pending_state = None
 
     def step(self, closure=None):
@@ -140,10 +140,13 @@ class ShardedOptimizer:
                              "as in the run that saved it")
         if self.inner is None:
             self._pending_state = state
+            # The saved hyperparameters take effect now, as with a torch optimizer: a learning rate set
+            # after loading (the schedule's, before the first step) must not be overwritten at _build.
+            self._apply_group_settings(self.base.param_groups, state)
         else:
             self._apply_full_state(state)
 
-    def _apply_full_state(self, state: dict) -> None:
+    def _apply_full_state(self, state: dict, applied_groups: bool = False) -> None:
         # Reassemble each parameter's full state from the shards, then cut out this rank's segments.
         full: dict[str, dict[str, torch.Tensor]] = {}
         scalars: dict[str, dict] = {}
@@ -171,11 +174,17 @@ class ShardedOptimizer:
             entry.update({key: v.clone() if torch.is_tensor(v) else v for key, v in scalars.get(name, {}).items()})
             new_state[self._inner_index[k]] = entry
         inner["state"] = new_state
-        saved_groups = state["shards"][0]["param_groups"]
-        if len(saved_groups) == len(inner["param_groups"]):
-            for g, saved in zip(inner["param_groups"], saved_groups):
-                g.update({k: v for k, v in saved.items() if k != "params"})
+        if not applied_groups:
+            self._apply_group_settings(inner["param_groups"], state)
         self.inner.load_state_dict(inner)
+
+    @staticmethod
+    def _apply_group_settings(groups: list[dict], state: dict) -> None:
+        """The saved hyperparameters (lr, betas, ...) of each parameter group, into `groups`."""
+        saved_groups = state["shards"][0]["param_groups"]
+        if len(saved_groups) == len(groups):
+            for g, saved in zip(groups, saved_groups):
+                g.update({k: v for k, v in saved.items() if k != "params"})
 
 
 def _to_cpu(obj):
