@@ -87,9 +87,10 @@ def test_gpt_clipped_sum_equals_per_sample_loop(family, tie, packed):
     _assert_same(ours, ref)
 
 
-def test_encoder_with_tied_decoder_and_padding_equals_per_sample_loop():
+@pytest.mark.parametrize("family", ["bert", "albert"])  # ALBERT: one block's weights used by every layer
+def test_encoder_with_tied_decoder_and_padding_equals_per_sample_loop(family):
     torch.manual_seed(1)
-    cfg = EncoderConfig(family="bert", vocab_size=31, d_model=12, n_layer=2, n_head=2, d_ff=20, max_seq_len=16)
+    cfg = EncoderConfig(family=family, vocab_size=31, d_model=12, n_layer=2, n_head=2, d_ff=20, max_seq_len=16)
     model = EncoderForMaskedLM(cfg).double()
     B, T = 4, 7
     ids = torch.randint(5, 31, (B, T))
