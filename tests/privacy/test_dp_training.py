@@ -105,16 +105,21 @@ def test_finetune_under_dp_sgd(tmp_path):
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
 
-def test_two_data_parallel_processes_equal_one_with_noise(tmp_path):
-    extra = ["privacy.noise_multiplier=1.0", "checkpoint.every=0", "train.eval_every=0"]
-    _run(tmp_path / "single", *extra)
+def _torchrun(out: Path, extra: list[str]) -> None:
+    """`fastlm train tiny` with the micro config and `extra` on 2 processes (gloo)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
     cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "fastlm", "train", "tiny",
-           "--out", str(tmp_path / "dp"), "--quiet", *[a for item in [*MICRO, *extra] for a in ("--set", item)]]
-    out = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+           "--out", str(out), "--quiet", *[a for item in [*MICRO, *extra] for a in ("--set", item)]]
+    run = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_two_data_parallel_processes_equal_one_with_noise(tmp_path):
+    extra = ["privacy.noise_multiplier=1.0", "checkpoint.every=0", "train.eval_every=0"]
+    _run(tmp_path / "single", *extra)
+    _torchrun(tmp_path / "dp", extra)
     a, b = (safetensors.torch.load_file(tmp_path / r / "model.safetensors") for r in ("single", "dp"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=2e-6, rtol=1e-5, msg=key)
@@ -132,13 +137,7 @@ def test_tensor_parallel_clipping_equals_one_process(tmp_path, extra):
     extra = ["privacy.noise_multiplier=0", "checkpoint.every=0", "train.eval_every=0", "train.steps=3", *extra]
     single = [e for e in extra if not e.startswith("parallel.")]
     _run(tmp_path / "single", *single)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "fastlm", "train", "tiny",
-           "--out", str(tmp_path / "tp"), "--quiet", *[a for item in [*MICRO, *extra] for a in ("--set", item)]]
-    out = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    _torchrun(tmp_path / "tp", extra)
     a, b = (safetensors.torch.load_file(tmp_path / r / "model.safetensors") for r in ("single", "tp"))
     for key in a:  # fp32 sums in another order, through AdamW
         torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-4, msg=key)

@@ -10,7 +10,6 @@ import stat
 from pathlib import Path
 
 import pytest
-import safetensors.torch
 import torch
 
 from fastlm.cli import main

@@ -29,20 +29,13 @@ import time
 import torch
 
 from fastlm.bench.registry import Options, Suite
+from fastlm.bench.suites.train_throughput import _rss_kb
 
 IMPLS = ("fastlm", "fastlm_dp", "torch", "opacus_ghost")
 SHAPE = {"d_model": 256, "n_layer": 4, "n_head": 8, "n_kv_head": 4, "vocab_size": 4096, "seq_len": 128,
          "batch_size": 8}
 QUICK_SHAPE = {"d_model": 128, "n_layer": 2, "n_head": 4, "n_kv_head": 2, "vocab_size": 2048, "seq_len": 128,
                "batch_size": 8}
-
-
-def _rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def _torch_layers(model) -> None:
