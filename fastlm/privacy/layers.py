@@ -204,7 +204,7 @@ class DPRMSNorm(fnn.RMSNorm):
 class DPTorchLayerNorm(nn.LayerNorm):
     def forward(self, x):
         rec = active_recorder()
-        if rec is None or not self.elementwise_affine or len(self.normalized_shape) != 1:
+        if rec is None or not self.elementwise_affine:
             return super().forward(x)
         return _norm_forward(self, x, rec, rms=False)
 
@@ -235,9 +235,13 @@ def apply_dp_sgd(model: nn.Module) -> nn.Module:
         cls = _dp_class(module)
         if cls is None:
             continue
-        if isinstance(module, nn.Embedding) and (module.sparse or module.max_norm is not None):
-            raise ValueError(f"DP-SGD: embedding {name or type(module).__name__} uses sparse or max_norm, "
-                             f"which per-sample gradients do not support")
+        if isinstance(module, nn.Embedding) and (module.sparse or module.max_norm is not None
+                                                 or module.scale_grad_by_freq):
+            raise ValueError(f"DP-SGD: embedding {name or type(module).__name__} uses sparse, max_norm or "
+                             f"scale_grad_by_freq, which per-sample gradients do not support")
+        if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
+            raise ValueError(f"DP-SGD: LayerNorm {name} normalizes over {tuple(module.normalized_shape)}: only "
+                             f"the last dimension is supported")
         module.__class__ = cls
         covered.update(id(p) for p in module.parameters(recurse=False))
     for name, p in model.named_parameters():
