@@ -1,0 +1,1 @@
+"""fastlm.privacy: private training (DP-SGD) and leakage audits (fastlm.privacy.audit)."""
