@@ -28,6 +28,9 @@ def validate(config: Config) -> None:
     if config.model.init_embeddings and config.model.is_fitted:
         raise ConfigError(f"model.init_embeddings: model.family = {_show(config.model.family)} is fitted from counts "
                           "and has no token embedding to initialise")
+    if d.canaries and config.model.is_fitted:  # fastlm privacy audit scores models trained by gradient steps
+        raise ConfigError(f"data.canaries = {_show(d.canaries)}: model.family = {_show(config.model.family)} is fitted "
+                          "from counts; canaries are for models trained by `fastlm train` steps")
     positive = {
         "train.steps": t.steps, "train.global_batch_size": t.global_batch_size,
         "train.micro_batch_size": t.micro_batch_size, "train.log_every": t.log_every,

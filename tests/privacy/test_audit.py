@@ -179,3 +179,14 @@ def test_bad_input_is_one_line(tmp_path, canary_run, capsys):
     assert err.count("\n") == 1 and "planted no canaries" in err
     assert main(["privacy", "audit", str(canary_run), "--samples", "0", "--quiet"]) == 1
     assert "--samples = 0" in capsys.readouterr().err
+
+
+def test_canary_config_is_checked():
+    from fastlm.train import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="data.canaries = -1"):
+        load_config("tiny", ["data.canaries=-1"])
+    with pytest.raises(ConfigError, match="data.canary_repeats = 0"):
+        load_config("tiny", ["data.canaries=2", "data.canary_repeats=0"])
+    with pytest.raises(ConfigError, match="fitted from counts"):
+        load_config("ngram", ["data.canaries=2"])
