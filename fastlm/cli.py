@@ -246,8 +246,12 @@ def _embeddings_analogy(args) -> int:
 
 
 def _privacy_audit(args) -> int:
-    from fastlm.privacy.audit import audit_run, format_table
+    from fastlm.train.errors import FastlmError
 
+    try:
+        from fastlm.privacy.audit import audit_run, format_table
+    except ImportError as e:  # scikit-learn (and the scipy it brings) are optional
+        raise FastlmError(f"fastlm privacy audit needs scikit-learn and scipy ({e}): pip install 'fastlm[eval]'") from None
     r = audit_run(args.run_dir, canaries=args.canaries, reference=args.reference, samples=args.samples,
                   seed=args.seed, show_progress=not args.quiet)
     print(format_table(r))
