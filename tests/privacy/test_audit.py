@@ -132,8 +132,11 @@ def test_the_canary_a_model_prefers_is_exposed_and_a_random_one_is_not():
 def test_held_out_halves_are_disjoint():
     tokens = np.concatenate([np.r_[np.full(3, i + 1), 0] for i in range(5)]).astype(np.uint16)
     reference, evaluation = held_out_halves(tokens, 0)
-    assert [int(d[0]) for d in reference] == [2, 4]
-    assert sorted(set(evaluation.tolist()) - {0}) == [1, 3, 5]
+    in_reference = {int(d[0]) for d in reference}
+    in_evaluation = set(evaluation.tolist()) - {0}
+    assert len(in_reference) == 2 and in_reference | in_evaluation == {1, 2, 3, 4, 5}
+    assert not in_reference & in_evaluation and evaluation.size == 3 * 4
+    assert [d.tolist() for d in held_out_halves(tokens, 0)[0]] == [d.tolist() for d in reference]  # fixed
     with pytest.raises(FastlmError, match="at least 2"):
         held_out_halves(np.array([1, 2, 0], dtype=np.uint16), 0)
 

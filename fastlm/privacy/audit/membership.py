@@ -4,9 +4,12 @@ Samples (equal counts, drawn from a seed):
   * members: non-overlapping seq_len windows of the run's training split (with its canaries: the
     stream its batches were cut from), a random subset;
   * non-members: non-overlapping seq_len windows of the "evaluation half" of the held-out
-    (validation) split. The held-out documents alternate between a "reference half" (odd ones: the
-    reference model's training data) and this evaluation half (even ones), so the reference model
-    never saw the non-members it scores.
+    (validation) split. The held-out documents are split at random (a fixed seed, so a reference
+    model trained by an earlier audit stays valid) into a "reference half" (the reference model's
+    training data) and this evaluation half, so the reference model never saw the non-members it
+    scores. Random, not alternating: neighbouring documents are alike (same topic, same file), and
+    a reference trained on every other held-out document would know the non-members' neighbours
+    better than the members', which reads as membership even for a model that leaks nothing.
 
 Attacks (a higher score means "member"):
   * loss threshold (Yeom et al. 2018): score = -loss_target(x);
@@ -27,6 +30,7 @@ from fastlm.train.errors import FastlmError
 
 REFERENCE_DIR = "audit-reference"        # in the audited run's directory: the reference model it trained
 REFERENCE_DATA = "audit-reference-data.jsonl"
+SPLIT_SEED = 0x4E1D                       # the random halves of the held-out documents
 REFERENCE_RECORDS = 10                   # the reference half goes to the trainer as this many JSONL records
 
 
@@ -45,7 +49,9 @@ def held_out_halves(val_tokens: np.ndarray, eos_id: int) -> tuple[list[np.ndarra
     if len(docs) < 2:
         raise FastlmError(f"the validation split has {len(docs)} document(s): the audit needs at least 2 (one to "
                           f"train the reference model, one for non-members); raise data.val_fraction")
-    reference, evaluation = docs[1::2], docs[0::2]
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(docs))
+    reference = [docs[i] for i in sorted(order[:len(docs) // 2])]
+    evaluation = [docs[i] for i in sorted(order[len(docs) // 2:])]
     eos = np.array([eos_id], dtype=val_tokens.dtype)
     return reference, np.concatenate([piece for d in evaluation for piece in (d, eos)])
 

@@ -71,8 +71,8 @@ def audit_run(run_dir, *, canaries: int | None = None, reference=None, samples: 
         "run_dir": str(run_dir), "seed": seed,
         "samples": {"members": len(members), "nonmembers": len(nonmembers), "seq_len": seq_len,
                     "how": "members: random non-overlapping seq_len windows of the training split; non-members: "
-                           "random non-overlapping windows of the even-numbered held-out (validation) documents; "
-                           "the odd-numbered ones trained the reference model"},
+                           "random non-overlapping windows of a random half of the held-out (validation) documents; "
+                           "the other half trained the reference model"},
         "mean_loss": {"members": float(loss["members"].mean()), "nonmembers": float(loss["nonmembers"].mean())},
         "attacks": attacks,
         "reference": {"run_dir": str(reference), "trained_by_audit": trained_reference,
