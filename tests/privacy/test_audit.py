@@ -193,3 +193,17 @@ def test_canary_config_is_checked():
         load_config("tiny", ["data.canaries=2", "data.canary_repeats=0"])
     with pytest.raises(ConfigError, match="fitted from counts"):
         load_config("ngram", ["data.canaries=2"])
+
+
+def test_samples_are_equal_counts_of_whole_windows():
+    from fastlm.privacy.audit.membership import choose_samples
+
+    train, held_out = np.arange(1000), np.arange(5000, 5330)  # 100 and 33 windows of 10
+    members, nonmembers = choose_samples(train, held_out, 10, 500, seed=0)
+    assert members.shape == nonmembers.shape == (33, 10)
+    assert (members[:, 0] % 10 == 0).all() and (np.diff(members, axis=1) == 1).all()
+    assert len(set(members[:, 0])) == 33 and nonmembers.min() >= 5000
+    assert np.array_equal(members, choose_samples(train, held_out, 10, 500, seed=0)[0])
+    assert choose_samples(train, held_out, 10, 5, seed=0)[0].shape == (5, 10)
+    with pytest.raises(FastlmError, match="raise data.val_fraction"):
+        choose_samples(train, held_out[:15], 10, 500, seed=0)

@@ -56,22 +56,22 @@ def held_out_halves(val_tokens: np.ndarray, eos_id: int) -> tuple[list[np.ndarra
     return reference, np.concatenate([piece for d in evaluation for piece in (d, eos)])
 
 
-def windows(tokens: np.ndarray, seq_len: int) -> np.ndarray:
-    """(n, seq_len): the non-overlapping windows from the start."""
-    n = len(tokens) // seq_len
-    return np.asarray(tokens[:n * seq_len], dtype=np.int64).reshape(n, seq_len)
+def windows(tokens, seq_len: int, which: np.ndarray) -> np.ndarray:
+    """(len(which), seq_len): the non-overlapping windows numbered `which` (window i starts at i * seq_len)."""
+    return np.asarray(tokens[which[:, None] * seq_len + np.arange(seq_len)[None, :]], dtype=np.int64)
 
 
 def choose_samples(train_tokens, eval_tokens, seq_len: int, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(members, non-members): equal counts, at most `samples` each, seeded random subsets."""
-    members, nonmembers = windows(train_tokens, seq_len), windows(eval_tokens, seq_len)
-    count = min(samples, len(members), len(nonmembers))
+    """(members, non-members): equal counts, at most `samples` each, seeded random subsets of the windows
+    (only those are read: the training split may be large)."""
+    n_members, n_nonmembers = len(train_tokens) // seq_len, len(eval_tokens) // seq_len
+    count = min(samples, n_members, n_nonmembers)
     if count < 2:
-        raise FastlmError(f"only {len(nonmembers)} held-out window(s) of data.seq_len = {seq_len} tokens for "
+        raise FastlmError(f"only {n_nonmembers} held-out window(s) of data.seq_len = {seq_len} tokens for "
                           f"non-members: raise data.val_fraction or use a larger corpus")
     rng = np.random.default_rng([seed, 0xA0D17])
-    return (members[np.sort(rng.choice(len(members), count, replace=False))],
-            nonmembers[np.sort(rng.choice(len(nonmembers), count, replace=False))])
+    return (windows(train_tokens, seq_len, np.sort(rng.choice(n_members, count, replace=False))),
+            windows(eval_tokens, seq_len, np.sort(rng.choice(n_nonmembers, count, replace=False))))
 
 
 def train_reference(run_dir: Path, config, corpus, reference_docs: list[np.ndarray], show_progress: bool) -> Path:
