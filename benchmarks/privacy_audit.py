@@ -16,11 +16,10 @@ OUT/results.json. Baseline: the non-DP runs of the same seeds, in the same invoc
 
 Measured (2-core shared CPU, OMP_NUM_THREADS=1, merged with DP-SGD; 409 s wall for all 6 runs, their
 6 reference models and audits; 238 members and 238 non-members of 64 tokens, 10 canaries x 4):
-    run       loss AUC [95% CI]      ref AUC [95% CI]     TPR@1%FPR loss/ref  exposure (bits)
-    no DP     0.947 [0.923, 0.965]   0.889 [0.855, 0.916]   0.193/0.101        12.1
-    (seeds    0.947, 0.946           0.882, 0.877           0.210/0.063 ...    16.5, 16.3)
-    DP eps 8  0.424 [0.375, 0.475]   0.497 [0.446, 0.547]   0.017/0.017         2.2
-    (seeds    0.473, 0.477           0.556, 0.484           0.013/0.008 ...     1.7, 1.7)
+    run       loss AUC (seeds 0 1 2)  ref AUC (seeds 0 1 2)  ref TPR@1%FPR     exposure, bits
+    no DP     0.947 0.947 0.946       0.889 0.882 0.877      0.10 0.06 0.08    12.1 16.5 16.3
+    DP eps 8  0.424 0.473 0.477       0.497 0.556 0.484      0.02 0.01 0.01     2.2  1.7  1.7
+95% bootstrap intervals: about +-0.02 around each AUC without DP, +-0.05 with DP.
 The uncalibrated loss attack reads below 0.5 under DP: the held-out documents are a little easier
 than the training ones, which the reference model's calibration removes. DP at this batch size
 (16 sequences) costs much utility (validation loss ~5.3 against ~3.1).
