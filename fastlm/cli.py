@@ -13,6 +13,7 @@
     fastlm embeddings train CONFIG [--out RUN_DIR] [--set section.key=value ...]
     fastlm embeddings neighbors RUN WORD [-k K]
     fastlm embeddings analogy RUN A B C [-k K]
+    fastlm privacy audit RUN [--canaries N] [--reference RUN] [--samples K] [--seed S]
 
 A problem with the input is reported as one line, "fastlm: error: ...", with a non-zero exit
 status and no traceback (FASTLM_DEBUG=1 shows the traceback).
@@ -145,6 +146,21 @@ def _add_embeddings_parser(sub) -> None:
     q.add_argument("-k", type=int, default=10, help="how many (default 10)")
     q.set_defaults(func=_embeddings_analogy)
 
+    p = sub.add_parser("privacy", help="privacy audits of a finished run")
+    psub = p.add_subparsers(dest="privacy_command", required=True, metavar="ACTION", parser_class=_Parser)
+    q = psub.add_parser("audit", help="membership inference (ROC-AUC, TPR at 1%% FPR) and canary exposure: "
+                                      "RUN_DIR/audit.json, audit_roc.png")
+    q.add_argument("run_dir", metavar="RUN")
+    q.add_argument("--canaries", type=int, default=None, metavar="N", help="audit the first N planted canaries "
+                   "(default: all; 0: none)")
+    q.add_argument("--reference", metavar="RUN", help="a reference run trained on held-out data (default: the "
+                   "audit trains one with the run's config in RUN/audit-reference)")
+    q.add_argument("--samples", type=int, default=1000, metavar="K", help="members and non-members each (at most; "
+                   "default 1000)")
+    q.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the samples, candidates, bootstrap")
+    q.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
+    q.set_defaults(func=_privacy_audit)
+
 
 def _train(args) -> int:
     from fastlm.train import Trainer, load_config
@@ -236,6 +252,20 @@ def _embeddings_analogy(args) -> int:
     from fastlm.embeddings.run import load_run_vectors
 
     _print_scored(load_run_vectors(args.run).analogy(args.a, args.b, args.c, args.k))
+    return 0
+
+
+def _privacy_audit(args) -> int:
+    from fastlm.train.errors import FastlmError
+
+    try:
+        from fastlm.privacy.audit import audit_run, format_table
+    except ImportError as e:  # scikit-learn (and the scipy it brings) are optional
+        raise FastlmError(f"fastlm privacy audit needs scikit-learn and scipy ({e}): pip install 'fastlm[eval]'") from None
+    r = audit_run(args.run_dir, canaries=args.canaries, reference=args.reference, samples=args.samples,
+                  seed=args.seed, show_progress=not args.quiet)
+    print(format_table(r))
+    print(f"results: {os.path.join(args.run_dir, 'audit.json')}")
     return 0
 
 

@@ -53,6 +53,10 @@ class DataSection:
     # Recurrent families (rnn | lstm | gru): each batch row continues the previous batch's row (consecutive
     # windows of long streams) and the model carries its detached state across them (truncated BPTT).
     stateful: bool = False
+    # Canaries (fastlm/data/canaries.py, Carlini et al.'s "Secret Sharer"): random secrets "my secret number is
+    # d d d d d d d d d" planted in the training split only, recorded in RUN_DIR/canaries.json for `fastlm privacy audit`.
+    canaries: int = 0                    # how many secrets (drawn from train.seed); 0: none
+    canary_repeats: int = 1              # copies of each secret (Carlini plants each 1 to thousands of times)
 
 
 @dataclass

@@ -30,11 +30,14 @@ def validate(config: Config) -> None:
     if config.model.init_embeddings and config.model.is_fitted:
         raise ConfigError(f"model.init_embeddings: model.family = {_show(config.model.family)} is fitted from counts "
                           "and has no token embedding to initialise")
+    if d.canaries and config.model.is_fitted:  # fastlm privacy audit scores models trained by gradient steps
+        raise ConfigError(f"data.canaries = {_show(d.canaries)}: model.family = {_show(config.model.family)} is fitted "
+                          "from counts; canaries are for models trained by `fastlm train` steps")
     positive = {
         "train.steps": t.steps, "train.global_batch_size": t.global_batch_size,
         "train.micro_batch_size": t.micro_batch_size, "train.log_every": t.log_every,
         "train.eval_batches": t.eval_batches, "data.vocab_size": d.vocab_size, "data.seq_len": d.seq_len,
-        "parallel.tp": p.tp, "parallel.pp": p.pp, "checkpoint.keep": c.keep,
+        "parallel.tp": p.tp, "parallel.pp": p.pp, "checkpoint.keep": c.keep, "data.canary_repeats": d.canary_repeats,
     }
     if p.dp != "auto":
         positive["parallel.dp"] = p.dp
@@ -44,6 +47,7 @@ def validate(config: Config) -> None:
     non_negative = {
         "train.warmup_steps": t.warmup_steps, "train.eval_every": t.eval_every, "checkpoint.every": c.every,
         "train.min_lr": t.min_lr, "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
+        "data.canaries": d.canaries,
     }
     for key, value in non_negative.items():
         if value < 0 or (isinstance(value, float) and not math.isfinite(value)):

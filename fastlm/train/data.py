@@ -6,6 +6,7 @@ validation batches (token windows for a GPT, masked sequences for an encoder).
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -18,8 +19,22 @@ from fastlm.train.errors import ConfigError
 def run_corpus(config, tokenizer_path: Path | None, show_progress: bool = False):
     """The corpus of [data], tokenized with tokenizer_path (None: a BPE tokenizer trained on it)."""
     d = config.data
-    return prepare_corpus(d.source, vocab_size=d.vocab_size, text_field=d.text_field, tokenizer_path=tokenizer_path,
-                          val_fraction=d.val_fraction, builtin_modules=d.builtin_modules, show_progress=show_progress)
+    corpus = prepare_corpus(d.source, vocab_size=d.vocab_size, text_field=d.text_field, tokenizer_path=tokenizer_path,
+                            val_fraction=d.val_fraction, builtin_modules=d.builtin_modules, show_progress=show_progress)
+    return with_canaries(corpus, d.canaries, d.canary_repeats, config.train.seed)
+
+
+def with_canaries(corpus, count: int, repeats: int, seed: int):
+    """The corpus with `count` canaries planted in its training split (meta["canaries"]: their record)."""
+    if not count:
+        return corpus
+    from fastlm.data.canaries import insert_canaries
+
+    tokens, record = insert_canaries(corpus.train_tokens, corpus.encode, corpus.eos_id, count=count,
+                                     repeats=repeats, seed=seed)
+    # The key names the data a checkpoint trained on: planted canaries change it.
+    return dataclasses.replace(corpus, train_tokens=tokens, key=f"{corpus.key}+canaries-{count}x{repeats}-{seed}",
+                               meta={**corpus.meta, "canaries": record})
 
 
 def lm_batches(config, corpus, model_config, dp_rank: int = 0, dp_size: int = 1,

@@ -68,6 +68,7 @@ class Trainer:
 
             rt.say(init_model_embeddings(model, corpus.tokenizer(), cfg.model.init_embeddings))
         self.resolved = resolved_config(cfg, model.config, tokenizer_path, corpus)
+        self.corpus_meta = corpus.meta
         loader, val_batches = lm_batches(cfg, corpus, model.config, rt.dp[1], rt.dp[0], rt.device)
         num_params = model.num_params()
         pm = parallelize_for_run(model.to(rt.device), rt, cfg)
@@ -136,6 +137,10 @@ class Trainer:
         if not self.rt.is_main:
             return
         (run_dir / "config.toml").write_text(self.resolved.to_toml())
+        if "canaries" in self.corpus_meta:  # the planted secrets, for `fastlm privacy audit`
+            from fastlm.data.canaries import write_record
+
+            write_record(run_dir, self.corpus_meta["canaries"])
         if Path(tokenizer_path).resolve() != (run_dir / "tokenizer.json").resolve():
             shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
 
