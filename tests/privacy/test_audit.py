@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from fastlm.cli import main
-from fastlm.data.canaries import DIGITS, PREFIX, canary_text, insert_canaries, read_record
+from fastlm.data.canaries import DIGITS, PREFIX, insert_canaries, read_record
 from fastlm.privacy.audit import audit_run, metrics
 from fastlm.privacy.audit.exposure import canary_exposures, exposure_from_sample
 from fastlm.privacy.audit.membership import held_out_halves, split_documents
