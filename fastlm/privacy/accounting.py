@@ -14,14 +14,26 @@ import contextlib
 import math
 import warnings
 
+from fastlm.train.errors import FastlmError
+
 ACCOUNTANTS = ("rdp", "prv")
 # RDP orders: Opacus' defaults and larger ones, which small sampling rates and few steps need (with
 # the defaults alone the optimum sits at the largest order and the bound is loose).
 RDP_ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [64, 80, 96, 128, 192, 256, 384, 512, 1024]
 
 
+def _opacus_accountants():
+    try:
+        import opacus.accountants
+        import opacus.accountants.utils
+    except ImportError:
+        raise FastlmError("DP-SGD's accounting uses Opacus' accountants: pip install 'fastlm[privacy]' "
+                          "(or opacus)") from None
+    return opacus.accountants
+
+
 def _accountant(name: str):
-    from opacus.accountants import create_accountant
+    create_accountant = _opacus_accountants().create_accountant
 
     if name not in ACCOUNTANTS:
         raise ValueError(f"privacy accountant {name!r}: expected one of {', '.join(ACCOUNTANTS)}")
@@ -55,8 +67,7 @@ def _options(accountant: str) -> dict:
 def calibrate_noise(*, target_epsilon: float, sample_rate: float, steps: int, delta: float,
                     accountant: str = "rdp") -> float:
     """The smallest noise multiplier (to about 1%) whose epsilon after `steps` steps is at most the target."""
-    from opacus.accountants.utils import get_noise_multiplier
-
+    get_noise_multiplier = _opacus_accountants().utils.get_noise_multiplier
     _accountant(accountant)  # the name check
     with _quiet():
         return float(get_noise_multiplier(target_epsilon=float(target_epsilon), target_delta=float(delta),
