@@ -14,8 +14,6 @@ import contextlib
 import math
 import warnings
 
-from fastlm.train.errors import FastlmError
-
 ACCOUNTANTS = ("rdp", "prv")
 # RDP orders: Opacus' defaults and larger ones, which small sampling rates and few steps need (with
 # the defaults alone the optimum sits at the largest order and the bound is loose).
@@ -27,6 +25,8 @@ def _opacus_accountants():
         import opacus.accountants
         import opacus.accountants.utils
     except ImportError:
+        from fastlm.train.errors import FastlmError
+
         raise FastlmError("DP-SGD's accounting uses Opacus' accountants: pip install 'fastlm[privacy]' "
                           "(or opacus)") from None
     return opacus.accountants

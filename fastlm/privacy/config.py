@@ -14,8 +14,6 @@ import math
 from dataclasses import dataclass
 
 from fastlm.privacy.accounting import ACCOUNTANTS
-from fastlm.train.errors import ConfigError
-from fastlm.train.toml_text import show
 
 SAMPLINGS = ("poisson", "shuffle")
 
@@ -33,6 +31,9 @@ class PrivacySection:
 
 def validate_privacy(config) -> None:
     """One-line ConfigErrors for [privacy], and for what DP-SGD does not combine with."""
+    from fastlm.train.errors import ConfigError  # here: fastlm.train's config imports this module
+    from fastlm.train.toml_text import show
+
     p = config.privacy
     if not p.dp_sgd:
         return

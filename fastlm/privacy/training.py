@@ -21,7 +21,6 @@ from pathlib import Path
 
 from fastlm.privacy.accounting import calibrate_noise, epsilon, steps_within
 from fastlm.privacy.engine import DPSGD
-from fastlm.train.errors import ConfigError
 
 
 @dataclass
@@ -37,6 +36,8 @@ class PrivateTraining:
     @classmethod
     def setup(cls, config, pm, num_samples: int) -> "PrivateTraining | None":
         """pm: the fastlm.parallel.ParallelModel (its layers already swapped by parallelize)."""
+        from fastlm.train.errors import ConfigError  # here: fastlm.train's trainer imports this module
+
         p, t = config.privacy, config.train
         if not p.dp_sgd:
             return None
