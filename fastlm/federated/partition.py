@@ -22,9 +22,6 @@ import torch
 from fastlm.data.loader import pack_documents
 from fastlm.train.errors import ConfigError
 
-DIRICHLET_TRIES = 100  # redraws until every client holds a window (as FedML and Hsu et al.'s code do)
-
-
 def partition_windows(num_windows: int, *, clients: int, partition: str = "iid", alpha: float = 0.5,
                       sources: int = 10, source_of: np.ndarray | None = None, seed: int = 0) -> list[np.ndarray]:
     """The window indices of each client (sorted, disjoint, together all windows).
@@ -42,20 +39,21 @@ def partition_windows(num_windows: int, *, clients: int, partition: str = "iid",
         raise ValueError(f"partition {partition!r}: expected iid or dirichlet (files: one client per data file)")
     if source_of is None:
         source_of = np.minimum(np.arange(num_windows) * sources // num_windows, sources - 1)
-    labels = np.unique(source_of)
-    for _ in range(DIRICHLET_TRIES):
-        owner = np.empty(num_windows, dtype=np.int64)
-        for label in labels:
-            members = rng.permutation(np.flatnonzero(source_of == label))
-            shares = rng.dirichlet(np.full(clients, alpha))
-            cuts = (np.cumsum(shares)[:-1] * len(members)).astype(np.int64)
-            for client, part in enumerate(np.split(members, cuts)):
-                owner[part] = client
-        counts = np.bincount(owner, minlength=clients)
-        if counts.min() > 0:
-            return [np.flatnonzero(owner == c) for c in range(clients)]
-    raise ConfigError(f"federated.alpha = {alpha}: {DIRICHLET_TRIES} Dirichlet draws each left a client without "
-                      f"data ({num_windows} windows for {clients} clients); use fewer clients or a larger alpha")
+    owner = np.empty(num_windows, dtype=np.int64)
+    for label in np.unique(source_of):
+        members = rng.permutation(np.flatnonzero(source_of == label))
+        shares = rng.dirichlet(np.full(clients, alpha))
+        cuts = (np.cumsum(shares)[:-1] * len(members)).astype(np.int64)
+        for client, part in enumerate(np.split(members, cuts)):
+            owner[part] = client
+    # A client left without data (likely when alpha is small) takes one window from the largest client.
+    counts = np.bincount(owner, minlength=clients)
+    for empty in np.flatnonzero(counts == 0):
+        largest = int(np.argmax(counts))
+        owner[rng.choice(np.flatnonzero(owner == largest))] = empty
+        counts[largest] -= 1
+        counts[empty] += 1
+    return [np.flatnonzero(owner == c) for c in range(clients)]
 
 
 class ClientData:

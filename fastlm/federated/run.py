@@ -45,10 +45,11 @@ def client_datasets(config, corpus) -> list[ClientData]:
     return [ClientData(corpus.train_tokens, part, client=c, **common) for c, part in enumerate(parts)]
 
 
-def file_tokens(config, corpus) -> list:
-    """partition = "files": each data file's training documents, tokenized with the run's tokenizer (the
-    validation documents are chosen by a hash of their text, so they are the run's validation documents)."""
-    from fastlm.data import prepare_corpus
+def file_tokens(config, corpus) -> list[np.ndarray]:
+    """partition = "files": each data file's training documents, tokenized with the run's tokenizer (eos after
+    each). A document is a validation document by the corpus's own rule (a hash of its text), so no client
+    trains on the run's validation text. Tokenized at the start of the run (the files are not cached apart)."""
+    from fastlm.data.prepare import _encode_batch, _hash_fraction
     from fastlm.data.sources import resolve_source
 
     d, f = config.data, config.federated
@@ -56,14 +57,16 @@ def file_tokens(config, corpus) -> list:
     if len(files) != f.clients:
         raise ConfigError(f"federated.partition = \"files\": data.source has {len(files)} files, expected "
                           f"federated.clients = {f.clients} (one client per file)")
-    out = []
+    tok, out = corpus.tokenizer(), []
     for path in files:
-        part = prepare_corpus(str(path), tokenizer_path=corpus.tokenizer_path, text_field=d.text_field,
-                              val_fraction=d.val_fraction, show_progress=False)
-        if len(part.train_tokens) < d.seq_len:
-            raise ConfigError(f"federated.partition = \"files\": {path} has {len(part.train_tokens)} training "
-                              f"tokens, fewer than one window of data.seq_len = {d.seq_len}")
-        out.append(part.train_tokens)
+        docs = [doc for doc in resolve_source(str(path), text_field=d.text_field).documents()
+                if _hash_fraction(doc) >= d.val_fraction]
+        ids = [np.append(np.asarray(e.ids, dtype=np.int64), corpus.eos_id) for e in _encode_batch(tok, docs)]
+        tokens = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+        if len(tokens) < d.seq_len:
+            raise ConfigError(f"federated.partition = \"files\": {path} has {len(tokens)} training tokens, fewer "
+                              f"than one window of data.seq_len = {d.seq_len}")
+        out.append(tokens)
     return out
 
 
