@@ -24,9 +24,17 @@ Across ranks (rank 0 the server, which only relays and sums):
 """
 from fastlm.federated.secure.fixed_point import FixedPoint
 from fastlm.federated.secure.overhead import secure_agg_overhead
-from fastlm.federated.secure.protocol import (AggregateResult, ClientMasker, PublicKeys, RecoveredSecrets,
-                                              RoundDiscarded, SecureAggregator, reconstruct_secrets, sum_masked,
-                                              unmask)
+from fastlm.federated.secure.protocol import (
+    AggregateResult,
+    ClientMasker,
+    PublicKeys,
+    RecoveredSecrets,
+    RoundDiscarded,
+    SecureAggregator,
+    reconstruct_secrets,
+    sum_masked,
+    unmask,
+)
 from fastlm.federated.secure.shamir import Share
 
 __all__ = ["AggregateResult", "ClientMasker", "FixedPoint", "PublicKeys", "RecoveredSecrets", "RoundDiscarded",

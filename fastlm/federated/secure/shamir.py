@@ -7,8 +7,8 @@ equally consistent with them).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from fastlm.train.errors import FastlmError
 
@@ -27,7 +27,7 @@ class Share:
         return self.x.to_bytes(4, "big") + self.y.to_bytes(SHARE_BYTES, "big")
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Share":
+    def from_bytes(cls, data: bytes) -> Share:
         if len(data) != 4 + SHARE_BYTES:
             raise FastlmError(f"shamir: a share is {4 + SHARE_BYTES} bytes, got {len(data)}")
         return cls(int.from_bytes(data[:4], "big"), int.from_bytes(data[4:], "big"))
