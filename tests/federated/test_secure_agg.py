@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import stats
 
-from fastlm.federated.secure import shamir
+from fastlm.federated.secure import masks, shamir
 from fastlm.federated.secure_agg import (
     ClientMasker,
     FixedPoint,
@@ -92,6 +92,21 @@ def test_fixed_point_bad_input():
         FixedPoint(modulus_bits=64)
     with pytest.raises(FastlmError, match="frac_bits"):
         FixedPoint(frac_bits=61, modulus_bits=62)
+
+
+def test_apply_masks_equals_masks_added_one_by_one():
+    fp = FixedPoint(frac_bits=10, modulus_bits=37)
+    x = fp.encode(torch.randn(1001) * 100)
+    keys = [secrets.token_bytes(32) for _ in range(5)]
+    expected = x
+    for i, key in enumerate(keys):
+        mask = masks.expand_mask(key, 1001, 37)
+        assert (mask >= 0).all() and (mask < 2 ** 37).all()
+        expected = fp.add(expected, mask) if i < 2 else fp.sub(expected, mask)
+    assert torch.equal(masks.apply_masks(x, keys[:2], keys[2:], 37), expected)
+    assert torch.equal(masks.apply_masks(expected, keys[2:], keys[:2], 37), x)
+    python_sum = [(int(a) + int(b)) % 2 ** 37 for a, b in zip(x, expected)]
+    assert sum_masked([x, expected], fp).tolist() == python_sum
 
 
 # ---------------------------------------------------------------- Shamir
@@ -214,6 +229,8 @@ def test_a_client_never_reveals_both_secrets_of_one_peer():
         clients[0].reveal([0, 1, 3], [2])
     with pytest.raises(FastlmError, match="survivor and dropped"):
         clients[1].reveal([0, 1, 2], [2])
+    with pytest.raises(FastlmError, match="already sent its masked input"):
+        clients[0].mask(torch.zeros(3), {u: c.public_keys() for u, c in clients.items()})
 
 
 def test_tampered_share_message_is_refused():

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -118,6 +119,7 @@ class ClientMasker:
         self._threshold = 0
         self._held: dict[int, tuple[Share, Share]] = {}   # client v -> (share of s_v's key, share of b_v)
         self._revealed: dict[int, str] = {}               # client v -> which of its secrets this client revealed
+        self._masked = False
 
     def public_keys(self) -> PublicKeys:
         return PublicKeys(self.client_id, masks.public_bytes(self._channel), masks.public_bytes(self._mask),
@@ -163,19 +165,19 @@ class ClientMasker:
         peer_public_keys: every client that completed round 1 (the same set for all clients)."""
         if torch.is_tensor(x) and x.dim() != 1:
             raise FastlmError(f"secure aggregation: an update is a 1-D tensor, got shape {tuple(x.shape)}")
+        if self._masked:
+            raise FastlmError(f"secure aggregation: client {self.client_id} already sent its masked input this round "
+                              "(a second one under the same masks would reveal the difference)")
         fp = self.fixed_point
         n_clients = len(set(peer_public_keys) | {self.client_id})
-        y = fp.encode(x, n_clients=n_clients)
-        numel = y.numel()
-        y = fp.add(y, masks.expand_mask(_self_mask_key(self._seed, self.round_seed, self.client_id), numel,
-                                        fp.modulus_bits))
+        encoded = fp.encode(x, n_clients=n_clients)
+        add, subtract = [_self_mask_key(self._seed, self.round_seed, self.client_id)], []
         for v in sorted(peer_public_keys):
-            if v == self.client_id:
-                continue
-            pairwise = masks.expand_mask(_pairwise_key(self._mask, peer_public_keys[v].mask_key, self.round_seed,
-                                                       self.client_id, v), numel, fp.modulus_bits)
-            y = fp.add(y, pairwise) if v > self.client_id else fp.sub(y, pairwise)
-        return y
+            if v != self.client_id:
+                key = _pairwise_key(self._mask, peer_public_keys[v].mask_key, self.round_seed, self.client_id, v)
+                (add if v > self.client_id else subtract).append(key)
+        self._masked = True
+        return masks.apply_masks(encoded, add, subtract, fp.modulus_bits)
 
     def reveal(self, survivors: Iterable[int], dropped: Iterable[int]) -> dict[int, tuple[str, Share]]:
         """Round 3: shares of b_v for each survivor v and of s_v's key for each dropped v (v -> (kind, share)).
@@ -198,15 +200,21 @@ class ClientMasker:
 
 
 def sum_masked(masked: Iterable[torch.Tensor], fixed_point: FixedPoint) -> torch.Tensor:
-    """The server's running sum of the masked inputs, mod 2**k."""
+    """The server's sum of the masked inputs (int64 residues), mod 2**k."""
     total = None
     for y in masked:
-        if total is not None and y.shape != total.shape:
-            raise FastlmError(f"secure aggregation: masked inputs of shapes {tuple(total.shape)} and {tuple(y.shape)}")
-        total = y.clone() if total is None else fixed_point.add(total, y)
+        if not torch.is_tensor(y) or y.dtype != torch.int64 or (total is not None and y.shape != total.shape):
+            raise FastlmError("secure aggregation: masked inputs must be int64 tensors of one shape, got "
+                              f"{getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}")
+        words = y.detach().cpu().contiguous().numpy().view(np.uint64)
+        if total is None:
+            total = words.copy()
+        else:
+            np.add(total, words, out=total)   # wraps mod 2**64, a multiple of the modulus
     if total is None:
         raise FastlmError("secure aggregation: no masked input to sum")
-    return total
+    np.bitwise_and(total, np.uint64(fixed_point.residue_mask), out=total)
+    return torch.from_numpy(total.view(np.int64))
 
 
 def reconstruct_secrets(reveals: Mapping[int, Mapping[int, tuple[str, Share]]], survivors: Iterable[int],
@@ -239,18 +247,14 @@ def reconstruct_secrets(reveals: Mapping[int, Mapping[int, tuple[str, Share]]], 
 def unmask(sum_of_masked: torch.Tensor, survivors: Iterable[int], recovered: RecoveredSecrets,
            public_keys: Mapping[int, PublicKeys], round_seed: bytes, fixed_point: FixedPoint) -> torch.Tensor:
     """Round 3, server: the sum of the survivors' updates (float64) from the sum of their masked inputs."""
-    fp, numel = fixed_point, sum_of_masked.numel()
     survivors = sorted(survivors)
-    total = sum_of_masked
-    for u in survivors:
-        total = fp.sub(total, masks.expand_mask(_self_mask_key(recovered.self_mask_seeds[u], round_seed, u), numel,
-                                                fp.modulus_bits))
+    add, subtract = [], []
     for u, private in sorted(recovered.mask_private_keys.items()):
         for v in survivors:   # y_v holds +PRG(s_uv) if u > v, else -PRG(s_uv): take it back out
-            pairwise = masks.expand_mask(_pairwise_key(private, public_keys[v].mask_key, round_seed, u, v), numel,
-                                         fp.modulus_bits)
-            total = fp.sub(total, pairwise) if u > v else fp.add(total, pairwise)
-    return fp.decode(total)
+            key = _pairwise_key(private, public_keys[v].mask_key, round_seed, u, v)
+            (subtract if u > v else add).append(key)
+    subtract += [_self_mask_key(recovered.self_mask_seeds[u], round_seed, u) for u in survivors]
+    return fixed_point.decode(masks.apply_masks(sum_of_masked, add, subtract, fixed_point.modulus_bits))
 
 
 @dataclass
@@ -333,7 +337,7 @@ class SecureAggregator:
         total = sum_masked(masked.values(), self.fixed_point)
         responders = [v for v in survivors if v not in silent]
         reveals = {v: clients[v].reveal(survivors, dropped) for v in responders}
-        sent["unmasking"] = (len(responders) * ID_BYTES * len(clients)
+        sent["unmasking"] = (len(survivors) * ID_BYTES * len(clients)  # the lists of survivors and dropped
                              + sum(ID_BYTES + 1 + len(share.to_bytes()) for answer in reveals.values()
                                    for _, share in answer.values()))
         recovered = reconstruct_secrets(reveals, survivors, dropped, keys, self.threshold, self.round_seed)
