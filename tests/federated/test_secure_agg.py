@@ -266,8 +266,9 @@ def test_what_the_server_sees_is_independent_of_the_update():
     residues = torch.cat([SecureAggregator([0, 1], 2, fp, SEED).aggregate(
         {0: torch.full((2000,), value), 1: torch.zeros(2000)}).masked[0] for value in (0.0, 1e6)])
     unit = residues.double().numpy() / 2.0 ** 62
-    assert stats.kstest(unit[:2000], "uniform").pvalue > 1e-4   # update 0: uniform
-    assert stats.kstest(unit[2000:], "uniform").pvalue > 1e-4   # update 1e6: the same uniform
+    assert stats.kstest(unit[:2000], "uniform").pvalue > 1e-6   # update 0: uniform
+    assert stats.kstest(unit[2000:], "uniform").pvalue > 1e-6   # update 1e6: the same uniform
+    assert stats.kstest(fp.encode(torch.full((2000,), 1e6)).double().numpy() / 2.0 ** 62, "uniform").pvalue < 1e-6
 
 
 def test_byte_accounting():
