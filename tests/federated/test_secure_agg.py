@@ -233,6 +233,18 @@ def test_a_client_never_reveals_both_secrets_of_one_peer():
         clients[0].mask(torch.zeros(3), {u: c.public_keys() for u, c in clients.items()})
 
 
+def test_swapped_public_keys_are_refused():
+    fp = FixedPoint()
+    clients = {u: ClientMasker(u, SEED, fp) for u in range(3)}
+    keys = {u: c.public_keys() for u, c in clients.items()}
+    clients[0].shares_for(keys, 2)
+    impostor = ClientMasker(1, SEED, fp).public_keys()
+    with pytest.raises(FastlmError, match="differ from those it shared with"):
+        clients[0].mask(torch.zeros(3), keys | {1: impostor})
+    with pytest.raises(FastlmError, match="not its own"):
+        ClientMasker(1, SEED, fp).shares_for(keys, 2)
+
+
 def test_tampered_share_message_is_refused():
     fp = FixedPoint()
     a, b = ClientMasker(0, SEED, fp), ClientMasker(1, SEED, fp)

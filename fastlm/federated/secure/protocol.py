@@ -132,6 +132,8 @@ class ClientMasker:
         for v, keys in peers.items():
             if keys.client_id != v:
                 raise FastlmError(f"secure aggregation: public keys of client {keys.client_id} filed under {v}")
+        if self.client_id in peers and peers[self.client_id] != self.public_keys():
+            raise FastlmError(f"secure aggregation: the keys listed for client {self.client_id} are not its own")
         everyone = sorted(set(peers) | {self.client_id})
         self._threshold = _check_threshold(threshold, len(everyone))
         self._peers = {**peers, self.client_id: self.public_keys()}
@@ -168,6 +170,10 @@ class ClientMasker:
         if self._masked:
             raise FastlmError(f"secure aggregation: client {self.client_id} already sent its masked input this round "
                               "(a second one under the same masks would reveal the difference)")
+        changed = [v for v, keys in peer_public_keys.items() if self._peers and self._peers.get(v) != keys]
+        if changed:
+            raise FastlmError(f"secure aggregation: client {self.client_id} got keys of clients {sorted(changed)} "
+                              "that differ from those it shared with")
         fp = self.fixed_point
         n_clients = len(set(peer_public_keys) | {self.client_id})
         encoded = fp.encode(x, n_clients=n_clients)
@@ -270,7 +276,11 @@ class AggregateResult:
 
 
 class SecureAggregator:
-    """Simulates one Bonawitz round in one process: every client's ClientMasker and the server."""
+    """Simulates one Bonawitz round in one process: every client's ClientMasker and the server.
+
+    threshold: how many clients must survive (and answer) for the sum to be computed. Bonawitz et al.
+    take t > n/2: with less, a server that lies about who dropped could collect both secrets of a
+    client from two disjoint groups of clients."""
 
     def __init__(self, client_ids: list[int], threshold: int, fixed_point: FixedPoint, round_seed: bytes):
         ids = [_check_id(i) for i in client_ids]
