@@ -67,7 +67,7 @@ def main(argv=None) -> None:
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--per-round", type=int, default=5)
     p.add_argument("--local-steps", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--rounds", type=int, default=60)
     p.add_argument("--mu", type=float, default=0.01)
     p.add_argument("--target-ppl", type=float, default=600.0)
     p.add_argument("--cases", default=",".join(CASES))

@@ -80,6 +80,7 @@ class FederatedRounds:
         self.params = [p for p in pm.module.parameters() if p.requires_grad]
         self.states = OptimizerStates(keep=self.fed.client_state == "keep")
         self.client_steps: dict[int, int] = {}
+        self.mean_samples = sum(c.num_samples for c in clients) / len(clients)
         numel = sum(p.numel() for p in self.params) + 1  # the update and its weight
         self.aggregation = Aggregation(self.fed, self.train.seed, numel, group, rank, world_size)
         schedule = dataclasses.replace(self.train, steps=self.fed.rounds * self.fed.local_steps)
@@ -105,7 +106,7 @@ class FederatedRounds:
             loss = train_client(self.step, data, self.states, first_step=r * f.local_steps, local_steps=f.local_steps,
                                 lr_of=self.lr_of, client_steps=self.client_steps)
             update = flat_parameters(self.params) - global_flat
-            contributions[c] = contribution(update, data.num_samples, f.client_dp)
+            contributions[c] = contribution(update, data.num_samples / self.mean_samples, f.client_dp)
             loss_sum += torch.tensor([float(loss) * data.num_samples, data.num_samples], dtype=torch.float64)
         summed = self.aggregation.run(r, selected, contributions)
         new_global = self._server_step(global_flat, summed, r)

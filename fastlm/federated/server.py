@@ -1,7 +1,8 @@
 """The server's side of a round: which clients train, what each contributes, and the new global model.
 
 A client contributes the vector [w * update, w]: its update (local - global weights) weighted by
-w = its number of training samples, and w itself, so the sum over the round's clients carries both
+w = its number of training samples (over the mean client's, which keeps the values near 1 for fixed point),
+and w itself, so the sum over the round's clients carries both
 the weighted sum of updates and the total weight (FedAvg: sum_k n_k u_k / sum_k n_k). Summing is the
 only thing the server needs, so the same vector goes through plain or secure aggregation.
 
@@ -28,8 +29,9 @@ def select_clients(round_index: int, clients: int, per_round: int, seed: int) ->
     return sorted(int(c) for c in rng.choice(clients, size=per_round, replace=False))
 
 
-def contribution(update: torch.Tensor, num_samples: int, client_dp: ClientDPSection | None) -> torch.Tensor:
-    """[w * update, w] in float64 (the sum is exact enough for any number of clients)."""
+def contribution(update: torch.Tensor, num_samples: float, client_dp: ClientDPSection | None) -> torch.Tensor:
+    """[w * update, w] in float64 (the sum is exact enough for any number of clients). num_samples may be
+    relative (the client's samples over the mean client's): only the ratios matter."""
     update = update.double()
     if client_dp is not None:
         norm = float(update.norm())
