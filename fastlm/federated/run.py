@@ -8,7 +8,8 @@ updates are summed, in the clear or by secure aggregation (fastlm.federated.aggr
 moves the global model by the weighted average (fastlm.federated.server).
 
 Two ways to run, same math: one process simulates every client in turn; under torchrun each
-data-parallel rank trains its share of the round's clients (client group), the sum goes to the server
+data-parallel rank hosts a client group (client c on rank c mod ranks, its data position and optimizer
+state with it) and trains the round's clients it hosts, the sum goes to the server
 (rank 0) through the mesh's data-parallel group, and rank 0 broadcasts the new global model.
 RUN_DIR/metrics.jsonl gets a line per round ("step" is the round) and the validation of the global
 model every federated.eval_every rounds; model.safetensors is the final global model.
@@ -27,8 +28,9 @@ import torch.distributed as dist
 from fastlm.federated.aggregate import Aggregation
 from fastlm.federated.client import OptimizerStates, Proximal, flat_parameters, load_flat, train_client
 from fastlm.federated.partition import ClientData, partition_windows
-from fastlm.federated.server import client_dp_epsilon, global_update, select_clients
+from fastlm.federated.server import client_dp_epsilon, contribution, global_update, select_clients
 from fastlm.train.errors import ConfigError
+from fastlm.train.optim import lr_at
 
 
 def client_datasets(config, corpus) -> list[ClientData]:
@@ -84,17 +86,13 @@ class FederatedRounds:
         numel = sum(p.numel() for p in self.params) + 1  # the update and its weight
         self.aggregation = Aggregation(self.fed, self.train.seed, numel, group, rank, world_size)
         schedule = dataclasses.replace(self.train, steps=self.fed.rounds * self.fed.local_steps)
-        from fastlm.train.optim import lr_at
-
         self.lr_of = lambda i: lr_at(i, schedule)  # warmup and cosine over all local steps of the run
 
     def run_round(self, r: int) -> dict:
         """Round r (0-based): returns its metrics line (without validation)."""
         f, t0 = self.fed, time.perf_counter()
-        from fastlm.federated.server import contribution
-
         selected = select_clients(r, f.clients, f.per_round(), self.train.seed)
-        mine = selected[self.rank::self.world_size]  # this process's client group
+        mine = [c for c in selected if c % self.world_size == self.rank]  # this process's client group hosts them
         global_flat = flat_parameters(self.params)
         proximal = self.step.after_grad_sync
         if isinstance(proximal, Proximal):

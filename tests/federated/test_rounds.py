@@ -206,11 +206,11 @@ TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
 
 @pytest.mark.parametrize("extra", [["federated.clients=3", "federated.local_steps=2", "federated.algorithm=\"fedprox\""],
-                                   ["federated.clients=4", "federated.clients_per_round=3",
-                                    "federated.client_state=\"keep\""]])
+                                   ["federated.clients=5", "federated.clients_per_round=2",
+                                    "federated.client_state=\"keep\"", "federated.rounds=4"]])
 def test_torchrun_client_groups_equal_one_process(tmp_path, extra):
     """2 processes (each a client group, the server rank 0) give the model one process simulating every client gives."""
-    extra = [*extra, "federated.rounds=2"]
+    extra = ["federated.rounds=2", *extra]
     single = _fit(tmp_path / "single", *extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "fastlm", "train", "tiny",
