@@ -100,6 +100,17 @@ def main(argv=None) -> None:
               f"{time_x:.2f}x the round time ({secure['round_s']:.2f} s vs {plain['round_s']:.2f} s), "
               f"final perplexity {secure['final_ppl']:.1f} vs {plain['final_ppl']:.1f}")
         results["secure_overhead"] = {"bytes_x": bytes_x, "round_time_x": time_x}
+    from fastlm.federated.secure_agg import secure_agg_overhead
+
+    print("\nthe protocol alone (one simulated round, against summing the same float32 updates):")
+    protocol = []
+    for n, numel, dropped in [(10, 1_000_000, 0), (10, 1_000_000, 2), (50, 100_000, 0)]:
+        o = secure_agg_overhead(n, numel, dropped=dropped)
+        protocol.append({k: v for k, v in o.items() if k != "bytes_by_round"})
+        print(f"  {n} clients x {numel:,} values, {dropped} dropped: {o['bytes_ratio']:.2f}x bytes "
+              f"({o['bytes_ratio_bit_packed']:.2f}x with 62-bit packing), {o['secure_seconds']:.2f} s vs "
+              f"{o['plain_seconds'] * 1e3:.1f} ms plain, max error {o['max_abs_error']:.1e}")
+    results["protocol_overhead"] = protocol
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=1)
