@@ -12,7 +12,8 @@ data-parallel rank hosts a client group (client c on rank c mod ranks, its data 
 state with it) and trains the round's clients it hosts, the sum goes to the server
 (rank 0) through the mesh's data-parallel group, and rank 0 broadcasts the new global model.
 RUN_DIR/metrics.jsonl gets a line per round ("step" is the round) and the validation of the global
-model every federated.eval_every rounds; model.safetensors is the final global model.
+model every federated.eval_every rounds; checkpoints every checkpoint.every rounds (--resume continues
+exactly: fastlm.federated.checkpoint); model.safetensors is the final global model.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from fastlm.federated.aggregate import Aggregation
+from fastlm.federated.checkpoint import FederatedCheckpointer
 from fastlm.federated.client import OptimizerStates, Proximal, flat_parameters, load_flat, train_client
 from fastlm.federated.partition import ClientData, partition_windows
 from fastlm.federated.server import client_dp_epsilon, contribution, global_update, select_clients
@@ -150,11 +152,8 @@ def fit_federated(trainer) -> dict:
     from fastlm.train.weights import save_weights
 
     cfg, t, f, rt = trainer.config, trainer.config.train, trainer.config.federated, trainer.rt
-    if trainer.resume:
-        raise ConfigError("--resume: a federated run cannot be resumed (its clients' states are not checkpointed); "
-                          "start it again")
     rt.mesh = init_run_mesh(cfg) if rt.world_size > 1 else None
-    run_dir = choose_run_dir(cfg.name, trainer.out_dir, False, rt.mesh)
+    run_dir = choose_run_dir(cfg.name, trainer.out_dir, trainer.resume, rt.mesh)
     torch.manual_seed(t.seed)
     random.seed(t.seed)
     model, tokenizer_path = trainer._build_model()
@@ -176,19 +175,26 @@ def fit_federated(trainer) -> dict:
     group = rt.mesh.dp_group if rt.mesh is not None else None
     rounds = FederatedRounds(cfg, pm, step, clients, dp_rank, dp_size, group)
     sizes = [c.num_samples for c in clients]
+    enc = encryption_for(run_dir, cfg.checkpoint, create_id=True)  # None unless checkpoint.encrypt
+    identity = {"model": model.config.to_dict(), "corpus_key": corpus.key,
+                "clients": [f.clients, f.partition, f.alpha, f.sources, sizes]}  # what a checkpoint must match
+    ckpt = FederatedCheckpointer(run_dir, rounds, identity, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
+                                 is_main=rt.is_main, device=rt.device, enc=enc)
     metrics = bar = result = None
-    with RunDirectory(run_dir, fresh=rt.is_main, create=rt.is_main) as rd:
+    with RunDirectory(run_dir, fresh=rt.is_main and not trainer.resume, create=rt.is_main) as rd:
         try:
+            start = ckpt.resume(rt.say) if trainer.resume else 0
             trainer._write_run_files(run_dir, corpus.tokenizer_path)
             metrics = MetricsLog(run_dir if rt.is_main else None, tensorboard=t.tensorboard)
+            metrics.truncate_after(start)
             rt.say(f"fastlm: federated {f.algorithm}, {f.clients} clients ({f.partition}: {min(sizes)} to {max(sizes)} "
                    f"windows each), {f.per_round()} per round x {f.rounds} rounds of {f.local_steps} local steps"
                    + (", secure aggregation" if f.secure_aggregation else "")
                    + (f", {dp_size} processes" if dp_size > 1 else ""))
             evaluate_at = _evaluator(pm, val_batches, step.autocast, rt)
-            result = evaluate_at(0, None, metrics)
-            bar = progress_bar(f.rounds, 0, rt.is_main and rt.show_progress)
-            for r in range(f.rounds):
+            result = evaluate_at(0, None, metrics) if start == 0 else None
+            bar = progress_bar(f.rounds, start, rt.is_main and rt.show_progress)
+            for r in range(start, f.rounds):
                 record = rounds.run_round(r)
                 rd.started()
                 if not math.isfinite(record["loss"]):
@@ -201,13 +207,16 @@ def fit_federated(trainer) -> dict:
                 done = r + 1
                 if done == f.rounds or (f.eval_every and done % f.eval_every == 0):
                     result = evaluate_at(done, bar, metrics)
+                ckpt.maybe_save(done, f.rounds)
+            if result is None:  # resumed a finished run: its last evaluation is already logged
+                result = evaluate_at(f.rounds, bar, None)
         finally:
             for closing in (bar, metrics):
                 if closing is not None:
                     closing.close()
     final = pm.full_model(rt.is_main)
     if rt.is_main:
-        save_weights(final, run_dir, encryption_for(run_dir, cfg.checkpoint, create_id=True))
+        save_weights(final, run_dir, enc)
         print(f"validation perplexity: {result['val_ppl']:.2f} (loss {result['val_loss']:.4f})")
         print(f"run directory: {run_dir}")
     trainer.model = pm.module

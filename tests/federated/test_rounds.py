@@ -220,3 +220,48 @@ def test_torchrun_client_groups_equal_one_process(tmp_path, extra):
     multi = safetensors.torch.load_file(tmp_path / "dp" / "model.safetensors")
     for key in single:
         torch.testing.assert_close(single[key], multi[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_resume_continues_exactly(tmp_path):
+    import shutil
+
+    extra = ["federated.clients=4", "federated.clients_per_round=2", "federated.rounds=4", "federated.local_steps=2",
+             "federated.client_state=\"keep\"", "federated.client_dp={clip = 0.5, noise_multiplier = 0.3}",
+             "checkpoint.every=2"]
+    full = _fit(tmp_path / "full", *extra)
+    shutil.copytree(tmp_path / "full", tmp_path / "part")  # then make it a run killed after its round-2 checkpoint
+    shutil.rmtree(tmp_path / "part" / "checkpoints" / "step_0000004")
+    (tmp_path / "part" / "model.safetensors").unlink()
+    Trainer(_config(*extra), out_dir=tmp_path / "part", show_progress=False, resume=True).fit()
+    part = safetensors.torch.load_file(tmp_path / "part" / "model.safetensors")
+    for key in full:
+        torch.testing.assert_close(full[key], part[key], rtol=0, atol=0, msg=key)
+    assert [r["round"] for r in read_metrics(tmp_path / "part") if "loss" in r] == [1, 2, 3, 4]
+    with pytest.raises(Exception, match="does not match this run"):
+        Trainer(_config(*extra, "federated.partition=\"dirichlet\""), out_dir=tmp_path / "part", show_progress=False,
+                resume=True).fit()
+
+
+def test_torchrun_resume_gathers_and_scatters_client_states(tmp_path):
+    """2 processes checkpoint every client's optimizer state (gathered on rank 0) and, resumed, give the model an
+    uninterrupted single process gives."""
+    import shutil
+
+    extra = ["federated.clients=5", "federated.clients_per_round=3", "federated.rounds=4",
+             "federated.client_state=\"keep\"", "checkpoint.every=2"]
+    single = _fit(tmp_path / "single", *extra)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(out, *more):
+        cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "fastlm", "train", "tiny",
+               "--out", str(out), "--quiet", *more, *[a for item in [*MICRO, *extra] for a in ("--set", item)]]
+        run = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+
+    torchrun(tmp_path / "dp")
+    shutil.rmtree(tmp_path / "dp" / "checkpoints" / "step_0000004")
+    (tmp_path / "dp" / "model.safetensors").unlink()
+    torchrun(tmp_path / "dp", "--resume")
+    multi = safetensors.torch.load_file(tmp_path / "dp" / "model.safetensors")
+    for key in single:
+        torch.testing.assert_close(single[key], multi[key], atol=1e-6, rtol=1e-5, msg=key)
