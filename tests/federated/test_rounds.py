@@ -203,14 +203,17 @@ def test_files_partition_gives_each_file_to_a_client(tmp_path):
 
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+SGD_MOMENTUM = ["train.optimizer=\"sgd\"", "train.momentum=0.9", "train.lr=0.1"]
 
 
 @pytest.mark.parametrize("extra", [["federated.clients=3", "federated.local_steps=2", "federated.algorithm=\"fedprox\""],
                                    ["federated.clients=5", "federated.clients_per_round=2",
                                     "federated.client_state=\"keep\"", "federated.rounds=4"]])
 def test_torchrun_client_groups_equal_one_process(tmp_path, extra):
-    """2 processes (each a client group, the server rank 0) give the model one process simulating every client gives."""
-    extra = ["federated.rounds=2", *extra]
+    """2 processes (each a client group, the server rank 0) give the model one process simulating every client gives.
+    SGD with momentum (a state to keep): AdamW's first steps (~ lr * sign(g)) would magnify the last-bit
+    differences of summing the updates in another order."""
+    extra = ["federated.rounds=2", *SGD_MOMENTUM, *extra]
     single = _fit(tmp_path / "single", *extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "fastlm", "train", "tiny",
@@ -248,7 +251,7 @@ def test_torchrun_resume_gathers_and_scatters_client_states(tmp_path):
     import shutil
 
     extra = ["federated.clients=5", "federated.clients_per_round=3", "federated.rounds=4",
-             "federated.client_state=\"keep\"", "checkpoint.every=2"]
+             "federated.client_state=\"keep\"", "checkpoint.every=2", *SGD_MOMENTUM]
     single = _fit(tmp_path / "single", *extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
