@@ -55,6 +55,10 @@ class Trainer:
             result = fit_run(self.config, self.out_dir, self.resume, self.rt.show_progress)
             self.model = result.pop("model")
             return result
+        if self.config.federated.enabled:  # rounds of client steps and server aggregation
+            from fastlm.federated.run import fit_federated
+
+            return fit_federated(self)
         cfg, t, rt = self.config, self.config.train, self.rt
         rt.mesh = init_run_mesh(cfg) if rt.world_size > 1 else None
         check_batch_split(cfg, rt.dp[0])
