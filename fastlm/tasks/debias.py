@@ -69,7 +69,7 @@ class DebiasedClassifier(nn.Module):
     def forward(self, batch: dict) -> dict:
         out = self.classifier(batch)
         if self.training and "groups" in batch and "labels" in batch:
-            reversed_pooled = grad_reverse(out["pooled"].float(), self.weight)
+            reversed_pooled = grad_reverse(out["pooled"], self.weight)
             out["group_logits"] = self.adversary(reversed_pooled, batch["labels"]).float()
         return out
 
@@ -99,7 +99,7 @@ def adversary_accuracy(model: DebiasedClassifier, batches) -> float | None:
         for batch in batches:
             out = model.classifier(batch)
             known = batch["groups"] >= 0
-            guess = model.adversary(out["pooled"].float(), batch["labels"]).argmax(-1)
+            guess = model.adversary(out["pooled"], batch["labels"]).argmax(-1)
             right += int((guess == batch["groups"])[known].sum())
             total += int(known.sum())
     finally:
