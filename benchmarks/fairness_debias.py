@@ -14,6 +14,18 @@ resamples within groups), the demographic-parity gap and the accuracy (95% Clopp
 Across seeds: mean and 95% t-interval of each figure and of the paired change (debiased - baseline).
 
 Prints a table and writes OUT/results.json.
+
+Measured (2-core shared CPU, OMP_NUM_THREADS=1, about 40 s for the 6 runs; 9000 training and 999
+validation examples, 300 steps of 32, debias_weight 1):
+    seed  baseline acc  EO gap [95% bootstrap]   debiased acc  EO gap [95% bootstrap]
+    0     0.948         0.150 [0.096, 0.223]     0.929         0.088 [0.051, 0.166]
+    1     0.944         0.127 [0.076, 0.205]     0.939         0.113 [0.062, 0.185]
+    2     0.940         0.172 [0.121, 0.256]     0.939         0.092 [0.052, 0.173]
+    mean EO gap 0.150 [0.094, 0.205] -> 0.097 [0.065, 0.130] (t-intervals over seeds); change -0.052
+    [-0.136, +0.032]; accuracy 0.944 -> 0.936, change -0.008 [-0.032, +0.015].
+With --words 1 (more ambiguous texts, so more reliance on the group token): EO gap 0.340 [0.293, 0.388]
+-> 0.152 [-0.070, 0.375], change -0.188 [-0.382, +0.006]; accuracy 0.901 -> 0.851. --weight 2 (words 2)
+is less stable across seeds: EO gap 0.093 [-0.012, 0.199], accuracy 0.909 [0.853, 0.965].
 """
 from __future__ import annotations
 

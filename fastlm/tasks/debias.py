@@ -91,7 +91,8 @@ def debiased_task_loss(runner, batch) -> torch.Tensor:
 @torch.no_grad()
 def adversary_accuracy(model: DebiasedClassifier, batches) -> float | None:
     """How often the adversary names the group (from the pooled vector and the true label); None
-    without examples of known groups. Near the share of the largest group: the group is hidden."""
+    without examples of known groups. At or below what the label alone predicts (the share of each
+    label's most common group): the representation hides the group."""
     was_training = model.training
     model.eval()
     right = total = 0
