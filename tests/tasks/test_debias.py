@@ -34,9 +34,16 @@ def test_gradient_reversal_flips_and_scales_the_gradient():
     assert torch.autograd.gradcheck(lambda t: t * 1.0, (x,))  # (the check itself works)
 
 
-def _debiased_model_and_batch(weight):
+def _debiased_model_and_batch(weight, encoder=False):
     torch.manual_seed(1)
-    body = GPT(GPTConfig(family="llama", vocab_size=40, n_layer=1, n_head=2, n_kv_head=2, d_model=16, max_seq_len=16))
+    if encoder:
+        from fastlm.models.encoder import Encoder, EncoderConfig
+
+        body = Encoder(EncoderConfig(family="bert", vocab_size=40, n_layer=1, n_head=2, d_model=16, max_seq_len=16),
+                       add_pooler=True)
+    else:
+        body = GPT(GPTConfig(family="llama", vocab_size=40, n_layer=1, n_head=2, n_kv_head=2, d_model=16,
+                             max_seq_len=16))
     model = DebiasedClassifier(SequenceClassifier(body, 2), 16, 2, 3, weight).double()
     ids = torch.randint(1, 40, (6, 5))
     mask = torch.ones_like(ids)
@@ -46,9 +53,10 @@ def _debiased_model_and_batch(weight):
     return model, batch
 
 
-def test_debiased_step_gradients_match_the_reference():
+@pytest.mark.parametrize("encoder", [False, True])
+def test_debiased_step_gradients_match_the_reference(encoder):
     weight = 0.6
-    model, batch = _debiased_model_and_batch(weight)
+    model, batch = _debiased_model_and_batch(weight, encoder)
     model.train()
     debiased_task_loss(model, batch).backward()
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
