@@ -1,6 +1,7 @@
 """A classification demo with a planted group correlation, built from the langid demo (offline).
 
     paths = planted_group_dataset(out_dir)   # {"train": Path, "validation": Path}: text, label, group
+    [task] train = "demo:langid-groups"      # the same from a task config (size 3000 unless ":SIZE")
 
 Each langid message gets a binary label (its language family: "romance" for fr, es, it,
 "germanic" for de, nl, sv), a group ("a" or "b") that agrees with the label with probability
@@ -35,13 +36,14 @@ def planted_records(records: list[dict], seed: int, correlation: float = 0.8, wo
 
 
 def planted_group_dataset(out_dir: str | Path, size: int = 3000, seed: int = 0, correlation: float = 0.8,
-                          words: int = 2) -> dict[str, Path]:
-    """Write (once) train.jsonl and validation.jsonl of the planted-correlation demo under out_dir."""
+                          words: int = 2, cache_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write (once) train.jsonl and validation.jsonl of the planted-correlation demo under out_dir
+    (from the langid demo of the same size and seed, in cache_dir: default the tasks cache)."""
     out_dir = Path(out_dir) / f"langid-groups-{size}-{seed}-{correlation}-{words}"
     paths = {"train": out_dir / "train.jsonl", "validation": out_dir / "validation.jsonl"}
     if all(p.is_file() for p in paths.values()):
         return paths
-    source = demo_dataset("langid", size=size)
+    source = demo_dataset("langid", cache_dir, size=size, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, (split, path) in enumerate(paths.items()):
         rows = planted_records([r.fields for r in read_records(source[split])], seed * 2 + i, correlation, words)
