@@ -38,11 +38,13 @@ import time
 from pathlib import Path
 
 MODEL = {"family": "llama", "n_layer": 1, "n_head": 2, "n_kv_head": 2, "d_model": 64}
+ARMS = ("none", "adversarial", "blind")  # blind: no debiasing, on the texts without the group token
 TRAIN = {"global_batch_size": 32, "micro_batch_size": 32, "lr": 2e-3, "warmup_steps": 20, "min_lr": 2e-4,
          "weight_decay": 0.01, "precision": "fp32", "log_every": 50, "eval_every": 0}
 
 
-def run_one(paths: dict, out: Path, seed: int, debias: str, weight: float, steps: int, resamples: int) -> dict:
+def run_one(paths: dict, out: Path, seed: int, debias: str, weight: float, steps: int, resamples: int,
+            name: str) -> dict:
     from scipy import stats
 
     from fastlm.eval.fairness import group_report
@@ -56,8 +58,8 @@ def run_one(paths: dict, out: Path, seed: int, debias: str, weight: float, steps
            "train": {**TRAIN, "steps": steps, "seed": seed, "debias": debias, "debias_weight": weight},
            "checkpoint": {"every": 0}}
     start = time.time()
-    result = finetune(task, task_config_from_dict(raw, task.Section, name=f"{debias}-{seed}"),
-                      out / f"{debias}-seed{seed}", show_progress=False)
+    result = finetune(task, task_config_from_dict(raw, task.Section, name=f"{name}-{seed}"),
+                      out / f"{name}-seed{seed}", show_progress=False)
     seconds = time.time() - start
     preds = [json.loads(x) for x in (Path(result["run_dir"]) / "predictions.jsonl").read_text().splitlines()]
     labels = result["metrics"]["labels"]
@@ -67,7 +69,7 @@ def run_one(paths: dict, out: Path, seed: int, debias: str, weight: float, steps
     right = sum(p["label"] == p["prediction"] for p in preds)
     acc_ci = stats.binomtest(right, len(preds)).proportion_ci(0.95)
     gaps = report.gaps
-    return {"seed": seed, "debias": debias, "seconds": round(seconds, 1), "examples": len(preds),
+    return {"seed": seed, "debias": name, "seconds": round(seconds, 1), "examples": len(preds),
             "accuracy": right / len(preds), "accuracy_ci": [acc_ci.low, acc_ci.high],
             "equalized_odds_difference": gaps["equalized_odds_difference"],
             "demographic_parity_difference": gaps["demographic_parity_difference"],
@@ -104,17 +106,21 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     paths = planted_group_dataset(out / "data", size=args.size, correlation=args.correlation, words=args.words)
+    blind = planted_group_dataset(out / "data", size=args.size, correlation=args.correlation, words=args.words,
+                                  reveal=False)
     runs = []
     for seed in args.seeds:
-        for debias in ("none", "adversarial"):
-            r = run_one(paths, out / "runs", seed, debias, args.weight, args.steps, args.resamples)
+        for debias in ARMS:
+            r = run_one(blind if debias == "blind" else paths, out / "runs", seed,
+                        "none" if debias == "blind" else debias, args.weight, args.steps, args.resamples,
+                        name=debias)
             runs.append(r)
             eo = r["equalized_odds_difference"]
             print(f"seed {seed}  {debias:<11}  accuracy {r['accuracy']:.3f} [{r['accuracy_ci'][0]:.3f}, "
                   f"{r['accuracy_ci'][1]:.3f}]  EO gap {eo['value']:.3f} [{eo['ci_low']:.3f}, {eo['ci_high']:.3f}]  "
                   f"DP gap {r['demographic_parity_difference']['value']:.3f}  ({r['seconds']:.0f} s)", flush=True)
     summary = {}
-    for debias in ("none", "adversarial"):
+    for debias in ARMS:
         mine = [r for r in runs if r["debias"] == debias]
         summary[debias] = {key: mean_ci([r[key]["value"] if isinstance(r[key], dict) else r[key] for r in mine])
                            for key in ("accuracy", "equalized_odds_difference", "demographic_parity_difference",
@@ -125,13 +131,13 @@ def main(argv=None) -> int:
                                               for a, b in pairs]),
         "accuracy": mean_ci([b["accuracy"] - a["accuracy"] for a, b in pairs])}
     print(f"\nover seeds {args.seeds} (mean, 95% t-interval), debias_weight {args.weight}:")
-    print(f"{'':<24}{'baseline':>24}{'adversarial':>24}")
+    print(f"{'':<30}{'baseline':>22}{'adversarial':>22}{'blind (no token)':>22}")
     for key in ("equalized_odds_difference", "demographic_parity_difference", "accuracy"):
         cells = []
-        for debias in ("none", "adversarial"):
+        for debias in ARMS:
             s = summary[debias][key]
             cells.append(f"{s['mean']:.3f}" + (f" [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]" if s["ci"] else ""))
-        print(f"{key:<24}{cells[0]:>24}{cells[1]:>24}")
+        print(f"{key:<30}" + "".join(f"{c:>22}" for c in cells))
     for key, s in summary["change"].items():
         print(f"change in {key} (debiased - baseline): {s['mean']:+.3f}"
               + (f" [{s['ci'][0]:+.3f}, {s['ci'][1]:+.3f}]" if s["ci"] else ""))
