@@ -15,17 +15,19 @@ Across seeds: mean and 95% t-interval of each figure and of the paired change (d
 
 Prints a table and writes OUT/results.json.
 
-Measured (2-core shared CPU, OMP_NUM_THREADS=1, about 40 s for the 6 runs; 9000 training and 999
+Measured (2-core shared CPU, OMP_NUM_THREADS=1, about 90 s for the 9 runs; 9000 training and 999
 validation examples, 300 steps of 32, debias_weight 1):
-    seed  baseline acc  EO gap [95% bootstrap]   debiased acc  EO gap [95% bootstrap]
-    0     0.948         0.150 [0.096, 0.223]     0.929         0.088 [0.051, 0.166]
-    1     0.944         0.127 [0.076, 0.205]     0.939         0.113 [0.062, 0.185]
-    2     0.940         0.172 [0.121, 0.256]     0.939         0.092 [0.052, 0.173]
-    mean EO gap 0.150 [0.094, 0.205] -> 0.097 [0.065, 0.130] (t-intervals over seeds); change -0.052
-    [-0.136, +0.032]; accuracy 0.944 -> 0.936, change -0.008 [-0.032, +0.015].
-With --words 1 (more ambiguous texts, so more reliance on the group token): EO gap 0.340 [0.293, 0.388]
--> 0.152 [-0.070, 0.375], change -0.188 [-0.382, +0.006]; accuracy 0.901 -> 0.851. --weight 2 (words 2)
-is less stable across seeds: EO gap 0.093 [-0.012, 0.199], accuracy 0.909 [0.853, 0.965].
+    seed  baseline acc  EO gap [95% bootstrap]   debiased acc  EO gap [95% bootstrap]   blind acc  EO gap
+    0     0.948         0.150 [0.096, 0.223]     0.929         0.088 [0.051, 0.166]     0.916      0.016
+    1     0.944         0.127 [0.076, 0.205]     0.939         0.113 [0.062, 0.185]     0.918      0.042
+    2     0.940         0.172 [0.121, 0.256]     0.939         0.092 [0.052, 0.173]     0.918      0.028
+    mean (95% t-interval over seeds): EO gap 0.150 [0.094, 0.205] -> 0.097 [0.065, 0.130] (blind: 0.029
+    [-0.004, 0.061]); paired change -0.052 [-0.136, +0.032]; accuracy 0.944 -> 0.936 (blind 0.917),
+    paired change -0.008 [-0.032, +0.015].
+Other weights (same seeds): 0.5: EO gap 0.114, accuracy 0.939; 2: 0.093 [-0.012, 0.199], 0.909; 3: 0.121
+[-0.118, 0.359], 0.879 (the adversarial game gets unstable: one seed loses accuracy, another keeps its gap).
+With --words 1 (more ambiguous texts, more reliance on the token): EO gap 0.340 [0.293, 0.388] -> 0.152
+[-0.070, 0.375], paired change -0.188 [-0.382, +0.006]; accuracy 0.901 -> 0.851.
 """
 from __future__ import annotations
 
