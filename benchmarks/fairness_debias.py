@@ -7,8 +7,9 @@ The data (fastlm/tasks/fairness_demo.py, built offline from the langid demo): a 
 language family of a program message, only its first two words kept, so some texts are ambiguous),
 a group "a"/"b" that agrees with the label 80% of the time, and a token revealing the group at the
 start of the text. A small GPT classifier is fine-tuned on it with `[train] debias = "none"` (the
-baseline, same invocation) and `"adversarial"`, each for every seed (the seed of the model and of
-the batch order; the data stay the same). Each run's validation predictions go through
+baseline, same invocation) and `"adversarial"`, and, as the reference for complete debiasing, with
+no debiasing on the same texts without the group token ("blind"), each for every seed (the seed of
+the model and of the batch order; the data stay the same). Each run's validation predictions go through
 fastlm.eval.fairness.group_report: the equalized-odds gap with its 95% bootstrap interval (1000
 resamples within groups), the demographic-parity gap and the accuracy (95% Clopper-Pearson interval).
 Across seeds: mean and 95% t-interval of each figure and of the paired change (debiased - baseline).
