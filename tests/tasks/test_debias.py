@@ -173,3 +173,27 @@ def test_config_errors(tmp_path, planted):
 
     with pytest.raises(ConfigError, match="only for fine-tuning a classifier"):
         Trainer(load_config("tiny", ["train.debias=adversarial"]), tmp_path / "d")
+
+
+# ---------------------------------------------------------------- data parallel
+
+def _dp_run(rank, world, raw, out):
+    torch.set_num_threads(1)
+    result = finetune(TASK, task_config_from_dict(raw, TASK.Section), out, show_progress=False)
+    return {k: v.detach().clone() for k, v in result["model"].state_dict().items()}
+
+
+def test_debiasing_on_two_processes_matches_one(tmp_path):
+    """The adversary's parameters are data-parallel like the rest (their gradients are reduced)."""
+    from tests.parallel.dist_helpers import run_world
+
+    train = write_jsonl(tmp_path / "t.jsonl", planted_records(64, 2))
+    raw = tiny_config(train, steps=3, global_batch_size=16, micro_batch_size=4, grad_clip=0.0,
+                      debias="adversarial")
+    raw["task"]["group_field"] = "group"
+    single = _dp_run(0, 1, raw, tmp_path / "one")
+    assert any(name.startswith("adversary.") for name in single)
+    ranks = run_world(_dp_run, 2, raw, str(tmp_path / "two"), timeout=240)
+    for name, want in single.items():
+        torch.testing.assert_close(ranks[0][name], want, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(ranks[1][name], ranks[0][name], rtol=0, atol=0, msg=name)
