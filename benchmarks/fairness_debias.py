@@ -130,8 +130,9 @@ def main(argv=None) -> int:
                                        "equal_opportunity_difference")}
     pairs = list(zip([r for r in runs if r["debias"] == "none"], [r for r in runs if r["debias"] == "adversarial"]))
     summary["change"] = {
-        "equalized_odds_difference": mean_ci([b["equalized_odds_difference"]["value"] - a["equalized_odds_difference"]["value"]
-                                              for a, b in pairs]),
+        "equalized_odds_difference": mean_ci([after["equalized_odds_difference"]["value"]
+                                              - before["equalized_odds_difference"]["value"]
+                                              for before, after in pairs]),
         "accuracy": mean_ci([b["accuracy"] - a["accuracy"] for a, b in pairs])}
     print(f"\nover seeds {args.seeds} (mean, 95% t-interval), debias_weight {args.weight}:")
     print(f"{'':<30}{'baseline':>22}{'adversarial':>22}{'blind (no token)':>22}")

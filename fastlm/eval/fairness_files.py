@@ -3,6 +3,7 @@ and the gaps with their bootstrap intervals), each written to a temporary name a
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -49,11 +50,11 @@ def plot_fairness(report: GroupReport, path: Path) -> None:
     lows = [report.gaps[n]["ci_low"] for n in names]
     highs = [report.gaps[n]["ci_high"] for n in names]
     y = np.arange(len(names))
-    shown = [v if v == v else 0.0 for v in values]  # NaN (an undefined ratio) drawn as 0
+    shown = [0.0 if math.isnan(v) else v for v in values]  # NaN (an undefined ratio) drawn as 0
     right.barh(y, shown, color="tab:gray")
     if all(lo is not None for lo in lows):
-        err = [[max(0.0, v - lo) if lo == lo else 0.0 for v, lo in zip(shown, lows)],
-               [max(0.0, hi - v) if hi == hi else 0.0 for v, hi in zip(shown, highs)]]
+        err = [[0.0 if math.isnan(lo) else max(0.0, v - lo) for v, lo in zip(shown, lows)],
+               [0.0 if math.isnan(hi) else max(0.0, hi - v) for v, hi in zip(shown, highs)]]
         right.errorbar(shown, y, xerr=err, fmt="none", ecolor="black", capsize=3)
         level = f"{round(100 * report.bootstrap['confidence'])}% bootstrap intervals"
     else:

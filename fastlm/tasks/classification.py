@@ -19,6 +19,7 @@ of the token ids (fastlm/tasks/maxent_classifier.py); metrics accuracy, precisio
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,7 +238,7 @@ class ClassificationTask(Task):
             for e, row in zip(examples, predictions):
                 row["group"] = e["group"]
             report = fairness_of(predictions, labels, n_bootstrap=0)
-            result.update({f"fairness_{k}": v["value"] if v["value"] == v["value"] else None  # NaN: undefined
+            result.update({f"fairness_{k}": None if math.isnan(v["value"]) else v["value"]  # NaN: undefined
                            for k, v in report.gaps.items()})
             if isinstance(model, DebiasedClassifier):
                 from fastlm.tasks.debias import adversary_accuracy

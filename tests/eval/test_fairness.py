@@ -10,10 +10,10 @@ import torch
 from scipy import stats
 
 fairlearn = pytest.importorskip("fairlearn")
-from fairlearn import metrics as FM  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
+from fairlearn import metrics as FM
+from sklearn import metrics as skm
 
-from fastlm.eval.fairness import group_report, stratified_resamples  # noqa: E402
+from fastlm.eval.fairness import group_report, stratified_resamples
 
 
 def _binary_case(seed, sizes=(7, 40, 300, 900), bias=0.3):
@@ -182,7 +182,8 @@ def test_calibration_error_per_group():
     t, p1 = (y_true == 0).astype(int), probs[:, 0]
     r1 = group_report(t, (p1 >= 0.5).astype(int), groups, scores=p1, n_bootstrap=0)
     both = np.stack([1 - p1, p1], 1)
-    assert r1.per_group["a"]["calibration_error"] == pytest.approx(_ece_reference(t[groups == "a"], both[groups == "a"]))
+    in_a = groups == "a"
+    assert r1.per_group["a"]["calibration_error"] == pytest.approx(_ece_reference(t[in_a], both[in_a]))
 
 
 def test_bootstrap_resamples_give_fairlearns_gaps_and_intervals_cover():

@@ -42,7 +42,8 @@ def test_evaluate_groups_writes_fairness_beside_the_other_outputs(run, capsys):
     dp = fm.demographic_parity_difference(y_true, y_pred, sensitive_features=groups)
     assert report["gaps"]["equalized_odds_difference"]["value"] == pytest.approx(eo)
     assert report["gaps"]["demographic_parity_difference"]["value"] == pytest.approx(dp)
-    low, high = report["gaps"]["equalized_odds_difference"]["ci_low"], report["gaps"]["equalized_odds_difference"]["ci_high"]
+    gap = report["gaps"]["equalized_odds_difference"]
+    low, high = gap["ci_low"], gap["ci_high"]
     assert low <= eo <= high
     assert report["tests"]["selection_chi2"] is not None and "score_mannwhitney" in report["tests"]
     metrics = json.loads((out / "metrics.json").read_text())
