@@ -6,7 +6,7 @@
     fastlm plot RUN_DIR [--out PNG]
     fastlm export RUN_DIR --format hf --out DIR
     fastlm finetune TASK CONFIG [--out RUN_DIR] [--set section.key=value ...] [--resume]
-    fastlm evaluate TASK RUN_DIR [--data FILE] [--out DIR]
+    fastlm evaluate TASK RUN_DIR [--data FILE] [--out DIR] [--groups COLUMN]
     fastlm quantize RUN_DIR --scheme w8a8|w8a16 --out DIR [--skip NAME ...] [--smooth ALPHA] [--group-size G]
     fastlm keygen [PATH] [--force]
     fastlm bench [NAME ...] [--device cpu|cuda] [--out DIR] [--quick] [--list]
@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data", metavar="FILE", help="a dataset file (default: the run's validation split)")
     p.add_argument("--out", metavar="DIR", help="where to write the results (default: RUN_DIR/eval)")
+    p.add_argument("--groups", metavar="COLUMN", help="the data column naming each example's group: also writes "
+                                                      "fairness.json and fairness.png (classification)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("plot", help="plot training and validation loss to RUN_DIR/loss.png")
@@ -199,7 +201,7 @@ def _finetune(args) -> int:
 def _evaluate(args) -> int:
     from fastlm.tasks import evaluate
 
-    r = evaluate(args.task, args.run_dir, data=args.data, out_dir=args.out)
+    r = evaluate(args.task, args.run_dir, data=args.data, out_dir=args.out, groups=args.groups)
     _print_task_metrics(r["metrics"])
     print(f"results: {r['out_dir']}")
     return 0

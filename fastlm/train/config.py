@@ -86,6 +86,10 @@ class TrainSection:
     adversarial_epsilon: float = 1.0     # L2 norm of each token's embedding perturbation (at most)
     adversarial_steps: int = 3           # pgd ascent steps
     adversarial_alpha: float = 0.0       # pgd step size; 0: 2.5 * epsilon / steps
+    # Adversarial debiasing of a classifier (fastlm.tasks.debias): an adversary predicts task.group_field
+    # from the pooled representation through gradient reversal. "none" | "adversarial".
+    debias: str = "none"
+    debias_weight: float = 1.0           # the reversed gradient's scale: how hard the encoder hides the group
 
 
 @dataclass

@@ -65,6 +65,10 @@ def validate(config: Config) -> None:
     _validate_pipeline(config)
     _validate_parallel(p, t)
     _validate_adversarial(t)
+    if t.debias not in ("none", "adversarial"):
+        raise ConfigError(f"train.debias = {_show(t.debias)}: expected one of none, adversarial")
+    if not (t.debias_weight > 0 and math.isfinite(t.debias_weight)):
+        raise ConfigError(f"train.debias_weight = {_show(t.debias_weight)}: expected a positive number")
     validate_privacy(config)
     validate_federated(config)
     _validate_encryption(config)

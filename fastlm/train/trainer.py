@@ -43,6 +43,9 @@ class Trainer:
         if config.train.adversarial != "none":  # embedding perturbation lives in the task loop
             raise ConfigError(f"train.adversarial = \"{config.train.adversarial}\": only for fine-tuning "
                               f"(fastlm finetune TASK CONFIG), not for language-model training")
+        if config.train.debias != "none":  # the group adversary lives in the classification task
+            raise ConfigError(f"train.debias = \"{config.train.debias}\": only for fine-tuning a classifier "
+                              f"(fastlm finetune classification CONFIG), not for language-model training")
         self.config = config  # the user's; what the run resolves goes to a copy (self.resolved)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.resume = resume
