@@ -14,6 +14,10 @@
     fastlm embeddings neighbors RUN WORD [-k K]
     fastlm embeddings analogy RUN A B C [-k K]
     fastlm privacy audit RUN [--canaries N] [--reference RUN] [--samples K] [--seed S]
+    fastlm generate RUN_DIR --prompt TEXT --watermark KEY_FILE [--watermark-gamma G] [--watermark-delta D]
+    fastlm watermark detect TEXT_FILE --key KEY_FILE [--run RUN_DIR]
+    fastlm card RUN_DIR [--intended-use TEXT] [--limitations TEXT] [--out FILE]
+    fastlm explain RUN_DIR --text TEXT [--steps N] [--out DIR]
 
 A problem with the input is reported as one line, "fastlm: error: ...", with a non-zero exit
 status and no traceback (FASTLM_DEBUG=1 shows the traceback).
@@ -23,6 +27,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+from fastlm.accountability.commands import add_accountability_parsers, add_watermark_options
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -59,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens (default 50)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass")
     p.add_argument("--seed", type=int, default=0)
+    add_watermark_options(p)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("finetune", help="fine-tune on a task (classification, qa, generation, translation, speech)")
@@ -112,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_keygen_parser(sub)
     _add_embeddings_parser(sub)
+    add_accountability_parsers(sub)
     return parser
 
 
@@ -179,10 +187,12 @@ def _eval(args) -> int:
 
 
 def _generate(args) -> int:
+    from fastlm.accountability.commands import watermark_of
     from fastlm.train.generate import generate_text
 
     print(generate_text(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens,
-                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed))
+                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                        watermark=watermark_of(args)))
     return 0
 
 
