@@ -20,7 +20,21 @@ Detection scores the generated token ids, and the decoded text re-tokenized with
 (what `fastlm watermark detect --run` does). Baseline for speed: the same generate without the watermark,
 in the same invocation. Prints a table and writes OUT/results.json.
 
-Measured: see the bottom of this file's docstring (filled in from a run).
+Measured (2-core shared CPU, OMP_NUM_THREADS=1; tiny model: LLaMA 2 x 128, vocab 1024, 300 steps of 16 x 128
+tokens, 48 s, validation perplexity 28.5; 200 texts x 100 tokens; human text: 400 windows of 100 tokens):
+                                        gamma 0.25, delta 2.0    gamma 0.25, delta 1.0
+    detection at p < 0.01 (ids)         1.000 (median z 9.7)     0.975 (median z 4.6)
+    detection, decoded + re-tokenized   1.000 (median z 9.5)     0.965 (median z 4.7)
+    detection, 10% tokens replaced      1.000 (median z 7.7)     0.880 (median z 3.8)
+    detection at empirical 1% FPR       1.000 (z > 2.36)         0.970
+    false positives, human text         0.013                    0.013
+    false positives, all pairs counted  0.018                    0.018
+    false positives, unwatermarked gen. 0.010                    0.010
+    perplexity (unwatermarked model)    11.56 -> 16.74           11.56 -> 12.77
+    decode tokens/s, batch 1            1500 -> 1335 (0.89x)     1589 -> 1325 (0.83x)
+    decode tokens/s, batch 50           12211 -> 11736 (0.96x)   11840 -> 11045 (0.93x)
+The decode ratio at batch 1 is the per-step cost of the elementwise hash on a (1, 1024) tensor next to
+a 2-layer, 128-wide model's forward (about 0.1 ms of ~0.7 ms per token): a larger model hides it more.
 """
 from __future__ import annotations
 
