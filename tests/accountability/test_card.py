@@ -97,3 +97,21 @@ def test_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["card", str(tmp_path / "empty")]) == 1
     assert "config.toml is missing" in capsys.readouterr().err
+
+
+def test_a_classification_task_run(classifier_runs, capsys):
+    import tomllib
+
+    from fastlm.tasks import get_task
+    from fastlm.tasks.loop import evaluate_run
+
+    run = classifier_runs["llama"]
+    result = evaluate_run(get_task("classification"), run)
+    card = model_card(run)
+    task = tomllib.loads((run / "config.toml").read_text())["task"]
+    for key in ("train", "validation"):
+        assert f"`{task[key]}` sha256 `{_sha(__import__('pathlib').Path(task[key]))}`" in card
+    train = tomllib.loads((run / "config.toml").read_text())["train"]
+    assert f"| examples processed | {train['steps'] * train['global_batch_size']:,} |" in card
+    assert f"| accuracy | {result['metrics']['accuracy']:.6g} |" in card
+    assert "Prepared corpus" not in card

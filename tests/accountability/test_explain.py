@@ -16,28 +16,8 @@ from fastlm.accountability.explain import (
     load_explained,
 )
 from fastlm.cli import main
-from tests.tasks.task_helpers import synthetic_records, tiny_config, write_jsonl
 
 TEXT = "The class of an object is"
-
-
-@pytest.fixture(scope="module")
-def classifier_runs(tmp_path_factory, fastlm_cache):
-    """Two finished classification runs: a decoder (last-token pooling) and an encoder ([CLS] pooling)."""
-    from fastlm.tasks import get_task
-    from fastlm.tasks.config import task_config_from_dict
-    from fastlm.tasks.loop import finetune
-
-    root = tmp_path_factory.mktemp("cls")
-    train = write_jsonl(root / "train.jsonl", synthetic_records(120, seed=0))
-    val = write_jsonl(root / "val.jsonl", synthetic_records(30, seed=1))
-    task = get_task("classification")
-    runs = {}
-    for family in ("llama", "bert"):
-        tc = task_config_from_dict(tiny_config(train, val, family=family, steps=8), task.Section)
-        finetune(task, tc, root / family, show_progress=False)
-        runs[family] = root / family
-    return runs
 
 
 def _completeness(r):
