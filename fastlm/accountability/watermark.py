@@ -9,11 +9,13 @@ fraction gamma) and a red list; generation adds delta to the green logits, so wa
 more green tokens than the gamma expected of text written without the key. Detection counts them
 and reports the one-sided z-score (normal approximation) and its p-value.
 
-The green list is a hash of (key, previous token, candidate token), computed for the whole (batch,
-vocab) logits tensor in a few elementwise integer ops on the logits' device: no Python per token and
-no torch.randperm per step. The hash (Wellons' lowbias32 mixer on 32-bit words held in int64, with
-multipliers < 2^31 so no product overflows) is a fast pseudo-random function, not a cryptographic
-one: it hides the green lists from someone without the key who sees ordinary amounts of text.
+The green list is a hash of (key, previous token, candidate token): the keyed codes of every token
+as a context and as a candidate are computed once, and each sampling step adds delta to the whole
+(batch, vocab) logits in one kernel (fastlm.ops.watermark_bias: C++ on CPU, Triton on CUDA) that mixes
+a row's context code with each candidate's: no Python per token, no torch.randperm per step. The hash
+(Wellons' lowbias32 mixer, fastlm.ops.reference_watermark.mix32) is a fast pseudo-random function,
+not a cryptographic one: it hides the green lists from someone without the key who sees ordinary
+amounts of text.
 """
 from __future__ import annotations
 
@@ -26,21 +28,11 @@ from pathlib import Path
 
 import torch
 
+from fastlm import ops
+from fastlm.ops.reference_watermark import MASK32, mix32 as _mix
 from fastlm.train.errors import FastlmError
 
 KEY_BYTES = 32
-MASK32 = 0xFFFFFFFF
-_M1, _M2 = 0x21F0AAAD, 0x735A2D97  # lowbias32 (Wellons 2020); both < 2^31: x * m stays below 2^63
-
-
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit avalanche mixer on int64 tensors holding values in [0, 2^32); in place when it can."""
-    x = x ^ (x >> 16)
-    x.mul_(_M1).bitwise_and_(MASK32)
-    x.bitwise_xor_(x >> 15)
-    x.mul_(_M2).bitwise_and_(MASK32)
-    x.bitwise_xor_(x >> 15)
-    return x
 
 
 @dataclass(frozen=True)
@@ -132,18 +124,23 @@ class WatermarkKey:
 class WatermarkProcessor:
     """A logits processor for generation: logits (B, V) and the tokens so far (B, T) -> biased logits.
     delta is added to each row's green list (that of its last token), before temperature and top-k,
-    as in Kirchenbauer et al.; the token codes of the vocabulary are computed once."""
+    as in Kirchenbauer et al. The keyed codes of every token as a candidate and as a context are
+    computed once per vocabulary and device, so a step costs one lookup and one fused kernel."""
 
     def __init__(self, key: WatermarkKey):
         self.key = key
-        self._codes: torch.Tensor | None = None
+        self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def tables(self, vocab_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context seeds, token codes), each (vocab_size,) int64."""
+        if self._tables is None or self._tables[0].numel() != vocab_size or self._tables[0].device != device:
+            ids = torch.arange(vocab_size, device=device)
+            self._tables = (self.key.context_seeds(ids), self.key.token_codes(ids))
+        return self._tables
 
     def __call__(self, tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        v = logits.shape[-1]
-        if self._codes is None or self._codes.numel() != v or self._codes.device != logits.device:
-            self._codes = self.key.token_codes(torch.arange(v, device=logits.device))
-        green = _mix(self.key.context_seeds(tokens[:, -1])[:, None] ^ self._codes[None, :]) < self.key.threshold
-        return logits + green.to(logits.dtype) * self.key.delta
+        seeds, codes = self.tables(logits.shape[-1], logits.device)
+        return ops.watermark_bias(logits, seeds[tokens[:, -1]], codes, self.key.threshold, self.key.delta)
 
 
 def z_score(green: int, scored: int, gamma: float) -> float:
