@@ -130,18 +130,36 @@ def replace_fraction(texts, fraction: float, vocab: int, seed: int):
     return out
 
 
-def decode_speed(model, prompt, new_tokens: int, processor, batch: int, repeats: int = 3) -> float:
-    """Tokens per second of generate (median of repeats)."""
+def decode_speeds(model, prompt, new_tokens: int, processor, batch: int, repeats: int = 7) -> tuple[float, float]:
+    """Tokens per second of generate without and with the watermark: medians of `repeats` runs, the
+    two interleaved so that the load of a shared machine falls on both alike."""
     import torch
 
     ids = torch.tensor([prompt] * batch)
-    times = []
+    times: dict[bool, list[float]] = {False: [], True: []}
     for r in range(repeats + 1):
+        for marked in (False, True):
+            t0 = time.perf_counter()
+            model.generate(ids, new_tokens, temperature=0.8, top_k=50, generator=torch.Generator().manual_seed(r),
+                           logits_processor=processor if marked else None)
+            if r:  # the first round is a warm-up
+                times[marked].append(time.perf_counter() - t0)
+    return tuple(batch * new_tokens / statistics.median(times[m]) for m in (False, True))
+
+
+def processor_us(processor, vocab: int, batch: int, calls: int = 2000) -> float:
+    """Microseconds per call of the watermark's logits processor alone (median of 5 rounds)."""
+    import torch
+
+    tokens, logits = torch.randint(0, vocab, (batch, 16)), torch.randn(batch, vocab)
+    processor(tokens, logits)
+    rounds = []
+    for _ in range(5):
         t0 = time.perf_counter()
-        model.generate(ids, new_tokens, temperature=0.8, top_k=50, generator=torch.Generator().manual_seed(r),
-                       logits_processor=processor)
-        times.append(time.perf_counter() - t0)
-    return batch * new_tokens / statistics.median(times[1:])  # the first is a warm-up
+        for _ in range(calls // 5):
+            processor(tokens, logits)
+        rounds.append((time.perf_counter() - t0) / (calls // 5) * 1e6)
+    return statistics.median(rounds)
 
 
 def rate(zs, threshold: float) -> float:
@@ -208,10 +226,13 @@ def main() -> int:
         "median_z": {k: statistics.median(v) for k, v in z.items()},
         "ppl_unwatermarked": perplexity(model, prompts, plain),
         "ppl_watermarked": perplexity(model, prompts, marked),
-        "decode_tokens_per_s": {
-            f"batch{b}_{name}": decode_speed(model, prompts[0], args.tokens, proc, b)
-            for b in (1, 50) for name, proc in (("plain", None), ("watermark", wm))},
+        "decode_tokens_per_s": {},
     }
+    for b in (1, 50):
+        plain_s, marked_s = decode_speeds(model, prompts[0], args.tokens, wm, b)
+        r["decode_tokens_per_s"].update({f"batch{b}_plain": plain_s, f"batch{b}_watermark": marked_s})
+        r.setdefault("processor_us_per_step", {})[f"batch{b}"] = processor_us(wm, vocab, b)
+        r.setdefault("step_us_plain", {})[f"batch{b}"] = b / plain_s * 1e6
     s = r["decode_tokens_per_s"]
     r["decode_speed_ratio"] = {f"batch{b}": s[f"batch{b}_watermark"] / s[f"batch{b}_plain"] for b in (1, 50)}
     (args.out / "results.json").write_text(json.dumps(r, indent=1))
@@ -226,6 +247,9 @@ def main() -> int:
     for k, v in s.items():
         print(f"  decode {k:20s} {v:10.0f} tokens/s")
     print(f"watermark/plain decode speed: {r['decode_speed_ratio']}")
+    for b in (1, 50):
+        print(f"  batch {b}: the watermark takes {r['processor_us_per_step'][f'batch{b}']:.1f} us per step, "
+              f"a plain step {r['step_us_plain'][f'batch{b}']:.0f} us")
     print(f"results: {args.out / 'results.json'}")
     return 0
 

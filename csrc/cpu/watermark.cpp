@@ -9,6 +9,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
+
+#include "cpu/vectorize.h"
 
 namespace fastlm::cpu {
 namespace {
@@ -21,6 +24,34 @@ inline uint32_t mix32(uint32_t x) {
   x *= 0x735A2D97u;
   x ^= x >> 15;
   return x;
+}
+
+// One row: branch-free, so the loop vectorizes (uint32 multiplies, a select).
+template <typename T>
+void bias_row(const T* row, T* dst, int64_t V, uint32_t seed, const int64_t* codes, uint64_t thr, float d) {
+#pragma omp simd
+  for (int64_t v = 0; v < V; ++v) {
+    const uint32_t h = mix32(seed ^ static_cast<uint32_t>(codes[v]));
+    const float bias = static_cast<uint64_t>(h) < thr ? d : 0.0f;
+    dst[v] = static_cast<T>(static_cast<float>(row[v]) + bias);
+  }
+}
+
+// fp32 (what generation samples from), compiled for AVX-512 / AVX2 / baseline and chosen at load time:
+// the baseline ISA has no 32-bit vector multiply, so without the clones the loop stays scalar.
+FASTLM_MULTIVERSION
+void bias_row_f32(const float* row, float* dst, int64_t V, uint32_t seed, const int64_t* codes, uint64_t thr,
+                  float d) {
+  bias_row<float>(row, dst, V, seed, codes, thr, d);
+}
+
+template <typename T>
+void bias_row_any(const T* row, T* dst, int64_t V, uint32_t seed, const int64_t* codes, uint64_t thr, float d) {
+  if constexpr (std::is_same_v<T, float>) {
+    bias_row_f32(row, dst, V, seed, codes, thr, d);
+  } else {
+    bias_row<T>(row, dst, V, seed, codes, thr, d);
+  }
 }
 
 at::Tensor watermark_bias(const at::Tensor& logits_in, const at::Tensor& seeds_in, const at::Tensor& codes_in,
@@ -52,10 +83,7 @@ at::Tensor watermark_bias(const at::Tensor& logits_in, const at::Tensor& seeds_i
         const uint32_t seed = static_cast<uint32_t>(sp[b]);
         const scalar_t* row = lp + b * V;
         scalar_t* dst = outp + b * V;
-        for (int64_t v = 0; v < V; ++v) {
-          const bool green = mix32(seed ^ static_cast<uint32_t>(cp[v])) < thr;
-          dst[v] = static_cast<scalar_t>(static_cast<float>(row[v]) + (green ? d : 0.0f));
-        }
+        bias_row_any(row, dst, V, seed, cp, thr, d);
       }
     });
   });
