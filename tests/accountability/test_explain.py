@@ -133,3 +133,17 @@ def test_explain_a_chosen_target_and_one_line_errors(lm_run, tmp_path, capsys):
         assert main(["explain", str(lm_run), *args, "--out", str(tmp_path)]) == 1
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_gpt2_family_with_learned_positions_and_tied_embeddings(tmp_path, fastlm_cache):
+    """GPT-2 style: absolute position embeddings (outside the attributed token embeddings), a head tied
+    to the token embedding (the replaced embedding output must not change the head's weights)."""
+    from fastlm.train import Trainer
+    from tests.train.train_helpers import micro_config
+
+    config = micro_config("model.family=gpt2", "model.n_kv_head=4", "model.tie_embeddings=true", "train.steps=3")
+    Trainer(config, out_dir=tmp_path / "gpt2", show_progress=False).fit()
+    ex = load_explained(tmp_path / "gpt2", TEXT, "cpu")
+    r = explain(ex)
+    assert _completeness(r) < 0.01
+    _check_probs_reproduce_outputs(ex.model, torch.tensor([ex.ids]), ex.log_probs)
