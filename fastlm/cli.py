@@ -28,7 +28,7 @@ import argparse
 import os
 import sys
 
-from fastlm.accountability.commands import add_accountability_parsers, add_watermark_options
+from fastlm.accountability import commands as accountability
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens (default 50)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass")
     p.add_argument("--seed", type=int, default=0)
-    add_watermark_options(p)
+    accountability.add_watermark_options(p)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("finetune", help="fine-tune on a task (classification, qa, generation, translation, speech)")
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_keygen_parser(sub)
     _add_embeddings_parser(sub)
-    add_accountability_parsers(sub)
+    accountability.add_accountability_parsers(sub)
     return parser
 
 
@@ -187,12 +187,11 @@ def _eval(args) -> int:
 
 
 def _generate(args) -> int:
-    from fastlm.accountability.commands import watermark_of
     from fastlm.train.generate import generate_text
 
     print(generate_text(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                        watermark=watermark_of(args)))
+                        watermark=accountability.watermark_of(args)))
     return 0
 
 

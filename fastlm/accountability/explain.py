@@ -6,11 +6,11 @@ The prediction is the next token of a language-model run (the log-probability of
 next token, or --target), or the class of a classification task run (the log-probability of the
 predicted class). Two attributions per input token:
 
-- integrated gradients (Sundararajan et al. 2017) on the input token embeddings: the path from a
-  baseline (the end-of-text token's embedding at every position, an input that says nothing; zero
-  embeddings are degenerate for models that normalize first) to the input, the gradients of all interpolation points in batched
-  forwards, the trapezoid rule over `steps` intervals; they sum to f(input) - f(baseline)
-  (completeness), up to the quadrature error the result reports;
+- integrated gradients (Sundararajan et al. 2017) on the input token embeddings: the straight path
+  from a baseline (the end-of-text token's embedding at every position, an input that says nothing;
+  zero embeddings are degenerate for models that normalize first) to the input, the gradients of all
+  interpolation points in batched forwards, the trapezoid rule over `steps` intervals; they sum to
+  f(input) - f(baseline) (completeness), up to the quadrature error the result reports;
 - attention rollout (Abnar & Zuidema 2020): per layer the head-averaged attention mixed with the
   identity (the residual), 0.5 A + 0.5 I, multiplied through the layers; the explained position's
   row. The fused attention kernels do not return probabilities, so they are recomputed from each
@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 
 from fastlm.train.errors import FastlmError
-
 
 # ------------------------------------------------------------------ the model as a function of its embeddings
 

@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from fastlm import ops
-from fastlm.ops.reference_watermark import MASK32, mix32 as _mix
+from fastlm.ops.reference_watermark import MASK32
+from fastlm.ops.reference_watermark import mix32 as _mix
 from fastlm.train.errors import FastlmError
 
 KEY_BYTES = 32
@@ -51,7 +52,7 @@ class WatermarkKey:
             raise FastlmError(f"watermark delta must be >= 0, got {self.delta}")
 
     @classmethod
-    def from_file(cls, path: str | Path, gamma: float = 0.25, delta: float = 2.0) -> "WatermarkKey":
+    def from_file(cls, path: str | Path, gamma: float = 0.25, delta: float = 2.0) -> WatermarkKey:
         """A key file of `fastlm keygen` (base64 of 32 random bytes); FastlmError naming the problem."""
         try:
             text = Path(path).read_text(encoding="ascii")
@@ -76,7 +77,7 @@ class WatermarkKey:
 
     @property
     def threshold(self) -> int:
-        return int(round(self.gamma * 2**32))
+        return round(self.gamma * 2**32)
 
     def context_seeds(self, prev: torch.Tensor) -> torch.Tensor:
         """The keyed seed of each context (the previous token ids, any shape), int64 in [0, 2^32)."""
@@ -100,7 +101,7 @@ class WatermarkKey:
         return _mix(self.context_seeds(prev)[:, None] ^ codes[None, :]) < self.threshold
 
     # ---- generation and detection ------------------------------------------------------------
-    def processor(self) -> "WatermarkProcessor":
+    def processor(self) -> WatermarkProcessor:
         return WatermarkProcessor(self)
 
     def detect(self, token_ids, unique: bool = True) -> dict:

@@ -28,9 +28,9 @@ def lm_run(tmp_path_factory, fastlm_cache):
 def classifier_runs(tmp_path_factory, fastlm_cache):
     """Two finished classification runs: a decoder (last-token pooling) and an encoder ([CLS] pooling)."""
     from fastlm.tasks import get_task
-    from tests.tasks.task_helpers import synthetic_records, tiny_config, write_jsonl
     from fastlm.tasks.config import task_config_from_dict
     from fastlm.tasks.loop import finetune
+    from tests.tasks.task_helpers import synthetic_records, tiny_config, write_jsonl
 
     root = tmp_path_factory.mktemp("cls")
     train = write_jsonl(root / "train.jsonl", synthetic_records(120, seed=0))

@@ -78,12 +78,16 @@ def test_non_contiguous_logits():
                        reference.watermark_bias(view.contiguous(), seeds[:3], codes, 2**31, 1.0))
 
 
+def _zeros(n, dtype=torch.long):
+    return torch.zeros(n, dtype=dtype)
+
+
 @pytest.mark.parametrize("args, message", [
-    ((torch.randn(3), torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), 5), "2-D floating-point"),
-    ((torch.randn(2, 3), torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), 5), r"seeds must be .* \(2,\)"),
-    ((torch.randn(2, 3), torch.zeros(2, dtype=torch.long), torch.zeros(3, dtype=torch.int32), 5), "codes must be an int64"),
-    ((torch.randn(2, 3), torch.zeros(2, dtype=torch.long), torch.zeros(3, dtype=torch.long), 2**33), "threshold"),
-    ((torch.randn(2, 3), torch.zeros(2, dtype=torch.long), torch.zeros(3, dtype=torch.long), True), "threshold"),
+    ((torch.randn(3), _zeros(3), _zeros(3), 5), "2-D floating-point"),
+    ((torch.randn(2, 3), _zeros(3), _zeros(3), 5), r"seeds must be .* \(2,\)"),
+    ((torch.randn(2, 3), _zeros(2), _zeros(3, torch.int32), 5), "codes must be an int64"),
+    ((torch.randn(2, 3), _zeros(2), _zeros(3), 2**33), "threshold"),
+    ((torch.randn(2, 3), _zeros(2), _zeros(3), True), "threshold"),
 ])
 def test_bad_input(args, message):
     with pytest.raises(ValueError, match=message):
