@@ -22,7 +22,9 @@ def _kernel(LOGITS, SEEDS, CODES, OUT, V, threshold, delta, BLOCK_V: tl.constexp
     green = x.to(tl.int64) < threshold
     logits = tl.load(LOGITS + row * V + v, mask=mask, other=0.0).to(tl.float32)
     out = logits + tl.where(green, delta, 0.0)
-    tl.store(OUT + row * V + v, out.to(OUT.dtype.element_ty), mask=mask)
+    if OUT.dtype.element_ty != tl.float32:  # round to nearest, as torch's downcast does
+        out = out.to(OUT.dtype.element_ty, fp_downcast_rounding="rtne")
+    tl.store(OUT + row * V + v, out, mask=mask)
 
 
 def watermark_bias(logits: torch.Tensor, seeds: torch.Tensor, codes: torch.Tensor, threshold: int,
