@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-import fastlm.ops as ops
+from fastlm import ops
 from fastlm.accountability.watermark import WatermarkKey
 from fastlm.models import GPT, GPTConfig
 from fastlm.ops import reference_watermark as reference
