@@ -14,6 +14,10 @@
     fastlm embeddings neighbors RUN WORD [-k K]
     fastlm embeddings analogy RUN A B C [-k K]
     fastlm privacy audit RUN [--canaries N] [--reference RUN] [--samples K] [--seed S]
+    fastlm generate RUN_DIR --prompt TEXT --watermark KEY_FILE [--watermark-gamma G] [--watermark-delta D]
+    fastlm watermark detect TEXT_FILE --key KEY_FILE [--run RUN_DIR]
+    fastlm card RUN_DIR [--intended-use TEXT] [--limitations TEXT] [--out FILE]
+    fastlm explain RUN_DIR --text TEXT [--steps N] [--out DIR]
 
 A problem with the input is reported as one line, "fastlm: error: ...", with a non-zero exit
 status and no traceback (FASTLM_DEBUG=1 shows the traceback).
@@ -23,6 +27,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+from fastlm.accountability import commands as accountability
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -59,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens (default 50)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass")
     p.add_argument("--seed", type=int, default=0)
+    accountability.add_watermark_options(p)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("finetune", help="fine-tune on a task (classification, qa, generation, translation, speech)")
@@ -114,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_keygen_parser(sub)
     _add_embeddings_parser(sub)
+    accountability.add_accountability_parsers(sub)
     return parser
 
 
@@ -184,7 +192,8 @@ def _generate(args) -> int:
     from fastlm.train.generate import generate_text
 
     print(generate_text(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens,
-                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed))
+                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                        watermark=accountability.watermark_of(args)))
     return 0
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from fastlm.accountability.provenance import record_launch
 from fastlm.privacy.training import PrivateTraining, private_metrics, private_step_hooks
 from fastlm.privacy.encryption import encryption_for
 from fastlm.train.checkpointer import Checkpointer
@@ -140,10 +141,11 @@ class Trainer:
         return model, tokenizer or init_tokenizer
 
     def _write_run_files(self, run_dir: Path, tokenizer_path: Path) -> None:
-        """config.toml (the resolved config) and tokenizer.json (rank 0 only)."""
+        """config.toml (the resolved config), tokenizer.json and environment.json (rank 0 only)."""
         if not self.rt.is_main:
             return
         (run_dir / "config.toml").write_text(self.resolved.to_toml())
+        record_launch(run_dir, self.rt)  # devices and versions of this launch, for `fastlm card`
         if "canaries" in self.corpus_meta:  # the planted secrets, for `fastlm privacy audit`
             from fastlm.data.canaries import write_record
 
