@@ -57,6 +57,9 @@ class DataSection:
     # d d d d d d d d d" planted in the training split only, recorded in RUN_DIR/canaries.json for `fastlm privacy audit`.
     canaries: int = 0                    # how many secrets (drawn from train.seed); 0: none
     canary_repeats: int = 1              # copies of each secret (Carlini plants each 1 to thousands of times)
+    # Counterfactual augmentation (fastlm/data/counterfactual.py): a mirrored copy of each training document with
+    # paired terms swapped (he <-> she, king <-> queen), added when the corpus is prepared (part of its cache key).
+    counterfactual: str | None = None    # "gender" (built-in word pairs) or a file of word pairs; None: none
 
 
 @dataclass
