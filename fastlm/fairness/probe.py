@@ -82,6 +82,8 @@ def load_probe_model(path, device=None) -> ProbeModel:
         raise CheckpointError(f"{path}: expected a fastlm run directory (config.toml) or a Hugging Face checkpoint "
                               f"(config.json + safetensors)")
     tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer.no_padding()  # a checkpoint's tokenizer.json may pad or truncate every text to a fixed length
+    tokenizer.no_truncation()
     if isinstance(model, Encoder):
         raise FastlmError(f"{path}: an encoder without a masked-LM head: pseudo-log-likelihoods need one")
     if isinstance(model, EncoderForMaskedLM):
