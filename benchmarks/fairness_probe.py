@@ -5,7 +5,7 @@
 
 For each seed: a corpus with a planted bias (fastlm.fairness.planted: 4000 two-sentence documents
 about people with WinoBias' occupations, 90% of them of the occupation's stereotyped gender), a
-smaller-than-tiny LLaMA-style model (2 layers, d_model 128, ~0.5M parameters) trained on it without
+smaller-than-tiny LLaMA-style model (2 layers, d_model 128, 0.62M parameters) trained on it without
 and with data.counterfactual = "gender", both probed on the built-in probe set. Both runs of a seed
 use the same tokenizer (the first run's), so their validation losses (on the same held-out biased
 documents, which augmentation never touches) compare: the accuracy cost. Baseline: the runs
@@ -14,9 +14,21 @@ without augmentation, same seeds, same invocation.
 Prints a table (stereotype preference on the gender pairs and per template family, with 95% Wilson
 intervals per run and t intervals over seeds) and writes OUT/results.json.
 
-Measured (2-core shared CPU, OMP_NUM_THREADS=1, 400 steps of 16 x 64 tokens; see the table printed
-by the script for the run of record):
-    MEASURED
+Measured (2-core shared CPU under other load, OMP_NUM_THREADS=1, 400 steps of 16 x 64 tokens; 451 s
+wall for the 6 runs and their probes). Stereotype preference (share of pairs whose stereotypical
+sentence is more likely), per seed 0 1 2 and the mean with its 95% t interval over the seeds:
+    gender pairs (880)   no augmentation  55.9 53.1 54.8  ->  54.6% [51.0, 58.1]
+                         counterfactual   49.4 50.7 50.6  ->  50.2% [48.5, 51.9]
+    occupation-pronoun   no augmentation  72.5 65.0 70.9  ->  69.5%;  counterfactual 47.2 49.7 51.9 -> 49.6%
+    occupation-noun      no augmentation  49.6 60.0 57.9  ->  55.8%;  counterfactual 49.6 52.1 52.5 -> 51.4%
+    winobias             no augmentation  44.1 35.9 36.2  ->  38.8%;  counterfactual 51.6 50.6 47.8 -> 50.0%
+    validation loss      no augmentation  0.7241 0.7139 0.7064 -> 0.7148 [0.6927, 0.7369]
+                         counterfactual   0.7283 0.7653 0.7161 -> 0.7366 [0.6729, 0.8003]
+Per run, a 95% Wilson interval of the gender rate is about +-3.3 points (880 pairs). The model learns
+which pronoun follows an occupation (the pronoun family); on the WinoBias pairs (two occupations, the
+pronoun refers to the first) it follows the nearer, second occupation, so it reads as anti-stereotypical
+there. Augmentation brings every family to 50% within its interval; its accuracy cost is +0.02 nats of
+validation loss on held-out documents of the biased distribution (within the seed-to-seed spread).
 """
 from __future__ import annotations
 
