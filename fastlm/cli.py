@@ -9,12 +9,12 @@
     fastlm evaluate TASK RUN_DIR [--data FILE] [--out DIR]
     fastlm quantize RUN_DIR --scheme w8a8|w8a16 --out DIR [--skip NAME ...] [--smooth ALPHA] [--group-size G]
     fastlm keygen [PATH] [--force]
+    fastlm fairness probe RUN_DIR [--pairs FILE]
     fastlm bench [NAME ...] [--device cpu|cuda] [--out DIR] [--quick] [--list]
     fastlm embeddings train CONFIG [--out RUN_DIR] [--set section.key=value ...]
     fastlm embeddings neighbors RUN WORD [-k K]
     fastlm embeddings analogy RUN A B C [-k K]
     fastlm privacy audit RUN [--canaries N] [--reference RUN] [--samples K] [--seed S]
-    fastlm fairness probe RUN_DIR [--pairs FILE]
 
 A problem with the input is reported as one line, "fastlm: error: ...", with a non-zero exit
 status and no traceback (FASTLM_DEBUG=1 shows the traceback).
