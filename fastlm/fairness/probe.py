@@ -61,7 +61,7 @@ class ProbeModel:
 def load_probe_model(path, device=None) -> ProbeModel:
     """The model of a fastlm run directory or a Hugging Face checkpoint directory, ready to score."""
     from fastlm.data.tokenizer import load_tokenizer
-    from fastlm.models import Encoder, EncoderForMaskedLM, is_hf_checkpoint, load_hf_checkpoint
+    from fastlm.models import Encoder, EncoderForMaskedLM, RecurrentLM, is_hf_checkpoint, load_hf_checkpoint
     from fastlm.train.run import load_run
 
     path = Path(path)
@@ -89,8 +89,8 @@ def load_probe_model(path, device=None) -> ProbeModel:
     if isinstance(model, EncoderForMaskedLM):
         return ProbeModel(model, tokenizer, "encoder", device, _encoder_tokens(tokenizer, model, path),
                           model.config.max_seq_len)
-    return ProbeModel(model, tokenizer, "decoder", device, {"start": _start_id(tokenizer, path)},
-                      getattr(model.config, "max_seq_len", None))
+    context = None if isinstance(model, RecurrentLM) else getattr(model.config, "max_seq_len", None)  # RNNs: any length
+    return ProbeModel(model, tokenizer, "decoder", device, {"start": _start_id(tokenizer, path)}, context)
 
 
 def probe_run(run_dir, pairs=None, device=None, write: bool = True) -> dict:

@@ -7,14 +7,17 @@ import torch
 import torch.nn.functional as F
 
 from fastlm.fairness.scoring import log_likelihoods, pseudo_log_likelihoods
-from fastlm.models import GPT, EncoderConfig, EncoderForMaskedLM, GPTConfig
+from fastlm.models import GPT, EncoderConfig, EncoderForMaskedLM, GPTConfig, RecurrentConfig, RecurrentLM
 
 ROWS = [[5, 9, 3], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [30, 31, 8, 8, 2]]
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "lstm"])
 def test_log_likelihood_equals_per_sentence_cross_entropy(family):
-    model = GPT(GPTConfig(family=family, vocab_size=40, n_layer=2, n_head=2, d_model=32, max_seq_len=32))
+    if family == "lstm":  # right padding leaves a causal recurrent model's earlier outputs alone too
+        model = RecurrentLM(RecurrentConfig(family="lstm", vocab_size=40, n_layer=2, d_model=32))
+    else:
+        model = GPT(GPTConfig(family=family, vocab_size=40, n_layer=2, n_head=2, d_model=32, max_seq_len=32))
     start = 0
     batched = log_likelihoods(model, ROWS, start, torch.device("cpu"), batch_size=3)  # a padded batch, then one more
     for row, got in zip(ROWS, batched):
