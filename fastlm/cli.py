@@ -125,13 +125,14 @@ def _add_fairness_parser(sub) -> None:
     q.add_argument("run_dir", metavar="RUN_DIR", help="a fastlm run or a Hugging Face checkpoint directory")
     q.add_argument("--pairs", metavar="FILE", help="a CSV in the CrowS-Pairs layout (sent_more, sent_less, "
                    "stereo_antistereo, bias_type); default: the built-in probe set")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_fairness_probe)
 
 
 def _fairness_probe(args) -> int:
     from fastlm.fairness import format_table, probe_run
 
-    print(format_table(probe_run(args.run_dir, pairs=args.pairs)))
+    print(format_table(probe_run(args.run_dir, pairs=args.pairs, show_progress=not args.quiet)))
     print(f"results: {os.path.join(args.run_dir, 'probe.json')}")
     return 0
 

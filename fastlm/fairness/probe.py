@@ -17,18 +17,21 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from fastlm.fairness.pairs import ProbePair, builtin_pairs_path, read_pairs
 from fastlm.fairness.scoring import log_likelihoods, pseudo_log_likelihoods
 from fastlm.train.errors import CheckpointError, FastlmError
 
 RESULT_FILE = "probe.json"
+PROGRESS_CHUNK = 256  # sentences between progress updates (each chunk is scored in batches)
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
@@ -43,7 +46,7 @@ class ProbeModel:
     special: dict = field(default_factory=dict)   # start (decoder); mask, prefix, suffix (encoder)
     max_len: int | None = None
 
-    def score(self, texts: list[str]) -> np.ndarray:
+    def score(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
         rows = [self.tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
         extra = 1 if self.kind == "decoder" else len(self.special["prefix"]) + len(self.special["suffix"])
         for text, row in zip(texts, rows):
@@ -52,10 +55,17 @@ class ProbeModel:
             if self.max_len is not None and len(row) + extra > self.max_len:
                 raise FastlmError(f"probe sentence {text[:60]!r} is {len(row)} tokens: longer than the model's "
                                   f"context of {self.max_len}")
-        if self.kind == "decoder":
-            return log_likelihoods(self.model, rows, self.special["start"], self.device)
-        return pseudo_log_likelihoods(self.model, rows, self.special["mask"], self.device,
-                                      self.special["prefix"], self.special["suffix"])
+        out = []
+        with tqdm(total=len(rows), unit="sentence", desc="scoring", disable=not show_progress, file=sys.stderr) as bar:
+            for i in range(0, len(rows), PROGRESS_CHUNK):
+                chunk = rows[i:i + PROGRESS_CHUNK]
+                if self.kind == "decoder":
+                    out.append(log_likelihoods(self.model, chunk, self.special["start"], self.device))
+                else:
+                    out.append(pseudo_log_likelihoods(self.model, chunk, self.special["mask"], self.device,
+                                                      self.special["prefix"], self.special["suffix"]))
+                bar.update(len(chunk))
+        return np.concatenate(out)
 
 
 def load_probe_model(path, device=None) -> ProbeModel:
@@ -93,7 +103,7 @@ def load_probe_model(path, device=None) -> ProbeModel:
     return ProbeModel(model, tokenizer, "decoder", device, {"start": _start_id(tokenizer, path)}, context)
 
 
-def probe_run(run_dir, pairs=None, device=None, write: bool = True) -> dict:
+def probe_run(run_dir, pairs=None, device=None, write: bool = True, show_progress: bool = False) -> dict:
     """Score every pair of `pairs` (a CrowS-Pairs-layout CSV; None: the built-in set) with the model
     of run_dir; the result (also written to run_dir/probe.json) holds the rates and every score."""
     t0 = time.perf_counter()
@@ -101,7 +111,7 @@ def probe_run(run_dir, pairs=None, device=None, write: bool = True) -> dict:
     probe_pairs = read_pairs(pairs_path)
     scorer = load_probe_model(run_dir, device)
     texts = sorted({t for p in probe_pairs for t in (p.sent_more, p.sent_less)})
-    score_of = dict(zip(texts, scorer.score(texts).tolist()))
+    score_of = dict(zip(texts, scorer.score(texts, show_progress).tolist()))
     more = np.array([score_of[p.sent_more] for p in probe_pairs])
     less = np.array([score_of[p.sent_less] for p in probe_pairs])
     result = {
