@@ -80,7 +80,7 @@ def test_prepared_corpus_holds_mirrored_training_documents(tmp_path):
     texts += [f"Document {i} has no listed word at all." for i in range(10)]
     source = tmp_path / "docs.jsonl"
     source.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    kw = dict(vocab_size=300, val_fraction=0.2, cache_dir=tmp_path / "cache", show_progress=False)
+    kw = {"vocab_size": 300, "val_fraction": 0.2, "cache_dir": tmp_path / "cache", "show_progress": False}
     cf = Counterfactual.of("gender")
 
     plain = prepare_corpus(str(source), **kw)
