@@ -11,11 +11,12 @@ regular plurals are added unless listed). "her" is ambiguous (him / his) and so 
 (her / hers): the word after it decides (a noun phrase follows a possessive determiner).
 
 A pairs FILE has one pair per line, two words separated by whitespace or a comma; `#` starts a
-comment. A word may belong to one pair only.
+comment. A word may belong to one pair only (a file swaps each word for its one partner).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ class Counterfactual:
 
     name: str
     table: dict                    # lower-case word -> lower-case partner
-    sha256: str                    # of the pair list as used (the built-in one, or the file's bytes)
+    sha256: str                    # of the table: what the swaps depend on, besides the rules (VERSION)
 
     @classmethod
     def of(cls, spec: str, where: str = "data.counterfactual") -> "Counterfactual":
@@ -84,18 +85,20 @@ class Counterfactual:
         if not isinstance(spec, str) or not spec.strip():
             raise ConfigError(f"{where} = {spec!r}: expected \"gender\" or a file of word pairs")
         if spec == "gender":
-            pairs = list(GENDER_PAIRS)
-            digest = hashlib.sha256(repr(pairs).encode()).hexdigest()
-            return cls("gender", _table(pairs, GENDER_PREFERRED, where), digest)
+            return cls.of_table("gender", _table(list(GENDER_PAIRS), GENDER_PREFERRED, where))
         path = Path(spec).expanduser()
         if not path.is_file():
             raise ConfigError(f"{where} = {spec!r}: expected \"gender\" or an existing file of word pairs")
-        data = path.read_bytes()
-        pairs = read_pairs(data.decode("utf-8", errors="replace"), f"{where} file {str(path)!r}")
-        return cls(str(path), _table(pairs, {}, f"{where} file {str(path)!r}"), hashlib.sha256(data).hexdigest())
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        where = f"{where} file {str(path)!r}"
+        return cls.of_table(str(path), _table(read_pairs(text, where), {}, where))
+
+    @classmethod
+    def of_table(cls, name: str, table: dict) -> "Counterfactual":
+        return cls(name, table, hashlib.sha256(json.dumps(sorted(table.items())).encode()).hexdigest())
 
     def fingerprint(self) -> dict:
-        """What the swapped text depends on (the file's content, not its path)."""
+        """What the swapped text depends on (a file's pairs, not its path or comments)."""
         return {"counterfactual": "gender" if self.name == "gender" else "file", "sha256": self.sha256,
                 "version": VERSION}
 

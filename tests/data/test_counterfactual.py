@@ -41,10 +41,13 @@ def test_pairs_file(tmp_path):
     cf = Counterfactual.of(str(path))
     assert cf.swap("Cats chase MICE? The cat and the rats.") == "Dogs chase MICE? The dog and the mouses."
     assert cf.fingerprint()["counterfactual"] == "file"
-    # The key follows the file's content, not its name.
+    # The key follows the pairs, not the file's name or comments.
     other = tmp_path / "other.txt"
-    other.write_bytes(path.read_bytes())
+    other.write_text("cat,dog\nmouse rat # another comment\n")
     assert Counterfactual.of(str(other)).fingerprint() == cf.fingerprint()
+    other.write_text("cat dog\nmouse hamster\n")
+    assert Counterfactual.of(str(other)).fingerprint() != cf.fingerprint()
+    assert Counterfactual.of("gender").fingerprint() != cf.fingerprint()
 
 
 @pytest.mark.parametrize("content, message", [
