@@ -6,7 +6,7 @@
     fastlm plot RUN_DIR [--out PNG]
     fastlm export RUN_DIR --format hf --out DIR
     fastlm finetune TASK CONFIG [--out RUN_DIR] [--set section.key=value ...] [--resume]
-    fastlm evaluate TASK RUN_DIR [--data FILE] [--out DIR]
+    fastlm evaluate TASK RUN_DIR [--data FILE] [--out DIR] [--groups COLUMN]
     fastlm quantize RUN_DIR --scheme w8a8|w8a16 --out DIR [--skip NAME ...] [--smooth ALPHA] [--group-size G]
     fastlm keygen [PATH] [--force]
     fastlm fairness probe RUN_DIR [--pairs FILE]
@@ -15,6 +15,10 @@
     fastlm embeddings neighbors RUN WORD [-k K]
     fastlm embeddings analogy RUN A B C [-k K]
     fastlm privacy audit RUN [--canaries N] [--reference RUN] [--samples K] [--seed S]
+    fastlm generate RUN_DIR --prompt TEXT --watermark KEY_FILE [--watermark-gamma G] [--watermark-delta D]
+    fastlm watermark detect TEXT_FILE --key KEY_FILE [--run RUN_DIR]
+    fastlm card RUN_DIR [--intended-use TEXT] [--limitations TEXT] [--out FILE]
+    fastlm explain RUN_DIR --text TEXT [--steps N] [--out DIR]
 
 A problem with the input is reported as one line, "fastlm: error: ...", with a non-zero exit
 status and no traceback (FASTLM_DEBUG=1 shows the traceback).
@@ -24,6 +28,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+from fastlm.accountability import commands as accountability
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -60,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens (default 50)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass")
     p.add_argument("--seed", type=int, default=0)
+    accountability.add_watermark_options(p)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("finetune", help="fine-tune on a task (classification, qa, generation, translation, speech)")
@@ -78,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data", metavar="FILE", help="a dataset file (default: the run's validation split)")
     p.add_argument("--out", metavar="DIR", help="where to write the results (default: RUN_DIR/eval)")
+    p.add_argument("--groups", metavar="COLUMN", help="the data column naming each example's group: also writes "
+                                                      "fairness.json and fairness.png (classification)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("plot", help="plot training and validation loss to RUN_DIR/loss.png")
@@ -114,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fairness_parser(sub)
     _add_keygen_parser(sub)
     _add_embeddings_parser(sub)
+    accountability.add_accountability_parsers(sub)
     return parser
 
 
@@ -204,7 +214,8 @@ def _generate(args) -> int:
     from fastlm.train.generate import generate_text
 
     print(generate_text(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens,
-                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed))
+                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                        watermark=accountability.watermark_of(args)))
     return 0
 
 
@@ -221,7 +232,7 @@ def _finetune(args) -> int:
 def _evaluate(args) -> int:
     from fastlm.tasks import evaluate
 
-    r = evaluate(args.task, args.run_dir, data=args.data, out_dir=args.out)
+    r = evaluate(args.task, args.run_dir, data=args.data, out_dir=args.out, groups=args.groups)
     _print_task_metrics(r["metrics"])
     print(f"results: {r['out_dir']}")
     return 0

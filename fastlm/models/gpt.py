@@ -154,11 +154,13 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, logits_processor=None) -> torch.Tensor:
         """Sample continuations with a KV cache. Returns (B, prompt + generated) token ids.
 
         temperature 0 is greedy. Stops after max_new_tokens, at max_seq_len, or when every row has
-        produced eos_token_id (rows that finished early are padded with it).
+        produced eos_token_id (rows that finished early are padded with it). logits_processor:
+        (tokens so far (B, T), next-token logits (B, V)) -> logits, applied before sampling (e.g. a
+        watermark, fastlm.accountability.watermark).
         """
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
@@ -183,6 +185,8 @@ class GPT(nn.Module):
                 # Only the last position's logits are needed.
                 h = self.hidden_states(step_input, cache)[:, -1]
                 logits = full_logits(self.lm_head, h).float()
+                if logits_processor is not None:
+                    logits = logits_processor(out, logits)
                 nxt = sample_step(logits, finished, eos_token_id, temperature, top_k, top_p, generator)
                 out = torch.cat([out, nxt[:, None]], dim=1)
                 if eos_token_id is not None and bool(finished.all()):

@@ -12,8 +12,9 @@ from fastlm.ops.recurrent import gru, lstm, rnn
 from fastlm.ops.quantize import quantize_per_channel, quantize_per_token
 from fastlm.ops.rope import rope
 from fastlm.ops.swiglu import geglu, swiglu
+from fastlm.ops.watermark import watermark_bias
 
 __all__ = ["rms_norm", "layer_norm", "cast_scale", "attention", "quantize_per_token", "quantize_per_channel", "int8_matmul",
            "int8_weight_matmul",
            "rope", "swiglu", "geglu", "cross_entropy", "linear_cross_entropy", "matmul",
-           "hashed_window_sum", "lstm", "gru", "rnn"]
+           "hashed_window_sum", "lstm", "gru", "rnn", "watermark_bias"]

@@ -43,6 +43,9 @@ SCHEMAS = {
     # (fp32 math, theta's dtype). The backward scatters grad_out (N, V) back: grad_theta (B,) fp32.
     "hashed_window_sum_fwd": "hashed_window_sum_fwd(Tensor theta, Tensor hashes, int vocab_size) -> Tensor",
     "hashed_window_sum_bwd": "hashed_window_sum_bwd(Tensor grad_out, Tensor hashes, int num_buckets) -> Tensor",
+    # Watermark bias (fastlm.accountability.watermark): logits (B, V) float, seeds (B,) and codes (V,) int64
+    # in [0, 2^32): out = logits + delta where lowbias32(seeds[b] ^ codes[v]) < threshold (fp32 math).
+    "watermark_bias": "watermark_bias(Tensor logits, Tensor seeds, Tensor codes, int threshold, float delta) -> Tensor",
     # out = act(a @ b + bias) (fp32 math); pre = a @ b + bias when act != "none" (else empty), for the
     # backward. a (M, K), b (K, N) any strides, bias (N,) or None. The backward returns (grad_a,
     # grad_b, grad_bias); a gradient that is not needed (or bias None) comes back empty.

@@ -31,11 +31,12 @@ def finetune(task: str, config, overrides=(), out_dir=None, show_progress: bool 
     return run(t, load_task_config(config, t.Section, overrides), out_dir, show_progress, resume)
 
 
-def evaluate(task: str, run_dir, data=None, out_dir=None) -> dict:
-    """Score a finished run on its validation split, or on another file (`data`)."""
+def evaluate(task: str, run_dir, data=None, out_dir=None, groups: str | None = None) -> dict:
+    """Score a finished run on its validation split, or on another file (`data`); groups: the data
+    column naming each example's group (classification: also fairness.json and fairness.png)."""
     from fastlm.tasks.loop import evaluate_run
 
-    return evaluate_run(get_task(task), run_dir, data, out_dir)
+    return evaluate_run(get_task(task), run_dir, data, out_dir, groups)
 
 
 __all__ = ["TASKS", "get_task", "finetune", "evaluate"]

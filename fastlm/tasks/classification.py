@@ -12,10 +12,14 @@ of the token ids (fastlm/tasks/maxent_classifier.py); metrics accuracy, precisio
     model = "transformer"         # transformer ([model]: a GPT or an encoder) | maxent (logistic
                                   # regression over hashed unigrams and bigrams of the token ids)
     hash_buckets = 262144         # maxent: feature buckets
+    group_field = "group"         # optional: the column naming each example's group: evaluation writes
+                                  # fairness.json and fairness.png (fastlm.eval.fairness), and
+                                  # [train] debias = "adversarial" hides the group (fastlm/tasks/debias.py)
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +29,8 @@ from torch import nn
 
 from fastlm.tasks.backbone import build_backbone, d_model, hidden_states, is_encoder
 from fastlm.tasks.base import DataFiles, Task
-from fastlm.tasks.datasets import DatasetError, label_value, read_records, text_value
+from fastlm.tasks.datasets import DatasetError, Record, label_value, read_records, text_value
+from fastlm.tasks.debias import DebiasedClassifier, debiased_task_loss
 from fastlm.tasks.maxent_classifier import (
     HashedFeatureBody,
     MaxEntClassifier,
@@ -48,6 +53,7 @@ class ClassificationSection(DataFiles):
     k_folds: int = 0
     model: str = "transformer"
     hash_buckets: int = 2**18
+    group_field: str | None = None
 
     def validate(self) -> None:
         if self.model not in CLASSIFIER_MODELS:
@@ -92,8 +98,9 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         h = hidden_states(self.body, batch["input_ids"], batch["attention_mask"])
-        logits = self.head(self.pool(h, batch["attention_mask"])).float()
-        out = {"logits": logits}
+        pooled = self.pool(h, batch["attention_mask"])
+        logits = self.head(pooled).float()
+        out = {"logits": logits, "pooled": pooled}
         if "labels" in batch:
             out["loss"] = F.cross_entropy(logits, batch["labels"])
         return out
@@ -105,20 +112,28 @@ class ClassificationTask(Task):
 
     def read_split(self, tc, path: Path, info: dict | None) -> list[dict]:
         t = tc.task
-        records = read_records(path, (t.text_field, t.label_field))
+        records = read_records(path, (t.text_field, t.label_field) + ((t.group_field,) if t.group_field else ()))
         known = set(info["labels"]) if info else set(t.labels) if t.labels else None
         hint = f"known labels: {', '.join(sorted(known))}" if known else ""
         out = []
         for r in records:
             label = label_value(r, t.label_field, (lambda x: x in known) if known else None, hint)
             out.append({"text": text_value(r, t.text_field), "label": label})
+            if t.group_field:
+                out[-1]["group"] = group_value(r, t.group_field)
         return out
 
     def make_info(self, tc, records) -> dict:
         labels = tc.task.labels or sorted({r["label"] for r in records})
         if len(labels) < 2:
             raise DatasetError(f"the training data has only the label {labels[0]!r}: a classifier needs two or more")
-        return {"labels": list(labels)}
+        info = {"labels": list(labels)}
+        if tc.task.group_field:
+            info["groups"] = sorted({r["group"] for r in records})
+            if tc.config.train.debias != "none" and len(info["groups"]) < 2:
+                raise DatasetError(f"task.group_field = {tc.task.group_field!r}: the training data has only the "
+                                   f"group {info['groups'][0]!r}: train.debias needs two or more")
+        return info
 
     def tokenizer_texts(self, records) -> list[str]:
         return [r["text"] for r in records]
@@ -129,11 +144,15 @@ class ClassificationTask(Task):
         eos, width = find_eos_id(tok), tc.config.data.seq_len
         index = {label: i for i, label in enumerate(info["labels"])}
         encoder = tc.config.model.is_encoder
+        groups = {g: i for i, g in enumerate(info.get("groups", []))}
         out = []
         for r, ids in zip(records, encode(tok, [r["text"] for r in records])):
             # Decoder: the text then an end token whose state sums it up; encoder: a leading [CLS]-like token.
             ids = [eos] + ids[:width - 1] if encoder else ids[:width - 1] + [eos]
             example = {"ids": ids, "label": index[r["label"]], "text": r["text"]}
+            if "group" in r:  # its index for the adversary (-1: a group the training data lacks)
+                example["group"] = r["group"]
+                example["group_id"] = groups.get(r["group"], -1)
             if tc.task.model == "maxent":
                 example["features"] = text_features(ids, tc.task.hash_buckets)
                 example["num_buckets"] = tc.task.hash_buckets
@@ -142,10 +161,12 @@ class ClassificationTask(Task):
 
     def build_body(self, tc) -> tuple:
         """(the Transformer backbone, or a maxent classifier's feature "body"; tokenizer.json or None)."""
+        check_debias(tc)
         if tc.task.model != "maxent":
             return build_backbone(tc)
         for bad, key in ((tc.config.model.init_from, "model.init_from"),
-                         (tc.config.train.adversarial != "none", "train.adversarial")):
+                         (tc.config.train.adversarial != "none", "train.adversarial"),
+                         (tc.config.train.debias != "none", "train.debias")):
             if bad:
                 raise ConfigError(f"{key}: not available with task.model = \"maxent\" (a classifier without a backbone)")
         return HashedFeatureBody(tc.config.model.vocab_size, tc.task.hash_buckets), None
@@ -153,7 +174,17 @@ class ClassificationTask(Task):
     def build_model(self, tc, body, info) -> nn.Module:
         if tc.task.model == "maxent":
             return MaxEntClassifier(tc.task.hash_buckets, len(info["labels"]))
-        return SequenceClassifier(body, len(info["labels"]), tc.task.pooling)
+        model = SequenceClassifier(body, len(info["labels"]), tc.task.pooling)
+        if tc.config.train.debias == "adversarial":
+            return DebiasedClassifier(model, d_model(body), len(info["labels"]), len(info["groups"]),
+                                      tc.config.train.debias_weight)
+        return model
+
+    def loss_of(self, tc):
+        """The training step's loss: with train.debias, the task loss plus the group adversary's."""
+        from fastlm.train.step import task_loss
+
+        return debiased_task_loss if tc.config.train.debias == "adversarial" else task_loss
 
     def collate(self, examples) -> dict:
         ids, mask = pad_batch([e["ids"] for e in examples], pad_id=0)
@@ -161,6 +192,8 @@ class ClassificationTask(Task):
                  "labels": torch.tensor([e["label"] for e in examples], dtype=torch.long)}
         if examples and "features" in examples[0]:
             batch["features"] = pad_features([e["features"] for e in examples], examples[0]["num_buckets"])
+        if examples and "group_id" in examples[0]:
+            batch["groups"] = torch.tensor([e["group_id"] for e in examples], dtype=torch.long)
         return batch
 
     @torch.no_grad()
@@ -201,6 +234,18 @@ class ClassificationTask(Task):
         predictions = [{"text": e["text"], "label": labels[e["label"]], "prediction": labels[p],
                         "probabilities": {lab: round(float(q), 6) for lab, q in zip(labels, row)}}
                        for e, p, row in zip(examples, y_pred, probs.tolist())]
+        if examples and "group" in examples[0]:  # the headline gaps, logged with the other metrics
+            for e, row in zip(examples, predictions):
+                row["group"] = e["group"]
+            report = fairness_of(predictions, labels, n_bootstrap=0)
+            result.update({f"fairness_{k}": None if math.isnan(v["value"]) else v["value"]  # NaN: undefined
+                           for k, v in report.gaps.items()})
+            if isinstance(model, DebiasedClassifier):
+                from fastlm.tasks.debias import adversary_accuracy
+
+                batches = ({k: v.to(device) for k, v in self.collate(examples[i:i + batch_size]).items()}
+                           for i in range(0, len(examples), batch_size))
+                result["adversary_group_accuracy"] = adversary_accuracy(model, batches)
         return result, predictions
 
     def report(self, out_dir: Path, metrics: dict, predictions: list, info: dict) -> None:
@@ -208,6 +253,40 @@ class ClassificationTask(Task):
               "rows": "true label", "columns": "predicted label"}
         (out_dir / "confusion_matrix.json").write_text(json.dumps(cm, indent=1, ensure_ascii=False))
         plot_confusion_matrix(metrics["confusion_matrix"], metrics["labels"], out_dir / "confusion_matrix.png")
+        if predictions and "group" in predictions[0]:
+            from fastlm.eval.fairness_files import write_fairness
+
+            write_fairness(out_dir, fairness_of(predictions, metrics["labels"]))
+
+
+def fairness_of(predictions: list[dict], labels: list, **kwargs):
+    """fastlm.eval.fairness.group_report of predictions with a "group" (probabilities as scores)."""
+    from fastlm.eval.fairness import group_report
+
+    scores = [[p["probabilities"][lab] for lab in labels] for p in predictions]
+    return group_report([p["label"] for p in predictions], [p["prediction"] for p in predictions],
+                        [p["group"] for p in predictions], scores=scores, labels=labels, **kwargs)
+
+
+def group_value(record: Record, field: str) -> str:
+    """An example's group: a non-empty string, or an integer (as its decimal string)."""
+    value = record.fields[field]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+        raise DatasetError(f"{record.where}: group field {field!r} must be a non-empty string or an integer, "
+                           f"got {value!r}")
+    return str(value)
+
+
+def check_debias(tc) -> None:
+    """train.debias: a classifier with a group column, trained without DP-SGD."""
+    if tc.config.train.debias == "none":
+        return
+    if not tc.task.group_field:
+        raise ConfigError(f"train.debias = {tc.config.train.debias!r}: needs task.group_field (the data column "
+                          f"naming each example's group)")
+    if tc.config.privacy.dp_sgd:
+        raise ConfigError("train.debias: not available with privacy.dp_sgd (the adversary's loss couples the "
+                          "examples of a batch)")
 
 
 def _roc_auc(M, y_true, probs, k) -> float | None:

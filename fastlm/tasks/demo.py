@@ -6,6 +6,8 @@ The translated messages of installed programs (/usr/share/locale/<lang>/LC_MESSA
 with Python's gettext) give real sentences in many languages:
 
     langid     classify the language of a message (de, fr, es, it, nl, sv)      text, label
+    langid-groups  its language family, with a planted group correlation         text, label, group
+               (fastlm/tasks/fairness_demo.py)
     en-de      English -> German message pairs                                 source, target
 
 and the installed Debian packages' descriptions (/var/lib/dpkg/status) a summarization demo:
@@ -40,7 +42,7 @@ from fastlm.tasks.datasets import DatasetError
 
 LOCALE_DIR = Path("/usr/share/locale")
 LANGID_LANGUAGES = ("de", "fr", "es", "it", "nl", "sv")
-DEMOS = ("langid", "en-de", "summaries", "qa", "speech")
+DEMOS = ("langid", "langid-groups", "en-de", "summaries", "qa", "speech")
 DPKG_STATUS = Path("/var/lib/dpkg/status")
 DEMO_PREFIX = "demo:"
 
@@ -84,6 +86,10 @@ def demo_dataset(name: str, cache_dir: str | Path | None = None, *, size: int | 
     from fastlm.data import default_cache_dir
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "tasks"
+    if name == "langid-groups":
+        from fastlm.tasks.fairness_demo import planted_group_dataset
+
+        return planted_group_dataset(root, size=size, seed=seed, cache_dir=cache_dir)
     out = root / f"{name}-{size}-{seed}"
     suffix = ".json" if name == "qa" else ".jsonl"
     paths = {"train": out / f"train{suffix}", "validation": out / f"validation{suffix}"}

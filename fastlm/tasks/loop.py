@@ -120,6 +120,8 @@ def finetune(task, tc: TaskConfig, out_dir: str | os.PathLike | None = None, sho
     if tc.config.checkpoint.key_file:  # recorded absolute (the path, never the key): readers elsewhere find it
         tc = copy.deepcopy(tc)
         tc.config.checkpoint.key_file = str(Path(tc.config.checkpoint.key_file).resolve())
+    if tc.config.train.debias != "none" and not hasattr(task, "loss_of"):
+        raise ConfigError(f"train.debias = {tc.config.train.debias!r}: only for the classification task, not {task.name}")
     folds = getattr(tc.task, "k_folds", 0)
     if resume and folds > 1:
         raise ConfigError("--resume: not available with task.k_folds (start the cross-validation again)")
@@ -183,7 +185,8 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
     optimizer = pm.wrap_optimizer(build_optimizer(pm.module, t, rt.device))
     step_hooks = private_step_hooks(private, t) if private is not None else \
         {"grad_clip": t.grad_clip, "micro_backward": adversarial_hook(model, t)}
-    step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, loss_of=task_loss, **step_hooks)
+    loss_of = task.loss_of(tc) if hasattr(task, "loss_of") else task_loss  # e.g. with a debiasing adversary
+    step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, loss_of=loss_of, **step_hooks)
     sampler = ExampleSampler(len(train), t.global_batch_size, t.seed,
                              sampling="poisson" if private is not None and cfg.privacy.sampling == "poisson" else "shuffle")
     last_step = private.last_step if private is not None else t.steps
@@ -324,11 +327,17 @@ def load_task_run(task, run_dir: str | Path, device="cpu"):
     return tc, model.to(device), load_tokenizer(run_dir / "tokenizer.json") if uses_tokenizer else None, info
 
 
-def evaluate_run(task, run_dir: str | Path, data: str | None = None, out_dir: str | Path | None = None) -> dict:
+def evaluate_run(task, run_dir: str | Path, data: str | None = None, out_dir: str | Path | None = None,
+                 groups: str | None = None) -> dict:
     """Score a finished run on `data` (default: its validation split); writes metrics and predictions
-    to out_dir (default RUN_DIR/eval)."""
+    to out_dir (default RUN_DIR/eval). groups: the data column naming each example's group (the
+    task then also writes a fairness report)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tc, model, tok, info = load_task_run(task, run_dir, device)
+    if groups is not None:
+        if not hasattr(tc.task, "group_field"):
+            raise ConfigError(f"--groups: group fairness reports are for the classification task, not {task.name}")
+        tc.task.group_field = groups  # tc was read from the run directory: the run's files stay as they are
     if data is not None:
         raw = task.read_split(tc, Path(data), info)
     else:

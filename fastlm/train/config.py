@@ -28,6 +28,7 @@ from fastlm.train.config_checks import (  # noqa: F401 - the checks are part of 
     rank_samples,
     validate,
 )
+from fastlm.federated.config import FederatedSection
 from fastlm.privacy.config import PrivacySection
 from fastlm.train.errors import ConfigError
 from fastlm.train.model_section import DEFAULT_FAMILY, MODEL_SECTIONS, GPTSection, ModelSection
@@ -74,6 +75,8 @@ class TrainSection:
     grad_clip: float = 1.0               # global-norm clip; 0 disables clipping
     precision: str = "auto"              # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     seed: int = 0
+    optimizer: str = "adamw"             # adamw | sgd (plain SGD with train.momentum; FedAvg's classic client)
+    momentum: float = 0.0                # sgd only
     log_every: int = 10
     eval_every: int = 500                # also always at step 0 and at the end; 0: only those
     eval_batches: int = 20               # validation batches of micro_batch_size sequences
@@ -86,6 +89,10 @@ class TrainSection:
     adversarial_epsilon: float = 1.0     # L2 norm of each token's embedding perturbation (at most)
     adversarial_steps: int = 3           # pgd ascent steps
     adversarial_alpha: float = 0.0       # pgd step size; 0: 2.5 * epsilon / steps
+    # Adversarial debiasing of a classifier (fastlm.tasks.debias): an adversary predicts task.group_field
+    # from the pooled representation through gradient reversal. "none" | "adversarial".
+    debias: str = "none"
+    debias_weight: float = 1.0           # the reversed gradient's scale: how hard the encoder hides the group
 
 
 @dataclass
@@ -124,6 +131,7 @@ class Config:
     parallel: ParallelSection = field(default_factory=ParallelSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
+    federated: FederatedSection = field(default_factory=FederatedSection)
     name: str = "run"                    # not a TOML key: names the run directory
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -183,6 +191,7 @@ SECTIONS: dict[str, type] = {
     "parallel": ParallelSection,
     "checkpoint": CheckpointSection,
     "privacy": PrivacySection,
+    "federated": FederatedSection,
 }
 
 
@@ -265,6 +274,8 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
             if key == "parallel.dp" and value != "auto":
                 continue
             return value
+        if dataclasses.is_dataclass(opt) and isinstance(value, dict):  # an inline table, e.g. {clip = 1.0}
+            return _build_section(key.split(".")[0], opt, value, f" in {key}")
         if typing.get_origin(opt) is list and isinstance(value, list):
             (item,) = typing.get_args(opt)
             if all(isinstance(v, item) for v in value):
@@ -285,6 +296,8 @@ def _describe(hint: Any, key: str) -> str:
             continue
         if opt is str and key == "parallel.dp":
             words.append('"auto"')
+        elif dataclasses.is_dataclass(opt):
+            words.append("a table {" + ", ".join(f.name + " = ..." for f in fields(opt)) + "}")
         elif typing.get_origin(opt) is list:
             words.append(f"a list of {names[typing.get_args(opt)[0]][2:]}s")
         else:

@@ -8,6 +8,7 @@ import math
 import os
 from typing import TYPE_CHECKING
 
+from fastlm.federated.config import validate_federated
 from fastlm.privacy.config import validate_privacy
 from fastlm.privacy.encryption import load_key
 from fastlm.train.errors import ConfigError, FastlmError
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # annotations only: config.py imports this module
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LINEARS = ("default", "int8_train")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 def validate(config: Config) -> None:
@@ -65,8 +67,17 @@ def validate(config: Config) -> None:
     _validate_pipeline(config)
     _validate_parallel(p, t)
     _validate_adversarial(t)
+    if t.debias not in ("none", "adversarial"):
+        raise ConfigError(f"train.debias = {_show(t.debias)}: expected one of none, adversarial")
+    if not (t.debias_weight > 0 and math.isfinite(t.debias_weight)):
+        raise ConfigError(f"train.debias_weight = {_show(t.debias_weight)}: expected a positive number")
     validate_privacy(config)
+    validate_federated(config)
     _validate_encryption(config)
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer = {_show(t.optimizer)}: expected one of {', '.join(OPTIMIZERS)}")
+    if not 0 <= t.momentum < 1:
+        raise ConfigError(f"train.momentum = {_show(t.momentum)}: expected a number in [0, 1)")
     # Outside a launch (no WORLD_SIZE: loading a finished run for eval/generate, or a config in a
     # notebook) dp = "auto" has no process count yet: dp_shares say how many ranks there will be.
     # Trainer.fit checks the split again against the real data-parallel size.
@@ -287,6 +298,8 @@ def rank_samples(config: Config, dp: int) -> list[int]:
 
 def check_batch_split(config: Config, dp: int) -> None:
     t, shares = config.train, config.parallel.dp_shares
+    if config.federated.enabled:  # the ranks split the clients; each client's step takes the whole batch
+        dp = 1
     if shares is not None:
         if len(shares) != dp:
             raise ConfigError(f"parallel.dp_shares = {_show(shares)}: expected {dp} shares, one per "

@@ -6,16 +6,21 @@ from pathlib import Path
 import torch
 
 from fastlm.data.tokenizer import find_eos_id, load_tokenizer
+from fastlm.models import GPT
 from fastlm.train.errors import FastlmError
 from fastlm.train.run import load_run
 
 
 def generate_text(run_dir: str | Path, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
                   top_k: int | None = 50, top_p: float | None = None, seed: int = 0,
-                  device: str | torch.device | None = None) -> str:
-    """The prompt and its sampled continuation. Stops at max_new_tokens, end of text or the context."""
+                  device: str | torch.device | None = None, watermark=None) -> str:
+    """The prompt and its sampled continuation. Stops at max_new_tokens, end of text or the context.
+    watermark: a fastlm.accountability.watermark.WatermarkKey to embed in the continuation (GPT runs)."""
     from fastlm.train.statistical import fitted_family_of, generate_fitted
 
+    if watermark is not None and fitted_family_of(run_dir):
+        raise FastlmError(f"--watermark: {run_dir} is an n-gram or HMM run; watermarked generation needs a "
+                          f"Transformer run")
     if fitted_family_of(run_dir):  # an n-gram or HMM run: no device, no context limit
         return generate_fitted(run_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -31,10 +36,14 @@ def generate_text(run_dir: str | Path, prompt: str, max_new_tokens: int = 200, t
     if len(ids) > context:
         raise FastlmError(f"the prompt is {len(ids)} tokens, longer than the model's context of "
                           f"{context} tokens (model.max_seq_len)")
+    if watermark is not None and not isinstance(model, GPT):
+        raise FastlmError(f"--watermark: model.family = {config.model.family!r} does not support it yet "
+                          f"(GPT and LLaMA runs do)")
     generator = torch.Generator(device=device).manual_seed(seed)
+    extra = {"logits_processor": watermark.processor()} if watermark is not None else {}
     try:  # GPT.generate checks the sampling settings; its ValueError becomes a one-line CLI error
         out = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=temperature,
-                             top_k=top_k, top_p=top_p, eos_token_id=find_eos_id(tokenizer), generator=generator)
+                             top_k=top_k, top_p=top_p, eos_token_id=find_eos_id(tokenizer), generator=generator, **extra)
     except ValueError as error:
         raise FastlmError(str(error)) from None
     return tokenizer.decode(out[0].tolist(), skip_special_tokens=True)

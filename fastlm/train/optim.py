@@ -9,8 +9,9 @@ from torch import nn
 from fastlm.train.config import TrainSection
 
 
-def build_optimizer(model: nn.Module, train: TrainSection, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; norms, biases and embeddings get no weight decay (nanoGPT/LLaMA practice)."""
+def build_optimizer(model: nn.Module, train: TrainSection, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (or SGD with train.optimizer = "sgd"); norms, biases and embeddings get no weight decay
+    (nanoGPT/LLaMA practice)."""
     decay, no_decay, seen = [], [], set()
     for module in model.modules():
         is_embedding = isinstance(module, nn.Embedding) or "embed" in type(module).__name__.lower()
@@ -23,6 +24,8 @@ def build_optimizer(model: nn.Module, train: TrainSection, device: torch.device)
         {"params": decay, "weight_decay": train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum)
     # fused AdamW is the fastest on CUDA; on CPU the default (foreach) path is.
     return torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
 

@@ -236,3 +236,5 @@ class _NoDecay:
     """The TrainSection fields build_optimizer reads (only the parameter grouping matters here)."""
     weight_decay = 0.0
     lr = 1e-3
+    optimizer = "adamw"  # the grouping is the same for every optimizer
+    momentum = 0.0

@@ -11,7 +11,7 @@ def show(value: Any) -> str:
 
 
 def dumps_toml(sections: dict[str, dict[str, Any]]) -> str:
-    """A TOML writer for flat sections of scalars and lists (None values are left out)."""
+    """A TOML writer for sections of scalars, lists and inline tables (None values are left out)."""
     out = []
     for name, table in sections.items():
         out.append(f"[{name}]")
@@ -35,4 +35,6 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table (e.g. federated.client_dp); None entries left out
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None) + "}"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")

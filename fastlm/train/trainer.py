@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from fastlm.accountability.provenance import record_launch
 from fastlm.privacy.training import PrivateTraining, private_metrics, private_step_hooks
 from fastlm.privacy.encryption import encryption_for
 from fastlm.train.checkpointer import Checkpointer
@@ -43,6 +44,9 @@ class Trainer:
         if config.train.adversarial != "none":  # embedding perturbation lives in the task loop
             raise ConfigError(f"train.adversarial = \"{config.train.adversarial}\": only for fine-tuning "
                               f"(fastlm finetune TASK CONFIG), not for language-model training")
+        if config.train.debias != "none":  # the group adversary lives in the classification task
+            raise ConfigError(f"train.debias = \"{config.train.debias}\": only for fine-tuning a classifier "
+                              f"(fastlm finetune classification CONFIG), not for language-model training")
         self.config = config  # the user's; what the run resolves goes to a copy (self.resolved)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.resume = resume
@@ -55,6 +59,10 @@ class Trainer:
             result = fit_run(self.config, self.out_dir, self.resume, self.rt.show_progress)
             self.model = result.pop("model")
             return result
+        if self.config.federated.enabled:  # rounds of client steps and server aggregation
+            from fastlm.federated.run import fit_federated
+
+            return fit_federated(self)
         cfg, t, rt = self.config, self.config.train, self.rt
         rt.mesh = init_run_mesh(cfg) if rt.world_size > 1 else None
         check_batch_split(cfg, rt.dp[0])
@@ -133,10 +141,11 @@ class Trainer:
         return model, tokenizer or init_tokenizer
 
     def _write_run_files(self, run_dir: Path, tokenizer_path: Path) -> None:
-        """config.toml (the resolved config) and tokenizer.json (rank 0 only)."""
+        """config.toml (the resolved config), tokenizer.json and environment.json (rank 0 only)."""
         if not self.rt.is_main:
             return
         (run_dir / "config.toml").write_text(self.resolved.to_toml())
+        record_launch(run_dir, self.rt)  # devices and versions of this launch, for `fastlm card`
         if "canaries" in self.corpus_meta:  # the planted secrets, for `fastlm privacy audit`
             from fastlm.data.canaries import write_record
 

@@ -13,6 +13,7 @@ HAVE_CATALOGS = all(any((locale_dir() / lang / "LC_MESSAGES").glob("*.mo")) for 
 
 DEMOS = {
     "classification-demo": ("classification", "demo:langid:120", ["data.vocab_size=300"]),
+    "classification-fairness-demo": ("classification", "demo:langid-groups:120", ["data.vocab_size=300"]),
     "translation-demo": ("translation", "demo:en-de:120", ["data.vocab_size=300", "task.eval_examples=2"]),
     "generation-demo": ("generation", "demo:summaries:120", ["data.vocab_size=300", "task.eval_examples=2"]),
     "qa-demo": ("qa", "demo:qa:120", ["data.vocab_size=300"]),

@@ -1,0 +1,2 @@
+"""fastlm.accountability: model cards (card), watermarked generation and its detection (watermark),
+per-token explanations of predictions (explain)."""
