@@ -9,6 +9,7 @@
     fastlm evaluate TASK RUN_DIR [--data FILE] [--out DIR] [--groups COLUMN]
     fastlm quantize RUN_DIR --scheme w8a8|w8a16 --out DIR [--skip NAME ...] [--smooth ALPHA] [--group-size G]
     fastlm keygen [PATH] [--force]
+    fastlm fairness probe RUN_DIR [--pairs FILE]
     fastlm bench [NAME ...] [--device cpu|cuda] [--out DIR] [--quick] [--list]
     fastlm embeddings train CONFIG [--out RUN_DIR] [--set section.key=value ...]
     fastlm embeddings neighbors RUN WORD [-k K]
@@ -119,10 +120,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the benchmarks and their baselines")
     p.set_defaults(func=_bench)
 
+    _add_fairness_parser(sub)
     _add_keygen_parser(sub)
     _add_embeddings_parser(sub)
     accountability.add_accountability_parsers(sub)
     return parser
+
+
+def _add_fairness_parser(sub) -> None:
+    p = sub.add_parser("fairness", help="bias probes of a language model")
+    fsub = p.add_subparsers(dest="fairness_command", required=True, metavar="ACTION", parser_class=_Parser)
+    q = fsub.add_parser("probe", help="stereotype preference on sentence pairs that differ in a group term: "
+                                      "RUN_DIR/probe.json")
+    q.add_argument("run_dir", metavar="RUN_DIR", help="a fastlm run or a Hugging Face checkpoint directory")
+    q.add_argument("--pairs", metavar="FILE", help="a CSV in the CrowS-Pairs layout (sent_more, sent_less, "
+                   "stereo_antistereo, bias_type); default: the built-in probe set")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=_fairness_probe)
+
+
+def _fairness_probe(args) -> int:
+    from fastlm.fairness import format_table, probe_run
+
+    print(format_table(probe_run(args.run_dir, pairs=args.pairs, show_progress=not args.quiet)))
+    print(f"results: {os.path.join(args.run_dir, 'probe.json')}")
+    return 0
 
 
 def _add_keygen_parser(sub) -> None:

@@ -84,6 +84,7 @@ def default_cache_dir() -> Path:
 def prepare_corpus(source="builtin", *, vocab_size: int = 4096, text_field: str = "text",
                    tokenizer_path: str | Path | None = None, val_fraction: float = 0.05,
                    builtin_modules: Sequence[str] | None = None,
+                   augment=None,  # adds training documents (fastlm.data.counterfactual.Counterfactual)
                    cache_dir: str | Path | None = None,
                    show_progress: bool = True) -> PreparedCorpus:
     """Prepare (or reuse from the cache) the tokenized train/validation corpus of `source`.
@@ -102,6 +103,8 @@ def prepare_corpus(source="builtin", *, vocab_size: int = 4096, text_field: str 
     key = _cache_key(src, vocab_size, user_tok, val_fraction)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = root / "corpora"
+    if augment is not None:  # more training documents: another corpus, another key
+        key = hashlib.sha256(json.dumps([key, augment.fingerprint()], sort_keys=True).encode()).hexdigest()
     name = f"{_slug(src)}-{'tok' if user_tok else f'v{vocab_size}'}-{key[:16]}"
     final = root / name
 
@@ -124,7 +127,7 @@ def prepare_corpus(source="builtin", *, vocab_size: int = 4096, text_field: str 
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
         try:
             _say(show_progress, f"fastlm: preparing corpus {src.name!r} in {final}")
-            _build(tmp, src, key, vocab_size, user_tok, val_fraction, show_progress)
+            _build(tmp, src, key, vocab_size, user_tok, val_fraction, show_progress, augment)
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -135,21 +138,24 @@ def prepare_corpus(source="builtin", *, vocab_size: int = 4096, text_field: str 
 # ---------------------------------------------------------------- building
 
 def _build(out: Path, src: CorpusSource, key: str, vocab_size: int, user_tok: Path | None,
-           val_fraction: float, show_progress: bool) -> None:
+           val_fraction: float, show_progress: bool, augment=None) -> None:
     t0 = time.perf_counter()
+    documents = src.documents
     # Pass 1: which documents are validation (decided by a hash of their text, so by document).
     fractions, chars = [], 0
-    for doc in src.documents():
+    for doc in documents():
         fractions.append(_hash_fraction(doc))
         chars += len(doc)
     is_val = _split(fractions, val_fraction, src.name)
+    if augment is not None:  # each training document's mirrored copy right after it, never in validation
+        documents, is_val = augment.expand(documents, is_val)
 
     # Pass 2: the tokenizer, trained on training documents only.
     if user_tok is not None:
         shutil.copyfile(user_tok, out / "tokenizer.json")
         tok = load_tokenizer(out / "tokenizer.json")
     else:
-        train_docs = (d for d, v in zip(src.documents(), is_val) if not v)
+        train_docs = (d for d, v in zip(documents(), is_val) if not v)
         tok = train_bpe(train_docs, vocab_size, length=is_val.count(False),
                         show_progress=show_progress)
         tok.save(str(out / "tokenizer.json"))
@@ -162,7 +168,7 @@ def _build(out: Path, src: CorpusSource, key: str, vocab_size: int, user_tok: Pa
     eos = np.array([eos_id], dtype=dtype)
     bar = _progress(show_progress, chars)
     with open(out / "train.bin", "wb") as ftrain, open(out / "val.bin", "wb") as fval:
-        for docs, flags in _batches(src.documents(), is_val):
+        for docs, flags in _batches(documents(), is_val):
             for enc, v in zip(_encode_batch(tok, docs), flags):
                 ids = np.asarray(enc.ids, dtype=dtype)
                 (fval if v else ftrain).write(ids.tobytes() + eos.tobytes())
@@ -178,6 +184,7 @@ def _build(out: Path, src: CorpusSource, key: str, vocab_size: int, user_tok: Pa
         "train_tokens": counts[False], "val_tokens": counts[True],
         "train_documents": is_val.count(False), "val_documents": is_val.count(True),
         "chars": chars, "val_fraction": val_fraction,
+        "augment": augment.fingerprint() if augment is not None else None,
         "build_id": uuid.uuid4().hex, "built_at": time.time(),
         "build_seconds": round(time.perf_counter() - t0, 3),
     }

@@ -54,6 +54,9 @@ class DataSection:
     # Recurrent families (rnn | lstm | gru): each batch row continues the previous batch's row (consecutive
     # windows of long streams) and the model carries its detached state across them (truncated BPTT).
     stateful: bool = False
+    # Counterfactual augmentation (fastlm/data/counterfactual.py): a mirrored copy of each training document with
+    # paired terms swapped (he <-> she, king <-> queen), added when the corpus is prepared (part of its cache key).
+    counterfactual: str | None = None    # "gender" (built-in word pairs) or a file of word pairs; None: none
     # Canaries (fastlm/data/canaries.py, Carlini et al.'s "Secret Sharer"): random secrets "my secret number is
     # d d d d d d d d d" planted in the training split only, recorded in RUN_DIR/canaries.json for `fastlm privacy audit`.
     canaries: int = 0                    # how many secrets (drawn from train.seed); 0: none

@@ -35,6 +35,8 @@ def validate(config: Config) -> None:
     if d.canaries and config.model.is_fitted:  # fastlm privacy audit scores models trained by gradient steps
         raise ConfigError(f"data.canaries = {_show(d.canaries)}: model.family = {_show(config.model.family)} is fitted "
                           "from counts; canaries are for models trained by `fastlm train` steps")
+    if d.counterfactual is not None and (not isinstance(d.counterfactual, str) or not d.counterfactual.strip()):
+        raise ConfigError(f"data.counterfactual = {_show(d.counterfactual)}: expected \"gender\" or a file of word pairs")
     positive = {
         "train.steps": t.steps, "train.global_batch_size": t.global_batch_size,
         "train.micro_batch_size": t.micro_batch_size, "train.log_every": t.log_every,

@@ -20,8 +20,18 @@ def run_corpus(config, tokenizer_path: Path | None, show_progress: bool = False)
     """The corpus of [data], tokenized with tokenizer_path (None: a BPE tokenizer trained on it)."""
     d = config.data
     corpus = prepare_corpus(d.source, vocab_size=d.vocab_size, text_field=d.text_field, tokenizer_path=tokenizer_path,
-                            val_fraction=d.val_fraction, builtin_modules=d.builtin_modules, show_progress=show_progress)
+                            val_fraction=d.val_fraction, builtin_modules=d.builtin_modules, show_progress=show_progress,
+                            augment=counterfactual_of(d))
     return with_canaries(corpus, d.canaries, d.canary_repeats, config.train.seed)
+
+
+def counterfactual_of(data_section):
+    """The Counterfactual of data.counterfactual (None when unset): checks a pairs file before any work."""
+    if data_section.counterfactual is None:
+        return None
+    from fastlm.data.counterfactual import Counterfactual
+
+    return Counterfactual.of(data_section.counterfactual)
 
 
 def with_canaries(corpus, count: int, repeats: int, seed: int):
