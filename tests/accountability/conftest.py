@@ -3,19 +3,12 @@ from __future__ import annotations
 
 import pytest
 
+from tests.train.conftest import fastlm_cache  # noqa: F401  (an autouse session fixture)
 from tests.train.train_helpers import micro_config
 
 
-@pytest.fixture(scope="session", autouse=True)
-def fastlm_cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fastlm-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FASTLM_CACHE", str(path))
-        yield path
-
-
 @pytest.fixture(scope="session")
-def lm_run(tmp_path_factory, fastlm_cache):
+def lm_run(tmp_path_factory):
     """A finished micro LLaMA-style run (read-only for the tests that use it)."""
     from fastlm.train import Trainer
 
@@ -25,7 +18,7 @@ def lm_run(tmp_path_factory, fastlm_cache):
 
 
 @pytest.fixture(scope="session")
-def classifier_runs(tmp_path_factory, fastlm_cache):
+def classifier_runs(tmp_path_factory):
     """Two finished classification runs: a decoder (last-token pooling) and an encoder ([CLS] pooling)."""
     from fastlm.tasks import get_task
     from fastlm.tasks.config import task_config_from_dict
