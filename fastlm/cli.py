@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keygen_parser(sub)
     _add_embeddings_parser(sub)
     accountability.add_accountability_parsers(sub)
+    _add_deid_parser(sub)
     return parser
 
 
@@ -153,6 +154,28 @@ def _add_keygen_parser(sub) -> None:
                    help="the key file to create (default: fastlm.key); use it as checkpoint.key_file")
     p.add_argument("--force", action="store_true", help="replace an existing key file")
     p.set_defaults(func=_keygen)
+
+
+def _add_deid_parser(sub) -> None:
+    p = sub.add_parser("deid", help="de-identify text/JSONL files (emails, phones, cards, ...) into DIR, with a report")
+    p.add_argument("inputs", metavar="INPUT", nargs="+", help="text or .jsonl files")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (deid_report.json goes there too)")
+    p.add_argument("--types", default="all", help="comma-separated entity types, or 'all' (default)")
+    p.add_argument("--operation", default="anonymize",
+                   choices=["anonymize", "pseudonymize", "generalize", "perturb", "suppress"])
+    p.add_argument("--key-file", metavar="PATH", help="HMAC key for pseudonymize and perturb (e.g. from fastlm keygen)")
+    p.add_argument("--text-field", default="text", help="the JSONL field holding the text (default: text)")
+    p.set_defaults(func=_deid)
+
+
+def _deid(args) -> int:
+    from fastlm.data.deid.corpus import read_key_file
+    from fastlm.data.deid.run import deidentify_files
+
+    types = "all" if args.types == "all" else [t.strip() for t in args.types.split(",") if t.strip()]
+    key = read_key_file(args.key_file, "--key-file") if args.key_file else None
+    print(deidentify_files(args.inputs, args.out, types, args.operation, key, args.text_field))
+    return 0
 
 
 def _add_embeddings_parser(sub) -> None:

@@ -86,21 +86,29 @@ def prepare_corpus(source="builtin", *, vocab_size: int = 4096, text_field: str 
                    builtin_modules: Sequence[str] | None = None,
                    augment=None,  # adds training documents (fastlm.data.counterfactual.Counterfactual)
                    cache_dir: str | Path | None = None,
-                   show_progress: bool = True) -> PreparedCorpus:
+                   show_progress: bool = True, deidentify=None, deid_operation: str = "anonymize",
+                   deid_key: bytes | None = None) -> PreparedCorpus:
     """Prepare (or reuse from the cache) the tokenized train/validation corpus of `source`.
 
     source: "builtin" (pydoc topics + standard-library sources), a file, a directory, a glob,
     or a list of those. tokenizer_path: an existing tokenizer.json to use instead of training
-    one on the training split (then `vocab_size` is ignored).
+    one on the training split (then `vocab_size` is ignored). deidentify: entity types (or "all")
+    replaced in every document before the tokenizer is trained or applied (fastlm.data.deid), with
+    `deid_operation` (and `deid_key` for the keyed ones); part of the cache key.
     """
     if not 0.0 < float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}")
     src = resolve_source(source, text_field=text_field, builtin_modules=builtin_modules)
+    deid = None
+    if deidentify is not None:
+        from fastlm.data.deid.corpus import deid_settings
+
+        deid = deid_settings(deidentify, deid_operation, deid_key)
     user_tok = None
     if tokenizer_path is not None:
         user_tok = Path(tokenizer_path).expanduser().resolve()
         find_eos_id(load_tokenizer(user_tok), str(user_tok))  # fail early, before any work
-    key = _cache_key(src, vocab_size, user_tok, val_fraction)
+    key = _cache_key(src, vocab_size, user_tok, val_fraction, deid)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = root / "corpora"
     if augment is not None:  # more training documents: another corpus, another key
@@ -127,7 +135,7 @@ def prepare_corpus(source="builtin", *, vocab_size: int = 4096, text_field: str 
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
         try:
             _say(show_progress, f"fastlm: preparing corpus {src.name!r} in {final}")
-            _build(tmp, src, key, vocab_size, user_tok, val_fraction, show_progress, augment)
+            _build(tmp, src, key, vocab_size, user_tok, val_fraction, show_progress, augment, deid)
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -138,9 +146,11 @@ def prepare_corpus(source="builtin", *, vocab_size: int = 4096, text_field: str 
 # ---------------------------------------------------------------- building
 
 def _build(out: Path, src: CorpusSource, key: str, vocab_size: int, user_tok: Path | None,
-           val_fraction: float, show_progress: bool, augment=None) -> None:
+           val_fraction: float, show_progress: bool, augment=None, deid=None) -> None:
     t0 = time.perf_counter()
-    documents = src.documents
+    documents, deid_meta = src.documents, None
+    if deid is not None:  # de-identify once into a scratch file that the passes below read
+        documents, deid_meta = _deidentified(out / "deid-documents.jsonl", src, deid, show_progress)
     # Pass 1: which documents are validation (decided by a hash of their text, so by document).
     fractions, chars = [], 0
     for doc in documents():
@@ -188,10 +198,34 @@ def _build(out: Path, src: CorpusSource, key: str, vocab_size: int, user_tok: Pa
         "build_id": uuid.uuid4().hex, "built_at": time.time(),
         "build_seconds": round(time.perf_counter() - t0, 3),
     }
+    if deid_meta is not None:
+        meta["deid"] = deid_meta  # counts per type, never the values
+        (out / "deid-documents.jsonl").unlink()
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     _say(show_progress, f"fastlm: {chars / 1e6:.2f}M chars -> {counts[False]:,} train + "
                         f"{counts[True]:,} val tokens, vocab {actual_vocab} "
                         f"({meta['build_seconds']:.1f}s)")
+
+
+def _deidentified(path: Path, src: CorpusSource, deid, show_progress: bool):
+    """(documents(): the de-identified documents, read back from `path`; the report for meta.json)."""
+    from fastlm.data.deid.corpus import deidentify_documents
+
+    counts: dict[str, int] = {}
+    kept = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for doc in deidentify_documents(src.documents(), deid, counts):
+            f.write(json.dumps(doc, ensure_ascii=False) + "\n")
+            kept += 1
+    _say(show_progress, f"fastlm: de-identified {src.name!r}: {counts or 'nothing found'}")
+
+    def documents() -> Iterator[str]:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)
+    report = {**deid.fingerprint(), "counts": counts, "documents": kept}
+    report.pop("key")
+    return documents, report
 
 
 def _hash_fraction(text: str) -> float:
@@ -240,13 +274,15 @@ def _open_tokens(path: Path, dtype: np.dtype, count: int) -> np.memmap:
     return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
 
 
-def _cache_key(src: CorpusSource, vocab_size, user_tok: Path | None, val_fraction) -> str:
+def _cache_key(src: CorpusSource, vocab_size, user_tok: Path | None, val_fraction, deid=None) -> str:
     parts = {
         "format": FORMAT_VERSION, "source": src.fingerprint(),
         "val_fraction": float(val_fraction), "eos": EOS_TOKEN,
         "vocab_size": None if user_tok else vocab_size,
         "tokenizer_sha256": hashlib.sha256(user_tok.read_bytes()).hexdigest() if user_tok else None,
     }
+    if deid is not None:  # only when set: corpora prepared without it keep their key
+        parts["deid"] = deid.fingerprint()
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

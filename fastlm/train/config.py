@@ -61,6 +61,10 @@ class DataSection:
     # d d d d d d d d d" planted in the training split only, recorded in RUN_DIR/canaries.json for `fastlm privacy audit`.
     canaries: int = 0                    # how many secrets (drawn from train.seed); 0: none
     canary_repeats: int = 1              # copies of each secret (Carlini plants each 1 to thousands of times)
+    # De-identification (fastlm/data/deid/) of every document before tokenization; part of the prepared-cache key.
+    deidentify: list[str] | str | None = None  # entity types (["email", "phone", ...]) or "all"; None: none
+    deid_operation: str = "anonymize"    # anonymize | pseudonymize | generalize | perturb | suppress
+    deid_key_file: str | None = None     # HMAC key file (its bytes) for the keyed operations (pseudonymize, perturb)
 
 
 @dataclass

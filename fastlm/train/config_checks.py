@@ -94,10 +94,33 @@ def validate(config: Config) -> None:
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
     _validate_masked_lm(config)
+    _validate_deid(d)
     if d.stateful and not type(config.model).carries_state:
         recurrent = " | ".join(family for family, section in MODEL_SECTIONS.items() if section.carries_state)
         raise ConfigError(f"data.stateful = true: only for recurrent models (model.family = {recurrent}), "
                           f"not {_show(config.model.family)}")
+
+
+def _validate_deid(d) -> None:
+    """data.deidentify / deid_operation / deid_key_file (fastlm.data.deid)."""
+    from fastlm.data.deid.detectors import DETECTORS
+    from fastlm.data.deid.operations import KEYED, OPERATIONS
+
+    if d.deidentify is None or d.deidentify == "all":
+        types = []
+    elif isinstance(d.deidentify, str):
+        raise ConfigError(f"data.deidentify = {_show(d.deidentify)}: expected \"all\" or a list of types "
+                          f"({', '.join(DETECTORS)})")
+    else:
+        types = d.deidentify
+    unknown = [t for t in types if t not in DETECTORS]
+    if unknown:
+        raise ConfigError(f"data.deidentify: unknown type(s) {', '.join(map(_show, unknown))}; expected \"all\" "
+                          f"or some of {', '.join(DETECTORS)}")
+    if d.deid_operation not in OPERATIONS:
+        raise ConfigError(f"data.deid_operation = {_show(d.deid_operation)}: expected one of {', '.join(OPERATIONS)}")
+    if d.deid_operation in KEYED and d.deidentify and not d.deid_key_file:
+        raise ConfigError(f"data.deid_operation = {_show(d.deid_operation)}: needs data.deid_key_file (an HMAC key)")
 
 
 def _validate_masked_lm(config: Config) -> None:

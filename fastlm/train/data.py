@@ -21,7 +21,7 @@ def run_corpus(config, tokenizer_path: Path | None, show_progress: bool = False)
     d = config.data
     corpus = prepare_corpus(d.source, vocab_size=d.vocab_size, text_field=d.text_field, tokenizer_path=tokenizer_path,
                             val_fraction=d.val_fraction, builtin_modules=d.builtin_modules, show_progress=show_progress,
-                            augment=counterfactual_of(d))
+                            augment=counterfactual_of(d), **deid_options(d))
     return with_canaries(corpus, d.canaries, d.canary_repeats, config.train.seed)
 
 
@@ -32,6 +32,18 @@ def counterfactual_of(data_section):
     from fastlm.data.counterfactual import Counterfactual
 
     return Counterfactual.of(data_section.counterfactual)
+
+
+def deid_options(d) -> dict:
+    """prepare_corpus's de-identification arguments from [data] (deidentify, deid_operation, deid_key_file)."""
+    if not d.deidentify:
+        return {}
+    key = None
+    if d.deid_key_file:
+        from fastlm.data.deid.corpus import read_key_file
+
+        key = read_key_file(d.deid_key_file, "data.deid_key_file")
+    return {"deidentify": d.deidentify, "deid_operation": d.deid_operation, "deid_key": key}
 
 
 def with_canaries(corpus, count: int, repeats: int, seed: int):

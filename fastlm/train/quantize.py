@@ -61,10 +61,12 @@ def quantize_run(run_dir: str | Path, out: str | Path, scheme: str, skip: list[s
 def _calibration_batches(config, tokenizer_path: Path, count: int) -> list:
     """The first `count` batches of the run's training split (the data the activations came from)."""
     from fastlm.data import eval_batches, prepare_corpus
+    from fastlm.train.data import deid_options
 
     d, t = config.data, config.train
     corpus = prepare_corpus(d.source, tokenizer_path=tokenizer_path, text_field=d.text_field,
-                            val_fraction=d.val_fraction, builtin_modules=d.builtin_modules, show_progress=False)
+                            val_fraction=d.val_fraction, builtin_modules=d.builtin_modules, show_progress=False,
+                            **deid_options(d))  # the de-identified text the run trained on
     return eval_batches(corpus.train_tokens, seq_len=d.seq_len, batch_size=t.micro_batch_size, num_batches=count)
 
 
