@@ -50,21 +50,31 @@ def client_datasets(config, corpus) -> list[ClientData]:
 
 
 def file_tokens(config, corpus) -> list[np.ndarray]:
-    """partition = "files": each data file's training documents, tokenized with the run's tokenizer (eos after
-    each). A document is a validation document by the corpus's own rule (a hash of its text), so no client
-    trains on the run's validation text. Tokenized at the start of the run (the files are not cached apart)."""
+    """partition = "files": each data file's training documents, prepared as the run's corpus prepares
+    them (data.deidentify, then the validation split by a hash of the text, so no client trains on the
+    run's validation documents, then data.counterfactual's mirrored copies) and tokenized with the run's
+    tokenizer, eos after each. Tokenized at the start of the run (the files are not cached apart)."""
     from fastlm.data.prepare import _encode_batch, _hash_fraction
     from fastlm.data.sources import resolve_source
+    from fastlm.train.data import counterfactual_of, deid_options
 
     d, f = config.data, config.federated
     files = resolve_source(d.source, text_field=d.text_field, builtin_modules=d.builtin_modules).files
     if len(files) != f.clients:
         raise ConfigError(f"federated.partition = \"files\": data.source has {len(files)} files, expected "
                           f"federated.clients = {f.clients} (one client per file)")
+    deid, augment = deid_options(d), counterfactual_of(d)
     tok, out = corpus.tokenizer(), []
     for path in files:
-        docs = [doc for doc in resolve_source(str(path), text_field=d.text_field).documents()
-                if _hash_fraction(doc) >= d.val_fraction]
+        docs = resolve_source(str(path), text_field=d.text_field).documents()
+        if deid:
+            from fastlm.data.deid.corpus import deid_settings, deidentify_documents
+
+            docs = deidentify_documents(docs, deid_settings(deid["deidentify"], deid["deid_operation"],
+                                                            deid["deid_key"]))
+        docs = [doc for doc in docs if _hash_fraction(doc) >= d.val_fraction]
+        if augment is not None:
+            docs = [text for doc in docs for text in dict.fromkeys([doc, augment.swap(doc)])]
         ids = [np.append(np.asarray(e.ids, dtype=np.int64), corpus.eos_id) for e in _encode_batch(tok, docs)]
         tokens = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
         if len(tokens) < d.seq_len:

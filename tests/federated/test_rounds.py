@@ -268,3 +268,18 @@ def test_torchrun_resume_gathers_and_scatters_client_states(tmp_path):
     multi = safetensors.torch.load_file(tmp_path / "dp" / "model.safetensors")
     for key in single:
         torch.testing.assert_close(single[key], multi[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_files_partition_prepares_documents_like_the_corpus(tmp_path):
+    """A client's file goes through data.deidentify and data.counterfactual like the run's corpus."""
+    (tmp_path / "data").mkdir()
+    for f in range(2):
+        lines = [f"he wrote to alice{f}@example.com about item {i} and then he left" for i in range(300)]
+        (tmp_path / "data" / f"client{f}.txt").write_text("\n\n".join(lines) + "\n")
+    config = _config("federated.clients=2", "federated.partition=\"files\"", f"data.source=\"{tmp_path / 'data'}\"",
+                     "data.vocab_size=300", "data.deidentify=[\"email\"]", "data.counterfactual=\"gender\"")
+    corpus = run_corpus(config, None)
+    for client in client_datasets(config, corpus):
+        text = corpus.decode(client.tokens)
+        assert "example.com" not in text and "<EMAIL>" in text
+        assert " she " in text and " he " in text  # the mirrored copies
