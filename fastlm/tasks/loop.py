@@ -166,6 +166,9 @@ def _cross_validate(task, tc, run_dir: Path, k: int, show_progress: bool, mesh) 
 def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_progress, mesh=None,
          resume: bool = False) -> dict:
     cfg, t = tc.config, tc.config.train
+    if t.replay:  # the tasks' examples have no original stream to mix with yet
+        raise ConfigError(f"train.replay = {t.replay}: only for language-model training (fastlm train with "
+                          f"model.init_from), not yet for fine-tuning tasks")
     rt = Runtime.from_env(cfg, show_progress, mesh)
     check_batch_split(cfg, rt.dp[0])
     torch.manual_seed(t.seed)

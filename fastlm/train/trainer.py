@@ -25,6 +25,7 @@ from fastlm.train.config import (Config, ConfigError, check_batch_split, check_c
 from fastlm.train.data import lm_batches, masked_lm_rule, run_corpus
 from fastlm.train.evaluate import evaluate
 from fastlm.train.lora import apply_run_lora, save_adapter
+from fastlm.train.replay import replay_tokens
 from fastlm.train.loop import Hooks, Schedule, run_steps
 from fastlm.train.metrics import MetricsLog, progress_bar
 from fastlm.train.optim import build_optimizer, lr_at
@@ -79,7 +80,8 @@ class Trainer:
         apply_run_lora(model, cfg.model.lora)  # model.lora: base frozen, adapters trainable (same seed on every rank)
         self.resolved = resolved_config(cfg, model.config, tokenizer_path, corpus)
         self.corpus_meta = corpus.meta
-        loader, val_batches = lm_batches(cfg, corpus, model.config, rt.dp[1], rt.dp[0], rt.device)
+        loader, val_batches = lm_batches(cfg, corpus, model.config, rt.dp[1], rt.dp[0], rt.device,
+                                         replay_tokens(cfg, corpus, rt.is_main and rt.show_progress))
         num_params = model.num_params()
         pm = parallelize_for_run(model.to(rt.device), rt, cfg)
         private = PrivateTraining.setup(cfg, pm, loader.num_samples)  # None without DP-SGD

@@ -1,4 +1,5 @@
-"""A LoRA run (model.init_from + model.lora) with 2 data-parallel processes (torchrun, gloo) equals one process."""
+"""A LoRA run (model.init_from + model.lora), also with train.replay, with 2 data-parallel processes
+(torchrun, gloo) equals one process."""
 from __future__ import annotations
 
 import json
@@ -13,10 +14,11 @@ from tests.train.train_helpers import micro_config
 LORA = "model.lora={rank = 4, alpha = 8.0}"
 
 
-def test_two_data_parallel_processes_equal_one(tmp_path):
+@pytest.mark.parametrize("replay", [[], ["train.replay=0.25"]])
+def test_two_data_parallel_processes_equal_one(tmp_path, replay):
     base = tmp_path / "base"
     Trainer(micro_config(*COMMON), out_dir=base, show_progress=False).fit()
-    extra = [f"model.init_from={json.dumps(str(base))}", LORA]
+    extra = [f"model.init_from={json.dumps(str(base))}", LORA, *replay]
     single = tmp_path / "single"
     Trainer(micro_config(*COMMON, *extra), out_dir=single, show_progress=False).fit()
     dp = tmp_path / "dp"
