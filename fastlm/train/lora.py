@@ -30,6 +30,7 @@ class LoRASection:
     alpha: float = 16.0                  # the update is scaled by alpha / rank (PEFT's lora_alpha)
     dropout: float = 0.0                 # on the adapter's input only
     targets: list[str] = field(default_factory=lambda: list(TARGETS))  # "attn" (qkv, proj) and/or "mlp" (fc, proj)
+    base: str = "float"                  # "int8": the frozen base held in int8 (W8A16 per-channel, QLoRA-style)
 
     @property
     def scale(self) -> float:
@@ -52,6 +53,8 @@ def check_lora(config) -> None:
         raise ConfigError(f"model.lora.alpha = {lora.alpha}: expected a positive number")
     if not 0 <= lora.dropout < 1:
         raise ConfigError(f"model.lora.dropout = {lora.dropout}: expected 0 <= dropout < 1")
+    if lora.base not in ("float", "int8"):
+        raise ConfigError(f"model.lora.base = \"{lora.base}\": expected \"float\" or \"int8\" (W8A16 frozen base)")
     bad = [t for t in lora.targets if t not in TARGETS]
     if bad or not lora.targets or len(set(lora.targets)) != len(lora.targets):
         raise ConfigError(f"model.lora.targets = {lora.targets}: expected a non-empty list of distinct "
@@ -76,7 +79,7 @@ def apply_run_lora(model, lora: LoRASection | None) -> list[str]:
         return []
     from fastlm.nn.lora import apply_lora
 
-    return apply_lora(model, lora.rank, lora.alpha, lora.dropout, tuple(lora.targets))
+    return apply_lora(model, lora.rank, lora.alpha, lora.dropout, tuple(lora.targets), base=lora.base)
 
 
 # ---------------------------------------------------------------- PEFT layout

@@ -101,3 +101,46 @@ def test_bad_requests_are_errors():
         apply_lora(model, targets=("attn",))
     with pytest.raises(ValueError, match="no Transformer block"):
         apply_lora(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_int8_base_is_the_quantized_weight_plus_adapters(family):
+    from fastlm.nn.lora import Int8LoRALinear
+
+    model = _gpt(family)
+    apply_lora(model, rank=4, alpha=8, base="int8")
+    assert all(isinstance(m, Int8LoRALinear) for m in lora_layers(model).values())
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == \
+        {f"{n}.lora_{x}" for n in lora_layers(model) for x in "AB"}
+    _randomize_adapters(model)
+    layer = model.blocks[0].attn.qkv
+    assert layer.weight.dtype == torch.int8
+    x = torch.randn(2, 5, 32, dtype=torch.float64).float().requires_grad_()
+    w = layer.dequantized_weight()
+    want = x @ w.t() + (layer.bias if layer.bias is not None else 0) + 2.0 * (x @ layer.lora_A.t()) @ layer.lora_B.t()
+    got = layer(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(got)
+    grads = torch.autograd.grad(got, (x, layer.lora_A, layer.lora_B), g)
+    want_grads = torch.autograd.grad(want, (x, layer.lora_A, layer.lora_B), g)
+    for a, b in zip(grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # merged (float) == unmerged (int8 base + adapters), also through the saved tensors
+    model.eval()
+    ids = torch.randint(0, 50, (2, 7))
+    before = model(ids)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    plain = _gpt(family)
+    plain.load_state_dict(merge_state_dict(state, 2.0))
+    torch.testing.assert_close(plain.eval()(ids), before, rtol=1e-4, atol=1e-5)
+    merge_lora(model)
+    torch.testing.assert_close(model(ids), before, rtol=1e-4, atol=1e-5)
+
+
+def test_int8_base_close_to_the_float_base():
+    model = _gpt("llama").eval()
+    ids = torch.randint(0, 50, (2, 9))
+    ref = model(ids)
+    apply_lora(model, base="int8")
+    rel = (model(ids) - ref).norm() / ref.norm()
+    assert 0 < rel < 0.02

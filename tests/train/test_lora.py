@@ -139,3 +139,24 @@ def test_a_lora_run_as_init_from_continues_merged(lora_run):
 def test_config_errors(extra, match):
     with pytest.raises(ConfigError, match=match):
         micro_config(LORA, *extra)
+
+
+def test_an_int8_base_run_loads_and_merges(finished_run, tmp_path):
+    from fastlm.cli import main
+    from fastlm.nn.lora import Int8LoRALinear
+
+    base, _ = finished_run
+    run = tmp_path / "int8"
+    lora = "model.lora={rank = 4, alpha = 8.0, base = \"int8\"}"
+    Trainer(micro_config(f"model.init_from={json.dumps(str(base))}", lora, "train.steps=3", "checkpoint.every=0",
+                         "train.eval_every=0"), out_dir=run, show_progress=False).fit()
+    saved = safetensors.torch.load_file(run / "model.safetensors")
+    assert saved["blocks.0.attn.qkv.weight"].dtype == torch.int8 and "blocks.0.attn.qkv.weight_scale" in saved
+    config, model, _ = load_run(run)
+    assert config.model.lora.base == "int8"
+    assert all(isinstance(m, Int8LoRALinear) for m in lora_layers(model).values())
+    assert main(["merge", str(run), "--out", str(tmp_path / "merged")]) == 0
+    _, merged, _ = load_run(tmp_path / "merged")
+    ids = torch.randint(0, 300, (2, 17))
+    with torch.no_grad():
+        torch.testing.assert_close(merged.eval()(ids), model.eval()(ids), rtol=1e-4, atol=1e-4)
