@@ -7,9 +7,11 @@ x A^T (M, r) is multiplied by B^T and added into that same buffer (addmm_, beta 
 adapter costs two thin GEMMs and no (M, N) temporary, in the forward and in the backward
 (grad_x = g W + scale (g B) A accumulates the same way). x A^T is saved for grad_B.
 
-CPU and CUDA run this composition of BLAS calls (16-bit CPU inputs take fastlm's matmul for the base
-GEMM, whose fp32 panels beat torch's bf16 GEMM on CPUs without native 16-bit); fp64 and
-FASTLM_BACKEND=reference the plain-torch reference (reference_lora.py).
+CPU runs this composition of BLAS calls (16-bit CPU inputs take fastlm's matmul for the base GEMM, whose
+fp32 panels beat torch's bf16 GEMM on CPUs without native 16-bit); CUDA the Triton kernel
+(kernels/lora_matmul.py: the adapter's product added in the base GEMM's epilogue, before the one rounding),
+with the backward composed of cuBLAS GEMMs as on CPU; fp64 and FASTLM_BACKEND=reference the plain-torch
+reference (reference_lora.py).
 """
 from __future__ import annotations
 
@@ -76,7 +78,13 @@ def _fake_bwd(grad_out, x, weight, lora_x, lora_a, lora_b, xa, scale, has_bias, 
             torch.empty_like(lora_a) if needs[3] else e, torch.empty_like(lora_b) if needs[4] else e)
 
 
-register_op("lora_matmul_fwd", reference=lora_matmul_fwd, triton=None, fake=_fake_fwd)
+def _triton_fwd():
+    from fastlm.kernels import lora_matmul as triton_lora
+
+    return triton_lora.lora_matmul_fwd
+
+
+register_op("lora_matmul_fwd", reference=lora_matmul_fwd, triton=_triton_fwd, fake=_fake_fwd)
 register_op("lora_matmul_bwd", reference=lora_matmul_bwd, triton=None, fake=_fake_bwd)
 
 
