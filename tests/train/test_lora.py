@@ -160,3 +160,15 @@ def test_an_int8_base_run_loads_and_merges(finished_run, tmp_path):
     ids = torch.randint(0, 300, (2, 17))
     with torch.no_grad():
         torch.testing.assert_close(merged.eval()(ids), model.eval()(ids), rtol=1e-4, atol=1e-4)
+
+
+def test_export_and_quantize_refuse_a_lora_run(lora_run, tmp_path):
+    from fastlm.train.errors import FastlmError
+    from fastlm.train.export import export_run
+    from fastlm.train.quantize import quantize_run
+
+    _, run = lora_run
+    with pytest.raises(FastlmError, match="fastlm merge"):
+        export_run(run, tmp_path / "hf")
+    with pytest.raises(FastlmError, match="fastlm merge"):
+        quantize_run(run, tmp_path / "q", "w8a16")
