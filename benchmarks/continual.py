@@ -10,6 +10,18 @@ each). The base run trains on sources (its own BPE tokenizer); every adaptation 
 (model.init_from) and trains the same steps on pydoc: full fine-tuning, full fine-tuning with replay,
 LoRA, LoRA with replay. Each is evaluated on the validation split of both domains (the same fixed
 batches for every arm). Prints a table and writes OUT/results.json.
+
+Measured (2-core shared CPU, OMP_NUM_THREADS=1, 564 s; defaults: 300 base steps, 150 adaptation steps of
+16 x 128 tokens, replay 0.25, full fine-tuning lr 1e-3, LoRA rank 8 / alpha 16 on attn + mlp at lr 3e-3):
+    validation perplexity     sources    pydoc
+    base (sources only)         91.96   488.22
+    full                       183.48    80.19
+    full + replay               90.23    88.60
+    lora                       132.81   228.91
+    lora + replay               97.25   239.71
+Replay keeps the original domain where it was (92 -> 90 instead of 183) for +10% perplexity on the new one;
+LoRA (0.16M of 2.1M parameters trained) forgets less than full fine-tuning but, at this size and step
+budget, also learns the new domain much less.
 """
 from __future__ import annotations
 
