@@ -20,8 +20,8 @@ Measured (2-core shared CPU, OMP_NUM_THREADS=1, 564 s; defaults: 300 base steps,
     lora                       132.81   228.91
     lora + replay               97.25   239.71
 Replay keeps the original domain where it was (92 -> 90 instead of 183) for +10% perplexity on the new one;
-LoRA (78k adapter parameters trained, the 2.0M of the base frozen) forgets less than full fine-tuning but, at this size and step
-budget, also learns the new domain much less.
+LoRA (78k adapter parameters trained, the 2.0M of the base frozen) forgets less than full fine-tuning
+but, at this size and step budget, also learns the new domain much less.
 """
 from __future__ import annotations
 
