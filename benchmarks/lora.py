@@ -4,9 +4,9 @@ base) against full fine-tuning, and against Hugging Face PEFT on the same model,
     OMP_NUM_THREADS=1 python benchmarks/lora.py                    # CPU, a ~30M-parameter LLaMA-style model
     python benchmarks/lora.py --device cuda --d-model 2048 --n-layer 16 --seq-len 1024 --batch 8
 
-Every arm runs in its own process (peak memory on CPU: the process's maximum resident set minus its resident
-set once the model was ready, i.e. what training adds: gradients, optimizer state, activations; on CUDA
-torch.cuda.max_memory_allocated, which includes the weights) on the same weights
+Every arm runs in its own process (peak memory on CPU: the peak resident set during training, VmHWM reset once
+the model is ready, and that peak minus the ready model's resident set, i.e. what training adds: gradients,
+optimizer state, activations; on CUDA torch.cuda.max_memory_allocated, weights included) on the same weights
 (seed 0), tokens and optimizer (AdamW over the trainable parameters): a training step is forward,
 backward and optimizer step.
     full         fastlm GPT, every parameter trained
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -79,6 +78,7 @@ def run_arm(args) -> dict:
         return loss
 
     ready_mb = _rss_mb()
+    _reset_peak_rss()  # the peak below is that of training, not of building the model (int8: from a float one)
     for _ in range(args.warmup):
         step()
     if device.type == "cuda":
@@ -89,19 +89,27 @@ def run_arm(args) -> dict:
         loss = step()
     float(loss)
     seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - ready_mb
+    if device.type == "cuda":
+        peak = total_peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        total_peak = _rss_mb("VmHWM:")
+        peak = total_peak - ready_mb
     return {"trainable": trainable, "params": total, "tokens_per_s": args.steps * ids.numel() / seconds,
-            "peak_mb": peak, "loss": float(loss)}
+            "peak_mb": peak, "total_peak_mb": total_peak, "ready_mb": ready_mb, "loss": float(loss)}
 
 
-def _rss_mb() -> float:
-    """The current resident set (Linux), MB."""
+def _rss_mb(field: str = "VmRSS:") -> float:
+    """The current resident set (Linux; VmHWM: its peak since the last reset), MB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:  # "5" resets VmHWM to the current resident set
+        f.write("5")
 
 
 def main(argv=None) -> int:
@@ -135,14 +143,15 @@ def main(argv=None) -> int:
     full = results.get("full")
     print(f"LLaMA-style d_model {args.d_model}, {args.n_layer} layers, vocab {args.vocab}, batch {args.batch} x "
           f"{args.seq_len}, rank {args.rank}, {args.device}")
-    print(f"{'arm':10s} {'trainable':>12s} {'peak MB':>9s} {'tokens/s':>9s} {'vs full':>16s}")
+    print(f"{'arm':10s} {'trainable':>12s} {'peak MB':>9s} {'process MB':>10s} {'tokens/s':>9s} {'vs full':>16s}")
     for arm in args.arms:
         r = results[arm]
         ratio = (f"{r['peak_mb'] / full['peak_mb']:.2f}x mem "
                  f"{r['tokens_per_s'] / full['tokens_per_s']:.2f}x tok/s") if full and arm != "full" else ""
-        print(f"{arm:10s} {r['trainable']:12,d} {r['peak_mb']:9.0f} {r['tokens_per_s']:9.0f} {ratio:>16s}")
+        print(f"{arm:10s} {r['trainable']:12,d} {r['peak_mb']:9.0f} {r['total_peak_mb']:10.0f} {r['tokens_per_s']:9.0f} {ratio:>16s}")
     if args.device == "cpu":
-        print("(peak MB: what training adds to the resident set of the ready model)")
+        print("(peak MB: what training adds to the resident set of the ready model; process MB: the process's "
+              "peak resident set during training, weights, imports and all)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
