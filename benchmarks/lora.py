@@ -15,6 +15,21 @@ backward and optimizer step.
     peft         transformers LlamaForCausalLM (fastlm.models.to_hf of the same model) + PEFT LoRA on the same
                  linears (q, k, v, o, gate, up, down), same rank and alpha
 Prints a table and writes OUT/results.json.
+
+Measured (2-core shared CPU, OMP_NUM_THREADS=1, defaults with --steps 4: d_model 512, 8 layers, vocab 8192,
+batch 4 x 256, rank 8; tokens/s varies by +-40% between runs on this shared machine, the memory figures by a
+few MB):
+    arm          trainable  peak MB  process MB  tokens/s   vs full
+    full        35,660,288      797        1304       229
+    lora           557,056      490         999       269   0.62x memory, 1.18x tokens/s
+    lora-int8      557,056      620        1051       311   0.78x memory, 1.36x tokens/s
+    peft           655,360     1134        1738       259   1.42x memory, 1.13x tokens/s
+(two earlier runs: lora 1.21x / 1.63x tokens/s, lora-int8 0.80x / 1.74x, peft 0.70x / 1.63x.) PEFT trains
+more parameters for the same rank because q/k/v and gate/up get an A each (fastlm's fused qkv and gate|up
+linears share one A, the same function class as one A per fused linear). On CPU the int8 base shows no
+resident-set saving: the float model it is quantized from was resident first (freed memory stays with the
+process) and the W8A16 backward dequantizes each weight for grad_x; measure it on CUDA
+(torch.cuda.max_memory_allocated after the warm-up step).
 """
 from __future__ import annotations
 
