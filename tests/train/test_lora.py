@@ -86,6 +86,13 @@ def test_a_lora_run_trains_only_the_adapters(lora_run):
     assert all(b[k].abs().sum() > 0 for k in adapters if k.endswith("lora_B"))  # B left zero: it trained
     config, model, _ = load_run(run)
     assert config.model.lora == LoRASection(rank=4, alpha=8.0)
+    from fastlm.cli import main
+    from fastlm.train.evaluate import evaluate_run
+    from fastlm.train.metrics import read_metrics
+
+    assert main(["eval", str(run)]) == 0  # eval reads a LoRA run as it trained
+    last = [r for r in read_metrics(run) if "val_loss" in r][-1]
+    assert evaluate_run(run)["val_loss"] == pytest.approx(last["val_loss"], rel=1e-5)
     assert set(lora_layers(model)) and (run / ADAPTER_WEIGHTS).is_file() and (run / ADAPTER_CONFIG).is_file()
 
 
