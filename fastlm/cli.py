@@ -5,6 +5,7 @@
     fastlm generate RUN_DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
     fastlm plot RUN_DIR [--out PNG]
     fastlm export RUN_DIR --format hf --out DIR
+    fastlm merge RUN_DIR --out DIR
     fastlm finetune TASK CONFIG [--out RUN_DIR] [--set section.key=value ...] [--resume]
     fastlm evaluate TASK RUN_DIR [--data FILE] [--out DIR] [--groups COLUMN]
     fastlm quantize RUN_DIR --scheme w8a8|w8a16 --out DIR [--skip NAME ...] [--smooth ALPHA] [--group-size G]
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["hf"], default="hf", help="hf: config.json + model.safetensors (transformers)")
     p.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) directory")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("merge", help="fold a LoRA run's adapters into its base weights: a new plain run directory")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="the new run directory")
+    p.set_defaults(func=_merge)
 
     p = sub.add_parser("quantize", help="int8-quantize a finished run into a new run directory")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -352,6 +358,13 @@ def _export(args) -> int:
     from fastlm.train.export import export_run
 
     print(export_run(args.run_dir, args.out, format=args.format))
+    return 0
+
+
+def _merge(args) -> int:
+    from fastlm.train.lora import merge_run
+
+    print(merge_run(args.run_dir, args.out))
     return 0
 
 

@@ -113,13 +113,26 @@ def _check(a, b, bias, activation) -> str:
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
-           activation: str | None = None) -> torch.Tensor:
+           activation: str | None = None, *, lora_a: torch.Tensor | None = None,
+           lora_b: torch.Tensor | None = None, lora_scale: float = 1.0,
+           lora_x: torch.Tensor | None = None) -> torch.Tensor:
     """activation(a @ b + bias): a (..., K), b (K, N) (any strides, e.g. weight.t()), bias (N,) or None.
 
     activation: None, "gelu" (erf), "gelu_tanh" (= "gelu_new"), "silu". Result (..., N) in a's dtype;
     fp32 math for 16-bit inputs. Differentiable in a, b and bias.
+
+    LoRA epilogue: with lora_a (r, K) and lora_b (N, r), activation(a @ b + bias + lora_scale
+    (x A^T) B^T) with x = lora_x (the adapter's input, e.g. after dropout) or a, computed by
+    fastlm.ops.lora_matmul without a second (M, N) intermediate.
     """
     act = _check(a, b, bias, activation)
+    if lora_a is not None or lora_b is not None:
+        if lora_a is None or lora_b is None:
+            raise ValueError("matmul: the LoRA epilogue needs both lora_a and lora_b")
+        from fastlm.ops.lora_matmul import lora_matmul
+
+        out = lora_matmul(a, b.t(), bias, lora_a, lora_b, lora_scale, lora_x)
+        return out if act == "none" else reference.ACTIVATIONS[act](out.float()).to(out.dtype)
     lead = a.shape[:-1]
     a2 = a.flatten(0, -2) if a.dim() > 1 else a[None]  # (M, K); flatten also copes with K = 0
     if use_reference(a, b, bias) or a.dtype not in KERNEL_DTYPES:

@@ -49,6 +49,14 @@ SCHEMAS = {
     # out = act(a @ b + bias) (fp32 math); pre = a @ b + bias when act != "none" (else empty), for the
     # backward. a (M, K), b (K, N) any strides, bias (N,) or None. The backward returns (grad_a,
     # grad_b, grad_bias); a gradient that is not needed (or bias None) comes back empty.
+    # LoRA linear (fastlm/ops/lora_matmul.py): (out, xa) with out = x W^T + bias + scale xa B^T and
+    # xa = (lora_x or x) A^T; the backward returns (grad_x, grad_w, grad_bias, grad_lora_x, grad_a, grad_b),
+    # empty where needs ([x, w, lora_x, a, b]) is false.
+    "lora_matmul_fwd": ("lora_matmul_fwd(Tensor x, Tensor w, Tensor? bias, Tensor? lora_x, Tensor lora_a, "
+                        "Tensor lora_b, float scale) -> (Tensor, Tensor)"),
+    "lora_matmul_bwd": ("lora_matmul_bwd(Tensor grad_out, Tensor x, Tensor w, Tensor? lora_x, Tensor lora_a, "
+                        "Tensor lora_b, Tensor xa, float scale, bool has_bias, bool[] needs) "
+                        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"),
     "matmul_fwd": "matmul_fwd(Tensor a, Tensor b, Tensor? bias, str activation) -> (Tensor, Tensor)",
     "matmul_bwd": ("matmul_bwd(Tensor grad_out, Tensor a, Tensor b, Tensor? bias, Tensor pre, str activation, "
                    "bool needs_grad_a, bool needs_grad_b) -> (Tensor, Tensor, Tensor)"),

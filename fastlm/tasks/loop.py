@@ -33,6 +33,7 @@ from fastlm.train.config import check_batch_split, check_checkpoint_key
 from fastlm.train.errors import CheckpointError, ConfigError, FastlmError
 from fastlm.train.loop import Hooks, Schedule, run_steps
 from fastlm.train.metrics import MetricsLog, progress_bar
+from fastlm.train.lora import apply_run_lora, save_adapter
 from fastlm.train.optim import build_optimizer, lr_at
 from fastlm.train.run_dir import RunDirectory, choose_run_dir
 from fastlm.train.runtime import Runtime, init_run_mesh, resolve_precision
@@ -165,6 +166,9 @@ def _cross_validate(task, tc, run_dir: Path, k: int, show_progress: bool, mesh) 
 def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_progress, mesh=None,
          resume: bool = False) -> dict:
     cfg, t = tc.config, tc.config.train
+    if t.replay:  # the tasks' examples have no original stream to mix with yet
+        raise ConfigError(f"train.replay = {t.replay}: only for language-model training (fastlm train with "
+                          f"model.init_from), not yet for fine-tuning tasks")
     rt = Runtime.from_env(cfg, show_progress, mesh)
     check_batch_split(cfg, rt.dp[0])
     torch.manual_seed(t.seed)
@@ -178,6 +182,7 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
 
         rt.say(init_model_embeddings(body, tok, cfg.model.init_embeddings))
     train, val = task.encode(tc, train_raw, tok, info), task.encode(tc, val_raw, tok, info)
+    apply_run_lora(body, cfg.model.lora)  # before the task's head is added: the head trains in full
     model = task.build_model(tc, body, info).to(rt.device)
     num_params = sum(p.numel() for p in model.parameters())
     pm = parallelize_for_run(model, rt, cfg)
@@ -222,6 +227,8 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
                     closing.close()
     if rt.is_main:
         save_weights(model, run_dir, enc)
+        if cfg.model.lora is not None and hasattr(body, "config"):  # the adapters alone, in PEFT's layout
+            save_adapter(body, body.config, cfg.model.lora, run_dir, cfg.model.init_from)
         write_outputs(task, run_dir, *result, info)
         if private is not None and private.stop_message(t.steps):
             print(private.stop_message(t.steps))
@@ -321,6 +328,7 @@ def load_task_run(task, run_dir: str | Path, device="cpu"):
     tc.config.model.init_from = None  # the architecture is recorded; the weights are the run's
     info = json.loads((run_dir / "task_info.json").read_text())
     body, _ = task.build_body(tc) if hasattr(task, "build_body") else build_backbone(tc)
+    apply_run_lora(body, tc.config.model.lora)
     model = task.build_model(tc, body, info)
     load_weights(model, run_dir, device, what=f"the {task.name} model",
                  enc=encryption_for(run_dir, tc.config.checkpoint))

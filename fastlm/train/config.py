@@ -97,6 +97,9 @@ class TrainSection:
     # from the pooled representation through gradient reversal. "none" | "adversarial".
     debias: str = "none"
     debias_weight: float = 1.0           # the reversed gradient's scale: how hard the encoder hides the group
+    # Continual adaptation (fastlm.train.replay): this share of every batch comes from the training stream of
+    # model.init_from's run (its config.toml's [data]), to limit forgetting; 0: none.
+    replay: float = 0.0
 
 
 @dataclass

@@ -12,6 +12,8 @@ from fastlm.federated.config import validate_federated
 from fastlm.privacy.config import validate_privacy
 from fastlm.privacy.encryption import load_key
 from fastlm.train.errors import ConfigError, FastlmError
+from fastlm.train.lora import check_lora
+from fastlm.train.replay import check_replay
 from fastlm.train.model_section import MODEL_SECTIONS
 from fastlm.train.toml_text import show as _show
 
@@ -29,6 +31,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.precision = {_show(t.precision)}: expected one of {', '.join(PRECISIONS)}")
     if config.model.linear not in LINEARS:
         raise ConfigError(f"model.linear = {_show(config.model.linear)}: expected one of {', '.join(LINEARS)}")
+    check_lora(config)
+    check_replay(config)
     if config.model.init_embeddings and config.model.is_fitted:
         raise ConfigError(f"model.init_embeddings: model.family = {_show(config.model.family)} is fitted from counts "
                           "and has no token embedding to initialise")

@@ -7,6 +7,7 @@ validation batches (token windows for a GPT, masked sequences for an encoder).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import torch
@@ -60,8 +61,9 @@ def with_canaries(corpus, count: int, repeats: int, seed: int):
 
 
 def lm_batches(config, corpus, model_config, dp_rank: int = 0, dp_size: int = 1,
-               device: torch.device | None = None) -> tuple:
-    """(this rank's training batch loader, the validation batches)."""
+               device: torch.device | None = None, replay_tokens=None) -> tuple:
+    """(this rank's training batch loader, the validation batches). replay_tokens: the original stream
+    that train.replay mixes into every batch (fastlm.train.replay)."""
     t, d = config.train, config.data
     sampling = config.privacy.sampling if config.privacy.dp_sgd else "random"  # DP-SGD: disjoint windows
     if config.model.is_encoder:  # masked-LM pretraining: [MASK], [CLS], [SEP] follow the tokenizer's ids
@@ -77,11 +79,15 @@ def lm_batches(config, corpus, model_config, dp_rank: int = 0, dp_size: int = 1,
         raise ConfigError(f"the tokenizer has {corpus.vocab_size} tokens, more than model.vocab_size = "
                           f"{model_config.vocab_size} (set model.vocab_size or data.vocab_size)")
     loader_class = StreamLoader if d.stateful else BatchLoader  # stateful: rows continue (truncated BPTT)
+    if replay_tokens is not None:
+        from fastlm.data.replay import ReplayBatchLoader
+
+        loader_class = functools.partial(ReplayBatchLoader, replay_tokens=replay_tokens, replay=t.replay)
     loader = loader_class(corpus.train_tokens, seq_len=d.seq_len, global_batch_size=t.global_batch_size,
                          micro_batch_size=t.micro_batch_size, seed=t.seed, rank=dp_rank, world_size=dp_size,
                          pin_memory=device is not None and device.type == "cuda", shares=config.parallel.dp_shares,
                          pack_eos_id=corpus.eos_id if d.pack else None,
-                         **({"sampling": sampling} if loader_class is BatchLoader else {}))
+                         **({"sampling": sampling} if loader_class is not StreamLoader else {}))
     return loader, validation_batches(config, corpus, model_config)
 
 

@@ -51,6 +51,10 @@ def export_run(run_dir: str | Path, out: str | Path, format: str = "hf") -> Path
     except ImportError:
         raise FastlmError("export --format hf needs transformers (pip install 'fastlm[hf]')") from None
     config, model, tokenizer_path = load_run(run_dir)
+    if config.model.lora is not None:  # the HF model would be the base alone
+        raise FastlmError(f"export: {run_dir} is a LoRA run: `fastlm merge {run_dir} --out DIR` folds its adapters "
+                          f"in (then export DIR), or export its base (model.init_from) and load "
+                          f"{run_dir}/adapter.safetensors onto it with PEFT")
     if isinstance(model, MaxEntLM):
         raise FastlmError(f"export: {run_dir} is a maxent model (model.family = \"maxent\"), which has no "
                           f"Hugging Face format")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from fastlm.lm.config import HMMConfig, NGramConfig
 from fastlm.models import EncoderConfig, GPTConfig, MaxEntConfig, RecurrentConfig
 from fastlm.models.config import ENCODER_FAMILIES, FAMILIES
+from fastlm.train.lora import LoRASection
 
 if TYPE_CHECKING:
     from fastlm.train.config import DataSection
@@ -39,6 +40,8 @@ class ModelSection:
     # How the linears train: "default" (float) or "int8_train" (SwitchBack int8 matmuls, applied to
     # the built model by fastlm.quant.apply_int8_training; the weights stay a float nn.Linear's).
     linear: str = "default"
+    # LoRA adapters (fastlm.train.lora): an inline table {rank, alpha, dropout, targets}; the base is frozen.
+    lora: LoRASection | None = None
 
     ARCHITECTURE: ClassVar[type]          # the family's plain model config (GPTConfig, ...)
     is_encoder: ClassVar[bool] = False    # a masked-LM encoder: pretrained on [MASK]ed tokens

@@ -33,6 +33,8 @@ def quantize_run(run_dir: str | Path, out: str | Path, scheme: str, skip: list[s
     if Path(run_dir).resolve() == out.resolve():
         raise FastlmError("the output directory must differ from the run directory")
     config, model, tokenizer_path = load_run(run_dir)
+    if config.model.lora is not None:  # quantizing would drop the adapters
+        raise FastlmError(f"{run_dir} is a LoRA run: fold its adapters in first (fastlm merge {run_dir} --out DIR)")
     if quantization_record(model) is not None:
         raise FastlmError(f"{run_dir} is quantized already")
     before = _weight_bytes(model)

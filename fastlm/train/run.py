@@ -11,6 +11,7 @@ from fastlm.models import GPT, RECURRENT_FAMILIES, MaxEntConfig, MaxEntLM, Recur
 from fastlm.privacy.encryption import encryption_for
 from fastlm.train.config import Config, load_config
 from fastlm.train.errors import CheckpointError, ConfigError
+from fastlm.train.lora import apply_run_lora
 from fastlm.train.weights import load_weights
 
 
@@ -47,6 +48,10 @@ def init_model_from(directory: str | Path, encrypt: bool = False) -> tuple[GPT, 
             raise ConfigError(f"model.init_from = {str(directory)!r}: a quantized run (int8 weights) cannot "
                               f"be trained; start from the run it was quantized from")
         config, model = _run_model(path)
+        if config.model.lora is not None:  # a LoRA run continues as the model it computes
+            from fastlm.nn.lora import merge_lora
+
+            merge_lora(model)
         if config.checkpoint.encrypt and not encrypt:
             raise ConfigError(f"model.init_from = {str(directory)!r} is an encrypted run: set checkpoint.encrypt = "
                               f"true for this run too (its weights are not written in plaintext)")
@@ -67,6 +72,7 @@ def _run_model(run_dir: Path, device="cpu") -> tuple[Config, GPT]:
     _refuse_fitted(run_dir)
     config = load_config(run_dir / "config.toml")
     model = build_model(config)
+    apply_run_lora(model, config.model.lora)  # a LoRA run's weights hold its adapters
     quantization = read_quantization(run_dir)  # `fastlm quantize` output: int8 modules first
     if quantization is not None:
         restore_quantized(model, quantization)

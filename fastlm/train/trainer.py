@@ -24,6 +24,8 @@ from fastlm.train.config import (Config, ConfigError, check_batch_split, check_c
                                  with_model_architecture)
 from fastlm.train.data import lm_batches, masked_lm_rule, run_corpus
 from fastlm.train.evaluate import evaluate
+from fastlm.train.lora import apply_run_lora, save_adapter
+from fastlm.train.replay import replay_tokens
 from fastlm.train.loop import Hooks, Schedule, run_steps
 from fastlm.train.metrics import MetricsLog, progress_bar
 from fastlm.train.optim import build_optimizer, lr_at
@@ -75,9 +77,11 @@ class Trainer:
             from fastlm.embeddings.init import init_model_embeddings
 
             rt.say(init_model_embeddings(model, corpus.tokenizer(), cfg.model.init_embeddings))
+        apply_run_lora(model, cfg.model.lora)  # model.lora: base frozen, adapters trainable (same seed on every rank)
         self.resolved = resolved_config(cfg, model.config, tokenizer_path, corpus)
         self.corpus_meta = corpus.meta
-        loader, val_batches = lm_batches(cfg, corpus, model.config, rt.dp[1], rt.dp[0], rt.device)
+        loader, val_batches = lm_batches(cfg, corpus, model.config, rt.dp[1], rt.dp[0], rt.device,
+                                         replay_tokens(cfg, corpus, rt.is_main and rt.show_progress))
         num_params = model.num_params()
         pm = parallelize_for_run(model.to(rt.device), rt, cfg)
         private = PrivateTraining.setup(cfg, pm, loader.num_samples)  # None without DP-SGD
@@ -100,6 +104,9 @@ class Trainer:
                 self._write_run_files(run_dir, corpus.tokenizer_path)
                 metrics = MetricsLog(run_dir if rt.is_main else None, tensorboard=t.tensorboard)
                 metrics.truncate_after(start)
+                if cfg.model.lora is not None:
+                    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+                    rt.say(f"fastlm: LoRA adapters: {trainable / 1e6:.3f}M trainable parameters")
                 rt.say(f"fastlm: {num_params / 1e6:.2f}M parameters, {t.steps} steps of {t.global_batch_size} x "
                        f"{cfg.data.seq_len} tokens, {rt.precision} on {rt.device}")
                 result = evaluate_at(0, None, metrics) if start == 0 else None
@@ -120,6 +127,8 @@ class Trainer:
         final = pm.full_model(rt.is_main)  # every stage's and tp rank's weights in a plain model: a collective
         if rt.is_main:
             save_weights(final, run_dir, enc)
+            if cfg.model.lora is not None:  # the adapters alone, in PEFT's layout
+                save_adapter(final, model.config, cfg.model.lora, run_dir, cfg.model.init_from)
             if private is not None and private.stop_message(t.steps):
                 print(private.stop_message(t.steps))
             print(f"validation perplexity: {result['val_ppl']:.2f} (loss {result['val_loss']:.4f})")

@@ -116,7 +116,7 @@ def test_model_section_is_the_familys_own_config():
     assert isinstance(bert, EncoderConfig) and bert.is_encoder and type(bert.architecture()) is EncoderConfig
     assert bert.vocab_size == 4096 + 3  # [MASK], [CLS], [SEP] after the tokenizer's ids
     assert "embedding_size" not in gpt.to_dict() and "n_kv_head" not in bert.to_dict()
-    assert list(gpt.to_dict())[-3:] == ["init_from", "init_embeddings", "linear"]
+    assert list(gpt.to_dict())[-4:] == ["init_from", "init_embeddings", "linear", "lora"]
     # --set switches the family; the keys given must be the new family's
     albert = load_config("bert-tiny", ["model.family=albert", "model.embedding_size=64"]).model
     assert (albert.family, albert.embedding_size, albert.is_encoder) == ("albert", 64, True)
@@ -130,7 +130,7 @@ def test_model_section_is_the_familys_own_config():
 ])
 def test_a_key_of_another_family_is_named_with_the_family(preset, override, family, allowed):
     with pytest.raises(ConfigError, match=rf'unknown key model\.\w+ for model\.family = "{family}" '
-                                          rf'\(expected one of: family, .*{allowed}.*, init_from, init_embeddings, linear\)') as info:
+                                          rf'\(expected one of: family, .*{allowed}.*, init_from, init_embeddings, linear, lora\)') as info:
         load_config(preset, [override])
     assert "\n" not in str(info.value)
 
@@ -179,7 +179,7 @@ def test_a_new_family_registers_its_section_with_one_call(tmp_path):
         c = load_config(path)
         assert type(c.model) is ToySection and c.model.architecture() == ToyConfig(width=16)
         with pytest.raises(ConfigError, match=r'model.vocab_size for model.family = "toy" \(expected one of: '
-                                              r'family, n_layer, width, init_from, init_embeddings, linear\)'):
+                                              r'family, n_layer, width, init_from, init_embeddings, linear, lora\)'):
             load_config(path, ["model.vocab_size=5"])
         with pytest.raises(ConfigError, match="model.width = 0: expected a positive integer"):
             load_config(path, ["model.width=0"])
