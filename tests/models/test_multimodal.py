@@ -75,3 +75,44 @@ def test_contrastive_model_matches_the_plain_loss_and_trains():
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.2 * want.item()
+
+
+def _clip_model():
+    torch.manual_seed(0)
+    return ContrastiveImageText(VISION, EncoderConfig(family="bert", vocab_size=30, n_layer=1, n_head=2, d_model=32,
+                                                      d_ff=64, max_seq_len=8), embed_dim=16)
+
+
+def _clip_batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 3, 16, 16, generator=g), torch.randint(1, 30, (8, 8), generator=g)
+
+
+def _clip_rank(rank, world):
+    import torch.distributed as dist
+
+    from fastlm.parallel import init_mesh
+
+    mesh = init_mesh(dp=world)
+    model = _clip_model()
+    pixels, ids = _clip_batch()
+    rows = slice(rank * 8 // world, (rank + 1) * 8 // world)
+    loss = model(pixels[rows], ids[rows], group=mesh.dp_group, chunk_size=3)
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    dist.all_reduce(grads)
+    return loss.item(), grads / world  # data parallelism's average
+
+
+def test_data_parallel_contrastive_loss_is_the_global_batch():
+    """2 gloo processes, 4 pairs each: the loss of all 8 pairs and, averaged over ranks, its exact gradient."""
+    from tests.parallel.dist_helpers import run_world
+
+    model = _clip_model()
+    pixels, ids = _clip_batch()
+    loss = model(pixels, ids)
+    loss.backward()
+    want = torch.cat([p.grad.flatten() for p in model.parameters()])
+    for got_loss, got in run_world(_clip_rank, 2, timeout=120):
+        assert got_loss == pytest.approx(loss.item(), rel=1e-5)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
