@@ -33,12 +33,14 @@ from fastlm.ops.contrastive import contrastive_loss
 
 
 class ImageToText(nn.Module):
-    def __init__(self, vision: VisionConfig, text: GPTConfig):
+    def __init__(self, vision: VisionConfig, text: GPTConfig | GPT):
+        """text: the decoder's config, or a built (e.g. pretrained) GPT to read the image with."""
         super().__init__()
         self.vision = VisionEncoder(vision)
+        self.decoder = text if isinstance(text, GPT) else GPT(text)
+        text = self.decoder.config
         self.projector = nn.Sequential(Linear(vision.d_model, text.d_model), nn.GELU(),
                                        Linear(text.d_model, text.d_model))
-        self.decoder = GPT(text)
         if vision.num_patches >= text.max_seq_len:
             raise ValueError(f"{vision.num_patches} image patches leave no room for text in the decoder's "
                              f"max_seq_len = {text.max_seq_len}")

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+from fastlm.tasks.captioning import CaptioningTask
 from fastlm.tasks.classification import ClassificationTask
 from fastlm.tasks.qa import QATask
 from fastlm.tasks.seq2seq import GenerationTask, TranslationTask
@@ -13,7 +14,7 @@ from fastlm.tasks.speech import SpeechTask
 from fastlm.train.errors import ConfigError
 
 TASKS = {"classification": ClassificationTask, "generation": GenerationTask, "translation": TranslationTask,
-         "qa": QATask, "speech": SpeechTask}
+         "qa": QATask, "speech": SpeechTask, "captioning": CaptioningTask}
 
 
 def get_task(name: str):
