@@ -11,6 +11,7 @@ through a LLaVA-style projector (fastlm.models.multimodal.ImageToText); loss on 
     max_new_tokens = 24
     [model]                   # the GPT decoder (family gpt2 | llama), or model.init_from a language-model run
 
+Pixels are standardised per channel with the training images' mean and std (task_info.json).
 Metrics: BLEU and chrF (sacrebleu), exact match, and for records with attributes (the synthetic set's
 shape, colour, count, region, word) the share of captions that state each attribute correctly; next to
 the same metrics of the majority caption of the training data (the baseline).
@@ -111,7 +112,12 @@ class CaptioningTask(Task):
         return out
 
     def make_info(self, tc, records) -> dict:
-        return {"majority_caption": Counter(r["caption"] for r in records).most_common(1)[0][0]}
+        # Pixels are standardised per channel with the training images' statistics (as image processors do):
+        # raw [0, 1] pixels leave the image features nearly alike across images, and the decoder then learns
+        # the captions' language long before it reads the image.
+        pixels = torch.stack([r["pixels"] for r in records])
+        return {"majority_caption": Counter(r["caption"] for r in records).most_common(1)[0][0],
+                "pixel_mean": pixels.mean((0, 2, 3)).tolist(), "pixel_std": pixels.std((0, 2, 3)).clamp(min=1e-3).tolist()}
 
     def tokenizer_texts(self, records):
         return [r["caption"] for r in records] + [r["question"] for r in records if r["question"]]
@@ -140,11 +146,12 @@ class CaptioningTask(Task):
 
         eos = find_eos_id(tok)
         self._tokenizer = tok
+        mean, std = (torch.tensor(info[k])[:, None, None] for k in ("pixel_mean", "pixel_std"))
         out = []
         for r in records:
             prompt = [eos] + (tok.encode(r["question"], add_special_tokens=False).ids if r["question"] else [])
             target = tok.encode(r["caption"], add_special_tokens=False).ids + [eos]
-            out.append({"pixels": r["pixels"], "prompt": prompt, "target": target, "eos": eos,
+            out.append({"pixels": (r["pixels"] - mean) / std, "prompt": prompt, "target": target, "eos": eos,
                         "caption": r["caption"], "image": r["image"], "attributes": r["attributes"]})
         return out
 

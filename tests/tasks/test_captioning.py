@@ -73,6 +73,20 @@ def test_a_question_is_the_prompt(tmp_path):
     assert "exact_match" in m
 
 
+def test_the_decoder_reads_the_image(tmp_path):
+    """Visual question answering of the shapes' colour (5 colours): far above the majority answer."""
+    train = _dataset(tmp_path, 360, question=True)
+    rows = open(train).read().splitlines()
+    (tmp_path / "set" / "val.jsonl").write_text("\n".join(rows[:60]) + "\n")
+    open(train, "w").write("\n".join(rows[60:]) + "\n")
+    tc = _config(train, steps=250, lr=3e-3)
+    tc.task.validation = str(tmp_path / "set" / "val.jsonl")
+    tc.task.question_field = "question"
+    tc.config.model.d_model = 64
+    m = finetune(get_task("captioning"), tc, tmp_path / "run", show_progress=False)["metrics"]
+    assert m["exact_match"] > max(0.5, m["baseline_exact_match"] + 0.25)
+
+
 def test_a_bad_image_names_file_and_line(tmp_path):
     train = _dataset(tmp_path, 4)
     lines = open(train).read().splitlines()
