@@ -80,13 +80,14 @@ class ImageToText(nn.Module):
 
 
 class ContrastiveImageText(nn.Module):
-    def __init__(self, vision: VisionConfig, text: EncoderConfig, embed_dim: int = 256, init_temperature: float = 0.07,
-                 max_logit_scale: float = 100.0):
+    def __init__(self, vision: VisionConfig, text: EncoderConfig | Encoder, embed_dim: int = 256,
+                 init_temperature: float = 0.07, max_logit_scale: float = 100.0):
+        """text: the text tower's config, or a built Encoder (its first token's state is the text's vector)."""
         super().__init__()
         self.vision = VisionEncoder(vision)
-        self.text = Encoder(text)
+        self.text = text if isinstance(text, Encoder) else Encoder(text)
         self.image_proj = Linear(vision.d_model, embed_dim, bias=False)
-        self.text_proj = Linear(text.d_model, embed_dim, bias=False)
+        self.text_proj = Linear(self.text.config.d_model, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
         self.max_log_scale = math.log(max_logit_scale)  # CLIP clips the learned scale at 100
 
