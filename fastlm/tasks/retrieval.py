@@ -87,6 +87,7 @@ class RetrievalTask(Task):
 
     def build_model(self, tc, body, info) -> nn.Module:
         t, c = tc.task, body.config
+        body.pooler = None  # the text's vector is its first token's state, projected: no pooler to train
         vision = VisionConfig(image_size=t.image_size, patch_size=t.patch_size, d_model=c.d_model,
                               n_layer=t.vision_layers, n_head=c.n_head, d_ff=4 * c.d_model, norm_eps=1e-6)
         return RetrievalModel(ContrastiveImageText(vision, body, embed_dim=t.embed_dim))

@@ -41,3 +41,31 @@ def test_retrieval_learns_beyond_random(tmp_path):
     assert m["text_to_image_recall@5"] > m["random_recall@5"] + 0.15
     again = evaluate("image_text_retrieval", tmp_path / "run")["metrics"]
     assert again["image_to_text_recall@1"] == pytest.approx(m["image_to_text_recall@1"])
+
+
+def _retrieval_raw(train, micro):
+    # SGD: the key bias's gradient is zero up to rounding, which AdamW would turn into lr-sized steps
+    raw = tiny_config(train, family="bert", steps=3, global_batch_size=16, micro_batch_size=micro, grad_clip=0.0,
+                      optimizer="sgd", lr=0.1)
+    raw["task"].update(image_size=16, patch_size=4, vision_layers=1, embed_dim=16)
+    raw["model"].update(d_ff=64)
+    return raw
+
+
+def _retrieval_run(rank, world, raw, out):
+    torch.set_num_threads(1)
+    task = get_task("image_text_retrieval")
+    result = finetune(task, task_config_from_dict(raw, task.Section), out, show_progress=False)
+    return {k: v.detach().clone() for k, v in result["model"].state_dict().items()}
+
+
+def test_two_processes_contrast_the_global_batch(tmp_path):
+    """2 data-parallel processes of 8 pairs each train like one process contrasting all 16 pairs at once."""
+    from tests.parallel.dist_helpers import run_world
+
+    train = _dataset(tmp_path, 48)
+    single = _retrieval_run(0, 1, _retrieval_raw(train, 16), tmp_path / "one")
+    ranks = run_world(_retrieval_run, 2, _retrieval_raw(train, 8), str(tmp_path / "two"), timeout=240)
+    for name, want in single.items():
+        torch.testing.assert_close(ranks[0][name], want, rtol=1e-4, atol=1e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
