@@ -65,8 +65,8 @@ class GPT(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------
     def hidden_states(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None,
-                      cu_seqlens: torch.Tensor | None = None, hidden_states: torch.Tensor | None = None
-                      ) -> torch.Tensor:
+                      cu_seqlens: torch.Tensor | None = None, hidden_states: torch.Tensor | None = None,
+                      prefix: torch.Tensor | None = None) -> torch.Tensor:
         """The final-norm output (B, T, d_model). With a KV cache, input_ids continue the cached positions.
 
         cu_seqlens: documents packed into the rows, as offsets into the flattened B*T tokens (a
@@ -74,10 +74,18 @@ class GPT(nn.Module):
         at each document, so every document is computed as if it ran alone.
         hidden_states: the previous pipeline stage's output, for a stage without the embeddings
         (input_ids still give the positions); a stage without the final norm returns its blocks' output.
+        prefix: (B, P, d_model) embeddings placed before the tokens' (e.g. projected image patches,
+        fastlm.models.multimodal); they take positions 0..P-1 and the output covers P + T positions.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
         b, t = input_ids.shape
+        if prefix is not None:
+            if prefix.dim() != 3 or prefix.shape[0] != b or prefix.shape[2] != self.config.d_model:
+                raise ValueError(f"prefix must have shape ({b}, P, {self.config.d_model}), got {tuple(prefix.shape)}")
+            if cu_seqlens is not None or self.tok_emb is None:
+                raise ValueError("a prefix needs the embeddings and no packed documents (cu_seqlens)")
+            t = t + prefix.shape[1]  # the positions the blocks see
         start = 0
         if kv_cache is not None:
             kv_cache.check(b, t)
@@ -94,6 +102,8 @@ class GPT(nn.Module):
 
         if self.tok_emb is not None:
             x = self.tok_emb(input_ids)
+            if prefix is not None:
+                x = torch.cat([prefix.to(x.dtype), x], dim=1)
             if self.pos_emb is not None:
                 # One row of positions per sequence (packed documents restart them): per-sample gradients
                 # (DP-SGD) need each row's own share of the position embedding's gradient.
@@ -113,7 +123,7 @@ class GPT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None, cu_seqlens: torch.Tensor | None = None, return_logits: bool = True,
-                hidden_states: torch.Tensor | None = None):
+                hidden_states: torch.Tensor | None = None, prefix: torch.Tensor | None = None):
         """logits (B, T, vocab); (logits, loss) when labels are given.
 
         return_logits=False (with labels; what the trainer uses): (None, loss), computed by the fused
@@ -123,14 +133,18 @@ class GPT(nn.Module):
         t predicts labels[t + 1]), -100 ignored, loss averaged over the counted tokens. With
         cu_seqlens (packed documents) the last token of a document predicts nothing.
         A pipeline stage without the head returns its hidden states (B, T, d_model) instead.
+        prefix: (B, P, d_model) embeddings before the tokens (see hidden_states); the outputs cover the
+        P + T positions, and no loss is taken on the prefix (its last position predicts labels[:, 0]).
         """
-        hidden = self.hidden_states(input_ids, kv_cache, cu_seqlens, hidden_states)
+        hidden = self.hidden_states(input_ids, kv_cache, cu_seqlens, hidden_states, prefix)
         if self.lm_head is None:
             return hidden
         if labels is None:
             return self.lm_head(hidden)
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        if prefix is not None:
+            labels = F.pad(labels, (prefix.shape[1], 0), value=-100)
         # Shift by padding the labels instead of slicing the logits: no copy of the (B, T, V) tensor.
         targets = F.pad(labels[:, 1:], (0, 1), value=-100)
         if cu_seqlens is not None:  # no prediction across a document boundary

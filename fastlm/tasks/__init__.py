@@ -6,14 +6,17 @@
 """
 from __future__ import annotations
 
+from fastlm.tasks.captioning import CaptioningTask
 from fastlm.tasks.classification import ClassificationTask
 from fastlm.tasks.qa import QATask
+from fastlm.tasks.retrieval import RetrievalTask
 from fastlm.tasks.seq2seq import GenerationTask, TranslationTask
 from fastlm.tasks.speech import SpeechTask
 from fastlm.train.errors import ConfigError
 
 TASKS = {"classification": ClassificationTask, "generation": GenerationTask, "translation": TranslationTask,
-         "qa": QATask, "speech": SpeechTask}
+         "qa": QATask, "speech": SpeechTask, "captioning": CaptioningTask,
+         "image_text_retrieval": RetrievalTask}
 
 
 def get_task(name: str):

@@ -24,6 +24,11 @@ WAV files with a JSONL of {"audio", "text"}:
 
     speech     clips/N.wav -> its sentence
 
+and image captioning: synthetic 32 x 32 pictures of shapes drawn with Pillow (fastlm.data.images), each
+with its exact caption and attributes:
+
+    captioning images/N.png -> "two red circles at the top, the word cat"    image, caption, shape, ...
+
 A task config names one as `train = "demo:langid"` ("demo:langid:600": 600 examples). A machine
 without the catalogs (or espeak-ng, for speech) gets a clear error saying what is missing. The
 files are written under $FASTLM_CACHE/tasks (default ~/.cache/fastlm/tasks), built once.
@@ -42,7 +47,7 @@ from fastlm.tasks.datasets import DatasetError
 
 LOCALE_DIR = Path("/usr/share/locale")
 LANGID_LANGUAGES = ("de", "fr", "es", "it", "nl", "sv")
-DEMOS = ("langid", "langid-groups", "en-de", "summaries", "qa", "speech")
+DEMOS = ("langid", "langid-groups", "en-de", "summaries", "qa", "speech", "captioning")
 DPKG_STATUS = Path("/var/lib/dpkg/status")
 DEMO_PREFIX = "demo:"
 
@@ -97,6 +102,9 @@ def demo_dataset(name: str, cache_dir: str | Path | None = None, *, size: int | 
         return paths
     if name == "speech":
         _speech(out, paths, size, seed)
+        return paths
+    if name == "captioning":
+        _captioning(out, paths, size, seed)
         return paths
     if name == "qa":
         out.mkdir(parents=True, exist_ok=True)
@@ -238,6 +246,17 @@ def _speech(out: Path, paths: dict[str, Path], size: int, seed: int) -> None:
         subprocess.run([espeak, "-v", voice, "-s", str(rng.randint(150, 190)), "-p", str(rng.randint(30, 70)),
                         "-w", str(wav), text], check=True, capture_output=True, timeout=60)
         rows.append({"audio": f"clips/{i}.wav", "text": text})
+    n_val = max(1, size // 10)
+    for split, part in (("validation", rows[:n_val]), ("train", rows[n_val:])):
+        _write_atomic(paths[split], "".join(json.dumps(r) + "\n" for r in part))
+
+
+def _captioning(out: Path, paths: dict[str, Path], size: int, seed: int, image_size: int = 32) -> None:
+    from fastlm.data.images import synthetic_examples, write_image_dataset
+
+    examples = synthetic_examples(size, seed=seed, image_size=image_size)
+    write_image_dataset(examples, out)  # images/NNNNN.png + captions.jsonl (with the attributes)
+    rows = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
     n_val = max(1, size // 10)
     for split, part in (("validation", rows[:n_val]), ("train", rows[n_val:])):
         _write_atomic(paths[split], "".join(json.dumps(r) + "\n" for r in part))
