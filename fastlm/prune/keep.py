@@ -1,0 +1,57 @@
+"""Keeping pruned weights at zero while a pruned model trains further.
+
+The masks ride on the pruned linears as non-persistent buffers named `prune_mask` (they follow the
+module to its device, stay out of the state dict, and survive a task model wrapping the body).
+mask_keeper(model) returns the TrainStep `after_step` hook that zeroes the pruned weights again
+after every optimizer step: Adam's moments and weight decay would otherwise move them.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from fastlm.train.errors import ConfigError
+
+BUFFER = "prune_mask"
+
+
+def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """Register each mask on its linear (named relative to `model`) and zero what it prunes."""
+    for name, mask in masks.items():
+        try:
+            linear = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"pruning mask {name!r}: no such module in the model") from None
+        if not isinstance(linear, nn.Linear) or tuple(mask.shape) != tuple(linear.weight.shape):
+            raise ValueError(f"pruning mask {name!r} of shape {tuple(mask.shape)} does not fit "
+                             f"{type(linear).__name__} {tuple(getattr(linear, 'weight', torch.empty(0)).shape)}")
+        mask = mask.to(device=linear.weight.device, dtype=torch.bool)
+        linear.register_buffer(BUFFER, mask, persistent=False)
+        with torch.no_grad():
+            linear.weight.mul_(mask)
+    return model
+
+
+def attached_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{linear name: mask} of the masks attached to `model`'s linears (names relative to `model`)."""
+    return {name: getattr(m, BUFFER) for name, m in model.named_modules()
+            if isinstance(getattr(m, BUFFER, None), torch.Tensor)}
+
+
+def mask_keeper(model: nn.Module, tensor_parallel: bool = False) -> Callable[[], None] | None:
+    """The after-optimizer-step hook re-applying the attached masks (None when there are none)."""
+    pairs = [(m.weight, getattr(m, BUFFER)) for m in model.modules()
+             if isinstance(getattr(m, BUFFER, None), torch.Tensor)]
+    if not pairs:
+        return None
+    if tensor_parallel:
+        raise ConfigError("model.init_from is a pruned run: keeping its pruning masks is not available with "
+                          "parallel.tp > 1 yet (use data or pipeline parallelism)")
+
+    @torch.no_grad()
+    def reapply() -> None:
+        for weight, mask in pairs:
+            weight.mul_(mask)
+    return reapply
