@@ -12,8 +12,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from fastlm.train.errors import ConfigError
-
 BUFFER = "prune_mask"
 
 
@@ -47,6 +45,8 @@ def mask_keeper(model: nn.Module, tensor_parallel: bool = False) -> Callable[[],
     if not pairs:
         return None
     if tensor_parallel:
+        from fastlm.train.errors import ConfigError  # (fastlm.train imports this module)
+
         raise ConfigError("model.init_from is a pruned run: keeping its pruning masks is not available with "
                           "parallel.tp > 1 yet (use data or pipeline parallelism)")
 
@@ -55,3 +55,16 @@ def mask_keeper(model: nn.Module, tensor_parallel: bool = False) -> Callable[[],
         for weight, mask in pairs:
             weight.mul_(mask)
     return reapply
+
+
+def carry_pruning(model: nn.Module, run_dir, init_from: str | None) -> None:
+    """A run trained from a pruned run records the same pruning (prune.json + masks): eval then runs
+    its 2:4 layers compressed, and a run trained from it keeps them too."""
+    if not init_from:
+        return
+    from fastlm.prune.saved import read_pruning, write_pruning
+
+    pruned = read_pruning(init_from)
+    if pruned is not None:
+        record, masks = pruned
+        write_pruning(run_dir, masks, {**record, "source": str(init_from)})
