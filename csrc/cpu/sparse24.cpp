@@ -65,7 +65,7 @@ at::Tensor sparse24_matmul(const at::Tensor& x_in, const at::Tensor& values_in, 
   if (m == 0 || n == 0) return out;
   const Sparse24Path path = chosen_path();
   const at::Tensor x = x_in.contiguous(), values = values_in.contiguous(), meta = meta_in.contiguous();
-  const int64_t kp = 4 * groups, mb = sparse24_panel_rows(path);
+  const int64_t kp = 4 * groups, mb = sparse24_panel_rows(path, m);
   const bool panels = mb > 0 && m > sparse24_gather_max_rows(path);
   at::Tensor xs;
   if (panels) {
@@ -80,7 +80,7 @@ at::Tensor sparse24_matmul(const at::Tensor& x_in, const at::Tensor& values_in, 
                     bias.defined() ? bias.data_ptr<float>() : nullptr, out.data_ptr<float>(), m, n, groups,
                     meta_stride};
   at::parallel_for(0, n, 64, [&](int64_t n0, int64_t n1) {
-    std::vector<float> scratch(static_cast<size_t>(sparse24_scratch_floats(path, n1 - n0)));
+    std::vector<float> scratch(static_cast<size_t>(sparse24_scratch_floats(path, m, n1 - n0)));
     sparse24_gemm(path, args, n0, n1, scratch.data());
   });
   return out;

@@ -43,7 +43,7 @@ void gemm_scalar(const Sparse24Args& a, int64_t n0, int64_t n1) {
 
 #ifdef FASTLM_SPARSE24_X86
 constexpr int64_t kGatherMaxRows = 8;    // AVX2: the gather path up to this many rows
-constexpr int64_t kDenseLanesMaxRows = 16;  // AVX-512: the dense-lanes path up to this many rows
+constexpr int64_t kDenseLanesMaxRows = 8;  // AVX-512: the dense-lanes path up to this many rows
 constexpr int64_t kRowBlock = 8;
 
 // ---------------------------------------------------------------- AVX-512
@@ -129,54 +129,44 @@ __attribute__((target("avx512f"))) void dense_lanes_avx512(const Sparse24Args& a
   }
 }
 
-constexpr int64_t kPanel512 = 64;        // rows of x per panel: 4 zmm vectors
-constexpr int64_t kBlockGroups512 = 32;  // 128 panel rows x 64 floats = 32 KiB (L1)
-
+// Panels of mb = 16 * NV rows; a block of groups whose panel rows take 32 KiB (L1).
+template <int NV>
 __attribute__((target("avx512f"))) void panel_avx512(const Sparse24Args& a, int64_t n0, int64_t n1, float* acc_t) {
-  constexpr int64_t mb = kPanel512;
+  constexpr int64_t mb = 16 * NV, block = 32768 / (4 * 4 * mb);
   const int64_t kp = 4 * a.groups;
   for (int64_t m0 = 0; m0 < a.m; m0 += mb) {
     const float* panel = a.x + (m0 / mb) * kp * mb;
     for (int64_t c0 = n0; c0 < n1; c0 += kColumnChunk) {  // acc_t of a chunk stays in L2
-    const int64_t c1 = std::min(n1, c0 + kColumnChunk);
-    for (int64_t g0 = 0; g0 < a.groups; g0 += kBlockGroups512) {
-      const int64_t g1 = std::min(a.groups, g0 + kBlockGroups512);
-      for (int64_t j = c0; j < c1; ++j) {
-        const float* v = a.values + j * 2 * a.groups;
-        const uint8_t* mt = a.meta + j * a.meta_stride;
-        float* o = acc_t + (j - c0) * mb;
-        // two sets of accumulators (first and second kept weight): one FMA per chain per group
-        __m512 c0, c1, c2, c3;
-        if (g0 == 0) {
-          c0 = c1 = c2 = c3 = _mm512_setzero_ps();
-        } else {
-          c0 = _mm512_loadu_ps(o); c1 = _mm512_loadu_ps(o + 16); c2 = _mm512_loadu_ps(o + 32); c3 = _mm512_loadu_ps(o + 48);
+      const int64_t c1 = std::min(n1, c0 + kColumnChunk);
+      for (int64_t g0 = 0; g0 < a.groups; g0 += block) {
+        const int64_t g1 = std::min(a.groups, g0 + block);
+        for (int64_t j = c0; j < c1; ++j) {
+          const float* v = a.values + j * 2 * a.groups;
+          const uint8_t* mt = a.meta + j * a.meta_stride;
+          float* o = acc_t + (j - c0) * mb;
+          // two sets of accumulators (first and second kept weight): one FMA per chain per group
+          __m512 c[NV], d[NV];
+          for (int q = 0; q < NV; ++q) {
+            c[q] = g0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(o + 16 * q);
+            d[q] = _mm512_setzero_ps();
+          }
+          for (int64_t g = g0; g < g1; ++g) {
+            const int nb = nibble(mt, g);
+            const float* r0 = panel + (4 * g + (nb & 3)) * mb;
+            const float* r1 = panel + (4 * g + (nb >> 2)) * mb;
+            const __m512 b0 = _mm512_set1_ps(v[2 * g]), b1 = _mm512_set1_ps(v[2 * g + 1]);
+            for (int q = 0; q < NV; ++q) {
+              c[q] = _mm512_fmadd_ps(b0, _mm512_loadu_ps(r0 + 16 * q), c[q]);
+              d[q] = _mm512_fmadd_ps(b1, _mm512_loadu_ps(r1 + 16 * q), d[q]);
+            }
+          }
+          for (int q = 0; q < NV; ++q) _mm512_storeu_ps(o + 16 * q, _mm512_add_ps(c[q], d[q]));
         }
-        __m512 d0 = _mm512_setzero_ps(), d1 = d0, d2 = d0, d3 = d0;
-        for (int64_t g = g0; g < g1; ++g) {
-          const int nb = nibble(mt, g);
-          const float* r0 = panel + (4 * g + (nb & 3)) * mb;
-          const float* r1 = panel + (4 * g + (nb >> 2)) * mb;
-          const __m512 b0 = _mm512_set1_ps(v[2 * g]), b1 = _mm512_set1_ps(v[2 * g + 1]);
-          c0 = _mm512_fmadd_ps(b0, _mm512_loadu_ps(r0), c0);
-          c1 = _mm512_fmadd_ps(b0, _mm512_loadu_ps(r0 + 16), c1);
-          c2 = _mm512_fmadd_ps(b0, _mm512_loadu_ps(r0 + 32), c2);
-          c3 = _mm512_fmadd_ps(b0, _mm512_loadu_ps(r0 + 48), c3);
-          d0 = _mm512_fmadd_ps(b1, _mm512_loadu_ps(r1), d0);
-          d1 = _mm512_fmadd_ps(b1, _mm512_loadu_ps(r1 + 16), d1);
-          d2 = _mm512_fmadd_ps(b1, _mm512_loadu_ps(r1 + 32), d2);
-          d3 = _mm512_fmadd_ps(b1, _mm512_loadu_ps(r1 + 48), d3);
-        }
-        _mm512_storeu_ps(o, _mm512_add_ps(c0, d0));
-        _mm512_storeu_ps(o + 16, _mm512_add_ps(c1, d1));
-        _mm512_storeu_ps(o + 32, _mm512_add_ps(c2, d2));
-        _mm512_storeu_ps(o + 48, _mm512_add_ps(c3, d3));
       }
-    }
-    const int64_t rows = std::min(mb, a.m - m0);
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = c0; j < c1; ++j)
-        a.out[(m0 + r) * a.n + j] = acc_t[(j - c0) * mb + r] + (a.bias != nullptr ? a.bias[j] : 0.0f);
+      const int64_t rows = std::min(mb, a.m - m0);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = c0; j < c1; ++j)
+          a.out[(m0 + r) * a.n + j] = acc_t[(j - c0) * mb + r] + (a.bias != nullptr ? a.bias[j] : 0.0f);
     }
   }
 }
@@ -224,53 +214,42 @@ __attribute__((target("avx2,fma"))) void gather_avx2(const Sparse24Args& a, int6
   }
 }
 
-constexpr int64_t kPanel256 = 32;        // 4 ymm vectors
-constexpr int64_t kBlockGroups256 = 64;  // 256 panel rows x 32 floats = 32 KiB
-
+template <int NV>
 __attribute__((target("avx2,fma"))) void panel_avx2(const Sparse24Args& a, int64_t n0, int64_t n1, float* acc_t) {
-  constexpr int64_t mb = kPanel256;
+  constexpr int64_t mb = 8 * NV, block = 32768 / (4 * 4 * mb);
   const int64_t kp = 4 * a.groups;
   for (int64_t m0 = 0; m0 < a.m; m0 += mb) {
     const float* panel = a.x + (m0 / mb) * kp * mb;
-    for (int64_t c0 = n0; c0 < n1; c0 += kColumnChunk) {  // acc_t of a chunk stays in L2
-    const int64_t c1 = std::min(n1, c0 + kColumnChunk);
-    for (int64_t g0 = 0; g0 < a.groups; g0 += kBlockGroups256) {
-      const int64_t g1 = std::min(a.groups, g0 + kBlockGroups256);
-      for (int64_t j = c0; j < c1; ++j) {
-        const float* v = a.values + j * 2 * a.groups;
-        const uint8_t* mt = a.meta + j * a.meta_stride;
-        float* o = acc_t + (j - c0) * mb;
-        __m256 c0, c1, c2, c3;
-        if (g0 == 0) {
-          c0 = c1 = c2 = c3 = _mm256_setzero_ps();
-        } else {
-          c0 = _mm256_loadu_ps(o); c1 = _mm256_loadu_ps(o + 8); c2 = _mm256_loadu_ps(o + 16); c3 = _mm256_loadu_ps(o + 24);
+    for (int64_t c0 = n0; c0 < n1; c0 += kColumnChunk) {
+      const int64_t c1 = std::min(n1, c0 + kColumnChunk);
+      for (int64_t g0 = 0; g0 < a.groups; g0 += block) {
+        const int64_t g1 = std::min(a.groups, g0 + block);
+        for (int64_t j = c0; j < c1; ++j) {
+          const float* v = a.values + j * 2 * a.groups;
+          const uint8_t* mt = a.meta + j * a.meta_stride;
+          float* o = acc_t + (j - c0) * mb;
+          __m256 c[NV], d[NV];
+          for (int q = 0; q < NV; ++q) {
+            c[q] = g0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(o + 8 * q);
+            d[q] = _mm256_setzero_ps();
+          }
+          for (int64_t g = g0; g < g1; ++g) {
+            const int nb = nibble(mt, g);
+            const float* r0 = panel + (4 * g + (nb & 3)) * mb;
+            const float* r1 = panel + (4 * g + (nb >> 2)) * mb;
+            const __m256 b0 = _mm256_broadcast_ss(v + 2 * g), b1 = _mm256_broadcast_ss(v + 2 * g + 1);
+            for (int q = 0; q < NV; ++q) {
+              c[q] = _mm256_fmadd_ps(b0, _mm256_loadu_ps(r0 + 8 * q), c[q]);
+              d[q] = _mm256_fmadd_ps(b1, _mm256_loadu_ps(r1 + 8 * q), d[q]);
+            }
+          }
+          for (int q = 0; q < NV; ++q) _mm256_storeu_ps(o + 8 * q, _mm256_add_ps(c[q], d[q]));
         }
-        __m256 d0 = _mm256_setzero_ps(), d1 = d0, d2 = d0, d3 = d0;
-        for (int64_t g = g0; g < g1; ++g) {
-          const int nb = nibble(mt, g);
-          const float* r0 = panel + (4 * g + (nb & 3)) * mb;
-          const float* r1 = panel + (4 * g + (nb >> 2)) * mb;
-          const __m256 b0 = _mm256_broadcast_ss(v + 2 * g), b1 = _mm256_broadcast_ss(v + 2 * g + 1);
-          c0 = _mm256_fmadd_ps(b0, _mm256_loadu_ps(r0), c0);
-          c1 = _mm256_fmadd_ps(b0, _mm256_loadu_ps(r0 + 8), c1);
-          c2 = _mm256_fmadd_ps(b0, _mm256_loadu_ps(r0 + 16), c2);
-          c3 = _mm256_fmadd_ps(b0, _mm256_loadu_ps(r0 + 24), c3);
-          d0 = _mm256_fmadd_ps(b1, _mm256_loadu_ps(r1), d0);
-          d1 = _mm256_fmadd_ps(b1, _mm256_loadu_ps(r1 + 8), d1);
-          d2 = _mm256_fmadd_ps(b1, _mm256_loadu_ps(r1 + 16), d2);
-          d3 = _mm256_fmadd_ps(b1, _mm256_loadu_ps(r1 + 24), d3);
-        }
-        _mm256_storeu_ps(o, _mm256_add_ps(c0, d0));
-        _mm256_storeu_ps(o + 8, _mm256_add_ps(c1, d1));
-        _mm256_storeu_ps(o + 16, _mm256_add_ps(c2, d2));
-        _mm256_storeu_ps(o + 24, _mm256_add_ps(c3, d3));
       }
-    }
-    const int64_t rows = std::min(mb, a.m - m0);
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = c0; j < c1; ++j)
-        a.out[(m0 + r) * a.n + j] = acc_t[(j - c0) * mb + r] + (a.bias != nullptr ? a.bias[j] : 0.0f);
+      const int64_t rows = std::min(mb, a.m - m0);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = c0; j < c1; ++j)
+          a.out[(m0 + r) * a.n + j] = acc_t[(j - c0) * mb + r] + (a.bias != nullptr ? a.bias[j] : 0.0f);
     }
   }
 }
@@ -315,13 +294,10 @@ Sparse24Path sparse24_best_path() {
   return Sparse24Path::kScalar;
 }
 
-int64_t sparse24_panel_rows(Sparse24Path path) {
-#ifdef FASTLM_SPARSE24_X86
-  if (path == Sparse24Path::kAvx512) return kPanel512;
-  if (path == Sparse24Path::kAvx2) return kPanel256;
-#endif
-  (void)path;
-  return 0;
+int64_t sparse24_panel_rows(Sparse24Path path, int64_t m) {
+  // wide panels amortize the per-group work over more rows; narrow ones waste fewer lanes on few rows
+  const int64_t lanes = path == Sparse24Path::kAvx512 ? 16 : path == Sparse24Path::kAvx2 ? 8 : 0;
+  return m <= lanes ? lanes : m <= 2 * lanes ? 2 * lanes : 4 * lanes;
 }
 
 int64_t sparse24_gather_max_rows(Sparse24Path path) {
@@ -333,17 +309,29 @@ int64_t sparse24_gather_max_rows(Sparse24Path path) {
   return 0;
 }
 
-int64_t sparse24_scratch_floats(Sparse24Path path, int64_t columns) {
-  return sparse24_panel_rows(path) * std::min<int64_t>(columns, kColumnChunk);
+int64_t sparse24_scratch_floats(Sparse24Path path, int64_t m, int64_t columns) {
+  return sparse24_panel_rows(path, m) * std::min<int64_t>(columns, kColumnChunk);
 }
 
 void sparse24_gemm(Sparse24Path path, const Sparse24Args& args, int64_t n0, int64_t n1, float* scratch) {
 #ifdef FASTLM_SPARSE24_X86
   if (path == Sparse24Path::kAvx512) {
-    if (args.panels) return panel_avx512(args, n0, n1, scratch);
+    if (args.panels) {
+      switch (sparse24_panel_rows(path, args.m)) {
+        case 16: return panel_avx512<1>(args, n0, n1, scratch);
+        case 32: return panel_avx512<2>(args, n0, n1, scratch);
+        default: return panel_avx512<4>(args, n0, n1, scratch);
+      }
+    }
     if (args.m <= kDenseLanesMaxRows) return dense_lanes_avx512(args, n0, n1);
   } else if (path == Sparse24Path::kAvx2) {
-    if (args.panels) return panel_avx2(args, n0, n1, scratch);
+    if (args.panels) {
+      switch (sparse24_panel_rows(path, args.m)) {
+        case 8: return panel_avx2<1>(args, n0, n1, scratch);
+        case 16: return panel_avx2<2>(args, n0, n1, scratch);
+        default: return panel_avx2<4>(args, n0, n1, scratch);
+      }
+    }
     if (args.m <= kGatherMaxRows) return gather_avx2(args, n0, n1);
   }
 #endif

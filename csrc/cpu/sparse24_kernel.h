@@ -20,8 +20,8 @@ bool sparse24_path_from_name(const char* name, Sparse24Path* path);  // false: u
 bool sparse24_path_supported(Sparse24Path path);
 Sparse24Path sparse24_best_path();
 
-// Rows of x the panel path puts side by side (0: the path has no panel layout).
-int64_t sparse24_panel_rows(Sparse24Path path);
+// Rows of x the panel path puts side by side for m rows (0: the path has no panel layout).
+int64_t sparse24_panel_rows(Sparse24Path path, int64_t m);
 // Up to this many rows of x the few-rows path (AVX-512 dense lanes, AVX2 gathers) runs, above it panels.
 int64_t sparse24_gather_max_rows(Sparse24Path path);
 
@@ -35,8 +35,8 @@ struct Sparse24Args {
   int64_t m, n, groups, meta_stride;
 };
 
-// Output columns [n0, n1), all m rows. scratch: sparse24_scratch_floats(path, n1 - n0) floats.
+// Output columns [n0, n1), all m rows. scratch: sparse24_scratch_floats(path, m, n1 - n0) floats.
 void sparse24_gemm(Sparse24Path path, const Sparse24Args& args, int64_t n0, int64_t n1, float* scratch);
-int64_t sparse24_scratch_floats(Sparse24Path path, int64_t columns);
+int64_t sparse24_scratch_floats(Sparse24Path path, int64_t m, int64_t columns);
 
 }  // namespace fastlm::cpu

@@ -51,7 +51,7 @@ def test_format_refuses_a_dense_weight():
         compress24(torch.ones(2, 8))
 
 
-@pytest.mark.parametrize("m", [1, 2, 5, 8, 9, 33, 64, 65, 130])
+@pytest.mark.parametrize("m", [1, 2, 5, 8, 9, 20, 33, 64, 65, 130])
 @pytest.mark.parametrize("n,k", [(1, 4), (3, 1), (17, 13), (33, 67), (64, 128), (5, 258), (70, 100)])
 def test_matches_float64_dense(path, m, n, k):
     w = sparse_weight(n, k, zeros_too=(n % 2 == 1))
