@@ -28,9 +28,9 @@ def prune_run(run_dir: str | Path, out: str | Path, sparsity: float | None = Non
         raise FastlmError(f"output directory {out} already exists and is not empty")
     if Path(run_dir).resolve() == out.resolve():
         raise FastlmError("the output directory must differ from the run directory")
-    config, model, tokenizer_path = load_run(run_dir, dense=True)
     if (Path(run_dir) / "quantization.json").is_file():
         raise FastlmError(f"{run_dir} is quantized (int8 weights): prune the run it was quantized from")
+    config, model, tokenizer_path = load_run(run_dir)
     if config.checkpoint.encrypt:
         raise FastlmError(f"{run_dir} is an encrypted run: pruning encrypted runs is not available yet")
     try:

@@ -14,9 +14,9 @@ from fastlm.train.errors import CheckpointError, ConfigError
 from fastlm.train.weights import load_weights
 
 
-def load_run(run_dir: str | Path, device="cpu", dense: bool = False) -> tuple[Config, GPT, Path]:
-    """(config, model with the final weights, tokenizer.json path) of a finished run. A 2:4-pruned run
-    on the CPU gets compressed Sparse24Linear layers for inference unless dense=True."""
+def load_run(run_dir: str | Path, device="cpu", sparse: bool = False) -> tuple[Config, GPT, Path]:
+    """(config, model with the final weights, tokenizer.json path) of a finished run. sparse=True (eval,
+    generate): a 2:4-pruned run on the CPU gets compressed Sparse24Linear layers for inference."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} does not exist")
@@ -30,7 +30,7 @@ def load_run(run_dir: str | Path, device="cpu", dense: bool = False) -> tuple[Co
         from fastlm.quant import apply_int8_training
 
         apply_int8_training(model)
-    if not dense:
+    if sparse:
         _sparse_for_inference(run_dir, model)
     return config, model, run_dir / "tokenizer.json"
 

@@ -48,13 +48,13 @@ def test_prune_then_eval(run_dir, tmp_path, capsys, args, sparsity):
     pruned = eval_ppl(out, capsys)
     assert pruned == pytest.approx(float(change.group(2)), rel=1e-4)
     assert pruned != pytest.approx(base, rel=1e-6)  # the pruning changed the model
-    _, dense, _ = load_run(out, dense=True)
+    _, dense, _ = load_run(out)
     zeros = sum(int((m.weight == 0).sum()) for n, m in dense.named_modules() if n.startswith("blocks.") and
                 isinstance(m, torch.nn.Linear))
     total = sum(m.weight.numel() for n, m in dense.named_modules() if n.startswith("blocks.") and
                 isinstance(m, torch.nn.Linear))
     assert zeros / total == pytest.approx(sparsity, abs=1e-3)
-    _, model, _ = load_run(out)  # eval's model: 2:4 runs compute with the compressed kernel on the CPU
+    _, model, _ = load_run(out, sparse=True)  # eval's model: 2:4 runs compute with the compressed kernel on the CPU
     sparse = [m for m in model.modules() if isinstance(m, Sparse24Linear)]
     assert len(sparse) == (8 if "2:4" in args else 0)
     prompt = ["generate", str(out), "--prompt", "The class", "--max-new-tokens", "8", "--seed", "1"]
@@ -64,8 +64,8 @@ def test_prune_then_eval(run_dir, tmp_path, capsys, args, sparsity):
 def test_sparse24_model_matches_dense_pruned(run_dir, tmp_path):
     out = tmp_path / "p24"
     assert main(["prune", str(run_dir), "--out", str(out), "--pattern", "2:4", "--no-eval"]) == 0
-    _, dense, _ = load_run(out, dense=True)
-    _, sparse, _ = load_run(out)
+    _, dense, _ = load_run(out)
+    _, sparse, _ = load_run(out, sparse=True)
     ids = torch.randint(0, 320, (2, 16))
     with torch.no_grad():
         a, b = dense(ids), sparse(ids)
@@ -88,3 +88,13 @@ def test_bad_input_is_one_line(run_dir, tmp_path, capsys, args, message):
     assert main(["prune", str(run_dir), "--out", str(tmp_path / "x"), *args]) == 1
     assert message in error_line(capsys)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_pruned_run_quantizes_and_exports_dense(run_dir, tmp_path, capsys):
+    """Other readers (quantize, export) get the plain dense model of a 2:4 run, zeros included."""
+    out = tmp_path / "p24"
+    assert main(["prune", str(run_dir), "--out", str(out), "--pattern", "2:4", "--no-eval"]) == 0
+    assert main(["quantize", str(out), "--scheme", "w8a16", "--out", str(tmp_path / "q")]) == 0
+    assert "quantized 9 linear layers" in capsys.readouterr().out
+    assert eval_ppl(tmp_path / "q", capsys) > 1
+    assert main(["export", str(out), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
