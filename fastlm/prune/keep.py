@@ -26,10 +26,16 @@ def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
             raise ValueError(f"pruning mask {name!r} of shape {tuple(mask.shape)} does not fit "
                              f"{type(linear).__name__} {tuple(getattr(linear, 'weight', torch.empty(0)).shape)}")
         mask = mask.to(device=linear.weight.device, dtype=torch.bool)
+        check_pruned(name, linear.weight, mask)
         linear.register_buffer(BUFFER, mask, persistent=False)
-        with torch.no_grad():
-            linear.weight.mul_(mask)
     return model
+
+
+def check_pruned(name: str, weight: torch.Tensor, mask: torch.Tensor) -> None:
+    """A saved mask must prune only zeros of the saved weight (else one of the two files was changed)."""
+    if torch.count_nonzero(weight.detach()[~mask]):
+        raise ValueError(f"pruning mask {name!r} does not match the weights: it prunes non-zero weights "
+                         f"(prune_masks.safetensors and model.safetensors are not from the same `fastlm prune`)")
 
 
 def attached_masks(model: nn.Module) -> dict[str, torch.Tensor]:

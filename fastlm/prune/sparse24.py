@@ -13,6 +13,7 @@ from torch import nn
 
 from fastlm import ops
 from fastlm.ops.reference_sparse24 import compress24, decompress24
+from fastlm.prune.keep import check_pruned
 from fastlm.quant.modules import set_submodule
 
 
@@ -58,8 +59,7 @@ def apply_sparse24(model: nn.Module, masks: dict[str, torch.Tensor]) -> list[str
     for name, mask in masks.items():
         linear = model.get_submodule(name)
         if isinstance(linear, nn.Linear) and is_24(mask):
-            with torch.no_grad():
-                linear.weight.mul_(mask.to(linear.weight.device))
+            check_pruned(name, linear.weight, mask.to(linear.weight.device))
             set_submodule(model, name, Sparse24Linear(linear).to(linear.weight.device))
             swapped.append(name)
     return swapped

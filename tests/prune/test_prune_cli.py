@@ -98,3 +98,19 @@ def test_a_pruned_run_quantizes_and_exports_dense(run_dir, tmp_path, capsys):
     assert "quantized 9 linear layers" in capsys.readouterr().out
     assert eval_ppl(tmp_path / "q", capsys) > 1
     assert main(["export", str(out), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+
+
+def test_masks_that_do_not_match_the_weights(run_dir, tmp_path, capsys):
+    import safetensors.torch
+
+    out = tmp_path / "p24"
+    assert main(["prune", str(run_dir), "--out", str(out), "--pattern", "2:4", "--no-eval"]) == 0
+    masks = safetensors.torch.load_file(str(out / "prune_masks.safetensors"))
+    name = sorted(masks)[0]
+    masks[name] = 1 - masks[name]  # prunes the kept weights
+    safetensors.torch.save_file(masks, str(out / "prune_masks.safetensors"))
+    assert main(["eval", str(out)]) == 1
+    assert f"pruning mask {name!r} does not match the weights" in error_line(capsys)
+    assert main(["train", str(out / "config.toml"), "--set", f"model.init_from={str(out)!r}", "--out",
+                 str(tmp_path / "t"), "--quiet"]) == 1
+    assert "does not match the weights" in error_line(capsys)
