@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from fastlm import ops
+from fastlm.nn.activations import get_activation
+from fastlm.ops.matmul import ACTIVATION_ALIASES
 from fastlm.ops.reference_sparse24 import compress24, decompress24
 from fastlm.prune.keep import check_pruned
 from fastlm.quant.modules import set_submodule
@@ -29,14 +31,14 @@ class Sparse24Linear(nn.Module):
         bias = linear.bias.detach().float().clone() if linear.bias is not None else None
         self.register_buffer("bias", bias)
         self.activation = getattr(linear, "activation", None)  # a fastlm Linear's own fused activation
+        self._act = None
+        if self.activation is not None:
+            name = ACTIVATION_ALIASES[self.activation]
+            self._act = get_activation("gelu_new" if name == "gelu_tanh" else name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = ops.sparse24_matmul(x, self.values, self.meta, self.in_features, self.bias)
-        if self.activation is not None:  # only a Linear built with activation= has one
-            from fastlm.nn.activations import get_activation
-
-            y = get_activation(self.activation)(y)
-        return y
+        return self._act(y) if self._act is not None else y
 
     def dense_weight(self) -> torch.Tensor:
         return decompress24(self.values, self.meta, self.in_features)

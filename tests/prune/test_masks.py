@@ -102,3 +102,23 @@ def test_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=None) as e:
         prune_model(tiny_gpt(), **kwargs)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_sparse24_model_equals_the_dense_pruned_one(family):
+    from fastlm.nn.linear import Linear
+    from fastlm.prune import Sparse24Linear, apply_sparse24
+
+    model = tiny_gpt(family).eval()
+    masks = prune_model(model, pattern="2:4")
+    ids = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        dense = model(ids)
+        assert apply_sparse24(model, masks) == list(masks)
+        assert sum(isinstance(m, Sparse24Linear) for m in model.modules()) == 8
+        assert torch.allclose(model(ids), dense, atol=1e-5, rtol=1e-5)
+    fused = Linear(8, 6, activation="gelu_tanh")
+    with torch.no_grad():
+        fused.weight.mul_(nm_mask(fused.weight, 2, 4))
+        x = torch.randn(3, 8)
+        assert torch.allclose(Sparse24Linear(fused)(x), fused(x), atol=1e-6)
