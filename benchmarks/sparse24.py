@@ -45,7 +45,8 @@ def measure(quick: bool = False, repeat: int = 10) -> list[dict]:
                 reps = max(3, repeat // 4) if m >= 128 else repeat
                 t_torch = time_callable("torch_mm", lambda: torch.mm(x, wt), repeat=reps).seconds
                 t_fastlm = time_callable("fastlm_mm", lambda: ops.matmul(x, wt), repeat=reps).seconds
-                t_sparse = time_callable("sparse24", lambda: ops.sparse24_matmul(x, values, meta, k), repeat=reps).seconds
+                t_sparse = time_callable("sparse24", lambda: ops.sparse24_matmul(x, values, meta, k),
+                                         repeat=reps).seconds
             rows.append({"N": n, "K": k, "M": m, "torch_mm_ms": t_torch * 1e3, "fastlm_mm_ms": t_fastlm * 1e3,
                          "sparse24_ms": t_sparse * 1e3, "speedup": t_torch / t_sparse, "vs_fastlm": t_fastlm / t_sparse,
                          "sparse_GFLOPs_equiv": 2 * m * n * k / t_sparse / 1e9, "weight_bytes": ratio})

@@ -109,7 +109,8 @@ __attribute__((target("avx512f"), always_inline)) inline void dense_lanes_rows(c
   }
   const float b = a.bias != nullptr ? a.bias[j] : 0.0f;
   for (int i = 0; i < M; ++i)
-    a.out[(r0 + i) * a.n + j] = hsum512(_mm512_add_ps(acc0[i], acc1[i])) + dot_groups(v, mt, x + i * kp, g, a.groups) + b;
+    a.out[(r0 + i) * a.n + j] =
+        hsum512(_mm512_add_ps(acc0[i], acc1[i])) + dot_groups(v, mt, x + i * kp, g, a.groups) + b;
 }
 
 __attribute__((target("avx512f"))) void dense_lanes_avx512(const Sparse24Args& a, int64_t n0, int64_t n1) {

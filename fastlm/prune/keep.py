@@ -8,11 +8,13 @@ after every optimizer step: Adam's moments and weight decay would otherwise move
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 BUFFER = "prune_mask"
+PRUNE_FILE = "prune.json"  # a pruned run directory's record (fastlm.prune.saved)
 
 
 def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
@@ -44,17 +46,20 @@ def attached_masks(model: nn.Module) -> dict[str, torch.Tensor]:
             if isinstance(getattr(m, BUFFER, None), torch.Tensor)}
 
 
-def mask_keeper(model: nn.Module, tensor_parallel: bool = False) -> Callable[[], None] | None:
-    """The after-optimizer-step hook re-applying the attached masks (None when there are none)."""
+def mask_keeper(model: nn.Module, tensor_parallel: bool = False,
+                init_from: str | None = None) -> Callable[[], None] | None:
+    """The after-optimizer-step hook re-applying the masks attached to `model`'s linears (None when
+    there are none). init_from: the run's model.init_from, refused when pruned under tensor parallelism
+    (the sharded linears do not carry the masks yet)."""
+    if tensor_parallel and init_from and (Path(init_from) / PRUNE_FILE).is_file():
+        from fastlm.train.errors import ConfigError  # (fastlm.train imports this module)
+
+        raise ConfigError(f"model.init_from = {str(init_from)!r} is a pruned run: keeping its pruning masks is "
+                          f"not available with parallel.tp > 1 yet (use data or pipeline parallelism)")
     pairs = [(m.weight, getattr(m, BUFFER)) for m in model.modules()
              if isinstance(getattr(m, BUFFER, None), torch.Tensor)]
     if not pairs:
         return None
-    if tensor_parallel:
-        from fastlm.train.errors import ConfigError  # (fastlm.train imports this module)
-
-        raise ConfigError("model.init_from is a pruned run: keeping its pruning masks is not available with "
-                          "parallel.tp > 1 yet (use data or pipeline parallelism)")
 
     @torch.no_grad()
     def reapply() -> None:

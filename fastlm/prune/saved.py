@@ -15,9 +15,10 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+from fastlm.prune.keep import PRUNE_FILE
 from fastlm.prune.magnitude import parse_pattern
 
-PRUNE_FILE, MASKS_FILE = "prune.json", "prune_masks.safetensors"
+MASKS_FILE = "prune_masks.safetensors"
 FORMAT, VERSION = "fastlm-pruning", 1
 
 

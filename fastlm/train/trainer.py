@@ -85,7 +85,7 @@ class Trainer:
         optimizer = pm.wrap_optimizer(build_optimizer(pm.module, t, rt.device))  # ZeRO-1 with shard_optimizer
         step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, **private_step_hooks(private, t),
                          local_sgd_every=cfg.parallel.sync_every if cfg.parallel.sync == "local_sgd" else 0,
-                         after_step=mask_keeper(pm.module, pm.tensor_parallel))  # a pruned init_from stays pruned
+                         after_step=mask_keeper(pm.module, pm.tensor_parallel, cfg.model.init_from))
         identity = {"model": model.config.to_dict(), "corpus_key": corpus.key}  # what a checkpoint must match
         enc = encryption_for(run_dir, cfg.checkpoint, create_id=True)  # None unless checkpoint.encrypt
         ckpt = Checkpointer(run_dir, pm, optimizer, step.scaler, loader, identity, every=cfg.checkpoint.every,

@@ -41,7 +41,8 @@ def test_native_kernel_is_registered():
 def test_format_round_trip(k):
     w = sparse_weight(7, k, zeros_too=True)
     values, meta = compress24(w)
-    assert values.shape == (7, 2 * -(-k // 4)) and meta.shape == (7, -(-(-(-k // 4)) // 2)) and meta.dtype == torch.uint8
+    groups = -(-k // 4)
+    assert values.shape == (7, 2 * groups) and meta.shape == (7, -(-groups // 2)) and meta.dtype == torch.uint8
     assert torch.equal(decompress24(values, meta, k), w)
     assert values.numel() * 4 + meta.numel() <= 0.5 * w.numel() * 4 + w.numel() / 8 + 64  # ~0.53x fp32
 
