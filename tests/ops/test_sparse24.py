@@ -107,3 +107,12 @@ def test_forced_unknown_path_is_an_error(monkeypatch):
     w = sparse_weight(4, 8)
     with pytest.raises(RuntimeError, match="FASTLM_SPARSE24_KERNEL=sse9"):
         ops.sparse24_matmul(torch.randn(2, 8), *compress24(w), 8)
+
+
+def test_opcheck_and_compile():
+    w = sparse_weight(6, 10)
+    values, meta = compress24(w)
+    x = torch.randn(3, 10, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastlm.sparse24_matmul.default, (x, values, meta, 10, torch.randn(6)))
+    compiled = torch.compile(lambda x: ops.sparse24_matmul(x, values, meta, 10), fullgraph=True, backend="eager")
+    assert torch.allclose(compiled(x.detach()), x.detach() @ w.t(), atol=1e-5)
