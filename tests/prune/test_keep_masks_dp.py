@@ -37,5 +37,5 @@ def test_data_parallel_keeps_the_zeros(pruned, tmp_path, extra):
 
 def test_tensor_parallel_refuses_a_pruned_init_from(pruned, tmp_path):
     p = _torchrun(tmp_path / "tp", [f"model.init_from={pruned}", "parallel.tp=2"])
-    assert p.returncode == 1
-    assert "keeping its pruning masks is not available with parallel.tp > 1" in p.stderr
+    assert p.returncode == 1, p.stderr
+    assert "keeping its pruning masks is not available with parallel.tp > 1" in p.stderr, p.stderr
