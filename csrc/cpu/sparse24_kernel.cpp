@@ -45,6 +45,7 @@ void gemm_scalar(const Sparse24Args& a, int64_t n0, int64_t n1) {
 constexpr int64_t kGatherMaxRows = 8;    // AVX2: the gather path up to this many rows
 constexpr int64_t kDenseLanesMaxRows = 8;  // AVX-512: the dense-lanes path up to this many rows
 constexpr int64_t kRowBlock = 8;
+constexpr int64_t kPrefetchBytes = 4096;
 
 // ---------------------------------------------------------------- AVX-512
 
@@ -99,6 +100,8 @@ __attribute__((target("avx512f"), always_inline)) inline void dense_lanes_rows(c
   for (int i = 0; i < M; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
   int64_t g = 0;
   for (; g + 8 <= a.groups; g += 8) {
+    // the weights stream through once: non-temporal prefetch, so they do not push the rows of x out of L1
+    _mm_prefetch(reinterpret_cast<const char*>(v + 2 * g) + kPrefetchBytes, _MM_HINT_NTA);
     const __m512 vals = _mm512_loadu_ps(v + 2 * g);  // 8 groups x 2 kept weights
     const __m512 w0 = dense16(mt + g / 2, vals, 0), w1 = dense16(mt + g / 2 + 2, vals, 8);
     for (int i = 0; i < M; ++i) {
