@@ -18,7 +18,7 @@ PRUNE_FILE = "prune.json"  # a pruned run directory's record (fastlm.prune.saved
 
 
 def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
-    """Register each mask on its linear (named relative to `model`) and zero what it prunes."""
+    """Register each mask on its linear (named relative to `model`); what it prunes must be zero already."""
     for name, mask in masks.items():
         try:
             linear = model.get_submodule(name)
