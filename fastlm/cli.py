@@ -9,6 +9,7 @@
     fastlm finetune TASK CONFIG [--out RUN_DIR] [--set section.key=value ...] [--resume]
     fastlm evaluate TASK RUN_DIR [--data FILE] [--out DIR] [--groups COLUMN]
     fastlm quantize RUN_DIR --scheme w8a8|w8a16 --out DIR [--skip NAME ...] [--smooth ALPHA] [--group-size G]
+    fastlm prune RUN_DIR --out DIR [--sparsity S] [--pattern unstructured|2:4] [--scope layer|global]
     fastlm keygen [PATH] [--force]
     fastlm fairness probe RUN_DIR [--pairs FILE]
     fastlm bench [NAME ...] [--device cpu|cuda] [--out DIR] [--quick] [--list]
@@ -126,12 +127,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the benchmarks and their baselines")
     p.set_defaults(func=_bench)
 
+    _add_prune_parser(sub)
     _add_fairness_parser(sub)
     _add_keygen_parser(sub)
     _add_embeddings_parser(sub)
     accountability.add_accountability_parsers(sub)
     _add_deid_parser(sub)
     return parser
+
+
+def _add_prune_parser(sub) -> None:
+    p = sub.add_parser("prune", help="magnitude-prune a finished run's block linears into a new run directory")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="the new directory (eval/generate/init_from use it)")
+    p.add_argument("--sparsity", type=float, default=None, help="the fraction of weights to zero (unstructured), "
+                   "e.g. 0.5; N:M patterns imply 1 - N/M")
+    p.add_argument("--pattern", default="unstructured", help="unstructured (default) or N:M structured, e.g. 2:4 "
+                   "(the CPU then runs a compressed 2:4 kernel)")
+    p.add_argument("--scope", default="layer", choices=["layer", "global"],
+                   help="unstructured: the sparsity per layer (default) or over all pruned layers together")
+    p.add_argument("--no-eval", action="store_true", help="skip the perplexity before/after")
+    p.set_defaults(func=_prune)
+
+
+def _prune(args) -> int:
+    from fastlm.train.prune import prune_run
+
+    r = prune_run(args.run_dir, args.out, args.sparsity, args.pattern, args.scope, evaluate=not args.no_eval)
+    print(f"pruned {r['layers']} linear layers ({r['pattern']}, {r['scope']}): sparsity {r['sparsity']:.4f} "
+          f"of {r['weights']:,} weights")
+    if "after" in r:
+        b, a = r["before"]["val_ppl"], r["after"]["val_ppl"]
+        print(f"val_ppl {b:.4f} -> {a:.4f} ({(a / b - 1) * 100:+.2f}%)")
+    print(f"run directory: {r['out']}")
+    return 0
 
 
 def _add_fairness_parser(sub) -> None:

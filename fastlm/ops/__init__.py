@@ -12,10 +12,11 @@ from fastlm.ops.norms import layer_norm, rms_norm
 from fastlm.ops.recurrent import gru, lstm, rnn
 from fastlm.ops.quantize import quantize_per_channel, quantize_per_token
 from fastlm.ops.rope import rope
+from fastlm.ops.sparse24 import sparse24_matmul
 from fastlm.ops.swiglu import geglu, swiglu
 from fastlm.ops.watermark import watermark_bias
 
 __all__ = ["rms_norm", "layer_norm", "cast_scale", "attention", "quantize_per_token", "quantize_per_channel", "int8_matmul",
            "int8_weight_matmul", "lora_matmul",
            "rope", "swiglu", "geglu", "cross_entropy", "linear_cross_entropy", "matmul",
-           "hashed_window_sum", "lstm", "gru", "rnn", "watermark_bias"]
+           "hashed_window_sum", "lstm", "gru", "rnn", "watermark_bias", "sparse24_matmul"]

@@ -71,6 +71,10 @@ SCHEMAS = {
     # x (M, K) float @ (w (N, K) int8 * w_scale (N, K // group_size) fp32)^T + bias (N,) fp32, in x's dtype.
     "int8_weight_matmul": ("int8_weight_matmul(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, int group_size) "
                            "-> Tensor"),
+    # 2:4 sparse weights: x (M, K) fp32 @ W^T + bias (N,) fp32 -> (M, N) fp32, W (N, K) stored compressed:
+    # values (N, 2 * G) fp32 (two per group of 4 input columns, G = ceil(K / 4)) and meta (N, ceil(G / 2))
+    # uint8 (per group a nibble i0 | i1 << 2, the kept columns' offsets in the group; group 2j low nibble).
+    "sparse24_matmul": "sparse24_matmul(Tensor x, Tensor values, Tensor meta, int in_features, Tensor? bias) -> Tensor",
     # FlashAttention: (out, lse). Dense q (B, Sq, H, D), k/v (B, Sk, Hkv, D); with cu_seqlens (n + 1
     # offsets of packed sequences) q/k/v are (total, heads, D). lse is fp32 (B, H, Sq) or (H, total).
     # window_* < 0: unbounded; causal is window_right = 0, aligned bottom-right. max_seqlen: the

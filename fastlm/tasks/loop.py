@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastlm.prune.keep import mask_keeper
 from fastlm.privacy.training import PrivateTraining, private_metrics, private_step_hooks
 from fastlm.privacy.encryption import encryption_for
 from fastlm.tasks.adversarial import adversarial_backward
@@ -191,7 +192,8 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
     step_hooks = private_step_hooks(private, t) if private is not None else \
         {"grad_clip": t.grad_clip, "micro_backward": adversarial_hook(model, t)}
     loss_of = task.loss_of(tc) if hasattr(task, "loss_of") else task_loss  # e.g. with a debiasing adversary
-    step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, loss_of=loss_of, **step_hooks)
+    step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, loss_of=loss_of, **step_hooks,
+                     after_step=mask_keeper(pm.module, pm.tensor_parallel, cfg.model.init_from))
     sampler = ExampleSampler(len(train), t.global_batch_size, t.seed,
                              sampling="poisson" if private is not None and cfg.privacy.sampling == "poisson" else "shuffle")
     last_step = private.last_step if private is not None else t.steps

@@ -39,7 +39,7 @@ def evaluate_run(run_dir, device=None, show_progress: bool = False) -> dict:
     if fitted_family_of(run_dir):  # an n-gram or HMM run
         return evaluate_fitted_run(run_dir, show_progress)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    config, model, tokenizer_path = load_run(run_dir, device)
+    config, model, tokenizer_path = load_run(run_dir, device, sparse=True)  # a 2:4-pruned run: compressed
     corpus = run_corpus(config, tokenizer_path, show_progress)  # the run's own tokenizer: nothing to train
     batches = validation_batches(config, corpus, model.config)
     result = evaluate(model, batches, device, autocast_for(resolve_precision(config.train.precision, device), device))

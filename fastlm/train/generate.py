@@ -24,7 +24,7 @@ def generate_text(run_dir: str | Path, prompt: str, max_new_tokens: int = 200, t
     if fitted_family_of(run_dir):  # an n-gram or HMM run: no device, no context limit
         return generate_fitted(run_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    config, model, tokenizer_path = load_run(run_dir, device)
+    config, model, tokenizer_path = load_run(run_dir, device, sparse=True)  # a 2:4-pruned run: compressed
     if config.model.is_encoder:
         raise FastlmError(f"{run_dir} is a masked-LM encoder (model.family = {config.model.family!r}): "
                           f"it does not generate text")

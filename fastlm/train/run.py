@@ -15,8 +15,9 @@ from fastlm.train.lora import apply_run_lora
 from fastlm.train.weights import load_weights
 
 
-def load_run(run_dir: str | Path, device="cpu") -> tuple[Config, GPT, Path]:
-    """(config, model with the final weights, tokenizer.json path) of a finished run."""
+def load_run(run_dir: str | Path, device="cpu", sparse: bool = False) -> tuple[Config, GPT, Path]:
+    """(config, model with the final weights, tokenizer.json path) of a finished run. sparse=True (eval,
+    generate): a 2:4-pruned run on the CPU gets compressed Sparse24Linear layers for inference."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} does not exist")
@@ -30,7 +31,18 @@ def load_run(run_dir: str | Path, device="cpu") -> tuple[Config, GPT, Path]:
         from fastlm.quant import apply_int8_training
 
         apply_int8_training(model)
+    if sparse:
+        _sparse_for_inference(run_dir, model)
     return config, model, run_dir / "tokenizer.json"
+
+
+def _sparse_for_inference(run_dir: Path, model) -> None:
+    """A run pruned with an N:M pattern whose masks are 2:4: its linears compressed (CPU only)."""
+    from fastlm.prune import apply_sparse24, read_pruning
+
+    pruned = read_pruning(run_dir)
+    if pruned is not None and pruned[0]["pattern"] == "2:4" and next(model.parameters()).device.type == "cpu":
+        apply_sparse24(model, pruned[1])
 
 
 def init_model_from(directory: str | Path, encrypt: bool = False) -> tuple[GPT, Path | None]:
@@ -52,6 +64,7 @@ def init_model_from(directory: str | Path, encrypt: bool = False) -> tuple[GPT, 
             from fastlm.nn.lora import merge_lora
 
             merge_lora(model)
+        _attach_pruning(path, model)
         if config.checkpoint.encrypt and not encrypt:
             raise ConfigError(f"model.init_from = {str(directory)!r} is an encrypted run: set checkpoint.encrypt = "
                               f"true for this run too (its weights are not written in plaintext)")
@@ -64,6 +77,15 @@ def init_model_from(directory: str | Path, encrypt: bool = False) -> tuple[GPT, 
                                   f"checkpoint: {_first_line(e)}") from None
     raise ConfigError(f"model.init_from = {str(directory)!r}: expected a fastlm run directory "
                       f"(config.toml + model.safetensors) or a Hugging Face checkpoint (config.json + safetensors)")
+
+
+def _attach_pruning(run_dir: Path, model) -> None:
+    """A pruned run (`fastlm prune`) trains on with its masks: fastlm.prune.mask_keeper keeps them."""
+    from fastlm.prune import attach_masks, read_pruning
+
+    pruned = read_pruning(run_dir)
+    if pruned is not None:
+        attach_masks(model, pruned[1])
 
 
 def _run_model(run_dir: Path, device="cpu") -> tuple[Config, GPT]:

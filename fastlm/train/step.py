@@ -14,7 +14,8 @@ plugs in the same way): `micro_backward(loss_fn, scale, clean_context, final_con
 (loss, extras)`, where loss_fn() computes the micro-batch's loss, `scale` multiplies what is
 back-propagated, final_context must wrap the backward that communicates, and batch is the
 micro-batch (on the device). `after_grad_sync()` runs once the gradients are reduced, before
-clipping and the optimizer step (DP-SGD adds its noise there).
+clipping and the optimizer step (DP-SGD adds its noise there). `after_step()` runs after every
+optimizer step (pruning re-applies its masks there: fastlm.prune.mask_keeper).
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def autocast_for(precision: str, device: torch.device):
 class TrainStep:
     def __init__(self, pm, optimizer, *, device: torch.device, precision: str = "fp32", grad_clip: float = 0.0,
                  loss_of: Callable = lm_loss, micro_backward: Callable | None = None, local_sgd_every: int = 0,
-                 after_grad_sync: Callable[[], None] | None = None):
+                 after_grad_sync: Callable[[], None] | None = None, after_step: Callable[[], None] | None = None):
         """pm: a fastlm.parallel.ParallelModel; grad_clip 0 measures the norm and clips nothing;
         local_sgd_every > 0: the data-parallel ranks step on their own and average parameters every
         that many steps (see sync())."""
@@ -70,6 +71,7 @@ class TrainStep:
         self.max_norm = grad_clip or float("inf")
         self.loss_of, self.micro_backward, self.after_grad_sync = loss_of, micro_backward, after_grad_sync
         self.local_sgd_every = local_sgd_every if pm.dp is not None else 0
+        self.after_step = after_step
 
     def __call__(self, micro_batches: list, sync: bool = True) -> StepResult:
         """Forward and backward of every micro-batch, clip, step. sync=False (local SGD between
@@ -90,6 +92,8 @@ class TrainStep:
             self.scaler.update()
         else:
             self.optimizer.step()
+        if self.after_step is not None:
+            self.after_step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss, grad_norm, extras)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from fastlm.accountability.provenance import record_launch
+from fastlm.prune.keep import carry_pruning, mask_keeper
 from fastlm.privacy.training import PrivateTraining, private_metrics, private_step_hooks
 from fastlm.privacy.encryption import encryption_for
 from fastlm.train.checkpointer import Checkpointer
@@ -87,7 +88,8 @@ class Trainer:
         private = PrivateTraining.setup(cfg, pm, loader.num_samples)  # None without DP-SGD
         optimizer = pm.wrap_optimizer(build_optimizer(pm.module, t, rt.device))  # ZeRO-1 with shard_optimizer
         step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, **private_step_hooks(private, t),
-                         local_sgd_every=cfg.parallel.sync_every if cfg.parallel.sync == "local_sgd" else 0)
+                         local_sgd_every=cfg.parallel.sync_every if cfg.parallel.sync == "local_sgd" else 0,
+                         after_step=mask_keeper(pm.module, pm.tensor_parallel, cfg.model.init_from))
         identity = {"model": model.config.to_dict(), "corpus_key": corpus.key}  # what a checkpoint must match
         enc = encryption_for(run_dir, cfg.checkpoint, create_id=True)  # None unless checkpoint.encrypt
         ckpt = Checkpointer(run_dir, pm, optimizer, step.scaler, loader, identity, every=cfg.checkpoint.every,
@@ -129,6 +131,7 @@ class Trainer:
             save_weights(final, run_dir, enc)
             if cfg.model.lora is not None:  # the adapters alone, in PEFT's layout
                 save_adapter(final, model.config, cfg.model.lora, run_dir, cfg.model.init_from)
+            carry_pruning(final, run_dir, cfg.model.init_from)
             if private is not None and private.stop_message(t.steps):
                 print(private.stop_message(t.steps))
             print(f"validation perplexity: {result['val_ppl']:.2f} (loss {result['val_loss']:.4f})")

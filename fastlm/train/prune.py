@@ -1,0 +1,66 @@
+"""`fastlm prune`: a finished run -> a pruned run directory that eval, generate and training read.
+
+The output holds the run's config.toml and tokenizer.json, model.safetensors (dense, the pruned
+weights exactly zero), prune_masks.safetensors and prune.json (fastlm.prune.saved). It is written
+under a temporary name and renamed into place. `fastlm eval` of it reports its perplexity; on the
+CPU a 2:4 run's linears compute with the compressed 2:4 kernel (Sparse24Linear). model.init_from
+= the pruned directory trains on with the masks kept (pruned weights stay zero).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from fastlm.prune import prune_model
+from fastlm.prune.saved import pruning_record, read_pruning, write_pruning
+from fastlm.train.errors import FastlmError
+from fastlm.train.run import load_run
+from fastlm.train.weights import save_weights
+
+
+def prune_run(run_dir: str | Path, out: str | Path, sparsity: float | None = None, pattern: str = "unstructured",
+              scope: str = "layer", evaluate: bool = True) -> dict:
+    """Prune the final model of `run_dir` into the new directory `out`; returns a summary (with the
+    validation loss/perplexity before and after when evaluate)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FastlmError(f"output directory {out} already exists and is not empty")
+    if Path(run_dir).resolve() == out.resolve():
+        raise FastlmError("the output directory must differ from the run directory")
+    if (Path(run_dir) / "quantization.json").is_file():
+        raise FastlmError(f"{run_dir} is quantized (int8 weights): prune the run it was quantized from")
+    config, model, tokenizer_path = load_run(run_dir)
+    if config.checkpoint.encrypt:
+        raise FastlmError(f"{run_dir} is an encrypted run: pruning encrypted runs is not available yet")
+    try:
+        masks = prune_model(model, sparsity, pattern, scope)
+    except ValueError as e:
+        raise FastlmError(str(e)) from None
+    earlier = read_pruning(run_dir)  # pruning a pruned run: what was pruned before stays pruned
+    if earlier is not None:
+        masks = {name: mask & earlier[1][name] if name in earlier[1] else mask for name, mask in masks.items()}
+    record = pruning_record(masks, pattern, scope, source=str(run_dir))
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        shutil.copyfile(Path(run_dir) / "config.toml", tmp / "config.toml")
+        shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+        save_weights(model, tmp)
+        write_pruning(tmp, masks, record)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary = {"out": str(out), "pattern": pattern, "scope": scope, "sparsity": record["sparsity"],
+               "layers": len(masks), "weights": sum(m.numel() for m in masks.values())}
+    if evaluate:
+        from fastlm.train.evaluate import evaluate_run
+
+        summary["before"] = evaluate_run(run_dir, device="cpu")
+        summary["after"] = evaluate_run(out, device="cpu")
+    return summary
