@@ -175,3 +175,25 @@ def test_no_full_logits_in_memory():
         loss.backward()
     biggest = max((e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0), default=0)
     assert biggest < n * v * 4 / 4, f"an allocation of {biggest} bytes: the logits are {n * v * 4}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("loss,beta", [(0, 0.5), (1, 0.5), (2, 0.5), (2, 0.0), (2, 1.0), (2, 0.9)])
+@pytest.mark.parametrize("top_k", [0, 1, 6])
+def test_row_kernel_vs_reference(dtype, loss, beta, top_k):
+    """torch.ops.fastlm.distill_loss (C++ on CPU) against its plain-torch reference in float64, odd V."""
+    from .accuracy import assert_like_reference
+
+    n, v, T = 9, 77, 1.3
+    s = (torch.randn(n, v) * 3).to(dtype)
+    t = torch.randn(n, v) * 3
+    g = torch.rand(n)
+    if top_k:
+        teacher, index = reference.teacher_top_k(t, top_k, T)
+    else:
+        teacher, index = t.to(dtype), None
+    got = torch.ops.fastlm.distill_loss(s, teacher, index, g, loss, beta, T, True)
+    assert_like_reference(("loss", "grad"), got, lambda *a: reference.distill_loss(*a, loss, beta, T, True),
+                          s, teacher, index, g)
+    loss_only, empty = torch.ops.fastlm.distill_loss(s, teacher, index, g, loss, beta, T, False)
+    assert empty.numel() == 0 and torch.equal(loss_only, got[0])
