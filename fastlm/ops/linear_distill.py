@@ -37,7 +37,13 @@ def _fake_distill_loss(student_logits, teacher, teacher_index, row_grad, loss, b
     return student_logits.new_empty(n, dtype=torch.float32), grad
 
 
-register_op("distill_loss", reference=reference.distill_loss, triton=None, fake=_fake_distill_loss)
+def _triton():
+    from fastlm.kernels import distill
+
+    return distill.distill_loss
+
+
+register_op("distill_loss", reference=reference.distill_loss, triton=_triton, fake=_fake_distill_loss)
 
 
 def _row_kernel(logits, teacher, teacher_index, row_grad, loss, beta, temperature, compute_grad):
