@@ -1,0 +1,73 @@
+"""[distill] in fastlm train: the loss hook against the float64 definition, a whole run, clear errors."""
+import pytest
+import torch
+
+from fastlm.data.inputs import model_inputs
+from fastlm.ops import reference_distill as reference
+from fastlm.train import ConfigError, Trainer
+from fastlm.train.run import init_model_from
+from tests.train.train_helpers import micro_config
+
+
+def _student(teacher_dir, *extra):
+    return micro_config("model.n_layer=1", "model.dropout=0.0", f"distill.teacher={teacher_dir}",
+                        f"data.tokenizer={teacher_dir}/tokenizer.json", *extra)
+
+
+def test_distill_run_and_its_loss_is_the_definition(finished_run, tmp_path):
+    teacher_dir, _ = finished_run
+    cfg = _student(teacher_dir, "distill.loss=jsd", "distill.beta=0.3", "distill.temperature=2.0",
+                   "distill.alpha=0.7", "distill.top_k=5")
+    trainer = Trainer(cfg, out_dir=tmp_path / "student", show_progress=False)
+    summary = trainer.fit()
+    assert summary["val_ppl"] == summary["val_ppl"] and (tmp_path / "student" / "model.safetensors").is_file()
+    assert "[distill]" in (tmp_path / "student" / "config.toml").read_text()
+
+    # The hook's loss on one batch == alpha * definition + (1 - alpha) * cross-entropy, in float64.
+    from fastlm.distill.training import Distillation
+    from fastlm.parallel import parallelize
+
+    student = trainer.model.eval()
+    teacher, _ = init_model_from(teacher_dir)
+    teacher.eval()
+    pm = parallelize(student, None, cfg)
+    distill = Distillation(cfg.distill, student.lm_head, teacher=teacher)
+    batch = torch.randint(0, 320, (2, 32))
+    got = distill.loss_of(pm.runner, batch)
+    with torch.no_grad():
+        s_hidden = student.hidden_states(batch).double()
+        t_logits = teacher(batch).double()
+    targets = torch.nn.functional.pad(batch[:, 1:], (0, 1), value=-100).reshape(-1)
+    mask = targets != -100
+    kd = reference.linear_distill_loss(s_hidden.reshape(-1, s_hidden.shape[-1]), student.lm_head.weight.double(),
+                                       t_logits.reshape(-1, 320), loss="jsd", beta=0.3, temperature=2.0, top_k=5,
+                                       mask=mask).sum() / mask.sum()
+    logits = s_hidden.reshape(-1, s_hidden.shape[-1]) @ student.lm_head.weight.double().t()
+    ce = torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100)
+    torch.testing.assert_close(got.double(), 0.7 * kd + 0.3 * ce, rtol=1e-4, atol=1e-5)
+    # ... and evaluation still sees the plain cross-entropy (no teacher for this call)
+    _, plain = pm.runner(**model_inputs(batch))
+    torch.testing.assert_close(plain.double(), ce, rtol=1e-4, atol=1e-5)
+
+
+def test_a_different_tokenizer_is_a_clear_error(finished_run, tmp_path):
+    teacher_dir, _ = finished_run
+    cfg = micro_config("model.n_layer=1", f"distill.teacher={teacher_dir}", "data.vocab_size=300")
+    with pytest.raises(ConfigError, match="tokenizer"):
+        Trainer(cfg, out_dir=tmp_path / "s", show_progress=False).fit()
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("override,match", [
+    ("distill.loss=mse", "distill.loss"), ("distill.alpha=2", "distill.alpha"), ("distill.temperature=0", "temperature"),
+    ("distill.top_k=-1", "distill.top_k"), ("distill.beta=-0.1", "distill.beta")])
+def test_bad_distill_keys(override, match):
+    with pytest.raises(ConfigError, match=match):
+        micro_config(override)
+
+
+def test_cli_distill_needs_a_teacher(capsys):
+    from fastlm.cli import main
+
+    assert main(["distill", "tiny", "--quiet"]) != 0
+    assert "no teacher" in capsys.readouterr().err
