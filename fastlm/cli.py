@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value (a TOML value, or else a string); may repeat")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
+    p.add_argument("--save-teacher", metavar="DIR", help="instead of training: run distill.teacher over the training "
+                   "stream and store its top-k log-probabilities in DIR (then train with distill.teacher_store=DIR)")
     p.set_defaults(func=_distill)
 
     p = sub.add_parser("eval", help="validation loss and perplexity of a finished run")
@@ -240,6 +242,11 @@ def _distill(args) -> int:
     from fastlm.train.errors import ConfigError
 
     config = load_config(args.config, args.overrides)
+    if args.save_teacher:
+        from fastlm.distill.store import save_teacher
+
+        print(f"teacher store: {save_teacher(config, args.save_teacher, not args.quiet)}")
+        return 0
     if not config.distill.enabled:
         raise ConfigError("fastlm distill: the config has no teacher (set distill.teacher or distill.teacher_store)")
     Trainer(config, out_dir=args.out, resume=args.resume, show_progress=not args.quiet).fit()

@@ -36,7 +36,7 @@ def check_same_tokenizer(teacher_dir: str, teacher_tokenizer: Path | None, stude
                           f"\"{teacher_tokenizer}\")")
 
 
-def load_teacher(section, student_tokenizer: Path | None, student_vocab: int, device: torch.device):
+def load_teacher(section, student_tokenizer: Path | None, student_vocab: int | None, device: torch.device):
     """The teacher model from section.teacher: frozen, eval mode, on device (int8 when teacher_int8)."""
     from fastlm.train.run import init_model_from
 
@@ -46,7 +46,7 @@ def load_teacher(section, student_tokenizer: Path | None, student_vocab: int, de
         raise ConfigError(f"{where}: expected a causal language model (GPT / LLaMA) with an LM head")
     check_same_tokenizer(section.teacher, tokenizer, student_tokenizer)
     vocab = model.lm_head.weight.shape[0]
-    if vocab != student_vocab:
+    if student_vocab is not None and vocab != student_vocab:
         raise ConfigError(f"{where}: the teacher's vocabulary has {vocab} tokens, the student's {student_vocab}")
     if getattr(model.lm_head, "bias", None) is not None:
         raise ConfigError(f"{where}: a teacher head with a bias is not supported")

@@ -71,3 +71,33 @@ def test_cli_distill_needs_a_teacher(capsys):
 
     assert main(["distill", "tiny", "--quiet"]) != 0
     assert "no teacher" in capsys.readouterr().err
+
+
+def test_offline_teacher_gives_the_same_student_as_online(finished_run, tmp_path):
+    from fastlm.cli import main
+    from safetensors.torch import load_file
+
+    teacher_dir, _ = finished_run
+    keys = ["distill.top_k=6", "distill.temperature=1.5", "distill.loss=kl", "distill.alpha=0.6"]
+    online = Trainer(_student(teacher_dir, *keys), out_dir=tmp_path / "online", show_progress=False).fit()
+    sets = [a for key in [f"distill.teacher={teacher_dir}", f"data.tokenizer={teacher_dir}/tokenizer.json", *keys]
+            for a in ("--set", key)]
+    from tests.train.train_helpers import MICRO
+    micro = [a for key in [*MICRO, "model.n_layer=1", "model.dropout=0.0"] for a in ("--set", key)]
+    assert main(["distill", "tiny", *micro, *sets, "--save-teacher", str(tmp_path / "store"), "--quiet"]) == 0
+    assert (tmp_path / "store" / "meta.json").is_file() and not (tmp_path / "store.partial").exists()
+    offline = Trainer(_student(teacher_dir, *keys, "distill.teacher=", f"distill.teacher_store={tmp_path / 'store'}"),
+                      out_dir=tmp_path / "offline", show_progress=False).fit()
+    a, b = load_file(tmp_path / "online" / "model.safetensors"), load_file(tmp_path / "offline" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+    assert abs(online["val_loss"] - offline["val_loss"]) < 1e-4
+    # ... and not because the teacher did nothing: the same student trained alone ends elsewhere
+    Trainer(_student(teacher_dir, "distill.teacher="), out_dir=tmp_path / "alone", show_progress=False).fit()
+    alone = load_file(tmp_path / "alone" / "model.safetensors")
+    assert max((alone[n] - a[n]).abs().max().item() for n in a) > 1e-3
+    # a stream the store does not hold (another seed) is a clear error
+    with pytest.raises(ConfigError, match="no entry for this micro-batch"):
+        Trainer(_student(teacher_dir, *keys, "distill.teacher=", f"distill.teacher_store={tmp_path / 'store'}",
+                         "train.seed=7"), out_dir=tmp_path / "other", show_progress=False).fit()
