@@ -101,3 +101,25 @@ def test_offline_teacher_gives_the_same_student_as_online(finished_run, tmp_path
     with pytest.raises(ConfigError, match="no entry for this micro-batch"):
         Trainer(_student(teacher_dir, *keys, "distill.teacher=", f"distill.teacher_store={tmp_path / 'store'}",
                          "train.seed=7"), out_dir=tmp_path / "other", show_progress=False).fit()
+
+
+def test_int8_teacher(finished_run, tmp_path):
+    """distill.teacher_int8: the teacher's linears become Int8Linear (W8A8), its head stays float."""
+    from fastlm.distill.config import DistillSection
+    from fastlm.distill.teacher import load_teacher
+    from fastlm.nn import Int8Linear
+
+    teacher_dir, _ = finished_run
+    section = DistillSection(teacher=str(teacher_dir), teacher_int8=True)
+    tok = teacher_dir / "tokenizer.json"
+    teacher = load_teacher(section, tok, 320, torch.device("cpu"))
+    assert any(isinstance(m, Int8Linear) for m in teacher.modules())
+    assert not isinstance(teacher.lm_head, Int8Linear) and not any(p.requires_grad for p in teacher.parameters())
+    full = load_teacher(DistillSection(teacher=str(teacher_dir)), tok, 320, torch.device("cpu"))
+    batch = torch.randint(0, 320, (2, 32))
+    with torch.no_grad():
+        a, b = teacher(batch), full(batch)
+    assert 0 < (a - b).abs().max() < 0.1 * b.abs().max()  # quantized: close, not equal
+    summary = Trainer(_student(teacher_dir, "distill.teacher_int8=true"), out_dir=tmp_path / "s",
+                      show_progress=False).fit()
+    assert summary["val_ppl"] < 1e4
