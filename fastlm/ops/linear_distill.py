@@ -142,7 +142,16 @@ def _setup(ctx, inputs, output):
 
 
 def _backward(ctx, grad_loss, _g1, _g2):
-    grad_hidden, grad_weight = torch.ops.fastlm.linear_distill_bwd(grad_loss, *ctx.saved_tensors, *ctx.params)
+    saved = ctx.saved_tensors
+    hidden, weight, row_weight, grad_hidden_unit, grad_weight_unit = saved[0], saved[1], saved[5], saved[6], saved[7]
+    if (grad_weight_unit.numel() and grad_weight_unit.dtype == weight.dtype
+            and bool((grad_loss[row_weight != 0] == 1).all())):
+        # loss.backward() of a mean / sum: the forward's gradients as they are, no second V x d copy. Autograd
+        # never writes into a returned gradient (it accumulates into .grad, or takes the tensor over once
+        # this graph has released it, and copies it when the graph is retained).
+        grad_hidden = grad_hidden_unit * (row_weight != 0).to(grad_hidden_unit.dtype)[:, None]
+        return grad_hidden, grad_weight_unit, None, None, None, None, None, None, None, None, None, None
+    grad_hidden, grad_weight = torch.ops.fastlm.linear_distill_bwd(grad_loss, *saved, *ctx.params)
     return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None, None
 
 

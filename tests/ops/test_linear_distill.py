@@ -197,3 +197,16 @@ def test_row_kernel_vs_reference(dtype, loss, beta, top_k):
                           s, teacher, index, g)
     loss_only, empty = torch.ops.fastlm.distill_loss(s, teacher, index, g, loss, beta, T, False)
     assert empty.numel() == 0 and torch.equal(loss_only, got[0])
+
+
+def test_backward_twice_with_retained_graph_and_accumulation():
+    """The mean's backward hands out the forward's weight gradient: retained graphs and accumulation stay exact."""
+    hidden, weight, teacher = _inputs(10, 8, 30, torch.float32)
+    loss = ops.linear_distill_loss(hidden, weight, teacher, chunk_size=3)
+    want = torch.autograd.grad(ops.linear_distill_loss(hidden, weight, teacher, grads_in_forward=False), weight)[0]
+    loss.backward(retain_graph=True)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    torch.testing.assert_close(weight.grad, 3 * want)
+    torch.testing.assert_close(hidden.grad, 3 * torch.autograd.grad(
+        ops.linear_distill_loss(hidden, weight, teacher, grads_in_forward=False), hidden)[0])
