@@ -139,9 +139,12 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(hidden, weight, teacher, teacher_weight, teacher_index, row_weight, grad_hidden_unit,
                           grad_weight_unit)
     ctx.params = (loss, beta, temperature, top_k, chunk_size)
+    ctx.set_materialize_grads(False)  # no zero (V, d) gradient for the unused grad_weight_unit output
 
 
 def _backward(ctx, grad_loss, _g1, _g2):
+    if grad_loss is None:  # (gradients are not materialized) nothing flows back through the losses
+        return (None,) * 12
     saved = ctx.saved_tensors
     hidden, weight, row_weight, grad_hidden_unit, grad_weight_unit = saved[0], saved[1], saved[5], saved[6], saved[7]
     if (grad_weight_unit.numel() and grad_weight_unit.dtype == weight.dtype
