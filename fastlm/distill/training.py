@@ -5,8 +5,9 @@
 
 loss_of runs the frozen teacher on the micro-batch (no gradients; its hidden states only, never its
 logits), then the student's ordinary forward. The student's LM head offers fused_cross_entropy
-(fastlm.nn.head's duck-typed hook): apply() replaces it, for this run's model, by
-    alpha * linear_distill_loss(student, teacher) + (1 - alpha) * cross-entropy(labels)
+(fastlm.nn.head's duck-typed hook): Distillation replaces it, for this run's model, by
+    alpha * divergence(student, teacher) + (1 - alpha) * cross-entropy(labels)
+computed by one linear_distill_loss call (ce_weight: the cross-entropy from the same chunks of logits),
 so the student's and the teacher's (tokens x vocab) logits are made chunk by chunk and never stored.
 Evaluation asks the head for logits and gets the plain cross-entropy (validation perplexity).
 """
@@ -66,13 +67,15 @@ class Distillation:
         if teacher is None:  # not called from loss_of (e.g. another trainer's plain forward): the hard labels
             return self._cross_entropy(hidden, targets)
         s = self.section
-        kw = dict(loss=s.loss, beta=float(s.beta), temperature=float(s.temperature), labels=targets)
+        if s.alpha <= 0:
+            return self._cross_entropy(hidden, targets)
+        # alpha * (divergence + (1 - alpha) / alpha * cross-entropy): one pass over the student's logits
+        kw = dict(loss=s.loss, beta=float(s.beta), temperature=float(s.temperature), labels=targets,
+                  ce_weight=(1 - s.alpha) / s.alpha)
         if isinstance(teacher, tuple):  # offline: (log-probabilities (N, k + 1), token ids (N, k))
             kd = ops.linear_distill_loss(hidden, self.head.weight, teacher_topk=teacher, **kw)
         else:
             weight = self.teacher.lm_head.weight
             kd = ops.linear_distill_loss(hidden, self.head.weight, teacher.to(weight.dtype), teacher_weight=weight,
                                          top_k=int(s.top_k), **kw)
-        if s.alpha >= 1:
-            return kd
-        return s.alpha * kd + (1 - s.alpha) * self._cross_entropy(hidden, targets)
+        return s.alpha * kd

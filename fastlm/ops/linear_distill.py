@@ -21,6 +21,7 @@ import numbers
 
 import torch
 
+from fastlm.ops import reference_cross_entropy as reference_ce
 from fastlm.ops import reference_distill as reference
 from fastlm.ops._backend import use_reference
 from fastlm.ops._library import register_backward_op, register_op
@@ -64,10 +65,20 @@ def _teacher_chunk(teacher, teacher_weight, teacher_index, s, e, top_k, temperat
     return t, None
 
 
-def _run(grad_rows, hidden, weight, teacher, teacher_weight, teacher_index, loss, beta, temperature, top_k,
-         chunk_size, grad_hidden, grad_weight, losses=None):
+def _cross_entropy(logits, labels, grad_rows, need_grad):
+    """The hard-label cross-entropy of one chunk: (per-row loss, dlogits for grad_rows or None)."""
+    if use_reference(logits):
+        loss, lse = reference_ce.cross_entropy_fwd(logits, labels, -100, 0.0, 0.0)
+        return loss, (reference_ce.cross_entropy_bwd(grad_rows, logits, labels, lse, -100, 0.0, 0.0) if need_grad else None)
+    loss, lse = torch.ops.fastlm.cross_entropy_fwd(logits, labels, -100, 0.0, 0.0)
+    return loss, (torch.ops.fastlm.cross_entropy_bwd(grad_rows, logits, labels, lse, -100, 0.0, 0.0) if need_grad else None)
+
+
+def _run(grad_rows, hidden, weight, teacher, teacher_weight, teacher_index, labels, ce_weight, loss, beta,
+         temperature, top_k, chunk_size, grad_hidden, grad_weight, losses=None):
     """One pass over the chunks: per-row losses into losses (when given), gradients for per-row upstream
-    gradients grad_rows into grad_hidden / grad_weight (when grad_weight is not empty)."""
+    gradients grad_rows into grad_hidden / grad_weight (when grad_weight is not empty). With labels and
+    ce_weight > 0, ce_weight x the cross-entropy of the same logits is added (the hard-label loss)."""
     need_grad = grad_weight.numel() > 0
     buffer = hidden.new_empty(min(hidden.shape[0], chunk_size), weight.shape[0])  # one chunk's logits, reused
     with torch.no_grad():
@@ -75,6 +86,11 @@ def _run(grad_rows, hidden, weight, teacher, teacher_weight, teacher_index, loss
             logits = torch.mm(hidden[s:e], weight.t(), out=buffer[: e - s])
             t, index = _teacher_chunk(teacher, teacher_weight, teacher_index, s, e, top_k, temperature)
             row_loss, dlogits = _row_kernel(logits, t, index, grad_rows[s:e], loss, beta, temperature, need_grad)
+            if ce_weight and labels is not None:
+                ce, dce = _cross_entropy(logits, labels[s:e], grad_rows[s:e] * ce_weight, need_grad)
+                row_loss = row_loss + ce_weight * ce.to(row_loss.dtype)
+                if need_grad:
+                    dlogits += dce
             if losses is not None:
                 losses[s:e] = row_loss
             if need_grad:
@@ -88,13 +104,13 @@ def _unit_grads_buffers(hidden, weight, wanted: bool):
     return torch.empty_like(hidden), torch.zeros(weight.shape, dtype=dtype, device=weight.device)
 
 
-def _fwd(hidden, weight, teacher, teacher_weight, teacher_index, row_weight, loss, beta, temperature, top_k,
-         chunk_size, grads_in_forward):
+def _fwd(hidden, weight, teacher, teacher_weight, teacher_index, row_weight, labels, loss, beta, temperature, top_k,
+         chunk_size, ce_weight, grads_in_forward):
     n = hidden.shape[0]
     losses = hidden.new_empty(n, dtype=torch.promote_types(hidden.dtype, torch.float32))
     grad_hidden, grad_weight = _unit_grads_buffers(hidden, weight, grads_in_forward)
-    _run(row_weight, hidden, weight, teacher, teacher_weight, teacher_index, loss, beta, temperature, top_k,
-         chunk_size, grad_hidden, grad_weight, losses)
+    _run(row_weight, hidden, weight, teacher, teacher_weight, teacher_index, labels, ce_weight, loss, beta,
+         temperature, top_k, chunk_size, grad_hidden, grad_weight, losses)
     return losses * row_weight.to(losses.dtype), grad_hidden, grad_weight
 
 
@@ -103,8 +119,8 @@ def _uniform_over_counted_rows(grad_loss, row_weight) -> bool:
     return g.numel() == 0 or bool((g == g[0]).all())
 
 
-def _bwd(grad_loss, hidden, weight, teacher, teacher_weight, teacher_index, row_weight, grad_hidden_unit,
-         grad_weight_unit, loss, beta, temperature, top_k, chunk_size):
+def _bwd(grad_loss, hidden, weight, teacher, teacher_weight, teacher_index, row_weight, labels, grad_hidden_unit,
+         grad_weight_unit, loss, beta, temperature, top_k, chunk_size, ce_weight):
     if grad_weight_unit.numel() and _uniform_over_counted_rows(grad_loss, row_weight):
         g = grad_loss.to(grad_weight_unit.dtype)
         counted = g[row_weight != 0]
@@ -115,13 +131,13 @@ def _bwd(grad_loss, hidden, weight, teacher, teacher_weight, teacher_index, row_
     grad_weight = torch.zeros(weight.shape, dtype=torch.promote_types(weight.dtype, torch.float32),
                               device=weight.device)
     rows = grad_loss.to(torch.promote_types(grad_loss.dtype, torch.float32)) * row_weight
-    _run(rows, hidden, weight, teacher, teacher_weight, teacher_index, loss, beta, temperature, top_k, chunk_size,
-         grad_hidden, grad_weight)
+    _run(rows, hidden, weight, teacher, teacher_weight, teacher_index, labels, ce_weight, loss, beta, temperature,
+         top_k, chunk_size, grad_hidden, grad_weight)
     return grad_hidden, grad_weight.to(weight.dtype)
 
 
-def _fake_fwd(hidden, weight, teacher, teacher_weight, teacher_index, row_weight, loss, beta, temperature, top_k,
-              chunk_size, grads_in_forward):
+def _fake_fwd(hidden, weight, teacher, teacher_weight, teacher_index, row_weight, labels, loss, beta, temperature,
+              top_k, chunk_size, ce_weight, grads_in_forward):
     grad_hidden, grad_weight = _unit_grads_buffers(hidden, weight, grads_in_forward)
     dtype = torch.promote_types(hidden.dtype, torch.float32)
     return hidden.new_empty(hidden.shape[0], dtype=dtype), grad_hidden, grad_weight
@@ -133,29 +149,29 @@ register_op("linear_distill_bwd", reference=_bwd, triton=None,
 
 
 def _setup(ctx, inputs, output):
-    (hidden, weight, teacher, teacher_weight, teacher_index, row_weight, loss, beta, temperature, top_k, chunk_size,
-     _gif) = inputs
+    (hidden, weight, teacher, teacher_weight, teacher_index, row_weight, labels, loss, beta, temperature, top_k,
+     chunk_size, ce_weight, _gif) = inputs
     _losses, grad_hidden_unit, grad_weight_unit = output
-    ctx.save_for_backward(hidden, weight, teacher, teacher_weight, teacher_index, row_weight, grad_hidden_unit,
-                          grad_weight_unit)
-    ctx.params = (loss, beta, temperature, top_k, chunk_size)
+    ctx.save_for_backward(hidden, weight, teacher, teacher_weight, teacher_index, row_weight, labels,
+                          grad_hidden_unit, grad_weight_unit)
+    ctx.params = (loss, beta, temperature, top_k, chunk_size, ce_weight)
     ctx.set_materialize_grads(False)  # no zero (V, d) gradient for the unused grad_weight_unit output
 
 
 def _backward(ctx, grad_loss, _g1, _g2):
     if grad_loss is None:  # (gradients are not materialized) nothing flows back through the losses
-        return (None,) * 12
+        return (None,) * 14
     saved = ctx.saved_tensors
-    hidden, weight, row_weight, grad_hidden_unit, grad_weight_unit = saved[0], saved[1], saved[5], saved[6], saved[7]
+    hidden, weight, row_weight, grad_hidden_unit, grad_weight_unit = saved[0], saved[1], saved[5], saved[7], saved[8]
     if (grad_weight_unit.numel() and grad_weight_unit.dtype == weight.dtype
             and bool((grad_loss[row_weight != 0] == 1).all())):
         # loss.backward() of a mean / sum: the forward's gradients as they are, no second V x d copy. Autograd
         # never writes into a returned gradient (it accumulates into .grad, or takes the tensor over once
         # this graph has released it, and copies it when the graph is retained).
         grad_hidden = grad_hidden_unit * (row_weight != 0).to(grad_hidden_unit.dtype)[:, None]
-        return grad_hidden, grad_weight_unit, None, None, None, None, None, None, None, None, None, None
+        return (grad_hidden, grad_weight_unit) + (None,) * 12
     grad_hidden, grad_weight = torch.ops.fastlm.linear_distill_bwd(grad_loss, *saved, *ctx.params)
-    return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None, None
+    return (grad_hidden, grad_weight) + (None,) * 12
 
 
 torch.library.register_autograd("fastlm::linear_distill_fwd", _backward, setup_context=_setup)
@@ -237,7 +253,8 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
                         teacher_weight: torch.Tensor | None = None, teacher_topk=None, loss: str = "kl",
                         beta: float = 0.5, temperature: float = 1.0, top_k: int = 0,
                         labels: torch.Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
-                        chunk_size: int | None = None, grads_in_forward: bool | None = None) -> torch.Tensor:
+                        chunk_size: int | None = None, grads_in_forward: bool | None = None,
+                        ce_weight: float = 0.0) -> torch.Tensor:
     """Distillation loss of the student head (student_hidden @ student_weight^T) against a frozen teacher.
 
     student_hidden (..., d), student_weight (V, d). The teacher, one of: teacher_logits (..., V); its
@@ -246,8 +263,10 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
     last; token ids (..., k)) from an offline store. loss "kl" (KL(teacher || student)), "reverse_kl",
     "jsd" (generalized, weight beta on the teacher; 0 / 1 = kl / reverse_kl), at temperature T (times
     T^2); top_k > 0 compares the teacher's top-k tokens plus one tail bin. labels (...) optional: rows
-    labelled ignore_index count for nothing ("mean" divides by the counted rows). Returns fp32 (fp64
-    for fp64 inputs): a scalar, or per-row losses ("none").
+    labelled ignore_index count for nothing ("mean" divides by the counted rows). ce_weight > 0 (needs
+    labels) adds ce_weight x the cross-entropy of the student's logits against labels, per row, in the
+    same pass over the logits (a hard-label loss without a second head pass). Returns fp32 (fp64 for fp64
+    inputs): a scalar, or per-row losses ("none").
     """
     op = "linear_distill_loss"
     _check_options(op, loss, beta, temperature, top_k, reduction, chunk_size)
@@ -273,6 +292,15 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
         if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.numel() != rows:
             raise ValueError(f"{op}: labels must be {rows} integers (the hidden states' shape without d)")
         counted = labels.reshape(rows).to(device) != ignore_index
+    if isinstance(ce_weight, bool) or not isinstance(ce_weight, numbers.Real) or not ce_weight >= 0:
+        raise ValueError(f"{op}: ce_weight must be a number >= 0, got {ce_weight!r}")
+    hard = None
+    if ce_weight:
+        if labels is None:
+            raise ValueError(f"{op}: ce_weight > 0 needs labels (the hard-label cross-entropy)")
+        hard = torch.where(counted, labels.reshape(rows).to(device).long(), 0)  # ignored rows: masked by row_weight
+        if rows and bool(((hard < 0) | (hard >= vocab)).any()):
+            raise ValueError(f"{op}: a label is outside [0, {vocab}) and is not ignore_index ({ignore_index})")
     h, weight = student_hidden.reshape(rows, d), student_weight
     if torch.is_autocast_enabled(device.type):  # what an autocast nn.Linear head would compute in
         dtype = torch.get_autocast_dtype(device.type)
@@ -286,9 +314,10 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
     if grads_in_forward is None:
         grads_in_forward = reduction != "none" and torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
     row_weight = counted.to(torch.promote_types(h.dtype, torch.float32))
-    losses = torch.ops.fastlm.linear_distill_fwd(h, weight, teacher, t_weight, t_index, row_weight,
+    losses = torch.ops.fastlm.linear_distill_fwd(h, weight, teacher, t_weight, t_index, row_weight, hard,
                                                  LOSSES.index(loss), float(beta), float(temperature), int(top_k),
-                                                 chunk_size or default_chunk_size(vocab), bool(grads_in_forward))[0]
+                                                 chunk_size or default_chunk_size(vocab), float(ce_weight),
+                                                 bool(grads_in_forward))[0]
     if reduction == "none":
         return losses.view(shape)
     total = losses.sum()

@@ -46,13 +46,15 @@ SCHEMAS = {
                      "int loss, float beta, float temperature, bool compute_grad) -> (Tensor, Tensor)"),
     # Distillation loss of hidden @ weight^T in chunks of rows (no C++ kernel: the plain-torch composition
     # around distill_loss is the implementation). See linear_distill.py.
+    # labels (N,) with ce_weight > 0: ce_weight x cross-entropy of the student's logits added per row, same pass.
     "linear_distill_fwd": ("linear_distill_fwd(Tensor hidden, Tensor weight, Tensor teacher, Tensor? teacher_weight, "
-                           "Tensor? teacher_index, Tensor row_weight, int loss, float beta, float temperature, "
-                           "int top_k, int chunk_size, bool grads_in_forward) -> (Tensor, Tensor, Tensor)"),
+                           "Tensor? teacher_index, Tensor row_weight, Tensor? labels, int loss, float beta, "
+                           "float temperature, int top_k, int chunk_size, float ce_weight, bool grads_in_forward) "
+                           "-> (Tensor, Tensor, Tensor)"),
     "linear_distill_bwd": ("linear_distill_bwd(Tensor grad_loss, Tensor hidden, Tensor weight, Tensor teacher, "
-                           "Tensor? teacher_weight, Tensor? teacher_index, Tensor row_weight, Tensor grad_hidden_unit, "
-                           "Tensor grad_weight_unit, int loss, float beta, float temperature, int top_k, "
-                           "int chunk_size) -> (Tensor, Tensor)"),
+                           "Tensor? teacher_weight, Tensor? teacher_index, Tensor row_weight, Tensor? labels, "
+                           "Tensor grad_hidden_unit, Tensor grad_weight_unit, int loss, float beta, float temperature, "
+                           "int top_k, int chunk_size, float ce_weight) -> (Tensor, Tensor)"),
     # Hashed window sums (hashed maximum-entropy features): theta (B,) float, hashes (N, F) int64 in
     # [-1, B) (-1: no feature), vocab_size V <= B: out (N, V)[n, v] = sum_f theta[(hashes[n, f] + v) mod B]
     # (fp32 math, theta's dtype). The backward scatters grad_out (N, V) back: grad_theta (B,) fp32.

@@ -210,3 +210,23 @@ def test_backward_twice_with_retained_graph_and_accumulation():
     torch.testing.assert_close(weight.grad, 3 * want)
     torch.testing.assert_close(hidden.grad, 3 * torch.autograd.grad(
         ops.linear_distill_loss(hidden, weight, teacher, grads_in_forward=False), hidden)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("loss,top_k", [("kl", 0), ("jsd", 4), ("reverse_kl", 0)])
+def test_hard_label_cross_entropy_in_the_same_pass(dtype, loss, top_k):
+    hidden, weight, teacher = _inputs(29, 16, 70, dtype)
+    labels = torch.randint(0, 70, (29,))
+    labels[::5] = -100
+    kw = dict(loss=loss, top_k=top_k, temperature=1.5)
+    call = lambda: ops.linear_distill_loss(hidden, weight, teacher, labels=labels, ce_weight=0.4,  # noqa: E731
+                                           chunk_size=8, **kw)
+    mask = labels != -100
+
+    def oracle(h, w):
+        kd = reference.linear_distill_loss(h, w, teacher.double(), mask=mask, **kw)
+        ce = F.cross_entropy(h @ w.t(), labels, ignore_index=-100, reduction="none")
+        return (kd + 0.4 * ce).sum() / mask.sum()
+    _assert_as_accurate_as_plain(call, oracle, hidden, weight)
+    with pytest.raises(ValueError, match="needs labels"):
+        ops.linear_distill_loss(hidden, weight, teacher, ce_weight=0.4)
