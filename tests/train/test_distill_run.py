@@ -123,3 +123,21 @@ def test_int8_teacher(finished_run, tmp_path):
     summary = Trainer(_student(teacher_dir, "distill.teacher_int8=true"), out_dir=tmp_path / "s",
                       show_progress=False).fit()
     assert summary["val_ppl"] < 1e4
+
+
+def test_hugging_face_checkpoint_teacher(finished_run, tmp_path):
+    """A teacher exported as a Hugging Face checkpoint gives the same distillation loss as its fastlm run."""
+    from fastlm.distill.config import DistillSection
+    from fastlm.distill.teacher import load_teacher
+    from fastlm.train.export import export_run
+
+    teacher_dir, _ = finished_run
+    hf = export_run(teacher_dir, tmp_path / "hf")
+    tok = teacher_dir / "tokenizer.json"
+    a = load_teacher(DistillSection(teacher=str(hf)), tok, 320, torch.device("cpu"))
+    b = load_teacher(DistillSection(teacher=str(teacher_dir)), tok, 320, torch.device("cpu"))
+    batch = torch.randint(0, 320, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(a(batch), b(batch), rtol=1e-4, atol=1e-4)
+    summary = Trainer(_student(hf), out_dir=tmp_path / "s", show_progress=False).fit()
+    assert summary["val_ppl"] < 1e4
