@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--teacher-dir", default=None, help="reuse this teacher run (else train one)")
     parser.add_argument("--distill", nargs="*", default=["distill.loss=kl", "distill.temperature=2.0",
                                                            "distill.alpha=0.5"], help="[distill] overrides")
+    parser.add_argument("--skip-alone", action="store_true", help="only the distilled students (alone: same seeds)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fastlm-distill-bench-"))
@@ -46,7 +47,7 @@ def main() -> None:
         print(f"teacher (8 layers, {args.teacher_steps} steps): val_ppl {result['val_ppl']:.2f}", flush=True)
     rows = []
     for seed in args.seeds:
-        for kind in ("alone", "distilled"):
+        for kind in ("distilled",) if args.skip_alone else ("alone", "distilled"):
             extra = [f"distill.teacher={teacher}", *args.distill] if kind == "distilled" else []
             cfg = load_config("tiny", [*common(args), "model.n_layer=2", f"train.steps={args.steps}",
                                        f"train.seed={seed}", f"data.tokenizer={teacher / 'tokenizer.json'}", *extra])
@@ -55,6 +56,8 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     for kind in ("alone", "distilled"):
         ppl = [r["val_ppl"] for r in rows if r["student"] == kind]
+        if not ppl:
+            continue
         print(f"{kind:>9}: val_ppl mean {statistics.mean(ppl):.2f} (seeds: {', '.join(f'{p:.2f}' for p in ppl)})")
     if args.json:
         Path(args.json).write_text("\n".join(json.dumps(r) for r in rows) + "\n")
