@@ -7,6 +7,11 @@ Both sides get the student's hidden states with its head and the teacher's hidde
 head (the teacher frozen), and run forward + backward. The baseline is what a trainer writes by hand
 (TRL's GKD / torchtune's KD): both models' logits, log_softmax, F.kl_div (or TRL's generalized JSD).
 Each case runs in its own process: peak resident memory above the inputs (VmHWM) and the median time.
+
+Measured (2026-12-03, shared 2-core AVX-512 CPU, 1 thread, N=1024, student d=512, teacher d=1024, fp32):
+peak memory fastlm / unfused = 0.152 (kl) and 0.082 (jsd) at V=32768, 0.149 and 0.080 at V=50257 (the
+weight gradient, V x d fp32, is most of what remains); speed 1.27x (kl) and 2.87x (jsd) at V=32768,
+1.06x and 2.23x at V=50257 (KL on one CPU thread is bound by the same matmuls on both sides).
 """
 from __future__ import annotations
 
