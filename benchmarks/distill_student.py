@@ -6,6 +6,11 @@
 Same data, steps and seeds on both sides; the table gives each student's validation perplexity
 (hard-label cross-entropy on the held-out split). The teacher is trained first (its run directory is
 reused with --teacher-dir).
+
+Measured (2026-12-03, CPU, defaults: seq_len 64, vocab 2048, batch 16; teacher 8 layers x 400 steps, val_ppl
+116.3; students 2 layers x 200 steps, seeds 0 1 2): alone 184.0 / 168.2 / 179.7 (mean 177.3); distilled
+with kl, temperature 1.0, alpha 0.5: 142.1 / 137.6 / 145.6 (mean 141.8, -20%); with temperature 2.0:
+184.7 / 179.9 / 195.2 (mean 186.6: at this scale the softened targets do not help).
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--teacher-dir", default=None, help="reuse this teacher run (else train one)")
-    parser.add_argument("--distill", nargs="*", default=["distill.loss=kl", "distill.temperature=2.0",
+    parser.add_argument("--distill", nargs="*", default=["distill.loss=kl", "distill.temperature=1.0",
                                                            "distill.alpha=0.5"], help="[distill] overrides")
     parser.add_argument("--skip-alone", action="store_true", help="only the distilled students (alone: same seeds)")
     parser.add_argument("--json", default=None)
