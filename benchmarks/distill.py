@@ -10,8 +10,9 @@ Each case runs in its own process: peak resident memory above the inputs (VmHWM)
 
 Measured (2026-12-03, shared 2-core AVX-512 CPU, 1 thread, N=1024, student d=512, teacher d=1024, fp32):
 peak memory fastlm / unfused = 0.152 (kl) and 0.082 (jsd) at V=32768, 0.149 and 0.080 at V=50257 (the
-weight gradient, V x d fp32, is most of what remains); speed 1.27x (kl) and 2.87x (jsd) at V=32768,
-1.06x and 2.23x at V=50257 (KL on one CPU thread is bound by the same matmuls on both sides).
+weight gradient, V x d fp32, is most of what remains); speed over two runs 1.27-1.72x (kl) and 2.47-2.87x
+(jsd) at V=32768, 0.91-1.06x and 1.86-2.23x at V=50257 (KL on one CPU thread is bound by the same matmuls
+on both sides; the machine was shared, so the times are noisy).
 """
 from __future__ import annotations
 
