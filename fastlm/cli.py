@@ -1,6 +1,7 @@
 """The `fastlm` command (also `python -m fastlm`, so `torchrun ... -m fastlm train ...` works).
 
     fastlm train CONFIG [--out RUN_DIR] [--set section.key=value ...] [--resume]
+    fastlm distill CONFIG [--out RUN_DIR] [--set ...] [--resume] [--save-teacher DIR]   (a config with [distill])
     fastlm eval RUN_DIR
     fastlm generate RUN_DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
     fastlm plot RUN_DIR [--out PNG]
@@ -55,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("distill", help="train a student on a teacher's distribution: fastlm train with [distill]")
+    p.add_argument("config", metavar="CONFIG", help="a TOML file or a preset name, with a [distill] section")
+    p.add_argument("--out", metavar="RUN_DIR", help="the run directory (default: ./runs/<config name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (a TOML value, or else a string); may repeat")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
+    p.add_argument("--save-teacher", metavar="DIR", help="instead of training: run distill.teacher over the training "
+                   "stream and store its top-k log-probabilities in DIR (then train with distill.teacher_store=DIR)")
+    p.set_defaults(func=_distill)
 
     p = sub.add_parser("eval", help="validation loss and perplexity of a finished run")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -256,6 +268,22 @@ def _train(args) -> int:
     from fastlm.train import Trainer, load_config
 
     config = load_config(args.config, args.overrides)
+    Trainer(config, out_dir=args.out, resume=args.resume, show_progress=not args.quiet).fit()
+    return 0
+
+
+def _distill(args) -> int:
+    from fastlm.train import Trainer, load_config
+    from fastlm.train.errors import ConfigError
+
+    config = load_config(args.config, args.overrides)
+    if args.save_teacher:
+        from fastlm.distill.store import save_teacher
+
+        print(f"teacher store: {save_teacher(config, args.save_teacher, not args.quiet)}")
+        return 0
+    if not config.distill.enabled:
+        raise ConfigError("fastlm distill: the config has no teacher (set distill.teacher or distill.teacher_store)")
     Trainer(config, out_dir=args.out, resume=args.resume, show_progress=not args.quiet).fit()
     return 0
 

@@ -38,6 +38,23 @@ SCHEMAS = {
                                  "Tensor labels, Tensor lse, Tensor grad_hidden_unit, Tensor grad_weight_unit, "
                                  "int ignore_index, float label_smoothing, float z_loss, int chunk_size) "
                                  "-> (Tensor, Tensor)"),
+    # Distillation of one chunk (fastlm/ops/reference_distill.py): student_logits (n, V); teacher logits (n, V)
+    # when teacher_index is None, else tempered log-probabilities (n, k + 1) of the top-k bins at
+    # teacher_index (n, k) plus the tail. loss 0 kl, 1 reverse_kl, 2 jsd. -> (per-row loss (n,) fp32,
+    # d sum(row_grad * loss) / d student_logits (n, V) in their dtype, empty unless compute_grad).
+    "distill_loss": ("distill_loss(Tensor student_logits, Tensor teacher, Tensor? teacher_index, Tensor row_grad, "
+                     "int loss, float beta, float temperature, bool compute_grad) -> (Tensor, Tensor)"),
+    # Distillation loss of hidden @ weight^T in chunks of rows (no C++ kernel: the plain-torch composition
+    # around distill_loss is the implementation). See linear_distill.py.
+    # labels (N,) with ce_weight > 0: ce_weight x cross-entropy of the student's logits added per row, same pass.
+    "linear_distill_fwd": ("linear_distill_fwd(Tensor hidden, Tensor weight, Tensor teacher, Tensor? teacher_weight, "
+                           "Tensor? teacher_index, Tensor row_weight, Tensor? labels, int loss, float beta, "
+                           "float temperature, int top_k, int chunk_size, float ce_weight, bool grads_in_forward) "
+                           "-> (Tensor, Tensor, Tensor)"),
+    "linear_distill_bwd": ("linear_distill_bwd(Tensor grad_loss, Tensor hidden, Tensor weight, Tensor teacher, "
+                           "Tensor? teacher_weight, Tensor? teacher_index, Tensor row_weight, Tensor? labels, "
+                           "Tensor grad_hidden_unit, Tensor grad_weight_unit, int loss, float beta, float temperature, "
+                           "int top_k, int chunk_size, float ce_weight) -> (Tensor, Tensor)"),
     # Hashed window sums (hashed maximum-entropy features): theta (B,) float, hashes (N, F) int64 in
     # [-1, B) (-1: no feature), vocab_size V <= B: out (N, V)[n, v] = sum_f theta[(hashes[n, f] + v) mod B]
     # (fp32 math, theta's dtype). The backward scatters grad_out (N, V) back: grad_theta (B,) fp32.

@@ -28,6 +28,7 @@ from fastlm.train.config_checks import (  # noqa: F401 - the checks are part of 
     rank_samples,
     validate,
 )
+from fastlm.distill.config import DistillSection
 from fastlm.federated.config import FederatedSection
 from fastlm.privacy.config import PrivacySection
 from fastlm.train.errors import ConfigError
@@ -139,6 +140,7 @@ class Config:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
     federated: FederatedSection = field(default_factory=FederatedSection)
+    distill: DistillSection = field(default_factory=DistillSection)
     name: str = "run"                    # not a TOML key: names the run directory
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -199,6 +201,7 @@ SECTIONS: dict[str, type] = {
     "checkpoint": CheckpointSection,
     "privacy": PrivacySection,
     "federated": FederatedSection,
+    "distill": DistillSection,
 }
 
 

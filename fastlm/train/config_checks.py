@@ -8,6 +8,7 @@ import math
 import os
 from typing import TYPE_CHECKING
 
+from fastlm.distill.config import validate_distill
 from fastlm.federated.config import validate_federated
 from fastlm.privacy.config import validate_privacy
 from fastlm.privacy.encryption import load_key
@@ -77,6 +78,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.debias_weight = {_show(t.debias_weight)}: expected a positive number")
     validate_privacy(config)
     validate_federated(config)
+    validate_distill(config)
     _validate_encryption(config)
     if t.optimizer not in OPTIMIZERS:
         raise ConfigError(f"train.optimizer = {_show(t.optimizer)}: expected one of {', '.join(OPTIMIZERS)}")

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from fastlm.accountability.provenance import record_launch
+from fastlm.distill.training import Distillation
 from fastlm.prune.keep import carry_pruning, mask_keeper
 from fastlm.privacy.training import PrivateTraining, private_metrics, private_step_hooks
 from fastlm.privacy.encryption import encryption_for
@@ -87,7 +88,10 @@ class Trainer:
         pm = parallelize_for_run(model.to(rt.device), rt, cfg)
         private = PrivateTraining.setup(cfg, pm, loader.num_samples)  # None without DP-SGD
         optimizer = pm.wrap_optimizer(build_optimizer(pm.module, t, rt.device))  # ZeRO-1 with shard_optimizer
+        distill = Distillation.setup(cfg, pm, corpus.tokenizer_path, rt.device)  # None without [distill]
+        loss_hook = {"loss_of": distill.loss_of} if distill is not None else {}
         step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, **private_step_hooks(private, t),
+                         **loss_hook,
                          local_sgd_every=cfg.parallel.sync_every if cfg.parallel.sync == "local_sgd" else 0,
                          after_step=mask_keeper(pm.module, pm.tensor_parallel, cfg.model.init_from))
         identity = {"model": model.config.to_dict(), "corpus_key": corpus.key}  # what a checkpoint must match

@@ -9,7 +9,8 @@ from fastlm.ops._library import has_native_op
 from fastlm.ops.schemas import SCHEMAS
 
 # Ops whose plain-torch composition is the CPU implementation (no C++ kernel).
-PYTHON_ONLY = {"linear_cross_entropy_fwd", "linear_cross_entropy_bwd", "lora_matmul_fwd", "lora_matmul_bwd"}
+PYTHON_ONLY = {"linear_cross_entropy_fwd", "linear_cross_entropy_bwd", "lora_matmul_fwd", "lora_matmul_bwd",
+               "linear_distill_fwd", "linear_distill_bwd"}
 
 
 def _types(signature: str) -> tuple[list[str], list[str]]:
