@@ -162,7 +162,7 @@ def _backward(ctx, grad_loss, _g1, _g2):
     if grad_loss is None:  # (gradients are not materialized) nothing flows back through the losses
         return (None,) * 14
     saved = ctx.saved_tensors
-    hidden, weight, row_weight, grad_hidden_unit, grad_weight_unit = saved[0], saved[1], saved[5], saved[7], saved[8]
+    weight, row_weight, grad_hidden_unit, grad_weight_unit = saved[1], saved[5], saved[7], saved[8]
     if (grad_weight_unit.numel() and grad_weight_unit.dtype == weight.dtype
             and bool((grad_loss[row_weight != 0] == 1).all())):
         # loss.backward() of a mean / sum: the forward's gradients as they are, no second V x d copy. Autograd
