@@ -113,9 +113,12 @@ def _setup(ctx, inputs, output):
     _loss, lse, grad_hidden_unit, grad_weight_unit = output
     ctx.save_for_backward(hidden, weight, labels, lse, grad_hidden_unit, grad_weight_unit)
     ctx.params = (ignore_index, label_smoothing, z_loss, chunk_size)
+    ctx.set_materialize_grads(False)  # no zero (V, d) gradient for the unused grad_weight_unit output
 
 
 def _backward(ctx, grad_loss, _grad_lse, _g1, _g2):
+    if grad_loss is None:  # (gradients are not materialized) nothing flows back through the losses
+        return (None,) * 8
     hidden, weight, labels, lse, grad_hidden_unit, grad_weight_unit = ctx.saved_tensors
     grad_hidden, grad_weight = torch.ops.fastlm.linear_cross_entropy_bwd(
         grad_loss, hidden, weight, labels, lse, grad_hidden_unit, grad_weight_unit, *ctx.params)
