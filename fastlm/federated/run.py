@@ -151,7 +151,7 @@ class FederatedRounds:
 
 def fit_federated(trainer) -> dict:
     """Trainer.fit for a config with [federated] clients > 0."""
-    from fastlm.train.data import run_corpus, validation_batches
+    from fastlm.train.data import check_tokenizer_fits, run_corpus, validation_batches
     from fastlm.privacy.encryption import encryption_for
     from fastlm.train.metrics import MetricsLog, progress_bar
     from fastlm.train.optim import build_optimizer
@@ -170,9 +170,7 @@ def fit_federated(trainer) -> dict:
     corpus = run_corpus(cfg, tokenizer_path, rt.is_main and rt.show_progress)
     trainer.resolved = resolved_config(cfg, model.config, tokenizer_path, corpus)
     trainer.corpus_meta = corpus.meta
-    if corpus.vocab_size > model.config.vocab_size:
-        raise ConfigError(f"the tokenizer has {corpus.vocab_size} tokens, more than model.vocab_size = "
-                          f"{model.config.vocab_size} (set model.vocab_size or data.vocab_size)")
+    check_tokenizer_fits(corpus, model.config)
     clients = client_datasets(cfg, corpus)
     val_batches = validation_batches(cfg, corpus, model.config)
     pm = parallelize_for_run(model.to(rt.device), rt, cfg)
@@ -204,20 +202,7 @@ def fit_federated(trainer) -> dict:
             evaluate_at = _evaluator(pm, val_batches, step.autocast, rt)
             result = evaluate_at(0, None, metrics) if start == 0 else None
             bar = progress_bar(f.rounds, start, rt.is_main and rt.show_progress)
-            for r in range(start, f.rounds):
-                record = rounds.run_round(r)
-                rd.started()
-                if not math.isfinite(record["loss"]):
-                    raise ConfigError(f"the loss became {record['loss']} in round {r + 1} (try a lower train.lr)")
-                if record.get("discarded"):
-                    rt.say(f"round {r + 1}: discarded ({rounds.last.discarded}); the global model is unchanged", bar)
-                metrics.log(record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
-                bar.update(1)
-                done = r + 1
-                if done == f.rounds or (f.eval_every and done % f.eval_every == 0):
-                    result = evaluate_at(done, bar, metrics)
-                ckpt.maybe_save(done, f.rounds)
+            result = _run_rounds(rounds, start, evaluate_at, ckpt, metrics, bar, rd, rt) or result
             if result is None:  # resumed a finished run: its last evaluation is already logged
                 result = evaluate_at(f.rounds, bar, None)
         finally:
@@ -232,6 +217,27 @@ def fit_federated(trainer) -> dict:
     trainer.model = pm.module
     return {"step": f.rounds, "rounds": f.rounds, "val_loss": result["val_loss"], "val_ppl": result["val_ppl"],
             "run_dir": str(run_dir)}
+
+
+def _run_rounds(rounds: FederatedRounds, start: int, evaluate_at, ckpt, metrics, bar, rd, rt) -> dict | None:
+    """Rounds start .. federated.rounds: each logged, evaluated and checkpointed when due; returns the last
+    evaluation's result (None if none ran)."""
+    f, result = rounds.fed, None
+    for r in range(start, f.rounds):
+        record = rounds.run_round(r)
+        rd.started()
+        if not math.isfinite(record["loss"]):
+            raise ConfigError(f"the loss became {record['loss']} in round {r + 1} (try a lower train.lr)")
+        if record.get("discarded"):
+            rt.say(f"round {r + 1}: discarded ({rounds.last.discarded}); the global model is unchanged", bar)
+        metrics.log(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
+        bar.update(1)
+        done = r + 1
+        if done == f.rounds or (f.eval_every and done % f.eval_every == 0):
+            result = evaluate_at(done, bar, metrics)
+        ckpt.maybe_save(done, f.rounds)
+    return result
 
 
 def _evaluator(pm, batches, autocast, rt):

@@ -75,9 +75,7 @@ def lm_batches(config, corpus, model_config, dp_rank: int = 0, dp_size: int = 1,
                                 seed=t.seed, rank=dp_rank, world_size=dp_size, shares=config.parallel.dp_shares,
                                 sampling=sampling)
         return loader, validation_batches(config, corpus, model_config)
-    if corpus.vocab_size > model_config.vocab_size:
-        raise ConfigError(f"the tokenizer has {corpus.vocab_size} tokens, more than model.vocab_size = "
-                          f"{model_config.vocab_size} (set model.vocab_size or data.vocab_size)")
+    check_tokenizer_fits(corpus, model_config)
     loader_class = StreamLoader if d.stateful else BatchLoader  # stateful: rows continue (truncated BPTT)
     if replay_tokens is not None:
         from fastlm.data.replay import ReplayBatchLoader
@@ -89,6 +87,13 @@ def lm_batches(config, corpus, model_config, dp_rank: int = 0, dp_size: int = 1,
                          pack_eos_id=corpus.eos_id if d.pack else None,
                          **({"sampling": sampling} if loader_class is not StreamLoader else {}))
     return loader, validation_batches(config, corpus, model_config)
+
+
+def check_tokenizer_fits(corpus, model_config) -> None:
+    """A one-line ConfigError when the corpus's tokenizer has more tokens than the model's vocabulary."""
+    if corpus.vocab_size > model_config.vocab_size:
+        raise ConfigError(f"the tokenizer has {corpus.vocab_size} tokens, more than model.vocab_size = "
+                          f"{model_config.vocab_size} (set model.vocab_size or data.vocab_size)")
 
 
 def validation_batches(config, corpus, model_config) -> list:
