@@ -10,11 +10,13 @@ from pathlib import Path
 
 import tomllib
 
+from fastlm.prune.stored24 import META, VALUES, compressed_weights
 from fastlm.train.errors import FastlmError
 
 
 def parameter_count(path: Path) -> int | str:
-    """The number of parameters in a safetensors file, from its header (tied tensors are stored once)."""
+    """The number of parameters in a safetensors file, from its header (tied tensors are stored once;
+    2:4-compressed weights, fastlm.prune.stored24, count as the dense weights they hold)."""
     if not path.is_file():
         return "unknown (no model.safetensors)"
     try:
@@ -23,8 +25,11 @@ def parameter_count(path: Path) -> int | str:
             if not 0 < size < 1 << 27:
                 raise ValueError("not a safetensors header")
             header = json.loads(f.read(size))
-        return sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
-    except (OSError, ValueError, KeyError, TypeError):
+        packed = compressed_weights(header.get("__metadata__")) or {}
+        return sum(math.prod(t["shape"]) for name, t in header.items()
+                   if name != "__metadata__" and not name.endswith((VALUES, META))) \
+            + sum(n * k for n, k in packed.values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "unknown (model.safetensors is encrypted or not a safetensors file)"
 
 

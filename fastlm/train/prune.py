@@ -1,7 +1,8 @@
 """`fastlm prune`: a finished run -> a pruned run directory that eval, generate and training read.
 
-The output holds the run's config.toml and tokenizer.json, model.safetensors (dense, the pruned
-weights exactly zero), prune_masks.safetensors and prune.json (fastlm.prune.saved). It is written
+The output holds the run's config.toml and tokenizer.json, model.safetensors (the pruned weights
+exactly zero; with --pattern 2:4 the pruned linears stored compressed, fastlm.prune.stored24),
+prune_masks.safetensors and prune.json (fastlm.prune.saved). It is written
 under a temporary name and renamed into place. `fastlm eval` of it reports its perplexity; on the
 CPU a 2:4 run's linears compute with the compressed 2:4 kernel (Sparse24Linear). model.init_from
 = the pruned directory trains on with the masks kept (pruned weights stay zero).
@@ -14,6 +15,8 @@ from pathlib import Path
 
 from fastlm.prune import prune_model
 from fastlm.prune.saved import pruning_record, read_pruning, write_pruning
+from fastlm.prune.sparse24 import is_24
+from fastlm.prune.stored24 import STORAGE
 from fastlm.train.errors import FastlmError
 from fastlm.train.run import load_run
 from fastlm.train.weights import save_weights
@@ -41,6 +44,10 @@ def prune_run(run_dir: str | Path, out: str | Path, sparsity: float | None = Non
     if earlier is not None:
         masks = {name: mask & earlier[1][name] if name in earlier[1] else mask for name, mask in masks.items()}
     record = pruning_record(masks, pattern, scope, source=str(run_dir))
+    # 2:4 layers go to disk compressed (values + 2-bit offsets); every reader densifies them
+    compress = [f"{name}.weight" for name, mask in masks.items() if pattern == "2:4" and is_24(mask)]
+    if compress:
+        record["storage"] = STORAGE
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -48,7 +55,7 @@ def prune_run(run_dir: str | Path, out: str | Path, sparsity: float | None = Non
     try:
         shutil.copyfile(Path(run_dir) / "config.toml", tmp / "config.toml")
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-        save_weights(model, tmp)
+        save_weights(model, tmp, compress24=compress)
         write_pruning(tmp, masks, record)
         if out.exists():
             out.rmdir()  # empty (checked above)

@@ -1,6 +1,6 @@
 """A run's final weights: RUN_DIR/model.safetensors, sealed like a checkpoint.
 
-    save_weights(model, run_dir)                 # temporary name + rename, then weights.json
+    save_weights(model, run_dir, compress24=())  # temporary name + rename, then weights.json
     load_weights(model, run_dir, device)         # verified (size, sha256) before it is read
 
 weights.json records the file's size and sha256, so a truncated or corrupted model.safetensors
@@ -8,6 +8,7 @@ is an error wherever a run is read (eval, generate, export, quantize, init_from,
 evaluate) instead of being evaluated silently. Runs written before the seal existed have no
 weights.json and are read as they are. With enc (an Encryption: [checkpoint] encrypt = true)
 model.safetensors is encrypted, bound to the name "model.safetensors" and the directory's run id.
+compress24: names of 2:4-pruned weights stored compressed (fastlm.prune.stored24; read back dense).
 """
 from __future__ import annotations
 
@@ -26,13 +27,13 @@ WEIGHTS = "model.safetensors"
 SEAL = "weights.json"
 
 
-def save_weights(model: nn.Module, directory: str | Path, enc: Encryption | None = None) -> Path:
+def save_weights(model: nn.Module, directory: str | Path, enc: Encryption | None = None, compress24=()) -> Path:
     """Write model's state (tied tensors once) to directory/model.safetensors and seal it."""
     directory = Path(directory)
     tmp = directory / f".{WEIGHTS}.tmp-{os.getpid()}"
     seal_tmp = directory / f".{SEAL}.tmp-{os.getpid()}"
     try:
-        save_model_file(model, tmp, enc, WEIGHTS)
+        save_model_file(model, tmp, enc, WEIGHTS, compress24)
         seal_tmp.write_text(json.dumps({"files": {WEIGHTS: describe_file(tmp)}}, indent=1))
         os.replace(tmp, directory / WEIGHTS)
         os.replace(seal_tmp, directory / SEAL)
