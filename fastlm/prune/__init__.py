@@ -3,7 +3,9 @@
     masks = prune_model(model, sparsity=0.5, pattern="unstructured", scope="layer")   # {name: bool mask}
     masks = prune_model(model, pattern="2:4")                 # N:M structured along the input dimension
     attach_masks(model, masks); hook = mask_keeper(model)     # TrainStep(after_step=hook) keeps zeros at zero
+                                                              # (under tp each mask split like its weight)
     apply_sparse24(model, masks)                              # 2:4 layers -> Sparse24Linear (CPU inference)
+    fastlm.prune.stored24                                     # 2:4 layers stored compressed in model.safetensors
 
 Pruned: every nn.Linear inside the model's `blocks` (attention qkv/proj, MLP fc/proj). Not pruned:
 embeddings, norms, the LM head (often tied to the token embedding), pooler/task heads.

@@ -49,15 +49,14 @@ def attached_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 def mask_keeper(model: nn.Module, tensor_parallel: bool = False,
                 init_from: str | None = None) -> Callable[[], None] | None:
     """The after-optimizer-step hook re-applying the masks attached to `model`'s linears (None when
-    there are none). init_from: the run's model.init_from, refused when pruned under tensor parallelism
-    (the sharded linears do not carry the masks yet)."""
-    if tensor_parallel and init_from and (Path(init_from) / PRUNE_FILE).is_file():
-        from fastlm.train.errors import ConfigError  # (fastlm.train imports this module)
-
-        raise ConfigError(f"model.init_from = {str(init_from)!r} is a pruned run: keeping its pruning masks is "
-                          f"not available with parallel.tp > 1 yet (use data or pipeline parallelism)")
+    there are none). Under tensor parallelism (the masked linears were replaced by their shards) the
+    masks of init_from, a pruned run, are split exactly like the weights (shard_pairs)."""
     pairs = [(m.weight, getattr(m, BUFFER)) for m in model.modules()
              if isinstance(getattr(m, BUFFER, None), torch.Tensor)]
+    if tensor_parallel and init_from and (Path(init_from) / PRUNE_FILE).is_file():
+        from fastlm.prune.saved import read_pruning
+
+        pairs += shard_pairs(model, read_pruning(init_from)[1])
     if not pairs:
         return None
 
@@ -66,6 +65,42 @@ def mask_keeper(model: nn.Module, tensor_parallel: bool = False,
         for weight, mask in pairs:
             weight.mul_(mask)
     return reapply
+
+
+def shard_pairs(model: nn.Module, masks: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight shard, its mask shard) of each tensor-parallel linear of `model` built from a masked
+    linear. The masks are named relative to the plain model (a task model may wrap it); a pipeline
+    stage holds only some of them. A shard's weight parameters carry `_tp_parts` (fastlm.parallel.
+    tensor.layout): pieces of the canonical tensors that lie one after another in the full weight
+    ([q | k | v], [gate | up]; a GQA qkv keeps its q rows in `weight`, its replicated k/v in `kv_weight`)."""
+    modules = dict(model.named_modules())
+    pairs = []
+    for name, mask in masks.items():
+        found = [m for n, m in modules.items() if n == name or n.endswith("." + name)]
+        if len(found) > 1:
+            raise ValueError(f"pruning mask {name!r}: {len(found)} modules of the model end with that name")
+        if not found or isinstance(getattr(found[0], BUFFER, None), torch.Tensor):
+            continue  # not on this pipeline stage, or not split (its attached mask is kept as it is)
+        mask = mask.to(dtype=torch.bool)
+        base = 0  # where the next canonical tensor starts in the full weight
+        for param in found[0].parameters(recurse=False):
+            parts = [p for p in getattr(param, "_tp_parts", ()) if p.target.split("[")[0] == "weight"]
+            if not parts:
+                continue
+            pieces = []
+            for part in parts:
+                pieces.append(mask.narrow(part.dim, base + part.global_offset, part.local_len))
+                base += part.global_len
+            local = torch.cat(pieces, dim=parts[0].dim).to(param.device)
+            if local.shape != param.shape:
+                raise ValueError(f"pruning mask {name!r}: its shard {tuple(local.shape)} does not fit the "
+                                 f"tensor-parallel weight {tuple(param.shape)}")
+            check_pruned(name, param, local)
+            pairs.append((param, local))
+        if base == 0:
+            raise ValueError(f"pruning mask {name!r}: {type(found[0]).__name__} is neither a masked linear "
+                             f"nor a tensor-parallel shard of one")
+    return pairs
 
 
 def carry_pruning(model: nn.Module, run_dir, init_from: str | None) -> None:

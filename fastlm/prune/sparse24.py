@@ -4,7 +4,8 @@
 
 The weight takes ~0.53x the bytes of the dense fp32 one, and forward is fastlm.ops.sparse24_matmul
 (a native CPU kernel). Used by `fastlm eval` / `generate` on a run pruned with --pattern 2:4 when
-it runs on the CPU; the layer is frozen (pruned runs train from their dense model.safetensors).
+it runs on the CPU; the layer is frozen (training reads the weights dense, the masks keep the zeros).
+On disk the same layout is model.safetensors' (fastlm.prune.stored24).
 """
 from __future__ import annotations
 
