@@ -28,6 +28,7 @@ from fastlm.tasks.adversarial import adversarial_backward
 from fastlm.tasks.backbone import build_backbone, input_embedding
 from fastlm.tasks.config import TaskConfig, task_config_from_dict
 from fastlm.tasks.demo import resolve_source
+from fastlm.tasks.replay import TaskReplay
 from fastlm.tasks.text import save_tokenizer, task_tokenizer
 from fastlm.train.checkpointer import Checkpointer
 from fastlm.train.config import check_batch_split, check_checkpoint_key
@@ -167,9 +168,6 @@ def _cross_validate(task, tc, run_dir: Path, k: int, show_progress: bool, mesh) 
 def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_progress, mesh=None,
          resume: bool = False) -> dict:
     cfg, t = tc.config, tc.config.train
-    if t.replay:  # the tasks' examples have no original stream to mix with yet
-        raise ConfigError(f"train.replay = {t.replay}: only for language-model training (fastlm train with "
-                          f"model.init_from), not yet for fine-tuning tasks")
     rt = Runtime.from_env(cfg, show_progress, mesh)
     check_batch_split(cfg, rt.dp[0])
     torch.manual_seed(t.seed)
@@ -184,18 +182,26 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
         rt.say(init_model_embeddings(body, tok, cfg.model.init_embeddings))
     train, val = task.encode(tc, train_raw, tok, info), task.encode(tc, val_raw, tok, info)
     apply_run_lora(body, cfg.model.lora)  # before the task's head is added: the head trains in full
+    # train.replay (None without): before the task model drops the backbone's LM head
+    replay = TaskReplay.setup(tc, body, cfg.data.tokenizer or init_tokenizer, rt.is_main and rt.show_progress)
     model = task.build_model(tc, body, info).to(rt.device)
     num_params = sum(p.numel() for p in model.parameters())
-    pm = parallelize_for_run(model, rt, cfg)
+    loss_of = task.loss_of(tc) if hasattr(task, "loss_of") else task_loss  # e.g. with a debiasing adversary
+    if replay is not None:  # the ReplayModel's forward mixes that loss and the LM loss
+        model_and_lm, loss_of = replay.wrap(model, loss_of).to(rt.device), task_loss
+    pm = parallelize_for_run(model_and_lm if replay is not None else model, rt, cfg)
+    if replay is not None and pm.dp is not None:  # a micro-batch without windows (or examples) leaves a head idle
+        pm.dp.find_unused = True
     private = PrivateTraining.setup(cfg, pm, len(train))  # None without DP-SGD
     optimizer = pm.wrap_optimizer(build_optimizer(pm.module, t, rt.device))
     step_hooks = private_step_hooks(private, t) if private is not None else \
         {"grad_clip": t.grad_clip, "micro_backward": adversarial_hook(model, t)}
-    loss_of = task.loss_of(tc) if hasattr(task, "loss_of") else task_loss  # e.g. with a debiasing adversary
     step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, loss_of=loss_of, **step_hooks,
                      after_step=mask_keeper(pm.module, pm.tensor_parallel, cfg.model.init_from))
-    sampler = ExampleSampler(len(train), t.global_batch_size, t.seed,
+    sampler = ExampleSampler(len(train), t.global_batch_size - (replay.count if replay is not None else 0), t.seed,
                              sampling="poisson" if private is not None and cfg.privacy.sampling == "poisson" else "shuffle")
+    if replay is not None:
+        sampler = replay.sampler(sampler)
     last_step = private.last_step if private is not None else t.steps
     identity = {"task": task.name, "model": tc.config.model.to_dict()}  # what a checkpoint must match
     enc = encryption_for(run_dir, cfg.checkpoint, create_id=True)  # None unless checkpoint.encrypt
@@ -221,7 +227,9 @@ def _fit(task, tc: TaskConfig, run_dir: Path, train_raw, val_raw, info, show_pro
                                 t.global_batch_size)
             hooks = Hooks(evaluate=lambda done, bar: evaluate_at(done, bar, metrics),
                           save=lambda done: ckpt.maybe_save(done, last_step), started=rd.started)
-            result = run_steps(step, _batches(task, train, sampler, rt, t), schedule, hooks, metrics, bar)
+            batches = replay.batches(task, train, sampler, rt, t) if replay is not None else \
+                _batches(task, train, sampler, rt, t)
+            result = run_steps(step, batches, schedule, hooks, metrics, bar)
             result = result or evaluate_at(last_step, bar, None)  # None: resumed a finished run
         finally:
             for closing in (bar, metrics):
