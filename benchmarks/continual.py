@@ -3,6 +3,7 @@ replay (train.replay) and with LoRA ([model] lora): validation perplexity on bot
 
     OMP_NUM_THREADS=1 python benchmarks/continual.py                  # about 5 minutes on 2 CPU cores
     python benchmarks/continual.py --base-steps 300 --steps 150 --replay 0.25 --out runs/continual
+    python benchmarks/continual.py --task-only --task-steps 150      # only the fine-tuning arms (below)
 
 The domains come from the standard library (no download): "sources" is the source of the built-in
 corpus's stdlib modules (one file each), "pydoc" the pydoc topics (pydoc_data.topics, one document
@@ -22,6 +23,12 @@ Measured (2-core shared CPU, OMP_NUM_THREADS=1, 564 s; defaults: 300 base steps,
 Replay keeps the original domain where it was (92 -> 90 instead of 183) for +10% perplexity on the new one;
 LoRA (78k adapter parameters trained, the 2.0M of the base frozen) forgets less than full fine-tuning
 but, at this size and step budget, also learns the new domain much less.
+
+Fine-tuning a task (--task-steps N > 0, `fastlm finetune`): a second base, the same but with tied
+embeddings (so the task model, which drops the LM head, still holds it), fine-tuned as a
+classifier on the langid demo (messages in 6 languages) with and without train.replay; forgetting is
+the base domain's ("sources") validation perplexity of the fine-tuned backbone, next to the task's
+validation accuracy.
 """
 from __future__ import annotations
 
@@ -58,8 +65,9 @@ def common(steps: int, seq_len: int) -> list[str]:
             "checkpoint.every=0", f"data.seq_len={seq_len}", "train.warmup_steps=20"]
 
 
-def evaluate_domains(run_dir: Path, domains: dict, base_config, batches: int) -> dict:
-    """Validation perplexity of a run's model on each domain's validation split (the base's tokenizer)."""
+def evaluate_domains(run_dir: Path, domains: dict, base_config, batches: int, model=None) -> dict:
+    """Validation perplexity of a run's model (or of `model`, with run_dir's tokenizer) on each domain's
+    validation split (the base's tokenizer)."""
     import dataclasses
 
     import torch
@@ -68,7 +76,10 @@ def evaluate_domains(run_dir: Path, domains: dict, base_config, batches: int) ->
     from fastlm.train.evaluate import evaluate
     from fastlm.train.run import load_run
 
-    _, model, tokenizer = load_run(run_dir)
+    if model is None:
+        _, model, tokenizer = load_run(run_dir)
+    else:
+        tokenizer = run_dir / "tokenizer.json"
     out = {}
     for name, source in domains.items():
         config = dataclasses.replace(base_config, data=dataclasses.replace(base_config.data, source=str(source)),
@@ -89,6 +100,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3, help="full fine-tuning learning rate")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--eval-batches", type=int, default=16)
+    p.add_argument("--task-steps", type=int, default=150, help="fine-tuning arms' steps (0: none)")
+    p.add_argument("--task-only", action="store_true", help="only the fine-tuning arms")
     p.add_argument("--out", default="runs/continual")
     args = p.parse_args(argv)
 
@@ -100,6 +113,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     base_config = load_config("tiny", [f"data.source={json.dumps(str(domains['sources']))}",
                                        *common(args.base_steps, args.seq_len)])
+    tasks = task_arms(args, out, domains, base_config) if args.task_steps else {}
+    if args.task_only:
+        report(args, tasks, {}, time.perf_counter() - t0, out)
+        return 0
     Trainer(base_config, out_dir=out / "base", show_progress=False).fit()
     base = out / "base"
     lora = f"model.lora={{rank = {args.lora_rank}, alpha = {2 * args.lora_rank}.0}}"
@@ -117,15 +134,60 @@ def main(argv=None) -> int:
                                       *common(args.steps, args.seq_len), f"train.min_lr={args.lr / 10}", *extra])
         Trainer(config, out_dir=run, show_progress=False).fit()
         results[name] = evaluate_domains(run, domains, base_config, args.eval_batches)
-    seconds = time.perf_counter() - t0
-    print(f"\ntiny, {args.base_steps} steps on sources, then {args.steps} steps on pydoc (replay {args.replay}, "
-          f"LoRA rank {args.lora_rank}); validation perplexity ({seconds:.0f} s):")
-    print(f"{'arm':22s} {'sources':>10s} {'pydoc':>10s}")
-    for name, r in results.items():
-        print(f"{name:22s} {r['sources']:10.2f} {r['pydoc']:10.2f}")
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "val_ppl": results, "seconds": seconds},
-                                                 indent=1))
+    report(args, tasks, results, time.perf_counter() - t0, out)
     return 0
+
+
+def task_arms(args, out: Path, domains: dict, base_config) -> dict:
+    """A tied-embedding base on sources, fine-tuned on the langid demo with and without replay:
+    {arm: {"sources": ppl, "pydoc": ppl, "accuracy": task validation accuracy}}."""
+    import dataclasses
+
+    import torch
+
+    from fastlm.models import GPT
+    from fastlm.tasks import get_task
+    from fastlm.tasks.config import task_config_from_dict
+    from fastlm.tasks.loop import finetune
+    from fastlm.train import Trainer
+
+    tied = dataclasses.replace(base_config, model=dataclasses.replace(base_config.model, tie_embeddings=True))
+    base = out / "base_tied"
+    Trainer(tied, out_dir=base, show_progress=False).fit()
+    results = {"tied base (sources only)": evaluate_domains(base, domains, base_config, args.eval_batches)}
+    task = get_task("classification")
+    for name, replay in (("finetune langid", 0.0), ("finetune langid + replay", args.replay)):
+        raw = {"task": {"train": "demo:langid"}, "model": {"init_from": str(base)}, "data": {"seq_len": 64},
+               "train": {"steps": args.task_steps, "global_batch_size": 16, "micro_batch_size": 8, "lr": args.lr,
+                         "min_lr": args.lr / 10, "warmup_steps": 20, "eval_every": 0, "log_every": 50,
+                         "precision": "fp32", "replay": replay},
+               "checkpoint": {"every": 0}}
+        result = finetune(task, task_config_from_dict(raw, task.Section), out / name.replace(" ", "_"),
+                          show_progress=False)
+        body = result["model"].body  # the fine-tuned backbone, its (tied) LM head in tok_emb
+        lm = GPT(body.config)
+        lm.load_state_dict({k: v for k, v in body.state_dict().items()}, strict=False)
+        assert torch.equal(lm.lm_head.weight, body.tok_emb.weight)
+        results[name] = {**evaluate_domains(base, domains, base_config, args.eval_batches, lm.eval()),
+                         "accuracy": result["metrics"]["accuracy"]}
+    return results
+
+
+def report(args, tasks: dict, results: dict, seconds: float, out: Path) -> None:
+    if results:
+        print(f"\ntiny, {args.base_steps} steps on sources, then {args.steps} steps on pydoc (replay {args.replay}, "
+              f"LoRA rank {args.lora_rank}); validation perplexity ({seconds:.0f} s):")
+        print(f"{'arm':26s} {'sources':>10s} {'pydoc':>10s}")
+        for name, r in results.items():
+            print(f"{name:26s} {r['sources']:10.2f} {r['pydoc']:10.2f}")
+    if tasks:
+        print(f"\nfine-tuning a classifier (langid demo, {args.task_steps} steps, replay {args.replay}) from a "
+              f"tied-embedding base: validation perplexity of the backbone, task accuracy ({seconds:.0f} s):")
+        print(f"{'arm':26s} {'sources':>10s} {'pydoc':>10s} {'accuracy':>10s}")
+        for name, r in tasks.items():
+            print(f"{name:26s} {r['sources']:10.2f} {r['pydoc']:10.2f} {r.get('accuracy', float('nan')):10.3f}")
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "val_ppl": results, "finetune": tasks,
+                                                  "seconds": seconds}, indent=1))
 
 
 if __name__ == "__main__":
