@@ -121,6 +121,8 @@ class FederatedRounds:
         summed = self.aggregation.run(r, selected, contributions)
         new_global = self._server_step(global_flat, summed, r)
         load_flat(self.params, new_global)
+        if self.step.after_step is not None:  # pruning: the server's noise (client_dp) must not un-prune either
+            self.step.after_step()
         if self.world_size > 1:
             dist.all_reduce(loss_sum, group=self.group)
         record = {"step": r + 1, "round": r + 1, "loss": float(loss_sum[0] / loss_sum[1]), "clients": len(selected),
@@ -160,6 +162,7 @@ def fit_federated(trainer) -> dict:
     from fastlm.train.step import TrainStep
     from fastlm.train.trainer import parallelize_for_run, resolved_config
     from fastlm.train.weights import save_weights
+    from fastlm.prune.keep import carry_pruning, mask_keeper
 
     cfg, t, f, rt = trainer.config, trainer.config.train, trainer.config.federated, trainer.rt
     rt.mesh = init_run_mesh(cfg) if rt.world_size > 1 else None
@@ -178,7 +181,7 @@ def fit_federated(trainer) -> dict:
     params = [p for p in pm.module.parameters() if p.requires_grad]
     proximal = Proximal(params, f.mu) if f.algorithm == "fedprox" else None
     step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, grad_clip=t.grad_clip,
-                     after_grad_sync=proximal)
+                     after_grad_sync=proximal, after_step=mask_keeper(pm.module, pm.tensor_parallel, cfg.model.init_from))
     dp_size, dp_rank = rt.dp
     group = rt.mesh.dp_group if rt.mesh is not None else None
     rounds = FederatedRounds(cfg, pm, step, clients, dp_rank, dp_size, group)
@@ -212,6 +215,7 @@ def fit_federated(trainer) -> dict:
     final = pm.full_model(rt.is_main)
     if rt.is_main:
         save_weights(final, run_dir, enc)
+        carry_pruning(final, run_dir, cfg.model.init_from)
         print(f"validation perplexity: {result['val_ppl']:.2f} (loss {result['val_loss']:.4f})")
         print(f"run directory: {run_dir}")
     trainer.model = pm.module
