@@ -101,14 +101,14 @@ def test_a_pruned_run_quantizes_and_exports_dense(run_dir, tmp_path, capsys):
 
 
 def test_masks_that_do_not_match_the_weights(run_dir, tmp_path, capsys):
-    import safetensors.torch
+    from fastlm.prune import read_pruning, write_pruning
 
     out = tmp_path / "p24"
     assert main(["prune", str(run_dir), "--out", str(out), "--pattern", "2:4", "--no-eval"]) == 0
-    masks = safetensors.torch.load_file(str(out / "prune_masks.safetensors"))
+    record, masks = read_pruning(out)
     name = sorted(masks)[0]
-    masks[name] = 1 - masks[name]  # prunes the kept weights
-    safetensors.torch.save_file(masks, str(out / "prune_masks.safetensors"))
+    masks[name] = ~masks[name]  # prunes the kept weights
+    write_pruning(out, masks, record)
     assert main(["eval", str(out)]) == 1
     assert f"pruning mask {name!r} does not match the weights" in error_line(capsys)
     assert main(["train", str(out / "config.toml"), "--set", f"model.init_from={str(out)!r}", "--out",

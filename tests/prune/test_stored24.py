@@ -52,6 +52,18 @@ def test_the_file_holds_the_pruned_layers_compressed(runs):
     packed_bytes, dense_bytes = ((d / "model.safetensors").stat().st_size for d in (packed, dense))
     assert dense_bytes - packed_bytes > 0.45 * full  # the file itself shrinks by the saving
     assert parameter_count(packed / "model.safetensors") == parameter_count(dense / "model.safetensors")
+    stored_masks = safetensors.torch.load_file(str(packed / "prune_masks.safetensors"))
+    assert sum(m.nbytes for m in stored_masks.values()) / full == pytest.approx(1 / 32)  # one bit per weight
+
+
+def test_masks_written_a_byte_per_weight_are_read_too(runs, tmp_path):
+    _, packed, _ = runs
+    record, masks = read_pruning(packed)
+    old = tmp_path / "old"
+    shutil.copytree(packed, old)
+    safetensors.torch.save_file({n: m.to(torch.uint8) for n, m in masks.items()}, str(old / "prune_masks.safetensors"))
+    _, again = read_pruning(old)
+    assert again.keys() == masks.keys() and all(torch.equal(again[n], masks[n]) for n in masks)
 
 
 def test_round_trip_is_exact(runs):
@@ -106,3 +118,13 @@ def test_a_damaged_record_is_a_one_line_error(runs, tmp_path):
     (bad / "weights.json").unlink()  # (the seal would refuse the changed file first)
     with pytest.raises(CheckpointError, match=f"lists the 2:4 weight '{re.escape(name)}' but not"):
         load_run(bad)
+
+
+def test_packed_masks_round_trip_at_odd_shapes(tmp_path):
+    from fastlm.prune.saved import pruning_record, write_pruning
+
+    g = torch.Generator().manual_seed(0)
+    masks = {"a": torch.rand(7, 13, generator=g) > 0.5, "b": torch.rand(3, 5, generator=g) > 0.3}
+    write_pruning(tmp_path, masks, pruning_record(masks, "unstructured", "layer"))
+    _, again = read_pruning(tmp_path)
+    assert all(again[n].dtype == torch.bool and torch.equal(again[n], masks[n]) for n in masks)
