@@ -175,19 +175,21 @@ def task_arms(args, out: Path, domains: dict, base_config) -> dict:
 
 def report(args, tasks: dict, results: dict, seconds: float, out: Path) -> None:
     if results:
-        print(f"\ntiny, {args.base_steps} steps on sources, then {args.steps} steps on pydoc (replay {args.replay}, "
-              f"LoRA rank {args.lora_rank}); validation perplexity ({seconds:.0f} s):")
-        print(f"{'arm':26s} {'sources':>10s} {'pydoc':>10s}")
-        for name, r in results.items():
-            print(f"{name:26s} {r['sources']:10.2f} {r['pydoc']:10.2f}")
+        table(f"tiny, {args.base_steps} steps on sources, then {args.steps} steps on pydoc (replay {args.replay}, "
+              f"LoRA rank {args.lora_rank}); validation perplexity ({seconds:.0f} s):", results, ["sources", "pydoc"])
     if tasks:
-        print(f"\nfine-tuning a classifier (langid demo, {args.task_steps} steps, replay {args.replay}) from a "
-              f"tied-embedding base: validation perplexity of the backbone, task accuracy ({seconds:.0f} s):")
-        print(f"{'arm':26s} {'sources':>10s} {'pydoc':>10s} {'accuracy':>10s}")
-        for name, r in tasks.items():
-            print(f"{name:26s} {r['sources']:10.2f} {r['pydoc']:10.2f} {r.get('accuracy', float('nan')):10.3f}")
+        table(f"fine-tuning a classifier (langid demo, {args.task_steps} steps, replay {args.replay}) from a "
+              f"tied-embedding base: validation perplexity of the backbone, task accuracy ({seconds:.0f} s):",
+              tasks, ["sources", "pydoc", "accuracy"])
     (out / "results.json").write_text(json.dumps({"args": vars(args), "val_ppl": results, "finetune": tasks,
                                                   "seconds": seconds}, indent=1))
+
+
+def table(title: str, rows: dict, columns: list[str]) -> None:
+    print(f"\n{title}")
+    print(f"{'arm':26s}" + "".join(f" {c:>10s}" for c in columns))
+    for name, r in rows.items():
+        print(f"{name:26s}" + "".join(f" {r.get(c, float('nan')):10.{3 if c == 'accuracy' else 2}f}" for c in columns))
 
 
 if __name__ == "__main__":

@@ -12,20 +12,20 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
-from fastlm.cli import main
 from fastlm.parallel import parallelize
 from fastlm.tasks import get_task
 from fastlm.tasks.classification import SequenceClassifier
 from fastlm.tasks.config import task_config_from_dict
 from fastlm.tasks.loop import ExampleSampler, finetune
 from fastlm.tasks.replay import ReplayBatch, TaskReplay
+from fastlm.train import Trainer
 from fastlm.train.config import Config
 from fastlm.train.errors import ConfigError
 from fastlm.train.run import init_model_from
 from fastlm.train.step import TrainStep, task_loss
 from tests.parallel.dist_helpers import run_world
 from tests.tasks.task_helpers import synthetic_records, write_jsonl
-from tests.test_cli import MICRO_TOML
+from tests.train.train_helpers import micro_config
 
 TASK = get_task("classification")
 
@@ -33,9 +33,7 @@ TASK = get_task("classification")
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
     root = tmp_path_factory.mktemp("replay-ft")
-    config = root / "micro.toml"
-    config.write_text(MICRO_TOML)
-    assert main(["train", str(config), "--out", str(root / "lm"), "--quiet"]) == 0
+    Trainer(micro_config("model.dropout=0.0"), out_dir=root / "lm", show_progress=False).fit()
     return root / "lm", write_jsonl(root / "train.jsonl", synthetic_records(96))
 
 
