@@ -99,7 +99,8 @@ class TrainSection:
     debias: str = "none"
     debias_weight: float = 1.0           # the reversed gradient's scale: how hard the encoder hides the group
     # Continual adaptation (fastlm.train.replay): this share of every batch comes from the training stream of
-    # model.init_from's run (its config.toml's [data]), to limit forgetting; 0: none.
+    # model.init_from's run (its config.toml's [data]), to limit forgetting; 0: none. In fastlm finetune
+    # those slots are causal-LM windows next to the task's examples (fastlm.tasks.replay).
     replay: float = 0.0
 
 
