@@ -28,7 +28,14 @@ Fine-tuning a task (--task-steps N > 0, `fastlm finetune`): a second base, the s
 embeddings (so the task model, which drops the LM head, still holds it), fine-tuned as a
 classifier on the langid demo (messages in 6 languages) with and without train.replay; forgetting is
 the base domain's ("sources") validation perplexity of the fine-tuned backbone, next to the task's
-validation accuracy.
+validation accuracy. Measured (`--task-only`, 2-core shared CPU under load ~10, 645 s; 300 base steps,
+150 fine-tuning steps of 16 examples (4 of them replayed windows of 128 tokens), lr 1e-3):
+    arm                          sources      pydoc   accuracy
+    tied base (sources only)       95.21     503.35
+    finetune langid               254.95    1364.76      0.757
+    finetune langid + replay      110.78     553.58      0.780
+Fine-tuning alone nearly triples the base domain's perplexity; with replay it rises 16%, and the
+classifier is as accurate (0.78 vs 0.76 on the 6-language validation split).
 """
 from __future__ import annotations
 
