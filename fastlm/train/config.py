@@ -80,7 +80,8 @@ class TrainSection:
     grad_clip: float = 1.0               # global-norm clip; 0 disables clipping
     precision: str = "auto"              # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     seed: int = 0
-    optimizer: str = "adamw"             # adamw | sgd (plain SGD with train.momentum; FedAvg's classic client)
+    optimizer: str = "adamw"             # adamw (torch's) | fastlm_adamw (native fused step, fastlm.optim.AdamW)
+    #                                      | sgd (plain SGD with train.momentum; FedAvg's classic client)
     momentum: float = 0.0                # sgd only
     log_every: int = 10
     eval_every: int = 500                # also always at step 0 and at the end; 0: only those

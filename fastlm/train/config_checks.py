@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # annotations only: config.py imports this module
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LINEARS = ("default", "int8_train")
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "fastlm_adamw", "sgd")
 
 
 def validate(config: Config) -> None:

@@ -6,11 +6,12 @@ import math
 import torch
 from torch import nn
 
+from fastlm.optim import AdamW as FastlmAdamW
 from fastlm.train.config import TrainSection
 
 
 def build_optimizer(model: nn.Module, train: TrainSection, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW (or SGD with train.optimizer = "sgd"); norms, biases and embeddings get no weight decay
+    """AdamW (torch's, or fastlm's native one with train.optimizer = "fastlm_adamw"; SGD with "sgd"); norms, biases and embeddings get no weight decay
     (nanoGPT/LLaMA practice)."""
     decay, no_decay, seen = [], [], set()
     for module in model.modules():
@@ -26,6 +27,8 @@ def build_optimizer(model: nn.Module, train: TrainSection, device: torch.device)
     ]
     if train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum)
+    if train.optimizer == "fastlm_adamw":
+        return FastlmAdamW(groups, lr=train.lr, betas=(0.9, 0.95), eps=1e-8)
     # fused AdamW is the fastest on CUDA; on CPU the default (foreach) path is.
     return torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
 

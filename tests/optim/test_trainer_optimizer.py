@@ -1,0 +1,59 @@
+"""train.optimizer = "fastlm_adamw" in the trainer: same training as torch's AdamW, exact resume."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import safetensors.torch
+import torch
+
+import fastlm.optim.adamw
+from fastlm.train import Trainer
+from fastlm.train.errors import ConfigError
+from fastlm.train.metrics import read_metrics
+from tests.train.train_helpers import micro_config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FASTLM_CACHE", str(tmp_path_factory.mktemp("fastlm-cache")))
+        yield
+
+
+def _fit(out, *extra, resume=False):
+    Trainer(micro_config(*extra), out_dir=out, resume=resume, show_progress=False).fit()
+
+
+def test_fastlm_adamw_trains_like_torch_adamw(tmp_path, monkeypatch):
+    calls = []
+    real = fastlm.optim.adamw.adamw_step
+    monkeypatch.setattr(fastlm.optim.adamw, "adamw_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    _fit(tmp_path / "ours", "train.optimizer=fastlm_adamw")
+    assert len(calls) == 6 * 2  # 6 steps, 2 parameter groups (decay, no decay)
+    _fit(tmp_path / "torch", "train.optimizer=adamw")
+    assert len(calls) == 12
+    a = [r["loss"] for r in read_metrics(tmp_path / "ours") if "loss" in r]
+    b = [r["loss"] for r in read_metrics(tmp_path / "torch") if "loss" in r]
+    assert len(a) == 6 and a == pytest.approx(b, rel=1e-4)
+    wa, wb = (safetensors.torch.load_file(tmp_path / run / "model.safetensors") for run in ("ours", "torch"))
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_fastlm_adamw_resume_is_exact(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _fit(straight, "train.optimizer=fastlm_adamw")
+    shutil.copytree(straight, resumed)  # a run killed after its step-3 checkpoint
+    shutil.rmtree(resumed / "checkpoints" / "step_0000006")
+    (resumed / "model.safetensors").unlink()
+    _fit(resumed, "train.optimizer=fastlm_adamw", resume=True)
+    a, b = (read_metrics(run) for run in (straight, resumed))
+    assert [r.get("loss") for r in a] == [r.get("loss") for r in b]
+    wa, wb = (safetensors.torch.load_file(run / "model.safetensors") for run in (straight, resumed))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_unknown_optimizer_lists_the_choices(tmp_path):
+    with pytest.raises(ConfigError, match='train.optimizer = "adam": expected one of adamw, fastlm_adamw, sgd'):
+        Trainer(micro_config("train.optimizer=adam"), out_dir=tmp_path / "x", show_progress=False)
