@@ -83,6 +83,9 @@ class TrainSection:
     optimizer: str = "adamw"             # adamw (torch's) | fastlm_adamw (native fused step, fastlm.optim.AdamW)
     #                                      | sgd (plain SGD with train.momentum; FedAvg's classic client)
     momentum: float = 0.0                # sgd only
+    # CUDA only: AdamW states and fp32 master weights in pinned CPU memory, stepped there by the native CPU
+    # AdamW bucket by bucket as the gradients arrive (fastlm.optim.offload); one process, no tp / pp yet.
+    optimizer_offload: bool = False
     log_every: int = 10
     eval_every: int = 500                # also always at step 0 and at the end; 0: only those
     eval_batches: int = 20               # validation batches of micro_batch_size sequences

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from fastlm.optim import AdamW as FastlmAdamW
+from fastlm.optim.offload import OffloadedAdamW
 from fastlm.train.config import TrainSection
+from fastlm.train.errors import ConfigError
 
 
 def build_optimizer(model: nn.Module, train: TrainSection, device: torch.device) -> torch.optim.Optimizer:
@@ -27,10 +29,20 @@ def build_optimizer(model: nn.Module, train: TrainSection, device: torch.device)
     ]
     if train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum)
+    if getattr(train, "optimizer_offload", False):
+        _check_offload(device)
+        return OffloadedAdamW(groups, lr=train.lr, betas=(0.9, 0.95), eps=1e-8)
     if train.optimizer == "fastlm_adamw":
         return FastlmAdamW(groups, lr=train.lr, betas=(0.9, 0.95), eps=1e-8)
     # fused AdamW is the fastest on CUDA; on CPU the default (foreach) path is.
     return torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
+
+
+def _check_offload(device: torch.device) -> None:
+    if device.type != "cuda":
+        raise ConfigError(f"train.optimizer_offload = true: needs a CUDA device (this run is on {device.type})")
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        raise ConfigError("train.optimizer_offload = true: not available with more than one process yet")
 
 
 def lr_at(step: int, train: TrainSection) -> float:

@@ -86,7 +86,9 @@ class TrainStep:
             self.after_grad_sync()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        grad_norm = self.pm.clip_grad_norm_(self.max_norm)
+        # An optimizer that keeps its own gradient copies (optimizer offload) measures and clips them itself.
+        clip = getattr(self.optimizer, "clip_grad_norm_", None) or self.pm.clip_grad_norm_
+        grad_norm = clip(self.max_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
             self.scaler.update()

@@ -57,3 +57,15 @@ def test_fastlm_adamw_resume_is_exact(tmp_path):
 def test_unknown_optimizer_lists_the_choices(tmp_path):
     with pytest.raises(ConfigError, match='train.optimizer = "adam": expected one of adamw, fastlm_adamw, sgd'):
         Trainer(micro_config("train.optimizer=adam"), out_dir=tmp_path / "x", show_progress=False)
+
+
+def test_optimizer_offload_on_a_cpu_run_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"^train.optimizer_offload = true: needs a CUDA device \(this run is on cpu\)$"):
+        Trainer(micro_config("train.optimizer_offload=true"), out_dir=tmp_path / "x", show_progress=False).fit()
+
+
+@pytest.mark.parametrize("extra, what", [("train.optimizer=sgd", "sgd"), ("parallel.shard_optimizer=true", "shard"),
+                                         ("train.precision=fp16", "fp16")])
+def test_optimizer_offload_conflicts_are_config_errors(extra, what):
+    with pytest.raises(ConfigError, match=f"train.optimizer_offload = true: not available with .*{what}"):
+        micro_config("train.optimizer_offload=true", extra)
