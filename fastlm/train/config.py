@@ -80,7 +80,7 @@ class TrainSection:
     grad_clip: float = 1.0               # global-norm clip; 0 disables clipping
     precision: str = "auto"              # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     seed: int = 0
-    optimizer: str = "adamw"             # adamw (torch's) | fastlm_adamw (native fused step, fastlm.optim.AdamW)
+    optimizer: str = "adamw"             # adamw (fastlm.optim.AdamW on CPU, torch's fused on CUDA) | fastlm_adamw
     #                                      | sgd (plain SGD with train.momentum; FedAvg's classic client)
     momentum: float = 0.0                # sgd only
     # CUDA only: AdamW states and fp32 master weights in pinned CPU memory, stepped there by the native CPU

@@ -47,7 +47,7 @@ def _set_grads(step: int, params_list, dtype) -> None:
     for i, s in enumerate(SHAPES):
         g = (torch.randn(s, generator=gen) * (0.1 + i)).to(dtype)
         for params in params_list:
-            params[i].grad = None if step % 5 == i else g.clone()
+            params[i].grad = None if step % 5 == i else g.to(params[i].device, copy=True)
 
 
 def _schedule(step: int) -> float:

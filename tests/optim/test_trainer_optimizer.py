@@ -8,6 +8,7 @@ import safetensors.torch
 import torch
 
 import fastlm.optim.adamw
+import fastlm.train.optim
 from fastlm.train import Trainer
 from fastlm.train.errors import ConfigError
 from fastlm.train.metrics import read_metrics
@@ -31,8 +32,11 @@ def test_fastlm_adamw_trains_like_torch_adamw(tmp_path, monkeypatch):
     monkeypatch.setattr(fastlm.optim.adamw, "adamw_step", lambda *a, **k: calls.append(1) or real(*a, **k))
     _fit(tmp_path / "ours", "train.optimizer=fastlm_adamw")
     assert len(calls) == 6 * 2  # 6 steps, 2 parameter groups (decay, no decay)
+    _fit(tmp_path / "default", "train.optimizer=adamw")  # "adamw" on the CPU is fastlm's too
+    assert len(calls) == 24
+    monkeypatch.setattr(fastlm.train.optim, "has_native_op", lambda name: False)  # torch's AdamW (foreach)
     _fit(tmp_path / "torch", "train.optimizer=adamw")
-    assert len(calls) == 12
+    assert len(calls) == 24
     a = [r["loss"] for r in read_metrics(tmp_path / "ours") if "loss" in r]
     b = [r["loss"] for r in read_metrics(tmp_path / "torch") if "loss" in r]
     assert len(a) == 6 and a == pytest.approx(b, rel=1e-4)
