@@ -88,6 +88,9 @@ class OffloadedAdamW:
         factor = self._clip_factor()
         for i, m in enumerate(self.masters):
             m.grad = self.host_grads[i] if self._arrived[i] else None
+        if self._cuda:
+            # the copies back must not overtake kernels still reading the parameters (GPU-side order, no stall)
+            self._h2d.wait_stream(torch.cuda.current_stream(self.device))
         for b in range(len(self.buckets)):
             if self._cuda and self._counts[b]:  # a bucket with unused parameters: its last copies so far
                 self._record_event(b)

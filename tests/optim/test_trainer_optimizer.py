@@ -73,3 +73,36 @@ def test_optimizer_offload_on_a_cpu_run_is_a_config_error(tmp_path):
 def test_optimizer_offload_conflicts_are_config_errors(extra, what):
     with pytest.raises(ConfigError, match=f"train.optimizer_offload = true: not available with .*{what}"):
         micro_config("train.optimizer_offload=true", extra)
+
+
+@pytest.fixture
+def offload_on_cpu(monkeypatch):
+    """The offload engine in the trainer with CPU parameters (its device copies become plain copies)."""
+    monkeypatch.setattr(fastlm.train.optim, "_check_offload", lambda device: None)
+    return "train.optimizer_offload=true"
+
+
+def test_offload_engine_in_the_trainer_trains_like_adamw(tmp_path, offload_on_cpu, monkeypatch):
+    engines = []
+    real = fastlm.train.optim.OffloadedAdamW
+    monkeypatch.setattr(fastlm.train.optim, "OffloadedAdamW", lambda *a, **k: engines.append(real(*a, **k)) or engines[-1])
+    _fit(tmp_path / "offload", offload_on_cpu)
+    assert len(engines) == 1
+    _fit(tmp_path / "plain", "train.optimizer=fastlm_adamw")
+    a, b = ([r["loss"] for r in read_metrics(tmp_path / run) if "loss" in r] for run in ("offload", "plain"))
+    assert len(a) == 6 and a == pytest.approx(b, rel=1e-5)
+    wa, wb = (safetensors.torch.load_file(tmp_path / run / "model.safetensors") for run in ("offload", "plain"))
+    for key in wa:  # the gradient norm sums in another order: float tolerance, not bit-exact
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_offload_engine_resume_is_exact(tmp_path, offload_on_cpu):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _fit(straight, offload_on_cpu)
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_0000006")
+    (resumed / "model.safetensors").unlink()
+    _fit(resumed, offload_on_cpu, resume=True)
+    assert [r.get("loss") for r in read_metrics(straight)] == [r.get("loss") for r in read_metrics(resumed)]
+    wa, wb = (safetensors.torch.load_file(run / "model.safetensors") for run in (straight, resumed))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
