@@ -50,7 +50,8 @@ void adamw_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
                 "] must be float32 (no master) or bfloat16 (with a float32 master), got ", p.scalar_type());
     TORCH_CHECK(g.is_cpu() && g.is_contiguous() && g.numel() == p.numel() &&
                     (g.scalar_type() == at::kFloat || g.scalar_type() == at::kBFloat16),
-                kOp, ": grads[", i, "] must be a contiguous float32 or bfloat16 CPU tensor of ", p.numel(), " elements");
+                kOp, ": grads[", i, "] must be a contiguous float32 or bfloat16 CPU tensor of ", p.numel(),
+                " elements");
     check_state(exp_avgs[i], p, "exp_avgs", i);
     check_state(exp_avg_sqs[i], p, "exp_avg_sqs", i);
     if (has_master) check_state(master, p, "masters", i);

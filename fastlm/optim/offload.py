@@ -189,7 +189,8 @@ class OffloadedAdamW:
 
 
 def _buckets(numels: list[int], bucket_elems: int) -> list[list[int]]:
-    """Parameter indices in reverse order, cut into buckets of at least bucket_elems elements (the last may be smaller)."""
+    """Parameter indices in reverse order, cut into buckets of at least bucket_elems elements (the last may
+    be smaller)."""
     buckets, current, size = [], [], 0
     for i in reversed(range(len(numels))):
         current.append(i)

@@ -64,7 +64,8 @@ def test_unknown_optimizer_lists_the_choices(tmp_path):
 
 
 def test_optimizer_offload_on_a_cpu_run_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"^train.optimizer_offload = true: needs a CUDA device \(this run is on cpu\)$"):
+    message = r"^train.optimizer_offload = true: needs a CUDA device \(this run is on cpu\)$"
+    with pytest.raises(ConfigError, match=message):
         Trainer(micro_config("train.optimizer_offload=true"), out_dir=tmp_path / "x", show_progress=False).fit()
 
 
@@ -85,7 +86,8 @@ def offload_on_cpu(monkeypatch):
 def test_offload_engine_in_the_trainer_trains_like_adamw(tmp_path, offload_on_cpu, monkeypatch):
     engines = []
     real = fastlm.train.optim.OffloadedAdamW
-    monkeypatch.setattr(fastlm.train.optim, "OffloadedAdamW", lambda *a, **k: engines.append(real(*a, **k)) or engines[-1])
+    monkeypatch.setattr(fastlm.train.optim, "OffloadedAdamW",
+                        lambda *a, **k: engines.append(real(*a, **k)) or engines[-1])
     _fit(tmp_path / "offload", offload_on_cpu)
     assert len(engines) == 1
     _fit(tmp_path / "plain", "train.optimizer=fastlm_adamw")
