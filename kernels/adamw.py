@@ -41,6 +41,8 @@ def _adamw_kernel(P, G, M, V, W, n, decay, neg_step, bc2_sqrt, w1, b2, w2, eps,
 
 def adamw_step_(params, grads, exp_avgs, exp_avg_sqs, masters, steps, lr, beta1, beta2, eps, weight_decay) -> None:
     for p, g, m, v, master, step in zip(params, grads, exp_avgs, exp_avg_sqs, masters, steps):
+        step.add_(1)
+        step = step.item()
         n = p.numel()
         if n == 0:
             continue

@@ -34,7 +34,7 @@ void check_state(const at::Tensor& t, const at::Tensor& p, const char* name, siz
 }
 
 void adamw_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                 at::TensorList masters, at::ArrayRef<double> steps, double lr, double beta1, double beta2,
+                 at::TensorList masters, at::TensorList steps, double lr, double beta1, double beta2,
                  double eps, double weight_decay) {
   const size_t n = params.size();
   TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && masters.size() == n &&
@@ -55,9 +55,8 @@ void adamw_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
     check_state(exp_avgs[i], p, "exp_avgs", i);
     check_state(exp_avg_sqs[i], p, "exp_avg_sqs", i);
     if (has_master) check_state(master, p, "masters", i);
-    TORCH_CHECK(steps[i] >= 1, kOp, ": steps[", i, "] must be >= 1, got ", steps[i]);
-    // As torch: bias corrections in double, then the per-element math in float.
-    const double bc1 = 1.0 - std::pow(beta1, steps[i]), bc2 = 1.0 - std::pow(beta2, steps[i]);
+    TORCH_CHECK(steps[i].is_cpu() && steps[i].scalar_type() == at::kFloat && steps[i].numel() == 1, kOp,
+                ": steps[", i, "] must be a one-element float32 CPU tensor");
     ts[i] = AdamwTensor{p.data_ptr(),
                         g.data_ptr(),
                         exp_avgs[i].data_ptr<float>(),
@@ -65,10 +64,18 @@ void adamw_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
                         has_master ? master.data_ptr<float>() : nullptr,
                         g.scalar_type() == at::kBFloat16,
                         static_cast<float>(1.0 - lr * weight_decay),
-                        static_cast<float>(lr / bc1),
-                        static_cast<float>(std::sqrt(bc2))};
+                        0.0f,
+                        0.0f};
     total += p.numel();
     ends[i] = total;
+  }
+  // Every input checked: count the step, then (as torch) bias corrections in double, the element math in float.
+  for (size_t i = 0; i < n; ++i) {
+    float* count = steps[i].data_ptr<float>();
+    *count += 1.0f;
+    const double bc1 = 1.0 - std::pow(beta1, *count), bc2 = 1.0 - std::pow(beta2, *count);
+    ts[i].step_size = static_cast<float>(lr / bc1);
+    ts[i].bc2_sqrt = static_cast<float>(std::sqrt(bc2));
   }
   if (total == 0) return;
   const AdamwConsts consts{static_cast<float>(1.0 - beta1), static_cast<float>(beta2),

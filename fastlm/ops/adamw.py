@@ -32,15 +32,16 @@ def adamw_cpu_kernel() -> str:
 
 
 def adamw_step(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], exp_avgs: Sequence[torch.Tensor],
-               exp_avg_sqs: Sequence[torch.Tensor], masters: Sequence[torch.Tensor], steps: Sequence[float], *,
+               exp_avg_sqs: Sequence[torch.Tensor], masters: Sequence[torch.Tensor], steps: Sequence[torch.Tensor], *,
                lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
     """Steps every params[i] in place (see schemas.py "adamw_step_" for the layout); no autograd.
 
-    All tensors of one call are on one device. masters[i] is an empty tensor for fp32 params.
+    All tensors of one call are on one device, except steps: 0-d fp32 CPU tensors (torch's state["step"]),
+    incremented here. masters[i] is an empty tensor for fp32 params.
     """
     if not params:
         return
-    args = (list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(masters), [float(s) for s in steps],
+    args = (list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(masters), list(steps),
             float(lr), float(beta1), float(beta2), float(eps), float(weight_decay))
     with torch.no_grad():
         if forced_backend() == "reference":

@@ -12,6 +12,8 @@ import torch
 
 def adamw_step_(params, grads, exp_avgs, exp_avg_sqs, masters, steps, lr, beta1, beta2, eps, weight_decay) -> None:
     for p, g, m, v, master, step in zip(params, grads, exp_avgs, exp_avg_sqs, masters, steps):
+        step.add_(1)
+        step = step.item()
         w = master if (master.numel() > 0 or p.dtype != torch.float32) else p
         g = g.reshape(w.shape).to(torch.float32)
         w.mul_(1.0 - lr * weight_decay)

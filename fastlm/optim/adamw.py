@@ -105,22 +105,24 @@ class AdamW(torch.optim.Optimizer):
             steps.append(state["step"])
         beta1, beta2 = group["betas"]
         for ps, gs, ms, vs, ws, steps in lists.values():
-            torch._foreach_add_(steps, 1.0)
-            counts = (torch.stack(steps).tolist() if all(s.device.type == "cpu" for s in steps)
-                      else [float(s) for s in steps])
-            adamw_step(ps, gs, ms, vs, ws, counts, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+            adamw_step(ps, gs, ms, vs, ws, steps, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                        weight_decay=group["weight_decay"])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As torch's, except that the moments and masters of bf16 parameters stay fp32 (torch would cast
-        every floating state to the parameter's dtype)."""
+        every floating state to the parameter's dtype), and every "step" becomes a 0-d fp32 CPU tensor
+        (what the native step counts in; torch's fused / capturable states keep it on the device)."""
         super().load_state_dict(state_dict)
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         for saved_id, p in zip(saved_ids, params):
             saved = state_dict["state"].get(saved_id)
-            if saved is None or p.dtype == torch.float32:
+            if saved is None:
                 continue
-            for key in ("exp_avg", "exp_avg_sq", "master"):
-                if key in saved:
-                    self.state[p][key] = saved[key].to(device=p.device, dtype=torch.float32, copy=True)
+            state = self.state[p]
+            if "step" in state:
+                state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
+            if p.dtype != torch.float32:
+                for key in ("exp_avg", "exp_avg_sq", "master"):
+                    if key in saved:
+                        state[key] = saved[key].to(device=p.device, dtype=torch.float32, copy=True)

@@ -25,12 +25,14 @@ def test_triton_adamw_matches_reference(dtype):
     ours, ours_w, (ours_m, ours_v) = _state(shapes, dtype, 0)
     ref, ref_w, (ref_m, ref_v) = _state(shapes, dtype, 0)
     gen = torch.Generator().manual_seed(1)
+    ours_steps, ref_steps = ([torch.tensor(float(s)) for s in (0, 0, 3)] for _ in range(2))
     for step in range(1, 6):
         grads = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
         lr = 1e-2 * (1 + step % 3)
-        args = ([step, step, max(step - 1, 1)], lr, 0.9, 0.95, 1e-8, 0.1)
-        adamw_step_(ours, grads, ours_m, ours_v, ours_w, *args)
-        reference_adamw.adamw_step_(ref, grads, ref_m, ref_v, ref_w, *args)
+        args = (lr, 0.9, 0.95, 1e-8, 0.1)
+        adamw_step_(ours, grads, ours_m, ours_v, ours_w, ours_steps, *args)
+        reference_adamw.adamw_step_(ref, grads, ref_m, ref_v, ref_w, ref_steps, *args)
+    assert [s.item() for s in ours_steps] == [s.item() for s in ref_steps] == [5, 5, 8]
     for a, b in zip(ours_m + ours_v, ref_m + ref_v):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     if dtype == torch.float32:
