@@ -185,3 +185,29 @@ def test_unsupported_dtype_and_kernel_name(monkeypatch):
         q.grad = torch.ones_like(q)
         with pytest.raises(RuntimeError, match="FASTLM_ADAMW_KERNEL=avx9 is not one of"):
             AdamW([q]).step()
+
+
+def _train_alone(params, opt, steps=60):
+    for step in range(steps):
+        _set_grads(step, [params], params[0].dtype)
+        for group, base in zip(opt.param_groups, (3e-2, 1e-2, 2e-2)):
+            group["lr"] = base * _schedule(step)
+        opt.step()
+    return params
+
+
+def test_error_against_an_fp64_oracle_is_within_torchs_own(path):
+    """torch's fp32 AdamW and ours both drift from the same AdamW in fp64; ours by no more than torch's."""
+    def params(dtype):
+        return [p.detach().to(dtype).requires_grad_() for p in _params()]
+
+    oracle = params(torch.float64)
+    _train_alone(oracle, torch.optim.AdamW(_groups(oracle), weight_decay=0.01, foreach=False))
+    theirs, ours = params(torch.float32), params(torch.float32)
+    _train_alone(theirs, torch.optim.AdamW(_groups(theirs), weight_decay=0.01, foreach=False))
+    _train_alone(ours, AdamW(_groups(ours), weight_decay=0.01))
+
+    def error(ps):
+        return max((p.double() - o).abs().max().item() for p, o in zip(ps, oracle))
+
+    assert 0 < error(ours) <= 1.5 * error(theirs)
