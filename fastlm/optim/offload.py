@@ -55,6 +55,7 @@ class OffloadedAdamW:
         self._h2d = torch.cuda.Stream(self.device) if self._cuda else None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="fastlm-offload")
         self._clip: tuple[float, torch.Tensor] | None = None
+        self._copy_grads = True  # final_backward(False): the coming backward is not the step's last
         self._masters_from_params = True  # until a checkpoint's state is loaded: masters = the parameters
         self._hooks = [p.register_post_accumulate_grad_hook(functools.partial(self._grad_ready, i))
                        for i, p in enumerate(self.params)]
@@ -68,6 +69,12 @@ class OffloadedAdamW:
     @property
     def state(self):
         return self.inner.state
+
+    def final_backward(self, final: bool) -> None:
+        """Whether the coming backward is the step's last (fastlm.train.TrainStep says so before each
+        micro-batch): the gradients go to the host only then. Without this call every backward's are
+        copied (in order, so the accumulated gradient of the last one stays)."""
+        self._copy_grads = final
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """The gradients' total 2-norm (on the device, as torch.nn.utils.clip_grad_norm_ computes it); the
@@ -102,6 +109,7 @@ class OffloadedAdamW:
         self._arrived = [False] * len(self.params)
         self._counts = [0] * len(self.buckets)
         self._events = [None] * len(self.buckets)
+        self._copy_grads = True
         return None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -138,8 +146,10 @@ class OffloadedAdamW:
     # ------------------------------------------------------------------ internals
 
     def _grad_ready(self, i: int, p: torch.Tensor) -> None:
-        """A post-accumulate-grad hook: start copying p.grad to the host (again on every micro-batch;
-        the copies are in order, so the last one, of the accumulated gradient, stays)."""
+        """A post-accumulate-grad hook: start copying p.grad to the host (unless final_backward(False)
+        said more micro-batches follow)."""
+        if not self._copy_grads:
+            return
         host = self.host_grads[i]
         if self._cuda:
             self._d2h.wait_stream(torch.cuda.current_stream(self.device))

@@ -113,9 +113,12 @@ class TrainStep:
         n = len(micro_batches)
         total = torch.zeros((), device=self.device)
         extras: dict = {}
+        final_backward = getattr(self.optimizer, "final_backward", None)  # optimizer offload: copy grads once
         for i, batch in enumerate(micro_batches):
             batch = to_device(batch, self.device)
             communicate = sync and i == n - 1  # gradients are reduced in the last backward only
+            if final_backward is not None:
+                final_backward(i == n - 1)
 
             def loss_fn(batch=batch):
                 with self.autocast:

@@ -35,11 +35,14 @@ def _groups(model):
     return [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _train(model, opt, steps, clip, start=0, micro=2):
-    """`steps` optimizer steps of `micro` accumulated micro-batches each; lr changed every step."""
+def _train(model, opt, steps, clip, start=0, micro=2, announce=True):
+    """`steps` optimizer steps of `micro` accumulated micro-batches each; lr changed every step.
+    announce: tell the offload engine which backward is the last (as TrainStep does)."""
     for step in range(start, start + steps):
         gen = torch.Generator().manual_seed(step)
-        for _ in range(micro):
+        for k in range(micro):
+            if announce and isinstance(opt, OffloadedAdamW):
+                opt.final_backward(k == micro - 1)
             p = next(model.parameters())
             x = torch.randn(8, 13, generator=gen).to(device=p.device, dtype=p.dtype)
             (model(x).float().pow(2).mean() * 10 / micro).backward()
@@ -58,13 +61,24 @@ def _train(model, opt, steps, clip, start=0, micro=2):
 
 @pytest.mark.parametrize("bucket_elems", [1, 300, 1 << 20])
 @pytest.mark.parametrize("clip", [0.0, 0.05])
-def test_offload_equals_plain_adamw(bucket_elems, clip):
+@pytest.mark.parametrize("announce", [True, False])
+def test_offload_equals_plain_adamw(bucket_elems, clip, announce, monkeypatch):
+    copies = []
+    real = OffloadedAdamW._grad_ready
+
+    def counting(self, i, p):  # counts the gradient copies to the host
+        copies.extend([i] if self._copy_grads else [])
+        real(self, i, p)
+
+    monkeypatch.setattr(OffloadedAdamW, "_grad_ready", counting)
     plain, offloaded = _model(), _model()
     opt_a = AdamW(_groups(plain), lr=1e-2, betas=(0.9, 0.95))
     opt_b = OffloadedAdamW(_groups(offloaded), lr=1e-2, betas=(0.9, 0.95), bucket_elems=bucket_elems)
     assert len(opt_b.buckets) > 1 or bucket_elems > 1000
     _train(plain, opt_a, 6, clip)
-    _train(offloaded, opt_b, 6, clip)
+    _train(offloaded, opt_b, 6, clip, announce=announce)
+    used = len(opt_b.params) - 2  # the unused layer's weight and bias never get a gradient
+    assert len(copies) == 6 * used * (1 if announce else 2)
     for (name, p), q in zip(plain.named_parameters(), offloaded.parameters()):
         assert torch.equal(p, q), name
     assert torch.equal(offloaded.unused.weight, _model().unused.weight)  # no gradient: never stepped

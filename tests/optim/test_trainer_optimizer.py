@@ -88,8 +88,20 @@ def test_offload_engine_in_the_trainer_trains_like_adamw(tmp_path, offload_on_cp
     real = fastlm.train.optim.OffloadedAdamW
     monkeypatch.setattr(fastlm.train.optim, "OffloadedAdamW",
                         lambda *a, **k: engines.append(real(*a, **k)) or engines[-1])
+    calls, copies = [], []
+    real_ready = real._grad_ready
+
+    def counting(self, i, p):
+        calls.append(i)
+        copies.extend([i] if self._copy_grads else [])
+        real_ready(self, i, p)
+
+    monkeypatch.setattr(real, "_grad_ready", counting)
     _fit(tmp_path / "offload", offload_on_cpu)
     assert len(engines) == 1
+    # 2 micro-batches per step: TrainStep tells the engine which backward is the last, so each
+    # gradient goes to the host once per step
+    assert copies and len(calls) == 2 * len(copies) and len(copies) == 6 * len(set(copies))
     _fit(tmp_path / "plain", "train.optimizer=fastlm_adamw")
     a, b = ([r["loss"] for r in read_metrics(tmp_path / run) if "loss" in r] for run in ("offload", "plain"))
     assert len(a) == 6 and a == pytest.approx(b, rel=1e-5)
