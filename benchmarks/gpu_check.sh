@@ -22,6 +22,10 @@ timeout 240 $py -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tai
 step "CUDA and Triton tests"
 FASTLM_REQUIRE_NATIVE=1 timeout 180 $py -m pytest -q -x -p no:cacheprovider tests/gpu 2>&1 | tail -n 20 | tee "$out/tests.txt"
 
+step "optimizer offload (pinned CPU AdamW states for CUDA parameters)"
+FASTLM_REQUIRE_NATIVE=1 timeout 120 $py -m pytest -q -p no:cacheprovider tests/gpu/test_cuda_offload.py \
+  tests/gpu/test_cuda_adamw.py 2>&1 | tail -n 5 | tee "$out/offload.txt"
+
 step "benchmarks"
 timeout 300 $py -m fastlm bench attention matmul train_throughput --device cuda --quick --out "$out" 2>&1 \
   | tee "$out/bench.txt" | tail -n 40

@@ -1,4 +1,5 @@
 """fastlm.ops: one public function per op. The only place that picks an implementation."""
+from fastlm.ops.adamw import adamw_step
 from fastlm.ops.attention import attention
 from fastlm.ops.cast_scale import cast_scale
 from fastlm.ops.cross_entropy import cross_entropy
@@ -20,4 +21,4 @@ from fastlm.ops.watermark import watermark_bias
 __all__ = ["rms_norm", "layer_norm", "cast_scale", "attention", "quantize_per_token", "quantize_per_channel", "int8_matmul",
            "int8_weight_matmul", "lora_matmul",
            "rope", "swiglu", "geglu", "cross_entropy", "linear_cross_entropy", "linear_distill_loss", "matmul",
-           "hashed_window_sum", "lstm", "gru", "rnn", "watermark_bias", "sparse24_matmul"]
+           "hashed_window_sum", "lstm", "gru", "rnn", "watermark_bias", "sparse24_matmul", "adamw_step"]

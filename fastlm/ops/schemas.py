@@ -79,6 +79,13 @@ SCHEMAS = {
                    "bool needs_grad_a, bool needs_grad_b) -> (Tensor, Tensor, Tensor)"),
     # out = scale * x, converted to out's dtype (fp32 math). Same number of elements.
     "cast_scale_": "cast_scale_(Tensor(a!) out, Tensor x, float scale) -> ()",
+    # One AdamW step (decoupled weight decay) of every tensor in the lists, in place: params fp32, or bf16
+    # with an fp32 master (masters[i] empty for fp32 params); grads fp32 or bf16; exp_avgs / exp_avg_sqs fp32;
+    # steps[i] the step count, a 0-d fp32 CPU tensor incremented by the op (bias corrections use the new
+    # count), as torch's state["step"]. See fastlm/ops/reference_adamw.py.
+    "adamw_step_": ("adamw_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+                    "Tensor(d!)[] masters, Tensor(e!)[] steps, float lr, float beta1, float beta2, float eps, "
+                    "float weight_decay) -> ()"),
     # x (R, K) contiguous float -> (q (R, K) int8, scale (R, K // group_size) fp32): symmetric absmax.
     "int8_quantize": "int8_quantize(Tensor x, int group_size) -> (Tensor, Tensor)",
     # a (M, K) int8 @ b (K, N) int8 in int32, then * a_scale (M,) * b_scale (N,) + bias (N,) (fp32

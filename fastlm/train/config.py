@@ -80,8 +80,12 @@ class TrainSection:
     grad_clip: float = 1.0               # global-norm clip; 0 disables clipping
     precision: str = "auto"              # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     seed: int = 0
-    optimizer: str = "adamw"             # adamw | sgd (plain SGD with train.momentum; FedAvg's classic client)
+    optimizer: str = "adamw"             # adamw (fastlm.optim.AdamW on CPU, torch's fused on CUDA) | fastlm_adamw
+    #                                      | sgd (plain SGD with train.momentum; FedAvg's classic client)
     momentum: float = 0.0                # sgd only
+    # CUDA only: AdamW states and fp32 master weights in pinned CPU memory, stepped there by the native CPU
+    # AdamW bucket by bucket as the gradients arrive (fastlm.optim.offload); one process, no tp / pp yet.
+    optimizer_offload: bool = False
     log_every: int = 10
     eval_every: int = 500                # also always at step 0 and at the end; 0: only those
     eval_batches: int = 20               # validation batches of micro_batch_size sequences

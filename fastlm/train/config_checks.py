@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # annotations only: config.py imports this module
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LINEARS = ("default", "int8_train")
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "fastlm_adamw", "sgd")
 
 
 def validate(config: Config) -> None:
@@ -84,6 +84,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.optimizer = {_show(t.optimizer)}: expected one of {', '.join(OPTIMIZERS)}")
     if not 0 <= t.momentum < 1:
         raise ConfigError(f"train.momentum = {_show(t.momentum)}: expected a number in [0, 1)")
+    _validate_optimizer_offload(config)
     # Outside a launch (no WORLD_SIZE: loading a finished run for eval/generate, or a config in a
     # notebook) dp = "auto" has no process count yet: dp_shares say how many ranks there will be.
     # Trainer.fit checks the split again against the real data-parallel size.
@@ -260,6 +261,23 @@ def _validate_parallel(p: ParallelSection, t: TrainSection) -> None:
         if not p.dp_shares or any(s < 1 for s in p.dp_shares):
             raise ConfigError(f"parallel.dp_shares = {_show(p.dp_shares)}: expected a list of positive integers, "
                               f"one per data-parallel rank")
+
+
+def _validate_optimizer_offload(config: Config) -> None:
+    """What train.optimizer_offload cannot be combined with yet (the device is checked by build_optimizer)."""
+    t, p = config.train, config.parallel
+    if not t.optimizer_offload:
+        return
+    privacy = getattr(config, "privacy", None)
+    conflicts = [(t.optimizer == "sgd", 'train.optimizer = "sgd" (it offloads AdamW)'),
+                 (t.precision == "fp16", 'train.precision = "fp16" (use "bf16")'),
+                 (p.tp > 1 or p.pp > 1, "parallel.tp > 1 or parallel.pp > 1"),
+                 (p.shard_optimizer, "parallel.shard_optimizer = true"),
+                 (p.sync == "local_sgd", 'parallel.sync = "local_sgd"'),
+                 (privacy is not None and getattr(privacy, "dp_sgd", False), "privacy.dp_sgd = true")]
+    for bad, what in conflicts:
+        if bad:
+            raise ConfigError(f"train.optimizer_offload = true: not available with {what} yet")
 
 
 PIPELINE_SCHEDULES = ("gpipe", "1f1b", "interleaved")

@@ -86,7 +86,9 @@ class TrainStep:
             self.after_grad_sync()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        grad_norm = self.pm.clip_grad_norm_(self.max_norm)
+        # An optimizer that keeps its own gradient copies (optimizer offload) measures and clips them itself.
+        clip = getattr(self.optimizer, "clip_grad_norm_", None) or self.pm.clip_grad_norm_
+        grad_norm = clip(self.max_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
             self.scaler.update()
@@ -111,9 +113,12 @@ class TrainStep:
         n = len(micro_batches)
         total = torch.zeros((), device=self.device)
         extras: dict = {}
+        final_backward = getattr(self.optimizer, "final_backward", None)  # optimizer offload: copy grads once
         for i, batch in enumerate(micro_batches):
             batch = to_device(batch, self.device)
             communicate = sync and i == n - 1  # gradients are reduced in the last backward only
+            if final_backward is not None:
+                final_backward(i == n - 1)
 
             def loss_fn(batch=batch):
                 with self.autocast:

@@ -1,5 +1,6 @@
 """A ZeRO-1 run (parallel.shard_optimizer) resumed from a checkpoint equals the uninterrupted run: the
-learning rate the schedule sets before the first resumed step is the one that step uses."""
+learning rate the schedule sets before the first resumed step is the one that step uses. (On the CPU
+train.optimizer = "adamw" is fastlm.optim.AdamW, so this is also its ZeRO-1 test.)"""
 from __future__ import annotations
 
 import os
