@@ -39,7 +39,9 @@ class ImageToText(nn.Module):
         self.vision = VisionEncoder(vision)
         self.decoder = text if isinstance(text, GPT) else GPT(text)
         text = self.decoder.config
-        self.projector = nn.Sequential(Linear(vision.d_model, text.d_model), nn.GELU(),
+        # The GELU runs in the first GEMM's epilogue (fastlm.ops.matmul); the Identity keeps the state-dict
+        # keys projector.0 / projector.2 of a Linear, GELU, Linear stack.
+        self.projector = nn.Sequential(Linear(vision.d_model, text.d_model, activation="gelu"), nn.Identity(),
                                        Linear(text.d_model, text.d_model))
         if vision.num_patches >= text.max_seq_len:
             raise ValueError(f"{vision.num_patches} image patches leave no room for text in the decoder's "
