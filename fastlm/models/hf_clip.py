@@ -17,7 +17,7 @@ import torch
 
 from fastlm.models.config import GPTConfig
 from fastlm.models.gpt import GPT
-from fastlm.models.hf_vision import _block_names, _get, vision_from_hf
+from fastlm.models.hf_vision import _block_names, _get, config_and_weights, vision_from_hf
 from fastlm.models.multimodal import ContrastiveImageText
 
 
@@ -47,13 +47,7 @@ def text_state_dict_from_hf(config: GPTConfig, sd: Mapping[str, torch.Tensor]) -
 def clip_from_hf(hf_model_or_config, state_dict: Mapping[str, torch.Tensor] | None = None,
                  dtype: torch.dtype = torch.float32) -> ContrastiveImageText:
     """A ContrastiveImageText equal to a transformers CLIPModel (or its config plus state dict)."""
-    if isinstance(hf_model_or_config, torch.nn.Module):
-        config = hf_model_or_config.config
-        state_dict = hf_model_or_config.state_dict() if state_dict is None else state_dict
-    else:
-        config = hf_model_or_config
-        if state_dict is None:
-            raise ValueError("clip_from_hf(config) needs the state_dict too (or pass the HF model itself)")
+    config, state_dict = config_and_weights(hf_model_or_config, state_dict, "clip_from_hf")
     if _get(config, "model_type") != "clip":
         raise ValueError(f"clip_from_hf: expected a CLIPModel (model_type 'clip'), got {_get(config, 'model_type')!r}")
     vision_config = _get(config, "vision_config")
