@@ -15,6 +15,7 @@ hits both. fp32 and bf16 autocast, on CPU unless --device cuda.
 
     python benchmarks/multimodal.py --quick
     python benchmarks/multimodal.py --models captioning --precision fp32 --repeats 3 --threads 1
+    python benchmarks/multimodal.py --interleaved --steps 10     # speed only, both in one process, step by step
 """
 from __future__ import annotations
 
@@ -86,54 +87,76 @@ def _contrastive(s: dict):
     return ours, clip
 
 
-def run_one(spec: dict) -> dict:
+def _trainer(spec: dict, impl: str, ours, hf):
+    """(model, one_step(pixels, ids) -> loss): forward, backward and an AdamW step of one implementation."""
     import torch
 
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    device = torch.device(spec["device"])
-    ours, hf = (_captioning if spec["model"] == "captioning" else _contrastive)(spec)
     patches = (spec["image_size"] // spec["patch_size"]) ** 2
-    if spec["impl"] == "fastlm":
-        del hf
+    if impl == "fastlm":
         model = ours
         if spec["model"] == "captioning":
             step_loss = lambda px, ids: model(px, ids, ids, return_logits=False)[1]
         else:
             step_loss = lambda px, ids: model(px, ids)
-    else:
-        del ours
-        if spec["model"] == "captioning":
-            vit, projector, gpt2 = hf
-            model = torch.nn.ModuleList([vit, projector, gpt2])
+    elif spec["model"] == "captioning":
+        vit, projector, gpt2 = hf
+        model = torch.nn.ModuleList([vit, projector, gpt2])
 
-            def step_loss(px, ids):
-                prefix = projector(vit(pixel_values=px).last_hidden_state[:, 1:])
-                embeds = torch.cat([prefix, gpt2.transformer.wte(ids)], dim=1)
-                labels = torch.cat([torch.full((ids.shape[0], patches), -100, device=ids.device), ids], dim=1)
-                return gpt2(inputs_embeds=embeds, labels=labels).loss
-        else:
-            model = hf
-            step_loss = lambda px, ids: model(input_ids=ids, pixel_values=px, return_loss=True).loss
+        def step_loss(px, ids):
+            prefix = projector(vit(pixel_values=px).last_hidden_state[:, 1:])
+            embeds = torch.cat([prefix, gpt2.transformer.wte(ids)], dim=1)
+            labels = torch.cat([torch.full((ids.shape[0], patches), -100, device=ids.device), ids], dim=1)
+            return gpt2(inputs_embeds=embeds, labels=labels).loss
+    else:
+        model = hf
+        step_loss = lambda px, ids: model(input_ids=ids, pixel_values=px, return_loss=True).loss
+    device = torch.device(spec["device"])
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
-    g = torch.Generator().manual_seed(1234)
-    n, b = spec["warmup"] + spec["steps"], spec["batch_size"]
-    batches = [(torch.randn(b, 3, spec["image_size"], spec["image_size"], generator=g).to(device),
-                torch.randint(0, spec["vocab_size"], (b, spec["text_len"]), generator=g).to(device)) for _ in range(n)]
     bf16 = spec["precision"] == "bf16"
+
+    def one_step(px, ids) -> float:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = step_loss(px, ids)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()  # also synchronizes the device
+    return model, one_step
+
+
+def _batches(spec: dict, n: int):
+    import torch
+
+    g = torch.Generator().manual_seed(1234)
+    b, size = spec["batch_size"], spec["image_size"]
+    return [(torch.randn(b, 3, size, size, generator=g).to(spec["device"]),
+             torch.randint(0, spec["vocab_size"], (b, spec["text_len"]), generator=g).to(spec["device"]))
+            for _ in range(n)]
+
+
+def run_one(spec: dict) -> dict:
+    """One implementation's training run (in a subprocess of its own: its memory is its own)."""
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    ours, hf = (_captioning if spec["model"] == "captioning" else _contrastive)(spec)
+    if spec["impl"] == "fastlm":
+        del hf
+    else:
+        del ours
+    model, one_step = _trainer(spec, spec["impl"], ours if spec["impl"] == "fastlm" else None,
+                               hf if spec["impl"] == "hf" else None)
+    b, device = spec["batch_size"], torch.device(spec["device"])
+    batches = _batches(spec, spec["warmup"] + spec["steps"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss_before = _rss_kb()
     losses, times = [], []
     for px, ids in batches:
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = step_loss(px, ids)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())  # also synchronizes the device
+        losses.append(one_step(px, ids))
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times[spec["warmup"]:])
     result = dict(images_per_s=b / step_s, step_s=step_s, first_loss=losses[0], last_loss=losses[-1],
@@ -144,6 +167,26 @@ def run_one(spec: dict) -> dict:
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         result["train_mem_mb"] = (peak_kb - rss_before) / 1024
     return result
+
+
+def run_interleaved(spec: dict) -> dict:
+    """Both implementations in one process, one step of each in turn on the same batches: the least noisy speed
+    figure on a shared machine (no memory figure: both models are resident). images/s from the fastest step."""
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    ours, hf = (_captioning if spec["model"] == "captioning" else _contrastive)(spec)
+    steps = {impl: _trainer(spec, impl, ours, hf)[1] for impl in ("fastlm", "hf")}
+    times: dict[str, list[float]] = {"fastlm": [], "hf": []}
+    for i, (px, ids) in enumerate(_batches(spec, spec["warmup"] + spec["steps"])):
+        for impl, one_step in steps.items():
+            t0 = time.perf_counter()
+            one_step(px, ids)
+            if i >= spec["warmup"]:
+                times[impl].append(time.perf_counter() - t0)
+    return {impl: dict(images_per_s=spec["batch_size"] / min(t), median_images_per_s=spec["batch_size"] /
+                       statistics.median(t)) for impl, t in times.items()}
 
 
 def spawn(spec: dict) -> dict:
@@ -163,6 +206,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=2, help="alternating runs per implementation; the best is kept")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in every run (0: torch's choice)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--interleaved", action="store_true", help="both implementations in one process, a step of each "
+                   "in turn (speed only; the least noisy on a shared machine)")
     for key, value in SHAPE.items():
         p.add_argument("--" + key.replace("_", "-"), type=int, default=None, help=f"default {value} ({QUICK[key]} "
                        f"with --quick)")
@@ -186,6 +231,16 @@ def main(argv=None) -> None:
         if model not in ("captioning", "contrastive"):
             raise SystemExit(f"--models: unknown model {model!r} (expected captioning, contrastive)")
         for precision in [p for p in args.precision.split(",") if p]:
+            if args.interleaved:
+                r = run_interleaved(dict(shape, model=model, precision=precision, threads=args.threads,
+                                         device=args.device))
+                rows.append(dict(model=model, precision=precision, **r))
+                o, h = r["fastlm"], r["hf"]
+                print(f"{model:11} {precision:5} | fastlm {o['images_per_s']:7.1f} img/s (median "
+                      f"{o['median_images_per_s']:.1f}) | HF {h['images_per_s']:7.1f} (median "
+                      f"{h['median_images_per_s']:.1f}) | ratio {o['images_per_s'] / h['images_per_s']:.2f} "
+                      f"(median {o['median_images_per_s'] / h['median_images_per_s']:.2f})", flush=True)
+                continue
             best: dict[str, dict] = {}
             every: dict[str, list[float]] = {"fastlm": [], "hf": []}
             for _ in range(args.repeats):
@@ -197,7 +252,16 @@ def main(argv=None) -> None:
                         best[impl] = r
             rows.append(dict(model=model, precision=precision, every_images_per_s=every, **best))
             print(f"  done {model}/{precision}", file=sys.stderr, flush=True)
-    mem = "peak_mem_mb" if args.device != "cpu" else "train_mem_mb"
+    if args.interleaved:
+        print("ratio = fastlm / HF images/s (fastest step; median in brackets), steps alternating in one process")
+    else:
+        print_table(rows, "peak_mem_mb" if args.device != "cpu" else "train_mem_mb", args.repeats)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(shape=shape, rows=rows), f, indent=2)
+
+
+def print_table(rows: list[dict], mem: str, repeats: int) -> None:
     hdr = (f"{'model':11} {'prec':5} | {'fastlm img/s':>12} {'HF img/s':>9} {'ratio':>6} | {'fastlm MB':>9} "
            f"{'HF MB':>7} {'ratio':>6} | {'first loss fastlm/HF':>20} | img/s of every run (fastlm / HF)")
     print(hdr + "\n" + "-" * len(hdr))
@@ -209,10 +273,7 @@ def main(argv=None) -> None:
               f"runs {' '.join(f'{v:.1f}' for v in r['every_images_per_s']['fastlm'])} / "
               f"{' '.join(f'{v:.1f}' for v in r['every_images_per_s']['hf'])}")
     print(f"ratio = fastlm / HF (img/s: higher is better; MB = {mem}, training memory: lower is better); "
-          f"best of {args.repeats} alternating runs each")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(shape=shape, rows=rows), f, indent=2)
+          f"best of {repeats} alternating runs each")
 
 
 if __name__ == "__main__":
