@@ -42,3 +42,7 @@ def test_fastlm_train_refuses_a_vision_model():
         build_model(Config.from_dict(_vit()))
     with pytest.raises(ConfigError, match="parallel.tp = 2"):
         Config.from_dict({**_vit(), "parallel": {"tp": 2}})
+    with pytest.raises(ConfigError, match="model.init_embeddings: model.family = \"vit\" reads pixels"):
+        Config.from_dict(_vit(init_embeddings="vectors.txt"))
+    with pytest.raises(ConfigError, match="model.lora: model.family = \"vit\""):
+        Config.from_dict(_vit(lora={"rank": 4}))
