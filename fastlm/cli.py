@@ -83,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     accountability.add_watermark_options(p)
     p.set_defaults(func=_generate)
 
-    p = sub.add_parser("finetune", help="fine-tune on a task (classification, qa, generation, translation, speech)")
-    p.add_argument("task", metavar="TASK", help="classification | qa | generation | translation | speech")
+    p = sub.add_parser("finetune", help="fine-tune on a task (classification, qa, generation, translation, speech, "
+                                        "captioning, image_text_retrieval, image_classification)")
+    p.add_argument("task", metavar="TASK", help="classification | qa | generation | translation | speech | captioning "
+                                                "| image_text_retrieval | image_classification")
     p.add_argument("config", metavar="CONFIG", help="a task TOML file or a shipped demo config (classification-demo, "
                                                      "qa-demo, generation-demo, translation-demo, speech-demo)")
     p.add_argument("--out", metavar="RUN_DIR", help="the run directory (default: ./runs/<config name>)")

@@ -143,6 +143,10 @@ class GPT(nn.Module):
             return self.lm_head(hidden)
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        if prefix is not None and not return_logits:
+            # Only the last prefix position and the tokens' predict a label: the head (a vocabulary-sized
+            # GEMM) skips the other prefix positions rather than scoring them against -100.
+            return head_loss(self.lm_head, hidden[:, prefix.shape[1] - 1:], F.pad(labels, (0, 1), value=-100), False)
         if prefix is not None:
             labels = F.pad(labels, (prefix.shape[1], 0), value=-100)
         # Shift by padding the labels instead of slicing the logits: no copy of the (B, T, V) tensor.

@@ -92,16 +92,19 @@ def vision_state_dict_from_hf(kind: str, config: VisionConfig, sd: Mapping[str, 
     return out
 
 
+def config_and_weights(hf_model_or_config, state_dict, caller: str):
+    """(HF config, state dict) of an HF model, or of a config given with its state dict."""
+    if isinstance(hf_model_or_config, torch.nn.Module):
+        return hf_model_or_config.config, hf_model_or_config.state_dict() if state_dict is None else state_dict
+    if state_dict is None:
+        raise ValueError(f"{caller}(config) needs the state_dict too (or pass the HF model itself)")
+    return hf_model_or_config, state_dict
+
+
 def vision_from_hf(hf_model_or_config, state_dict: Mapping[str, torch.Tensor] | None = None,
                    dtype: torch.dtype = torch.float32) -> VisionEncoder:
     """A VisionEncoder equal to a transformers ViTModel / CLIPVisionModel (or its config plus state dict)."""
-    if isinstance(hf_model_or_config, torch.nn.Module):
-        hf_config = hf_model_or_config.config
-        state_dict = hf_model_or_config.state_dict() if state_dict is None else state_dict
-    else:
-        hf_config = hf_model_or_config
-        if state_dict is None:
-            raise ValueError("vision_from_hf(config) needs the state_dict too (or pass the HF model itself)")
+    hf_config, state_dict = config_and_weights(hf_model_or_config, state_dict, "vision_from_hf")
     config = vision_config_from_hf(hf_config)
     sd = vision_state_dict_from_hf(_get(hf_config, "model_type"), config, state_dict)
     with torch.device("meta"):

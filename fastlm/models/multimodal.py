@@ -10,7 +10,8 @@
 ImageToText: the vision encoder's patch tokens (the [CLS] token dropped, as LLaVA does) go through a
 two-layer GELU projector into the decoder's width and are read by the GPT as a prefix of embeddings
 (GPT.forward(prefix=...)): no loss is taken on the image positions, and labels of -100 mask the prompt.
-ContrastiveImageText: the image's pooled vector and the text encoder's [CLS] vector are projected,
+ContrastiveImageText: the image's pooled vector and the text encoder's [CLS] vector (or a causal GPT text
+tower's last real token's, as CLIP's; fastlm.models.hf_clip imports a transformers CLIPModel) are projected,
 L2-normalised and scored by fastlm.ops.contrastive_loss (chunked: the B x B logits are never stored).
 Under data parallelism (group given) the features of every rank are gathered with their gradients, so
 the loss is that of the global batch, computed identically on every rank.
@@ -39,7 +40,9 @@ class ImageToText(nn.Module):
         self.vision = VisionEncoder(vision)
         self.decoder = text if isinstance(text, GPT) else GPT(text)
         text = self.decoder.config
-        self.projector = nn.Sequential(Linear(vision.d_model, text.d_model), nn.GELU(),
+        # The GELU runs in the first GEMM's epilogue (fastlm.ops.matmul); the Identity keeps the state-dict
+        # keys projector.0 / projector.2 of a Linear, GELU, Linear stack.
+        self.projector = nn.Sequential(Linear(vision.d_model, text.d_model, activation="gelu"), nn.Identity(),
                                        Linear(text.d_model, text.d_model))
         if vision.num_patches >= text.max_seq_len:
             raise ValueError(f"{vision.num_patches} image patches leave no room for text in the decoder's "
@@ -80,12 +83,13 @@ class ImageToText(nn.Module):
 
 
 class ContrastiveImageText(nn.Module):
-    def __init__(self, vision: VisionConfig, text: EncoderConfig | Encoder, embed_dim: int = 256,
+    def __init__(self, vision: VisionConfig, text: EncoderConfig | Encoder | GPT, embed_dim: int = 256,
                  init_temperature: float = 0.07, max_logit_scale: float = 100.0):
-        """text: the text tower's config, or a built Encoder (its first token's state is the text's vector)."""
+        """text: the text tower's config, or a built Encoder (its first token's state is the text's vector), or a
+        built GPT without its lm_head (CLIP's causal text tower: its last real token's state is the vector)."""
         super().__init__()
         self.vision = VisionEncoder(vision)
-        self.text = text if isinstance(text, Encoder) else Encoder(text)
+        self.text = text if isinstance(text, (Encoder, GPT)) else Encoder(text)
         self.image_proj = Linear(vision.d_model, embed_dim, bias=False)
         self.text_proj = Linear(self.text.config.d_model, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
@@ -95,7 +99,20 @@ class ContrastiveImageText(nn.Module):
         return F.normalize(self.image_proj(self.vision.pool(self.vision(pixels))), dim=-1)
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return F.normalize(self.text_proj(self.text(input_ids, attention_mask)[:, 0]), dim=-1)
+        if isinstance(self.text, GPT):  # right-padded: with causal attention the last real token sees no padding
+            hidden = self.text.hidden_states(input_ids)
+            last = attention_mask.sum(1) - 1 if attention_mask is not None else \
+                torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, device=input_ids.device)
+            pooled = hidden[torch.arange(input_ids.shape[0], device=input_ids.device), last]
+        else:
+            pooled = self.text(input_ids, attention_mask)[:, 0]
+        return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def similarity(self, pixels: torch.Tensor, input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(images, texts) logits: the scaled cosine similarities (CLIP's logits_per_image)."""
+        scale = self.logit_scale.clamp(max=self.max_log_scale).exp()
+        return scale * self.image_features(pixels) @ self.text_features(input_ids, attention_mask).T
 
     def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 group=None, chunk_size: int = 1024) -> torch.Tensor:

@@ -7,8 +7,10 @@
 The patch embedding is one GEMM: the image is cut into non-overlapping p x p patches by a view and a
 permute (no im2col copy beyond the one reshape) and each flattened (C, p, p) patch goes through one
 Linear, which is exactly a Conv2d with kernel = stride = p (Hugging Face ViT's weights load as they are,
-fastlm.models.hf_vision). Positions are learned, one per patch plus [CLS]. Blocks are pre-norm
-(LayerNorm, GELU MLP), as ViT's.
+fastlm.models.hf_vision). Positions (config.positions) are learned, one per patch plus [CLS], or 2-D
+RoPE ("rope2d", rope2d_cos_sin): no position parameters, q and k rotated by the patch's row and column in
+each attention, through the same fused fastlm.ops.rope as the decoders' 1-D RoPE. Blocks are pre-norm
+(LayerNorm, GELU MLP), as ViT's. `model.family = "vit"` is this config as a [model] section.
 """
 from __future__ import annotations
 
@@ -17,16 +19,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fastlm.models.config import DictConfig
 from fastlm.nn import Block, LayerNorm, Layers, Linear
 from fastlm.nn.activations import ACTIVATIONS
 from fastlm.nn.init import init_weights_
+from fastlm.nn.rope import rope_cos_sin
 
 POOLS = ("cls", "mean")
 FINAL_NORMS = ("all", "pooled")
+POSITIONS = ("learned", "rope2d")
 
 
 @dataclass
-class VisionConfig:
+class VisionConfig(DictConfig):
     image_size: int = 224
     patch_size: int = 16
     channels: int = 3
@@ -42,6 +47,8 @@ class VisionConfig:
     patch_bias: bool = True          # CLIP's patch embedding has none
     embed_norm: bool = False         # CLIP's pre_layrnorm: a LayerNorm on the embeddings before the blocks
     final_norm: str = "all"          # all (ViT: every token) | pooled (CLIP's post_layernorm: the pooled vector only)
+    positions: str = "learned"       # learned (ViT, CLIP) | rope2d (2-D RoPE: row and column halves of the head)
+    rope_theta: float = 100.0        # rope2d's base (a grid is a few dozen positions a side, not thousands)
     family: str = "vit"
 
     @property
@@ -52,24 +59,36 @@ class VisionConfig:
     def num_patches(self) -> int:
         return self.grid * self.grid
 
-    def validate(self) -> None:
+    def validate(self, prefix: str = "model") -> None:
+        """ValueError naming the key as `prefix.key` (model.patch_size, task.vision.patch_size, ...)."""
+        def bad(name: str, expected: str):
+            raise ValueError(f"{prefix}.{name} = {getattr(self, name)!r}: expected {expected}")
+
+        if self.family != "vit":
+            bad("family", "'vit'")
         for name in ("image_size", "patch_size", "channels", "d_model", "n_layer", "n_head", "d_ff"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"model.{name} = {value!r}: expected a positive integer")
+                bad(name, "a positive integer")
         if self.image_size % self.patch_size:
-            raise ValueError(f"model.image_size = {self.image_size}: expected a multiple of model.patch_size = "
-                             f"{self.patch_size}")
+            bad("image_size", f"a multiple of {prefix}.patch_size = {self.patch_size}")
         if self.d_model % self.n_head:
-            raise ValueError(f"model.d_model = {self.d_model}: expected a multiple of model.n_head = {self.n_head}")
+            bad("d_model", f"a multiple of {prefix}.n_head = {self.n_head}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"model.activation = {self.activation!r}: expected one of {', '.join(sorted(ACTIVATIONS))}")
+            bad("activation", f"one of {', '.join(sorted(ACTIVATIONS))}")
         if self.pool not in POOLS:
-            raise ValueError(f"model.pool = {self.pool!r}: expected one of {', '.join(POOLS)}")
+            bad("pool", f"one of {', '.join(POOLS)}")
         if self.final_norm not in FINAL_NORMS:
-            raise ValueError(f"model.final_norm = {self.final_norm!r}: expected one of {', '.join(FINAL_NORMS)}")
+            bad("final_norm", f"one of {', '.join(FINAL_NORMS)}")
+        if self.positions not in POSITIONS:
+            bad("positions", f"one of {', '.join(POSITIONS)}")
+        if self.positions == "rope2d" and (self.d_model // self.n_head) % 4:
+            bad("n_head", f"a head size (d_model / n_head = {self.d_model // self.n_head}) that is a multiple of 4 "
+                          f"for positions = 'rope2d' (a row and a column half, each rotated in pairs)")
+        if not isinstance(self.rope_theta, (int, float)) or isinstance(self.rope_theta, bool) or not self.rope_theta > 0:
+            bad("rope_theta", "a positive number")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"model.dropout = {self.dropout!r}: expected a number in [0, 1)")
+            bad("dropout", "a number in [0, 1)")
 
 
 def patches(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -81,6 +100,19 @@ def patches(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.reshape(b, (h // p) * (w // p), c * p * p)
 
 
+def rope2d_cos_sin(grid: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (1 + grid * grid, head_dim // 2) of 2-D RoPE for fastlm.ops.rope: [CLS] first, then the patches
+    row-major. Of the head_dim // 2 rotated pairs (i, i + head_dim / 2), the first half turn with the patch's
+    row and the second half with its column, each with 1-D RoPE's frequencies of a head_dim / 2 head; so a
+    query-key score depends on the two patches' row and column offsets only. [CLS] is not rotated."""
+    cells = torch.arange(grid * grid, device=device)
+    row_cos, row_sin = rope_cos_sin(cells // grid, head_dim // 2, theta)
+    col_cos, col_sin = rope_cos_sin(cells % grid, head_dim // 2, theta)
+    cos, sin = torch.cat([row_cos, col_cos], dim=-1), torch.cat([row_sin, col_sin], dim=-1)
+    cls_cos, cls_sin = torch.ones_like(cos[:1]), torch.zeros_like(sin[:1])
+    return torch.cat([cls_cos, cos]), torch.cat([cls_sin, sin])
+
+
 class VisionEncoder(nn.Module):
     def __init__(self, config: VisionConfig):
         super().__init__()
@@ -88,7 +120,8 @@ class VisionEncoder(nn.Module):
         self.config = c = config
         self.patch_emb = Linear(c.channels * c.patch_size * c.patch_size, c.d_model, bias=c.patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.d_model))
-        self.pos_emb = nn.Parameter(torch.zeros(1, 1 + c.num_patches, c.d_model))
+        learned = c.positions == "learned"
+        self.pos_emb = nn.Parameter(torch.zeros(1, 1 + c.num_patches, c.d_model)) if learned else None
         self.emb_norm = LayerNorm(c.d_model, c.norm_eps) if c.embed_norm else None
         self.drop = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
         self.blocks = Layers(
@@ -102,7 +135,8 @@ class VisionEncoder(nn.Module):
     def reset_parameters(self) -> None:
         init_weights_(self, self.config.init_std)
         nn.init.trunc_normal_(self.cls_token, std=self.config.init_std)
-        nn.init.trunc_normal_(self.pos_emb, std=self.config.init_std)
+        if self.pos_emb is not None:
+            nn.init.trunc_normal_(self.pos_emb, std=self.config.init_std)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -114,12 +148,17 @@ class VisionEncoder(nn.Module):
             raise ValueError(f"VisionEncoder: expected pixels of shape (B, {c.channels}, {c.image_size}, "
                              f"{c.image_size}), got {tuple(pixels.shape)}")
         x = self.patch_emb(patches(pixels.to(self.patch_emb.weight.dtype), c.patch_size))
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1) + self.pos_emb.to(x.dtype)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb.to(x.dtype)
+        else:
+            rope = rope2d_cos_sin(c.grid, c.d_model // c.n_head, c.rope_theta, x.device)
         if self.emb_norm is not None:
             x = self.emb_norm(x)
         x = self.drop(x)
         for block in self.blocks.values():
-            x = block(x)
+            x = block(x, rope)
         return self.norm(x) if c.final_norm == "all" else x
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fastlm.tasks.captioning import CaptioningTask
 from fastlm.tasks.classification import ClassificationTask
+from fastlm.tasks.image_classification import ImageClassificationTask
 from fastlm.tasks.qa import QATask
 from fastlm.tasks.retrieval import RetrievalTask
 from fastlm.tasks.seq2seq import GenerationTask, TranslationTask
@@ -16,7 +17,7 @@ from fastlm.train.errors import ConfigError
 
 TASKS = {"classification": ClassificationTask, "generation": GenerationTask, "translation": TranslationTask,
          "qa": QATask, "speech": SpeechTask, "captioning": CaptioningTask,
-         "image_text_retrieval": RetrievalTask}
+         "image_text_retrieval": RetrievalTask, "image_classification": ImageClassificationTask}
 
 
 def get_task(name: str):

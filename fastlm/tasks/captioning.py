@@ -9,6 +9,7 @@ through a LLaVA-style projector (fastlm.models.multimodal.ImageToText); loss on 
     patch_size = 4
     vision_layers = 2         # the ViT's depth; its width and heads are [model]'s
     max_new_tokens = 24
+    vision = {positions = "rope2d"}   # optional: the tower's vit-family keys (fastlm/tasks/vision_tower.py)
     [model]                   # the GPT decoder (family gpt2 | llama), or model.init_from a language-model run
 
 Pixels are standardised per channel with the training images' mean and std (task_info.json).
@@ -22,50 +23,29 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from fastlm.data.images import COUNTS
-from fastlm.models import GPT
 from fastlm.models.multimodal import ImageToText
-from fastlm.models.vision import VisionConfig
-from fastlm.tasks.base import DataFiles, Task
+from fastlm.tasks.base import Task
 from fastlm.tasks.datasets import DatasetError, read_records, text_value
+from fastlm.tasks.vision_tower import ImageSection, load_image
 from fastlm.train.errors import ConfigError
 
 ATTRIBUTES = ("shape", "colour", "count", "region", "word")
 
 
 @dataclass
-class CaptioningSection(DataFiles):
-    image_field: str = "image"
+class CaptioningSection(ImageSection):
     text_field: str = "caption"
     question_field: str = ""
-    image_size: int = 32
-    patch_size: int = 4
-    vision_layers: int = 2
     max_new_tokens: int = 24
 
     def validate(self) -> None:
-        for key in ("image_size", "patch_size", "vision_layers", "max_new_tokens"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"task.{key} = {getattr(self, key)}: expected a positive integer")
-        if self.image_size % self.patch_size:
-            raise ConfigError(f"task.image_size = {self.image_size}: expected a multiple of task.patch_size = "
-                              f"{self.patch_size}")
-
-
-def load_image(path: Path, size: int) -> torch.Tensor:
-    """(3, size, size) float RGB in [0, 1]; OSError when unreadable."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB").resize((size, size))
-    except UnidentifiedImageError as e:
-        raise OSError(str(e)) from None
-    return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"task.max_new_tokens = {self.max_new_tokens}: expected a positive integer")
+        super().validate()
 
 
 class CaptioningModel(nn.Module):
@@ -102,7 +82,7 @@ class CaptioningTask(Task):
             image = Path(text_value(r, t.image_field))
             image = image if image.is_absolute() else Path(path).parent / image
             try:
-                pixels = load_image(image, t.image_size)
+                pixels = load_image(image, t.pixels_shape[1], t.pixels_shape[0])
             except OSError as e:
                 raise DatasetError(f"{r.where}: cannot read image {image}: {e}") from None
             attributes = {k: v for k, v in r.fields.items() if k in ATTRIBUTES}
@@ -130,14 +110,9 @@ class CaptioningTask(Task):
                               f"(gpt2 or llama)")
         return build_backbone(tc)
 
-    def vision_config(self, tc, body: GPT) -> VisionConfig:
-        t, c = tc.task, body.config
-        return VisionConfig(image_size=t.image_size, patch_size=t.patch_size, d_model=c.d_model,
-                            n_layer=t.vision_layers, n_head=c.n_head, d_ff=4 * c.d_model, norm_eps=1e-6)
-
     def build_model(self, tc, body, info) -> nn.Module:
         try:
-            return CaptioningModel(ImageToText(self.vision_config(tc, body), body))
+            return CaptioningModel(ImageToText(tc.task.tower(body.config.d_model, body.config.n_head), body))
         except ValueError as e:
             raise ConfigError(str(e)) from None
 

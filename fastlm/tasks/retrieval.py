@@ -6,6 +6,7 @@
     image_size = 32
     patch_size = 4
     vision_layers = 2         # the ViT's depth; its width and heads are [model]'s
+    vision = {positions = "rope2d"}   # optional: the tower's vit-family keys (fastlm/tasks/vision_tower.py)
     embed_dim = 128           # the shared embedding space
     [model]                   # the text encoder: family bert | roberta | albert
 
@@ -24,29 +25,22 @@ import torch
 from torch import nn
 
 from fastlm.models.multimodal import ContrastiveImageText
-from fastlm.models.vision import VisionConfig
-from fastlm.tasks.base import DataFiles, Task
+from fastlm.tasks.base import Task
 from fastlm.tasks.captioning import CaptioningTask
+from fastlm.tasks.vision_tower import ImageSection
 from fastlm.train.errors import ConfigError
 
 
 @dataclass
-class RetrievalSection(DataFiles):
-    image_field: str = "image"
+class RetrievalSection(ImageSection):
     text_field: str = "caption"
-    image_size: int = 32
-    patch_size: int = 4
-    vision_layers: int = 2
     embed_dim: int = 128
     question_field: str = ""  # (shared reader with captioning; unused here)
 
     def validate(self) -> None:
-        for key in ("image_size", "patch_size", "vision_layers", "embed_dim"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"task.{key} = {getattr(self, key)}: expected a positive integer")
-        if self.image_size % self.patch_size:
-            raise ConfigError(f"task.image_size = {self.image_size}: expected a multiple of task.patch_size = "
-                              f"{self.patch_size}")
+        if self.embed_dim < 1:
+            raise ConfigError(f"task.embed_dim = {self.embed_dim}: expected a positive integer")
+        super().validate()
 
 
 class RetrievalModel(nn.Module):
@@ -88,9 +82,7 @@ class RetrievalTask(Task):
     def build_model(self, tc, body, info) -> nn.Module:
         t, c = tc.task, body.config
         body.pooler = None  # the text's vector is its first token's state, projected: no pooler to train
-        vision = VisionConfig(image_size=t.image_size, patch_size=t.patch_size, d_model=c.d_model,
-                              n_layer=t.vision_layers, n_head=c.n_head, d_ff=4 * c.d_model, norm_eps=1e-6)
-        return RetrievalModel(ContrastiveImageText(vision, body, embed_dim=t.embed_dim))
+        return RetrievalModel(ContrastiveImageText(t.tower(c.d_model, c.n_head), body, embed_dim=t.embed_dim))
 
     def encode(self, tc, records, tok, info) -> list[dict]:
         from fastlm.data.tokenizer import find_eos_id

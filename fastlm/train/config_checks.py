@@ -34,6 +34,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"model.linear = {_show(config.model.linear)}: expected one of {', '.join(LINEARS)}")
     check_lora(config)
     check_replay(config)
+    if config.model.init_embeddings and config.model.family == "vit":
+        raise ConfigError("model.init_embeddings: model.family = \"vit\" reads pixels and has no token embedding")
     if config.model.init_embeddings and config.model.is_fitted:
         raise ConfigError(f"model.init_embeddings: model.family = {_show(config.model.family)} is fitted from counts "
                           "and has no token embedding to initialise")

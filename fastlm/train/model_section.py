@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastlm.lm.config import HMMConfig, NGramConfig
-from fastlm.models import EncoderConfig, GPTConfig, MaxEntConfig, RecurrentConfig
+from fastlm.models import EncoderConfig, GPTConfig, MaxEntConfig, RecurrentConfig, VisionConfig
 from fastlm.models.config import ENCODER_FAMILIES, FAMILIES
 from fastlm.train.lora import LoRASection
 
@@ -111,6 +111,15 @@ class RecurrentSection(ModelSection, RecurrentConfig):
     carries_state = True
 
 
+@dataclass
+class VisionSection(ModelSection, VisionConfig):
+    """[model] of the ViT family (vit: fastlm.models.VisionEncoder), trained by the image tasks
+    (fastlm finetune image_classification); the text-and-image tasks take the same keys as task.vision."""
+
+    ARCHITECTURE = VisionConfig
+    data_parallel_only = True
+
+
 # family -> its [model] section class, in the order errors list them
 MODEL_SECTIONS: dict[str, type[ModelSection]] = {}
 
@@ -131,3 +140,4 @@ register_model_section(MaxEntSection, "maxent")
 register_model_section(NGramSection, "ngram")
 register_model_section(HMMSection, "hmm")
 register_model_section(RecurrentSection, "rnn", "lstm", "gru")
+register_model_section(VisionSection, "vit")

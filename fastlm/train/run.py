@@ -131,6 +131,9 @@ def _sharded_weights(run_dir: Path) -> Path | None:
 def build_model(config: Config):
     """The model of a config: GPT, EncoderForMaskedLM for the encoder families (bert, roberta, albert),
     MaxEntLM for maxent, RecurrentLM for rnn, lstm, gru."""
+    if config.model.family == "vit":
+        raise ConfigError("model.family = \"vit\": a vision encoder is trained on images by `fastlm finetune "
+                          "image_classification`, not on text by `fastlm train`")
     if config.model.is_encoder:
         from fastlm.models import EncoderForMaskedLM
 

@@ -46,6 +46,13 @@ def test_image_to_text_loss_masks_the_prompt_and_learns():
     # the same loss by hand: image positions and the prompt never count
     targets = F.pad(F.pad(labels, (16, 0), value=-100)[:, 1:], (0, 1), value=-100)
     torch.testing.assert_close(loss, F.cross_entropy(logits.reshape(-1, 20), targets.reshape(-1), ignore_index=-100))
+    # the fused loss (no logits: the head skips the image positions) is the same, with the same gradients
+    fused = model(pixels, ids, labels, return_logits=False)[1]
+    torch.testing.assert_close(fused, loss, atol=1e-6, rtol=1e-5)
+    want = torch.autograd.grad(loss, list(model.parameters()))
+    got = torch.autograd.grad(fused, list(model.parameters()))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-4)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = loss.item()
     for _ in range(30):
@@ -116,3 +123,35 @@ def test_data_parallel_contrastive_loss_is_the_global_batch():
     for got_loss, got in run_world(_clip_rank, 2, timeout=120):
         assert got_loss == pytest.approx(loss.item(), rel=1e-5)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_a_training_step_runs_on_fastlm_fused_ops():
+    """Patch embedding, projector (GELU in the GEMM epilogue), blocks and head of ImageToText dispatch to
+    fastlm's ops: no aten GEMM, activation, softmax or cross-entropy on the way, forward or backward."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.counts = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.counts[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = ImageToText(VISION, GPTConfig(family="gpt2", vocab_size=50, n_layer=2, n_head=2, d_model=32,
+                                          max_seq_len=32))
+    ids = torch.randint(0, 50, (2, 6))
+    with Calls() as calls:
+        model(torch.randn(2, 3, 16, 16), ids, ids, return_logits=False)[1].backward()
+    c = calls.counts
+    linears = 1 + 4 * VISION.n_layer + 2 + 4 * 2  # patch embedding, ViT blocks, projector, decoder blocks
+    assert c["fastlm.matmul_fwd"] == linears and c["fastlm.matmul_bwd"] == linears
+    assert c["fastlm.attention_fwd"] == VISION.n_layer + 2 and c["fastlm.linear_cross_entropy_fwd"] == 1
+    unfused = [k for k in c if any(w in k for w in ("mm", "linear", "gelu", "softmax", "log_softmax", "nll",
+                                                    "scaled_dot", "layer_norm", "convolution"))
+               and not k.startswith("fastlm.")]
+    assert not unfused, unfused

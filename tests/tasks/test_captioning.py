@@ -96,3 +96,34 @@ def test_a_bad_image_names_file_and_line(tmp_path):
     open(train, "w").write("\n".join(lines) + "\n")
     with pytest.raises(DatasetError, match=r"train.jsonl:3: cannot read image"):
         get_task("captioning").read_split(_config(train), train, None)
+
+
+def test_task_vision_takes_the_vit_family_keys(tmp_path):
+    """task.vision: the tower's keys (a vit [model] section's) over the shorthand and the text model's width."""
+    from fastlm.train.errors import ConfigError
+
+    train = _dataset(tmp_path, 24)
+    raw = tiny_config(train, steps=3)
+    raw["task"].update(image_size=16, patch_size=4, vision_layers=1, max_new_tokens=4,
+                       vision={"positions": "rope2d", "n_layer": 2, "channels": 1, "image_size": 8, "pool": "mean"})
+    raw["model"]["max_seq_len"] = 64
+    task = get_task("captioning")
+    tc = task_config_from_dict(raw, task.Section, name="capt")
+    tower = tc.task.tower(32, 2)
+    assert (tower.positions, tower.n_layer, tower.channels, tower.image_size, tower.patch_size, tower.d_model,
+            tower.d_ff, tower.pool) == ("rope2d", 2, 1, 8, 4, 32, 128, "mean")
+    assert task.read_split(tc, train, None)[0]["pixels"].shape == (1, 8, 8)  # read grey at the tower's size
+    result = finetune(task, tc, tmp_path / "run", show_progress=False)
+    vision = result["model"].model.vision
+    assert vision.pos_emb is None and vision.config.positions == "rope2d" and len(vision.blocks) == 2
+    assert "positions = \"rope2d\"" in (tmp_path / "run" / "config.toml").read_text()
+    assert evaluate("captioning", tmp_path / "run")["metrics"]["loss"] == pytest.approx(result["metrics"]["loss"],
+                                                                                       rel=1e-4)
+    for vision, message in [({"patch_size": 3}, "task.vision.image_size = 16: expected a multiple of "
+                                                "task.vision.patch_size = 3"),
+                            ({"positions": "sincos"}, "task.vision.positions = 'sincos': expected one of"),
+                            ({"channels": 4}, "task.vision.channels = 4: expected 1 .grey. or 3"),
+                            ({"layers": 2}, "unknown key task.layers in task.vision")]:
+        raw["task"]["vision"] = vision
+        with pytest.raises(ConfigError, match=message):
+            task_config_from_dict(raw, task.Section, name="capt")

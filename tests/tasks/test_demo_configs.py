@@ -20,6 +20,7 @@ DEMOS = {
     "speech-demo": ("speech", "demo:speech:20", []),
     "captioning-demo": ("captioning", "demo:captioning:40", ["model.n_kv_head=2", "task.max_new_tokens=4"]),
     "retrieval-demo": ("image_text_retrieval", "demo:captioning:40", ["model.d_ff=64"]),
+    "image-classification-demo": ("image_classification", "demo:captioning:40", ["model.d_ff=64"]),
 }
 
 
@@ -32,7 +33,7 @@ def test_demo_config_runs(tmp_path, name):
     task_name, source, extra = DEMOS[name]
     if task_name == "speech" and shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    if task_name not in ("generation", "captioning", "image_text_retrieval") and not HAVE_CATALOGS:
+    if task_name not in ("generation", "captioning", "image_text_retrieval", "image_classification") and not HAVE_CATALOGS:
         pytest.skip(f"no gettext catalogs under {locale_dir()}")
     task = get_task(task_name)
     tc = load_task_config(name, task.Section, [f"task.train={source}", "train.steps=3", "train.eval_every=0",
