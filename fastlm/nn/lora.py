@@ -31,6 +31,19 @@ TARGET_LAYERS = {"attn": ("attn.qkv", "attn.proj"), "mlp": ("mlp.fc", "mlp.proj"
 _BLOCK_LINEAR = re.compile(r"(?:^|\.)blocks\.(\d+)\.(attn\.qkv|attn\.proj|mlp\.fc|mlp\.proj)$")
 
 
+def adapted_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
+                   lora_b: torch.Tensor, scale: float, lora_x: torch.Tensor, activation: str | None = None):
+    """activation(x W^T + b + scale (lora_x A^T) B^T) in one fastlm.ops.matmul; lora_x is x, or x after
+    the adapter's dropout. Honours torch.autocast as F.linear would (custom ops are not autocast)."""
+    dtype = _autocast_dtype(x)
+    same = lora_x is x
+    if dtype is not None:
+        x, weight, lora_a, lora_b, lora_x = (t.to(dtype) for t in (x, weight, lora_a, lora_b, lora_x))
+        bias = bias.to(dtype) if bias is not None else None
+    return ops.matmul(x, weight.t(), bias, activation, lora_a=lora_a, lora_b=lora_b, lora_scale=scale,
+                      lora_x=None if same else lora_x)
+
+
 class LoRALinear(Linear):
     """A frozen-base linear plus a trainable low-rank update: y = x W^T + b + (alpha / rank) (x A^T) B^T."""
 
@@ -50,14 +63,8 @@ class LoRALinear(Linear):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
-        weight, bias, a, b = self.weight, self.bias, self.lora_A, self.lora_B
-        dtype = _autocast_dtype(x)
-        if dtype is not None:  # custom ops are not autocast: cast as F.linear would
-            x, weight, a, b = x.to(dtype), weight.to(dtype), a.to(dtype), b.to(dtype)
-            bias = bias.to(dtype) if bias is not None else None
-        lora_x = self.lora_dropout(x)
-        return ops.matmul(x, weight.t(), bias, activation or self.activation, lora_a=a, lora_b=b,
-                          lora_scale=self.scale, lora_x=None if lora_x is x else lora_x)
+        return adapted_linear(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scale,
+                              self.lora_dropout(x), activation or self.activation)
 
     def merged_weight(self) -> torch.Tensor:
         """W + s B A (the weight of the equivalent plain linear)."""
@@ -141,14 +148,29 @@ def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: fl
         for p in model.parameters():
             p.requires_grad_(False)
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        layer = getattr(parent, child)
-        if isinstance(layer, ADAPTED):
-            raise ValueError(f"{name} has a LoRA adapter already (merge it first: fastlm.nn.lora.merge_lora)")
-        setattr(parent, child, LoRALinear(layer, rank, alpha, dropout) if base == "float" else
-                Int8LoRALinear.from_linear_with_adapter(layer, rank, alpha, dropout))
+        _adapt_layer(model, name, rank, alpha, dropout, base)
     return names
+
+
+def _adapt_layer(model: nn.Module, name: str, rank: int, alpha: float, dropout: float, base: str) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    layer = getattr(parent, child)
+    if isinstance(layer, ADAPTED):
+        raise ValueError(f"{name} has a LoRA adapter already (merge it first: fastlm.nn.lora.merge_lora)")
+    setattr(parent, child, LoRALinear(layer, rank, alpha, dropout) if base == "float" else
+            Int8LoRALinear.from_linear_with_adapter(layer, rank, alpha, dropout))
+
+
+def adapt_like(plain: nn.Module, model: nn.Module) -> nn.Module:
+    """Put adapters into the plain model `plain` where `model` (the same architecture, possibly split
+    over tp ranks or a pipeline stage of it) has them, with their rank, alpha and dropout; returns
+    plain. Its parameters are then ready for `model`'s gathered state dict."""
+    for name, layer in model.named_modules():
+        if isinstance(getattr(layer, "lora_A", None), torch.Tensor):
+            base = "int8" if layer.weight.dtype == torch.int8 else "float"
+            _adapt_layer(plain, name, layer.rank, layer.alpha, getattr(layer.lora_dropout, "p", 0.0), base)
+    return plain
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear | Int8LoRALinear]:

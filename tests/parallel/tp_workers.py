@@ -45,6 +45,8 @@ def train(rank, world, spec):
     tp = spec.get("tp", 1)
     mesh = init_mesh(tp=tp) if world > 1 else None
     model = build(spec["family"], **spec.get("model", {}))
+    if spec.get("lora"):
+        add_lora(model, spec["lora"])
     if tp > 1:
         parallelize_tp(model, mesh, sequence_parallel=spec.get("sp", False))
     if spec.get("recompute", False):  # the collectives run again in the backward
@@ -91,6 +93,17 @@ def train(rank, world, spec):
         losses.append(float(total))
         norms.append(float(norm))
     return {"losses": losses, "norms": norms, "params": full_state_dict(model)}
+
+
+def add_lora(model, options):
+    """LoRA adapters (fastlm.nn.lora) with a non-zero B, so that A's gradient is not zero from the first step
+    (the same draws on every rank)."""
+    from fastlm.nn.lora import apply_lora, lora_layers
+
+    apply_lora(model, **options)
+    torch.manual_seed(2)
+    for layer in lora_layers(model).values():
+        torch.nn.init.normal_(layer.lora_B, std=0.05)
 
 
 def _save(path, step, model, opt):

@@ -34,6 +34,8 @@ def _plain_parts(model: nn.Module, name: str, p: torch.Tensor) -> list[Part]:
     module_name, _, kind = name.rpartition(".")
     parent_name, _, attr = module_name.rpartition(".")
     parent = model.get_submodule(parent_name) if module_name else None
+    if kind == "lora_A":  # (rank, in): a LoRA A is shared by the fused parts (their B rows are split)
+        parent = None
     if isinstance(parent, Attention) and attr == "qkv":
         q, kv = parent.n_head * parent.head_dim, parent.n_kv_head * parent.head_dim
         return split_parts([("q", q), ("k", kv), ("v", kv)], kind, 0, 1, 0)
@@ -99,12 +101,15 @@ def plain_model(model: nn.Module, device=None) -> nn.Module:
     """A new plain (tp = 1) model of the same kind and architecture as `model` (GPT or EncoderForMaskedLM;
     also a pipeline stage of one: the whole model)."""
     from fastlm.models import GPT, EncoderForMaskedLM
+    from fastlm.nn.lora import adapt_like
 
     if isinstance(model, EncoderForMaskedLM):
-        return EncoderForMaskedLM(model.config, sentence_order=model.sentence_order).to(device)
-    if isinstance(model, GPT):
-        return GPT(model.config).to(device)
-    raise TypeError(f"plain_model: expected a fastlm GPT or EncoderForMaskedLM, got {type(model).__name__}")
+        plain = EncoderForMaskedLM(model.config, sentence_order=model.sentence_order)
+    elif isinstance(model, GPT):
+        plain = GPT(model.config)
+    else:
+        raise TypeError(f"plain_model: expected a fastlm GPT or EncoderForMaskedLM, got {type(model).__name__}")
+    return adapt_like(plain, model).to(device)  # LoRA adapters where `model` has them
 
 
 @torch.no_grad()
