@@ -165,11 +165,16 @@ def _adapt_layer(model: nn.Module, name: str, rank: int, alpha: float, dropout: 
 def adapt_like(plain: nn.Module, model: nn.Module) -> nn.Module:
     """Put adapters into the plain model `plain` where `model` (the same architecture, possibly split
     over tp ranks or a pipeline stage of it) has them, with their rank, alpha and dropout; returns
-    plain. Its parameters are then ready for `model`'s gathered state dict."""
-    for name, layer in model.named_modules():
-        if isinstance(getattr(layer, "lora_A", None), torch.Tensor):
-            base = "int8" if layer.weight.dtype == torch.int8 else "float"
-            _adapt_layer(plain, name, layer.rank, layer.alpha, getattr(layer.lora_dropout, "p", 0.0), base)
+    plain. Its parameters are then ready for `model`'s gathered state dict; with adapters, only they
+    train (as after apply_lora)."""
+    adapted = [(name, layer) for name, layer in model.named_modules()
+               if isinstance(getattr(layer, "lora_A", None), torch.Tensor)]
+    if adapted:
+        for p in plain.parameters():
+            p.requires_grad_(False)
+    for name, layer in adapted:
+        base = "int8" if layer.weight.dtype == torch.int8 else "float"
+        _adapt_layer(plain, name, layer.rank, layer.alpha, getattr(layer.lora_dropout, "p", 0.0), base)
     return plain
 
 

@@ -151,8 +151,8 @@ def split_plain(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torc
         sizes[key] = part.global_len
     fused = _fused(model)
     for base, keys in fused.items():
-        if base not in sd:
-            raise KeyError(f"the state dict lacks {base}")
+        if base not in sd:  # load_canonical names the missing part (optimizer state: frozen weights have none)
+            continue
         offset = 0
         for k in keys:
             canon[k] = sd[base].narrow(0, offset, sizes[k])
@@ -167,8 +167,11 @@ def split_plain(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torc
 
 @torch.no_grad()
 def load_canonical(model: nn.Module, canon: dict[str, torch.Tensor], tensors=None) -> None:
-    """Copy this rank's slices of full canonical tensors into the parameters (or into `tensors`)."""
+    """Copy this rank's slices of full canonical tensors into the parameters (or into `tensors`, for the
+    parameters it names)."""
     for key, name, p, part in entries(model):
+        if tensors is not None and name not in tensors:
+            continue
         if key not in canon:
             raise KeyError(f"the checkpoint lacks {key}")
         full = canon[key]
