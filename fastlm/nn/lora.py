@@ -162,19 +162,22 @@ def _adapt_layer(model: nn.Module, name: str, rank: int, alpha: float, dropout: 
             Int8LoRALinear.from_linear_with_adapter(layer, rank, alpha, dropout))
 
 
-def adapt_like(plain: nn.Module, model: nn.Module) -> nn.Module:
+def adapt_like(plain: nn.Module, model: nn.Module, names: list[str] | None = None) -> nn.Module:
     """Put adapters into the plain model `plain` where `model` (the same architecture, possibly split
-    over tp ranks or a pipeline stage of it) has them, with their rank, alpha and dropout; returns
-    plain. Its parameters are then ready for `model`'s gathered state dict; with adapters, only they
-    train (as after apply_lora)."""
-    adapted = [(name, layer) for name, layer in model.named_modules()
-               if isinstance(getattr(layer, "lora_A", None), torch.Tensor)]
-    if adapted:
-        for p in plain.parameters():
-            p.requires_grad_(False)
-    for name, layer in adapted:
-        base = "int8" if layer.weight.dtype == torch.int8 else "float"
-        _adapt_layer(plain, name, layer.rank, layer.alpha, getattr(layer.lora_dropout, "p", 0.0), base)
+    over tp ranks, or a pipeline stage of it) has them, with its rank, alpha, dropout and base; returns
+    plain. names: the layers to adapt instead (a pipeline's: every stage's; apply_lora gives all the
+    same settings). Its parameters are then ready for `model`'s gathered state dict; with adapters, only
+    they train (as after apply_lora)."""
+    adapted = {name: layer for name, layer in model.named_modules()
+               if isinstance(getattr(layer, "lora_A", None), torch.Tensor)}
+    if not adapted:
+        return plain
+    like = next(iter(adapted.values()))
+    base = "int8" if like.weight.dtype == torch.int8 else "float"
+    for p in plain.parameters():
+        p.requires_grad_(False)
+    for name in adapted if names is None else names:
+        _adapt_layer(plain, name, like.rank, like.alpha, getattr(like.lora_dropout, "p", 0.0), base)
     return plain
 
 

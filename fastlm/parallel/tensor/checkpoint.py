@@ -97,9 +97,10 @@ def tied_aliases(model: nn.Module) -> dict[str, str]:
     return aliases
 
 
-def plain_model(model: nn.Module, device=None) -> nn.Module:
+def plain_model(model: nn.Module, device=None, adapted: list[str] | None = None) -> nn.Module:
     """A new plain (tp = 1) model of the same kind and architecture as `model` (GPT or EncoderForMaskedLM;
-    also a pipeline stage of one: the whole model)."""
+    also a pipeline stage of one: the whole model), with LoRA adapters where `model` has them (adapted:
+    the layers to adapt instead, a pipeline's from every stage)."""
     from fastlm.models import GPT, EncoderForMaskedLM
     from fastlm.nn.lora import adapt_like
 
@@ -109,7 +110,7 @@ def plain_model(model: nn.Module, device=None) -> nn.Module:
         plain = GPT(model.config)
     else:
         raise TypeError(f"plain_model: expected a fastlm GPT or EncoderForMaskedLM, got {type(model).__name__}")
-    return adapt_like(plain, model).to(device)  # LoRA adapters where `model` has them
+    return adapt_like(plain, model, adapted).to(device)
 
 
 @torch.no_grad()
