@@ -65,6 +65,19 @@ def test_pp2_lora_run_equals_one_process_resumes_and_merges(tmp_path, runs):
     _same_adapter(out, single)
 
 
+def test_pp2_lora_run_on_an_int8_base_equals_one_process(tmp_path, runs):
+    """model.lora.base = "int8": each stage quantizes its own blocks as one process does."""
+    base, _ = runs
+    extra = [f"model.init_from={json.dumps(str(base))}", "model.lora={rank = 4, alpha = 8.0, base = \"int8\"}"]
+    single, out = tmp_path / "single", tmp_path / "pp"
+    Trainer(micro_config(*COMMON, *extra), out_dir=single, show_progress=False).fit()
+    r = _torchrun(out, [*extra, "parallel.pp=2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_same_run(out, single, atol=2e-5)
+    assert _weights(out)["blocks.1.mlp.fc.weight"].dtype == torch.int8
+    _same_adapter(out, single)
+
+
 @pytest.fixture(scope="module")
 def runs8(tmp_path_factory):
     """runs() with a global batch of 8 (a base run's config must fit the 4 processes that load it)."""
