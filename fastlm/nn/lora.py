@@ -93,18 +93,24 @@ class Int8LoRALinear(Int8Linear):
         return layer
 
     def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
-        y = super().forward(x)  # the int8 GEMM (autocast's dtype under autocast)
-        lx = self.lora_dropout(x).to(y.dtype)
-        xa = lx.reshape(-1, self.in_features) @ self.lora_A.to(y.dtype).t()
-        # addmm (not in place: autograd); y itself is not saved for the backward, so it is freed after.
-        y = torch.addmm(y.reshape(-1, self.out_features), xa, self.lora_B.to(y.dtype).t(), alpha=self.scale)
-        y = y.reshape(*x.shape[:-1], self.out_features)
+        y = self.adapted(x, self.bias)
         act = activation or self.activation
         if act is not None:
             from fastlm.nn.activations import get_activation
 
             y = get_activation(act)(y)
         return y
+
+    def adapted(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x W^T + bias + s (drop(x) A^T) B^T: the int8 GEMM (autocast's dtype under autocast) plus the
+        adapter (bias None: a tensor-parallel partial sum, whose bias is added after the reduction)."""
+        x16 = x.to(torch.get_autocast_dtype(x.device.type)) if torch.is_autocast_enabled(x.device.type) else x
+        y = ops.int8_weight_matmul(x16.reshape(-1, self.in_features), self.weight, self.weight_scale, bias,
+                                   group_size=self.group_size)
+        xa = self.lora_dropout(x).to(y.dtype).reshape(-1, self.in_features) @ self.lora_A.to(y.dtype).t()
+        # addmm (not in place: autograd); y itself is not saved for the backward, so it is freed after.
+        y = torch.addmm(y, xa, self.lora_B.to(y.dtype).t(), alpha=self.scale)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def merged_weight(self) -> torch.Tensor:
         with torch.no_grad():

@@ -13,11 +13,14 @@ LORA = {"rank": 4, "alpha": 8.0, "targets": ("attn", "mlp")}
 _REFS = {}
 
 
-def reference(family, lora):
-    key = (family, tuple(sorted(lora.items())))
+def reference(spec):
+    key = repr(sorted(spec.items()))
     if key not in _REFS:
-        _REFS[key] = run_world(tp_workers.train, 1, {"family": family, "lora": lora}, timeout=120)[0]
+        _REFS[key] = run_world(tp_workers.train, 1, spec, timeout=120)[0]
     return _REFS[key]
+
+
+INT8 = {**LORA, "base": "int8"}
 
 
 @pytest.mark.parametrize("family,world,sp,lora,extra", [
@@ -25,13 +28,23 @@ def reference(family, lora):
     ("llama", 2, True, LORA, {}),
     ("gpt2", 2, True, {**LORA, "targets": ("attn",)}, {}),
     ("llama", 4, False, LORA, {"accum": 2}),              # dp 2 x tp 2, gradient accumulation
+    ("gpt2", 2, True, INT8, {}),                          # an int8 base: its rows / columns and scales split
+    ("llama", 2, False, INT8, {"model": {"n_kv_head": 2}}),
 ])
 def test_lora_tp_training_equals_one_process(family, world, sp, lora, extra):
-    spec = {"family": family, "tp": 2, "sp": sp, "lora": lora, **extra}
-    got = run_world(tp_workers.train, world, spec, timeout=240)
-    ref = reference(family, lora)
+    one = {"family": family, "lora": lora, "model": extra.pop("model", {})}
+    got = run_world(tp_workers.train, world, {**one, "tp": 2, "sp": sp, **extra}, timeout=240)
+    ref = reference(one)
     assert any(k.endswith(".lora_A") for k in ref["params"])
     assert_same(ref, got)
-    start = run_world(tp_workers.train, 1, {"family": family, "lora": lora, "steps": 0}, timeout=120)[0]["params"]
+    start = reference({**one, "steps": 0})["params"]
+    assert set(start) == set(ref["params"])
     for k, v in ref["params"].items():  # adapters moved, the base did not
         assert torch.equal(v, start[k]) != (".lora_" in k), k
+    if lora.get("base") == "int8":
+        assert ref["params"]["blocks.0.mlp.proj.weight"].dtype == torch.int8
+
+
+def test_int8_base_with_fewer_kv_heads_than_tp_ranks_is_refused():
+    got = run_world(tp_workers.train, 2, {"family": "llama", "lora": INT8, "tp": 2}, timeout=120, allow_errors=True)
+    assert all("fewer kv heads (1) than tp ranks (2)" in r.get("error", "") for r in got), got

@@ -93,3 +93,23 @@ def test_one_process_lora_checkpoint_resumes_at_tp2(tmp_path, base):
     r = _torchrun(out, [*extra, *TP], resume=True)
     assert r.returncode == 0, r.stderr[-3000:]
     _assert_same_run(out, single, atol=1e-4)
+
+
+def test_tp2_lora_run_on_an_int8_base_equals_one_process(tmp_path, base):
+    """model.lora.base = "int8": the full weights quantized, then split (rows and their scales, or columns)."""
+    extra = [f"model.init_from={json.dumps(str(base))}", "model.lora={rank = 4, alpha = 8.0, base = \"int8\"}"]
+    single, out = tmp_path / "single", tmp_path / "tp"
+    Trainer(micro_config(*COMMON, *extra), out_dir=single, show_progress=False).fit()
+    r = _torchrun(out, [*extra, *TP])
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_same_run(out, single, atol=1e-4)
+    assert _weights(out)["blocks.0.attn.qkv.weight"].dtype == torch.int8
+    (a, config_a), (b, config_b) = _adapter(single), _adapter(out)
+    assert config_a == config_b
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-4, msg=k)
+    shutil.rmtree(out / "checkpoints" / "step_0000004")  # its sharded checkpoint holds the int8 base too
+    (out / "model.safetensors").unlink()
+    r = _torchrun(out, [*extra, *TP], resume=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_same_run(out, single, atol=1e-4)

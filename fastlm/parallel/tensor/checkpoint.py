@@ -45,13 +45,22 @@ def _plain_parts(model: nn.Module, name: str, p: torch.Tensor) -> list[Part]:
     return [Part(kind, 0, 0, n, 0, n)]
 
 
-def entries(model: nn.Module) -> list[tuple[str, str, nn.Parameter, Part]]:
-    """(canonical key, parameter name, parameter, part) for every piece this rank holds (tied once)."""
+def entries(model: nn.Module) -> list[tuple[str, str, torch.Tensor, Part]]:
+    """(canonical key, parameter name, parameter, part) for every piece this rank holds (tied once);
+    also the buffers of a LoRA int8 base (its int8 weight, scales and bias: frozen, not parameters)."""
     out = []
-    for name, p in model.named_parameters():
+    for name, p in [*model.named_parameters(), *_int8_base_buffers(model)]:
         parts = getattr(p, "_tp_parts", None) or _plain_parts(model, name, p)
         out += [(canonical_key(name, part), name, p, part) for part in parts]
     return out
+
+
+def _int8_base_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    from fastlm.nn.lora import Int8LoRALinear
+
+    return [(f"{module_name}.{kind}", getattr(m, kind)) for module_name, m in model.named_modules()
+            if isinstance(m, Int8LoRALinear) for kind in ("weight", "weight_scale", "bias")
+            if getattr(m, kind) is not None]
 
 
 def _local(t: torch.Tensor, part: Part) -> torch.Tensor:

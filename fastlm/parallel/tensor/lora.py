@@ -13,7 +13,10 @@ part on each rank: summed over the tp ranks.
 Adapter dropout: a column layer's input is the same on every tp rank (replicated, or gathered along
 the sequence), so its mask comes from the "replicated" generator (the same on every rank); a row
 layer's input is split, so its mask comes from the "sharded" one (fastlm.parallel.tensor.random).
-Every parameter carries `_tp_parts` (canonical keys `...qkv.lora_A`, `...qkv.lora_B[q]`, ...), so
+An int8 base (model.lora.base = "int8": w8a16, one scale per output channel) splits the same way:
+its int8 rows and their scales (column), or its int8 columns with every scale whole (row): the
+quantization of the full weight, so every rank computes with the one-process weights.
+Every parameter (and int8 base buffer) carries `_tp_parts` (canonical keys `...qkv.lora_A`, `...qkv.lora_B[q]`, ...), so
 checkpoints, full_state_dict and gradient clipping treat the adapters like the base weights.
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastlm.nn.lora import adapted_linear
+from fastlm.nn.lora import Int8LoRALinear, adapted_linear
 from fastlm.parallel.tensor.collectives import copy_to_tp
 from fastlm.parallel.tensor.layout import Part, split_parts
 from fastlm.parallel.tensor.linear import (
@@ -29,6 +32,7 @@ from fastlm.parallel.tensor.linear import (
     GQAColumnParallelLinear,
     RowParallelLinear,
     _take_rows,
+    _tp,
     sum_grad_over_tp,
 )
 
@@ -114,3 +118,61 @@ class RowParallelLoRALinear(RowParallelLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = adapted_linear(x, self.weight, None, self.lora_A, self.lora_B, self.scale, self.lora_dropout(x))
         return self.sum_partial(y)
+
+
+def _int8_shard(cls, lora: Int8LoRALinear, dropout: nn.Module, in_features: int, out_features: int,
+                parts: dict[str, list[Part]]) -> Int8LoRALinear:
+    """An Int8LoRALinear of this rank's piece (`parts` of the int8 weight, its scales and bias) of `lora`."""
+    if lora.group_size is not None or lora.smooth_scale is not None:
+        raise ValueError("parallelize_tp: an int8 LoRA base with group scales or smoothing is not split yet")
+    layer = cls(in_features, out_features, lora.bias is not None, "w8a16", device=lora.weight.device)
+    for kind in ("weight", "weight_scale", "bias"):
+        if getattr(lora, kind) is not None:
+            t = _take_rows(getattr(lora, kind), parts[kind]).clone()
+            t._tp_parts = parts[kind]
+            setattr(layer, kind, t)  # the registered buffer, replaced
+    layer.activation = lora.activation
+    _adapt(layer, lora, dropout)
+    return layer
+
+
+class ColumnParallelInt8LoRALinear(Int8LoRALinear):
+    """An int8 base's output rows (each fused part split) with its adapters, A whole and B split."""
+
+    @classmethod
+    def from_lora(cls, lora: Int8LoRALinear, dropout: nn.Module, *, group, parts=None,
+                  input_mode: str = "replicated") -> "ColumnParallelInt8LoRALinear":
+        tp, rank = _tp(group)
+        names = parts or [(None, lora.out_features)]
+        split = {kind: split_parts(names, kind, 0, tp, rank) for kind in ("weight", "weight_scale", "bias", "lora_B")}
+        layer = _int8_shard(cls, lora, dropout, lora.in_features, sum(p.local_len for p in split["weight"]), split)
+        layer.group, layer.input_mode, layer.tp_size, layer.tp_rank = group, input_mode, tp, rank
+        layer.lora_A = _param(lora.lora_A, _whole("lora_A", lora.lora_A), group)
+        layer.lora_B = _param(lora.lora_B, split["lora_B"])
+        return layer
+
+    def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
+        if self.input_mode == "replicated":
+            x = copy_to_tp(x, self.group)
+        return super().forward(x, activation)
+
+
+class RowParallelInt8LoRALinear(Int8LoRALinear):
+    """An int8 base's input columns (its scales whole) with its adapters, A split and B whole; the base's
+    and the adapter's partial outputs are summed once, then the bias is added."""
+
+    @classmethod
+    def from_lora(cls, lora: Int8LoRALinear, dropout: nn.Module, *, group,
+                  sequence_parallel: bool = False) -> "RowParallelInt8LoRALinear":
+        tp, rank = _tp(group)
+        split = {"weight": split_parts([(None, lora.in_features)], "weight", 1, tp, rank),
+                 "weight_scale": _whole("weight_scale", lora.weight_scale),
+                 "bias": _whole("bias", lora.bias) if lora.bias is not None else None}
+        layer = _int8_shard(cls, lora, dropout, split["weight"][0].local_len, lora.out_features, split)
+        layer.group, layer.sequence_parallel, layer.tp_size, layer.tp_rank = group, sequence_parallel, tp, rank
+        layer.lora_A = _param(lora.lora_A, split_parts([(None, lora.in_features)], "lora_A", 1, tp, rank))
+        layer.lora_B = _param(lora.lora_B, _whole("lora_B", lora.lora_B), group)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return RowParallelLinear.sum_partial(self, self.adapted(x, None))  # the one reduction, then + bias

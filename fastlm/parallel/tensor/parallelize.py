@@ -11,6 +11,10 @@ token embedding and the LM head are split over the vocabulary (tied weights stay
 the loss is the vocab-parallel cross-entropy. Shard i is slice i of the full weights. The
 model's logits (forward without labels) are this rank's vocabulary slice.
 
+LoRA adapters (fastlm.nn.lora, applied before) split along their base layer (fastlm.parallel.tensor.lora):
+A whole and B split for the column-parallel qkv / fc, A split and B whole for the row-parallel proj; the
+frozen base stays frozen (the split layers' new parameters keep the requires_grad of those they replace).
+
 Sequence parallel: the residual stream (and norms, dropout) hold 1/tp of every sequence; each
 norm's output is all-gathered along the sequence before the column-parallel layers, and the
 row-parallel outputs are reduce-scattered back. Norm weights (and the row-parallel biases) see
@@ -139,10 +143,12 @@ def _split_block(block: nn.Module, group, tp: int, column_input: str, sp: bool, 
     """Split one block's attention heads and MLP over the tp ranks (stream: the residual stream's dropout
     region). LoRA adapters split along their base (fastlm.parallel.tensor.lora)."""
     from fastlm.nn import MLP, Attention
-    from fastlm.nn.lora import LoRALinear
+    from fastlm.nn.lora import Int8LoRALinear, LoRALinear
     from fastlm.parallel.tensor.lora import (
+        ColumnParallelInt8LoRALinear,
         ColumnParallelLoRALinear,
         GQAColumnParallelLoRALinear,
+        RowParallelInt8LoRALinear,
         RowParallelLoRALinear,
     )
 
@@ -150,6 +156,12 @@ def _split_block(block: nn.Module, group, tp: int, column_input: str, sp: bool, 
         return _dropout(m, tracker, region)
 
     def split(layer: nn.Module, plain, adapted, region: str, **kwargs) -> nn.Module:
+        if isinstance(layer, Int8LoRALinear):  # an int8 base (model.lora.base = "int8")
+            if adapted is GQAColumnParallelLoRALinear:
+                raise ValueError(f"an int8 LoRA base with fewer kv heads ({attn.n_kv_head}) than tp ranks ({tp}) "
+                                 f"is not split yet (use a float base, or tp <= n_kv_head)")
+            int8 = ColumnParallelInt8LoRALinear if adapted is ColumnParallelLoRALinear else RowParallelInt8LoRALinear
+            return int8.from_lora(layer, dropout(layer.lora_dropout, region), **kwargs)
         if isinstance(layer, LoRALinear):  # the adapter's input: whole on every rank (column) or split (row)
             return adapted.from_lora(layer, dropout(layer.lora_dropout, region), **kwargs)
         return plain.from_linear(layer, **kwargs)
@@ -204,7 +216,9 @@ def _parts_to_split(model: nn.Module) -> tuple[nn.Module, nn.Module | None, str 
 
 
 def _check_linear(module: nn.Module, name: str) -> None:
-    if not isinstance(module, nn.Linear):
+    from fastlm.nn.lora import Int8LoRALinear
+
+    if not isinstance(module, (nn.Linear, Int8LoRALinear)):  # (a LoRA int8 base splits too)
         raise TypeError(f"parallelize_tp: {name} is a {type(module).__name__}; expected an nn.Linear "
                         f"(apply parallelize_tp before other module swaps)")
 
