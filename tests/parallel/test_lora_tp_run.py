@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
 import safetensors.torch
 import torch
 
@@ -17,15 +16,11 @@ from fastlm.train.sharded_checkpoint import is_sharded_checkpoint
 from tests.parallel.test_trainer_dp import COMMON, _assert_same_run, _losses, _torchrun, _weights
 from tests.train.train_helpers import micro_config
 
+from tests.parallel import test_trainer_tp
+from tests.parallel.test_trainer_tp import TP
+
 LORA = "model.lora={rank = 4, alpha = 8.0}"
-TP = ["parallel.tp=2", "parallel.sequence_parallel=true"]
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    out = tmp_path_factory.mktemp("base") / "run"
-    Trainer(micro_config(*COMMON), out_dir=out, show_progress=False).fit()
-    return out
+base = test_trainer_tp.single  # a fixture: the finished base run (one process) the LoRA runs start from
 
 
 def _adapter(run):
@@ -34,15 +29,15 @@ def _adapter(run):
 
 def test_tp2_lora_run_equals_one_process_resumes_and_merges(tmp_path, base):
     extra = [f"model.init_from={json.dumps(str(base))}", LORA]
-    single = tmp_path / "single"
-    Trainer(micro_config(*COMMON, *extra), out_dir=single, show_progress=False).fit()
+    one = tmp_path / "single"
+    Trainer(micro_config(*COMMON, *extra), out_dir=one, show_progress=False).fit()
     out = tmp_path / "tp"
     r = _torchrun(out, [*extra, *TP])
     assert r.returncode == 0, r.stderr[-3000:]
-    _assert_same_run(out, single, atol=1e-4)
+    _assert_same_run(out, one, atol=1e-4)
     w = _weights(out)
     assert any(k.endswith("lora_B") and w[k].abs().sum() > 0 for k in w)
-    (a, config_a), (b, config_b) = _adapter(single), _adapter(out)
+    (a, config_a), (b, config_b) = _adapter(one), _adapter(out)
     assert config_a == config_b and a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-4, msg=k)
@@ -53,10 +48,10 @@ def test_tp2_lora_run_equals_one_process_resumes_and_merges(tmp_path, base):
     (out / "model.safetensors").unlink()
     r = _torchrun(out, [*extra, *TP], resume=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    _assert_same_run(out, single, atol=1e-4)
+    _assert_same_run(out, one, atol=1e-4)
     from fastlm.cli import main
 
-    for run, dest in ((out, "merged"), (single, "merged_single")):
+    for run, dest in ((out, "merged"), (one, "merged_single")):
         assert main(["merge", str(run), "--out", str(tmp_path / dest)]) == 0
     merged = safetensors.torch.load_file(tmp_path / "merged" / "model.safetensors")
     assert not any("lora" in k for k in merged)
@@ -84,27 +79,27 @@ def test_tp2_lora_dropout_resume_is_exact(tmp_path, base):
 def test_one_process_lora_checkpoint_resumes_at_tp2(tmp_path, base):
     """A tp = 1 checkpoint (model.safetensors + optimizer.pt of the adapters only) resumed at tp = 2."""
     extra = [f"model.init_from={json.dumps(str(base))}", LORA]
-    single = tmp_path / "single"
-    Trainer(micro_config(*COMMON, *extra), out_dir=single, show_progress=False).fit()
+    one = tmp_path / "single"
+    Trainer(micro_config(*COMMON, *extra), out_dir=one, show_progress=False).fit()
     out = tmp_path / "run"
-    shutil.copytree(single, out)
+    shutil.copytree(one, out)
     shutil.rmtree(out / "checkpoints" / "step_0000004")
     (out / "model.safetensors").unlink()
     r = _torchrun(out, [*extra, *TP], resume=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    _assert_same_run(out, single, atol=1e-4)
+    _assert_same_run(out, one, atol=1e-4)
 
 
 def test_tp2_lora_run_on_an_int8_base_equals_one_process(tmp_path, base):
     """model.lora.base = "int8": the full weights quantized, then split (rows and their scales, or columns)."""
     extra = [f"model.init_from={json.dumps(str(base))}", "model.lora={rank = 4, alpha = 8.0, base = \"int8\"}"]
-    single, out = tmp_path / "single", tmp_path / "tp"
-    Trainer(micro_config(*COMMON, *extra), out_dir=single, show_progress=False).fit()
+    one, out = tmp_path / "single", tmp_path / "tp"
+    Trainer(micro_config(*COMMON, *extra), out_dir=one, show_progress=False).fit()
     r = _torchrun(out, [*extra, *TP])
     assert r.returncode == 0, r.stderr[-3000:]
-    _assert_same_run(out, single, atol=1e-4)
+    _assert_same_run(out, one, atol=1e-4)
     assert _weights(out)["blocks.0.attn.qkv.weight"].dtype == torch.int8
-    (a, config_a), (b, config_b) = _adapter(single), _adapter(out)
+    (a, config_a), (b, config_b) = _adapter(one), _adapter(out)
     assert config_a == config_b
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-4, msg=k)
@@ -112,4 +107,4 @@ def test_tp2_lora_run_on_an_int8_base_equals_one_process(tmp_path, base):
     (out / "model.safetensors").unlink()
     r = _torchrun(out, [*extra, *TP], resume=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    _assert_same_run(out, single, atol=1e-4)
+    _assert_same_run(out, one, atol=1e-4)
