@@ -48,3 +48,16 @@ def test_lora_tp_training_equals_one_process(family, world, sp, lora, extra):
 def test_int8_base_with_fewer_kv_heads_than_tp_ranks_is_refused():
     got = run_world(tp_workers.train, 2, {"family": "llama", "lora": INT8, "tp": 2}, timeout=120, allow_errors=True)
     assert all("fewer kv heads (1) than tp ranks (2)" in r.get("error", "") for r in got), got
+
+
+def test_adapter_dropout_masks_match_where_the_input_is_replicated():
+    """A column layer's adapter input is the same on every tp rank: the same mask; a row layer's is split:
+    independent masks."""
+    masks = run_world(tp_workers.lora_dropout_masks, 2, timeout=120)
+    assert sorted(masks[0]) == sorted(f"blocks.{i}.{n}" for i in range(2) for n in ("attn.qkv", "attn.proj",
+                                                                                    "mlp.fc", "mlp.proj"))
+    for name, (region, mask) in masks[0].items():
+        other = masks[1][name][1]
+        assert 0 < mask.float().mean() < 1, name
+        assert region == ("sharded" if name.endswith("proj") else "replicated"), name
+        assert torch.equal(mask, other) == (region == "replicated"), name

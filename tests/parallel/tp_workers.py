@@ -342,3 +342,22 @@ def round_trip(rank, world, path, mode):
     if dist.is_initialized():
         dist.barrier()
     return out
+
+
+def lora_dropout_masks(rank, world):
+    """{adapted layer: (its dropout's region, the mask it draws for a ones input)} of a GPT-2 with LoRA
+    dropout 0.5 split over tp = world (parallelize_tp's generators, in training mode)."""
+    from fastlm.nn.lora import apply_lora
+    from fastlm.parallel import init_mesh
+    from fastlm.parallel.tensor import parallelize_tp
+
+    mesh = init_mesh(tp=world)
+    model = build("gpt2")
+    apply_lora(model, rank=4, alpha=8.0, dropout=0.5)
+    parallelize_tp(model, mesh)
+    out = {}
+    for name, m in model.named_modules():
+        if hasattr(m, "lora_dropout"):
+            m.lora_dropout.train()
+            out[name] = (m.lora_dropout.region, m.lora_dropout(torch.ones(2, T, 16)) > 0)
+    return out
