@@ -5,7 +5,7 @@ without sequence parallel, adapting attn and mlp or attn only."""
 import pytest
 import torch
 
-from tests.parallel import tp_workers
+from tests.parallel import tp_encoder_workers, tp_workers
 from tests.parallel.dist_helpers import run_world
 from tests.parallel.test_tensor_parallel_training import assert_same
 
@@ -61,3 +61,12 @@ def test_adapter_dropout_masks_match_where_the_input_is_replicated():
         assert 0 < mask.float().mean() < 1, name
         assert region == ("sharded" if name.endswith("proj") else "replicated"), name
         assert torch.equal(mask, other) == (region == "replicated"), name
+
+
+@pytest.mark.parametrize("family", ["bert", "albert"])  # ALBERT: one shared block (its adapters split once)
+def test_encoder_lora_tp2_equals_one_process(family):
+    spec = {"family": family, "lora": LORA}
+    ref = run_world(tp_encoder_workers.train, 1, spec, timeout=120)[0]
+    got = run_world(tp_encoder_workers.train, 2, {**spec, "tp": 2}, timeout=240)
+    assert any(k.endswith(".lora_A") for k in ref["params"])
+    assert_same(ref, got)
