@@ -28,6 +28,7 @@ INT8 = {**LORA, "base": "int8"}
     ("llama", 2, True, LORA, {}),
     ("gpt2", 2, True, {**LORA, "targets": ("attn",)}, {}),
     ("llama", 4, False, LORA, {"accum": 2}),              # dp 2 x tp 2, gradient accumulation
+    ("gpt2", 4, True, LORA, {"shard": True}),             # dp 2 x tp 2, ZeRO-1 over the adapters
     ("gpt2", 2, True, INT8, {}),                          # an int8 base: its rows / columns and scales split
     ("llama", 2, False, INT8, {"model": {"n_kv_head": 2}}),
 ])

@@ -57,7 +57,7 @@ def train(rank, world, spec):
     if mesh is not None and mesh.dp > 1:
         dp = DataParallel(model, mesh, bucket_mb=0.004, shard_optimizer=spec.get("shard", False))
     net = dp if dp is not None else model
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, eps=1e-4, weight_decay=0.1)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, eps=1e-4, weight_decay=0.1)
     if dp is not None:
         opt = dp.wrap_optimizer(opt)
     dp_size, dp_rank = (mesh.dp, mesh.dp_rank) if mesh is not None else (1, 0)
