@@ -31,6 +31,19 @@ TARGET_LAYERS = {"attn": ("attn.qkv", "attn.proj"), "mlp": ("mlp.fc", "mlp.proj"
 _BLOCK_LINEAR = re.compile(r"(?:^|\.)blocks\.(\d+)\.(attn\.qkv|attn\.proj|mlp\.fc|mlp\.proj)$")
 
 
+def adapted_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
+                   lora_b: torch.Tensor, scale: float, lora_x: torch.Tensor, activation: str | None = None):
+    """activation(x W^T + b + scale (lora_x A^T) B^T) in one fastlm.ops.matmul; lora_x is x, or x after
+    the adapter's dropout. Honours torch.autocast as F.linear would (custom ops are not autocast)."""
+    dtype = _autocast_dtype(x)
+    same = lora_x is x
+    if dtype is not None:
+        x, weight, lora_a, lora_b, lora_x = (t.to(dtype) for t in (x, weight, lora_a, lora_b, lora_x))
+        bias = bias.to(dtype) if bias is not None else None
+    return ops.matmul(x, weight.t(), bias, activation, lora_a=lora_a, lora_b=lora_b, lora_scale=scale,
+                      lora_x=None if same else lora_x)
+
+
 class LoRALinear(Linear):
     """A frozen-base linear plus a trainable low-rank update: y = x W^T + b + (alpha / rank) (x A^T) B^T."""
 
@@ -50,14 +63,8 @@ class LoRALinear(Linear):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
-        weight, bias, a, b = self.weight, self.bias, self.lora_A, self.lora_B
-        dtype = _autocast_dtype(x)
-        if dtype is not None:  # custom ops are not autocast: cast as F.linear would
-            x, weight, a, b = x.to(dtype), weight.to(dtype), a.to(dtype), b.to(dtype)
-            bias = bias.to(dtype) if bias is not None else None
-        lora_x = self.lora_dropout(x)
-        return ops.matmul(x, weight.t(), bias, activation or self.activation, lora_a=a, lora_b=b,
-                          lora_scale=self.scale, lora_x=None if lora_x is x else lora_x)
+        return adapted_linear(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scale,
+                              self.lora_dropout(x), activation or self.activation)
 
     def merged_weight(self) -> torch.Tensor:
         """W + s B A (the weight of the equivalent plain linear)."""
@@ -86,18 +93,24 @@ class Int8LoRALinear(Int8Linear):
         return layer
 
     def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
-        y = super().forward(x)  # the int8 GEMM (autocast's dtype under autocast)
-        lx = self.lora_dropout(x).to(y.dtype)
-        xa = lx.reshape(-1, self.in_features) @ self.lora_A.to(y.dtype).t()
-        # addmm (not in place: autograd); y itself is not saved for the backward, so it is freed after.
-        y = torch.addmm(y.reshape(-1, self.out_features), xa, self.lora_B.to(y.dtype).t(), alpha=self.scale)
-        y = y.reshape(*x.shape[:-1], self.out_features)
+        y = self.adapted(x, self.bias)
         act = activation or self.activation
         if act is not None:
             from fastlm.nn.activations import get_activation
 
             y = get_activation(act)(y)
         return y
+
+    def adapted(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x W^T + bias + s (drop(x) A^T) B^T: the int8 GEMM (autocast's dtype under autocast) plus the
+        adapter (bias None: a tensor-parallel partial sum, whose bias is added after the reduction)."""
+        x16 = x.to(torch.get_autocast_dtype(x.device.type)) if torch.is_autocast_enabled(x.device.type) else x
+        y = ops.int8_weight_matmul(x16.reshape(-1, self.in_features), self.weight, self.weight_scale, bias,
+                                   group_size=self.group_size)
+        xa = self.lora_dropout(x).to(y.dtype).reshape(-1, self.in_features) @ self.lora_A.to(y.dtype).t()
+        # addmm (not in place: autograd); y itself is not saved for the backward, so it is freed after.
+        y = torch.addmm(y, xa, self.lora_B.to(y.dtype).t(), alpha=self.scale)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def merged_weight(self) -> torch.Tensor:
         with torch.no_grad():
@@ -141,14 +154,37 @@ def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: fl
         for p in model.parameters():
             p.requires_grad_(False)
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        layer = getattr(parent, child)
-        if isinstance(layer, ADAPTED):
-            raise ValueError(f"{name} has a LoRA adapter already (merge it first: fastlm.nn.lora.merge_lora)")
-        setattr(parent, child, LoRALinear(layer, rank, alpha, dropout) if base == "float" else
-                Int8LoRALinear.from_linear_with_adapter(layer, rank, alpha, dropout))
+        _adapt_layer(model, name, rank, alpha, dropout, base)
     return names
+
+
+def _adapt_layer(model: nn.Module, name: str, rank: int, alpha: float, dropout: float, base: str) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    layer = getattr(parent, child)
+    if isinstance(layer, ADAPTED):
+        raise ValueError(f"{name} has a LoRA adapter already (merge it first: fastlm.nn.lora.merge_lora)")
+    setattr(parent, child, LoRALinear(layer, rank, alpha, dropout) if base == "float" else
+            Int8LoRALinear.from_linear_with_adapter(layer, rank, alpha, dropout))
+
+
+def adapt_like(plain: nn.Module, model: nn.Module, names: list[str] | None = None) -> nn.Module:
+    """Put adapters into the plain model `plain` where `model` (the same architecture, possibly split
+    over tp ranks, or a pipeline stage of it) has them, with its rank, alpha, dropout and base; returns
+    plain. names: the layers to adapt instead (a pipeline's: every stage's; apply_lora gives all the
+    same settings). Its parameters are then ready for `model`'s gathered state dict; with adapters, only
+    they train (as after apply_lora)."""
+    adapted = {name: layer for name, layer in model.named_modules()
+               if isinstance(getattr(layer, "lora_A", None), torch.Tensor)}
+    if not adapted:
+        return plain
+    like = next(iter(adapted.values()))
+    base = "int8" if like.weight.dtype == torch.int8 else "float"
+    for p in plain.parameters():
+        p.requires_grad_(False)
+    for name in adapted if names is None else names:
+        _adapt_layer(plain, name, like.rank, like.alpha, getattr(like.lora_dropout, "p", 0.0), base)
+    return plain
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear | Int8LoRALinear]:

@@ -59,9 +59,7 @@ def check_lora(config) -> None:
     if bad or not lora.targets or len(set(lora.targets)) != len(lora.targets):
         raise ConfigError(f"model.lora.targets = {lora.targets}: expected a non-empty list of distinct "
                           f"{', '.join(repr(t) for t in TARGETS)}")
-    for key, on, why in (("parallel.tp", config.parallel.tp > 1, "tensor-parallel adapters are not built yet"),
-                         ("parallel.pp", config.parallel.pp > 1, "the pipeline's final weights gather no adapters yet"),
-                         ("model.linear", config.model.linear != "default", "int8 training replaces the linears"),
+    for key, on, why in (("model.linear", config.model.linear != "default", "int8 training replaces the linears"),
                          ("privacy.dp_sgd", getattr(config.privacy, "dp_sgd", False),
                           "DP-SGD's per-sample gradients do not cover adapters yet")):
         if on:

@@ -161,7 +161,7 @@ def load_sharded_checkpoint(path: Path, model, optimizer, scaler, loader, identi
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         names = {k.rsplit(".", 1)[1] for k in tpc.saved_keys(path / DCP_DIR) if k.startswith(tpc.OPTIM)}
         opt_state = {n: {s: torch.zeros_like(p) for s in sorted(names)}
-                     for n, p in model.named_parameters()} if names else {}
+                     for n, p in model.named_parameters() if p.requires_grad} if names else {}  # LoRA: no frozen
         tpc.load_sharded(path / DCP_DIR, model, opt_state)
         if opt_state:
             load_optimizer_state_by_name(model, optimizer, opt_state, state["optimizer_step"], state["param_groups"])
@@ -211,9 +211,10 @@ def _load_plain_into_tp(path: Path, model, optimizer, scaler, loader, identity: 
                     step = float(v)
                 else:
                     by_plain.setdefault(key, {})[order[int(i)]] = v
-        opt_state = {n: {} for n, _ in model.named_parameters()}
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # LoRA: the adapters
+        opt_state = {n: {} for n, _ in trainable}
         for key, sd in by_plain.items():
-            local = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+            local = {n: torch.zeros_like(p) for n, p in trainable}
             if "lm_head.weight" not in sd and "tok_emb.weight" in sd:
                 sd["lm_head.weight"] = sd["tok_emb.weight"]
             tpc.load_canonical(model, tpc.split_plain(model, sd), tensors=local)

@@ -11,7 +11,7 @@ from contextlib import nullcontext
 
 import torch
 
-from tests.parallel.tp_workers import _load, _save
+from tests.parallel.tp_workers import _load, _save, add_lora
 
 G, T, STEPS, VOCAB = 8, 8, 3, 67  # an odd vocabulary: tp = 2 splits it 34 + 33
 LR = 1e-2
@@ -61,7 +61,7 @@ def _data(family: str, steps: int) -> dict:
 
 
 def train(rank, world, spec):
-    """spec: family, tp, steps, save_at / save_to (a sharded checkpoint), load_from."""
+    """spec: family, tp, steps, save_at / save_to (a sharded checkpoint), load_from, lora (apply_lora's options)."""
     from fastlm.parallel import DataParallel, init_mesh
     from fastlm.parallel.tensor import clip_grad_norm_, parallelize_tp
     from fastlm.parallel.tensor.checkpoint import full_state_dict
@@ -69,6 +69,8 @@ def train(rank, world, spec):
     family, tp = spec["family"], spec.get("tp", 1)
     mesh = init_mesh(tp=tp) if world > 1 else None
     model = build(family)
+    if spec.get("lora"):
+        add_lora(model, spec["lora"])
     if tp > 1:
         parallelize_tp(model, mesh)
     dp = DataParallel(model, mesh, bucket_mb=0.004) if mesh is not None and mesh.dp > 1 else None

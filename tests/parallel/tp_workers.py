@@ -45,6 +45,8 @@ def train(rank, world, spec):
     tp = spec.get("tp", 1)
     mesh = init_mesh(tp=tp) if world > 1 else None
     model = build(spec["family"], **spec.get("model", {}))
+    if spec.get("lora"):
+        add_lora(model, spec["lora"])
     if tp > 1:
         parallelize_tp(model, mesh, sequence_parallel=spec.get("sp", False))
     if spec.get("recompute", False):  # the collectives run again in the backward
@@ -55,7 +57,7 @@ def train(rank, world, spec):
     if mesh is not None and mesh.dp > 1:
         dp = DataParallel(model, mesh, bucket_mb=0.004, shard_optimizer=spec.get("shard", False))
     net = dp if dp is not None else model
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, eps=1e-4, weight_decay=0.1)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, eps=1e-4, weight_decay=0.1)
     if dp is not None:
         opt = dp.wrap_optimizer(opt)
     dp_size, dp_rank = (mesh.dp, mesh.dp_rank) if mesh is not None else (1, 0)
@@ -91,6 +93,17 @@ def train(rank, world, spec):
         losses.append(float(total))
         norms.append(float(norm))
     return {"losses": losses, "norms": norms, "params": full_state_dict(model)}
+
+
+def add_lora(model, options):
+    """LoRA adapters (fastlm.nn.lora) with a non-zero B, so that A's gradient is not zero from the first step
+    (the same draws on every rank)."""
+    from fastlm.nn.lora import apply_lora, lora_layers
+
+    apply_lora(model, **options)
+    torch.manual_seed(2)
+    for layer in lora_layers(model).values():
+        torch.nn.init.normal_(layer.lora_B, std=0.05)
 
 
 def _save(path, step, model, opt):
@@ -328,4 +341,23 @@ def round_trip(rank, world, path, mode):
     out = full_state_dict(model)
     if dist.is_initialized():
         dist.barrier()
+    return out
+
+
+def lora_dropout_masks(rank, world):
+    """{adapted layer: (its dropout's region, the mask it draws for a ones input)} of a GPT-2 with LoRA
+    dropout 0.5 split over tp = world (parallelize_tp's generators, in training mode)."""
+    from fastlm.nn.lora import apply_lora
+    from fastlm.parallel import init_mesh
+    from fastlm.parallel.tensor import parallelize_tp
+
+    mesh = init_mesh(tp=world)
+    model = build("gpt2")
+    apply_lora(model, rank=4, alpha=8.0, dropout=0.5)
+    parallelize_tp(model, mesh)
+    out = {}
+    for name, m in model.named_modules():
+        if hasattr(m, "lora_dropout"):
+            m.lora_dropout.train()
+            out[name] = (m.lora_dropout.region, m.lora_dropout(torch.ones(2, T, 16)) > 0)
     return out

@@ -140,7 +140,7 @@ def test_a_lora_run_as_init_from_continues_merged(lora_run):
 
 
 @pytest.mark.parametrize("extra,match", [
-    (["parallel.tp=2"], "parallel.tp"), (["parallel.pp=2"], "parallel.pp"), (["model.lora={base = \"int4\"}"], "base"),
+    (["model.lora={base = \"int4\"}"], "base"),
     (["model.linear=\"int8_train\""], "model.linear"),
     (["model.lora={alpha = 0}"], "model.lora.alpha"), (["model.lora={dropout = 1.0}"], "model.lora.dropout"),
 ])

@@ -210,7 +210,8 @@ class Pipeline:
         state = self.full_state_dict()
         if state is None:
             return None
-        model = plain_model(self.stage)
+        lora = [k[:-len(".lora_A")] for k in state if k.endswith(".lora_A")]  # every stage's adapted layers
+        model = plain_model(self.stage, adapted=lora)
         for alias, name in tied_aliases(model).items():  # a tied weight comes under the name its stage held
             for a, b in ((alias, name), (name, alias)):
                 if a not in state and b in state:

@@ -7,7 +7,8 @@
 
 Files: collectives.py (autograd collectives), linear.py (column/row parallel), embedding.py
 (vocab-parallel embedding), cross_entropy.py (vocab-parallel loss), random.py (dropout RNG),
-layout.py (shards, layout checks), parallelize.py (parallelize_tp), grad_norm.py (clipping),
+layout.py (shards, layout checks), lora.py (LoRA adapters on split layers), parallelize.py
+(parallelize_tp), grad_norm.py (clipping),
 checkpoint.py (sharded, resharding checkpoints with torch.distributed.checkpoint).
 """
 from fastlm.parallel.tensor.collectives import (

@@ -34,6 +34,8 @@ def _plain_parts(model: nn.Module, name: str, p: torch.Tensor) -> list[Part]:
     module_name, _, kind = name.rpartition(".")
     parent_name, _, attr = module_name.rpartition(".")
     parent = model.get_submodule(parent_name) if module_name else None
+    if kind == "lora_A":  # (rank, in): a LoRA A is shared by the fused parts (their B rows are split)
+        parent = None
     if isinstance(parent, Attention) and attr == "qkv":
         q, kv = parent.n_head * parent.head_dim, parent.n_kv_head * parent.head_dim
         return split_parts([("q", q), ("k", kv), ("v", kv)], kind, 0, 1, 0)
@@ -43,13 +45,22 @@ def _plain_parts(model: nn.Module, name: str, p: torch.Tensor) -> list[Part]:
     return [Part(kind, 0, 0, n, 0, n)]
 
 
-def entries(model: nn.Module) -> list[tuple[str, str, nn.Parameter, Part]]:
-    """(canonical key, parameter name, parameter, part) for every piece this rank holds (tied once)."""
+def entries(model: nn.Module) -> list[tuple[str, str, torch.Tensor, Part]]:
+    """(canonical key, parameter name, parameter, part) for every piece this rank holds (tied once);
+    also the buffers of a LoRA int8 base (its int8 weight, scales and bias: frozen, not parameters)."""
     out = []
-    for name, p in model.named_parameters():
+    for name, p in [*model.named_parameters(), *_int8_base_buffers(model)]:
         parts = getattr(p, "_tp_parts", None) or _plain_parts(model, name, p)
         out += [(canonical_key(name, part), name, p, part) for part in parts]
     return out
+
+
+def _int8_base_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    from fastlm.nn.lora import Int8LoRALinear
+
+    return [(f"{module_name}.{kind}", getattr(m, kind)) for module_name, m in model.named_modules()
+            if isinstance(m, Int8LoRALinear) for kind in ("weight", "weight_scale", "bias")
+            if getattr(m, kind) is not None]
 
 
 def _local(t: torch.Tensor, part: Part) -> torch.Tensor:
@@ -95,16 +106,20 @@ def tied_aliases(model: nn.Module) -> dict[str, str]:
     return aliases
 
 
-def plain_model(model: nn.Module, device=None) -> nn.Module:
+def plain_model(model: nn.Module, device=None, adapted: list[str] | None = None) -> nn.Module:
     """A new plain (tp = 1) model of the same kind and architecture as `model` (GPT or EncoderForMaskedLM;
-    also a pipeline stage of one: the whole model)."""
+    also a pipeline stage of one: the whole model), with LoRA adapters where `model` has them (adapted:
+    the layers to adapt instead, a pipeline's from every stage)."""
     from fastlm.models import GPT, EncoderForMaskedLM
+    from fastlm.nn.lora import adapt_like
 
     if isinstance(model, EncoderForMaskedLM):
-        return EncoderForMaskedLM(model.config, sentence_order=model.sentence_order).to(device)
-    if isinstance(model, GPT):
-        return GPT(model.config).to(device)
-    raise TypeError(f"plain_model: expected a fastlm GPT or EncoderForMaskedLM, got {type(model).__name__}")
+        plain = EncoderForMaskedLM(model.config, sentence_order=model.sentence_order)
+    elif isinstance(model, GPT):
+        plain = GPT(model.config)
+    else:
+        raise TypeError(f"plain_model: expected a fastlm GPT or EncoderForMaskedLM, got {type(model).__name__}")
+    return adapt_like(plain, model, adapted).to(device)
 
 
 @torch.no_grad()
@@ -146,8 +161,8 @@ def split_plain(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torc
         sizes[key] = part.global_len
     fused = _fused(model)
     for base, keys in fused.items():
-        if base not in sd:
-            raise KeyError(f"the state dict lacks {base}")
+        if base not in sd:  # load_canonical names the missing part (optimizer state: frozen weights have none)
+            continue
         offset = 0
         for k in keys:
             canon[k] = sd[base].narrow(0, offset, sizes[k])
@@ -162,8 +177,11 @@ def split_plain(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torc
 
 @torch.no_grad()
 def load_canonical(model: nn.Module, canon: dict[str, torch.Tensor], tensors=None) -> None:
-    """Copy this rank's slices of full canonical tensors into the parameters (or into `tensors`)."""
+    """Copy this rank's slices of full canonical tensors into the parameters (or into `tensors`, for the
+    parameters it names)."""
     for key, name, p, part in entries(model):
+        if tensors is not None and name not in tensors:
+            continue
         if key not in canon:
             raise KeyError(f"the checkpoint lacks {key}")
         full = canon[key]

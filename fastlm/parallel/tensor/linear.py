@@ -31,7 +31,7 @@ def sum_grad_over_tp(param: nn.Parameter, group) -> None:
     replicated K/V): sum each backward's contribution over the tp ranks before it accumulates."""
     from fastlm.parallel.tensor.collectives import all_reduce
 
-    if _tp(group)[0] > 1 and not getattr(param, "_tp_grad_summed", False):
+    if _tp(group)[0] > 1 and param.requires_grad and not getattr(param, "_tp_grad_summed", False):  # not frozen
         param.register_hook(lambda g: all_reduce(g.clone(), group))
         param._tp_grad_summed = True
 
@@ -135,13 +135,18 @@ class GQAColumnParallelLinear(ColumnParallelLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_mode == "replicated":
             x = copy_to_tp(x, self.group)
-        hd, kv = self.head_dim, self.n_kv_head * self.head_dim
-        rows = torch.cat([torch.arange(self.kv_head * hd, (self.kv_head + 1) * hd) + o for o in (0, kv)])
-        rows = rows.to(self.kv_weight.device)
+        rows = self.kv_rows()
         q = F.linear(x, self.weight, self.bias)
         k_v = F.linear(x, self.kv_weight.index_select(0, rows),
                        self.kv_bias.index_select(0, rows) if self.kv_bias is not None else None)
         return torch.cat([q, k_v], dim=-1)
+
+
+    def kv_rows(self) -> torch.Tensor:
+        """The rows of kv_weight ([k | v]) of the kv head this rank computes."""
+        hd, kv = self.head_dim, self.n_kv_head * self.head_dim
+        rows = torch.cat([torch.arange(self.kv_head * hd, (self.kv_head + 1) * hd) + o for o in (0, kv)])
+        return rows.to(self.kv_weight.device)
 
 
 class _QRows:
@@ -180,7 +185,10 @@ class RowParallelLinear(nn.Module):
                    device=linear.weight.device, dtype=linear.weight.dtype, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
+        return self.sum_partial(F.linear(x, self.weight))
+
+    def sum_partial(self, y: torch.Tensor) -> torch.Tensor:
+        """The layer's output from this rank's partial product: summed over the tp ranks, then + bias."""
         y = reduce_scatter_to_sequence(y, self.group) if self.sequence_parallel else reduce_from_tp(y, self.group)
         return y + self.bias if self.bias is not None else y
 

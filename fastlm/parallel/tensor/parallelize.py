@@ -11,6 +11,10 @@ token embedding and the LM head are split over the vocabulary (tied weights stay
 the loss is the vocab-parallel cross-entropy. Shard i is slice i of the full weights. The
 model's logits (forward without labels) are this rank's vocabulary slice.
 
+LoRA adapters (fastlm.nn.lora, applied before) split along their base layer (fastlm.parallel.tensor.lora):
+A whole and B split for the column-parallel qkv / fc, A split and B whole for the row-parallel proj; the
+frozen base stays frozen (the split layers' new parameters keep the requires_grad of those they replace).
+
 Sequence parallel: the residual stream (and norms, dropout) hold 1/tp of every sequence; each
 norm's output is all-gathered along the sequence before the column-parallel layers, and the
 row-parallel outputs are reduce-scattered back. Norm weights (and the row-parallel biases) see
@@ -91,8 +95,9 @@ def parallelize_tp(model: nn.Module, mesh, sequence_parallel: bool = False, seed
     stream = "sharded" if sp else "replicated"  # the residual stream's dropout region
     column_input = "gathered" if sp else "replicated"
 
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
     for block in trunk.blocks:  # ALBERT: each shared block once
-        _split_block(block, group, tp, column_input, sp, lambda m: _dropout(m, tracker, stream))
+        _split_block(block, group, tp, column_input, sp, tracker, stream)
 
     if head_owner is not None:  # the LM head (GPT) or MLM decoder: vocab-parallel, like the embedding
         head = getattr(head_owner, head_name)
@@ -118,14 +123,48 @@ def parallelize_tp(model: nn.Module, mesh, sequence_parallel: bool = False, seed
     if trunk is not model and isinstance(getattr(model, "drop", None), nn.Dropout):  # a classifier's input
         model.drop = _dropout(model.drop, tracker, "replicated")
 
+    _keep_frozen(model, before)
     model.tp_size, model.tp_group, model.sequence_parallel, model.tp_rng = tp, group, sp, tracker
     reseed_default_per_tp_rank(mesh.tp_rank)
     return model
 
 
-def _split_block(block: nn.Module, group, tp: int, column_input: str, sp: bool, dropout) -> None:
-    """Split one block's attention heads and MLP over the tp ranks (dropout: the stream's TPDropout maker)."""
+def _keep_frozen(model: nn.Module, before: dict[str, bool]) -> None:
+    """The split layers' new parameters train as the ones they replace did (LoRA: the base stays frozen);
+    a new name (GQA's kv_weight) follows its module's weight, adapters always train."""
+    for name, p in model.named_parameters():
+        module = name.rpartition(".")[0]
+        if ".lora_" not in "." + name:
+            p.requires_grad_(before.get(name, before.get(f"{module}.weight", True)))
+
+
+def _split_block(block: nn.Module, group, tp: int, column_input: str, sp: bool, tracker: RNGTracker,
+                 stream: str) -> None:
+    """Split one block's attention heads and MLP over the tp ranks (stream: the residual stream's dropout
+    region). LoRA adapters split along their base (fastlm.parallel.tensor.lora)."""
     from fastlm.nn import MLP, Attention
+    from fastlm.nn.lora import Int8LoRALinear, LoRALinear
+    from fastlm.parallel.tensor.lora import (
+        ColumnParallelInt8LoRALinear,
+        ColumnParallelLoRALinear,
+        GQAColumnParallelLoRALinear,
+        RowParallelInt8LoRALinear,
+        RowParallelLoRALinear,
+    )
+
+    def dropout(m: nn.Module, region: str = stream) -> nn.Module:
+        return _dropout(m, tracker, region)
+
+    def split(layer: nn.Module, plain, adapted, region: str, **kwargs) -> nn.Module:
+        if isinstance(layer, Int8LoRALinear):  # an int8 base (model.lora.base = "int8")
+            if adapted is GQAColumnParallelLoRALinear:
+                raise ValueError(f"an int8 LoRA base with fewer kv heads ({attn.n_kv_head}) than tp ranks ({tp}) "
+                                 f"is not split yet (use a float base, or tp <= n_kv_head)")
+            int8 = ColumnParallelInt8LoRALinear if adapted is ColumnParallelLoRALinear else RowParallelInt8LoRALinear
+            return int8.from_lora(layer, dropout(layer.lora_dropout, region), **kwargs)
+        if isinstance(layer, LoRALinear):  # the adapter's input: whole on every rank (column) or split (row)
+            return adapted.from_lora(layer, dropout(layer.lora_dropout, region), **kwargs)
+        return plain.from_linear(layer, **kwargs)
 
     attn, mlp = block.attn, block.mlp
     if not (isinstance(attn, Attention) and isinstance(mlp, MLP)):
@@ -134,23 +173,27 @@ def _split_block(block: nn.Module, group, tp: int, column_input: str, sp: bool, 
     n_q, n_kv, hd = attn.n_head * attn.head_dim, attn.n_kv_head * attn.head_dim, attn.head_dim
     _check_linear(attn.qkv, "attn.qkv")
     if attn.n_kv_head % tp == 0:
-        attn.qkv = ColumnParallelLinear.from_linear(attn.qkv, group=group, input_mode=column_input,
-                                                    parts=[("q", n_q), ("k", n_kv), ("v", n_kv)])
+        attn.qkv = split(attn.qkv, ColumnParallelLinear, ColumnParallelLoRALinear, "replicated", group=group,
+                         input_mode=column_input, parts=[("q", n_q), ("k", n_kv), ("v", n_kv)])
         local_kv = attn.n_kv_head // tp
     else:  # fewer kv heads than ranks: each rank computes the one its q heads use
-        attn.qkv = GQAColumnParallelLinear.from_linear(attn.qkv, n_head=attn.n_head, n_kv_head=attn.n_kv_head,
-                                                       head_dim=hd, group=group, input_mode=column_input)
+        attn.qkv = split(attn.qkv, GQAColumnParallelLinear, GQAColumnParallelLoRALinear, "replicated",
+                         n_head=attn.n_head, n_kv_head=attn.n_kv_head, head_dim=hd, group=group,
+                         input_mode=column_input)
         local_kv = 1
     _check_linear(attn.proj, "attn.proj")
-    attn.proj = RowParallelLinear.from_linear(attn.proj, group=group, sequence_parallel=sp)
+    attn.proj = split(attn.proj, RowParallelLinear, RowParallelLoRALinear, "sharded", group=group,
+                      sequence_parallel=sp)
     attn.n_head, attn.n_kv_head = attn.n_head // tp, local_kv
     attn.resid_drop = dropout(attn.resid_drop)
 
     _check_linear(mlp.fc, "mlp.fc")
     parts = [("gate", mlp.d_ff), ("up", mlp.d_ff)] if mlp.gated else None
-    mlp.fc = ColumnParallelLinear.from_linear(mlp.fc, group=group, input_mode=column_input, parts=parts)
+    mlp.fc = split(mlp.fc, ColumnParallelLinear, ColumnParallelLoRALinear, "replicated", group=group,
+                   input_mode=column_input, parts=parts)
     _check_linear(mlp.proj, "mlp.proj")
-    mlp.proj = RowParallelLinear.from_linear(mlp.proj, group=group, sequence_parallel=sp)
+    mlp.proj = split(mlp.proj, RowParallelLinear, RowParallelLoRALinear, "sharded", group=group,
+                     sequence_parallel=sp)
     mlp.d_ff //= tp
     mlp.drop = dropout(mlp.drop)
 
@@ -173,7 +216,9 @@ def _parts_to_split(model: nn.Module) -> tuple[nn.Module, nn.Module | None, str 
 
 
 def _check_linear(module: nn.Module, name: str) -> None:
-    if not isinstance(module, nn.Linear):
+    from fastlm.nn.lora import Int8LoRALinear
+
+    if not isinstance(module, (nn.Linear, Int8LoRALinear)):  # (a LoRA int8 base splits too)
         raise TypeError(f"parallelize_tp: {name} is a {type(module).__name__}; expected an nn.Linear "
                         f"(apply parallelize_tp before other module swaps)")
 
