@@ -23,7 +23,7 @@ import subprocess
 import sys
 
 _CHILD = r"""
-import json, sys, time, statistics, torch, torch.nn.functional as F
+import json, sys, time, torch, torch.nn.functional as F
 import fastlm.ops as ops
 impl, loss, n, v, d, dt, repeat = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:8])
 T, beta = 2.0, 0.5
@@ -71,7 +71,7 @@ peak = (status_kb("VmHWM") - base) / 1024
 runs = []
 for _ in range(repeat):
     start = time.perf_counter(); step(); runs.append(time.perf_counter() - start)
-print(json.dumps({"loss_value": value, "peak_MB": peak, "seconds": statistics.median(runs) if runs else None}))
+print(json.dumps({"loss_value": value, "peak_MB": peak, "seconds": min(runs) if runs else None}))
 """
 
 
@@ -83,14 +83,24 @@ def _child(impl, loss, n, v, d, dt, repeat, threads, env) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_child(impl, loss, n, v, d, dt, repeat, threads) -> dict:
-    """Peak memory from one process, time from another. The memory process has every block of 64 KiB
-    or more mmapped and returned when freed, so its peak resident set counts live tensors rather than
-    glibc's heap growing by its adaptive threshold; that slows allocation, hence the separate timing."""
+def run_children(impls, loss, n, v, d, dt, repeat, threads, rounds) -> dict:
+    """{name: result} for impls {name: (impl, extra env)}. Peak memory from one process each; times from
+    `rounds` more processes each, taken in turn (fastlm, baseline, fastlm, ...), best of them, so a load
+    that comes and goes on a shared machine weighs on every side alike. The memory process has every
+    block of 64 KiB or more mmapped and returned when freed, so its peak resident set counts live tensors
+    rather than glibc's heap growing by its adaptive threshold; that slows allocation, hence the
+    separate timing."""
     threads_env = {"OMP_NUM_THREADS": str(threads)}
-    memory = _child(impl, loss, n, v, d, dt, 0, threads, {**threads_env, "MALLOC_MMAP_THRESHOLD_": "65536"})
-    timing = _child(impl, loss, n, v, d, dt, repeat, threads, threads_env)
-    return {**timing, "peak_MB": memory["peak_MB"]}
+    out = {}
+    for name, (impl, env) in impls.items():
+        memory = _child(impl, loss, n, v, d, dt, 0, threads, {**threads_env, **env, "MALLOC_MMAP_THRESHOLD_": "65536"})
+        out[name] = {"peak_MB": memory["peak_MB"], "seconds": float("inf")}
+    for _ in range(rounds):
+        for name, (impl, env) in impls.items():
+            timing = _child(impl, loss, n, v, d, dt, repeat, threads, {**threads_env, **env})
+            out[name] = {**timing, "peak_MB": out[name]["peak_MB"],
+                         "seconds": min(out[name]["seconds"], timing["seconds"])}
+    return out
 
 
 def main() -> None:
@@ -102,19 +112,26 @@ def main() -> None:
     parser.add_argument("--losses", nargs="+", default=["kl", "jsd"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="timing processes per side, taken in turn (best)")
+    parser.add_argument("--compare-with", metavar="DIR", default=None,
+                        help="also time the fused loss of another fastlm checkout (e.g. an export of main with its "
+                             "built extension), imported from DIR, in the same run")
     parser.add_argument("--json", default=None, help="also write the rows as JSON lines here")
     args = parser.parse_args()
+    impls = {"fastlm": ("fastlm", {}), "unfused": ("unfused", {})}
+    if args.compare_with:
+        impls["before"] = ("fastlm", {"PYTHONPATH": os.path.abspath(args.compare_with)})
     rows = []
     print(f"N={args.tokens} tokens, student d={args.hidden}, teacher d={args.teacher_hidden}, fp32, "
           f"{args.threads} thread(s); forward + backward")
+    before = f" {'before s':>8} {'speedup':>7}" if args.compare_with else ""
     print(f"{'case':<22} {'logits MB':>9} {'fastlm MB':>9} {'unfused MB':>10} {'mem ratio':>9} "
-          f"{'fastlm s':>8} {'unfused s':>9} {'speedup':>7} {'|dloss|':>8}")
+          f"{'fastlm s':>8} {'unfused s':>9} {'speedup':>7} {'|dloss|':>8}{before}")
     for v in args.vocab:
         for loss in args.losses:
-            ours = run_child("fastlm", loss, args.tokens, v, args.hidden, args.teacher_hidden, args.repeat,
-                             args.threads)
-            base = run_child("unfused", loss, args.tokens, v, args.hidden, args.teacher_hidden, args.repeat,
-                             args.threads)
+            got = run_children(impls, loss, args.tokens, v, args.hidden, args.teacher_hidden, args.repeat,
+                               args.threads, args.rounds)
+            ours, base = got["fastlm"], got["unfused"]
             row = {"case": f"{loss} V={v}", "logits_MB": args.tokens * v * 4 / 2**20, "fastlm_MB": ours["peak_MB"],
                    "unfused_MB": base["peak_MB"], "memory_ratio": ours["peak_MB"] / base["peak_MB"],
                    "fastlm_s": ours["seconds"], "unfused_s": base["seconds"],
@@ -123,7 +140,11 @@ def main() -> None:
             rows.append(row)
             print(f"{row['case']:<22} {row['logits_MB']:>9.0f} {row['fastlm_MB']:>9.0f} {row['unfused_MB']:>10.0f} "
                   f"{row['memory_ratio']:>9.3f} {row['fastlm_s']:>8.2f} {row['unfused_s']:>9.2f} "
-                  f"{row['speedup']:>7.2f} {row['loss_diff']:>8.1e}", flush=True)
+                  f"{row['speedup']:>7.2f} {row['loss_diff']:>8.1e}", end="")
+            if args.compare_with:
+                row.update(before_s=got["before"]["seconds"], before_speedup=base["seconds"] / got["before"]["seconds"])
+                print(f" {row['before_s']:>8.2f} {row['before_speedup']:>7.2f}", end="")
+            print(flush=True)
     if args.json:
         with open(args.json, "w") as f:
             for row in rows:

@@ -1,7 +1,8 @@
 """The [distill] config section and its checks; fastlm.train.config holds it as `distill`.
 
     [distill]
-    teacher = "runs/big"        # a fastlm run directory or a Hugging Face checkpoint directory ("": no distillation)
+    teacher = "runs/big"        # a fastlm run directory or a Hugging Face checkpoint directory ("": no distillation);
+                                # an encoder (masked-LM) teacher for an encoder student
     loss = "kl"                 # kl | reverse_kl | jsd (generalized; beta weighs the teacher)
     beta = 0.5
     temperature = 2.0           # both distributions at temperature T, the loss times T^2 (Hinton)
