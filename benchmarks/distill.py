@@ -13,6 +13,16 @@ peak memory fastlm / unfused = 0.152 (kl) and 0.082 (jsd) at V=32768, 0.149 and 
 weight gradient, V x d fp32, is most of what remains); speed over two runs 1.27-1.72x (kl) and 2.47-2.87x
 (jsd) at V=32768, 0.91-1.06x and 1.86-2.23x at V=50257 (KL on one CPU thread is bound by the same matmuls
 on both sides; the machine was shared, so the times are noisy).
+
+Measured (2026-12-03, later, same machine under a load of 3-12 on 2 cores, so wall times swing ~2x): after
+the chunks of >= 128 rows, the reused teacher buffer, the mean's gradient handed over without a copy and
+the one-pass KL row kernel, against main's build (--compare-with) in the same runs, best of 2-3 rounds:
+1 thread, V=50257, kl: speedup over unfused 1.77x and 1.95x (wall; main's build 1.63x and 1.32x in the
+same runs), 1.39x and 1.34x by process CPU time (main's 1.36x, 1.33x); V=32768 kl 1.36x wall / 1.30x CPU
+(main 2.06x / 1.32x), jsd 1.78-2.24x wall, 2.1-2.3x CPU. 2 threads, V=50257: kl 1.16x wall / 1.02x CPU
+(main 1.91x / 1.08x), jsd 1.35x / 1.70x (main 2.07x / 1.73x). Alternating processes of the new and main's
+fused KL alone (V=50257, best of 3 steps each): 1 thread 3.00 s and 3.17 s vs 3.66 s and 3.88 s; 2 threads
+4.50 s best vs 6.23 s best. Peak memory ratio unchanged (0.148-0.150 kl, 0.080-0.082 jsd).
 """
 from __future__ import annotations
 
