@@ -50,23 +50,51 @@ FASTLM_MULTIVERSION float scaled_lse(const float* x, int64_t v, float scale) {
   return m + std::log(s);
 }
 
+// The logsumexps of a[0..v) * scale and b[0..v) * scale, each pass reading both rows.
+FASTLM_MULTIVERSION void scaled_lse2(const float* a, const float* b, int64_t v, float scale, float* lse_a,
+                                     float* lse_b) {
+  float ma = -std::numeric_limits<float>::infinity(), mb = ma;
+#pragma omp simd reduction(max : ma, mb)
+  for (int64_t i = 0; i < v; ++i) {
+    ma = a[i] > ma ? a[i] : ma;
+    mb = b[i] > mb ? b[i] : mb;
+  }
+  ma *= scale;
+  mb *= scale;
+  float sa = 0.f, sb = 0.f;
+#pragma omp simd reduction(+ : sa, sb)
+  for (int64_t i = 0; i < v; ++i) {
+    sa += fast_exp(a[i] * scale - ma);
+    sb += fast_exp(b[i] * scale - mb);
+  }
+  *lse_a = ma + std::log(sa);
+  *lse_b = mb + std::log(sb);
+}
+
 }  // namespace
 
 FASTLM_MULTIVERSION float distill_row_full(const float* s, const float* t, int64_t v, int loss, float beta,
                                            float temperature, float g, float* grad, float* work) {
   const float inv_t = 1.f / temperature;
-  const float lse_q = scaled_lse(s, v, inv_t), lse_p = scaled_lse(t, v, inv_t);
+  float lse_q, lse_p;
+  scaled_lse2(s, t, v, inv_t, &lse_q, &lse_p);
   const float gs = g * temperature;  // d(T^2 L)/ds = T dL/da
   float total = 0.f;
   if (loss == kKL) {
+    if (grad) {  // loss and gradient in one pass: p and q made once per token
 #pragma omp simd reduction(+ : total)
-    for (int64_t i = 0; i < v; ++i) {
-      const float lp = t[i] * inv_t - lse_p, lq = s[i] * inv_t - lse_q;
-      total += fast_exp(lp) * (lp - lq);
-    }
-    if (grad) {
-#pragma omp simd
-      for (int64_t i = 0; i < v; ++i) grad[i] = gs * (fast_exp(s[i] * inv_t - lse_q) - fast_exp(t[i] * inv_t - lse_p));
+      for (int64_t i = 0; i < v; ++i) {
+        const float lp = t[i] * inv_t - lse_p, lq = s[i] * inv_t - lse_q;
+        const float p = fast_exp(lp);
+        total += p * (lp - lq);
+        grad[i] = gs * (fast_exp(lq) - p);
+      }
+    } else {
+#pragma omp simd reduction(+ : total)
+      for (int64_t i = 0; i < v; ++i) {
+        const float lp = t[i] * inv_t - lse_p, lq = s[i] * inv_t - lse_q;
+        total += fast_exp(lp) * (lp - lq);
+      }
     }
   } else if (loss == kReverseKL) {
 #pragma omp simd reduction(+ : total)

@@ -1,7 +1,8 @@
 """The [distill] config section and its checks; fastlm.train.config holds it as `distill`.
 
     [distill]
-    teacher = "runs/big"        # a fastlm run directory or a Hugging Face checkpoint directory ("": no distillation)
+    teacher = "runs/big"        # a fastlm run directory or a Hugging Face checkpoint directory ("": no distillation);
+                                # an encoder (masked-LM) teacher for an encoder student
     loss = "kl"                 # kl | reverse_kl | jsd (generalized; beta weighs the teacher)
     beta = 0.5
     temperature = 2.0           # both distributions at temperature T, the loss times T^2 (Hinton)
@@ -60,9 +61,16 @@ def validate_distill(config) -> None:
         raise ConfigError("distill.teacher and distill.teacher_store are both set: give one teacher")
     from fastlm.train.model_section import GPTSection
 
-    if not isinstance(config.model, GPTSection):
+    if config.model.is_encoder:
+        if s.teacher_store:
+            raise ConfigError("distill.teacher_store with an encoder student: offline teachers hold causal LM "
+                              "streams only (give distill.teacher)")
+        if config.data.sentence_order:
+            raise ConfigError("[distill] with data.sentence_order = true is not supported (the masked-LM "
+                              "objective is distilled; turn sentence_order off)")
+    elif not isinstance(config.model, GPTSection):
         raise ConfigError(f"[distill] with model.family = {show(config.model.family)}: distillation trains a causal "
-                          f"GPT student (encoder students are not supported yet)")
+                          f"GPT or an encoder (bert, roberta, albert) student")
     if config.parallel.tp > 1 or config.parallel.pp > 1:
         raise ConfigError("[distill] runs with data parallelism only (parallel.tp = 1, parallel.pp = 1)")
     if config.privacy.dp_sgd:

@@ -36,23 +36,43 @@ def check_same_tokenizer(teacher_dir: str, teacher_tokenizer: Path | None, stude
                           f"\"{teacher_tokenizer}\")")
 
 
-def load_teacher(section, student_tokenizer: Path | None, student_vocab: int | None, device: torch.device):
+def _check_kind(where: str, model, encoder_student: bool) -> None:
+    """A causal student needs a causal teacher with an LM head; an encoder student a masked-LM encoder."""
+    from fastlm.models import Encoder, EncoderForMaskedLM
+
+    if encoder_student:
+        if isinstance(model, Encoder):
+            raise ConfigError(f"{where}: the encoder teacher has no masked-LM head (a bare encoder checkpoint); "
+                              f"give a masked-LM run or checkpoint (e.g. BertForMaskedLM)")
+        if not isinstance(model, EncoderForMaskedLM):
+            raise ConfigError(f"{where} is a causal (decoder) language model, but the student is an encoder: "
+                              f"masked-LM distillation needs an encoder teacher (bert, roberta, albert)")
+    elif isinstance(model, (Encoder, EncoderForMaskedLM)):
+        raise ConfigError(f"{where} is an encoder (masked LM), but the student is a causal GPT: give a causal "
+                          f"teacher, or distill an encoder student (model.family = bert | roberta | albert)")
+    elif not hasattr(model, "hidden_states") or getattr(model, "lm_head", None) is None:
+        raise ConfigError(f"{where}: expected a causal language model (GPT / LLaMA) with an LM head")
+
+
+def load_teacher(section, student_tokenizer: Path | None, student_vocab: int | None, device: torch.device,
+                 encoder_student: bool = False):
     """The teacher model from section.teacher: frozen, eval mode, on device (int8 when teacher_int8)."""
     from fastlm.train.run import init_model_from
 
     model, tokenizer = init_model_from(section.teacher)
     where = f"distill.teacher = {section.teacher!r}"
-    if not hasattr(model, "hidden_states") or getattr(model, "lm_head", None) is None:
-        raise ConfigError(f"{where}: expected a causal language model (GPT / LLaMA) with an LM head")
+    _check_kind(where, model, encoder_student)
     check_same_tokenizer(section.teacher, tokenizer, student_tokenizer)
-    vocab = model.lm_head.weight.shape[0]
+    head = model.mlm_head.decoder if encoder_student else model.lm_head
+    vocab = head.weight.shape[0]
     if student_vocab is not None and vocab != student_vocab:
         raise ConfigError(f"{where}: the teacher's vocabulary has {vocab} tokens, the student's {student_vocab}")
-    if getattr(model.lm_head, "bias", None) is not None:
+    if not encoder_student and getattr(model.lm_head, "bias", None) is not None:
         raise ConfigError(f"{where}: a teacher head with a bias is not supported")
     if section.teacher_int8:
         from fastlm.quant import quantize_model
 
-        quantize_model(model, "w8a8", skip=["lm_head"])  # the head stays float: its logits are made chunk by chunk
+        # the head stays float: its logits are made chunk by chunk (or are the masked-LM head's output)
+        quantize_model(model, "w8a8", skip=["mlm_head.decoder" if encoder_student else "lm_head"])
     model.requires_grad_(False)
     return model.eval().to(device)

@@ -1,6 +1,7 @@
 """Distillation in the shared training step: TrainStep's loss_of hook plus the student head's fused loss.
 
     distill = Distillation.setup(config, pm, tokenizer_path, device)    # None without [distill]
+                                                                        # (encoder students: masked_lm.py)
     step = TrainStep(pm, optimizer, loss_of=distill.loss_of, ...)
 
 loss_of runs the frozen teacher on the micro-batch (no gradients; its hidden states only, never its
@@ -34,6 +35,8 @@ class Distillation:
         section = config.distill
         if not section.enabled:
             return None
+        if config.model.is_encoder:
+            return cls._setup_masked_lm(section, pm, tokenizer_path, device)
         head = getattr(pm.module, "lm_head", None)
         if head is None or getattr(head, "fused_cross_entropy", None) is None or getattr(head, "bias", None) is not None:
             raise ConfigError("[distill]: the student's LM head must be a fastlm Linear without bias "
@@ -46,6 +49,15 @@ class Distillation:
         from fastlm.distill.teacher import load_teacher
 
         return cls(section, head, teacher=load_teacher(section, tokenizer_path, vocab, device))
+
+    @staticmethod
+    def _setup_masked_lm(section, pm, tokenizer_path, device):
+        from fastlm.distill.masked_lm import MaskedLMDistillation
+        from fastlm.distill.teacher import load_teacher
+
+        vocab = pm.module.mlm_head.decoder.weight.shape[0]
+        return MaskedLMDistillation(section, load_teacher(section, tokenizer_path, vocab, device,
+                                                          encoder_student=True))
 
     def teacher_targets(self, batch):
         """What the head loss needs from the teacher for this micro-batch."""

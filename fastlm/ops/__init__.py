@@ -8,6 +8,7 @@ from fastlm.ops import hmm  # noqa: F401  (registers torch.ops.fastlm.hmm_*; fas
 from fastlm.ops.int8_matmul import int8_matmul, int8_weight_matmul
 from fastlm.ops.linear_cross_entropy import linear_cross_entropy
 from fastlm.ops.linear_distill import linear_distill_loss
+from fastlm.ops.logits_distill import logits_distill_loss
 from fastlm.ops.lora_matmul import lora_matmul
 from fastlm.ops.matmul import matmul
 from fastlm.ops.norms import layer_norm, rms_norm
@@ -20,5 +21,5 @@ from fastlm.ops.watermark import watermark_bias
 
 __all__ = ["rms_norm", "layer_norm", "cast_scale", "attention", "quantize_per_token", "quantize_per_channel", "int8_matmul",
            "int8_weight_matmul", "lora_matmul",
-           "rope", "swiglu", "geglu", "cross_entropy", "linear_cross_entropy", "linear_distill_loss", "matmul",
-           "hashed_window_sum", "lstm", "gru", "rnn", "watermark_bias", "sparse24_matmul", "adamw_step"]
+           "rope", "swiglu", "geglu", "cross_entropy", "linear_cross_entropy", "linear_distill_loss", "logits_distill_loss",
+           "matmul", "hashed_window_sum", "lstm", "gru", "rnn", "watermark_bias", "sparse24_matmul", "adamw_step"]

@@ -30,6 +30,13 @@ from fastlm.ops.linear_cross_entropy import _accumulate, _chunks, default_chunk_
 from fastlm.ops.matmul import cpu_gemm16_is_native
 
 LOSSES = reference.LOSSES
+# Each chunk streams both heads (V x d) through its GEMMs: below ~128 rows a chunk's GEMMs are bound by that
+# stream rather than by arithmetic (at V = 50k, 83 rows cost ~15% more time than 128 on one CPU thread).
+MIN_CHUNK_ROWS = 128
+
+
+def default_distill_chunk_size(vocab: int) -> int:
+    return max(MIN_CHUNK_ROWS, default_chunk_size(vocab))
 
 
 def _fake_distill_loss(student_logits, teacher, teacher_index, row_grad, loss, beta, temperature, compute_grad):
@@ -54,11 +61,12 @@ def _row_kernel(logits, teacher, teacher_index, row_grad, loss, beta, temperatur
                                          compute_grad)
 
 
-def _teacher_chunk(teacher, teacher_weight, teacher_index, s, e, top_k, temperature):
-    """The chunk's teacher for the row kernel: its logits, or its top-k bins (log-probabilities, ids)."""
+def _teacher_chunk(teacher, teacher_weight, teacher_index, s, e, top_k, temperature, buffer):
+    """The chunk's teacher for the row kernel: its logits (computed into buffer from its hidden states and
+    head), or its top-k bins (log-probabilities, ids)."""
     if teacher_index is not None:  # offline: the bins as stored
         return teacher[s:e], teacher_index[s:e]
-    t = teacher[s:e] if teacher_weight is None else torch.mm(teacher[s:e], teacher_weight.t())
+    t = teacher[s:e] if teacher_weight is None else torch.mm(teacher[s:e], teacher_weight.t(), out=buffer[: e - s])
     if top_k:
         lp, index = reference.teacher_top_k(t, top_k, temperature)
         return lp.float() if lp.dtype != torch.float64 else lp, index
@@ -80,11 +88,15 @@ def _run(grad_rows, hidden, weight, teacher, teacher_weight, teacher_index, labe
     gradients grad_rows into grad_hidden / grad_weight (when grad_weight is not empty). With labels and
     ce_weight > 0, ce_weight x the cross-entropy of the same logits is added (the hard-label loss)."""
     need_grad = grad_weight.numel() > 0
-    buffer = hidden.new_empty(min(hidden.shape[0], chunk_size), weight.shape[0])  # one chunk's logits, reused
+    rows = min(hidden.shape[0], chunk_size)
+    buffer = hidden.new_empty(rows, weight.shape[0])  # one chunk's logits, reused
+    # The teacher's chunk logits, reused too (a fresh (chunk, V) block per chunk costs page faults on CPU).
+    t_buffer = None if teacher_weight is None else teacher.new_empty(rows, teacher_weight.shape[0])
     with torch.no_grad():
         for s, e in _chunks(hidden.shape[0], chunk_size):
             logits = torch.mm(hidden[s:e], weight.t(), out=buffer[: e - s])
-            t, index = _teacher_chunk(teacher, teacher_weight, teacher_index, s, e, top_k, temperature)
+            t, index = _teacher_chunk(teacher, teacher_weight, teacher_index, s, e, top_k, temperature,
+                                      t_buffer)
             row_loss, dlogits = _row_kernel(logits, t, index, grad_rows[s:e], loss, beta, temperature, need_grad)
             if ce_weight and labels is not None:
                 ce, dce = _cross_entropy(logits, labels[s:e], grad_rows[s:e] * ce_weight, need_grad)
@@ -153,7 +165,11 @@ def _setup(ctx, inputs, output):
      chunk_size, ce_weight, _gif) = inputs
     _losses, grad_hidden_unit, grad_weight_unit = output
     ctx.save_for_backward(hidden, weight, teacher, teacher_weight, teacher_index, row_weight, labels,
-                          grad_hidden_unit, grad_weight_unit)
+                          grad_hidden_unit)
+    # Held outside the saved tensors: the first backward may hand it over as the weight's gradient (autograd
+    # takes it over as .grad and may add into it later), so it is dropped then; a later backward of a
+    # retained graph recomputes.
+    ctx.grad_weight_unit = grad_weight_unit.detach()
     ctx.params = (loss, beta, temperature, top_k, chunk_size, ce_weight)
     ctx.set_materialize_grads(False)  # no zero (V, d) gradient for the unused grad_weight_unit output
 
@@ -162,15 +178,15 @@ def _backward(ctx, grad_loss, _g1, _g2):
     if grad_loss is None:  # (gradients are not materialized) nothing flows back through the losses
         return (None,) * 14
     saved = ctx.saved_tensors
-    weight, row_weight, grad_hidden_unit, grad_weight_unit = saved[1], saved[5], saved[7], saved[8]
+    weight, row_weight, grad_hidden_unit = saved[1], saved[5], saved[7]
+    grad_weight_unit = ctx.grad_weight_unit
     if (grad_weight_unit.numel() and grad_weight_unit.dtype == weight.dtype
             and bool((grad_loss[row_weight != 0] == 1).all())):
-        # loss.backward() of a mean / sum: the forward's gradients as they are, no second V x d copy. Autograd
-        # never writes into a returned gradient (it accumulates into .grad, or takes the tensor over once
-        # this graph has released it, and copies it when the graph is retained).
+        # loss.backward() of a mean / sum: the forward's gradients as they are, no second V x d copy.
+        ctx.grad_weight_unit = grad_weight_unit.new_empty(0)
         grad_hidden = grad_hidden_unit * (row_weight != 0).to(grad_hidden_unit.dtype)[:, None]
         return (grad_hidden, grad_weight_unit) + (None,) * 12
-    grad_hidden, grad_weight = torch.ops.fastlm.linear_distill_bwd(grad_loss, *saved, *ctx.params)
+    grad_hidden, grad_weight = torch.ops.fastlm.linear_distill_bwd(grad_loss, *saved, grad_weight_unit, *ctx.params)
     return (grad_hidden, grad_weight) + (None,) * 12
 
 
@@ -265,8 +281,9 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
     T^2); top_k > 0 compares the teacher's top-k tokens plus one tail bin. labels (...) optional: rows
     labelled ignore_index count for nothing ("mean" divides by the counted rows). ce_weight > 0 (needs
     labels) adds ce_weight x the cross-entropy of the student's logits against labels, per row, in the
-    same pass over the logits (a hard-label loss without a second head pass). Returns fp32 (fp64 for fp64
-    inputs): a scalar, or per-row losses ("none").
+    same pass over the logits (a hard-label loss without a second head pass). chunk_size: tokens per
+    chunk (default: 2^22 / V, at least 128). Returns fp32 (fp64 for fp64 inputs): a scalar, or per-row
+    losses ("none").
     """
     op = "linear_distill_loss"
     _check_options(op, loss, beta, temperature, top_k, reduction, chunk_size)
@@ -314,11 +331,16 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
     if grads_in_forward is None:
         grads_in_forward = reduction != "none" and torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
     row_weight = counted.to(torch.promote_types(h.dtype, torch.float32))
+    count = counted.sum()
+    if reduction == "mean":  # 1 / count in the row weights: the upstream gradient of the sum is then 1, and the
+        row_weight = row_weight / count.clamp(min=1)  # backward hands over the forward's gradients without a copy
     losses = torch.ops.fastlm.linear_distill_fwd(h, weight, teacher, t_weight, t_index, row_weight, hard,
                                                  LOSSES.index(loss), float(beta), float(temperature), int(top_k),
-                                                 chunk_size or default_chunk_size(vocab), float(ce_weight),
+                                                 chunk_size or default_distill_chunk_size(vocab), float(ce_weight),
                                                  bool(grads_in_forward))[0]
     if reduction == "none":
         return losses.view(shape)
     total = losses.sum()
-    return total if reduction == "sum" else total / counted.sum()
+    if reduction == "sum":
+        return total
+    return torch.where(count > 0, total, torch.nan)  # no counted row: nan, as torch's mean over nothing

@@ -98,7 +98,7 @@ def test_offline_teacher_gives_the_same_student_as_online(finished_run, tmp_path
     alone = load_file(tmp_path / "alone" / "model.safetensors")
     assert max((alone[n] - a[n]).abs().max().item() for n in a) > 1e-3
     # a stream the store does not hold (another seed) is a clear error
-    with pytest.raises(ConfigError, match="no entry for this micro-batch"):
+    with pytest.raises(ConfigError, match="no entry for a sequence"):
         Trainer(_student(teacher_dir, *keys, "distill.teacher=", f"distill.teacher_store={tmp_path / 'store'}",
                          "train.seed=7"), out_dir=tmp_path / "other", show_progress=False).fit()
 
