@@ -19,6 +19,7 @@ namespace fastlm::cpu {
 namespace {
 
 constexpr int kMaxTile = 4;
+constexpr int64_t kPrefetchBytes = 512;  // 8 cache lines ahead along each weight row
 using TileFn = void (*)(const Int8GemmArgs&, int64_t m0, int64_t n0);
 
 void store_tile(const Int8GemmArgs& g, int64_t m0, int64_t n0, int mr, int nr, const int32_t acc[kMaxTile][kMaxTile]) {
@@ -70,6 +71,11 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile_avx512_vnni(con
   const int64_t k = g.k;
   int64_t p = 0;
   for (; p + 64 <= k; p += 64) {
+    // The weight rows stream from L3 / DRAM at small m: NR row streams per thread are more than the
+    // hardware prefetcher follows, so each row is prefetched kPrefetchBytes ahead (past the row's end
+    // it touches the next row, which is harmless).
+    for (int j = 0; j < NR; ++j)
+      _mm_prefetch(reinterpret_cast<const char*>(w + j * g.ldw + p + kPrefetchBytes), _MM_HINT_T0);
     __m512i wv[NR];
     for (int j = 0; j < NR; ++j) wv[j] = _mm512_xor_si512(_mm512_loadu_si512(w + j * g.ldw + p), flip);
     for (int i = 0; i < MR; ++i) {
@@ -116,7 +122,11 @@ __attribute__((target("avx2"))) inline int32_t hsum256(__m256i v) {
     const int8_t* a_ = (g).a + (m0) * (g).lda;                           \
     const int8_t* w_ = (g).w + (n0) * (g).ldw;                           \
     int64_t p_ = 0;                                                      \
-    for (; p_ + 32 <= (g).k; p_ += 32) step(a_ + p_, (g).lda, w_ + p_, (g).ldw); \
+    for (; p_ + 32 <= (g).k; p_ += 32) {                                 \
+      for (int j_ = 0; j_ < NR; ++j_) /* as in tile_avx512_vnni */       \
+        _mm_prefetch(reinterpret_cast<const char*>(w_ + j_ * (g).ldw + p_ + kPrefetchBytes), _MM_HINT_T0); \
+      step(a_ + p_, (g).lda, w_ + p_, (g).ldw);                          \
+    }                                                                    \
     if (p_ < (g).k) {                                                    \
       alignas(32) int8_t at_[MR][32];                                    \
       alignas(32) int8_t wt_[NR][32];                                    \
