@@ -257,6 +257,66 @@ at::Tensor int8_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const
   return out;
 }
 
+at::Tensor int8_pack_weight_op(const at::Tensor& w) {
+  constexpr const char* op = "fastlm::int8_pack_weight";
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2, op, ": w must be a 2-D (N, K) int8 tensor, got ",
+              w.scalar_type(), " ", w.sizes());
+  const at::Tensor wc = w.stride(1) == 1 ? w : w.contiguous();
+  at::Tensor packed = at::empty({int8_packed_weight_bytes(w.size(0), w.size(1))}, w.options());
+  int8_pack_weight(wc.data_ptr<int8_t>(), wc.stride(0), w.size(0), w.size(1), packed.data_ptr<int8_t>());
+  return packed;
+}
+
+at::Tensor int8_packed_matmul(const at::Tensor& a_in, const at::Tensor& packed, int64_t n,
+                              const c10::optional<at::Tensor>& a_scale, const c10::optional<at::Tensor>& b_scale,
+                              const c10::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
+  constexpr const char* op = "fastlm::int8_packed_matmul";
+  TORCH_CHECK(int8_path_supported(Int8Path::kAvx512Vnni), op, ": needs a CPU with AVX-512 VNNI");
+  TORCH_CHECK(a_in.scalar_type() == at::kChar && a_in.dim() == 2, op, ": a must be a 2-D (M, K) int8 tensor, got ",
+              a_in.scalar_type(), " ", a_in.sizes());
+  const int64_t m = a_in.size(0), k = a_in.size(1);
+  TORCH_CHECK(packed.scalar_type() == at::kChar && packed.dim() == 1 && packed.is_contiguous() &&
+                  packed.numel() == int8_packed_weight_bytes(n, k),
+              op, ": packed is not an int8_pack_weight result for N=", n, ", K=", k);
+  const bool raw = out_dtype == at::kInt;
+  TORCH_CHECK(raw || out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf, op,
+              ": out_dtype must be float32, bfloat16, float16 or int32, got ", out_dtype);
+  TORCH_CHECK(raw == !a_scale.has_value() && raw == !b_scale.has_value() && !(raw && bias.has_value()), op,
+              ": scales (and bias) are required except for out_dtype=int32, which takes none");
+  check_vector(a_scale, m, op, "a_scale");
+  check_vector(b_scale, n, op, "b_scale");
+  check_vector(bias, n, op, "bias");
+  const at::Tensor a = a_in.stride(1) == 1 ? a_in : a_in.contiguous();
+  at::Tensor out = at::empty({m, n}, a.options().dtype(out_dtype));
+  if (m == 0 || n == 0) return out;
+  at::Tensor acc_out = raw || out_dtype == at::kFloat ? out : at::empty({m, n}, a.options().dtype(at::kFloat));
+  const int64_t lda = int8_packed_a_stride(k);
+  at::Tensor a_u8 = at::empty({m, lda}, a.options().dtype(at::kByte));
+  const int8_t* ap = a.data_ptr<int8_t>();
+  uint8_t* up = a_u8.data_ptr<uint8_t>();
+  at::parallel_for(0, m, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(k, 1)), [&](int64_t r0, int64_t r1) {
+    int8_flip_rows(ap + r0 * a.stride(0), a.stride(0), r1 - r0, k, up + r0 * lda);
+  });
+  Int8PackedGemmArgs args{};
+  args.a_u8 = up;
+  args.lda = lda;
+  args.packed = packed.data_ptr<int8_t>();
+  args.m = m, args.n = n, args.k = k;
+  args.a_scale = raw ? nullptr : a_scale->data_ptr<float>();
+  args.b_scale = raw ? nullptr : b_scale->data_ptr<float>();
+  args.bias = bias ? bias->data_ptr<float>() : nullptr;
+  args.out = acc_out.data_ptr();
+  args.ldo = n;
+  // Work items of 4 blocks (64 columns), at least ~256k multiply-adds each.
+  const int64_t items = (n + 63) / 64;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, m * k * 64));
+  at::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) {
+    int8_packed_gemm(args, i0 * 4, std::min((n + 15) / 16, i1 * 4));
+  });
+  if (!acc_out.is_same(out)) store_from_float32(acc_out, out);
+  return out;
+}
+
 std::vector<std::string> int8_cpu_kernels() {
   std::vector<std::string> names;
   for (Int8Path p : {Int8Path::kAmx, Int8Path::kAvx512Vnni, Int8Path::kAvxVnni, Int8Path::kAvx2, Int8Path::kScalar}) {
@@ -271,12 +331,18 @@ std::vector<std::string> int8_cpu_kernels() {
 TORCH_LIBRARY_FRAGMENT(fastlm, m) {
   // The CPU vector paths this machine runs, best first (for FASTLM_INT8_KERNEL).
   m.def("int8_cpu_kernels() -> str[]", &int8_cpu_kernels);
+  // W8A8 with the weight packed once (AVX-512 VNNI CPUs): fastlm.ops.int8_matmul.PackedInt8Weight.
+  m.def("int8_pack_weight(Tensor w) -> Tensor");
+  m.def("int8_packed_matmul(Tensor a, Tensor packed, int n, Tensor? a_scale, Tensor? b_scale, Tensor? bias, "
+        "ScalarType out_dtype) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastlm, CPU, m) {
   m.impl("int8_quantize", &int8_quantize);
   m.impl("int8_matmul", &int8_matmul);
   m.impl("int8_weight_matmul", &int8_weight_matmul);
+  m.impl("int8_pack_weight", &int8_pack_weight_op);
+  m.impl("int8_packed_matmul", &int8_packed_matmul);
 }
 
 }  // namespace fastlm::cpu

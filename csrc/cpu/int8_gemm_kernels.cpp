@@ -57,6 +57,13 @@ void tile_scalar(const Int8GemmArgs& g, int64_t m0, int64_t n0) {
   store_tile(g, m0, n0, MR, NR, acc);
 }
 
+// acc += u8 x s8 dot products of 4 (vpdpbusd). Inline asm: GCC 12 wraps the intrinsic's in-place
+// accumulator in register copies (one vmovdqa per vpdpbusd in the hot loop), which halves the tile's speed.
+__attribute__((target("avx512f,avx512vnni"), always_inline)) inline __m512i dpbusd(__m512i acc, __m512i u8, __m512i s8) {
+  asm("vpdpbusd %[s8], %[u8], %[acc]" : [acc] "+v"(acc) : [u8] "v"(u8), [s8] "v"(s8));
+  return acc;
+}
+
 // ---------------------------------------------------------------- AVX-512 VNNI (64 bytes a step)
 
 template <int MR, int NR>
@@ -80,7 +87,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile_avx512_vnni(con
     for (int j = 0; j < NR; ++j) wv[j] = _mm512_xor_si512(_mm512_loadu_si512(w + j * g.ldw + p), flip);
     for (int i = 0; i < MR; ++i) {
       const __m512i av = _mm512_loadu_si512(a + i * g.lda + p);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wv[j], av);
+      for (int j = 0; j < NR; ++j) acc[i][j] = dpbusd(acc[i][j], wv[j], av);
     }
   }
   if (p < k) {
@@ -89,7 +96,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile_avx512_vnni(con
     for (int j = 0; j < NR; ++j) wv[j] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, w + j * g.ldw + p), flip);
     for (int i = 0; i < MR; ++i) {
       const __m512i av = _mm512_maskz_loadu_epi8(mask, a + i * g.lda + p);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wv[j], av);
+      for (int j = 0; j < NR; ++j) acc[i][j] = dpbusd(acc[i][j], wv[j], av);
     }
   }
   int32_t out[kMaxTile][kMaxTile];
