@@ -11,6 +11,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "cpu/int8_kernels.h"
@@ -32,10 +33,11 @@ void store_tile(const Int8GemmArgs& g, int64_t m0, int64_t n0, int mr, int nr, c
     }
     float* out = static_cast<float*>(g.out) + m * g.ldo + n0;
     const float as = g.a_scale[m];
+    // One explicit FMA for the bias: the same bits on every path (and in int8_packed_gemm), whatever
+    // the compiler would contract.
     for (int j = 0; j < nr; ++j) {
-      float v = static_cast<float>(acc[i][j]) * as * g.b_scale[n0 + j];
-      if (g.bias) v += g.bias[n0 + j];
-      out[j] = v;
+      const float v = static_cast<float>(acc[i][j]) * as;
+      out[j] = g.bias ? std::fma(v, g.b_scale[n0 + j], g.bias[n0 + j]) : v * g.b_scale[n0 + j];
     }
   }
 }

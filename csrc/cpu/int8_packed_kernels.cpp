@@ -76,8 +76,9 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile(const Int8Packe
         _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.out) + m * g.ldo + n0, mask, sums);
         continue;
       }
-      const __m512 scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(_mm512_set1_ps(g.a_scale[m]), bs));
-      _mm512_mask_storeu_ps(static_cast<float*>(g.out) + m * g.ldo + n0, mask, _mm512_add_ps(scaled, bias));
+      // fma(acc * a_scale, b_scale, bias): int8_gemm's epilogue, so both give the same bits.
+      const __m512 scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(sums), _mm512_set1_ps(g.a_scale[m]));
+      _mm512_mask_storeu_ps(static_cast<float*>(g.out) + m * g.ldo + n0, mask, _mm512_fmadd_ps(scaled, bs, bias));
     }
   }
 }

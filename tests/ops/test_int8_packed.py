@@ -63,6 +63,15 @@ def test_packed_epilogue_matches_reference(monkeypatch, out_dtype, with_bias):
                                atol=1e-3)
 
 
+def test_packed_gives_the_unpacked_kernels_bits(monkeypatch):
+    _vnni(monkeypatch)
+    torch.manual_seed(4)
+    a, w = _int8(7, 300), _int8(45, 300)
+    a_scale, b_scale, bias = torch.rand(7) + 0.01, torch.rand(45) + 0.01, torch.randn(45)
+    packed = ops.int8_matmul(a, ops.pack_int8_weight(w), a_scale, b_scale, bias)
+    assert torch.equal(packed, ops.int8_matmul(a, w.t(), a_scale, b_scale, bias))
+
+
 def test_other_paths_use_the_unpacked_weight(monkeypatch):
     torch.manual_seed(2)
     a, w = _int8(5, 70), _int8(21, 70)
