@@ -9,7 +9,8 @@ CPU (LLM shapes K = N = 1024 and 4096, M = 1, 16, 256), each timed with the same
 Rows carry `speedup` (fp32 time / fastlm time) and `vs_torch_int8` (torch int8 time / fastlm time).
 fastlm picks its CPU kernels at run time (AMX tiles where the CPU has them, else AVX-512 VNNI / AVX2);
 the suite forces each vector path this CPU runs in turn (FASTLM_INT8_KERNEL, column `kernel`; set the
-variable yourself to measure one path only). The candidates of one shape run in interleaved rounds
+variable yourself to measure one path only); `avx512_vnni_packed` is W8A8 with the weight packed once
+(ops.pack_int8_weight, what Int8Linear runs on the CPU). The candidates of one shape run in interleaved rounds
 (each round calls every one once), so they share the machine's load; times are the best round.
 CUDA: fp16 cuBLAS, torch._int_mm, fastlm's int8 GEMM (Triton) and the W8A16 GEMV at M = 1, in TFLOP/s.
 """
@@ -90,29 +91,37 @@ def _cpu_rows(options: Options) -> list[dict]:
             k = n = size
             weight, bias = torch.randn(n, k) / k**0.5, torch.randn(n)
             w_int8, w_scale = ops.quantize_per_channel(weight)
+            packed = ops.pack_int8_weight(w_int8)
             torch_int8 = _torch_int8_linear(weight, bias)
             for m in CPU_ROWS:
                 x = torch.randn(m, k)
                 x16 = x.to(torch.bfloat16)
 
-                def w8a8(x=x):
+                def w8a8(x=x, b=w_int8.t()):
                     x_int8, x_scale = ops.quantize_per_token(x)
-                    return ops.int8_matmul(x_int8, w_int8.t(), x_scale, w_scale, bias)
+                    return ops.int8_matmul(x_int8, b, x_scale, w_scale, bias)
+
+                def w8a8_packed(x=x):  # what Int8Linear runs on the CPU
+                    return w8a8(x, packed)
 
                 fns = {"fp32": lambda x=x: torch.addmm(bias, x, weight.t()), "torch_int8": lambda x=x: torch_int8(x)}
+                if packed.packed is not None and "avx512_vnni" in paths:
+                    fns["w8a8 avx512_vnni_packed"] = _with_path("avx512_vnni", w8a8_packed)
                 for path in paths:
                     fns[f"w8a8 {path}"] = _with_path(path, w8a8)
                     fns[f"w8a16 {path}"] = _with_path(path, lambda x16=x16: ops.int8_weight_matmul(
                         x16, w_int8, w_scale, bias))
                 times = _interleaved(fns, repeat if m < 256 else max(2, repeat // 3))
                 fp32, theirs = times["fp32"], times["torch_int8"]
-                for path in paths:
-                    for scheme in ("w8a8", "w8a16"):
-                        ours = times[f"{scheme} {path}"]
-                        rows.append({"case": f"{scheme} K=N={size} M={m}", "scheme": scheme, "kernel": path,
-                                     "K=N": size, "M": m, "fastlm_ms": ours.seconds * 1e3,
-                                     "fp32_ms": fp32.seconds * 1e3, "torch_int8_ms": theirs.seconds * 1e3,
-                                     "speedup": compare(ours, fp32), "vs_torch_int8": compare(ours, theirs)})
+                for name in times:
+                    if name in ("fp32", "torch_int8"):
+                        continue
+                    scheme, path = name.split()
+                    ours = times[name]
+                    rows.append({"case": f"{scheme} K=N={size} M={m}", "scheme": scheme, "kernel": path,
+                                 "K=N": size, "M": m, "fastlm_ms": ours.seconds * 1e3,
+                                 "fp32_ms": fp32.seconds * 1e3, "torch_int8_ms": theirs.seconds * 1e3,
+                                 "speedup": compare(ours, fp32), "vs_torch_int8": compare(ours, theirs)})
     finally:
         if saved is None:
             os.environ.pop("FASTLM_INT8_KERNEL", None)
