@@ -183,6 +183,12 @@ struct Avx2WideStep {  // int8 -> int16, exact for -128 too
   }
 };
 
+// The VEX (AVX-VNNI) form of dpbusd above, for the same reason; VEX encodes only ymm0-15 ("x").
+__attribute__((target("avx2,avxvnni"), always_inline)) inline __m256i dpbusd_vex(__m256i acc, __m256i u8, __m256i s8) {
+  asm("%{vex%} vpdpbusd %[s8], %[u8], %[acc]" : [acc] "+x"(acc) : [u8] "x"(u8), [s8] "x"(s8));
+  return acc;
+}
+
 template <int MR, int NR>
 struct AvxVnniStep {  // (w + 128) x a with vpdpbusd (VEX encoding)
   __m256i acc[MR][NR];
@@ -194,7 +200,7 @@ struct AvxVnniStep {  // (w + 128) x a with vpdpbusd (VEX encoding)
       wv[j] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * ldw)), flip);
     for (int i = 0; i < MR; ++i) {
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i * lda));
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_dpbusd_avx_epi32(acc[i][j], wv[j], av);
+      for (int j = 0; j < NR; ++j) acc[i][j] = dpbusd_vex(acc[i][j], wv[j], av);
     }
   }
 };
