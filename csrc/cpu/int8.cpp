@@ -271,7 +271,11 @@ at::Tensor int8_packed_matmul(const at::Tensor& a_in, const at::Tensor& packed, 
                               const c10::optional<at::Tensor>& a_scale, const c10::optional<at::Tensor>& b_scale,
                               const c10::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
   constexpr const char* op = "fastlm::int8_packed_matmul";
-  TORCH_CHECK(int8_path_supported(Int8Path::kAvx512Vnni), op, ": needs a CPU with AVX-512 VNNI");
+  // AVX-512 VNNI unless FASTLM_INT8_KERNEL=avx_vnni (or AVX-VNNI is the best this CPU has).
+  Int8Path path = chosen_path(op, a_in.size(0));
+  if (path == Int8Path::kAmx) path = Int8Path::kAvx512Vnni;
+  TORCH_CHECK(int8_packed_path_supported(path), op, ": runs on AVX-512 VNNI or AVX-VNNI, not on the ",
+              int8_path_name(path), " path");
   TORCH_CHECK(a_in.scalar_type() == at::kChar && a_in.dim() == 2, op, ": a must be a 2-D (M, K) int8 tensor, got ",
               a_in.scalar_type(), " ", a_in.sizes());
   const int64_t m = a_in.size(0), k = a_in.size(1);
@@ -311,7 +315,7 @@ at::Tensor int8_packed_matmul(const at::Tensor& a_in, const at::Tensor& packed, 
   const int64_t items = (n + 63) / 64;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, m * k * 64));
   at::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) {
-    int8_packed_gemm(args, i0 * 4, std::min((n + 15) / 16, i1 * 4));
+    int8_packed_gemm(path, args, i0 * 4, std::min((n + 15) / 16, i1 * 4));
   });
   if (!acc_out.is_same(out)) store_from_float32(acc_out, out);
   return out;

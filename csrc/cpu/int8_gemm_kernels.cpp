@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "cpu/int8_kernels.h"
+#include "cpu/int8_vnni_asm.h"
 
 namespace fastlm::cpu {
 namespace {
@@ -57,13 +58,6 @@ void tile_scalar(const Int8GemmArgs& g, int64_t m0, int64_t n0) {
     }
   }
   store_tile(g, m0, n0, MR, NR, acc);
-}
-
-// acc += u8 x s8 dot products of 4 (vpdpbusd). Inline asm: GCC 12 wraps the intrinsic's in-place
-// accumulator in register copies (one vmovdqa per vpdpbusd in the hot loop), which halves the tile's speed.
-__attribute__((target("avx512f,avx512vnni"), always_inline)) inline __m512i dpbusd(__m512i acc, __m512i u8, __m512i s8) {
-  asm("vpdpbusd %[s8], %[u8], %[acc]" : [acc] "+v"(acc) : [u8] "v"(u8), [s8] "v"(s8));
-  return acc;
 }
 
 // ---------------------------------------------------------------- AVX-512 VNNI (64 bytes a step)
@@ -182,12 +176,6 @@ struct Avx2WideStep {  // int8 -> int16, exact for -128 too
     }
   }
 };
-
-// The VEX (AVX-VNNI) form of dpbusd above, for the same reason; VEX encodes only ymm0-15 ("x").
-__attribute__((target("avx2,avxvnni"), always_inline)) inline __m256i dpbusd_vex(__m256i acc, __m256i u8, __m256i s8) {
-  asm("%{vex%} vpdpbusd %[s8], %[u8], %[acc]" : [acc] "+x"(acc) : [u8] "x"(u8), [s8] "x"(s8));
-  return acc;
-}
 
 template <int MR, int NR>
 struct AvxVnniStep {  // (w + 128) x a with vpdpbusd (VEX encoding)

@@ -77,7 +77,7 @@ void int8_weight_gemm_amx(const Int8WeightGemmArgs& args, const uint16_t* x_pack
 // Columns [n0, n1) of the output, all m rows. Paths: AVX-512 (kAmx, kAvx512Vnni), AVX2+FMA (kAvx2, kAvxVnni), scalar.
 void int8_weight_gemm(Int8Path path, const Int8WeightGemmArgs& args, int64_t n0, int64_t n1);
 
-// W8A8 with a prepacked weight (AVX-512 VNNI; see int8_packed_kernels.cpp for the layout). Packing runs
+// W8A8 with a prepacked weight (AVX-512 VNNI or AVX-VNNI; see int8_packed_kernels.cpp for the layout). Packing runs
 // once per weight; each call flips a to unsigned (int8_flip_rows: m rows of int8_packed_a_stride(k)
 // bytes), then int8_packed_gemm computes the blocks [b0, b1) of 16 output columns.
 struct Int8PackedGemmArgs {
@@ -95,6 +95,7 @@ int64_t int8_packed_weight_bytes(int64_t n, int64_t k);
 int64_t int8_packed_a_stride(int64_t k);
 void int8_pack_weight(const int8_t* w, int64_t ldw, int64_t n, int64_t k, int8_t* packed);
 void int8_flip_rows(const int8_t* a, int64_t lda, int64_t m, int64_t k, uint8_t* a_u8);
-void int8_packed_gemm(const Int8PackedGemmArgs& args, int64_t b0, int64_t b1);
+bool int8_packed_path_supported(Int8Path path);  // kAvx512Vnni or kAvxVnni, on a CPU that runs it
+void int8_packed_gemm(Int8Path path, const Int8PackedGemmArgs& args, int64_t b0, int64_t b1);
 
 }  // namespace fastlm::cpu

@@ -1,4 +1,4 @@
-// W8A8 with the weight packed once (AVX-512 VNNI): out = a @ w^T from w (N, K) int8 stored as blocks
+// W8A8 with the weight packed once (AVX-512 VNNI, AVX-VNNI): out = a @ w^T from w (N, K) int8 stored as blocks
 // of 16 output columns, [block][k / 4][16 columns][4 k values], zero-padded, then the int32 column sums.
 //
 // One 64-byte load then holds 16 columns x 4 k values, so vpdpbusd multiplies it by 4 bytes of a row
@@ -10,9 +10,11 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "cpu/int8_kernels.h"
+#include "cpu/int8_vnni_asm.h"
 
 namespace fastlm::cpu {
 namespace {
@@ -21,13 +23,6 @@ constexpr int64_t kBlock = 16;  // output columns per packed block (one zmm of i
 constexpr int kMaxRows = 4;     // register tile: 4 rows x 4 blocks = 16 accumulators + 4 weights + 1 broadcast
                                 // (GCC spills 6 x 4 to the stack)
 constexpr int kMaxBlocks = 4;
-
-// acc += u8 x s8 dot products of 4 (vpdpbusd). Inline asm: GCC 12 wraps the intrinsic's in-place
-// accumulator in register copies (one vmovdqa per vpdpbusd in the hot loop), which halves the tile's speed.
-__attribute__((target("avx512f,avx512vnni"), always_inline)) inline __m512i dpbusd(__m512i acc, __m512i u8, __m512i s8) {
-  asm("vpdpbusd %[s8], %[u8], %[acc]" : [acc] "+v"(acc) : [u8] "v"(u8), [s8] "v"(s8));
-  return acc;
-}
 
 int64_t padded_k(int64_t k) { return (k + 3) / 4 * 4; }
 int64_t blocks(int64_t n) { return (n + kBlock - 1) / kBlock; }
@@ -88,6 +83,61 @@ using TileFn = void (*)(const Int8PackedGemmArgs&, int64_t, int64_t);
 const TileFn kTiles[kMaxRows][kMaxBlocks] = {FASTLM_PACKED_ROW(1), FASTLM_PACKED_ROW(2), FASTLM_PACKED_ROW(3),
                                              FASTLM_PACKED_ROW(4)};
 
+// AVX-VNNI (256-bit): a block row is two ymm (columns 0-7, 8-15); 2 rows x 2 blocks = 8 accumulators,
+// 4 weights and a broadcast in the 16 ymm registers VEX can encode.
+constexpr int kVexRows = 2;
+constexpr int kVexBlocks = 2;
+
+template <int MR, int NB>
+__attribute__((target("avx2,avxvnni"))) void tile_vex(const Int8PackedGemmArgs& g, int64_t m0, int64_t b0) {
+  __m256i acc[MR][2 * NB];
+  for (int i = 0; i < MR; ++i)
+    for (int c = 0; c < 2 * NB; ++c) acc[i][c] = _mm256_setzero_si256();
+  const int64_t kq = padded_k(g.k) / 4;
+  const int64_t block_bytes = block_stride(g.k);
+  const int8_t* w = g.packed + b0 * block_bytes;
+  const uint8_t* a = g.a_u8 + m0 * g.lda;
+  for (int64_t q = 0; q < kq; ++q) {
+    __m256i wv[2 * NB];
+    for (int j = 0; j < NB; ++j) {
+      const int8_t* src = w + j * block_bytes + q * 64;
+      _mm_prefetch(reinterpret_cast<const char*>(src + 512), _MM_HINT_T0);
+      wv[2 * j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+      wv[2 * j + 1] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32));
+    }
+    for (int i = 0; i < MR; ++i) {
+      int32_t four;
+      std::memcpy(&four, a + i * g.lda + q * 4, 4);
+      const __m256i av = _mm256_set1_epi32(four);
+      for (int c = 0; c < 2 * NB; ++c) acc[i][c] = dpbusd_vex(acc[i][c], av, wv[c]);
+    }
+  }
+  // Scalar epilogue (AVX2 has no masked stores for the n tail), the same arithmetic as int8_gemm's.
+  const int32_t* colsum = reinterpret_cast<const int32_t*>(g.packed + blocks(g.n) * block_bytes);
+  for (int j = 0; j < NB; ++j) {
+    const int64_t n0 = (b0 + j) * kBlock;
+    const int64_t cols = std::min(kBlock, g.n - n0);
+    for (int i = 0; i < MR; ++i) {
+      alignas(32) int32_t sums[kBlock];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(sums), acc[i][2 * j]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(sums + 8), acc[i][2 * j + 1]);
+      const int64_t m = m0 + i;
+      for (int64_t c = 0; c < cols; ++c) {
+        const int32_t s = sums[c] - 128 * colsum[n0 + c];
+        if (g.a_scale == nullptr) {
+          static_cast<int32_t*>(g.out)[m * g.ldo + n0 + c] = s;
+          continue;
+        }
+        const float v = static_cast<float>(s) * g.a_scale[m];
+        static_cast<float*>(g.out)[m * g.ldo + n0 + c] =
+            g.bias ? std::fma(v, g.b_scale[n0 + c], g.bias[n0 + c]) : v * g.b_scale[n0 + c];
+      }
+    }
+  }
+}
+
+const TileFn kVexTiles[kVexRows][kVexBlocks] = {{&tile_vex<1, 1>, &tile_vex<1, 2>}, {&tile_vex<2, 1>, &tile_vex<2, 2>}};
+
 }  // namespace
 
 int64_t int8_packed_weight_bytes(int64_t n, int64_t k) {
@@ -120,12 +170,22 @@ void int8_flip_rows(const int8_t* a, int64_t lda, int64_t m, int64_t k, uint8_t*
   }
 }
 
-void int8_packed_gemm(const Int8PackedGemmArgs& g, int64_t b0, int64_t b1) {
-  for (int64_t bb = b0; bb < b1; bb += kMaxBlocks) {
-    const int nb = static_cast<int>(std::min<int64_t>(kMaxBlocks, b1 - bb));
-    for (int64_t m0 = 0; m0 < g.m; m0 += kMaxRows) {
-      const int mr = static_cast<int>(std::min<int64_t>(kMaxRows, g.m - m0));
-      kTiles[mr - 1][nb - 1](g, m0, bb);
+bool int8_packed_path_supported(Int8Path path) {
+  return (path == Int8Path::kAvx512Vnni || path == Int8Path::kAvxVnni) && int8_path_supported(path);
+}
+
+void int8_packed_gemm(Int8Path path, const Int8PackedGemmArgs& g, int64_t b0, int64_t b1) {
+  const bool vex = path == Int8Path::kAvxVnni;
+  const int max_rows = vex ? kVexRows : kMaxRows, max_blocks = vex ? kVexBlocks : kMaxBlocks;
+  for (int64_t bb = b0; bb < b1; bb += max_blocks) {
+    const int nb = static_cast<int>(std::min<int64_t>(max_blocks, b1 - bb));
+    for (int64_t m0 = 0; m0 < g.m; m0 += max_rows) {
+      const int mr = static_cast<int>(std::min<int64_t>(max_rows, g.m - m0));
+      if (vex) {
+        kVexTiles[mr - 1][nb - 1](g, m0, bb);
+      } else {
+        kTiles[mr - 1][nb - 1](g, m0, bb);
+      }
     }
   }
 }

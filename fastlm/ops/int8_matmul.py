@@ -19,7 +19,7 @@ Definitions in fastlm/ops/reference_int8.py.
     out = fastlm.ops.int8_matmul(a_int8, packed, a_scale, w_scale, bias)  # b = w_int8.t(), packed
 
 A PackedInt8Weight stands for b = w_int8.t() anywhere int8_matmul takes b. On CPUs whose int8 path is
-AVX-512 VNNI it also holds the weight in the kernel's blocked layout (packed once, so no per-call
+AVX-512 VNNI or AVX-VNNI it also holds the weight in the kernels' blocked layout (packed once, so no per-call
 packing; see csrc/cpu/int8_packed_kernels.cpp); elsewhere int8_matmul uses w_int8.t() as usual.
 """
 from __future__ import annotations
@@ -116,7 +116,7 @@ def _float_vector(op: str, name: str, t, n: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- the packed weight
 
-PACKED_PATHS = ("avx512_vnni",)  # the FASTLM_INT8_KERNEL values the packed kernel stands for
+PACKED_PATHS = ("avx512_vnni", "avx_vnni")  # the FASTLM_INT8_KERNEL values the packed kernels stand for
 
 
 class PackedInt8Weight:
@@ -128,16 +128,16 @@ class PackedInt8Weight:
             raise ValueError(f"pack_int8_weight: w_int8 must be (N, K), got shape {tuple(w_int8.shape)}")
         self.weight = w_int8
         kernels = torch.ops.fastlm.int8_cpu_kernels() if has_native_op("int8_pack_weight") else []
-        # The packed kernel is the auto choice where AVX-512 VNNI is this CPU's best path (AMX CPUs keep AMX tiles).
-        self._auto = "avx512_vnni" in kernels and "amx" not in kernels
-        self.packed = (torch.ops.fastlm.int8_pack_weight(w_int8)
-                       if w_int8.device.type == "cpu" and "avx512_vnni" in kernels else None)
+        self._paths = [p for p in PACKED_PATHS if p in kernels]
+        # The auto choice where a VNNI path is this CPU's best (AMX CPUs keep their AMX tiles).
+        self._auto = bool(self._paths) and "amx" not in kernels
+        self.packed = torch.ops.fastlm.int8_pack_weight(w_int8) if w_int8.device.type == "cpu" and self._paths else None
 
     def usable(self) -> bool:
         if self.packed is None or forced_backend() == "reference":
             return False
         forced = os.environ.get("FASTLM_INT8_KERNEL", "")
-        return forced in PACKED_PATHS or (forced in ("", "auto") and self._auto)
+        return forced in self._paths or (forced in ("", "auto") and self._auto)
 
 
 def pack_int8_weight(w_int8: torch.Tensor) -> PackedInt8Weight:

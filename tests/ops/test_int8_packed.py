@@ -1,6 +1,6 @@
 """W8A8 with a packed weight (fastlm.ops.pack_int8_weight): exact int32 sums and the same epilogue as int8_matmul.
 
-The packed kernel (AVX-512 VNNI) is compared with int64 torch math on odd sizes (tails of the 16-column
+The packed kernels (AVX-512 VNNI, AVX-VNNI) are compared with int64 torch math on odd sizes (tails of the 16-column
 blocks and of the 4-byte k groups, -128 included); on every other forced path a PackedInt8Weight must
 give int8_matmul's unpacked result.
 """
@@ -21,15 +21,19 @@ def _int8(*shape):
     return torch.randint(-128, 128, shape, dtype=torch.int8)
 
 
-def _vnni(monkeypatch):
-    if "avx512_vnni" not in torch.ops.fastlm.int8_cpu_kernels():
-        pytest.skip("this CPU has no AVX-512 VNNI")
-    monkeypatch.setenv("FASTLM_INT8_KERNEL", "avx512_vnni")
+PACKED_PATHS = ["avx512_vnni", "avx_vnni"]
 
 
+def _vnni(monkeypatch, path="avx512_vnni"):
+    if path not in torch.ops.fastlm.int8_cpu_kernels():
+        pytest.skip(f"this CPU does not run the {path} path")
+    monkeypatch.setenv("FASTLM_INT8_KERNEL", path)
+
+
+@pytest.mark.parametrize("path", PACKED_PATHS)
 @pytest.mark.parametrize("m,n,k", SHAPES)
-def test_packed_int32_sums_are_exact(monkeypatch, m, n, k):
-    _vnni(monkeypatch)
+def test_packed_int32_sums_are_exact(monkeypatch, path, m, n, k):
+    _vnni(monkeypatch, path)
     torch.manual_seed(m * 1000 + n + k)
     a, w = _int8(m, k), _int8(n, k)
     packed = ops.pack_int8_weight(w)
@@ -38,8 +42,9 @@ def test_packed_int32_sums_are_exact(monkeypatch, m, n, k):
     assert torch.equal(out.long(), a.long() @ w.long().t())
 
 
-def test_packed_extremes_do_not_overflow(monkeypatch):
-    _vnni(monkeypatch)
+@pytest.mark.parametrize("path", PACKED_PATHS)
+def test_packed_extremes_do_not_overflow(monkeypatch, path):
+    _vnni(monkeypatch, path)
     k = 4099
     for av, wv in [(-128, -128), (-128, 127), (127, 127)]:
         a, w = torch.full((3, k), av, dtype=torch.int8), torch.full((17, k), wv, dtype=torch.int8)
@@ -63,8 +68,9 @@ def test_packed_epilogue_matches_reference(monkeypatch, out_dtype, with_bias):
                                atol=1e-3)
 
 
-def test_packed_gives_the_unpacked_kernels_bits(monkeypatch):
-    _vnni(monkeypatch)
+@pytest.mark.parametrize("path", PACKED_PATHS)
+def test_packed_gives_the_unpacked_kernels_bits(monkeypatch, path):
+    _vnni(monkeypatch, path)
     torch.manual_seed(4)
     a, w = _int8(7, 300), _int8(45, 300)
     a_scale, b_scale, bias = torch.rand(7) + 0.01, torch.rand(45) + 0.01, torch.randn(45)
@@ -72,13 +78,13 @@ def test_packed_gives_the_unpacked_kernels_bits(monkeypatch):
     assert torch.equal(packed, ops.int8_matmul(a, w.t(), a_scale, b_scale, bias))
 
 
-def test_other_paths_use_the_unpacked_weight(monkeypatch):
+def test_every_path_gives_the_exact_sums(monkeypatch):
     torch.manual_seed(2)
     a, w = _int8(5, 70), _int8(21, 70)
     packed = ops.pack_int8_weight(w)
     for path in torch.ops.fastlm.int8_cpu_kernels():
         monkeypatch.setenv("FASTLM_INT8_KERNEL", path)
-        assert packed.usable() == (path == "avx512_vnni")
+        assert packed.usable() == (path in PACKED_PATHS)
         out = ops.int8_matmul(a, packed, None, None, out_dtype=torch.int32)
         assert torch.equal(out.long(), a.long() @ w.long().t()), path
 

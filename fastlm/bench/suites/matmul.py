@@ -9,8 +9,8 @@ CPU (LLM shapes K = N = 1024 and 4096, M = 1, 16, 256), each timed with the same
 Rows carry `speedup` (fp32 time / fastlm time) and `vs_torch_int8` (torch int8 time / fastlm time).
 fastlm picks its CPU kernels at run time (AMX tiles where the CPU has them, else AVX-512 VNNI / AVX2);
 the suite forces each vector path this CPU runs in turn (FASTLM_INT8_KERNEL, column `kernel`; set the
-variable yourself to measure one path only); `avx512_vnni_packed` is W8A8 with the weight packed once
-(ops.pack_int8_weight, what Int8Linear runs on the CPU). The candidates of one shape run in interleaved rounds
+variable yourself to measure one path only); `avx512_vnni_packed` / `avx_vnni_packed` are W8A8 with the
+weight packed once (ops.pack_int8_weight, what Int8Linear runs on the CPU). The candidates of one shape run in interleaved rounds
 (each round calls every one once), so they share the machine's load; times are the best round.
 CUDA: fp16 cuBLAS, torch._int_mm, fastlm's int8 GEMM (Triton) and the W8A16 GEMV at M = 1, in TFLOP/s.
 """
@@ -23,6 +23,7 @@ import warnings
 import torch
 
 import fastlm.ops as ops
+from fastlm.ops.int8_matmul import PACKED_PATHS
 from fastlm.bench.registry import Options, Suite
 from fastlm.bench.timing import Measurement, compare, time_callable
 
@@ -105,8 +106,9 @@ def _cpu_rows(options: Options) -> list[dict]:
                     return w8a8(x, packed)
 
                 fns = {"fp32": lambda x=x: torch.addmm(bias, x, weight.t()), "torch_int8": lambda x=x: torch_int8(x)}
-                if packed.packed is not None and "avx512_vnni" in paths:
-                    fns["w8a8 avx512_vnni_packed"] = _with_path("avx512_vnni", w8a8_packed)
+                for path in paths if packed.packed is not None else []:
+                    if path in PACKED_PATHS:
+                        fns[f"w8a8 {path}_packed"] = _with_path(path, w8a8_packed)
                 for path in paths:
                     fns[f"w8a8 {path}"] = _with_path(path, w8a8)
                     fns[f"w8a16 {path}"] = _with_path(path, lambda x16=x16: ops.int8_weight_matmul(
