@@ -95,6 +95,21 @@ void check_vector(const c10::optional<at::Tensor>& t, int64_t size, const char* 
               " must be a contiguous float32 tensor with ", size, " elements, got ", t->scalar_type(), " ", t->sizes());
 }
 
+// The W8A8 epilogue's inputs: true for raw int32 sums (no scales, no bias).
+bool check_epilogue(const char* op, int64_t m, int64_t n, const c10::optional<at::Tensor>& a_scale,
+                    const c10::optional<at::Tensor>& b_scale, const c10::optional<at::Tensor>& bias,
+                    at::ScalarType out_dtype) {
+  const bool raw = out_dtype == at::kInt;
+  TORCH_CHECK(raw || out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf, op,
+              ": out_dtype must be float32, bfloat16, float16 or int32, got ", out_dtype);
+  TORCH_CHECK(raw == !a_scale.has_value() && raw == !b_scale.has_value() && !(raw && bias.has_value()), op,
+              ": scales (and bias) are required except for out_dtype=int32, which takes none");
+  check_vector(a_scale, m, op, "a_scale");
+  check_vector(b_scale, n, op, "b_scale");
+  check_vector(bias, n, op, "bias");
+  return raw;
+}
+
 std::tuple<at::Tensor, at::Tensor> int8_quantize(const at::Tensor& x, int64_t group_size) {
   constexpr const char* op = "fastlm::int8_quantize";
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), op, ": x must be a contiguous 2-D tensor, got ", x.sizes());
@@ -130,14 +145,7 @@ at::Tensor int8_matmul(const at::Tensor& a_in, const at::Tensor& b, const c10::o
   TORCH_CHECK(a_in.dim() == 2 && b.dim() == 2 && a_in.size(1) == b.size(0), op, ": expected a (M, K) and b (K, N), got ",
               a_in.sizes(), " and ", b.sizes());
   const int64_t m = a_in.size(0), k = a_in.size(1), n = b.size(1);
-  const bool raw = out_dtype == at::kInt;
-  TORCH_CHECK(raw || out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf, op,
-              ": out_dtype must be float32, bfloat16, float16 or int32, got ", out_dtype);
-  TORCH_CHECK(raw == !a_scale.has_value() && raw == !b_scale.has_value() && !(raw && bias.has_value()), op,
-              ": scales (and bias) are required except for out_dtype=int32, which takes none");
-  check_vector(a_scale, m, op, "a_scale");
-  check_vector(b_scale, n, op, "b_scale");
-  check_vector(bias, n, op, "bias");
+  const bool raw = check_epilogue(op, m, n, a_scale, b_scale, bias, out_dtype);
   // Dot products need unit stride along k: a row-major, b as w^T with w (N, K) row-major (an
   // nn.Linear weight's .t() already is).
   const at::Tensor a = a_in.stride(1) == 1 ? a_in : a_in.contiguous();
@@ -282,14 +290,7 @@ at::Tensor int8_packed_matmul(const at::Tensor& a_in, const at::Tensor& packed, 
   TORCH_CHECK(packed.scalar_type() == at::kChar && packed.dim() == 1 && packed.is_contiguous() &&
                   packed.numel() == int8_packed_weight_bytes(n, k),
               op, ": packed is not an int8_pack_weight result for N=", n, ", K=", k);
-  const bool raw = out_dtype == at::kInt;
-  TORCH_CHECK(raw || out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf, op,
-              ": out_dtype must be float32, bfloat16, float16 or int32, got ", out_dtype);
-  TORCH_CHECK(raw == !a_scale.has_value() && raw == !b_scale.has_value() && !(raw && bias.has_value()), op,
-              ": scales (and bias) are required except for out_dtype=int32, which takes none");
-  check_vector(a_scale, m, op, "a_scale");
-  check_vector(b_scale, n, op, "b_scale");
-  check_vector(bias, n, op, "bias");
+  const bool raw = check_epilogue(op, m, n, a_scale, b_scale, bias, out_dtype);
   const at::Tensor a = a_in.stride(1) == 1 ? a_in : a_in.contiguous();
   at::Tensor out = at::empty({m, n}, a.options().dtype(out_dtype));
   if (m == 0 || n == 0) return out;
