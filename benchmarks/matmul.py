@@ -2,7 +2,9 @@
 
     python benchmarks/matmul.py [--device cpu|cuda] [--threads N] [--quick] [--json FILE]
 
-The measuring code is fastlm.bench.suites.matmul (also run by `fastlm bench matmul`). When
+The measuring code is fastlm.bench.suites.matmul (also run by `fastlm bench matmul`). On the CPU it
+forces each int8 vector path this CPU runs in turn (column `kernel`); FASTLM_INT8_KERNEL=avx2 (etc.)
+measures that one path only. When
 benchmarks/matmul_fp.py exists (fp16/bf16 GEMMs with fused epilogues), its rows are printed too.
 """
 from __future__ import annotations

@@ -95,6 +95,21 @@ void check_vector(const c10::optional<at::Tensor>& t, int64_t size, const char* 
               " must be a contiguous float32 tensor with ", size, " elements, got ", t->scalar_type(), " ", t->sizes());
 }
 
+// The W8A8 epilogue's inputs: true for raw int32 sums (no scales, no bias).
+bool check_epilogue(const char* op, int64_t m, int64_t n, const c10::optional<at::Tensor>& a_scale,
+                    const c10::optional<at::Tensor>& b_scale, const c10::optional<at::Tensor>& bias,
+                    at::ScalarType out_dtype) {
+  const bool raw = out_dtype == at::kInt;
+  TORCH_CHECK(raw || out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf, op,
+              ": out_dtype must be float32, bfloat16, float16 or int32, got ", out_dtype);
+  TORCH_CHECK(raw == !a_scale.has_value() && raw == !b_scale.has_value() && !(raw && bias.has_value()), op,
+              ": scales (and bias) are required except for out_dtype=int32, which takes none");
+  check_vector(a_scale, m, op, "a_scale");
+  check_vector(b_scale, n, op, "b_scale");
+  check_vector(bias, n, op, "bias");
+  return raw;
+}
+
 std::tuple<at::Tensor, at::Tensor> int8_quantize(const at::Tensor& x, int64_t group_size) {
   constexpr const char* op = "fastlm::int8_quantize";
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), op, ": x must be a contiguous 2-D tensor, got ", x.sizes());
@@ -130,14 +145,7 @@ at::Tensor int8_matmul(const at::Tensor& a_in, const at::Tensor& b, const c10::o
   TORCH_CHECK(a_in.dim() == 2 && b.dim() == 2 && a_in.size(1) == b.size(0), op, ": expected a (M, K) and b (K, N), got ",
               a_in.sizes(), " and ", b.sizes());
   const int64_t m = a_in.size(0), k = a_in.size(1), n = b.size(1);
-  const bool raw = out_dtype == at::kInt;
-  TORCH_CHECK(raw || out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf, op,
-              ": out_dtype must be float32, bfloat16, float16 or int32, got ", out_dtype);
-  TORCH_CHECK(raw == !a_scale.has_value() && raw == !b_scale.has_value() && !(raw && bias.has_value()), op,
-              ": scales (and bias) are required except for out_dtype=int32, which takes none");
-  check_vector(a_scale, m, op, "a_scale");
-  check_vector(b_scale, n, op, "b_scale");
-  check_vector(bias, n, op, "bias");
+  const bool raw = check_epilogue(op, m, n, a_scale, b_scale, bias, out_dtype);
   // Dot products need unit stride along k: a row-major, b as w^T with w (N, K) row-major (an
   // nn.Linear weight's .t() already is).
   const at::Tensor a = a_in.stride(1) == 1 ? a_in : a_in.contiguous();
@@ -257,6 +265,63 @@ at::Tensor int8_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const
   return out;
 }
 
+at::Tensor int8_pack_weight_op(const at::Tensor& w) {
+  constexpr const char* op = "fastlm::int8_pack_weight";
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2, op, ": w must be a 2-D (N, K) int8 tensor, got ",
+              w.scalar_type(), " ", w.sizes());
+  const at::Tensor wc = w.stride(1) == 1 ? w : w.contiguous();
+  at::Tensor packed = at::empty({int8_packed_weight_bytes(w.size(0), w.size(1))}, w.options());
+  int8_pack_weight(wc.data_ptr<int8_t>(), wc.stride(0), w.size(0), w.size(1), packed.data_ptr<int8_t>());
+  return packed;
+}
+
+at::Tensor int8_packed_matmul(const at::Tensor& a_in, const at::Tensor& packed, int64_t n,
+                              const c10::optional<at::Tensor>& a_scale, const c10::optional<at::Tensor>& b_scale,
+                              const c10::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
+  constexpr const char* op = "fastlm::int8_packed_matmul";
+  // AVX-512 VNNI unless FASTLM_INT8_KERNEL=avx_vnni (or AVX-VNNI is the best this CPU has).
+  Int8Path path = chosen_path(op, a_in.size(0));
+  if (path == Int8Path::kAmx) path = Int8Path::kAvx512Vnni;
+  TORCH_CHECK(int8_packed_path_supported(path), op, ": runs on AVX-512 VNNI or AVX-VNNI, not on the ",
+              int8_path_name(path), " path");
+  TORCH_CHECK(a_in.scalar_type() == at::kChar && a_in.dim() == 2, op, ": a must be a 2-D (M, K) int8 tensor, got ",
+              a_in.scalar_type(), " ", a_in.sizes());
+  const int64_t m = a_in.size(0), k = a_in.size(1);
+  TORCH_CHECK(packed.scalar_type() == at::kChar && packed.dim() == 1 && packed.is_contiguous() &&
+                  packed.numel() == int8_packed_weight_bytes(n, k),
+              op, ": packed is not an int8_pack_weight result for N=", n, ", K=", k);
+  const bool raw = check_epilogue(op, m, n, a_scale, b_scale, bias, out_dtype);
+  const at::Tensor a = a_in.stride(1) == 1 ? a_in : a_in.contiguous();
+  at::Tensor out = at::empty({m, n}, a.options().dtype(out_dtype));
+  if (m == 0 || n == 0) return out;
+  at::Tensor acc_out = raw || out_dtype == at::kFloat ? out : at::empty({m, n}, a.options().dtype(at::kFloat));
+  const int64_t lda = int8_packed_a_stride(k);
+  at::Tensor a_u8 = at::empty({m, lda}, a.options().dtype(at::kByte));
+  const int8_t* ap = a.data_ptr<int8_t>();
+  uint8_t* up = a_u8.data_ptr<uint8_t>();
+  at::parallel_for(0, m, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(k, 1)), [&](int64_t r0, int64_t r1) {
+    int8_flip_rows(ap + r0 * a.stride(0), a.stride(0), r1 - r0, k, up + r0 * lda);
+  });
+  Int8PackedGemmArgs args{};
+  args.a_u8 = up;
+  args.lda = lda;
+  args.packed = packed.data_ptr<int8_t>();
+  args.m = m, args.n = n, args.k = k;
+  args.a_scale = raw ? nullptr : a_scale->data_ptr<float>();
+  args.b_scale = raw ? nullptr : b_scale->data_ptr<float>();
+  args.bias = bias ? bias->data_ptr<float>() : nullptr;
+  args.out = acc_out.data_ptr();
+  args.ldo = n;
+  // Work items of 4 blocks (64 columns), at least ~256k multiply-adds each.
+  const int64_t items = (n + 63) / 64;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, m * k * 64));
+  at::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) {
+    int8_packed_gemm(path, args, i0 * 4, std::min((n + 15) / 16, i1 * 4));
+  });
+  if (!acc_out.is_same(out)) store_from_float32(acc_out, out);
+  return out;
+}
+
 std::vector<std::string> int8_cpu_kernels() {
   std::vector<std::string> names;
   for (Int8Path p : {Int8Path::kAmx, Int8Path::kAvx512Vnni, Int8Path::kAvxVnni, Int8Path::kAvx2, Int8Path::kScalar}) {
@@ -271,12 +336,18 @@ std::vector<std::string> int8_cpu_kernels() {
 TORCH_LIBRARY_FRAGMENT(fastlm, m) {
   // The CPU vector paths this machine runs, best first (for FASTLM_INT8_KERNEL).
   m.def("int8_cpu_kernels() -> str[]", &int8_cpu_kernels);
+  // W8A8 with the weight packed once (AVX-512 VNNI CPUs): fastlm.ops.int8_matmul.PackedInt8Weight.
+  m.def("int8_pack_weight(Tensor w) -> Tensor");
+  m.def("int8_packed_matmul(Tensor a, Tensor packed, int n, Tensor? a_scale, Tensor? b_scale, Tensor? bias, "
+        "ScalarType out_dtype) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastlm, CPU, m) {
   m.impl("int8_quantize", &int8_quantize);
   m.impl("int8_matmul", &int8_matmul);
   m.impl("int8_weight_matmul", &int8_weight_matmul);
+  m.impl("int8_pack_weight", &int8_pack_weight_op);
+  m.impl("int8_packed_matmul", &int8_packed_matmul);
 }
 
 }  // namespace fastlm::cpu

@@ -11,14 +11,17 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "cpu/int8_kernels.h"
+#include "cpu/int8_vnni_asm.h"
 
 namespace fastlm::cpu {
 namespace {
 
 constexpr int kMaxTile = 4;
+constexpr int64_t kPrefetchBytes = 512;  // 8 cache lines ahead along each weight row
 using TileFn = void (*)(const Int8GemmArgs&, int64_t m0, int64_t n0);
 
 void store_tile(const Int8GemmArgs& g, int64_t m0, int64_t n0, int mr, int nr, const int32_t acc[kMaxTile][kMaxTile]) {
@@ -31,10 +34,11 @@ void store_tile(const Int8GemmArgs& g, int64_t m0, int64_t n0, int mr, int nr, c
     }
     float* out = static_cast<float*>(g.out) + m * g.ldo + n0;
     const float as = g.a_scale[m];
+    // One explicit FMA for the bias: the same bits on every path (and in int8_packed_gemm), whatever
+    // the compiler would contract.
     for (int j = 0; j < nr; ++j) {
-      float v = static_cast<float>(acc[i][j]) * as * g.b_scale[n0 + j];
-      if (g.bias) v += g.bias[n0 + j];
-      out[j] = v;
+      const float v = static_cast<float>(acc[i][j]) * as;
+      out[j] = g.bias ? std::fma(v, g.b_scale[n0 + j], g.bias[n0 + j]) : v * g.b_scale[n0 + j];
     }
   }
 }
@@ -70,11 +74,16 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile_avx512_vnni(con
   const int64_t k = g.k;
   int64_t p = 0;
   for (; p + 64 <= k; p += 64) {
+    // The weight rows stream from L3 / DRAM at small m: NR row streams per thread are more than the
+    // hardware prefetcher follows, so each row is prefetched kPrefetchBytes ahead (past the row's end
+    // it touches the next row, which is harmless).
+    for (int j = 0; j < NR; ++j)
+      _mm_prefetch(reinterpret_cast<const char*>(w + j * g.ldw + p + kPrefetchBytes), _MM_HINT_T0);
     __m512i wv[NR];
     for (int j = 0; j < NR; ++j) wv[j] = _mm512_xor_si512(_mm512_loadu_si512(w + j * g.ldw + p), flip);
     for (int i = 0; i < MR; ++i) {
       const __m512i av = _mm512_loadu_si512(a + i * g.lda + p);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wv[j], av);
+      for (int j = 0; j < NR; ++j) acc[i][j] = dpbusd(acc[i][j], wv[j], av);
     }
   }
   if (p < k) {
@@ -83,7 +92,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile_avx512_vnni(con
     for (int j = 0; j < NR; ++j) wv[j] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, w + j * g.ldw + p), flip);
     for (int i = 0; i < MR; ++i) {
       const __m512i av = _mm512_maskz_loadu_epi8(mask, a + i * g.lda + p);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wv[j], av);
+      for (int j = 0; j < NR; ++j) acc[i][j] = dpbusd(acc[i][j], wv[j], av);
     }
   }
   int32_t out[kMaxTile][kMaxTile];
@@ -116,7 +125,11 @@ __attribute__((target("avx2"))) inline int32_t hsum256(__m256i v) {
     const int8_t* a_ = (g).a + (m0) * (g).lda;                           \
     const int8_t* w_ = (g).w + (n0) * (g).ldw;                           \
     int64_t p_ = 0;                                                      \
-    for (; p_ + 32 <= (g).k; p_ += 32) step(a_ + p_, (g).lda, w_ + p_, (g).ldw); \
+    for (; p_ + 32 <= (g).k; p_ += 32) {                                 \
+      for (int j_ = 0; j_ < NR; ++j_) /* as in tile_avx512_vnni */       \
+        _mm_prefetch(reinterpret_cast<const char*>(w_ + j_ * (g).ldw + p_ + kPrefetchBytes), _MM_HINT_T0); \
+      step(a_ + p_, (g).lda, w_ + p_, (g).ldw);                          \
+    }                                                                    \
     if (p_ < (g).k) {                                                    \
       alignas(32) int8_t at_[MR][32];                                    \
       alignas(32) int8_t wt_[NR][32];                                    \
@@ -175,7 +188,7 @@ struct AvxVnniStep {  // (w + 128) x a with vpdpbusd (VEX encoding)
       wv[j] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * ldw)), flip);
     for (int i = 0; i < MR; ++i) {
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i * lda));
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_dpbusd_avx_epi32(acc[i][j], wv[j], av);
+      for (int j = 0; j < NR; ++j) acc[i][j] = dpbusd_vex(acc[i][j], wv[j], av);
     }
   }
 };

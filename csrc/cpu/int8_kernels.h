@@ -77,4 +77,25 @@ void int8_weight_gemm_amx(const Int8WeightGemmArgs& args, const uint16_t* x_pack
 // Columns [n0, n1) of the output, all m rows. Paths: AVX-512 (kAmx, kAvx512Vnni), AVX2+FMA (kAvx2, kAvxVnni), scalar.
 void int8_weight_gemm(Int8Path path, const Int8WeightGemmArgs& args, int64_t n0, int64_t n1);
 
+// W8A8 with a prepacked weight (AVX-512 VNNI or AVX-VNNI; see int8_packed_kernels.cpp for the layout). Packing runs
+// once per weight; each call flips a to unsigned (int8_flip_rows: m rows of int8_packed_a_stride(k)
+// bytes), then int8_packed_gemm computes the blocks [b0, b1) of 16 output columns.
+struct Int8PackedGemmArgs {
+  const uint8_t* a_u8;  // (m, k) a + 128, rows of lda = int8_packed_a_stride(k) bytes, zero-padded
+  int64_t lda;
+  const int8_t* packed;  // int8_packed_weight_bytes(n, k) bytes from int8_pack_weight
+  int64_t m, n, k;
+  const float* a_scale;  // null: raw int32 sums; else fp32 out = acc * a_scale[m] * b_scale[n] (+ bias[n])
+  const float* b_scale;
+  const float* bias;
+  void* out;
+  int64_t ldo;
+};
+int64_t int8_packed_weight_bytes(int64_t n, int64_t k);
+int64_t int8_packed_a_stride(int64_t k);
+void int8_pack_weight(const int8_t* w, int64_t ldw, int64_t n, int64_t k, int8_t* packed);
+void int8_flip_rows(const int8_t* a, int64_t lda, int64_t m, int64_t k, uint8_t* a_u8);
+bool int8_packed_path_supported(Int8Path path);  // kAvx512Vnni or kAvxVnni, on a CPU that runs it
+void int8_packed_gemm(Int8Path path, const Int8PackedGemmArgs& args, int64_t b0, int64_t b1);
+
 }  // namespace fastlm::cpu

@@ -5,7 +5,8 @@
 
 Schemes:
     w8a8   activations quantized per token at run time (absmax / 127), weights per output channel;
-           int8 x int8 GEMM with int32 accumulation, dequantized in the epilogue (fastlm.ops.int8_matmul).
+           int8 x int8 GEMM with int32 accumulation, dequantized in the epilogue (fastlm.ops.int8_matmul;
+           on the CPU the weight is packed once for it, fastlm.ops.pack_int8_weight, and again when it changes).
     w8a16  weights int8 (per output channel, or per group of `group_size` input columns), activations
            stay 16/32-bit; the weights are dequantized on the fly (fastlm.ops.int8_weight_matmul).
 
@@ -102,8 +103,18 @@ class Int8Linear(nn.Module):
             y = ops.int8_weight_matmul(x2, self.weight, self.weight_scale, self.bias, group_size=self.group_size)
         else:
             xq, xs = ops.quantize_per_token(x2)
-            y = ops.int8_matmul(xq, self.weight.t(), xs, self.weight_scale, self.bias, out_dtype=x.dtype)
+            y = ops.int8_matmul(xq, self._w8a8_weight(), xs, self.weight_scale, self.bias, out_dtype=x.dtype)
         return y.reshape(*lead, self.out_features)
+
+    def _w8a8_weight(self):
+        """weight.t(), or on the CPU a PackedInt8Weight of it, packed again whenever the weight buffer changes."""
+        w = self.weight
+        if w.device.type != "cpu" or torch.compiler.is_compiling():
+            return w.t()
+        key = (w.data_ptr(), w._version, tuple(w.shape))
+        if getattr(self, "_packed_key", None) != key:
+            self._packed, self._packed_key = ops.pack_int8_weight(w), key
+        return self._packed
 
     def extra_repr(self) -> str:
         extra = f", group_size={self.group_size}" if self.group_size else ""

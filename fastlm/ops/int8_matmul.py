@@ -14,10 +14,18 @@ FASTLM_INT8_KERNEL=amx|avx512_vnni|avx_vnni|avx2|scalar forces one, torch.ops.fa
 lists what this CPU runs); CUDA: Triton (kernels/int8_matmul.py), and
 for int8_weight_matmul with at most 8 rows the CUDA GEMV (csrc/cuda/int8_gemv.cu) when built.
 Definitions in fastlm/ops/reference_int8.py.
+
+    packed = fastlm.ops.pack_int8_weight(w_int8)                       # once per (N, K) int8 weight
+    out = fastlm.ops.int8_matmul(a_int8, packed, a_scale, w_scale, bias)  # b = w_int8.t(), packed
+
+A PackedInt8Weight stands for b = w_int8.t() anywhere int8_matmul takes b. On CPUs whose int8 path is
+AVX-512 VNNI or AVX-VNNI it also holds the weight in the kernels' blocked layout (packed once, so no per-call
+packing; see csrc/cpu/int8_packed_kernels.cpp); elsewhere int8_matmul uses w_int8.t() as usual.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -106,6 +114,37 @@ def _float_vector(op: str, name: str, t, n: int) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
+# ---------------------------------------------------------------- the packed weight
+
+PACKED_PATHS = ("avx512_vnni", "avx_vnni")  # the FASTLM_INT8_KERNEL values the packed kernels stand for
+
+
+class PackedInt8Weight:
+    """An int8 weight w_int8 (N, K) for int8_matmul as b = w_int8.t(), packed once where the CPU kernel can use it."""
+
+    def __init__(self, w_int8: torch.Tensor):
+        _tensor("pack_int8_weight", "w_int8", w_int8, (torch.int8,), "int8")
+        if w_int8.dim() != 2:
+            raise ValueError(f"pack_int8_weight: w_int8 must be (N, K), got shape {tuple(w_int8.shape)}")
+        self.weight = w_int8
+        kernels = torch.ops.fastlm.int8_cpu_kernels() if has_native_op("int8_pack_weight") else []
+        self._paths = [p for p in PACKED_PATHS if p in kernels]
+        # The auto choice where a VNNI path is this CPU's best (AMX CPUs keep their AMX tiles).
+        self._auto = bool(self._paths) and "amx" not in kernels
+        self.packed = torch.ops.fastlm.int8_pack_weight(w_int8) if w_int8.device.type == "cpu" and self._paths else None
+
+    def usable(self) -> bool:
+        if self.packed is None or forced_backend() == "reference":
+            return False
+        forced = os.environ.get("FASTLM_INT8_KERNEL", "")
+        return forced in self._paths or (forced in ("", "auto") and self._auto)
+
+
+def pack_int8_weight(w_int8: torch.Tensor) -> PackedInt8Weight:
+    """w_int8 (N, K) int8 (an nn.Linear-layout weight) -> a PackedInt8Weight to pass to int8_matmul as b."""
+    return PackedInt8Weight(w_int8)
+
+
 # ---------------------------------------------------------------- the public functions
 
 
@@ -114,10 +153,15 @@ def int8_matmul(a_int8: torch.Tensor, b_int8: torch.Tensor, a_scale: torch.Tenso
                 out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(a (..., K) int8 @ b (K, N) int8) in int32, times a_scale (one per row of a) and b_scale (N,), plus bias (N,).
 
+    b may be a PackedInt8Weight (pack_int8_weight(w_int8), standing for w_int8.t()).
+
     a_scale may be shaped a.shape[:-1] or a.shape[:-1] + (1,) (as quantize_per_token returns it).
     out_dtype fp32 / bf16 / fp16, or int32 with a_scale = b_scale = bias = None for the raw sums.
     """
     op = "int8_matmul"
+    packed = b_int8 if isinstance(b_int8, PackedInt8Weight) else None
+    if packed is not None:
+        b_int8 = packed.weight.t()
     _tensor(op, "a_int8", a_int8, (torch.int8,), "int8")
     _tensor(op, "b_int8", b_int8, (torch.int8,), "int8")
     if out_dtype not in OUT_DTYPES:
@@ -159,6 +203,8 @@ def int8_matmul(a_int8: torch.Tensor, b_int8: torch.Tensor, a_scale: torch.Tenso
         bias = None if bias is None else bias.detach()
     if forced_backend() == "reference":
         out = reference.int8_matmul(a2d, b_int8, a_scale, b_scale, bias, out_dtype)
+    elif packed is not None and a2d.device.type == "cpu" and packed.usable():
+        out = torch.ops.fastlm.int8_packed_matmul(a2d, packed.packed, n, a_scale, b_scale, bias, out_dtype)
     else:
         out = torch.ops.fastlm.int8_matmul(a2d, b_int8, a_scale, b_scale, bias, out_dtype)
     return out if a_int8.dim() == 2 else out.reshape(*lead, n)

@@ -127,3 +127,20 @@ def test_compiles_without_graph_breaks(scheme):
     compiled = torch.compile(layer, fullgraph=True, backend="eager")
     x = torch.randn(2, 3, 32)
     assert torch.equal(compiled(x), layer(x))
+
+
+def test_w8a8_packed_weight_matches_unpacked_and_follows_weight_changes(monkeypatch):
+    # On the CPU the w8a8 weight is packed once (AVX-512 VNNI kernel); the AVX2 path reads it unpacked.
+    kernels = torch.ops.fastlm.int8_cpu_kernels() if hasattr(torch.ops.fastlm, "int8_cpu_kernels") else []
+    if "avx512_vnni" not in kernels or "avx2" not in kernels:
+        pytest.skip("needs the AVX-512 VNNI and AVX2 int8 paths")
+    torch.manual_seed(3)
+    layer = Int8Linear.from_linear(nn.Linear(70, 37), "w8a8")
+    x = torch.randn(5, 70)
+    monkeypatch.setenv("FASTLM_INT8_KERNEL", "avx2")
+    expected = layer(x)
+    monkeypatch.setenv("FASTLM_INT8_KERNEL", "avx512_vnni")
+    torch.testing.assert_close(layer(x), expected, rtol=1e-6, atol=1e-6)
+    other = Int8Linear.from_linear(nn.Linear(70, 37), "w8a8")
+    layer.load_state_dict(other.state_dict())  # copies into the same buffers: the packing must follow
+    torch.testing.assert_close(layer(x), other(x), rtol=1e-6, atol=1e-6)

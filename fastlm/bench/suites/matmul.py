@@ -8,16 +8,22 @@ CPU (LLM shapes K = N = 1024 and 4096, M = 1, 16, 256), each timed with the same
   w8a16      fastlm.ops.int8_weight_matmul(x, ...) with bf16 activations (fp32 accumulation)
 Rows carry `speedup` (fp32 time / fastlm time) and `vs_torch_int8` (torch int8 time / fastlm time).
 fastlm picks its CPU kernels at run time (AMX tiles where the CPU has them, else AVX-512 VNNI / AVX2);
-FASTLM_INT8_KERNEL=avx512_vnni (etc.) measures a specific path.
+the suite forces each vector path this CPU runs in turn (FASTLM_INT8_KERNEL, column `kernel`; set the
+variable yourself to measure one path only); `avx512_vnni_packed` / `avx_vnni_packed` are W8A8 with the
+weight packed once (ops.pack_int8_weight, what Int8Linear runs on the CPU). The candidates of one shape run in interleaved rounds
+(each round calls every one once), so they share the machine's load; times are the best round.
 CUDA: fp16 cuBLAS, torch._int_mm, fastlm's int8 GEMM (Triton) and the W8A16 GEMV at M = 1, in TFLOP/s.
 """
 from __future__ import annotations
 
+import os
+import time
 import warnings
 
 import torch
 
 import fastlm.ops as ops
+from fastlm.ops.int8_matmul import PACKED_PATHS
 from fastlm.bench.registry import Options, Suite
 from fastlm.bench.timing import Measurement, compare, time_callable
 
@@ -44,32 +50,85 @@ def _time(name, fn, repeat, device=None) -> Measurement:
         return time_callable(name, fn, repeat=repeat, warmup=3, device=device)
 
 
+def _cpu_paths() -> list[str]:
+    """The int8 vector paths to force: FASTLM_INT8_KERNEL when set, else every one this CPU runs but scalar."""
+    forced = os.environ.get("FASTLM_INT8_KERNEL", "")
+    if forced and forced != "auto":
+        return [forced]
+    return [p for p in torch.ops.fastlm.int8_cpu_kernels() if p != "scalar"]
+
+
+def _with_path(path: str, fn):
+    """fn run with FASTLM_INT8_KERNEL=path (read by the C++ ops on every call)."""
+    def run():
+        os.environ["FASTLM_INT8_KERNEL"] = path
+        return fn()
+    return run
+
+
+def _interleaved(fns: dict, repeat: int, warmup: int = 2) -> dict[str, Measurement]:
+    """Best wall time of each fn over `repeat` rounds, each round calling every fn once in turn."""
+    runs: dict[str, list[float]] = {name: [] for name in fns}
+    with torch.no_grad():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        for _ in range(repeat):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                runs[name].append(time.perf_counter() - start)
+    return {name: Measurement(name, min(r), r) for name, r in runs.items()}
+
+
 def _cpu_rows(options: Options) -> list[dict]:
     sizes = CPU_SIZES[:1] if options.quick else CPU_SIZES
     repeat = options.repeats(30)
+    paths = _cpu_paths()
+    saved = os.environ.get("FASTLM_INT8_KERNEL")
     rows = []
-    for size in sizes:
-        k = n = size
-        weight, bias = torch.randn(n, k) / k**0.5, torch.randn(n)
-        w_int8, w_scale = ops.quantize_per_channel(weight)
-        torch_int8 = _torch_int8_linear(weight, bias)
-        for m in CPU_ROWS:
-            x = torch.randn(m, k)
-            x16 = x.to(torch.bfloat16)
+    try:
+        for size in sizes:
+            k = n = size
+            weight, bias = torch.randn(n, k) / k**0.5, torch.randn(n)
+            w_int8, w_scale = ops.quantize_per_channel(weight)
+            packed = ops.pack_int8_weight(w_int8)
+            torch_int8 = _torch_int8_linear(weight, bias)
+            for m in CPU_ROWS:
+                x = torch.randn(m, k)
+                x16 = x.to(torch.bfloat16)
 
-            def w8a8(x=x):
-                x_int8, x_scale = ops.quantize_per_token(x)
-                return ops.int8_matmul(x_int8, w_int8.t(), x_scale, w_scale, bias)
+                def w8a8(x=x, b=w_int8.t()):
+                    x_int8, x_scale = ops.quantize_per_token(x)
+                    return ops.int8_matmul(x_int8, b, x_scale, w_scale, bias)
 
-            fp32 = _time("fp32", lambda: torch.addmm(bias, x, weight.t()), repeat)
-            theirs = _time("torch_int8", lambda: torch_int8(x), repeat)
-            results = {"w8a8": _time("w8a8", w8a8, repeat),
-                       "w8a16": _time("w8a16", lambda: ops.int8_weight_matmul(x16, w_int8, w_scale, bias), repeat)}
-            for scheme, ours in results.items():
-                rows.append({"case": f"{scheme} K=N={size} M={m}", "scheme": scheme, "K=N": size, "M": m,
-                             "fastlm_ms": ours.seconds * 1e3, "fp32_ms": fp32.seconds * 1e3,
-                             "torch_int8_ms": theirs.seconds * 1e3, "speedup": compare(ours, fp32),
-                             "vs_torch_int8": compare(ours, theirs)})
+                def w8a8_packed(x=x):  # what Int8Linear runs on the CPU
+                    return w8a8(x, packed)
+
+                fns = {"fp32": lambda x=x: torch.addmm(bias, x, weight.t()), "torch_int8": lambda x=x: torch_int8(x)}
+                for path in paths if packed.packed is not None else []:
+                    if path in PACKED_PATHS:
+                        fns[f"w8a8 {path}_packed"] = _with_path(path, w8a8_packed)
+                for path in paths:
+                    fns[f"w8a8 {path}"] = _with_path(path, w8a8)
+                    fns[f"w8a16 {path}"] = _with_path(path, lambda x16=x16: ops.int8_weight_matmul(
+                        x16, w_int8, w_scale, bias))
+                times = _interleaved(fns, repeat if m < 256 else max(2, repeat // 3))
+                fp32, theirs = times["fp32"], times["torch_int8"]
+                for name in times:
+                    if name in ("fp32", "torch_int8"):
+                        continue
+                    scheme, path = name.split()
+                    ours = times[name]
+                    rows.append({"case": f"{scheme} K=N={size} M={m}", "scheme": scheme, "kernel": path,
+                                 "K=N": size, "M": m, "fastlm_ms": ours.seconds * 1e3,
+                                 "fp32_ms": fp32.seconds * 1e3, "torch_int8_ms": theirs.seconds * 1e3,
+                                 "speedup": compare(ours, fp32), "vs_torch_int8": compare(ours, theirs)})
+    finally:
+        if saved is None:
+            os.environ.pop("FASTLM_INT8_KERNEL", None)
+        else:
+            os.environ["FASTLM_INT8_KERNEL"] = saved
     return rows
 
 
