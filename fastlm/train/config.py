@@ -66,6 +66,9 @@ class DataSection:
     deidentify: list[str] | str | None = None  # entity types (["email", "phone", ...]) or "all"; None: none
     deid_operation: str = "anonymize"    # anonymize | pseudonymize | generalize | perturb | suppress
     deid_key_file: str | None = None     # HMAC key file (its bytes) for the keyed operations (pseudonymize, perturb)
+    # Parallel preparation (fastlm/data/encode_pool.py): processes that tokenize the corpus; the token files are
+    # byte-identical for any number (not part of the cache key). Splits above 2^28 tokens go in several files.
+    workers: int = 1
 
 
 @dataclass

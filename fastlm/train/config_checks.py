@@ -47,6 +47,7 @@ def validate(config: Config) -> None:
         "train.micro_batch_size": t.micro_batch_size, "train.log_every": t.log_every,
         "train.eval_batches": t.eval_batches, "data.vocab_size": d.vocab_size, "data.seq_len": d.seq_len,
         "parallel.tp": p.tp, "parallel.pp": p.pp, "checkpoint.keep": c.keep, "data.canary_repeats": d.canary_repeats,
+        "data.workers": d.workers,
     }
     if p.dp != "auto":
         positive["parallel.dp"] = p.dp

@@ -22,7 +22,7 @@ def run_corpus(config, tokenizer_path: Path | None, show_progress: bool = False)
     d = config.data
     corpus = prepare_corpus(d.source, vocab_size=d.vocab_size, text_field=d.text_field, tokenizer_path=tokenizer_path,
                             val_fraction=d.val_fraction, builtin_modules=d.builtin_modules, show_progress=show_progress,
-                            augment=counterfactual_of(d), **deid_options(d))
+                            augment=counterfactual_of(d), workers=d.workers, **deid_options(d))
     return with_canaries(corpus, d.canaries, d.canary_repeats, config.train.seed)
 
 
