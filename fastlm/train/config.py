@@ -115,7 +115,8 @@ class ParallelSection:
     bucket_mb: float = 25.0              # gradient all-reduce bucket size
     grad_reduce_dtype: str = "fp32"      # fp32 (as the gradients) | bf16 | fp16: communicate in 16 bits
     shard_optimizer: bool = False        # ZeRO-1: each rank keeps and steps 1/dp of the optimizer state
-    dp_shares: list[int] | None = None   # e.g. [3, 1]: each rank's share of every global batch
+    dp_shares: list[int] | str | None = None  # e.g. [3, 1]: each rank's share of every global batch; or "dynamic"
+    rebalance_every: int = 50            # dp_shares = "dynamic": steps between re-solving the shares from speeds
     sync: str = "every_step"             # every_step | local_sgd (average parameters every sync_every steps)
     sync_every: int = 1
     timeout_s: float = 300.0             # a collective that takes longer fails, naming the missing rank
@@ -124,6 +125,11 @@ class ParallelSection:
     virtual_stages: int = 1              # model chunks per pipeline rank (interleaved only)
     stage_layers: list[int] | None = None  # blocks per stage (pp x virtual_stages entries); default: balanced
     stage_balance: str = "params"        # params | time: what balances the stages without stage_layers
+
+    @property
+    def fixed_shares(self) -> list[int] | None:
+        """dp_shares as a list (None when equal, or dynamic: fastlm.parallel.dynamic_shares sets them at run time)."""
+        return None if isinstance(self.dp_shares, str) else self.dp_shares
 
 
 @dataclass

@@ -72,6 +72,8 @@ def validate(config: Config) -> None:
     _validate_tensor_parallel(config)
     _validate_pipeline(config)
     _validate_parallel(p, t)
+    if isinstance(config.parallel.dp_shares, str):
+        _validate_dynamic_shares(config)
     _validate_adversarial(t)
     if t.debias not in ("none", "adversarial"):
         raise ConfigError(f"train.debias = {_show(t.debias)}: expected one of none, adversarial")
@@ -88,8 +90,8 @@ def validate(config: Config) -> None:
     # Outside a launch (no WORLD_SIZE: loading a finished run for eval/generate, or a config in a
     # notebook) dp = "auto" has no process count yet: dp_shares say how many ranks there will be.
     # Trainer.fit checks the split again against the real data-parallel size.
-    unlaunched_shares = p.dp == "auto" and p.dp_shares is not None and "WORLD_SIZE" not in os.environ
-    check_batch_split(config, len(p.dp_shares) if unlaunched_shares else config.dp_size())
+    unlaunched_shares = p.dp == "auto" and p.fixed_shares is not None and "WORLD_SIZE" not in os.environ
+    check_batch_split(config, len(p.fixed_shares) if unlaunched_shares else config.dp_size())
     # A family without a context or vocabulary field (a vision model) skips these checks.
     max_seq_len, vocab_size = getattr(config.model, "max_seq_len", None), getattr(config.model, "vocab_size", None)
     if max_seq_len is not None and d.seq_len > max_seq_len:
@@ -257,10 +259,26 @@ def _validate_parallel(p: ParallelSection, t: TrainSection) -> None:
     if p.shard_optimizer and t.precision == "fp16":
         raise ConfigError('parallel.shard_optimizer = true: not available with train.precision = "fp16" '
                           '(use "bf16")')
-    if p.dp_shares is not None:
+    if p.dp_shares is not None and not isinstance(p.dp_shares, str):
         if not p.dp_shares or any(s < 1 for s in p.dp_shares):
             raise ConfigError(f"parallel.dp_shares = {_show(p.dp_shares)}: expected a list of positive integers, "
                               f"one per data-parallel rank")
+
+
+def _validate_dynamic_shares(config: Config) -> None:
+    """parallel.dp_shares = "dynamic" (fastlm.parallel.dynamic_shares) and what it cannot combine with."""
+    p = config.parallel
+    if p.dp_shares != "dynamic":
+        raise ConfigError(f"parallel.dp_shares = {_show(p.dp_shares)}: expected a list of positive integers "
+                          f"(one per data-parallel rank) or \"dynamic\"")
+    if p.rebalance_every < 1:
+        raise ConfigError(f"parallel.rebalance_every = {_show(p.rebalance_every)}: expected a positive integer")
+    refusals = {"parallel.pp > 1 (the pipeline cuts equal micro-batches)": p.pp > 1,
+                "parallel.sync = \"local_sgd\" (parameter averaging is not weighted by samples)": p.sync == "local_sgd",
+                "data.stateful = true (each rank owns fixed streams)": config.data.stateful}
+    for what, refused in refusals.items():
+        if refused:
+            raise ConfigError(f"parallel.dp_shares = \"dynamic\": not available with {what}")
 
 
 PIPELINE_SCHEDULES = ("gpipe", "1f1b", "interleaved")
@@ -320,16 +338,25 @@ def check_pipeline_microbatches(config: Config, dp: int) -> None:
 
 def rank_samples(config: Config, dp: int) -> list[int]:
     """Sequences of each global batch that each data-parallel rank takes (dp_shares, or equal parts)."""
-    t, shares = config.train, config.parallel.dp_shares
+    t, shares = config.train, config.parallel.fixed_shares
+    if config.parallel.dp_shares == "dynamic":  # where the shares start
+        from fastlm.data.loader import equal_shares
+
+        return equal_shares(t.global_batch_size, dp)
     if shares is None:
         return [t.global_batch_size // dp] * dp
     return [t.global_batch_size * s // sum(shares) for s in shares]
 
 
 def check_batch_split(config: Config, dp: int) -> None:
-    t, shares = config.train, config.parallel.dp_shares
+    t, shares = config.train, config.parallel.fixed_shares
     if config.federated.enabled:  # the ranks split the clients; each client's step takes the whole batch
         dp = 1
+    if config.parallel.dp_shares == "dynamic":  # any split of at least one sequence per rank
+        if t.global_batch_size < dp:
+            raise ConfigError(f"parallel.dp_shares = \"dynamic\": train.global_batch_size = {t.global_batch_size} "
+                              f"is less than one sequence for each of the {dp} data-parallel ranks")
+        return
     if shares is not None:
         if len(shares) != dp:
             raise ConfigError(f"parallel.dp_shares = {_show(shares)}: expected {dp} shares, one per "

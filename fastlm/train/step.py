@@ -3,8 +3,9 @@
     step = TrainStep(pm, optimizer, loss_of=lm_loss, precision="bf16", device=device, grad_clip=1.0)
     result = step(micro_batches)            # StepResult(loss, grad_norm, extras)
 
-Gradient accumulation over the micro-batches (each loss divided by their count: every micro-batch
-has the same number of examples, so the gradient is that of the global batch's mean loss), mixed
+Gradient accumulation over the micro-batches (each loss weighted by its share of the examples:
+1 / their count when they are of one size, and a smaller last one, as parallel.dp_shares = "dynamic"
+cuts, weighs less; so the gradient is that of the global batch's mean loss), mixed
 precision and fp16 loss scaling, data-parallel communication only in the last micro-batch's
 backward, the pipeline schedule when the model is pipelined, clipping over every dp/tp/pp rank
 (fastlm.parallel.ParallelModel), the optimizer step, and local SGD's parameter averaging.
@@ -20,12 +21,13 @@ optimizer step (pruning re-applies its masks there: fastlm.prune.mask_keeper).
 from __future__ import annotations
 
 from collections.abc import Callable
+import time
 from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
 
-from fastlm.data.inputs import model_inputs
+from fastlm.data.inputs import batch_rows, model_inputs
 
 
 class StepResult(NamedTuple):
@@ -72,15 +74,18 @@ class TrainStep:
         self.loss_of, self.micro_backward, self.after_grad_sync = loss_of, micro_backward, after_grad_sync
         self.local_sgd_every = local_sgd_every if pm.dp is not None else 0
         self.after_step = after_step
+        self.compute_seconds = 0.0  # the last step's forwards and backwards (not the wait for the all-reduce)
 
     def __call__(self, micro_batches: list, sync: bool = True) -> StepResult:
         """Forward and backward of every micro-batch, clip, step. sync=False (local SGD between
         synchronizations): no gradient communication at all."""
+        started = time.perf_counter()
         if self.pm.pipe is not None:
             no_sync = self.pm.dp.no_sync if self.pm.dp is not None else None
             loss, extras = self.pm.pipe.train_step(micro_batches, no_sync=no_sync), {}
         else:
             loss, extras = self._accumulate(micro_batches, sync)
+        self.compute_seconds = time.perf_counter() - started
         self.pm.finish_grad_sync()
         if self.after_grad_sync is not None:
             self.after_grad_sync()
@@ -109,9 +114,12 @@ class TrainStep:
 
     def _accumulate(self, micro_batches: list, sync: bool) -> tuple[torch.Tensor, dict]:
         n = len(micro_batches)
+        rows = [batch_rows(b) for b in micro_batches]
         total = torch.zeros((), device=self.device)
         extras: dict = {}
         for i, batch in enumerate(micro_batches):
+            # 1 / the micro-batch's share of the rows: exactly n when they are of one size (or not counted)
+            divisor = sum(rows) / rows[i] if None not in rows and rows[i] else n
             batch = to_device(batch, self.device)
             communicate = sync and i == n - 1  # gradients are reduced in the last backward only
 
@@ -120,15 +128,15 @@ class TrainStep:
                     return self.loss_of(self.pm.runner, batch)
 
             if self.micro_backward is not None:
-                scale = (self.scaler.get_scale() if self.scaler is not None else 1.0) / n
+                scale = (self.scaler.get_scale() if self.scaler is not None else 1.0) / divisor
                 loss, more = self.micro_backward(loss_fn, scale, self.pm.no_sync(),
                                                  self.pm.no_sync(local=not communicate), batch)
-                loss = loss / n
+                loss = loss / divisor
                 for key, value in more.items():
-                    extras[key] = extras.get(key, 0.0) + value.detach() / n
+                    extras[key] = extras.get(key, 0.0) + value.detach() / divisor
             else:
                 with self.pm.no_sync(local=not communicate):
-                    loss = loss_fn() / n
+                    loss = loss_fn() / divisor
                     (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             total += loss.detach()
         return total, extras
