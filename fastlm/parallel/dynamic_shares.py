@@ -72,6 +72,7 @@ def dynamic_shares_for_run(config, pm, loader, step, mesh):
         return loader.next, lambda: {}
     balance = DynamicShares(loader, pm.dp, config.parallel.rebalance_every,
                             group=mesh.dp_group if mesh is not None else None)
+    step.weigh_by_rows = True  # a rank's last micro-batch may now be smaller than the others
     return balance.wrap(step, loader.next), lambda: {"dp_shares": list(balance.shares)}
 
 

@@ -117,8 +117,9 @@ class ParallelSection:
     shard_optimizer: bool = False        # ZeRO-1: each rank keeps and steps 1/dp of the optimizer state
     dp_shares: list[int] | str | None = None  # e.g. [3, 1]: each rank's share of every global batch; or "dynamic"
     rebalance_every: int = 50            # dp_shares = "dynamic": steps between re-solving the shares from speeds
-    sync: str = "every_step"             # every_step | local_sgd (average parameters every sync_every steps)
+    sync: str = "every_step"             # every_step | local_sgd (average parameters every sync_every steps) | async
     sync_every: int = 1
+    max_staleness: int = 1               # sync = "async": steps an average may be in flight before it is waited for
     timeout_s: float = 300.0             # a collective that takes longer fails, naming the missing rank
     # Pipeline parallel (pp > 1): see fastlm.parallel.pipeline
     schedule: str = "1f1b"               # gpipe | 1f1b | interleaved

@@ -218,7 +218,7 @@ def _validate_tensor_parallel(config: Config) -> None:
                       f"encoder runs a padded batch as one packed sequence of its real tokens, whose length need "
                       f"not divide tp)"),
                      (config.model.linear != "default", f"model.linear = {_show(config.model.linear)}"),
-                     (p.sync == "local_sgd", 'parallel.sync = "local_sgd"'),
+                     (p.sync != "every_step", f'parallel.sync = "{p.sync}"'),
                      (config.train.precision == "fp16", 'train.precision = "fp16" (use "bf16")'),
                      (config.train.activation_checkpointing and config.model.dropout > 0,
                       "train.activation_checkpointing and model.dropout > 0 (the recomputation would draw "
@@ -236,7 +236,7 @@ def _validate_tensor_parallel(config: Config) -> None:
 
 
 GRAD_REDUCE_DTYPES = ("fp32", "bf16", "fp16")
-SYNC_MODES = ("every_step", "local_sgd")
+SYNC_MODES = ("every_step", "local_sgd", "async")
 
 
 def _validate_parallel(p: ParallelSection, t: TrainSection) -> None:
@@ -251,10 +251,13 @@ def _validate_parallel(p: ParallelSection, t: TrainSection) -> None:
         raise ConfigError(f"parallel.sync = {_show(p.sync)}: expected one of {', '.join(SYNC_MODES)}")
     if p.sync_every < 1:
         raise ConfigError(f"parallel.sync_every = {_show(p.sync_every)}: expected a positive integer")
-    if p.sync_every != 1 and p.sync != "local_sgd":
-        raise ConfigError(f"parallel.sync_every = {p.sync_every}: only used with parallel.sync = \"local_sgd\"")
-    if p.shard_optimizer and p.sync == "local_sgd":
-        raise ConfigError('parallel.shard_optimizer = true: not available with parallel.sync = "local_sgd" '
+    if p.sync_every != 1 and p.sync == "every_step":
+        raise ConfigError(f"parallel.sync_every = {p.sync_every}: only used with parallel.sync = \"local_sgd\" "
+                          f"or \"async\"")
+    if p.max_staleness < 0:
+        raise ConfigError(f"parallel.max_staleness = {_show(p.max_staleness)}: expected an integer >= 0")
+    if p.shard_optimizer and p.sync != "every_step":
+        raise ConfigError(f'parallel.shard_optimizer = true: not available with parallel.sync = "{p.sync}" '
                           '(each rank keeps its whole optimizer state)')
     if p.shard_optimizer and t.precision == "fp16":
         raise ConfigError('parallel.shard_optimizer = true: not available with train.precision = "fp16" '
@@ -274,7 +277,7 @@ def _validate_dynamic_shares(config: Config) -> None:
     if p.rebalance_every < 1:
         raise ConfigError(f"parallel.rebalance_every = {_show(p.rebalance_every)}: expected a positive integer")
     refusals = {"parallel.pp > 1 (the pipeline cuts equal micro-batches)": p.pp > 1,
-                "parallel.sync = \"local_sgd\" (parameter averaging is not weighted by samples)": p.sync == "local_sgd",
+                f"parallel.sync = \"{p.sync}\" (parameter averaging is not weighted by samples)": p.sync != "every_step",
                 "data.stateful = true (each rank owns fixed streams)": config.data.stateful}
     for what, refused in refusals.items():
         if refused:
@@ -307,8 +310,8 @@ def _validate_pipeline(config: Config) -> None:
         raise ConfigError('parallel.pp > 1: not available with train.precision = "fp16" (use "bf16")')
     if p.shard_optimizer:
         raise ConfigError("parallel.shard_optimizer = true: not available with parallel.pp > 1 yet")
-    if p.sync == "local_sgd":
-        raise ConfigError('parallel.sync = "local_sgd": not available with parallel.pp > 1')
+    if p.sync != "every_step":
+        raise ConfigError(f'parallel.sync = "{p.sync}": not available with parallel.pp > 1')
     stages = p.pp * p.virtual_stages
     if n_layer is not None and stages > n_layer:
         raise ConfigError(f"parallel.pp * parallel.virtual_stages = {p.pp} * {p.virtual_stages} = {stages} pipeline "
