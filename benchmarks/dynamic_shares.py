@@ -11,29 +11,20 @@ the shares the dynamic run settled on against the measured per-sample speeds.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from fastlm.bench import print_table
-from fastlm.train.metrics import read_metrics
+from dp_runs import SEQ_LEN, train
 
-MODEL = ["model.n_layer=2", "model.d_model=128", "model.n_head=4", "model.n_kv_head=2", "data.seq_len=64",
-         "data.vocab_size=1024", "data.builtin_modules=[]", "train.precision=\"fp32\"", "train.eval_every=0",
-         "train.eval_batches=1", "checkpoint.every=0", "train.log_every=1", "model.dropout=0.0"]
+from fastlm.bench import print_table
 
 
 def run(out: Path, steps: int, batch: int, slow_ms: float, extra: list[str]) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTLM_TEST_SLOW_RANK": f"1:{slow_ms / 1e3}"}
-    sets = [a for item in [*MODEL, f"train.steps={steps}", f"train.global_batch_size={batch}",
-                           "train.micro_batch_size=1", *extra] for a in ("--set", item)]
-    torchrun = str(Path(sys.executable).with_name("torchrun"))
-    cmd = [torchrun, "--nproc-per-node", "2", "-m", "fastlm", "train", "tiny", "--out", str(out), "--quiet", *sets]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
-    return [row for row in read_metrics(out) if "tokens_per_s" in row]
+    sets = [f"train.steps={steps}", f"train.global_batch_size={batch}", "train.micro_batch_size=1",
+            "train.eval_every=0", *extra]
+    metrics = train(out, sets, {"FASTLM_TEST_SLOW_RANK": f"1:{slow_ms / 1e3}"})
+    return [row for row in metrics if "tokens_per_s" in row]
 
 
 def main() -> None:
@@ -46,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = {"uniform": [], f"static {args.static}": [f"parallel.dp_shares={list(args.static)}"],
                 "dynamic": ["parallel.dp_shares=\"dynamic\"", f"parallel.rebalance_every={args.rebalance_every}"]}
-    tokens = args.batch * 64
+    tokens = args.batch * SEQ_LEN
     rows, settled = [], None
     with tempfile.TemporaryDirectory() as tmp:
         for name, extra in settings.items():

@@ -68,6 +68,9 @@ def slowdown_per_sample(rank: int) -> float:
 def dynamic_shares_for_run(config, pm, loader, step, mesh):
     """(next_batches for run_steps, metrics fields of a logged step) for a run; loader.next and nothing more
     unless parallel.dp_shares = "dynamic"."""
+    delay = slowdown_per_sample(loader.rank)
+    if delay:  # a test or benchmark slows this rank down, whatever the shares
+        step.loss_of = _slowed(step.loss_of, delay)
     if config.parallel.dp_shares != "dynamic":
         return loader.next, lambda: {}
     balance = DynamicShares(loader, pm.dp, config.parallel.rebalance_every,
@@ -116,9 +119,6 @@ class DynamicShares:
 
     def wrap(self, step, next_batches):
         """next_batches for run_steps: records the previous step's compute time, rebalances every `every` steps."""
-        delay = slowdown_per_sample(self.loader.rank)
-        if delay:
-            step.loss_of = _slowed(step.loss_of, delay)
         state = {"rows": 0, "warm": False}
 
         def next_with_rebalance():
