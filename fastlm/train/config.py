@@ -26,6 +26,7 @@ from fastlm.train.config_checks import (  # noqa: F401 - the checks are part of 
     check_checkpoint_key,
     check_pipeline_microbatches,
     rank_samples,
+    saved_run_config,
     validate,
 )
 from fastlm.distill.config import DistillSection
@@ -231,6 +232,13 @@ def load_config(path_or_preset: str | os.PathLike, overrides: typing.Iterable[st
     for item in overrides:
         apply_override(raw, item)
     return Config.from_dict(raw, name=name)
+
+
+def load_saved_config(path: str | os.PathLike) -> Config:
+    """A finished run's config.toml (init_from, eval, replay): validated like any config, except the batch
+    split, which belongs to the launch that trained the run."""
+    with saved_run_config():
+        return load_config(path)
 
 
 def _read_source(spec: str) -> tuple[str, str]:

@@ -4,6 +4,8 @@ attribute only, so this module imports nothing from config.py (which re-exports 
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 from typing import TYPE_CHECKING
@@ -24,6 +26,20 @@ if TYPE_CHECKING:  # annotations only: config.py imports this module
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LINEARS = ("default", "int8_train")
 OPTIMIZERS = ("adamw", "sgd")
+
+
+_SAVED_RUN = contextvars.ContextVar("fastlm_saved_run_config", default=False)
+
+
+@contextlib.contextmanager
+def saved_run_config():
+    """Validate a finished run's config.toml inside: all but the batch split, which was checked against the
+    launch that trained the run, not this one (a run of 1 process read as init_from by 4 processes)."""
+    token = _SAVED_RUN.set(True)
+    try:
+        yield
+    finally:
+        _SAVED_RUN.reset(token)
 
 
 def validate(config: Config) -> None:
@@ -91,7 +107,8 @@ def validate(config: Config) -> None:
     # notebook) dp = "auto" has no process count yet: dp_shares say how many ranks there will be.
     # Trainer.fit checks the split again against the real data-parallel size.
     unlaunched_shares = p.dp == "auto" and p.fixed_shares is not None and "WORLD_SIZE" not in os.environ
-    check_batch_split(config, len(p.fixed_shares) if unlaunched_shares else config.dp_size())
+    if not _SAVED_RUN.get():
+        check_batch_split(config, len(p.fixed_shares) if unlaunched_shares else config.dp_size())
     # A family without a context or vocabulary field (a vision model) skips these checks.
     max_seq_len, vocab_size = getattr(config.model, "max_seq_len", None), getattr(config.model, "vocab_size", None)
     if max_seq_len is not None and d.seq_len > max_seq_len:
