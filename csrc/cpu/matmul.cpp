@@ -9,6 +9,10 @@
 //    without native bf16 (AVX2), torch's 16-bit GEMM is 10-100x slower than this.
 // "auto" times both GEMMs once on a small problem and takes native when it is clearly (2x) faster;
 // FASTLM_CPU_GEMM16=native|fp32 forces one (tests cover both paths on any machine).
+// fp32 GEMMs (fp32 inputs, and the converted panels) go through mm_f32 (gemm32.cpp): torch's BLAS or
+// oneDNN, whichever this CPU runs faster (FASTLM_CPU_GEMM32 forces one).
+#include "gemm32.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -100,14 +104,16 @@ void gemm_fp32_blocks(const at::Tensor& x, const at::Tensor& y, Emit emit) {
     const at::Tensor xs = as_fp32(x.narrow(0, m0, std::min(mb, M - m0)));
     for (int64_t n0 = 0; n0 < N; n0 += nb) {
       const at::Tensor ys = as_fp32(y.narrow(1, n0, std::min(nb, N - n0)));
-      emit(m0, n0, at::mm(xs, ys));
+      emit(m0, n0, mm_f32(xs, ys));
     }
   }
 }
 
 // C = X @ Y as `dtype` (M x N, contiguous), computed in fp32.
 at::Tensor gemm(const at::Tensor& x, const at::Tensor& y, at::ScalarType dtype, bool native) {
-  if (native && x.scalar_type() == dtype && y.scalar_type() == dtype) return at::mm(x, y);
+  if (native && x.scalar_type() == dtype && y.scalar_type() == dtype) {
+    return dtype == at::kFloat ? mm_f32(x, y) : at::mm(x, y);
+  }
   at::Tensor out = at::empty({x.size(0), y.size(1)}, x.options().dtype(dtype));
   gemm_fp32_blocks(x, y, [&](int64_t m0, int64_t n0, const at::Tensor& c) {
     out.narrow(0, m0, c.size(0)).narrow(1, n0, c.size(1)).copy_(c);
@@ -217,6 +223,11 @@ std::tuple<at::Tensor, at::Tensor> matmul_fwd(const at::Tensor& a, const at::Ten
   const bool fused = bias.has_value() || act != Activation::kNone;
   at::Tensor pre = act == Activation::kNone ? at::empty({0}, a.options()) : at::empty({M, N}, a.options());
   Epilogue e{bias ? bias32.data_ptr<float>() : nullptr, act, at::Tensor(), pre};
+  if (dtype == at::kFloat && gemm32_onednn(M)) {  // fp32 on oneDNN (gemm32.cpp), the epilogue in place after
+    e.out = mm_f32(a, b);
+    if (fused) epilogue_in_place(e);
+    return {e.out, pre};
+  }
   if (use_native_gemm(dtype)) {
     if (act == Activation::kNone && bias && bias->scalar_type() == dtype) {
       return {at::addmm(*bias, a, b), pre};  // the bias added to the fp32 accumulators by the GEMM itself

@@ -120,8 +120,9 @@ def training_data(run_dir: Path, config: dict) -> str:
         meta = read_json(corpus / "meta.json") or {}
         facts = [(k, meta[k]) for k in ("source", "kind", "train_documents", "val_documents", "train_tokens",
                                          "val_tokens", "chars", "val_fraction") if k in meta]
+        token_files = sorted(p.name for p in corpus.glob("*.bin"))  # train.bin, or train-00000.bin ... when sharded
         facts += [(f"sha256 {name}", f"`{sha256_file(corpus / name)}`") for name in
-                  ("train.bin", "val.bin", "tokenizer.json") if (corpus / name).is_file()]
+                  [*token_files, "tokenizer.json"] if (corpus / name).is_file()]
         lines.append("The prepared corpus (token files in the cache):\n\n" + _table(facts))
     else:
         lines.append("The prepared corpus is not in this machine's cache: its token files could not be hashed.")

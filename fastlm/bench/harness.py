@@ -5,6 +5,12 @@
 A suite that fails (a missing optional package, no GPU) is recorded with its error and the others
 still run; the summary says which. Every ratio in the output was measured against its baseline in
 the same process, minutes apart at most: absolute times from different runs are not comparable.
+
+Each suite's entry keeps the min / median / max of every timing it took (`timings`), ratios carry
+the range their repeats allow (`speedup_low` / `speedup_high`), and `health` says whether the
+machine was quiet and the repeats agreed (fastlm.bench.health). A flagged suite's ratios stay in its
+rows but are not summarised as a speedup: the summary marks it FLAGGED and results.json lists it
+under `flagged`.
 """
 from __future__ import annotations
 
@@ -20,8 +26,9 @@ from pathlib import Path
 
 import torch
 
+from fastlm.bench import health
 from fastlm.bench.registry import Options, Suite, get_suite, suite_names
-from fastlm.bench.timing import print_table
+from fastlm.bench.timing import Ratio, print_table, recording
 
 
 def environment(device: str) -> dict:
@@ -31,6 +38,7 @@ def environment(device: str) -> dict:
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
+        "usable_cores": health.usable_cores(),
         "device": device,
     }
     if device == "cuda" and torch.cuda.is_available():
@@ -43,6 +51,16 @@ def environment(device: str) -> dict:
     except Exception:  # an uninstalled checkout
         env["fastlm"] = "unknown"
     return env
+
+
+def json_row(row: dict) -> dict:
+    """A row for results.json: a Ratio becomes its value plus `<key>_low` / `<key>_high`."""
+    out = {}
+    for key, value in row.items():
+        out[key] = float(value) if isinstance(value, float) else value
+        if isinstance(value, Ratio):
+            out[f"{key}_low"], out[f"{key}_high"] = value.low, value.high
+    return out
 
 
 def summarize(suite: Suite, rows: list[dict]) -> dict:
@@ -64,7 +82,7 @@ def run_benchmarks(names: list[str] | None, options: Options, out_dir: str | os.
     out = Path(out_dir) if out_dir else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    results = {"environment": environment(options.device), "quick": options.quick, "suites": {}}
+    results = {"environment": environment(options.device), "quick": options.quick, "suites": {}, "flagged": []}
     for name in names:
         print(f"== {name}", file=sys.stderr, flush=True)
         start = time.perf_counter()
@@ -75,8 +93,14 @@ def run_benchmarks(names: list[str] | None, options: Options, out_dir: str | os.
             if options.device not in suite.devices:
                 entry["skipped"] = f"runs on {', '.join(suite.devices)} only"
             else:
-                rows = suite.run(options)
-                entry.update(rows=rows, summary=summarize(suite, rows), ratio=suite.ratio)
+                before = health.sample()
+                with recording() as timings:
+                    rows = suite.run(options)
+                verdict = health.assess(timings, before, health.sample(), health.usable_cores())
+                entry.update(rows=[json_row(r) for r in rows], summary=summarize(suite, rows), ratio=suite.ratio,
+                             timings=[m.summary() for m in timings], health=verdict)
+                if verdict["flags"]:
+                    results["flagged"].append(name)
                 print_table(rows)
                 if out and plots and rows:
                     from fastlm.bench.plots import plot_suite
@@ -98,13 +122,19 @@ def print_summary(results: dict) -> None:
     for name, entry in results["suites"].items():
         summary = entry.get("summary", {})
         ratio = entry.get("ratio", "speedup")
+        flags = entry.get("health", {}).get("flags")
+        shown = {} if flags else summary  # a flagged suite's ratios are not a speedup
         rows.append({"benchmark": name, "baseline": entry.get("baseline", ""), "cases": summary.get("cases"),
-                     "ratio": ratio if f"median_{ratio}" in summary else "",
-                     "median": summary.get(f"median_{ratio}"), "min": summary.get(f"min_{ratio}"),
-                     "max": summary.get(f"max_{ratio}"),
-                     "status": entry.get("error") or entry.get("skipped") or f"ok ({entry['seconds']} s)"})
+                     "ratio": ratio if f"median_{ratio}" in shown else "",
+                     "median": shown.get(f"median_{ratio}"), "min": shown.get(f"min_{ratio}"),
+                     "max": shown.get(f"max_{ratio}"),
+                     "status": entry.get("error") or entry.get("skipped")
+                     or (f"FLAGGED: {'; '.join(flags)}" if flags else f"ok ({entry['seconds']} s)")})
     print()
     print_table(rows)
+    if results.get("flagged"):
+        print(f"\nNot reported as speedups (machine busy or repeats disagreeing): {', '.join(results['flagged'])}. "
+              "Rerun them on a quiet machine.")
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -25,3 +25,13 @@ def model_inputs(batch, return_logits: bool = False) -> dict:
     if isinstance(batch, torch.Tensor):
         return {"input_ids": batch, "labels": batch, "return_logits": return_logits}
     raise TypeError(f"model_inputs: expected a token tensor, PackedBatch or MaskedBatch, got {type(batch).__name__}")
+
+
+def batch_rows(batch) -> int | None:
+    """Sequences in a language-modelling micro-batch (a tensor, PackedBatch or MaskedBatch); None for other
+    batches (a task's dict), whose micro-batches the training step weighs equally."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, (PackedBatch, MaskedBatch)):
+        return batch[0].shape[0]
+    return None

@@ -86,7 +86,7 @@ class BatchLoader:
     def __init__(self, tokens, *, seq_len: int, global_batch_size: int, micro_batch_size: int,
                  seed: int, rank: int = 0, world_size: int = 1, prefetch: int = 2,
                  pin_memory: bool = False, shares: list[int] | None = None, pack_eos_id: int | None = None,
-                 sampling: str = "random"):
+                 sampling: str = "random", dynamic_shares: bool = False):
         _check_tokens(tokens, seq_len)
         if sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
@@ -98,7 +98,9 @@ class BatchLoader:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         # shares (e.g. [3, 1]): rank r takes global_batch_size * shares[r] / sum(shares) sequences.
         self.bounds = _share_bounds(global_batch_size, micro_batch_size, world_size, shares)
-        if shares is None and global_batch_size % (micro_batch_size * world_size):
+        self.shares = None if shares is None else [b - a for a, b in zip(self.bounds, self.bounds[1:])]
+        self.dynamic_shares = False  # set_shares was called: the shares are part of the saved state
+        if shares is None and not dynamic_shares and global_batch_size % (micro_batch_size * world_size):
             raise ValueError(
                 f"global_batch_size {global_batch_size} is not divisible by micro_batch_size "
                 f"{micro_batch_size} x data-parallel size {world_size}")
@@ -122,6 +124,8 @@ class BatchLoader:
         self._queue: queue.Queue | None = None
         self._stop: threading.Event | None = None
         self._thread: threading.Thread | None = None
+        if dynamic_shares:  # fastlm.parallel.dynamic_shares moves them as the ranks' speeds show
+            self.set_shares(equal_shares(global_batch_size, world_size))
 
     # -------------------------------------------------------------- the data
 
@@ -185,9 +189,25 @@ class BatchLoader:
 
     # -------------------------------------------------------------- resume
 
+    def set_shares(self, samples: list[int]) -> None:
+        """Rank r takes samples[r] sequences of every global batch from the next step on (parallel.dp_shares =
+        "dynamic"); any positive integers summing to global_batch_size, the last micro-batch possibly smaller."""
+        samples = [int(n) for n in samples]
+        if len(samples) != self.world_size or min(samples) < 1 or sum(samples) != self.global_batch_size:
+            raise ValueError(f"shares must be {self.world_size} positive sample counts summing to "
+                             f"global_batch_size {self.global_batch_size}, got {samples!r}")
+        if self.sampling != "random":
+            raise ValueError(f"sampling = {self.sampling!r} splits each step's windows evenly: no shares")
+        self.close()  # prefetched batches were cut with the old shares
+        self.shares, self.dynamic_shares = samples, True
+        self.bounds = np.concatenate([[0], np.cumsum(samples)]).tolist()
+
     def state_dict(self) -> dict:
-        return {"step": self.step, "seed": self.seed, "seq_len": self.seq_len,
-                "global_batch_size": self.global_batch_size, "num_tokens": len(self.tokens)}
+        state = {"step": self.step, "seed": self.seed, "seq_len": self.seq_len,
+                 "global_batch_size": self.global_batch_size, "num_tokens": len(self.tokens)}
+        if self.dynamic_shares:
+            state["shares"] = list(self.shares)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state` (from state_dict()): the next batch is that of state["step"]."""
@@ -198,6 +218,9 @@ class BatchLoader:
                                  f"but this loader has {name}={mine}")
         self.close()
         self.step = int(state["step"])
+        saved = state.get("shares")
+        if self.dynamic_shares and saved is not None and len(saved) == self.world_size:
+            self.set_shares(saved)  # the shares the run had reached (another dp size starts equal again)
 
     # -------------------------------------------------------------- prefetch thread
 
@@ -242,6 +265,12 @@ class BatchLoader:
             self.close()
         except Exception:
             pass
+
+
+def equal_shares(total: int, ranks: int) -> list[int]:
+    """`total` samples split as evenly as integers allow (the first ranks take the remainder)."""
+    base, extra = divmod(total, ranks)
+    return [base + (r < extra) for r in range(ranks)]
 
 
 def _share_bounds(global_batch_size: int, micro_batch_size: int, world_size: int, shares) -> list[int]:

@@ -6,6 +6,11 @@ Layout of a prepared corpus (a directory in the cache):
     val.bin          validation tokens, same format, from documents disjoint from training
     meta.json        what it is: key, sizes, dtype, eos id, where the text came from
 
+A split larger than fastlm.data.shards.SHARD_TOKENS is written in several files instead
+(`train-00000.bin`, ...; their sizes in meta.json's `train_shards` / `val_shards`) and read back
+memory-mapped as one stream. Tokenization runs over `workers` processes (fastlm.data.encode_pool):
+the token files are byte-identical whatever their number.
+
 The directory name carries a key of the sources (paths, sizes, mtimes), the vocabulary size and
 the tokenizer, so a later run with the same inputs reuses it. It is built in a temporary
 directory and renamed into place while holding a file lock: concurrent processes (the ranks of
@@ -14,6 +19,7 @@ interruption leaves nothing half-written behind.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -30,6 +36,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from fastlm.data.encode_pool import encoded_batches
+from fastlm.data.shards import ShardWriter, open_tokens
 from fastlm.data.sources import CorpusSource, resolve_source
 from fastlm.data.tokenizer import EOS_TOKEN, find_eos_id, load_tokenizer, train_bpe
 
@@ -43,7 +51,7 @@ class PreparedCorpus:
     tokenizer_path: Path
     vocab_size: int            # the tokenizer's actual size (max id + 1), may be < requested
     eos_id: int
-    train_tokens: np.memmap    # 1-D, read-only
+    train_tokens: np.memmap    # 1-D, read-only (a fastlm.data.shards.TokenShards when in several files)
     val_tokens: np.memmap
     key: str
     meta: dict = field(default_factory=dict, repr=False)
@@ -56,8 +64,10 @@ class PreparedCorpus:
         try:
             meta = json.loads((directory / "meta.json").read_text())
             dtype = np.dtype(meta["dtype"])
-            train = _open_tokens(directory / "train.bin", dtype, meta["train_tokens"])
-            val = _open_tokens(directory / "val.bin", dtype, meta["val_tokens"])
+            train = open_tokens(directory, "train", dtype, meta.get("train_shards", [meta["train_tokens"]]))
+            val = open_tokens(directory, "val", dtype, meta.get("val_shards", [meta["val_tokens"]]))
+            if len(train) != meta["train_tokens"] or len(val) != meta["val_tokens"]:
+                raise ValueError("the token files' sizes disagree with meta.json")
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"not a prepared corpus: {str(directory)!r} ({e})") from None
         return cls(directory, directory / "tokenizer.json", meta["vocab_size"], meta["eos_id"],
@@ -87,17 +97,20 @@ def prepare_corpus(source="builtin", *, vocab_size: int = 4096, text_field: str 
                    augment=None,  # adds training documents (fastlm.data.counterfactual.Counterfactual)
                    cache_dir: str | Path | None = None,
                    show_progress: bool = True, deidentify=None, deid_operation: str = "anonymize",
-                   deid_key: bytes | None = None) -> PreparedCorpus:
+                   deid_key: bytes | None = None, workers: int = 1) -> PreparedCorpus:
     """Prepare (or reuse from the cache) the tokenized train/validation corpus of `source`.
 
     source: "builtin" (pydoc topics + standard-library sources), a file, a directory, a glob,
     or a list of those. tokenizer_path: an existing tokenizer.json to use instead of training
     one on the training split (then `vocab_size` is ignored). deidentify: entity types (or "all")
     replaced in every document before the tokenizer is trained or applied (fastlm.data.deid), with
-    `deid_operation` (and `deid_key` for the keyed ones); part of the cache key.
+    `deid_operation` (and `deid_key` for the keyed ones); part of the cache key. workers: processes
+    that tokenize (the result is the same for any number, so it is not part of the key).
     """
     if not 0.0 < float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
     src = resolve_source(source, text_field=text_field, builtin_modules=builtin_modules)
     deid = None
     if deidentify is not None:
@@ -135,7 +148,7 @@ def prepare_corpus(source="builtin", *, vocab_size: int = 4096, text_field: str 
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
         try:
             _say(show_progress, f"fastlm: preparing corpus {src.name!r} in {final}")
-            _build(tmp, src, key, vocab_size, user_tok, val_fraction, show_progress, augment, deid)
+            _build(tmp, src, key, vocab_size, user_tok, val_fraction, show_progress, augment, deid, workers)
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -146,7 +159,7 @@ def prepare_corpus(source="builtin", *, vocab_size: int = 4096, text_field: str 
 # ---------------------------------------------------------------- building
 
 def _build(out: Path, src: CorpusSource, key: str, vocab_size: int, user_tok: Path | None,
-           val_fraction: float, show_progress: bool, augment=None, deid=None) -> None:
+           val_fraction: float, show_progress: bool, augment=None, deid=None, workers: int = 1) -> None:
     t0 = time.perf_counter()
     documents, deid_meta = src.documents, None
     if deid is not None:  # de-identify once into a scratch file that the passes below read
@@ -173,18 +186,23 @@ def _build(out: Path, src: CorpusSource, key: str, vocab_size: int, user_tok: Pa
     actual_vocab = max(tok.get_vocab(with_added_tokens=True).values()) + 1
     dtype = np.uint16 if actual_vocab <= 1 << 16 else np.uint32
 
-    # Pass 3: tokenize every document once, eos after each.
-    counts = {False: 0, True: 0}
-    eos = np.array([eos_id], dtype=dtype)
+    # Pass 3: tokenize every document once, eos after each (over `workers` processes, results in order).
+    writers = {False: ShardWriter(out, "train"), True: ShardWriter(out, "val")}
     bar = _progress(show_progress, chars)
-    with open(out / "train.bin", "wb") as ftrain, open(out / "val.bin", "wb") as fval:
+    sent: collections.deque = collections.deque()  # (flags, chars) of each batch read, until its tokens return
+
+    def texts():
         for docs, flags in _batches(documents(), is_val):
-            for enc, v in zip(_encode_batch(tok, docs), flags):
-                ids = np.asarray(enc.ids, dtype=dtype)
-                (fval if v else ftrain).write(ids.tobytes() + eos.tobytes())
-                counts[v] += ids.size + 1
-            bar.update(sum(map(len, docs)))
+            sent.append((flags, sum(map(len, docs))))
+            yield docs
+    for encoded in encoded_batches(tok, out / "tokenizer.json", texts(), dtype, eos_id, workers):
+        flags, batch_chars = sent.popleft()
+        for ids, v in zip(encoded, flags):
+            writers[v].write(ids)
+        bar.update(batch_chars)
     bar.close()
+    shards = {v: writer.close() for v, writer in writers.items()}
+    counts = {v: sum(c) for v, c in shards.items()}
 
     meta = {
         "format": FORMAT_VERSION, "key": key, "source": src.name, "kind": src.kind,
@@ -192,6 +210,8 @@ def _build(out: Path, src: CorpusSource, key: str, vocab_size: int, user_tok: Pa
         "tokenizer": str(user_tok) if user_tok else "trained",
         "eos_id": eos_id, "eos_token": tok.id_to_token(eos_id), "dtype": np.dtype(dtype).name,
         "train_tokens": counts[False], "val_tokens": counts[True],
+        **({"train_shards": shards[False]} if len(shards[False]) > 1 else {}),
+        **({"val_shards": shards[True]} if len(shards[True]) > 1 else {}),
         "train_documents": is_val.count(False), "val_documents": is_val.count(True),
         "chars": chars, "val_fraction": val_fraction,
         "augment": augment.fingerprint() if augment is not None else None,
@@ -260,18 +280,6 @@ def _batches(docs: Iterator[str], flags: list[bool]):
             batch, batch_flags, size = [], [], 0
     if batch:
         yield batch, batch_flags
-
-
-def _encode_batch(tok, docs: list[str]):
-    fast = getattr(tok, "encode_batch_fast", None)  # no offsets: faster (tokenizers >= 0.21)
-    return (fast or tok.encode_batch)(docs, add_special_tokens=False)
-
-
-def _open_tokens(path: Path, dtype: np.dtype, count: int) -> np.memmap:
-    if path.stat().st_size != count * dtype.itemsize:
-        raise ValueError(f"{path.name} has {path.stat().st_size} bytes, expected "
-                         f"{count * dtype.itemsize}")
-    return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
 
 
 def _cache_key(src: CorpusSource, vocab_size, user_tok: Path | None, val_fraction, deid=None) -> str:

@@ -134,7 +134,7 @@ def _validate_combinations(config) -> None:
         "parallel.tp > 1": p.tp > 1,
         "parallel.pp > 1": p.pp > 1,
         "parallel.shard_optimizer = true": p.shard_optimizer,
-        "parallel.sync = \"local_sgd\"": p.sync != "every_step",
+        f"parallel.sync = \"{p.sync}\"": p.sync != "every_step",
         "parallel.dp_shares": p.dp_shares is not None,
         "privacy.dp_sgd = true (use federated.client_dp for user-level DP)": config.privacy.dp_sgd,
         "train.adversarial": t.adversarial != "none",

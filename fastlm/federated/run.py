@@ -54,7 +54,8 @@ def file_tokens(config, corpus) -> list[np.ndarray]:
     them (data.deidentify, then the validation split by a hash of the text, so no client trains on the
     run's validation documents, then data.counterfactual's mirrored copies) and tokenized with the run's
     tokenizer, eos after each. Tokenized at the start of the run (the files are not cached apart)."""
-    from fastlm.data.prepare import _encode_batch, _hash_fraction
+    from fastlm.data.encode_pool import encode_documents
+    from fastlm.data.prepare import _hash_fraction
     from fastlm.data.sources import resolve_source
     from fastlm.train.data import counterfactual_of, deid_options
 
@@ -75,7 +76,7 @@ def file_tokens(config, corpus) -> list[np.ndarray]:
         docs = [doc for doc in docs if _hash_fraction(doc) >= d.val_fraction]
         if augment is not None:
             docs = [text for doc in docs for text in dict.fromkeys([doc, augment.swap(doc)])]
-        ids = [np.append(np.asarray(e.ids, dtype=np.int64), corpus.eos_id) for e in _encode_batch(tok, docs)]
+        ids = encode_documents(tok, docs, np.dtype(np.int64), corpus.eos_id)
         tokens = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
         if len(tokens) < d.seq_len:
             raise ConfigError(f"federated.partition = \"files\": {path} has {len(tokens)} training tokens, fewer "

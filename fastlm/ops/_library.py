@@ -68,3 +68,16 @@ def register_backward_op(name: str) -> None:
         raise RuntimeError(f"{op}: double backward (gradients of gradients) is not supported")
 
     torch.library.register_autograd(op, backward, setup_context=lambda ctx, inputs, output: None)
+
+
+def call_op(op, *args):
+    """op(*args); without grad mode (inference: decoding) below the autograd layer.
+
+    The Python autograd wrapper that torch.library.register_autograd puts around an op costs more than
+    a decoding-size kernel (M = 1), and with grad mode off it has nothing to record. (Traced code keeps
+    the plain call: torch.compile sees the op with its autograd.)
+    """
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)

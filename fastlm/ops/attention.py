@@ -19,7 +19,7 @@ import torch
 
 from fastlm.ops import reference_attention as reference
 from fastlm.ops._backend import use_reference
-from fastlm.ops._library import register_backward_op, register_op
+from fastlm.ops._library import call_op, register_backward_op, register_op
 from fastlm.ops.attention_sdpa import sdpa_attention
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 8, 256
@@ -224,7 +224,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         out, lse = reference.attention(q, k, v, softmax_scale=scale, window=(left, right), cu_seqlens=cu_seqlens)
         out, lse = out.to(q.dtype), lse.to(torch.float32)
     else:
-        out, lse = torch.ops.fastlm.attention_fwd(q, k, v, cu_seqlens, max_len, scale, left, right)
+        out, lse = call_op(torch.ops.fastlm.attention_fwd, q, k, v, cu_seqlens, max_len, scale, left, right)
     if rows is not None:
         out = out.view(*rows, *out.shape[1:])
     return (out, lse) if return_lse else out

@@ -24,12 +24,19 @@ import torch
 
 from fastlm.ops import reference_cross_entropy as reference
 from fastlm.ops._backend import use_reference
-from fastlm.ops._library import register_backward_op, register_op
+from fastlm.ops._library import has_native_op, register_backward_op, register_op
 from fastlm.ops.cross_entropy import check_labels, check_loss_options, reduce_loss
 from fastlm.ops.matmul import cpu_gemm16_is_native
 
 # Elements of one chunk's logits (2^22 = 16 MiB in fp32): 128 tokens of a 32k vocabulary.
 CHUNK_ELEMENTS = 1 << 22
+
+
+def _mm(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ y; fp32 on the CPU through fastlm's fp32 GEMM (torch's BLAS or oneDNN, the faster here: see matmul)."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and has_native_op("mm_f32"):
+        return torch.ops.fastlm.mm_f32(x, y)
+    return torch.mm(x, y, out=out)
 
 
 def _chunks(n: int, chunk_size: int):
@@ -44,7 +51,7 @@ def _fwd(hidden, weight, labels, ignore_index, label_smoothing, z_loss, chunk_si
     grad_hidden, grad_weight = _unit_grads_buffers(hidden, weight, grads_in_forward)
     buffer = hidden.new_empty(min(n, chunk_size), weight.shape[0])  # one chunk's logits, reused
     for s, e in _chunks(n, chunk_size):
-        logits = torch.mm(hidden[s:e], weight.t(), out=buffer[: e - s])
+        logits = _mm(hidden[s:e], weight.t(), out=buffer[: e - s])
         loss[s:e], lse[s:e] = torch.ops.fastlm.cross_entropy_fwd(logits, labels[s:e], ignore_index, label_smoothing,
                                                                  z_loss)
         if grads_in_forward:  # the gradients for a unit upstream gradient per row, from the logits at hand
@@ -61,11 +68,15 @@ def _unit_grads_buffers(hidden, weight, wanted: bool):
 
 
 def _accumulate(dlogits, h, weight, grad_hidden_rows, grad_weight):
-    torch.mm(dlogits, weight, out=grad_hidden_rows)
+    if dlogits.device.type == "cpu" and dlogits.dtype == torch.float32 and has_native_op("mm_f32"):
+        grad_hidden_rows.copy_(_mm(dlogits, weight))
+        grad_weight.add_(_mm(dlogits.t(), h))
+        return
+    _mm(dlogits, weight, out=grad_hidden_rows)
     if dlogits.dtype == torch.float32:  # fp32 accumulation of the weight gradient (in place when fp32)
         grad_weight.addmm_(dlogits.t(), h)
     else:
-        grad_weight.add_(torch.mm(dlogits.t(), h))
+        grad_weight.add_(_mm(dlogits.t(), h))
 
 
 def _uniform_over_counted_rows(grad_loss, labels, ignore_index) -> bool:
@@ -88,7 +99,7 @@ def _bwd(grad_loss, hidden, weight, labels, lse, grad_hidden_unit, grad_weight_u
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
     buffer = hidden.new_empty(min(hidden.shape[0], chunk_size), weight.shape[0])  # one chunk's logits, reused
     for s, e in _chunks(hidden.shape[0], chunk_size):
-        logits = torch.mm(hidden[s:e], weight.t(), out=buffer[: e - s])
+        logits = _mm(hidden[s:e], weight.t(), out=buffer[: e - s])
         dlogits = torch.ops.fastlm.cross_entropy_bwd(grad_loss[s:e], logits, labels[s:e], lse[s:e], ignore_index,
                                                      label_smoothing, z_loss)
         _accumulate(dlogits, hidden[s:e], weight, grad_hidden[s:e], grad_weight)

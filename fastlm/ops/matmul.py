@@ -17,7 +17,7 @@ import torch
 
 from fastlm.ops import reference_matmul as reference
 from fastlm.ops._backend import KERNEL_DTYPES, use_reference
-from fastlm.ops._library import register_backward_op, register_op
+from fastlm.ops._library import call_op, register_backward_op, register_op
 
 # Public names (also Hugging Face's) -> the kernels' names.
 ACTIVATION_ALIASES = {
@@ -138,7 +138,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
     if use_reference(a, b, bias) or a.dtype not in KERNEL_DTYPES:
         out = reference.matmul_fwd(a2, b, bias, act)[0]
     else:
-        out = torch.ops.fastlm.matmul_fwd(a2, b, bias, act)[0]
+        out = call_op(torch.ops.fastlm.matmul_fwd, a2, b, bias, act)[0]
     return out if a.dim() == 2 else out.reshape(*lead, b.shape[1])
 
 

@@ -9,7 +9,7 @@ import torch
 
 from fastlm.ops import reference
 from fastlm.ops._backend import use_reference
-from fastlm.ops._library import register_backward_op, register_op
+from fastlm.ops._library import call_op, register_backward_op, register_op
 
 # ---------------------------------------------------------------- registration (see _library.py)
 
@@ -100,7 +100,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
         weight = x.new_ones(n)
     if use_reference(x, weight):
         return reference.rms_norm_fwd(x, weight, eps)[0]
-    return torch.ops.fastlm.rms_norm_fwd(x, weight, float(eps))[0]
+    return call_op(torch.ops.fastlm.rms_norm_fwd, x, weight, float(eps))[0]
 
 
 def layer_norm(
@@ -114,4 +114,4 @@ def layer_norm(
         bias = x.new_zeros(n, dtype=weight.dtype)
     if use_reference(x, weight, bias):
         return reference.layer_norm_fwd(x, weight, bias, eps)[0]
-    return torch.ops.fastlm.layer_norm_fwd(x, weight, bias, float(eps))[0]
+    return call_op(torch.ops.fastlm.layer_norm_fwd, x, weight, bias, float(eps))[0]

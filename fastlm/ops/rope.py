@@ -14,7 +14,7 @@ import torch
 
 from fastlm.ops import reference_rope as reference
 from fastlm.ops._backend import use_reference
-from fastlm.ops._library import register_op
+from fastlm.ops._library import call_op, register_op
 
 
 def _triton():
@@ -70,7 +70,7 @@ def _check(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     if use_reference(x):
         return reference.rope_fwd(x, cos, sin, False)
-    return torch.ops.fastlm.rope_fwd(x, cos, sin, False)
+    return call_op(torch.ops.fastlm.rope_fwd, x, cos, sin, False)
 
 
 def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ import torch
 
 from fastlm.ops import reference_gated as reference
 from fastlm.ops._backend import use_reference
-from fastlm.ops._library import register_backward_op, register_op
+from fastlm.ops._library import call_op, register_backward_op, register_op
 
 GELU_APPROXIMATIONS = {"none": reference.ACT_GELU, "tanh": reference.ACT_GELU_TANH}
 
@@ -69,7 +69,7 @@ def _gated(op: str, gate: torch.Tensor, up: torch.Tensor, act: int) -> torch.Ten
         raise ValueError(f"{op}: gate and up must have at least one dimension")
     if use_reference(gate, up):
         return reference.gated_act_fwd(gate, up, act)
-    return torch.ops.fastlm.gated_act_fwd(gate, up, act)
+    return call_op(torch.ops.fastlm.gated_act_fwd, gate, up, act)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

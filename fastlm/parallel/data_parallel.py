@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 
 import torch
 import torch.distributed as dist
@@ -356,10 +357,8 @@ class DataParallel(nn.Module):
         torch._foreach_mul_(mine, coef)
         return total
 
-    def average_parameters(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Average parameters (and the optimizer's per-parameter float state) over the ranks (local SGD)."""
-        if self.world_size == 1:
-            return
+    def averaged_tensors(self, optimizer: torch.optim.Optimizer | None = None) -> list[list[torch.Tensor]]:
+        """What local SGD averages, grouped by dtype: the parameters and the optimizer's per-parameter float state."""
         tensors = [p.data for p in self._params]
         if optimizer is not None:
             for p in self._params:
@@ -369,8 +368,17 @@ class DataParallel(nn.Module):
         by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
         for t in tensors:
             by_dtype.setdefault(t.dtype, []).append(t)
+        return list(by_dtype.values())
+
+    def average_parameters(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Average parameters (and the optimizer's per-parameter float state) over the ranks (local SGD)."""
+        if self.world_size == 1:
+            return
+        from fastlm.parallel.async_averaging import injected_comm_delay
+
+        time.sleep(injected_comm_delay())  # 0 unless a test or benchmark injects a communication delay
         with torch.no_grad():
-            for ts in by_dtype.values():
+            for ts in self.averaged_tensors(optimizer):
                 flat = torch._utils._flatten_dense_tensors(ts).mul_(self._weight)
                 record_collective("all_reduce of the parameters (local SGD)")
                 wait_work(dist.all_reduce(flat, group=self.group, async_op=True),

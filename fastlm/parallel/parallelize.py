@@ -153,4 +153,4 @@ def apply_data_parallel(model: nn.Module, mesh, parallel, find_unused: bool = Fa
     # Every rank built the model from the same seed: DataParallel checks the weights agree.
     return DataParallel(model, mesh, bucket_mb=parallel.bucket_mb, shard_optimizer=parallel.shard_optimizer,
                         grad_reduce_dtype=None if parallel.grad_reduce_dtype == "fp32" else parallel.grad_reduce_dtype,
-                        shares=parallel.dp_shares, find_unused=find_unused)
+                        shares=parallel.fixed_shares, find_unused=find_unused)

@@ -55,7 +55,7 @@ def validate_privacy(config) -> None:
     unsupported = {
         "train.precision = \"fp16\" (use bf16 or fp32)": t.precision == "fp16",
         "parallel.pp > 1": par.pp > 1,
-        "parallel.sync = \"local_sgd\"": par.sync != "every_step",
+        f"parallel.sync = \"{par.sync}\"": par.sync != "every_step",
         "parallel.dp_shares": par.dp_shares is not None,
         "model.linear = \"int8_train\"": m.linear != "default",
         "data.stateful = true": config.data.stateful,

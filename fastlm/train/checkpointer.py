@@ -21,14 +21,16 @@ from fastlm.train.sharded_checkpoint import is_sharded_checkpoint, load_sharded_
 
 class Checkpointer:
     def __init__(self, run_dir: Path, pm, optimizer, scaler, data_state, identity: dict, *, every: int, keep: int,
-                 is_main: bool, device, enc: Encryption | None = None):
+                 is_main: bool, device, enc: Encryption | None = None, before_save=None):
         """pm: the fastlm.parallel.ParallelModel; data_state: what restores the data order
         (state_dict / load_state_dict: a batch loader or an example sampler); identity: what a
         checkpoint must match to be resumed (the model config, the data); enc: encrypt plain
-        checkpoints ([checkpoint] encrypt; config checks refuse it with sharded ones)."""
+        checkpoints ([checkpoint] encrypt; config checks refuse it with sharded ones); before_save: called
+        first (the training step's drain of background parameter averages, parallel.sync = "async")."""
         self.run_dir, self.pm, self.optimizer, self.scaler = Path(run_dir), pm, optimizer, scaler
         self.data_state, self.identity = data_state, identity
         self.every, self.keep, self.is_main, self.device, self.enc = every, keep, is_main, device, enc
+        self.before_save = before_save
 
     def resume(self) -> tuple[int, Path]:
         """(the step to continue from, the checkpoint) of the newest checkpoint; CheckpointError if none."""
@@ -54,6 +56,8 @@ class Checkpointer:
 
     def save(self, step: int) -> None:
         """A collective under parallelism: every rank calls it."""
+        if self.before_save is not None:
+            self.before_save()
         if self.pm.sharded:  # every rank writes its shards
             save_sharded_checkpoint(self.run_dir, step, self.pm.module, self.optimizer, self.scaler, self.data_state,
                                     self.identity, self.keep, self.pm.layout)

@@ -26,6 +26,7 @@ from fastlm.train.config_checks import (  # noqa: F401 - the checks are part of 
     check_checkpoint_key,
     check_pipeline_microbatches,
     rank_samples,
+    saved_run_config,
     validate,
 )
 from fastlm.distill.config import DistillSection
@@ -66,6 +67,9 @@ class DataSection:
     deidentify: list[str] | str | None = None  # entity types (["email", "phone", ...]) or "all"; None: none
     deid_operation: str = "anonymize"    # anonymize | pseudonymize | generalize | perturb | suppress
     deid_key_file: str | None = None     # HMAC key file (its bytes) for the keyed operations (pseudonymize, perturb)
+    # Parallel preparation (fastlm/data/encode_pool.py): processes that tokenize the corpus; the token files are
+    # byte-identical for any number (not part of the cache key). Splits above 2^28 tokens go in several files.
+    workers: int = 1
 
 
 @dataclass
@@ -117,15 +121,22 @@ class ParallelSection:
     bucket_mb: float = 25.0              # gradient all-reduce bucket size
     grad_reduce_dtype: str = "fp32"      # fp32 (as the gradients) | bf16 | fp16: communicate in 16 bits
     shard_optimizer: bool = False        # ZeRO-1: each rank keeps and steps 1/dp of the optimizer state
-    dp_shares: list[int] | None = None   # e.g. [3, 1]: each rank's share of every global batch
-    sync: str = "every_step"             # every_step | local_sgd (average parameters every sync_every steps)
+    dp_shares: list[int] | str | None = None  # e.g. [3, 1]: each rank's share of every global batch; or "dynamic"
+    rebalance_every: int = 50            # dp_shares = "dynamic": steps between re-solving the shares from speeds
+    sync: str = "every_step"             # every_step | local_sgd (average parameters every sync_every steps) | async
     sync_every: int = 1
+    max_staleness: int = 1               # sync = "async": steps an average may be in flight before it is waited for
     timeout_s: float = 300.0             # a collective that takes longer fails, naming the missing rank
     # Pipeline parallel (pp > 1): see fastlm.parallel.pipeline
     schedule: str = "1f1b"               # gpipe | 1f1b | interleaved
     virtual_stages: int = 1              # model chunks per pipeline rank (interleaved only)
     stage_layers: list[int] | None = None  # blocks per stage (pp x virtual_stages entries); default: balanced
     stage_balance: str = "params"        # params | time: what balances the stages without stage_layers
+
+    @property
+    def fixed_shares(self) -> list[int] | None:
+        """dp_shares as a list (None when equal, or dynamic: fastlm.parallel.dynamic_shares sets them at run time)."""
+        return None if isinstance(self.dp_shares, str) else self.dp_shares
 
 
 @dataclass
@@ -226,6 +237,13 @@ def load_config(path_or_preset: str | os.PathLike, overrides: typing.Iterable[st
     for item in overrides:
         apply_override(raw, item)
     return Config.from_dict(raw, name=name)
+
+
+def load_saved_config(path: str | os.PathLike) -> Config:
+    """A finished run's config.toml (init_from, eval, replay): validated like any config, except the batch
+    split, which belongs to the launch that trained the run."""
+    with saved_run_config():
+        return load_config(path)
 
 
 def _read_source(spec: str) -> tuple[str, str]:

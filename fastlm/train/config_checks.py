@@ -4,6 +4,8 @@ attribute only, so this module imports nothing from config.py (which re-exports 
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 from typing import TYPE_CHECKING
@@ -24,6 +26,20 @@ if TYPE_CHECKING:  # annotations only: config.py imports this module
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LINEARS = ("default", "int8_train")
 OPTIMIZERS = ("adamw", "fastlm_adamw", "sgd")
+
+
+_SAVED_RUN = contextvars.ContextVar("fastlm_saved_run_config", default=False)
+
+
+@contextlib.contextmanager
+def saved_run_config():
+    """Validate a finished run's config.toml inside: all but the batch split, which was checked against the
+    launch that trained the run, not this one (a run of 1 process read as init_from by 4 processes)."""
+    token = _SAVED_RUN.set(True)
+    try:
+        yield
+    finally:
+        _SAVED_RUN.reset(token)
 
 
 def validate(config: Config) -> None:
@@ -49,6 +65,7 @@ def validate(config: Config) -> None:
         "train.micro_batch_size": t.micro_batch_size, "train.log_every": t.log_every,
         "train.eval_batches": t.eval_batches, "data.vocab_size": d.vocab_size, "data.seq_len": d.seq_len,
         "parallel.tp": p.tp, "parallel.pp": p.pp, "checkpoint.keep": c.keep, "data.canary_repeats": d.canary_repeats,
+        "data.workers": d.workers,
     }
     if p.dp != "auto":
         positive["parallel.dp"] = p.dp
@@ -73,6 +90,8 @@ def validate(config: Config) -> None:
     _validate_tensor_parallel(config)
     _validate_pipeline(config)
     _validate_parallel(p, t)
+    if isinstance(config.parallel.dp_shares, str):
+        _validate_dynamic_shares(config)
     _validate_adversarial(t)
     if t.debias not in ("none", "adversarial"):
         raise ConfigError(f"train.debias = {_show(t.debias)}: expected one of none, adversarial")
@@ -90,8 +109,9 @@ def validate(config: Config) -> None:
     # Outside a launch (no WORLD_SIZE: loading a finished run for eval/generate, or a config in a
     # notebook) dp = "auto" has no process count yet: dp_shares say how many ranks there will be.
     # Trainer.fit checks the split again against the real data-parallel size.
-    unlaunched_shares = p.dp == "auto" and p.dp_shares is not None and "WORLD_SIZE" not in os.environ
-    check_batch_split(config, len(p.dp_shares) if unlaunched_shares else config.dp_size())
+    unlaunched_shares = p.dp == "auto" and p.fixed_shares is not None and "WORLD_SIZE" not in os.environ
+    if not _SAVED_RUN.get():
+        check_batch_split(config, len(p.fixed_shares) if unlaunched_shares else config.dp_size())
     # A family without a context or vocabulary field (a vision model) skips these checks.
     max_seq_len, vocab_size = getattr(config.model, "max_seq_len", None), getattr(config.model, "vocab_size", None)
     if max_seq_len is not None and d.seq_len > max_seq_len:
@@ -218,7 +238,7 @@ def _validate_tensor_parallel(config: Config) -> None:
                       f"encoder runs a padded batch as one packed sequence of its real tokens, whose length need "
                       f"not divide tp)"),
                      (config.model.linear != "default", f"model.linear = {_show(config.model.linear)}"),
-                     (p.sync == "local_sgd", 'parallel.sync = "local_sgd"'),
+                     (p.sync != "every_step", f'parallel.sync = "{p.sync}"'),
                      (config.train.precision == "fp16", 'train.precision = "fp16" (use "bf16")'),
                      (config.train.activation_checkpointing and config.model.dropout > 0,
                       "train.activation_checkpointing and model.dropout > 0 (the recomputation would draw "
@@ -236,7 +256,7 @@ def _validate_tensor_parallel(config: Config) -> None:
 
 
 GRAD_REDUCE_DTYPES = ("fp32", "bf16", "fp16")
-SYNC_MODES = ("every_step", "local_sgd")
+SYNC_MODES = ("every_step", "local_sgd", "async")
 
 
 def _validate_parallel(p: ParallelSection, t: TrainSection) -> None:
@@ -251,15 +271,18 @@ def _validate_parallel(p: ParallelSection, t: TrainSection) -> None:
         raise ConfigError(f"parallel.sync = {_show(p.sync)}: expected one of {', '.join(SYNC_MODES)}")
     if p.sync_every < 1:
         raise ConfigError(f"parallel.sync_every = {_show(p.sync_every)}: expected a positive integer")
-    if p.sync_every != 1 and p.sync != "local_sgd":
-        raise ConfigError(f"parallel.sync_every = {p.sync_every}: only used with parallel.sync = \"local_sgd\"")
-    if p.shard_optimizer and p.sync == "local_sgd":
-        raise ConfigError('parallel.shard_optimizer = true: not available with parallel.sync = "local_sgd" '
+    if p.sync_every != 1 and p.sync == "every_step":
+        raise ConfigError(f"parallel.sync_every = {p.sync_every}: only used with parallel.sync = \"local_sgd\" "
+                          f"or \"async\"")
+    if p.max_staleness < 0:
+        raise ConfigError(f"parallel.max_staleness = {_show(p.max_staleness)}: expected an integer >= 0")
+    if p.shard_optimizer and p.sync != "every_step":
+        raise ConfigError(f'parallel.shard_optimizer = true: not available with parallel.sync = "{p.sync}" '
                           '(each rank keeps its whole optimizer state)')
     if p.shard_optimizer and t.precision == "fp16":
         raise ConfigError('parallel.shard_optimizer = true: not available with train.precision = "fp16" '
                           '(use "bf16")')
-    if p.dp_shares is not None:
+    if p.dp_shares is not None and not isinstance(p.dp_shares, str):
         if not p.dp_shares or any(s < 1 for s in p.dp_shares):
             raise ConfigError(f"parallel.dp_shares = {_show(p.dp_shares)}: expected a list of positive integers, "
                               f"one per data-parallel rank")
@@ -275,11 +298,27 @@ def _validate_optimizer_offload(config: Config) -> None:
                  (t.precision == "fp16", 'train.precision = "fp16" (use "bf16")'),
                  (p.tp > 1 or p.pp > 1, "parallel.tp > 1 or parallel.pp > 1"),
                  (p.shard_optimizer, "parallel.shard_optimizer = true"),
-                 (p.sync == "local_sgd", 'parallel.sync = "local_sgd"'),
+                 (p.sync != "every_step", f'parallel.sync = "{p.sync}"'),
                  (privacy is not None and getattr(privacy, "dp_sgd", False), "privacy.dp_sgd = true")]
     for bad, what in conflicts:
         if bad:
             raise ConfigError(f"train.optimizer_offload = true: not available with {what} yet")
+
+
+def _validate_dynamic_shares(config: Config) -> None:
+    """parallel.dp_shares = "dynamic" (fastlm.parallel.dynamic_shares) and what it cannot combine with."""
+    p = config.parallel
+    if p.dp_shares != "dynamic":
+        raise ConfigError(f"parallel.dp_shares = {_show(p.dp_shares)}: expected a list of positive integers "
+                          f"(one per data-parallel rank) or \"dynamic\"")
+    if p.rebalance_every < 1:
+        raise ConfigError(f"parallel.rebalance_every = {_show(p.rebalance_every)}: expected a positive integer")
+    refusals = {"parallel.pp > 1 (the pipeline cuts equal micro-batches)": p.pp > 1,
+                f"parallel.sync = \"{p.sync}\" (parameter averaging is not weighted by samples)": p.sync != "every_step",
+                "data.stateful = true (each rank owns fixed streams)": config.data.stateful}
+    for what, refused in refusals.items():
+        if refused:
+            raise ConfigError(f"parallel.dp_shares = \"dynamic\": not available with {what}")
 
 
 PIPELINE_SCHEDULES = ("gpipe", "1f1b", "interleaved")
@@ -308,8 +347,8 @@ def _validate_pipeline(config: Config) -> None:
         raise ConfigError('parallel.pp > 1: not available with train.precision = "fp16" (use "bf16")')
     if p.shard_optimizer:
         raise ConfigError("parallel.shard_optimizer = true: not available with parallel.pp > 1 yet")
-    if p.sync == "local_sgd":
-        raise ConfigError('parallel.sync = "local_sgd": not available with parallel.pp > 1')
+    if p.sync != "every_step":
+        raise ConfigError(f'parallel.sync = "{p.sync}": not available with parallel.pp > 1')
     stages = p.pp * p.virtual_stages
     if n_layer is not None and stages > n_layer:
         raise ConfigError(f"parallel.pp * parallel.virtual_stages = {p.pp} * {p.virtual_stages} = {stages} pipeline "
@@ -339,16 +378,25 @@ def check_pipeline_microbatches(config: Config, dp: int) -> None:
 
 def rank_samples(config: Config, dp: int) -> list[int]:
     """Sequences of each global batch that each data-parallel rank takes (dp_shares, or equal parts)."""
-    t, shares = config.train, config.parallel.dp_shares
+    t, shares = config.train, config.parallel.fixed_shares
+    if config.parallel.dp_shares == "dynamic":  # where the shares start
+        from fastlm.data.loader import equal_shares
+
+        return equal_shares(t.global_batch_size, dp)
     if shares is None:
         return [t.global_batch_size // dp] * dp
     return [t.global_batch_size * s // sum(shares) for s in shares]
 
 
 def check_batch_split(config: Config, dp: int) -> None:
-    t, shares = config.train, config.parallel.dp_shares
+    t, shares = config.train, config.parallel.fixed_shares
     if config.federated.enabled:  # the ranks split the clients; each client's step takes the whole batch
         dp = 1
+    if config.parallel.dp_shares == "dynamic":  # any split of at least one sequence per rank
+        if t.global_batch_size < dp:
+            raise ConfigError(f"parallel.dp_shares = \"dynamic\": train.global_batch_size = {t.global_batch_size} "
+                              f"is less than one sequence for each of the {dp} data-parallel ranks")
+        return
     if shares is not None:
         if len(shares) != dp:
             raise ConfigError(f"parallel.dp_shares = {_show(shares)}: expected {dp} shares, one per "

@@ -22,7 +22,7 @@ def run_corpus(config, tokenizer_path: Path | None, show_progress: bool = False)
     d = config.data
     corpus = prepare_corpus(d.source, vocab_size=d.vocab_size, text_field=d.text_field, tokenizer_path=tokenizer_path,
                             val_fraction=d.val_fraction, builtin_modules=d.builtin_modules, show_progress=show_progress,
-                            augment=counterfactual_of(d), **deid_options(d))
+                            augment=counterfactual_of(d), workers=d.workers, **deid_options(d))
     return with_canaries(corpus, d.canaries, d.canary_repeats, config.train.seed)
 
 
@@ -72,8 +72,8 @@ def lm_batches(config, corpus, model_config, dp_rank: int = 0, dp_size: int = 1,
         rule = masked_lm_rule(config, corpus, model_config.vocab_size)
         loader = MaskedLMLoader(corpus.train_tokens, rule=rule, seq_len=d.seq_len,
                                 global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size,
-                                seed=t.seed, rank=dp_rank, world_size=dp_size, shares=config.parallel.dp_shares,
-                                sampling=sampling)
+                                seed=t.seed, rank=dp_rank, world_size=dp_size, shares=config.parallel.fixed_shares,
+                                sampling=sampling, dynamic_shares=config.parallel.dp_shares == "dynamic")
         return loader, validation_batches(config, corpus, model_config)
     check_tokenizer_fits(corpus, model_config)
     loader_class = StreamLoader if d.stateful else BatchLoader  # stateful: rows continue (truncated BPTT)
@@ -83,9 +83,10 @@ def lm_batches(config, corpus, model_config, dp_rank: int = 0, dp_size: int = 1,
         loader_class = functools.partial(ReplayBatchLoader, replay_tokens=replay_tokens, replay=t.replay)
     loader = loader_class(corpus.train_tokens, seq_len=d.seq_len, global_batch_size=t.global_batch_size,
                          micro_batch_size=t.micro_batch_size, seed=t.seed, rank=dp_rank, world_size=dp_size,
-                         pin_memory=device is not None and device.type == "cuda", shares=config.parallel.dp_shares,
+                         pin_memory=device is not None and device.type == "cuda", shares=config.parallel.fixed_shares,
                          pack_eos_id=corpus.eos_id if d.pack else None,
-                         **({"sampling": sampling} if loader_class is not StreamLoader else {}))
+                         **({"sampling": sampling, "dynamic_shares": config.parallel.dp_shares == "dynamic"}
+                            if loader_class is not StreamLoader else {}))
     return loader, validation_batches(config, corpus, model_config)
 
 

@@ -48,7 +48,7 @@ def run_steps(step, next_batches: Callable[[], list], schedule: Schedule, hooks:
         sync = step.sync(done, s.steps)
         out = step(next_batches(), sync)
         if sync:
-            step.after_sync()
+            step.after_sync(final=done == s.steps)
         hooks.started()
         log_now = done % s.log_every == 0 or done == s.steps
         if log_now:

@@ -37,7 +37,7 @@ def replay_tokens(config, corpus, show_progress: bool = False):
     """The training tokens of model.init_from's own corpus (None without train.replay)."""
     if not config.train.replay:
         return None
-    from fastlm.train.config import load_config
+    from fastlm.train.config import load_saved_config
     from fastlm.train.data import run_corpus
 
     source = Path(config.model.init_from)
@@ -47,5 +47,5 @@ def replay_tokens(config, corpus, show_progress: bool = False):
     if (source / "tokenizer.json").read_bytes() != Path(corpus.tokenizer_path).read_bytes():
         raise ConfigError(f"train.replay: this run's tokenizer differs from model.init_from's "
                           f"({source / 'tokenizer.json'}): the replayed tokens would mean other text")
-    original = load_config(source / "config.toml")
+    original = load_saved_config(source / "config.toml")
     return run_corpus(original, source / "tokenizer.json", show_progress).train_tokens

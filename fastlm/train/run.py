@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fastlm.models import GPT, RECURRENT_FAMILIES, MaxEntConfig, MaxEntLM, RecurrentLM
 from fastlm.privacy.encryption import encryption_for
-from fastlm.train.config import Config, load_config
+from fastlm.train.config import Config, load_saved_config
 from fastlm.train.errors import CheckpointError, ConfigError
 from fastlm.train.lora import apply_run_lora
 from fastlm.train.weights import load_weights
@@ -92,7 +92,7 @@ def _run_model(run_dir: Path, device="cpu") -> tuple[Config, GPT]:
     from fastlm.quant.saved import read_quantization, restore_quantized
 
     _refuse_fitted(run_dir)
-    config = load_config(run_dir / "config.toml")
+    config = load_saved_config(run_dir / "config.toml")
     model = build_model(config)
     apply_run_lora(model, config.model.lora)  # a LoRA run's weights hold its adapters
     quantization = read_quantization(run_dir)  # `fastlm quantize` output: int8 modules first

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fastlm.train.config import Config, ConfigError, load_config
+from fastlm.train.config import Config, ConfigError, load_saved_config
 from fastlm.train.data import run_corpus, validation_batches
 from fastlm.train.errors import CheckpointError, FastlmError
 from fastlm.train.metrics import MetricsLog
@@ -167,7 +167,7 @@ def fitted_family_of(run_dir: str | Path) -> str | None:
 def load_fitted_run(run_dir: str | Path) -> tuple[Config, object, Path]:
     """(config, fitted model, tokenizer.json path) of a finished n-gram or HMM run."""
     run_dir = Path(run_dir)
-    config = load_config(run_dir / "config.toml")
+    config = load_saved_config(run_dir / "config.toml")
     family = FITTED_FAMILIES[config.model.family]
     for name in (family.weights_file, "tokenizer.json"):
         if not (run_dir / name).is_file():

@@ -4,7 +4,9 @@
     result = step(micro_batches)            # StepResult(loss, grad_norm, extras)
 
 Gradient accumulation over the micro-batches (each loss divided by their count: every micro-batch
-has the same number of examples, so the gradient is that of the global batch's mean loss), mixed
+has the same number of examples, so the gradient is that of the global batch's mean loss; with
+weigh_by_rows, as parallel.dp_shares = "dynamic" sets, each loss is weighted by its share of the
+rows instead, since a rank's last micro-batch may be smaller), mixed
 precision and fp16 loss scaling, data-parallel communication only in the last micro-batch's
 backward, the pipeline schedule when the model is pipelined, clipping over every dp/tp/pp rank
 (fastlm.parallel.ParallelModel), the optimizer step, and local SGD's parameter averaging.
@@ -20,12 +22,13 @@ optimizer step (pruning re-applies its masks there: fastlm.prune.mask_keeper).
 from __future__ import annotations
 
 from collections.abc import Callable
+import time
 from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
 
-from fastlm.data.inputs import model_inputs
+from fastlm.data.inputs import batch_rows, model_inputs
 
 
 class StepResult(NamedTuple):
@@ -61,10 +64,12 @@ def autocast_for(precision: str, device: torch.device):
 class TrainStep:
     def __init__(self, pm, optimizer, *, device: torch.device, precision: str = "fp32", grad_clip: float = 0.0,
                  loss_of: Callable = lm_loss, micro_backward: Callable | None = None, local_sgd_every: int = 0,
-                 after_grad_sync: Callable[[], None] | None = None, after_step: Callable[[], None] | None = None):
+                 after_grad_sync: Callable[[], None] | None = None, after_step: Callable[[], None] | None = None,
+                 max_staleness: int | None = None):
         """pm: a fastlm.parallel.ParallelModel; grad_clip 0 measures the norm and clips nothing;
         local_sgd_every > 0: the data-parallel ranks step on their own and average parameters every
-        that many steps (see sync())."""
+        that many steps (see sync()); with max_staleness (parallel.sync = "async") that averaging runs
+        in the background (fastlm.parallel.async_averaging)."""
         self.pm, self.optimizer, self.device = pm, optimizer, device
         self.autocast = autocast_for(precision, device)
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
@@ -72,15 +77,24 @@ class TrainStep:
         self.loss_of, self.micro_backward, self.after_grad_sync = loss_of, micro_backward, after_grad_sync
         self.local_sgd_every = local_sgd_every if pm.dp is not None else 0
         self.after_step = after_step
+        self.averager = None
+        if max_staleness is not None and self.local_sgd_every > 1:
+            from fastlm.parallel.async_averaging import AsyncAverager
+
+            self.averager = AsyncAverager(pm.dp, optimizer, max_staleness)
+        self.compute_seconds = 0.0  # the last step's forwards and backwards (not the wait for the all-reduce)
+        self.weigh_by_rows = False  # micro-batches of unequal size (fastlm.parallel.dynamic_shares)
 
     def __call__(self, micro_batches: list, sync: bool = True) -> StepResult:
         """Forward and backward of every micro-batch, clip, step. sync=False (local SGD between
         synchronizations): no gradient communication at all."""
+        started = time.perf_counter()
         if self.pm.pipe is not None:
             no_sync = self.pm.dp.no_sync if self.pm.dp is not None else None
             loss, extras = self.pm.pipe.train_step(micro_batches, no_sync=no_sync), {}
         else:
             loss, extras = self._accumulate(micro_batches, sync)
+        self.compute_seconds = time.perf_counter() - started
         self.pm.finish_grad_sync()
         if self.after_grad_sync is not None:
             self.after_grad_sync()
@@ -97,6 +111,8 @@ class TrainStep:
         if self.after_step is not None:
             self.after_step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.averager is not None:
+            self.averager.step_done()  # applies the background averages that arrived or are due
         return StepResult(loss, grad_norm, extras)
 
     def sync(self, done: int, total: int) -> bool:
@@ -104,17 +120,32 @@ class TrainStep:
         every = self.local_sgd_every
         return not every or done % every == 0 or done == total
 
-    def after_sync(self) -> None:
-        """Local SGD: average the parameters the ranks stepped on their own since the last sync."""
-        if self.local_sgd_every > 1:
+    def after_sync(self, final: bool = False) -> None:
+        """Local SGD: average the parameters the ranks stepped on their own since the last sync (async: start
+        averaging them; `final`, the last step: wait for every average in flight)."""
+        if self.averager is not None:
+            if final:  # apply the earlier averages first: the last one then leaves every rank with the same model
+                self.averager.drain()
+            self.averager.launch()
+            if final:
+                self.averager.drain()
+        elif self.local_sgd_every > 1:
             self.pm.dp.average_parameters(self.optimizer)
+
+    def drain(self) -> None:
+        """Wait for the background parameter averages in flight (sync = "async"), e.g. before a checkpoint."""
+        if self.averager is not None:
+            self.averager.drain()
 
     def _accumulate(self, micro_batches: list, sync: bool) -> tuple[torch.Tensor, dict]:
         n = len(micro_batches)
+        rows = [batch_rows(b) for b in micro_batches] if self.weigh_by_rows else [None]
         total = torch.zeros((), device=self.device)
         extras: dict = {}
         final_backward = getattr(self.optimizer, "final_backward", None)  # optimizer offload: copy grads once
         for i, batch in enumerate(micro_batches):
+            # 1 / the micro-batch's share of the rows (exactly n when they are of one size), or n
+            divisor = sum(rows) / rows[i] if None not in rows and rows[i] else n
             batch = to_device(batch, self.device)
             communicate = sync and i == n - 1  # gradients are reduced in the last backward only
             if final_backward is not None:
@@ -125,15 +156,15 @@ class TrainStep:
                     return self.loss_of(self.pm.runner, batch)
 
             if self.micro_backward is not None:
-                scale = (self.scaler.get_scale() if self.scaler is not None else 1.0) / n
+                scale = (self.scaler.get_scale() if self.scaler is not None else 1.0) / divisor
                 loss, more = self.micro_backward(loss_fn, scale, self.pm.no_sync(),
                                                  self.pm.no_sync(local=not communicate), batch)
-                loss = loss / n
+                loss = loss / divisor
                 for key, value in more.items():
-                    extras[key] = extras.get(key, 0.0) + value.detach() / n
+                    extras[key] = extras.get(key, 0.0) + value.detach() / divisor
             else:
                 with self.pm.no_sync(local=not communicate):
-                    loss = loss_fn() / n
+                    loss = loss_fn() / divisor
                     (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             total += loss.detach()
         return total, extras

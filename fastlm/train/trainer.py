@@ -18,6 +18,7 @@ import torch
 
 from fastlm.accountability.provenance import record_launch
 from fastlm.distill.training import Distillation
+from fastlm.parallel.dynamic_shares import dynamic_shares_for_run
 from fastlm.prune.keep import carry_pruning, mask_keeper
 from fastlm.privacy.training import PrivateTraining, private_metrics, private_step_hooks
 from fastlm.privacy.encryption import encryption_for
@@ -92,12 +93,15 @@ class Trainer:
         loss_hook = {"loss_of": distill.loss_of} if distill is not None else {}
         step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, **private_step_hooks(private, t),
                          **loss_hook,
-                         local_sgd_every=cfg.parallel.sync_every if cfg.parallel.sync == "local_sgd" else 0,
+                         local_sgd_every=cfg.parallel.sync_every if cfg.parallel.sync != "every_step" else 0,
+                         max_staleness=cfg.parallel.max_staleness if cfg.parallel.sync == "async" else None,
                          after_step=mask_keeper(pm.module, pm.tensor_parallel, cfg.model.init_from))
+        next_batches, shares_record = dynamic_shares_for_run(cfg, pm, loader, step, rt.mesh)  # dp_shares = "dynamic"
         identity = {"model": model.config.to_dict(), "corpus_key": corpus.key}  # what a checkpoint must match
         enc = encryption_for(run_dir, cfg.checkpoint, create_id=True)  # None unless checkpoint.encrypt
         ckpt = Checkpointer(run_dir, pm, optimizer, step.scaler, loader, identity, every=cfg.checkpoint.every,
-                            keep=cfg.checkpoint.keep, is_main=rt.is_main, device=rt.device, enc=enc)
+                            keep=cfg.checkpoint.keep, is_main=rt.is_main, device=rt.device, enc=enc,
+                            before_save=step.drain)
         evaluate_at = self._evaluator(pm, val_batches, step.autocast, private, run_dir)
         last_step = private.last_step if private is not None else t.steps
         metrics = bar = None
@@ -122,8 +126,8 @@ class Trainer:
                                     "tokens_per_s", tokens)
                 hooks = Hooks(evaluate=lambda done, bar: evaluate_at(done, bar, metrics),
                               save=lambda done: ckpt.maybe_save(done, last_step), started=rd.started,
-                              record=lambda done: {"tokens": done * tokens})
-                result = run_steps(step, loader.next, schedule, hooks, metrics, bar) or result
+                              record=lambda done: {"tokens": done * tokens, **shares_record()})
+                result = run_steps(step, next_batches, schedule, hooks, metrics, bar) or result
                 if result is None:  # resumed a finished run: its last evaluation is already logged
                     result = evaluate_at(last_step, bar, None)
             finally:

@@ -56,7 +56,7 @@ def test_forward_and_grads_match_float64(monkeypatch, gemm16, dtype, shape):
             a, w, b, bias = _inputs(m, k, n, dtype, has_bias, transposed)
             leaf_b = w if transposed else b
             y = ops.matmul(a, b, bias, act)
-            assert "fastlm" in type(y.grad_fn).__name__  # the registered op ran
+            assert "MatmulFunction" in y.grad_fn.name()  # the registered op ran (its CPU autograd is C++)
             a64, b64, bias64 = _f64(a, b, bias)
             y64 = reference.matmul_fwd(a64, b64, bias64, act or "none")[0]
             what = f"{dtype} {shape} {act} bias={has_bias} bT={transposed}"

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import fastlm.ops as ops
 from fastlm.bench.registry import Options, Suite
-from fastlm.bench.timing import time_callable
+from fastlm.bench.timing import compare, time_callable
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -59,7 +59,7 @@ def run_case(b, s, h, d, causal, dtype, device, mode, repeat):
             "S": s, "B": b, "H": h, "D": d, "causal": causal,
             "fastlm_ms": a.seconds * 1e3, "sdpa_ms": base.seconds * 1e3,
             "fastlm_TFLOPs": f / a.seconds / 1e12, "sdpa_TFLOPs": f / base.seconds / 1e12,
-            "speedup": base.seconds / a.seconds}
+            "speedup": compare(a, base)}
 
 
 def measure(options: Options, dtype: str | None = None, seqlens=None, head_dims=(64, 128), tokens=None,

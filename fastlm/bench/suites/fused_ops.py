@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import fastlm.ops as ops
 from fastlm.bench.registry import Options, Suite
-from fastlm.bench.timing import time_callable
+from fastlm.bench.timing import compare, time_callable
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -74,7 +74,7 @@ def measure_speed(options: Options, dtype: str | None = None) -> list[dict]:
         a = time_callable("fastlm", _fwd_bwd(ours, inputs), warmup=1, repeat=options.repeats(5), device=sync)
         base = time_callable("eager", _fwd_bwd(eager, inputs), warmup=1, repeat=options.repeats(5), device=sync)
         rows.append({"case": f"{name} fwd+bwd {dtype_name}", "fastlm_ms": a.seconds * 1e3,
-                     "eager_ms": base.seconds * 1e3, "speedup": base.seconds / a.seconds})
+                     "eager_ms": base.seconds * 1e3, "speedup": compare(a, base)})
     return rows
 
 

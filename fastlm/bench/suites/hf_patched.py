@@ -17,7 +17,7 @@ import sys
 import torch
 
 from fastlm.bench.registry import Options, Suite
-from fastlm.bench.timing import time_callable
+from fastlm.bench.timing import compare, time_callable
 
 # (name, LlamaConfig kwargs, batch, seq)
 SIZES = {
@@ -79,7 +79,7 @@ def measure_throughput(options: Options, sizes=None, dtype: str | None = None) -
         tokens = batch * seq
         rows.append({"case": f"{size} train step B={batch} T={seq} {dtype_name}", "tokens": tokens,
                      "fastlm_tok_s": tokens / times["fastlm"].seconds, "hf_tok_s": tokens / times["hf"].seconds,
-                     "speedup": times["hf"].seconds / times["fastlm"].seconds})
+                     "speedup": compare(times["fastlm"], times["hf"])})
     return rows
 
 
