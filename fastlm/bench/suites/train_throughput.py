@@ -13,6 +13,8 @@ Each row also gives fastlm's model FLOPs utilisation, `mfu`, against `peak_gflop
 GEMM throughput on the model's own GEMM shapes in the row's dtype (fp32 or bf16), measured in the same
 worker process right after its training steps (fastlm.bench.roofline: FLOPs per token are PaLM's
 6N + 12 L H Q T). On CUDA `mfu_datasheet` is the same against the GPU's dense bf16 datasheet peak.
+Where a CPU step's time goes, by op, fp32 against bf16: benchmarks/train_profile.py (its docstring
+holds the breakdown for issue 21's 6-layer, width-384 LLaMA).
 """
 from __future__ import annotations
 
@@ -111,6 +113,10 @@ def run_one(spec: dict) -> dict:
     else:
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         result.update(peak_rss_mb=peak_kb / 1024, train_mem_mb=(peak_kb - rss_before) / 1024)
+        if bf16:  # fastlm's 16-bit CPU GEMM path, chosen by a timing at first use (it can flip under load)
+            from fastlm.ops.matmul import cpu_gemm16_is_native
+
+            result["cpu_gemm16_native"] = cpu_gemm16_is_native(torch.bfloat16)
     if spec.get("roofline", True):  # after the timed steps (and the memory readings), in the same process
         dtype = torch.bfloat16 if bf16 else torch.float32
         peak, best_shape = roofline.peak_gflops(shapes, dtype, device)
