@@ -22,6 +22,9 @@ without AVX512-BF16/AMX, the case where torch's bf16 training is many times slow
 On a machine shared with other jobs, pass --threads 1: with more OpenMP threads than free cores,
 a run can come out 10-20x slower than the same run a minute later (threads spin at barriers
 waiting for a descheduled peer), which swamps the fastlm/HF difference.
+A third table gives each run's model FLOPs utilisation: PaLM's 6N + 12 L H Q T FLOPs per token x
+tokens/s over torch's best GEMM on the model's shapes in the run's dtype, measured in the same process
+right after the training steps (fastlm.bench.roofline).
 The runs themselves are fastlm.bench.suites.train_throughput (also `fastlm bench train_throughput`).
 """
 from __future__ import annotations
@@ -106,10 +109,27 @@ def main(argv=None) -> None:
             print(f"  done {family}/{precision}", file=sys.stderr, flush=True)
     print_vs_hf([r for r in rows if "speed_ratio" in r])
     print_precision_ratios(rows, families, impls)
+    print_mfu(rows, impls)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(args=base, rows=rows), f, indent=2)
 
+
+def print_mfu(rows: list[dict], impls: list[str]) -> None:
+    """Model GFLOP/s against the run's own measured GEMM peak."""
+    print()
+    hdr = (f"{'family':7} {'prec':5} {'impl':15} | {'tok/s':>8} {'MFLOP/tok':>9} {'model GFLOP/s':>13} "
+           f"{'peak GFLOP/s':>12} {'MFU':>6} | peak at (M, K, N)")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        for impl in impls:
+            o = r[impl]
+            achieved = o["tokens_per_s"] * o["flops_per_token"] / 1e9
+            print(f"{r['family']:7} {r['precision']:5} {impl:15} | {o['tokens_per_s']:8.0f} "
+                  f"{o['flops_per_token'] / 1e6:9.1f} {achieved:13.1f} {o['peak_gflops']:12.1f} {o['mfu']:6.1%} | "
+                  f"{tuple(o['peak_shape'])}")
+    print("FLOPs per token: 6N + 12 L H Q T (PaLM; N = Linear weights); peak = torch's best GEMM on the model's shapes")
 
 
 def print_precision_ratios(rows: list[dict], families: list[str], impls: list[str]) -> None:

@@ -17,6 +17,9 @@ How: the forward computes, per chunk, logits = h_c @ W^T and the per-row loss an
   only lse (N floats) and the backward recomputes each chunk's logits: one more matmul, nothing held.
 Under torch.autocast the matmuls run in the autocast dtype, like an nn.Linear head would; on a CPU
 without fast 16-bit GEMMs (AVX2) 16-bit inputs are computed in fp32 instead (as fastlm.ops.matmul does).
+The op takes the weight in its own dtype (the fp32 master weight under autocast) and casts it to
+hidden's inside: its gradient, accumulated in fp32, is returned as is, instead of being rounded to
+16 bits and converted back to fp32 by autograd (two (V, d) copies and a lossy round trip per step).
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ def _fwd(hidden, weight, labels, ignore_index, label_smoothing, z_loss, chunk_si
     loss = hidden.new_empty(n, dtype=torch.float32)
     lse = hidden.new_empty(n, dtype=torch.float32)
     grad_hidden, grad_weight = _unit_grads_buffers(hidden, weight, grads_in_forward)
+    weight = weight.to(hidden.dtype)  # the compute copy (a no-op when the dtypes match)
     buffer = hidden.new_empty(min(n, chunk_size), weight.shape[0])  # one chunk's logits, reused
     for s, e in _chunks(n, chunk_size):
         logits = _mm(hidden[s:e], weight.t(), out=buffer[: e - s])
@@ -97,13 +101,14 @@ def _bwd(grad_loss, hidden, weight, labels, lse, grad_hidden_unit, grad_weight_u
     # Recompute each chunk's logits (no gradients from the forward, or per-row upstream gradients).
     grad_hidden = torch.empty_like(hidden)
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+    weight_dtype, weight = weight.dtype, weight.to(hidden.dtype)
     buffer = hidden.new_empty(min(hidden.shape[0], chunk_size), weight.shape[0])  # one chunk's logits, reused
     for s, e in _chunks(hidden.shape[0], chunk_size):
         logits = _mm(hidden[s:e], weight.t(), out=buffer[: e - s])
         dlogits = torch.ops.fastlm.cross_entropy_bwd(grad_loss[s:e], logits, labels[s:e], lse[s:e], ignore_index,
                                                      label_smoothing, z_loss)
         _accumulate(dlogits, hidden[s:e], weight, grad_hidden[s:e], grad_weight)
-    return grad_hidden, grad_weight.to(weight.dtype)
+    return grad_hidden, grad_weight.to(weight_dtype)
 
 
 def _fake_fwd(hidden, weight, labels, ignore_index, label_smoothing, z_loss, chunk_size, grads_in_forward):
@@ -177,14 +182,13 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     h = hidden.reshape(rows, d)
     device_type = h.device.type
     if torch.is_autocast_enabled(device_type):  # what an autocast nn.Linear head would compute in
-        dtype = torch.get_autocast_dtype(device_type)
-        h, weight = h.to(dtype), weight.to(dtype)
+        h = h.to(torch.get_autocast_dtype(device_type))  # the weight is cast inside the op (see above)
     elif h.dtype != weight.dtype:
         raise TypeError(f"{op}: hidden ({h.dtype}) and weight ({weight.dtype}) dtypes differ")
     if h.device.type == "cpu" and not cpu_gemm16_is_native(h.dtype):  # e.g. bf16 on an AVX2 CPU (see matmul)
-        h, weight = h.float(), weight.float()
+        h = h.float()
     if use_reference(h, weight):
-        losses = reference.linear_cross_entropy(h, weight, labels, ignore_index, label_smoothing, z_loss)
+        losses = reference.linear_cross_entropy(h, weight.to(h.dtype), labels, ignore_index, label_smoothing, z_loss)
     else:
         if grads_in_forward is None:
             grads_in_forward = reduction != "none" and torch.is_grad_enabled() and (h.requires_grad or

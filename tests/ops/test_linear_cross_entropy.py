@@ -84,6 +84,25 @@ def test_autocast_matches_autocast_linear():
 
 
 @pytest.mark.parametrize("grads_in_forward", [True, False])
+def test_autocast_weight_gradient_is_not_rounded_to_bf16(grads_in_forward):
+    """Under autocast the fp32 weight's gradient is the fp32 sum of the chunks' products, not a bf16
+    value converted back (most of its elements are not bf16 numbers), and matches a float64 oracle.
+    32 rows: the mean's 1/32 is exact, so only the accumulation over 4 chunks leaves bf16 numbers."""
+    torch.manual_seed(0)
+    hidden = torch.randn(32, 16)
+    weight = torch.randn(30, 16, requires_grad=True)
+    labels = torch.randint(0, 30, (32,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = ops.linear_cross_entropy(hidden, weight, labels, chunk_size=8, grads_in_forward=grads_in_forward)
+    (grad,) = torch.autograd.grad(loss, weight)
+    assert grad.dtype == torch.float32
+    assert (grad != grad.bfloat16().float()).float().mean() > 0.5
+    w64 = weight.detach().bfloat16().double().requires_grad_()
+    (expected,) = torch.autograd.grad(F.cross_entropy(hidden.bfloat16().double() @ w64.t(), labels), w64)
+    torch.testing.assert_close(grad.double(), expected, atol=2e-3, rtol=2e-2)
+
+
+@pytest.mark.parametrize("grads_in_forward", [True, False])
 def test_logits_never_whole(monkeypatch, grads_in_forward):
     """Every matmul the op runs produces at most chunk_size rows of logits; gradients in the forward
     need no recompute in the backward."""

@@ -9,7 +9,12 @@ path, ONEDNN_MAX_CPU_ISA) applies to it alone. Implementations:
   torch_linear  the same model with its linears turned back into torch.nn.Linear
   reference     the same model on the plain-PyTorch reference of every op (FASTLM_BACKEND=reference)
   hf            the model converted with fastlm.models.to_hf (HF's SDPA attention)
-On CUDA each row also gives the model FLOPs utilization (MFU) against the GPU's dense bf16 peak.
+Each row also gives fastlm's model FLOPs utilisation, `mfu`, against `peak_gflops`: torch's best
+GEMM throughput on the model's own GEMM shapes in the row's dtype (fp32 or bf16), measured in the same
+worker process right after its training steps (fastlm.bench.roofline: FLOPs per token are PaLM's
+6N + 12 L H Q T). On CUDA `mfu_datasheet` is the same against the GPU's dense bf16 datasheet peak.
+Where a CPU step's time goes, by op, fp32 against bf16: benchmarks/train_profile.py (its docstring
+holds the breakdown for issue 21's 6-layer, width-384 LLaMA).
 """
 from __future__ import annotations
 
@@ -45,15 +50,11 @@ def _rss_kb() -> int:
     return 0
 
 
-def model_flops_per_token(cfg, n_params: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x parameters + attention scores (12 x layers x width x seq, PaLM's count)."""
-    return 6 * n_params + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
-
-
 def run_one(spec: dict) -> dict:
     """One training run in this process; returns tokens/s, memory, and MFU on CUDA."""
     import torch
 
+    from fastlm.bench import roofline
     from fastlm.models import GPT, GPTConfig, to_hf
 
     if spec.get("threads"):
@@ -65,6 +66,8 @@ def run_one(spec: dict) -> dict:
     torch.manual_seed(0)
     model = GPT(cfg)
     n_params = sum(p.numel() for p in model.parameters())
+    flops_per_token = roofline.model_flops_per_token(model, cfg, spec["seq_len"])
+    shapes = roofline.gemm_shapes(model, spec["batch_size"] * spec["seq_len"])
     if spec["impl"] == "torch_linear":
         for module in model.modules():
             if isinstance(module, torch.nn.Linear):
@@ -100,16 +103,25 @@ def run_one(spec: dict) -> dict:
     step_s = statistics.median(times[spec["warmup"]:])  # robust to other jobs stealing the CPU
     tokens_per_s = spec["batch_size"] * spec["seq_len"] / step_s
     result = dict(tokens_per_s=tokens_per_s, step_s=step_s, first_loss=losses[0], last_loss=losses[-1],
-                  params=n_params)
+                  params=n_params, flops_per_token=flops_per_token)
     if device.type == "cuda":
         result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
         name = torch.cuda.get_device_name()
-        peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
-        if peak:
-            result["mfu"] = tokens_per_s * model_flops_per_token(cfg, n_params, spec["seq_len"]) / peak
+        datasheet = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
+        if datasheet:
+            result["mfu_datasheet"] = tokens_per_s * flops_per_token / datasheet
     else:
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         result.update(peak_rss_mb=peak_kb / 1024, train_mem_mb=(peak_kb - rss_before) / 1024)
+        if bf16:  # fastlm's 16-bit CPU GEMM path, chosen by a timing at first use (it can flip under load)
+            from fastlm.ops.matmul import cpu_gemm16_is_native
+
+            result["cpu_gemm16_native"] = cpu_gemm16_is_native(torch.bfloat16)
+    if spec.get("roofline", True):  # after the timed steps (and the memory readings), in the same process
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        peak, best_shape = roofline.peak_gflops(shapes, dtype, device)
+        result.update(peak_gflops=peak, peak_shape=list(best_shape),
+                      mfu=tokens_per_s * flops_per_token / (peak * 1e9))
     return result
 
 
@@ -156,7 +168,9 @@ def measure(options: Options) -> list[dict]:
                    "plain_torch_tok_s": runs["reference"]["tokens_per_s"],
                    "speedup": ours["tokens_per_s"] / runs["hf"]["tokens_per_s"],
                    "vs_plain_torch": ours["tokens_per_s"] / runs["reference"]["tokens_per_s"]}
-            for key in ("mfu", "peak_mem_mb", "train_mem_mb"):
+            row.update(mfu=ours["mfu"], peak_gflops=ours["peak_gflops"],
+                       model_gflops=ours["tokens_per_s"] * ours["flops_per_token"] / 1e9)
+            for key in ("mfu_datasheet", "peak_mem_mb", "train_mem_mb"):
                 if key in ours:
                     row[f"fastlm_{key}"] = ours[key]
                     row[f"hf_{key}"] = runs["hf"].get(key)
