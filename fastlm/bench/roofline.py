@@ -8,10 +8,11 @@ nanoGPT use too:  6 N + 12 L H Q T,  where
   12 L H Q T  attention's two batched products (Q K^T and P V), forward + backward, over the full
      T x T score matrix (not halved for the causal mask), L layers, H heads of width Q, context T.
 
-The peak is not a datasheet figure: it is torch's best GEMM throughput measured on the model's own
-GEMM shapes (each Linear's forward, input-gradient and weight-gradient products at M = batch x
-context), in the dtype the run trains in, on the same machine in the same process as the training
-it is compared with. MFU = FLOPs per token x tokens/s / that peak.
+The peak is not a datasheet figure: it is the best GEMM throughput (torch's or fastlm's own,
+whichever is faster here) measured on the model's own GEMM shapes (each Linear's forward,
+input-gradient and weight-gradient products at M = batch x context), in the dtype the run trains
+in, on the same machine in the same process as the training it is compared with.
+MFU = FLOPs per token x tokens/s / that peak.
 """
 from __future__ import annotations
 
@@ -59,19 +60,27 @@ def _sync(device: torch.device) -> None:
 
 
 def gemm_gflops(shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device, repeats: int = 3) -> float:
-    """torch.matmul's best GFLOP/s on an (M, K) x (K, N) product: best of `repeats` timings, each
-    looping the product for at least MIN_TIME seconds (one warm-up call first)."""
+    """The best GFLOP/s of torch.matmul and fastlm.ops.matmul on an (M, K) x (K, N) product: best of
+    `repeats` timings of each, each looping the product for at least MIN_TIME seconds (one warm-up
+    call first). fastlm's own GEMM counts because on some CPUs it is the faster one (oneDNN's fp32
+    GEMM where torch's BLAS takes an AVX2 path): the peak is the best this machine offers the run."""
+    from fastlm import ops
+
     m, k, n = shape
     g = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(m, k, generator=g).to(device=device, dtype=dtype)
-    b = torch.randn(k, n, generator=g).to(device=device, dtype=dtype)
-    torch.matmul(a, b)
+    b = torch.randn(n, k, generator=g).to(device=device, dtype=dtype).t()  # a weight's layout, as Linear reads it
+    return max(_rate(matmul, a, b, device, repeats) for matmul in (torch.matmul, ops.matmul))
+
+
+def _rate(matmul, a: torch.Tensor, b: torch.Tensor, device: torch.device, repeats: int) -> float:
+    matmul(a, b)
     _sync(device)
     best = float("inf")
     for _ in range(repeats):
         calls, t0 = 0, time.perf_counter()
         while True:
-            torch.matmul(a, b)
+            matmul(a, b)
             calls += 1
             if device.type == "cuda" and calls % 10:
                 continue
@@ -80,11 +89,11 @@ def gemm_gflops(shape: tuple[int, int, int], dtype: torch.dtype, device: torch.d
             if elapsed >= MIN_TIME:
                 break
         best = min(best, elapsed / calls)
-    return 2 * m * k * n / best / 1e9
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1] / best / 1e9
 
 
 def peak_gflops(shapes, dtype: torch.dtype, device: torch.device, repeats: int = 3) -> tuple[float, tuple]:
-    """torch's best GEMM throughput over `shapes` in `dtype`: (GFLOP/s, the shape that reached it)."""
+    """The best GEMM throughput over `shapes` in `dtype`: (GFLOP/s, the shape that reached it)."""
     rates = {shape: gemm_gflops(shape, dtype, device, repeats) for shape in shapes}
     best = max(rates, key=rates.get)
     return rates[best], best
