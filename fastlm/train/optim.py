@@ -37,7 +37,9 @@ def build_optimizer(model: nn.Module, train: TrainSection, device: torch.device)
     # "adamw" on the CPU is fastlm's too: measured (benchmarks/adamw.py, the 6-layer width-384 model's tensors)
     # ~10x torch's foreach step and on par with (1 thread) or faster than (2 threads) its fused one. On CUDA
     # torch's fused multi-tensor kernel is kept (fastlm's Triton kernel launches once per tensor).
-    if train.optimizer == "fastlm_adamw" or (device.type == "cpu" and has_native_op("adamw_step_")):
+    # (fp64 parameters, as in exactness tests, have no native kernel: "adamw" gives them torch's.)
+    native_dtypes = all(p.dtype in (torch.float32, torch.bfloat16) for group in groups for p in group["params"])
+    if train.optimizer == "fastlm_adamw" or (device.type == "cpu" and native_dtypes and has_native_op("adamw_step_")):
         return FastlmAdamW(groups, lr=train.lr, betas=(0.9, 0.95), eps=1e-8)
     return torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
 

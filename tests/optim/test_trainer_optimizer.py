@@ -120,3 +120,12 @@ def test_offload_engine_resume_is_exact(tmp_path, offload_on_cpu):
     assert [r.get("loss") for r in read_metrics(straight)] == [r.get("loss") for r in read_metrics(resumed)]
     wa, wb = (safetensors.torch.load_file(run / "model.safetensors") for run in (straight, resumed))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_adamw_picks_the_implementation_the_parameters_allow():
+    """"adamw" on the CPU is fastlm's AdamW for fp32 / bf16 parameters, torch's for fp64 (no native kernel)."""
+    train = micro_config().train
+    cpu = torch.device("cpu")
+    fp32 = fastlm.train.optim.build_optimizer(torch.nn.Linear(4, 3), train, cpu)
+    fp64 = fastlm.train.optim.build_optimizer(torch.nn.Linear(4, 3).double(), train, cpu)
+    assert isinstance(fp32, fastlm.optim.adamw.AdamW) and type(fp64) is torch.optim.AdamW
