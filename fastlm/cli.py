@@ -440,6 +440,22 @@ def main(argv: list[str] | None = None) -> int:
         if not _said_by_rank_zero(e):
             print(f"fastlm: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        _release_process_groups()
+
+
+def _release_process_groups() -> None:
+    """Tear down the process groups a command used before the interpreter exits. Left to the exit's
+    static destruction, the threads of gloo and of the launcher's store now and then abort the
+    process ("terminate called without an active exception") after a run that succeeded."""
+    if "fastlm.parallel.mesh" not in sys.modules:
+        return  # nothing distributed ran
+    from fastlm.parallel.mesh import destroy_mesh
+
+    try:
+        destroy_mesh()
+    except Exception:  # noqa: BLE001  (a peer already gone: nothing left to release)
+        pass
 
 
 def _is_user_error(e: Exception) -> bool:
