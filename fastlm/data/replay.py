@@ -12,26 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastlm.data.loader import BatchLoader, _check_tokens
-
-
-class ConcatTokens:
-    """Two 1-D token arrays (memory-mapped or not) read as one, without copying them."""
-
-    ndim = 1
-
-    def __init__(self, first, second):
-        self.first, self.second = first, second
-        self.split = len(first)
-
-    def __len__(self) -> int:
-        return self.split + len(self.second)
-
-    def __getitem__(self, idx):
-        idx = np.asarray(idx)
-        in_first = idx < self.split
-        a = np.asarray(self.first[np.clip(idx, 0, self.split - 1)])
-        b = np.asarray(self.second[np.clip(idx - self.split, 0, len(self.second) - 1)])
-        return np.where(in_first, a, b)
+from fastlm.data.shards import TokenShards
 
 
 class ReplayBatchLoader(BatchLoader):
@@ -42,7 +23,7 @@ class ReplayBatchLoader(BatchLoader):
             raise ValueError("replay mixes randomly drawn windows: sampling must be \"random\"")
         _check_tokens(tokens, seq_len)
         _check_tokens(replay_tokens, seq_len, "the replayed (original) training tokens")
-        super().__init__(ConcatTokens(tokens, replay_tokens), seq_len=seq_len, global_batch_size=global_batch_size,
+        super().__init__(TokenShards([tokens, replay_tokens]), seq_len=seq_len, global_batch_size=global_batch_size,
                          **kwargs)
         self.replay = replay
         self.replay_per_batch = int(round(replay * global_batch_size))
@@ -53,7 +34,7 @@ class ReplayBatchLoader(BatchLoader):
         return np.sort(rng.choice(self.global_batch_size, size=self.replay_per_batch, replace=False))
 
     def window_starts(self, step: int) -> np.ndarray:
-        n_new, n_old = self.tokens.split, len(self.tokens.second)
+        n_new, n_old = (len(part) for part in self.tokens.parts)  # the new tokens, then the original stream
         starts = np.random.default_rng([self.seed, step]).integers(0, n_new - self.seq_len + 1,
                                                                    size=self.global_batch_size)
         slots = self.replay_slots(step)

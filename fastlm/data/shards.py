@@ -22,15 +22,16 @@ def shard_names(split: str, shards: int) -> list[str]:
 
 
 class TokenShards:
-    """Several memory-mapped token files seen as one read-only 1-D array (len, slicing, integer indexing)."""
+    """Several 1-D token arrays (memory-mapped files, or other TokenShards) seen as one read-only 1-D array
+    (len, slicing, integer indexing), in the widest of their dtypes."""
 
     ndim = 1
 
-    def __init__(self, parts: list[np.ndarray]):
-        if not parts or any(p.ndim != 1 or p.dtype != parts[0].dtype for p in parts):
-            raise ValueError("TokenShards needs one or more 1-D arrays of one dtype")
+    def __init__(self, parts: list):
+        if not parts or any(p.ndim != 1 for p in parts):
+            raise ValueError("TokenShards needs one or more 1-D arrays")
         self.parts = parts
-        self.dtype = parts[0].dtype
+        self.dtype = np.result_type(*[p.dtype for p in parts])
         self.offsets = np.cumsum([0] + [len(p) for p in parts])  # start of each part; last = total length
         self.shape = (int(self.offsets[-1]),)
         self.size = self.shape[0]
@@ -46,11 +47,11 @@ class TokenShards:
             if not 0 <= i < self.size:
                 raise IndexError(f"index {index} is out of bounds for {self.size} tokens")
             part = int(np.searchsorted(self.offsets, i, side="right")) - 1
-            return self.parts[part][i - self.offsets[part]]
+            return self.dtype.type(self.parts[part][i - self.offsets[part]])
         return self._take(np.asarray(index))
 
     def __array__(self, dtype=None, copy=None):
-        whole = np.concatenate(self.parts)  # loads everything: only for callers that need a real array
+        whole = np.concatenate([np.asarray(p) for p in self.parts]).astype(self.dtype, copy=False)  # loads it all
         return whole if dtype is None else whole.astype(dtype)
 
     def _slice(self, start: int, stop: int, step: int) -> np.ndarray:
@@ -62,8 +63,9 @@ class TokenShards:
             if lo < hi:
                 pieces.append(part[lo - begin:hi - begin])
         if len(pieces) == 1:
-            return pieces[0]
-        return np.concatenate(pieces) if pieces else np.empty(0, self.dtype)
+            return np.asarray(pieces[0]).astype(self.dtype, copy=False)
+        return np.concatenate([np.asarray(p) for p in pieces]).astype(self.dtype, copy=False) if pieces \
+            else np.empty(0, self.dtype)
 
     def _take(self, index: np.ndarray) -> np.ndarray:
         if index.dtype.kind not in "iu":

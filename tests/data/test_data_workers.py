@@ -104,3 +104,13 @@ def test_config_rejects_zero_workers():
 
     with pytest.raises(ConfigError, match="data.workers = 0"):
         load_config("tiny", overrides=["data.workers=0"])
+
+
+def test_token_shards_of_mixed_dtypes_read_in_the_widest():
+    small, wide = np.arange(5, dtype=np.uint16), np.arange(70000, 70004, dtype=np.uint32)
+    view = TokenShards([small, TokenShards([wide])])  # nested views read the same way
+    whole = np.concatenate([small.astype(np.uint32), wide])
+    assert view.dtype == np.uint32 and view[2:7].dtype == np.uint32 and view[0:3].dtype == np.uint32
+    np.testing.assert_array_equal(view[:], whole)
+    np.testing.assert_array_equal(view[np.array([[0, 8], [5, 4]])], whole[np.array([[0, 8], [5, 4]])])
+    assert view[-1] == 70003 and np.asarray(view).dtype == np.uint32

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from fastlm.data import BatchLoader
-from fastlm.data.replay import ConcatTokens, ReplayBatchLoader
+from fastlm.data.replay import ReplayBatchLoader
+from fastlm.data.shards import TokenShards
 
 NEW = np.arange(1000, 1500, dtype=np.int64)  # new-domain ids 1000..1499
 OLD = np.arange(0, 300, dtype=np.int64)      # original-stream ids 0..299
@@ -45,7 +46,7 @@ def test_ranks_split_the_same_global_batch():
 
 
 def test_concat_tokens_and_errors():
-    c = ConcatTokens(NEW, OLD)
+    c = TokenShards([NEW, OLD])  # the loader's view of the new tokens, then the original stream
     assert len(c) == 800 and c[np.array([0, 499, 500, 799])].tolist() == [1000, 1499, 0, 299]
     with pytest.raises(ValueError, match="replay must be"):
         _loader(1.0)
