@@ -9,8 +9,6 @@ CPU a 2:4 run's linears compute with the compressed 2:4 kernel (Sparse24Linear).
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from fastlm.prune import prune_model
@@ -19,6 +17,7 @@ from fastlm.prune.sparse24 import is_24
 from fastlm.prune.stored24 import STORAGE
 from fastlm.train.errors import FastlmError
 from fastlm.train.run import load_run
+from fastlm.train.run_dir import derived_run_dir
 from fastlm.train.weights import save_weights
 
 
@@ -49,20 +48,9 @@ def prune_run(run_dir: str | Path, out: str | Path, sparsity: float | None = Non
     if compress:
         record["storage"] = STORAGE
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        shutil.copyfile(Path(run_dir) / "config.toml", tmp / "config.toml")
-        shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    with derived_run_dir(out, run_dir, tokenizer_path) as tmp:
         save_weights(model, tmp, compress24=compress)
         write_pruning(tmp, masks, record)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary = {"out": str(out), "pattern": pattern, "scope": scope, "sparsity": record["sparsity"],
                "layers": len(masks), "weights": sum(m.numel() for m in masks.values())}
     if evaluate:

@@ -7,8 +7,6 @@ encrypted run ([checkpoint] encrypt = true) gives an encrypted one, with a run i
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from fastlm.privacy.encryption import encryption_for
@@ -16,6 +14,7 @@ from fastlm.quant import SCHEMES, quantization_record, quantize_model
 from fastlm.quant.saved import write_quantization
 from fastlm.train.errors import FastlmError
 from fastlm.train.run import load_run
+from fastlm.train.run_dir import derived_run_dir
 from fastlm.train.weights import save_weights
 
 CALIBRATION_BATCHES = 8
@@ -42,20 +41,9 @@ def quantize_run(run_dir: str | Path, out: str | Path, scheme: str, skip: list[s
     quantize_model(model, scheme, skip=skip, smooth=smooth, calibration_batches=batches, group_size=group_size)
     record = quantization_record(model)
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        shutil.copyfile(Path(run_dir) / "config.toml", tmp / "config.toml")
-        shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    with derived_run_dir(out, run_dir, tokenizer_path) as tmp:
         save_weights(model, tmp, encryption_for(tmp, config.checkpoint, create_id=True))
         write_quantization(tmp, record)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"out": str(out), "scheme": scheme, "layers": len(record["modules"]),
             "bytes_before": before, "bytes_after": _weight_bytes(model)}
 

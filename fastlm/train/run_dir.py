@@ -7,6 +7,8 @@ before its first optimizer step (so a bad input leaves nothing behind).
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -101,3 +103,24 @@ def undo_run_dir(run_dir: Path, made: Path | None) -> None:
     elif run_dir.is_dir():
         for child in run_dir.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+@contextlib.contextmanager
+def derived_run_dir(out: Path, source: str | os.PathLike, tokenizer_path: str | os.PathLike):
+    """A run directory made from the finished run `source` (`fastlm prune`, `fastlm quantize`): its
+    config.toml and the tokenizer are copied into a temporary directory, the block writes the rest
+    there, and it then takes the place of `out` (absent or empty: the caller checks). An error
+    leaves nothing behind."""
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        shutil.copyfile(Path(source) / "config.toml", tmp / "config.toml")
+        shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+        yield tmp
+        if out.exists():
+            out.rmdir()  # empty (checked by the caller)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
