@@ -43,7 +43,7 @@ def saved_run_config():
 
 
 def validate(config: Config) -> None:
-    t, d, p, c = config.train, config.data, config.parallel, config.checkpoint
+    t, d, p = config.train, config.data, config.parallel
     if t.precision not in PRECISIONS:
         raise ConfigError(f"train.precision = {_show(t.precision)}: expected one of {', '.join(PRECISIONS)}")
     if config.model.linear not in LINEARS:
@@ -60,6 +60,49 @@ def validate(config: Config) -> None:
                           "from counts; canaries are for models trained by `fastlm train` steps")
     if d.counterfactual is not None and (not isinstance(d.counterfactual, str) or not d.counterfactual.strip()):
         raise ConfigError(f"data.counterfactual = {_show(d.counterfactual)}: expected \"gender\" or a file of word pairs")
+    _validate_numbers(config)
+    _validate_model_parallel(config)
+    _validate_tensor_parallel(config)
+    _validate_pipeline(config)
+    _validate_parallel(p, t)
+    if isinstance(config.parallel.dp_shares, str):
+        _validate_dynamic_shares(config)
+    _validate_adversarial(t)
+    if t.debias not in ("none", "adversarial"):
+        raise ConfigError(f"train.debias = {_show(t.debias)}: expected one of none, adversarial")
+    if not (t.debias_weight > 0 and math.isfinite(t.debias_weight)):
+        raise ConfigError(f"train.debias_weight = {_show(t.debias_weight)}: expected a positive number")
+    validate_privacy(config)
+    validate_federated(config)
+    validate_distill(config)
+    _validate_encryption(config)
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer = {_show(t.optimizer)}: expected one of {', '.join(OPTIMIZERS)}")
+    if not 0 <= t.momentum < 1:
+        raise ConfigError(f"train.momentum = {_show(t.momentum)}: expected a number in [0, 1)")
+    _validate_optimizer_offload(config)
+    _check_launch_batch_split(config)
+    # A family without a context or vocabulary field (a vision model) skips these checks.
+    max_seq_len, vocab_size = getattr(config.model, "max_seq_len", None), getattr(config.model, "vocab_size", None)
+    if max_seq_len is not None and d.seq_len > max_seq_len:
+        raise ConfigError(f"data.seq_len = {d.seq_len}: expected at most model.max_seq_len = {max_seq_len}")
+    if vocab_size is not None and d.vocab_size > vocab_size:
+        raise ConfigError(f"data.vocab_size = {d.vocab_size}: expected at most model.vocab_size = {vocab_size}")
+    try:
+        config.model.architecture().validate()
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
+    _validate_masked_lm(config)
+    _validate_deid(d)
+    if d.stateful and not type(config.model).carries_state:
+        recurrent = " | ".join(family for family, section in MODEL_SECTIONS.items() if section.carries_state)
+        raise ConfigError(f"data.stateful = true: only for recurrent models (model.family = {recurrent}), "
+                          f"not {_show(config.model.family)}")
+
+
+def _validate_numbers(config: Config) -> None:
+    """The counts, rates and fractions that must be positive, >= 0 or in range."""
+    t, d, p, c = config.train, config.data, config.parallel, config.checkpoint
     positive = {
         "train.steps": t.steps, "train.global_batch_size": t.global_batch_size,
         "train.micro_batch_size": t.micro_batch_size, "train.log_every": t.log_every,
@@ -86,48 +129,18 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.min_lr = {_show(t.min_lr)}: expected at most train.lr = {_show(t.lr)}")
     if not 0 < d.val_fraction < 1:
         raise ConfigError(f"data.val_fraction = {_show(d.val_fraction)}: expected a number between 0 and 1")
-    _validate_model_parallel(config)
-    _validate_tensor_parallel(config)
-    _validate_pipeline(config)
-    _validate_parallel(p, t)
-    if isinstance(config.parallel.dp_shares, str):
-        _validate_dynamic_shares(config)
-    _validate_adversarial(t)
-    if t.debias not in ("none", "adversarial"):
-        raise ConfigError(f"train.debias = {_show(t.debias)}: expected one of none, adversarial")
-    if not (t.debias_weight > 0 and math.isfinite(t.debias_weight)):
-        raise ConfigError(f"train.debias_weight = {_show(t.debias_weight)}: expected a positive number")
-    validate_privacy(config)
-    validate_federated(config)
-    validate_distill(config)
-    _validate_encryption(config)
-    if t.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"train.optimizer = {_show(t.optimizer)}: expected one of {', '.join(OPTIMIZERS)}")
-    if not 0 <= t.momentum < 1:
-        raise ConfigError(f"train.momentum = {_show(t.momentum)}: expected a number in [0, 1)")
-    _validate_optimizer_offload(config)
+
+
+def _check_launch_batch_split(config: Config) -> None:
+    """The global batch against this launch's data-parallel size (not for a finished run's config.toml)."""
+    if _SAVED_RUN.get():
+        return
+    p = config.parallel
     # Outside a launch (no WORLD_SIZE: loading a finished run for eval/generate, or a config in a
     # notebook) dp = "auto" has no process count yet: dp_shares say how many ranks there will be.
     # Trainer.fit checks the split again against the real data-parallel size.
     unlaunched_shares = p.dp == "auto" and p.fixed_shares is not None and "WORLD_SIZE" not in os.environ
-    if not _SAVED_RUN.get():
-        check_batch_split(config, len(p.fixed_shares) if unlaunched_shares else config.dp_size())
-    # A family without a context or vocabulary field (a vision model) skips these checks.
-    max_seq_len, vocab_size = getattr(config.model, "max_seq_len", None), getattr(config.model, "vocab_size", None)
-    if max_seq_len is not None and d.seq_len > max_seq_len:
-        raise ConfigError(f"data.seq_len = {d.seq_len}: expected at most model.max_seq_len = {max_seq_len}")
-    if vocab_size is not None and d.vocab_size > vocab_size:
-        raise ConfigError(f"data.vocab_size = {d.vocab_size}: expected at most model.vocab_size = {vocab_size}")
-    try:
-        config.model.architecture().validate()
-    except (ValueError, TypeError) as e:
-        raise ConfigError(str(e)) from None
-    _validate_masked_lm(config)
-    _validate_deid(d)
-    if d.stateful and not type(config.model).carries_state:
-        recurrent = " | ".join(family for family, section in MODEL_SECTIONS.items() if section.carries_state)
-        raise ConfigError(f"data.stateful = true: only for recurrent models (model.family = {recurrent}), "
-                          f"not {_show(config.model.family)}")
+    check_batch_split(config, len(p.fixed_shares) if unlaunched_shares else config.dp_size())
 
 
 def _validate_deid(d) -> None:
