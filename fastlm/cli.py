@@ -48,26 +48,57 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastlm", description="Train Transformer language models fast.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train a model from a TOML config or a preset")
-    p.add_argument("config", metavar="CONFIG", help="a TOML file or a preset name (tiny, gpt2-small, llama-1b, bert-tiny, ngram, hmm, maxent, lstm-tiny, gru-tiny)")
+    _add_training_parsers(sub)
+    _add_finished_run_parsers(sub)
+    _add_bench_parser(sub)
+    _add_prune_parser(sub)
+    _add_fairness_parser(sub)
+    _add_keygen_parser(sub)
+    _add_embeddings_parser(sub)
+    accountability.add_accountability_parsers(sub)
+    _add_deid_parser(sub)
+    return parser
+
+
+def _add_run_options(p) -> None:
+    """--out, --set, --resume, --quiet: the options of every command that trains into a run directory."""
     p.add_argument("--out", metavar="RUN_DIR", help="the run directory (default: ./runs/<config name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (a TOML value, or else a string); may repeat")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
+
+
+def _add_training_parsers(sub) -> None:
+    """train, distill, finetune: the commands that train."""
+    p = sub.add_parser("train", help="train a model from a TOML config or a preset")
+    p.add_argument("config", metavar="CONFIG", help="a TOML file or a preset name (tiny, gpt2-small, llama-1b, bert-tiny, ngram, hmm, maxent, lstm-tiny, gru-tiny)")
+    _add_run_options(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("distill", help="train a student on a teacher's distribution: fastlm train with [distill]")
     p.add_argument("config", metavar="CONFIG", help="a TOML file or a preset name, with a [distill] section")
-    p.add_argument("--out", metavar="RUN_DIR", help="the run directory (default: ./runs/<config name>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value (a TOML value, or else a string); may repeat")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run directory")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
+    _add_run_options(p)
     p.add_argument("--save-teacher", metavar="DIR", help="instead of training: run distill.teacher over the training "
                    "stream and store its top-k log-probabilities in DIR (then train with distill.teacher_store=DIR)")
     p.set_defaults(func=_distill)
 
+    p = sub.add_parser("finetune", help="fine-tune on a task (classification, qa, generation, translation, speech, "
+                                        "captioning, image_text_retrieval, image_classification)")
+    p.add_argument("task", metavar="TASK", help="classification | qa | generation | translation | speech | captioning "
+                                                "| image_text_retrieval | image_classification")
+    p.add_argument("config", metavar="CONFIG", help="a task TOML file or a shipped demo config (classification-demo, "
+                                                     "qa-demo, generation-demo, translation-demo, speech-demo)")
+    p.add_argument("--out", metavar="RUN_DIR", help="the run directory (default: ./runs/<config name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, also task.KEY=VALUE; may repeat")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
+    p.set_defaults(func=_finetune)
+
+
+def _add_finished_run_parsers(sub) -> None:
+    """eval, generate, evaluate, plot, export, merge, quantize: the commands that read a finished run."""
     p = sub.add_parser("eval", help="validation loss and perplexity of a finished run")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.set_defaults(func=_eval)
@@ -82,19 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     accountability.add_watermark_options(p)
     p.set_defaults(func=_generate)
-
-    p = sub.add_parser("finetune", help="fine-tune on a task (classification, qa, generation, translation, speech, "
-                                        "captioning, image_text_retrieval, image_classification)")
-    p.add_argument("task", metavar="TASK", help="classification | qa | generation | translation | speech | captioning "
-                                                "| image_text_retrieval | image_classification")
-    p.add_argument("config", metavar="CONFIG", help="a task TOML file or a shipped demo config (classification-demo, "
-                                                     "qa-demo, generation-demo, translation-demo, speech-demo)")
-    p.add_argument("--out", metavar="RUN_DIR", help="the run directory (default: ./runs/<config name>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value, also task.KEY=VALUE; may repeat")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
-    p.set_defaults(func=_finetune)
 
     p = sub.add_parser("evaluate", help="score a fine-tuned run: metrics.json and predictions.jsonl")
     p.add_argument("task", metavar="TASK")
@@ -132,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=None, help="w8a16: one weight scale per G input columns")
     p.set_defaults(func=_quantize)
 
+
+def _add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="run benchmarks against their baselines; write results.json and plots")
     p.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all; see --list)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -140,14 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=None, help="timed runs per measurement (median reported)")
     p.add_argument("--list", action="store_true", help="list the benchmarks and their baselines")
     p.set_defaults(func=_bench)
-
-    _add_prune_parser(sub)
-    _add_fairness_parser(sub)
-    _add_keygen_parser(sub)
-    _add_embeddings_parser(sub)
-    accountability.add_accountability_parsers(sub)
-    _add_deid_parser(sub)
-    return parser
 
 
 def _add_prune_parser(sub) -> None:
