@@ -90,12 +90,7 @@ class Trainer:
         private = PrivateTraining.setup(cfg, pm, loader.num_samples)  # None without DP-SGD
         optimizer = pm.wrap_optimizer(build_optimizer(pm.module, t, rt.device))  # ZeRO-1 with shard_optimizer
         distill = Distillation.setup(cfg, pm, corpus.tokenizer_path, rt.device)  # None without [distill]
-        loss_hook = {"loss_of": distill.loss_of} if distill is not None else {}
-        step = TrainStep(pm, optimizer, device=rt.device, precision=rt.precision, **private_step_hooks(private, t),
-                         **loss_hook,
-                         local_sgd_every=cfg.parallel.sync_every if cfg.parallel.sync != "every_step" else 0,
-                         max_staleness=cfg.parallel.max_staleness if cfg.parallel.sync == "async" else None,
-                         after_step=mask_keeper(pm.module, pm.tensor_parallel, cfg.model.init_from))
+        step = self._train_step(pm, optimizer, private, distill)
         next_batches, shares_record = dynamic_shares_for_run(cfg, pm, loader, step, rt.mesh)  # dp_shares = "dynamic"
         identity = {"model": model.config.to_dict(), "corpus_key": corpus.key}  # what a checkpoint must match
         enc = encryption_for(run_dir, cfg.checkpoint, create_id=True)  # None unless checkpoint.encrypt
@@ -136,18 +131,34 @@ class Trainer:
                         closing.close()  # the bar ends its line, so an error message starts on a fresh one
         final = pm.full_model(rt.is_main)  # every stage's and tp rank's weights in a plain model: a collective
         if rt.is_main:
-            save_weights(final, run_dir, enc)
-            if cfg.model.lora is not None:  # the adapters alone, in PEFT's layout
-                save_adapter(final, model.config, cfg.model.lora, run_dir, cfg.model.init_from)
-            carry_pruning(final, run_dir, cfg.model.init_from)
-            if private is not None and private.stop_message(t.steps):
-                print(private.stop_message(t.steps))
-            print(f"validation perplexity: {result['val_ppl']:.2f} (loss {result['val_loss']:.4f})")
-            print(f"run directory: {run_dir}")
+            self._write_final(final, model.config, run_dir, enc, private, result)
         self.model = pm.module
         return {"step": last_step, "val_loss": result["val_loss"], "val_ppl": result["val_ppl"], "run_dir": str(run_dir)}
 
     # ------------------------------------------------------------------ pieces
+
+    def _train_step(self, pm, optimizer, private, distill) -> TrainStep:
+        """The one training step with this run's hooks: DP-SGD, distillation's loss, local SGD or background
+        averaging, pruning masks kept."""
+        cfg, rt = self.config, self.rt
+        loss_hook = {"loss_of": distill.loss_of} if distill is not None else {}
+        return TrainStep(pm, optimizer, device=rt.device, precision=rt.precision,
+                         **private_step_hooks(private, cfg.train), **loss_hook,
+                         local_sgd_every=cfg.parallel.sync_every if cfg.parallel.sync != "every_step" else 0,
+                         max_staleness=cfg.parallel.max_staleness if cfg.parallel.sync == "async" else None,
+                         after_step=mask_keeper(pm.module, pm.tensor_parallel, cfg.model.init_from))
+
+    def _write_final(self, final, model_config, run_dir: Path, enc, private, result: dict) -> None:
+        """The finished run's files (rank 0): weights, LoRA adapters, carried pruning; the closing lines."""
+        cfg = self.config
+        save_weights(final, run_dir, enc)
+        if cfg.model.lora is not None:  # the adapters alone, in PEFT's layout
+            save_adapter(final, model_config, cfg.model.lora, run_dir, cfg.model.init_from)
+        carry_pruning(final, run_dir, cfg.model.init_from)
+        if private is not None and private.stop_message(cfg.train.steps):
+            print(private.stop_message(cfg.train.steps))
+        print(f"validation perplexity: {result['val_ppl']:.2f} (loss {result['val_loss']:.4f})")
+        print(f"run directory: {run_dir}")
 
     def _build_model(self) -> tuple[torch.nn.Module, Path | None]:
         cfg = self.config
