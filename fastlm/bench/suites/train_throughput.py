@@ -9,6 +9,11 @@ path, ONEDNN_MAX_CPU_ISA) applies to it alone. Implementations:
   torch_linear  the same model with its linears turned back into torch.nn.Linear
   reference     the same model on the plain-PyTorch reference of every op (FASTLM_BACKEND=reference)
   hf            the model converted with fastlm.models.to_hf (HF's SDPA attention)
+  nanogpt       family "gpt2" only: the same weights in nanoGPT's model and optimizer setup
+                (fastlm.bench.nanogpt; benchmarks/nanogpt_compare.py), eager
+  nanogpt_compiled  the same under torch.compile (nanoGPT's train.py default)
+Every row but nanoGPT's steps torch.optim.AdamW unless the spec says `"optimizer": "fastlm"`
+(fastlm.optim.AdamW, what `fastlm train` steps on the CPU).
 Each row also gives fastlm's model FLOPs utilisation, `mfu`, against `peak_gflops`: torch's best
 GEMM throughput on the model's own GEMM shapes in the row's dtype (fp32 or bf16), measured in the same
 worker process right after its training steps (fastlm.bench.roofline: FLOPs per token are PaLM's
@@ -28,7 +33,7 @@ import time
 
 from fastlm.bench.registry import Options, Suite
 
-IMPLS = ("fastlm", "fastlm_compiled", "torch_linear", "reference", "hf")
+IMPLS = ("fastlm", "fastlm_compiled", "torch_linear", "reference", "hf", "nanogpt", "nanogpt_compiled")
 # Dense bf16 tensor-core peaks (FLOP/s) for MFU, by a substring of torch.cuda.get_device_name().
 GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "4090": 165e12}
 CPU_SHAPES = {"gpt2": dict(family="gpt2", d_model=256, n_layer=4, n_head=8, vocab_size=4096, seq_len=256, batch_size=8),
@@ -50,6 +55,19 @@ def _rss_kb() -> int:
     return 0
 
 
+def _optimizer(spec: dict, model, device):
+    import torch
+
+    from fastlm.bench import nanogpt
+    from fastlm.optim import AdamW
+
+    if spec["impl"].startswith("nanogpt"):
+        return nanogpt.configure_optimizer(model, lr=1e-4, weight_decay=0.1, device_type=device.type)
+    if spec.get("optimizer") == "fastlm":
+        return AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+
+
 def run_one(spec: dict) -> dict:
     """One training run in this process; returns tokens/s, memory, and MFU on CUDA."""
     import torch
@@ -62,7 +80,7 @@ def run_one(spec: dict) -> dict:
     device = torch.device(spec.get("device", "cpu"))
     cfg = GPTConfig(family=spec["family"], vocab_size=spec["vocab_size"], n_layer=spec["n_layer"],
                     n_head=spec["n_head"], n_kv_head=spec.get("n_kv_head") if spec["family"] == "llama" else None,
-                    d_model=spec["d_model"], max_seq_len=spec["seq_len"]).resolved()
+                    d_model=spec["d_model"], max_seq_len=spec["seq_len"], activation=spec.get("activation")).resolved()
     torch.manual_seed(0)
     model = GPT(cfg)
     n_params = sum(p.numel() for p in model.parameters())
@@ -79,10 +97,16 @@ def run_one(spec: dict) -> dict:
     if spec["impl"] == "hf":
         model = to_hf(model, attn_implementation="sdpa")
         step_loss = lambda x: model(input_ids=x, labels=x).loss
+    elif spec["impl"].startswith("nanogpt"):
+        from fastlm.bench import nanogpt
+
+        model = nanogpt.from_fastlm(model, cfg)
+        step = torch.compile(model) if spec["impl"] == "nanogpt_compiled" else model
+        step_loss = lambda x: step(x, labels=x)[1]
     else:
         step_loss = lambda x: model(x, labels=x, return_logits=False)[1]
     model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    opt = _optimizer(spec, model, device)
     g = torch.Generator().manual_seed(1234)
     batches = [torch.randint(0, spec["vocab_size"], (spec["batch_size"], spec["seq_len"]), generator=g).to(device)
                for _ in range(spec["warmup"] + spec["steps"])]
