@@ -16,18 +16,13 @@ namespace fastlm::cpu {
 namespace {
 
 constexpr int64_t kColumnChunk = 16;  // output columns per parallel work item
-// W8A16 with more rows than this (and not on the AMX path) dequantizes the weight and runs a dense
-// GEMM (compute-bound there; bf16 inputs use torch's bf16 GEMM, AVX-512 BF16 kernels where the CPU has them).
+// W8A16 with more rows than this (and neither the AMX nor the AVX512-BF16 kernel) dequantizes the weight to fp32
+// and runs torch's fp32 GEMM.
 constexpr int64_t kStreamingMaxRows = 16;
+// W8A16 with bf16 x and at least this many rows uses the AVX512-BF16 kernel where the CPU has it (fewer rows:
+// the fp32 streaming kernel, as fast or faster there; measured on Zen 5).
+constexpr int64_t kBf16MinRows = 12;
 constexpr int64_t kAmxMinRows = 4;  // int8_matmul with fewer rows of a uses AVX-512 VNNI on AMX machines
-
-bool cpu_has_bf16_gemm() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  return __builtin_cpu_supports("avx512bf16");
-#else
-  return false;
-#endif
-}
 
 // The forced path (FASTLM_INT8_KERNEL), or the best one for an (m, k) @ (k, n) product.
 Int8Path chosen_path(const char* op, int64_t m) {
@@ -187,33 +182,63 @@ at::Tensor int8_matmul(const at::Tensor& a_in, const at::Tensor& b, const c10::o
   return out;
 }
 
-// w (N, K) int8 * w_scale (N, K / group_size) -> (N, K) in dtype (fp32 or bf16).
-at::Tensor dequantized_weight(const at::Tensor& w, const at::Tensor& w_scale, int64_t group_size, at::ScalarType dtype) {
+// w (N, K) int8 * w_scale (N, K / group_size) -> (N, K) fp32.
+at::Tensor dequantized_weight(const at::Tensor& w, const at::Tensor& w_scale, int64_t group_size) {
   const int64_t n = w.size(0), k = w.size(1), groups = k / group_size;
-  at::Tensor out = at::empty({n, k}, w.options().dtype(dtype));
+  at::Tensor out = at::empty({n, k}, w.options().dtype(at::kFloat));
   const int8_t* wp = w.data_ptr<int8_t>();
   const float* sp = w_scale.data_ptr<float>();
-  char* op = static_cast<char*>(out.data_ptr());
-  const bool to_bf16 = dtype == at::kBFloat16;
+  float* op = out.data_ptr<float>();
   at::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 15) / k), [&](int64_t r0, int64_t r1) {
-    std::vector<float> row(to_bf16 ? k : 0);
-    for (int64_t r = r0; r < r1; ++r) {
-      float* dst = to_bf16 ? row.data() : reinterpret_cast<float*>(op) + r * k;
-      int8_dequantize_row(wp + r * w.stride(0), k, group_size, sp + r * groups, dst);
-      if (to_bf16) cast_scale(dst, CastType::kFloat32, op + r * k * 2, CastType::kBFloat16, 1.f, k);
-    }
+    for (int64_t r = r0; r < r1; ++r) int8_dequantize_row(wp + r * w.stride(0), k, group_size, sp + r * groups, op + r * k);
   });
   return out;
 }
 
+// Dequantized fp32 weights (exact products w * scale, rounded once) and torch's fp32 GEMM.
 at::Tensor dense_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& w_scale,
                                const c10::optional<at::Tensor>& bias, int64_t group_size) {
-  const bool bf16 = x_in.scalar_type() == at::kBFloat16 && cpu_has_bf16_gemm();
-  const at::Tensor wd = dequantized_weight(w, w_scale, group_size, bf16 ? at::kBFloat16 : at::kFloat);
-  const at::Tensor x = bf16 ? x_in : x_in.to(at::kFloat);
-  at::Tensor y = bias && !bf16 ? at::addmm(*bias, x, wd.t()) : at::mm(x, wd.t());
-  if (bias && bf16) y.add_(*bias);
+  const at::Tensor wd = dequantized_weight(w, w_scale, group_size);
+  const at::Tensor x = x_in.to(at::kFloat);
+  at::Tensor y = bias ? at::addmm(*bias, x, wd.t()) : at::mm(x, wd.t());
   return y.scalar_type() == x_in.scalar_type() ? y : y.to(x_in.scalar_type());
+}
+
+// FASTLM_INT8_W8A16_MATH=fp32 keeps W8A16 on the fp32 kernels on AVX512-BF16 CPUs too (the path CPUs
+// without AVX512-BF16 run; tests and comparisons).
+bool w8a16_bf16_allowed() {
+  const char* env = std::getenv("FASTLM_INT8_W8A16_MATH");
+  return env == nullptr || std::strcmp(env, "fp32") != 0;
+}
+
+// W8A16 with vdpbf16ps (int8_weight_bf16_kernels.cpp): bf16 x as it is, fp16 / fp32 x as x_hi + x_lo in bf16.
+at::Tensor bf16_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& w_scale,
+                              const c10::optional<at::Tensor>& bias, int64_t group_size) {
+  const int64_t m = x_in.size(0), k = x_in.size(1), n = w.size(0);
+  at::Tensor out = at::empty({m, n}, x_in.options());
+  if (m == 0) return out;
+  at::Tensor hi = x_in.contiguous(), lo;
+  if (hi.scalar_type() != at::kBFloat16) {
+    const at::Tensor xf = hi.to(at::kFloat);
+    hi = xf.to(at::kBFloat16);
+    lo = (xf - hi.to(at::kFloat)).to(at::kBFloat16);  // exact difference; its rounding is the only loss
+  }
+  at::Tensor acc_out = x_in.scalar_type() == at::kFloat ? out : at::empty({m, n}, x_in.options().dtype(at::kFloat));
+  Int8WeightBf16Args args{};
+  args.x_hi = reinterpret_cast<const uint16_t*>(hi.data_ptr());
+  args.x_lo = lo.defined() ? reinterpret_cast<const uint16_t*>(lo.data_ptr()) : nullptr;
+  args.ldx = k;
+  args.w = w.data_ptr<int8_t>();
+  args.ldw = w.stride(0);
+  args.w_scale = w_scale.data_ptr<float>();
+  args.group_size = group_size;
+  args.bias = bias ? bias->data_ptr<float>() : nullptr;
+  args.m = m, args.n = n, args.k = k;
+  args.out = acc_out.data_ptr<float>();
+  args.ldo = n;
+  parallel_columns(m, n, k, [&](int64_t n0, int64_t n1) { int8_weight_gemm_bf16(args, n0, n1); });
+  if (!acc_out.is_same(out)) store_from_float32(acc_out, out);
+  return out;
 }
 
 at::Tensor int8_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& w_scale,
@@ -235,6 +260,12 @@ at::Tensor int8_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const
   // bf16 x on AMX: tiles of bf16-dequantized weights, any m (the weights are dequantized once per call).
   const bool amx = path == Int8Path::kAmx && x_in.scalar_type() == at::kBFloat16 &&
                    (group_size == k || group_size % 32 == 0) && int8_weight_amx_supported();
+  // AVX512-BF16 CPUs (unless AMX takes it): vdpbf16ps above a few rows (bf16 x; fp16 / fp32 x, split in two bf16
+  // planes, only above the streaming rows, where it beats a dequantized fp32 GEMM); fewer rows stream in fp32.
+  const int64_t bf16_min_rows = x_in.scalar_type() == at::kBFloat16 ? kBf16MinRows : kStreamingMaxRows + 1;
+  const bool bf16 = !amx && m >= bf16_min_rows && (path == Int8Path::kAvx512Vnni || path == Int8Path::kAmx) &&
+                    int8_weight_bf16_supported() && int8_weight_bf16_fits(k, group_size) && w8a16_bf16_allowed();
+  if (bf16) return bf16_weight_matmul(x_in, wc, w_scale, bias, group_size);
   if (m > kStreamingMaxRows && !amx) return dense_weight_matmul(x_in.contiguous(), wc, w_scale, bias, group_size);
   at::Tensor out = at::empty({m, n}, x_in.options());
   if (m == 0) return out;

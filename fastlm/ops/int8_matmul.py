@@ -8,7 +8,10 @@ int8_matmul: out = (a @ b in int32) * a_scale[:, None] * b_scale[None, :] + bias
 integer sums for any int8 values (-128 included). b (K, N) may be a transposed view of an nn.Linear-
 layout (N, K) int8 weight (the fast CPU path). int8_weight_matmul: x @ (w_int8 * w_scale).T + bias,
 weights dequantized on the fly, fp32 accumulation; per channel (w_scale (N,)) or per group of
-group_size columns (w_scale (N, K // group_size)). CPU: C++ (csrc/cpu/int8*.cpp: AMX (int8 tiles; bf16
+group_size columns (w_scale (N, K // group_size)). On CPUs with AVX512-BF16, above a few rows, the products
+run as vdpbf16ps: bf16 x exactly, fp16 x exactly and fp32 x to 16 significant bits (each as two bf16
+planes), int8 weights exact, fp32 sums, the scales applied to the sums (FASTLM_INT8_W8A16_MATH=fp32 keeps
+the fp32 kernels; see csrc/cpu/int8_weight_bf16_kernels.cpp). CPU: C++ (csrc/cpu/int8*.cpp: AMX (int8 tiles; bf16
 tiles for W8A16 with bf16 x) / AVX-512 VNNI / AVX-VNNI / AVX2 / scalar, chosen by CPU features and M;
 FASTLM_INT8_KERNEL=amx|avx512_vnni|avx_vnni|avx2|scalar forces one, torch.ops.fastlm.int8_cpu_kernels()
 lists what this CPU runs); CUDA: Triton (kernels/int8_matmul.py), and
@@ -212,7 +215,7 @@ def int8_matmul(a_int8: torch.Tensor, b_int8: torch.Tensor, a_scale: torch.Tenso
 
 def int8_weight_matmul(x: torch.Tensor, w_int8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None,
                        group_size: int | None = None) -> torch.Tensor:
-    """x (..., K) fp32/bf16/fp16 @ (w_int8 (N, K) * w_scale).T + bias (N,) -> (..., N) in x.dtype (fp32 math).
+    """x (..., K) fp32/bf16/fp16 @ (w_int8 (N, K) * w_scale).T + bias (N,) -> (..., N) in x.dtype (fp32 sums).
 
     w_scale (N,) per output channel, or (N, K // group_size) with group_size.
     Differentiable in x and bias (the int8 weight is frozen).
