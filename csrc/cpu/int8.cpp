@@ -211,6 +211,39 @@ bool w8a16_bf16_allowed() {
   return env == nullptr || std::strcmp(env, "fp32") != 0;
 }
 
+enum class W8A16Kernel { kAmx, kBf16, kStreaming, kDense };
+
+// Which W8A16 kernel runs m rows of x (dtype) on the int8 path `path`.
+W8A16Kernel w8a16_kernel(Int8Path path, at::ScalarType dtype, int64_t m, int64_t k, int64_t group_size) {
+  // bf16 x on AMX: tiles of bf16-dequantized weights, any m (the weights are dequantized once per call).
+  if (path == Int8Path::kAmx && dtype == at::kBFloat16 && (group_size == k || group_size % 32 == 0) &&
+      int8_weight_amx_supported()) {
+    return W8A16Kernel::kAmx;
+  }
+  // AVX512-BF16 CPUs: vdpbf16ps above a few rows (bf16 x; fp16 / fp32 x, split in two bf16 planes, only above
+  // the streaming rows, where it beats a dequantized fp32 GEMM); fewer rows stream in fp32.
+  const int64_t bf16_min_rows = dtype == at::kBFloat16 ? kBf16MinRows : kStreamingMaxRows + 1;
+  if (m >= bf16_min_rows && (path == Int8Path::kAvx512Vnni || path == Int8Path::kAmx) &&
+      int8_weight_bf16_supported() && int8_weight_bf16_fits(k, group_size) && w8a16_bf16_allowed()) {
+    return W8A16Kernel::kBf16;
+  }
+  return m > kStreamingMaxRows ? W8A16Kernel::kDense : W8A16Kernel::kStreaming;
+}
+
+// The kernel's name, for benchmarks: amx_bf16, avx512_bf16, avx512_fp32 / avx2_fp32 / scalar_fp32 (streaming),
+// dense_fp32.
+std::string int8_weight_kernel(int64_t m, at::ScalarType dtype, int64_t k, int64_t group_size) {
+  const Int8Path path = chosen_path("fastlm::int8_weight_kernel", m);
+  switch (w8a16_kernel(path, dtype, m, k, group_size)) {
+    case W8A16Kernel::kAmx: return "amx_bf16";
+    case W8A16Kernel::kBf16: return "avx512_bf16";
+    case W8A16Kernel::kDense: return "dense_fp32";
+    default: break;
+  }
+  if (path == Int8Path::kAmx || path == Int8Path::kAvx512Vnni) return "avx512_fp32";
+  return path == Int8Path::kScalar ? "scalar_fp32" : "avx2_fp32";
+}
+
 // W8A16 with vdpbf16ps (int8_weight_bf16_kernels.cpp): bf16 x as it is, fp16 / fp32 x as x_hi + x_lo in bf16.
 at::Tensor bf16_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& w_scale,
                               const c10::optional<at::Tensor>& bias, int64_t group_size) {
@@ -257,16 +290,10 @@ at::Tensor int8_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const
   check_vector(bias, n, op, "bias");
   const at::Tensor wc = w.stride(1) == 1 ? w : w.contiguous();
   const Int8Path path = chosen_path(op, m);
-  // bf16 x on AMX: tiles of bf16-dequantized weights, any m (the weights are dequantized once per call).
-  const bool amx = path == Int8Path::kAmx && x_in.scalar_type() == at::kBFloat16 &&
-                   (group_size == k || group_size % 32 == 0) && int8_weight_amx_supported();
-  // AVX512-BF16 CPUs (unless AMX takes it): vdpbf16ps above a few rows (bf16 x; fp16 / fp32 x, split in two bf16
-  // planes, only above the streaming rows, where it beats a dequantized fp32 GEMM); fewer rows stream in fp32.
-  const int64_t bf16_min_rows = x_in.scalar_type() == at::kBFloat16 ? kBf16MinRows : kStreamingMaxRows + 1;
-  const bool bf16 = !amx && m >= bf16_min_rows && (path == Int8Path::kAvx512Vnni || path == Int8Path::kAmx) &&
-                    int8_weight_bf16_supported() && int8_weight_bf16_fits(k, group_size) && w8a16_bf16_allowed();
-  if (bf16) return bf16_weight_matmul(x_in, wc, w_scale, bias, group_size);
-  if (m > kStreamingMaxRows && !amx) return dense_weight_matmul(x_in.contiguous(), wc, w_scale, bias, group_size);
+  const W8A16Kernel kernel = w8a16_kernel(path, x_in.scalar_type(), m, k, group_size);
+  if (kernel == W8A16Kernel::kBf16) return bf16_weight_matmul(x_in, wc, w_scale, bias, group_size);
+  if (kernel == W8A16Kernel::kDense) return dense_weight_matmul(x_in.contiguous(), wc, w_scale, bias, group_size);
+  const bool amx = kernel == W8A16Kernel::kAmx;
   at::Tensor out = at::empty({m, n}, x_in.options());
   if (m == 0) return out;
   const at::Tensor x = amx ? x_in.contiguous() : as_float32(x_in.contiguous(), op, "x");
@@ -367,6 +394,8 @@ std::vector<std::string> int8_cpu_kernels() {
 TORCH_LIBRARY_FRAGMENT(fastlm, m) {
   // The CPU vector paths this machine runs, best first (for FASTLM_INT8_KERNEL).
   m.def("int8_cpu_kernels() -> str[]", &int8_cpu_kernels);
+  // The W8A16 kernel int8_weight_matmul runs for m rows of x (dtype), K = k, under FASTLM_INT8_KERNEL.
+  m.def("int8_weight_kernel(int m, ScalarType dtype, int k, int group_size) -> str", &int8_weight_kernel);
   // W8A8 with the weight packed once (AVX-512 VNNI CPUs): fastlm.ops.int8_matmul.PackedInt8Weight.
   m.def("int8_pack_weight(Tensor w) -> Tensor");
   m.def("int8_packed_matmul(Tensor a, Tensor packed, int n, Tensor? a_scale, Tensor? b_scale, Tensor? bias, "

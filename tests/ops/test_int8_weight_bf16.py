@@ -106,3 +106,20 @@ def test_bf16_kernel_runs_and_is_exact_for_bf16_x(monkeypatch):
     fp32_kernel = ops.int8_weight_matmul(xf, wq, ws)
     assert not torch.equal(bf16_kernel, fp32_kernel)
     torch.testing.assert_close(bf16_kernel, fp32_kernel, rtol=1e-4, atol=1e-4 * fp32_kernel.abs().max().item())
+
+
+def test_kernel_choice_by_rows_and_dtype(monkeypatch):
+    monkeypatch.setenv("FASTLM_INT8_KERNEL", "avx2")
+    assert torch.ops.fastlm.int8_weight_kernel(1, torch.bfloat16, 64, 64) == "avx2_fp32"
+    assert torch.ops.fastlm.int8_weight_kernel(17, torch.bfloat16, 64, 64) == "dense_fp32"
+    if "avx512_vnni" not in torch.ops.fastlm.int8_cpu_kernels():
+        return
+    monkeypatch.setenv("FASTLM_INT8_KERNEL", "avx512_vnni")
+    bf16 = _cpu_has_avx512_bf16()
+    assert torch.ops.fastlm.int8_weight_kernel(4, torch.bfloat16, 64, 64) == "avx512_fp32"
+    assert torch.ops.fastlm.int8_weight_kernel(12, torch.bfloat16, 64, 64) == ("avx512_bf16" if bf16 else "avx512_fp32")
+    assert torch.ops.fastlm.int8_weight_kernel(12, torch.float32, 64, 64) == "avx512_fp32"
+    assert torch.ops.fastlm.int8_weight_kernel(17, torch.float16, 64, 64) == ("avx512_bf16" if bf16 else "dense_fp32")
+    assert torch.ops.fastlm.int8_weight_kernel(17, torch.bfloat16, 96, 48) == "dense_fp32"  # groups of 48: no bf16
+    monkeypatch.setenv("FASTLM_INT8_W8A16_MATH", "fp32")
+    assert torch.ops.fastlm.int8_weight_kernel(17, torch.bfloat16, 64, 64) == "dense_fp32"

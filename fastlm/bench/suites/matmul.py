@@ -5,7 +5,10 @@ CPU (LLM shapes K = N = 1024 and 4096, M = 1, 16, 256), each timed with the same
   torch_int8 torch.ao.quantization.quantize_dynamic(nn.Linear) (fbgemm, per-channel int8 weights,
              dynamically quantized activations, fp32 in and out: the same work as fastlm's W8A8)
   w8a8       fastlm.ops.quantize_per_token(x) + int8_matmul(..., bias), fp32 in and out
-  w8a16      fastlm.ops.int8_weight_matmul(x, ...) with bf16 activations (fp32 accumulation)
+  w8a16      fastlm.ops.int8_weight_matmul(x, ...) with bf16 activations (fp32 accumulation); column
+             w8a16_kernel: the kernel that ran (avx512_bf16: vdpbf16ps; avx512_fp32 / avx2_fp32: fp32 streaming;
+             dense_fp32: dequantized fp32 GEMM)
+  w8a16_fp32 the same with FASTLM_INT8_W8A16_MATH=fp32 (the fp32 kernels), where w8a16 ran avx512_bf16
 Rows carry `speedup` (fp32 time / fastlm time) and `vs_torch_int8` (torch int8 time / fastlm time).
 fastlm picks its CPU kernels at run time (AMX tiles where the CPU has them, else AVX-512 VNNI / AVX2);
 the suite forces each vector path this CPU runs in turn (FASTLM_INT8_KERNEL, column `kernel`; set the
@@ -66,6 +69,31 @@ def _with_path(path: str, fn):
     return run
 
 
+def _fp32_math(fn):
+    """fn run with FASTLM_INT8_W8A16_MATH=fp32 (W8A16 on the fp32 kernels, as on CPUs without AVX512-BF16)."""
+    def run():
+        os.environ["FASTLM_INT8_W8A16_MATH"] = "fp32"
+        try:
+            return fn()
+        finally:
+            os.environ.pop("FASTLM_INT8_W8A16_MATH", None)
+    return run
+
+
+def _w8a16_kernel(path: str, m: int, k: int, fp32: bool = False) -> str:
+    """The W8A16 kernel int8_weight_matmul runs for m rows of bf16 x on `path` (avx512_bf16, avx512_fp32, ...)."""
+    saved = os.environ.get("FASTLM_INT8_KERNEL")
+    os.environ["FASTLM_INT8_KERNEL"] = path
+    try:
+        name = lambda: torch.ops.fastlm.int8_weight_kernel(m, torch.bfloat16, k, k)  # noqa: E731
+        return _fp32_math(name)() if fp32 else name()
+    finally:
+        if saved is None:
+            os.environ.pop("FASTLM_INT8_KERNEL", None)
+        else:
+            os.environ["FASTLM_INT8_KERNEL"] = saved
+
+
 def _interleaved(fns: dict, repeat: int, warmup: int = 2) -> dict[str, Measurement]:
     """Best wall time of each fn over `repeat` rounds, each round calling every fn once in turn."""
     runs: dict[str, list[float]] = {name: [] for name in fns}
@@ -111,8 +139,12 @@ def _cpu_rows(options: Options) -> list[dict]:
                         fns[f"w8a8 {path}_packed"] = _with_path(path, w8a8_packed)
                 for path in paths:
                     fns[f"w8a8 {path}"] = _with_path(path, w8a8)
-                    fns[f"w8a16 {path}"] = _with_path(path, lambda x16=x16: ops.int8_weight_matmul(
-                        x16, w_int8, w_scale, bias))
+                    def w8a16(x16=x16):
+                        return ops.int8_weight_matmul(x16, w_int8, w_scale, bias)
+
+                    fns[f"w8a16 {path}"] = _with_path(path, w8a16)
+                    if _w8a16_kernel(path, m, k).endswith("_bf16"):  # the fp32 kernels too, same run
+                        fns[f"w8a16_fp32 {path}"] = _with_path(path, _fp32_math(w8a16))
                 times = _interleaved(fns, repeat if m < 256 else max(2, repeat // 3))
                 fp32, theirs = times["fp32"], times["torch_int8"]
                 for name in times:
@@ -120,10 +152,13 @@ def _cpu_rows(options: Options) -> list[dict]:
                         continue
                     scheme, path = name.split()
                     ours = times[name]
-                    rows.append({"case": f"{scheme} K=N={size} M={m}", "scheme": scheme, "kernel": path,
-                                 "K=N": size, "M": m, "fastlm_ms": ours.seconds * 1e3,
-                                 "fp32_ms": fp32.seconds * 1e3, "torch_int8_ms": theirs.seconds * 1e3,
-                                 "speedup": compare(ours, fp32), "vs_torch_int8": compare(ours, theirs)})
+                    row = {"case": f"{scheme} K=N={size} M={m}", "scheme": scheme, "kernel": path,
+                           "K=N": size, "M": m, "fastlm_ms": ours.seconds * 1e3,
+                           "fp32_ms": fp32.seconds * 1e3, "torch_int8_ms": theirs.seconds * 1e3,
+                           "speedup": compare(ours, fp32), "vs_torch_int8": compare(ours, theirs)}
+                    if scheme.startswith("w8a16"):
+                        row["w8a16_kernel"] = _w8a16_kernel(path, m, k, fp32=scheme == "w8a16_fp32")
+                    rows.append(row)
     finally:
         if saved is None:
             os.environ.pop("FASTLM_INT8_KERNEL", None)
