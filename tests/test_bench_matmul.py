@@ -24,6 +24,7 @@ def test_cpu_rows_force_every_vector_path(tiny, monkeypatch):
     paths = [p for p in torch.ops.fastlm.int8_cpu_kernels() if p != "scalar"]
     expected = {(s, p, m) for s in ("w8a8", "w8a16") for p in paths for m in (1, 3)}
     expected |= {("w8a8", f"{p}_packed", m) for p in paths if p in ("avx512_vnni", "avx_vnni") for m in (1, 3)}
+    expected |= {("w8a16", "avx512_vnni_packed", m) for m in (1, 3) if "avx512_vnni" in paths}
     assert {(r["scheme"], r["kernel"], r["M"]) for r in rows} == expected
     assert all(r["fastlm_ms"] > 0 and r["vs_torch_int8"] > 0 for r in rows)
     assert all(r["w8a16_kernel"].endswith("_fp32") for r in rows if r["scheme"] == "w8a16")  # 1-3 rows stream fp32

@@ -380,6 +380,40 @@ at::Tensor int8_packed_matmul(const at::Tensor& a_in, const at::Tensor& packed, 
   return out;
 }
 
+// W8A16 for 1-4 rows from a packed weight (one weight stream per thread): fp32 math, per-channel w_scale.
+at::Tensor int8_weight_packed_matmul(const at::Tensor& x_in, const at::Tensor& packed, int64_t n, const at::Tensor& w_scale,
+                                     const c10::optional<at::Tensor>& bias) {
+  constexpr const char* op = "fastlm::int8_weight_packed_matmul";
+  TORCH_CHECK(int8_packed_gemv_supported(), op, ": needs AVX-512");
+  cast_type(x_in, op, "x");
+  TORCH_CHECK(x_in.dim() == 2 && x_in.size(0) <= kMaxGemvRows, op, ": x must be (M, K) with M <= ", kMaxGemvRows,
+              ", got ", x_in.sizes());
+  const int64_t m = x_in.size(0), k = x_in.size(1);
+  TORCH_CHECK(packed.scalar_type() == at::kChar && packed.dim() == 1 && packed.is_contiguous() &&
+                  packed.numel() == int8_packed_weight_bytes(n, k),
+              op, ": packed is not an int8_pack_weight result for N=", n, ", K=", k);
+  check_vector(w_scale, n, op, "w_scale");
+  check_vector(bias, n, op, "bias");
+  at::Tensor out = at::empty({m, n}, x_in.options());
+  if (m == 0 || n == 0) return out;
+  const at::Tensor x = as_float32(x_in.contiguous(), op, "x");
+  at::Tensor acc_out = x_in.scalar_type() == at::kFloat ? out : at::empty({m, n}, x.options());
+  Int8PackedGemvArgs args{};
+  args.x = x.data_ptr<float>();
+  args.ldx = k;
+  args.packed = packed.data_ptr<int8_t>();
+  args.m = m, args.n = n, args.k = k;
+  args.w_scale = w_scale.data_ptr<float>();
+  args.bias = bias ? bias->data_ptr<float>() : nullptr;
+  args.out = acc_out.data_ptr<float>();
+  args.ldo = n;
+  const int64_t blocks = (n + 15) / 16;
+  at::parallel_for(0, blocks, std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, m * k * 16)),
+                   [&](int64_t b0, int64_t b1) { int8_packed_gemv(args, b0, b1); });
+  if (!acc_out.is_same(out)) store_from_float32(acc_out, out);
+  return out;
+}
+
 std::vector<std::string> int8_cpu_kernels() {
   std::vector<std::string> names;
   for (Int8Path p : {Int8Path::kAmx, Int8Path::kAvx512Vnni, Int8Path::kAvxVnni, Int8Path::kAvx2, Int8Path::kScalar}) {
@@ -400,6 +434,8 @@ TORCH_LIBRARY_FRAGMENT(fastlm, m) {
   m.def("int8_pack_weight(Tensor w) -> Tensor");
   m.def("int8_packed_matmul(Tensor a, Tensor packed, int n, Tensor? a_scale, Tensor? b_scale, Tensor? bias, "
         "ScalarType out_dtype) -> Tensor");
+  // W8A16 for 1-4 rows from the same packed weight (per-channel scale): fastlm.ops.int8_weight_matmul.
+  m.def("int8_weight_packed_matmul(Tensor x, Tensor packed, int n, Tensor w_scale, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastlm, CPU, m) {
@@ -408,6 +444,7 @@ TORCH_LIBRARY_IMPL(fastlm, CPU, m) {
   m.impl("int8_weight_matmul", &int8_weight_matmul);
   m.impl("int8_pack_weight", &int8_pack_weight_op);
   m.impl("int8_packed_matmul", &int8_packed_matmul);
+  m.impl("int8_weight_packed_matmul", &int8_weight_packed_matmul);
 }
 
 }  // namespace fastlm::cpu

@@ -117,4 +117,20 @@ void int8_flip_rows(const int8_t* a, int64_t lda, int64_t m, int64_t k, uint8_t*
 bool int8_packed_path_supported(Int8Path path);  // kAvx512Vnni or kAvxVnni, on a CPU that runs it
 void int8_packed_gemm(Int8Path path, const Int8PackedGemmArgs& args, int64_t b0, int64_t b1);
 
+// W8A16 (fp32 x, per-channel scale) from an int8_pack_weight result, for 1 to kMaxGemvRows rows: blocks [b0, b1)
+// of 16 output columns (AVX-512F; see int8_packed_kernels.cpp).
+constexpr int kMaxGemvRows = 4;
+struct Int8PackedGemvArgs {
+  const float* x;  // (m, k) fp32, leading dimension ldx
+  int64_t ldx;
+  const int8_t* packed;
+  int64_t m, n, k;
+  const float* w_scale;  // (n,)
+  const float* bias;     // may be null
+  float* out;            // (m, n), leading dimension ldo
+  int64_t ldo;
+};
+bool int8_packed_gemv_supported();
+void int8_packed_gemv(const Int8PackedGemvArgs& args, int64_t b0, int64_t b1);
+
 }  // namespace fastlm::cpu

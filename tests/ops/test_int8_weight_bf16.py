@@ -123,3 +123,29 @@ def test_kernel_choice_by_rows_and_dtype(monkeypatch):
     assert torch.ops.fastlm.int8_weight_kernel(17, torch.bfloat16, 96, 48) == "dense_fp32"  # groups of 48: no bf16
     monkeypatch.setenv("FASTLM_INT8_W8A16_MATH", "fp32")
     assert torch.ops.fastlm.int8_weight_kernel(17, torch.bfloat16, 64, 64) == "dense_fp32"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k,group_size", [(1, 17, 129, None), (2, 3, 4095, None), (3, 37, 1, None),
+                                              (4, 33, 130, None), (5, 16, 64, None), (1, 20, 96, 32)])
+def test_w8a16_packed_weight_every_path(path, dtype, m, n, k, group_size):
+    # a PackedInt8Weight as w_int8: the packed AVX-512 GEMV for 1-4 rows per channel (fp32 math, x exact), else
+    # the unpacked kernels; either way within the bound
+    x, wq, ws, bias = _problem(m, n, k, group_size, dtype, seed=m + n + k)
+    packed = ops.pack_int8_weight(wq)
+    if path == "avx512_vnni" and group_size is None and m <= 4:
+        assert packed.usable_for_w8a16(m) == (packed.packed is not None)
+    got = ops.int8_weight_matmul(x, packed, ws if group_size else ws.reshape(n), bias, group_size=group_size)
+    _check_within_bound(got, x, wq, ws, bias, group_size)
+
+
+def test_w8a16_packed_weight_keeps_gradients():
+    n, k = 9, 64
+    wq = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+    ws = torch.rand(n) + 0.5
+    x = torch.randn(2, k, requires_grad=True)
+    bias = torch.randn(n, requires_grad=True)
+    y = ops.int8_weight_matmul(x, ops.pack_int8_weight(wq), ws, bias)
+    gx, gb = torch.autograd.grad(y.sum(), (x, bias))
+    torch.testing.assert_close(gx, (wq.float() * ws[:, None]).sum(0).expand(2, k))
+    torch.testing.assert_close(gb, torch.full((n,), 2.0))

@@ -9,6 +9,7 @@ CPU (LLM shapes K = N = 1024 and 4096, M = 1, 16, 256), each timed with the same
              w8a16_kernel: the kernel that ran (avx512_bf16: vdpbf16ps; avx512_fp32 / avx2_fp32: fp32 streaming;
              dense_fp32: dequantized fp32 GEMM)
   w8a16_fp32 the same with FASTLM_INT8_W8A16_MATH=fp32 (the fp32 kernels), where w8a16 ran avx512_bf16
+  w8a16 avx512_vnni_packed: the weight passed as a PackedInt8Weight (the packed GEMV, M <= 4)
 Rows carry `speedup` (fp32 time / fastlm time) and `vs_torch_int8` (torch int8 time / fastlm time).
 fastlm picks its CPU kernels at run time (AMX tiles where the CPU has them, else AVX-512 VNNI / AVX2);
 the suite forces each vector path this CPU runs in turn (FASTLM_INT8_KERNEL, column `kernel`; set the
@@ -26,7 +27,7 @@ import warnings
 import torch
 
 import fastlm.ops as ops
-from fastlm.ops.int8_matmul import PACKED_PATHS
+from fastlm.ops.int8_matmul import PACKED_PATHS, PACKED_W8A16_MAX_ROWS
 from fastlm.bench.registry import Options, Suite
 from fastlm.bench.timing import Measurement, compare, time_callable
 
@@ -137,6 +138,9 @@ def _cpu_rows(options: Options) -> list[dict]:
                 for path in paths if packed.packed is not None else []:
                     if path in PACKED_PATHS:
                         fns[f"w8a8 {path}_packed"] = _with_path(path, w8a8_packed)
+                    if path == "avx512_vnni" and m <= PACKED_W8A16_MAX_ROWS:  # the packed W8A16 GEMV
+                        fns[f"w8a16 {path}_packed"] = _with_path(path, lambda x16=x16: ops.int8_weight_matmul(
+                            x16, packed, w_scale, bias))
                 for path in paths:
                     fns[f"w8a8 {path}"] = _with_path(path, w8a8)
                     def w8a16(x16=x16):
@@ -156,7 +160,9 @@ def _cpu_rows(options: Options) -> list[dict]:
                            "K=N": size, "M": m, "fastlm_ms": ours.seconds * 1e3,
                            "fp32_ms": fp32.seconds * 1e3, "torch_int8_ms": theirs.seconds * 1e3,
                            "speedup": compare(ours, fp32), "vs_torch_int8": compare(ours, theirs)}
-                    if scheme.startswith("w8a16"):
+                    if path.endswith("_packed") and scheme == "w8a16":
+                        row["w8a16_kernel"] = "avx512_packed_fp32"
+                    elif scheme.startswith("w8a16"):
                         row["w8a16_kernel"] = _w8a16_kernel(path, m, k, fp32=scheme == "w8a16_fp32")
                     rows.append(row)
     finally:
