@@ -204,6 +204,22 @@ at::Tensor dense_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, cons
   return y.scalar_type() == x_in.scalar_type() ? y : y.to(x_in.scalar_type());
 }
 
+// The W8A16 kernels' arguments but x: w (N, K) with unit stride along k, fp32 (m, n) out.
+Int8WeightGemmArgs weight_gemm_args(const at::Tensor& w, const at::Tensor& w_scale, const c10::optional<at::Tensor>& bias,
+                                    int64_t group_size, int64_t m, at::Tensor& out) {
+  Int8WeightGemmArgs args{};
+  args.ldx = w.size(1);
+  args.w = w.data_ptr<int8_t>();
+  args.ldw = w.stride(0);
+  args.w_scale = w_scale.data_ptr<float>();
+  args.group_size = group_size;
+  args.bias = bias ? bias->data_ptr<float>() : nullptr;
+  args.m = m, args.n = w.size(0), args.k = w.size(1);
+  args.out = out.data_ptr<float>();
+  args.ldo = w.size(0);
+  return args;
+}
+
 // FASTLM_INT8_W8A16_MATH=fp32 keeps W8A16 on the fp32 kernels on AVX512-BF16 CPUs too (the path CPUs
 // without AVX512-BF16 run; tests and comparisons).
 bool w8a16_bf16_allowed() {
@@ -257,18 +273,9 @@ at::Tensor bf16_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const
     lo = (xf - hi.to(at::kFloat)).to(at::kBFloat16);  // exact difference; its rounding is the only loss
   }
   at::Tensor acc_out = x_in.scalar_type() == at::kFloat ? out : at::empty({m, n}, x_in.options().dtype(at::kFloat));
-  Int8WeightBf16Args args{};
-  args.x_hi = reinterpret_cast<const uint16_t*>(hi.data_ptr());
-  args.x_lo = lo.defined() ? reinterpret_cast<const uint16_t*>(lo.data_ptr()) : nullptr;
-  args.ldx = k;
-  args.w = w.data_ptr<int8_t>();
-  args.ldw = w.stride(0);
-  args.w_scale = w_scale.data_ptr<float>();
-  args.group_size = group_size;
-  args.bias = bias ? bias->data_ptr<float>() : nullptr;
-  args.m = m, args.n = n, args.k = k;
-  args.out = acc_out.data_ptr<float>();
-  args.ldo = n;
+  Int8WeightGemmArgs args = weight_gemm_args(w, w_scale, bias, group_size, m, acc_out);
+  args.x_bf16[0] = reinterpret_cast<const uint16_t*>(hi.data_ptr());
+  args.x_bf16[1] = lo.defined() ? reinterpret_cast<const uint16_t*>(lo.data_ptr()) : nullptr;
   parallel_columns(m, n, k, [&](int64_t n0, int64_t n1) { int8_weight_gemm_bf16(args, n0, n1); });
   if (!acc_out.is_same(out)) store_from_float32(acc_out, out);
   return out;
@@ -298,17 +305,8 @@ at::Tensor int8_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const
   if (m == 0) return out;
   const at::Tensor x = amx ? x_in.contiguous() : as_float32(x_in.contiguous(), op, "x");
   at::Tensor acc_out = x_in.scalar_type() == at::kFloat ? out : at::empty({m, n}, x.options().dtype(at::kFloat));
-  Int8WeightGemmArgs args{};
+  Int8WeightGemmArgs args = weight_gemm_args(wc, w_scale, bias, group_size, m, acc_out);
   args.x = amx ? nullptr : x.data_ptr<float>();
-  args.ldx = k;
-  args.w = wc.data_ptr<int8_t>();
-  args.ldw = wc.stride(0);
-  args.w_scale = w_scale.data_ptr<float>();
-  args.group_size = group_size;
-  args.bias = bias ? bias->data_ptr<float>() : nullptr;
-  args.m = m, args.n = n, args.k = k;
-  args.out = acc_out.data_ptr<float>();
-  args.ldo = n;
   if (amx) {
     at::Tensor packed = at::empty({int8_weight_amx_packed_bytes(m, k) / 2}, x.options());
     const auto* x_bits = reinterpret_cast<const uint16_t*>(x.data_ptr());

@@ -57,6 +57,7 @@ void int8_gemm(Int8Path path, const Int8GemmArgs& args, int64_t n0, int64_t n1);
 struct Int8WeightGemmArgs {
   const float* x;  // (m, k) fp32, leading dimension ldx
   int64_t ldx;
+  const uint16_t* x_bf16[2];  // int8_weight_gemm_bf16 only: x as bf16, one plane or two (x = [0] + [1])
   const int8_t* w;  // (n, k), leading dimension ldw
   int64_t ldw;
   const float* w_scale;  // (n, k / group_size), row-major
@@ -75,23 +76,11 @@ void int8_weight_amx_pack_x(const uint16_t* x_bf16, int64_t ldx, int64_t m, int6
 void int8_weight_gemm_amx(const Int8WeightGemmArgs& args, const uint16_t* x_packed, int64_t n0, int64_t n1);
 
 // W8A16 on AVX512-BF16 (vdpbf16ps; int8_weight_bf16_kernels.cpp says exactly what it computes): x as one
-// bf16 plane, or two (x = x_hi + x_lo) for fp16 / fp32 x; group_size == k or a multiple of 32.
-struct Int8WeightBf16Args {
-  const uint16_t* x_hi;  // (m, k) bf16, leading dimension ldx
-  const uint16_t* x_lo;  // the same shape, or null
-  int64_t ldx;
-  const int8_t* w;  // (n, k), leading dimension ldw
-  int64_t ldw;
-  const float* w_scale;  // (n, k / group_size), row-major
-  int64_t group_size;
-  const float* bias;  // may be null
-  int64_t m, n, k;
-  float* out;  // (m, n) fp32, leading dimension ldo
-  int64_t ldo;
-};
+// bf16 plane, args.x_bf16[0], or two (x = [0] + [1]) for fp16 / fp32 x (args.x unused); group_size == k or a
+// multiple of 32.
 bool int8_weight_bf16_supported();
 bool int8_weight_bf16_fits(int64_t k, int64_t group_size);
-void int8_weight_gemm_bf16(const Int8WeightBf16Args& args, int64_t n0, int64_t n1);
+void int8_weight_gemm_bf16(const Int8WeightGemmArgs& args, int64_t n0, int64_t n1);
 
 // Columns [n0, n1) of the output, all m rows. Paths: AVX-512 (kAmx, kAvx512Vnni), AVX2+FMA (kAvx2, kAvxVnni), scalar.
 void int8_weight_gemm(Int8Path path, const Int8WeightGemmArgs& args, int64_t n0, int64_t n1);

@@ -50,7 +50,7 @@ FASTLM_BF16_TARGET inline __mmask32 tail_mask(int64_t left) {
 }
 
 // Columns [p0, p1) of weight rows [c0, c0 + rows) as bf16 into buf (rows of stride elements, zero past k).
-FASTLM_BF16_TARGET void convert_rows(const Int8WeightBf16Args& g, int64_t c0, int64_t rows, int64_t p0, int64_t p1,
+FASTLM_BF16_TARGET void convert_rows(const Int8WeightGemmArgs& g, int64_t c0, int64_t rows, int64_t p0, int64_t p1,
                                      uint16_t* buf, int64_t stride) {
   for (int64_t r = 0; r < rows; ++r) {
     const int8_t* w = g.w + (c0 + r) * g.ldw;
@@ -101,13 +101,13 @@ struct Span {
 // LO: x has a second plane. GROUPED: a scale per group of g.group_size (a multiple of 32
 // dividing the slab), applied to each group's sums (running totals `tot`).
 template <int MR, bool LO, bool GROUPED>
-FASTLM_BF16_TARGET void tile(const Int8WeightBf16Args& g, const Span& s) {
+FASTLM_BF16_TARGET void tile(const Int8WeightGemmArgs& g, const Span& s) {
   const uint16_t* xh[MR];
   const uint16_t* xl[MR];
   for (int i = 0; i < MR; ++i) {
     const int64_t row = s.m0 + std::min(i, s.mr - 1);
-    xh[i] = g.x_hi + row * g.ldx;
-    xl[i] = LO ? g.x_lo + row * g.ldx : nullptr;
+    xh[i] = g.x_bf16[0] + row * g.ldx;
+    xl[i] = LO ? g.x_bf16[1] + row * g.ldx : nullptr;
   }
   const uint16_t* br[kNr];
   for (int j = 0; j < kNr; ++j) br[j] = s.buf + std::min(j, s.nr - 1) * s.stride;
@@ -156,7 +156,7 @@ FASTLM_BF16_TARGET void tile(const Int8WeightBf16Args& g, const Span& s) {
   }
 }
 
-using TileFn = void (*)(const Int8WeightBf16Args&, const Span&);
+using TileFn = void (*)(const Int8WeightGemmArgs&, const Span&);
 
 template <bool LO, bool GROUPED>
 TileFn pick_rows(int mr) {
@@ -187,8 +187,8 @@ bool int8_weight_bf16_supported() {
 
 bool int8_weight_bf16_fits(int64_t k, int64_t group_size) { return group_size == k || group_size % 32 == 0; }
 
-void int8_weight_gemm_bf16(const Int8WeightBf16Args& g, int64_t n0, int64_t n1) {
-  const bool lo = g.x_lo != nullptr, grouped = g.group_size != g.k;
+void int8_weight_gemm_bf16(const Int8WeightGemmArgs& g, int64_t n0, int64_t n1) {
+  const bool lo = g.x_bf16[1] != nullptr, grouped = g.group_size != g.k;
   const int max_rows = grouped ? kMaxRowsGrouped : kMaxRows;
   // A panel of kPanel weight rows converted once (whole rows: one long stream each), then
   // k slabs, so that a tile's x rows and weight rows stay in L1 (whole rows of K = 4096 came from L2 each step).
