@@ -17,7 +17,6 @@ import fastlm.ops as ops
 
 pytest.importorskip("fastlm._C")
 
-PATHS = ["amx", "avx512_vnni", "avx_vnni", "avx2", "scalar"]
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 U_OUT = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 0.0}
 # (m, n, k, group_size): rows around the tile sizes (4, 2 with group scales) and the bf16 threshold (12), columns
@@ -32,14 +31,6 @@ def _cpu_has_avx512_bf16() -> bool:
             return "avx512_bf16" in f.read()
     except OSError:
         return False
-
-
-@pytest.fixture(params=PATHS)
-def path(request, monkeypatch):
-    if request.param not in torch.ops.fastlm.int8_cpu_kernels():
-        pytest.skip(f"this CPU does not run the {request.param} path")
-    monkeypatch.setenv("FASTLM_INT8_KERNEL", request.param)
-    return request.param
 
 
 def _problem(m, n, k, group_size, dtype, seed):
@@ -70,7 +61,7 @@ def _check_within_bound(got, x, wq, ws, bias, group_size):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,n,k,group_size", CASES)
-def test_w8a16_within_derived_bound_every_path(path, dtype, m, n, k, group_size):
+def test_w8a16_within_derived_bound_every_path(int8_path, dtype, m, n, k, group_size):
     x, wq, ws, bias = _problem(m, n, k, group_size, dtype, seed=m * 7919 + n * 31 + k)
     got = ops.int8_weight_matmul(x, wq, ws if group_size else ws.reshape(n), bias, group_size=group_size)
     _check_within_bound(got, x, wq, ws, bias, group_size)
@@ -128,12 +119,12 @@ def test_kernel_choice_by_rows_and_dtype(monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,n,k,group_size", [(1, 17, 129, None), (2, 3, 4095, None), (3, 37, 1, None),
                                               (4, 33, 130, None), (5, 16, 64, None), (1, 20, 96, 32)])
-def test_w8a16_packed_weight_every_path(path, dtype, m, n, k, group_size):
+def test_w8a16_packed_weight_every_path(int8_path, dtype, m, n, k, group_size):
     # a PackedInt8Weight as w_int8: the packed AVX-512 GEMV for 1-4 rows per channel (fp32 math, x exact), else
     # the unpacked kernels; either way within the bound
     x, wq, ws, bias = _problem(m, n, k, group_size, dtype, seed=m + n + k)
     packed = ops.pack_int8_weight(wq)
-    if path == "avx512_vnni" and group_size is None and m <= 4:
+    if int8_path == "avx512_vnni" and group_size is None and m <= 4:
         assert packed.usable_for_w8a16(m) == (packed.packed is not None)
     got = ops.int8_weight_matmul(x, packed, ws if group_size else ws.reshape(n), bias, group_size=group_size)
     _check_within_bound(got, x, wq, ws, bias, group_size)
