@@ -147,7 +147,7 @@ template <int MR, bool TAIL>
 __attribute__((target("avx512f,avx512vl"), always_inline)) inline void gemv_quad(__m512 (&acc)[MR][4],
                                                                                 const Int8PackedGemvArgs& g,
                                                                                 const int8_t* line, int64_t q) {
-  if (!TAIL) _mm_prefetch(reinterpret_cast<const char*>(line + 1024), _MM_HINT_T0);
+  if (!TAIL) _mm_prefetch(reinterpret_cast<const char*>(line + 4096), _MM_HINT_T0);  // 64 lines: DRAM latency
   __m512 wv[4];
   for (int t = 0; t < 4; ++t) {
     wv[t] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(line + 16 * t))));

@@ -15,7 +15,8 @@ fastlm picks its CPU kernels at run time (AMX tiles where the CPU has them, else
 the suite forces each vector path this CPU runs in turn (FASTLM_INT8_KERNEL, column `kernel`; set the
 variable yourself to measure one path only); `avx512_vnni_packed` / `avx_vnni_packed` are W8A8 with the
 weight packed once (ops.pack_int8_weight, what Int8Linear runs on the CPU). The candidates of one shape run in interleaved rounds
-(each round calls every one once), so they share the machine's load; times are the best round.
+(each round calls every one once), so they share the machine's load; times are the best round; every timed
+call starts with the caches cleared of the weights (see _interleaved).
 CUDA: fp16 cuBLAS, torch._int_mm, fastlm's int8 GEMM (Triton) and the W8A16 GEMV at M = 1, in TFLOP/s.
 """
 from __future__ import annotations
@@ -95,15 +96,31 @@ def _w8a16_kernel(path: str, m: int, k: int, fp32: bool = False) -> str:
             os.environ["FASTLM_INT8_KERNEL"] = saved
 
 
-def _interleaved(fns: dict, repeat: int, warmup: int = 2) -> dict[str, Measurement]:
-    """Best wall time of each fn over `repeat` rounds, each round calling every fn once in turn."""
+EVICT_BYTES = 128 << 20  # more than the last-level caches of the CPUs measured
+
+
+def _evict(buffer: torch.Tensor) -> None:
+    """Reads `buffer` so that the previous candidate's weights are no longer cached."""
+    buffer.sum()
+
+
+def _interleaved(fns: dict, repeat: int, warmup: int = 2, evict: bool = True) -> dict[str, Measurement]:
+    """Best wall time of each fn over `repeat` rounds, each round calling every fn once in turn.
+
+    With `evict`, each timed call starts with its weights out of the caches (a 128 MiB read, not timed): a
+    16 MiB weight matrix otherwise stays in a 32 MiB L3 from one candidate to the next, and whichever candidate
+    reads the same array as the one before it looks faster (decoding a whole model reads its weights from DRAM).
+    """
     runs: dict[str, list[float]] = {name: [] for name in fns}
+    buffer = torch.ones(EVICT_BYTES // 4) if evict else None
     with torch.no_grad():
         for _ in range(warmup):
             for fn in fns.values():
                 fn()
         for _ in range(repeat):
             for name, fn in fns.items():
+                if buffer is not None:
+                    _evict(buffer)
                 start = time.perf_counter()
                 fn()
                 runs[name].append(time.perf_counter() - start)
