@@ -16,18 +16,13 @@ namespace fastlm::cpu {
 namespace {
 
 constexpr int64_t kColumnChunk = 16;  // output columns per parallel work item
-// W8A16 with more rows than this (and not on the AMX path) dequantizes the weight and runs a dense
-// GEMM (compute-bound there; bf16 inputs use torch's bf16 GEMM, AVX-512 BF16 kernels where the CPU has them).
+// W8A16 with more rows than this (and neither the AMX nor the AVX512-BF16 kernel) dequantizes the weight to fp32
+// and runs torch's fp32 GEMM.
 constexpr int64_t kStreamingMaxRows = 16;
+// W8A16 with bf16 x and at least this many rows uses the AVX512-BF16 kernel where the CPU has it (fewer rows:
+// the fp32 streaming kernel, as fast or faster there; measured on Zen 5).
+constexpr int64_t kBf16MinRows = 12;
 constexpr int64_t kAmxMinRows = 4;  // int8_matmul with fewer rows of a uses AVX-512 VNNI on AMX machines
-
-bool cpu_has_bf16_gemm() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  return __builtin_cpu_supports("avx512bf16");
-#else
-  return false;
-#endif
-}
 
 // The forced path (FASTLM_INT8_KERNEL), or the best one for an (m, k) @ (k, n) product.
 Int8Path chosen_path(const char* op, int64_t m) {
@@ -187,33 +182,103 @@ at::Tensor int8_matmul(const at::Tensor& a_in, const at::Tensor& b, const c10::o
   return out;
 }
 
-// w (N, K) int8 * w_scale (N, K / group_size) -> (N, K) in dtype (fp32 or bf16).
-at::Tensor dequantized_weight(const at::Tensor& w, const at::Tensor& w_scale, int64_t group_size, at::ScalarType dtype) {
+// w (N, K) int8 * w_scale (N, K / group_size) -> (N, K) fp32.
+at::Tensor dequantized_weight(const at::Tensor& w, const at::Tensor& w_scale, int64_t group_size) {
   const int64_t n = w.size(0), k = w.size(1), groups = k / group_size;
-  at::Tensor out = at::empty({n, k}, w.options().dtype(dtype));
+  at::Tensor out = at::empty({n, k}, w.options().dtype(at::kFloat));
   const int8_t* wp = w.data_ptr<int8_t>();
   const float* sp = w_scale.data_ptr<float>();
-  char* op = static_cast<char*>(out.data_ptr());
-  const bool to_bf16 = dtype == at::kBFloat16;
+  float* op = out.data_ptr<float>();
   at::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 15) / k), [&](int64_t r0, int64_t r1) {
-    std::vector<float> row(to_bf16 ? k : 0);
-    for (int64_t r = r0; r < r1; ++r) {
-      float* dst = to_bf16 ? row.data() : reinterpret_cast<float*>(op) + r * k;
-      int8_dequantize_row(wp + r * w.stride(0), k, group_size, sp + r * groups, dst);
-      if (to_bf16) cast_scale(dst, CastType::kFloat32, op + r * k * 2, CastType::kBFloat16, 1.f, k);
-    }
+    for (int64_t r = r0; r < r1; ++r) int8_dequantize_row(wp + r * w.stride(0), k, group_size, sp + r * groups, op + r * k);
   });
   return out;
 }
 
+// Dequantized fp32 weights (exact products w * scale, rounded once) and torch's fp32 GEMM.
 at::Tensor dense_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& w_scale,
                                const c10::optional<at::Tensor>& bias, int64_t group_size) {
-  const bool bf16 = x_in.scalar_type() == at::kBFloat16 && cpu_has_bf16_gemm();
-  const at::Tensor wd = dequantized_weight(w, w_scale, group_size, bf16 ? at::kBFloat16 : at::kFloat);
-  const at::Tensor x = bf16 ? x_in : x_in.to(at::kFloat);
-  at::Tensor y = bias && !bf16 ? at::addmm(*bias, x, wd.t()) : at::mm(x, wd.t());
-  if (bias && bf16) y.add_(*bias);
+  const at::Tensor wd = dequantized_weight(w, w_scale, group_size);
+  const at::Tensor x = x_in.to(at::kFloat);
+  at::Tensor y = bias ? at::addmm(*bias, x, wd.t()) : at::mm(x, wd.t());
   return y.scalar_type() == x_in.scalar_type() ? y : y.to(x_in.scalar_type());
+}
+
+// The W8A16 kernels' arguments but x: w (N, K) with unit stride along k, fp32 (m, n) out.
+Int8WeightGemmArgs weight_gemm_args(const at::Tensor& w, const at::Tensor& w_scale, const c10::optional<at::Tensor>& bias,
+                                    int64_t group_size, int64_t m, at::Tensor& out) {
+  Int8WeightGemmArgs args{};
+  args.ldx = w.size(1);
+  args.w = w.data_ptr<int8_t>();
+  args.ldw = w.stride(0);
+  args.w_scale = w_scale.data_ptr<float>();
+  args.group_size = group_size;
+  args.bias = bias ? bias->data_ptr<float>() : nullptr;
+  args.m = m, args.n = w.size(0), args.k = w.size(1);
+  args.out = out.data_ptr<float>();
+  args.ldo = w.size(0);
+  return args;
+}
+
+// FASTLM_INT8_W8A16_MATH=fp32 keeps W8A16 on the fp32 kernels on AVX512-BF16 CPUs too (the path CPUs
+// without AVX512-BF16 run; tests and comparisons).
+bool w8a16_bf16_allowed() {
+  const char* env = std::getenv("FASTLM_INT8_W8A16_MATH");
+  return env == nullptr || std::strcmp(env, "fp32") != 0;
+}
+
+enum class W8A16Kernel { kAmx, kBf16, kStreaming, kDense };
+
+// Which W8A16 kernel runs m rows of x (dtype) on the int8 path `path`.
+W8A16Kernel w8a16_kernel(Int8Path path, at::ScalarType dtype, int64_t m, int64_t k, int64_t group_size) {
+  // bf16 x on AMX: tiles of bf16-dequantized weights, any m (the weights are dequantized once per call).
+  if (path == Int8Path::kAmx && dtype == at::kBFloat16 && (group_size == k || group_size % 32 == 0) &&
+      int8_weight_amx_supported()) {
+    return W8A16Kernel::kAmx;
+  }
+  // AVX512-BF16 CPUs: vdpbf16ps above a few rows (bf16 x; fp16 / fp32 x, split in two bf16 planes, only above
+  // the streaming rows, where it beats a dequantized fp32 GEMM); fewer rows stream in fp32.
+  const int64_t bf16_min_rows = dtype == at::kBFloat16 ? kBf16MinRows : kStreamingMaxRows + 1;
+  if (m >= bf16_min_rows && (path == Int8Path::kAvx512Vnni || path == Int8Path::kAmx) &&
+      int8_weight_bf16_supported() && int8_weight_bf16_fits(k, group_size) && w8a16_bf16_allowed()) {
+    return W8A16Kernel::kBf16;
+  }
+  return m > kStreamingMaxRows ? W8A16Kernel::kDense : W8A16Kernel::kStreaming;
+}
+
+// The kernel's name, for benchmarks: amx_bf16, avx512_bf16, avx512_fp32 / avx2_fp32 / scalar_fp32 (streaming),
+// dense_fp32.
+std::string int8_weight_kernel(int64_t m, at::ScalarType dtype, int64_t k, int64_t group_size) {
+  const Int8Path path = chosen_path("fastlm::int8_weight_kernel", m);
+  switch (w8a16_kernel(path, dtype, m, k, group_size)) {
+    case W8A16Kernel::kAmx: return "amx_bf16";
+    case W8A16Kernel::kBf16: return "avx512_bf16";
+    case W8A16Kernel::kDense: return "dense_fp32";
+    default: break;
+  }
+  if (path == Int8Path::kAmx || path == Int8Path::kAvx512Vnni) return "avx512_fp32";
+  return path == Int8Path::kScalar ? "scalar_fp32" : "avx2_fp32";
+}
+
+// W8A16 with vdpbf16ps (int8_weight_bf16_kernels.cpp): bf16 x as it is, fp16 / fp32 x as x_hi + x_lo in bf16.
+at::Tensor bf16_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& w_scale,
+                              const c10::optional<at::Tensor>& bias, int64_t group_size) {
+  const int64_t m = x_in.size(0), k = x_in.size(1), n = w.size(0);
+  at::Tensor out = at::empty({m, n}, x_in.options());
+  if (m == 0) return out;
+  at::Tensor hi = x_in.contiguous(), lo;
+  if (hi.scalar_type() != at::kBFloat16) {
+    const at::Tensor xf = hi.to(at::kFloat);
+    hi = xf.to(at::kBFloat16);
+    lo = (xf - hi.to(at::kFloat)).to(at::kBFloat16);  // exact difference; its rounding is the only loss
+  }
+  at::Tensor acc_out = x_in.scalar_type() == at::kFloat ? out : at::empty({m, n}, x_in.options().dtype(at::kFloat));
+  Int8WeightGemmArgs args = weight_gemm_args(w, w_scale, bias, group_size, m, acc_out);
+  args.x_bf16[0] = reinterpret_cast<const uint16_t*>(hi.data_ptr());
+  args.x_bf16[1] = lo.defined() ? reinterpret_cast<const uint16_t*>(lo.data_ptr()) : nullptr;
+  parallel_columns(m, n, k, [&](int64_t n0, int64_t n1) { int8_weight_gemm_bf16(args, n0, n1); });
+  if (!acc_out.is_same(out)) store_from_float32(acc_out, out);
+  return out;
 }
 
 at::Tensor int8_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& w_scale,
@@ -232,25 +297,16 @@ at::Tensor int8_weight_matmul(const at::Tensor& x_in, const at::Tensor& w, const
   check_vector(bias, n, op, "bias");
   const at::Tensor wc = w.stride(1) == 1 ? w : w.contiguous();
   const Int8Path path = chosen_path(op, m);
-  // bf16 x on AMX: tiles of bf16-dequantized weights, any m (the weights are dequantized once per call).
-  const bool amx = path == Int8Path::kAmx && x_in.scalar_type() == at::kBFloat16 &&
-                   (group_size == k || group_size % 32 == 0) && int8_weight_amx_supported();
-  if (m > kStreamingMaxRows && !amx) return dense_weight_matmul(x_in.contiguous(), wc, w_scale, bias, group_size);
+  const W8A16Kernel kernel = w8a16_kernel(path, x_in.scalar_type(), m, k, group_size);
+  if (kernel == W8A16Kernel::kBf16) return bf16_weight_matmul(x_in, wc, w_scale, bias, group_size);
+  if (kernel == W8A16Kernel::kDense) return dense_weight_matmul(x_in.contiguous(), wc, w_scale, bias, group_size);
+  const bool amx = kernel == W8A16Kernel::kAmx;
   at::Tensor out = at::empty({m, n}, x_in.options());
   if (m == 0) return out;
   const at::Tensor x = amx ? x_in.contiguous() : as_float32(x_in.contiguous(), op, "x");
   at::Tensor acc_out = x_in.scalar_type() == at::kFloat ? out : at::empty({m, n}, x.options().dtype(at::kFloat));
-  Int8WeightGemmArgs args{};
+  Int8WeightGemmArgs args = weight_gemm_args(wc, w_scale, bias, group_size, m, acc_out);
   args.x = amx ? nullptr : x.data_ptr<float>();
-  args.ldx = k;
-  args.w = wc.data_ptr<int8_t>();
-  args.ldw = wc.stride(0);
-  args.w_scale = w_scale.data_ptr<float>();
-  args.group_size = group_size;
-  args.bias = bias ? bias->data_ptr<float>() : nullptr;
-  args.m = m, args.n = n, args.k = k;
-  args.out = acc_out.data_ptr<float>();
-  args.ldo = n;
   if (amx) {
     at::Tensor packed = at::empty({int8_weight_amx_packed_bytes(m, k) / 2}, x.options());
     const auto* x_bits = reinterpret_cast<const uint16_t*>(x.data_ptr());
@@ -322,6 +378,40 @@ at::Tensor int8_packed_matmul(const at::Tensor& a_in, const at::Tensor& packed, 
   return out;
 }
 
+// W8A16 for 1-4 rows from a packed weight (one weight stream per thread): fp32 math, per-channel w_scale.
+at::Tensor int8_weight_packed_matmul(const at::Tensor& x_in, const at::Tensor& packed, int64_t n, const at::Tensor& w_scale,
+                                     const c10::optional<at::Tensor>& bias) {
+  constexpr const char* op = "fastlm::int8_weight_packed_matmul";
+  TORCH_CHECK(int8_packed_gemv_supported(), op, ": needs AVX-512");
+  cast_type(x_in, op, "x");
+  TORCH_CHECK(x_in.dim() == 2 && x_in.size(0) <= kMaxGemvRows, op, ": x must be (M, K) with M <= ", kMaxGemvRows,
+              ", got ", x_in.sizes());
+  const int64_t m = x_in.size(0), k = x_in.size(1);
+  TORCH_CHECK(packed.scalar_type() == at::kChar && packed.dim() == 1 && packed.is_contiguous() &&
+                  packed.numel() == int8_packed_weight_bytes(n, k),
+              op, ": packed is not an int8_pack_weight result for N=", n, ", K=", k);
+  check_vector(w_scale, n, op, "w_scale");
+  check_vector(bias, n, op, "bias");
+  at::Tensor out = at::empty({m, n}, x_in.options());
+  if (m == 0 || n == 0) return out;
+  const at::Tensor x = as_float32(x_in.contiguous(), op, "x");
+  at::Tensor acc_out = x_in.scalar_type() == at::kFloat ? out : at::empty({m, n}, x.options());
+  Int8PackedGemvArgs args{};
+  args.x = x.data_ptr<float>();
+  args.ldx = k;
+  args.packed = packed.data_ptr<int8_t>();
+  args.m = m, args.n = n, args.k = k;
+  args.w_scale = w_scale.data_ptr<float>();
+  args.bias = bias ? bias->data_ptr<float>() : nullptr;
+  args.out = acc_out.data_ptr<float>();
+  args.ldo = n;
+  const int64_t blocks = (n + 15) / 16;
+  at::parallel_for(0, blocks, std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, m * k * 16)),
+                   [&](int64_t b0, int64_t b1) { int8_packed_gemv(args, b0, b1); });
+  if (!acc_out.is_same(out)) store_from_float32(acc_out, out);
+  return out;
+}
+
 std::vector<std::string> int8_cpu_kernels() {
   std::vector<std::string> names;
   for (Int8Path p : {Int8Path::kAmx, Int8Path::kAvx512Vnni, Int8Path::kAvxVnni, Int8Path::kAvx2, Int8Path::kScalar}) {
@@ -336,10 +426,14 @@ std::vector<std::string> int8_cpu_kernels() {
 TORCH_LIBRARY_FRAGMENT(fastlm, m) {
   // The CPU vector paths this machine runs, best first (for FASTLM_INT8_KERNEL).
   m.def("int8_cpu_kernels() -> str[]", &int8_cpu_kernels);
+  // The W8A16 kernel int8_weight_matmul runs for m rows of x (dtype), K = k, under FASTLM_INT8_KERNEL.
+  m.def("int8_weight_kernel(int m, ScalarType dtype, int k, int group_size) -> str", &int8_weight_kernel);
   // W8A8 with the weight packed once (AVX-512 VNNI CPUs): fastlm.ops.int8_matmul.PackedInt8Weight.
   m.def("int8_pack_weight(Tensor w) -> Tensor");
   m.def("int8_packed_matmul(Tensor a, Tensor packed, int n, Tensor? a_scale, Tensor? b_scale, Tensor? bias, "
         "ScalarType out_dtype) -> Tensor");
+  // W8A16 for 1-4 rows from the same packed weight (per-channel scale): fastlm.ops.int8_weight_matmul.
+  m.def("int8_weight_packed_matmul(Tensor x, Tensor packed, int n, Tensor w_scale, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastlm, CPU, m) {
@@ -348,6 +442,7 @@ TORCH_LIBRARY_IMPL(fastlm, CPU, m) {
   m.impl("int8_weight_matmul", &int8_weight_matmul);
   m.impl("int8_pack_weight", &int8_pack_weight_op);
   m.impl("int8_packed_matmul", &int8_packed_matmul);
+  m.impl("int8_weight_packed_matmul", &int8_weight_packed_matmul);
 }
 
 }  // namespace fastlm::cpu

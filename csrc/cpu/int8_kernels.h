@@ -57,6 +57,7 @@ void int8_gemm(Int8Path path, const Int8GemmArgs& args, int64_t n0, int64_t n1);
 struct Int8WeightGemmArgs {
   const float* x;  // (m, k) fp32, leading dimension ldx
   int64_t ldx;
+  const uint16_t* x_bf16[2];  // int8_weight_gemm_bf16 only: x as bf16, one plane or two (x = [0] + [1])
   const int8_t* w;  // (n, k), leading dimension ldw
   int64_t ldw;
   const float* w_scale;  // (n, k / group_size), row-major
@@ -73,6 +74,13 @@ bool int8_weight_amx_supported();
 int64_t int8_weight_amx_packed_bytes(int64_t m, int64_t k);
 void int8_weight_amx_pack_x(const uint16_t* x_bf16, int64_t ldx, int64_t m, int64_t k, uint16_t* packed);
 void int8_weight_gemm_amx(const Int8WeightGemmArgs& args, const uint16_t* x_packed, int64_t n0, int64_t n1);
+
+// W8A16 on AVX512-BF16 (vdpbf16ps; int8_weight_bf16_kernels.cpp says exactly what it computes): x as one
+// bf16 plane, args.x_bf16[0], or two (x = [0] + [1]) for fp16 / fp32 x (args.x unused); group_size == k or a
+// multiple of 32.
+bool int8_weight_bf16_supported();
+bool int8_weight_bf16_fits(int64_t k, int64_t group_size);
+void int8_weight_gemm_bf16(const Int8WeightGemmArgs& args, int64_t n0, int64_t n1);
 
 // Columns [n0, n1) of the output, all m rows. Paths: AVX-512 (kAmx, kAvx512Vnni), AVX2+FMA (kAvx2, kAvxVnni), scalar.
 void int8_weight_gemm(Int8Path path, const Int8WeightGemmArgs& args, int64_t n0, int64_t n1);
@@ -97,5 +105,21 @@ void int8_pack_weight(const int8_t* w, int64_t ldw, int64_t n, int64_t k, int8_t
 void int8_flip_rows(const int8_t* a, int64_t lda, int64_t m, int64_t k, uint8_t* a_u8);
 bool int8_packed_path_supported(Int8Path path);  // kAvx512Vnni or kAvxVnni, on a CPU that runs it
 void int8_packed_gemm(Int8Path path, const Int8PackedGemmArgs& args, int64_t b0, int64_t b1);
+
+// W8A16 (fp32 x, per-channel scale) from an int8_pack_weight result, for 1 to kMaxGemvRows rows: blocks [b0, b1)
+// of 16 output columns (AVX-512F; see int8_packed_kernels.cpp).
+constexpr int kMaxGemvRows = 4;
+struct Int8PackedGemvArgs {
+  const float* x;  // (m, k) fp32, leading dimension ldx
+  int64_t ldx;
+  const int8_t* packed;
+  int64_t m, n, k;
+  const float* w_scale;  // (n,)
+  const float* bias;     // may be null
+  float* out;            // (m, n), leading dimension ldo
+  int64_t ldo;
+};
+bool int8_packed_gemv_supported();
+void int8_packed_gemv(const Int8PackedGemvArgs& args, int64_t b0, int64_t b1);
 
 }  // namespace fastlm::cpu

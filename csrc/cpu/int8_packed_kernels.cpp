@@ -138,6 +138,49 @@ __attribute__((target("avx2,avxvnni"))) void tile_vex(const Int8PackedGemmArgs& 
 
 const TileFn kVexTiles[kVexRows][kVexBlocks] = {{&tile_vex<1, 1>, &tile_vex<1, 2>}, {&tile_vex<2, 1>, &tile_vex<2, 2>}};
 
+// W8A16 from the same packed weight, for a few rows of fp32 x (decoding): one weight stream per thread (the
+// unpacked kernels read 4 weight rows at once). A 64-byte line (16 columns x 4 k) is 4 zmm of int32 -> fp32
+// (4 columns x 4 k each) times x[4q .. 4q + 3] repeated 4 times; the 4 k phases of each column are summed at
+// the end. fp32 products of exact int8 weights, fp32 sums; the per-channel scale and the bias at the end.
+// One 64-byte line (k quad q) into the MR x 4 accumulators. TAIL: the last, partial quad (x loads masked).
+template <int MR, bool TAIL>
+__attribute__((target("avx512f,avx512vl"), always_inline)) inline void gemv_quad(__m512 (&acc)[MR][4],
+                                                                                const Int8PackedGemvArgs& g,
+                                                                                const int8_t* line, int64_t q) {
+  if (!TAIL) _mm_prefetch(reinterpret_cast<const char*>(line + 4096), _MM_HINT_T0);  // 64 lines: DRAM latency
+  __m512 wv[4];
+  for (int t = 0; t < 4; ++t) {
+    wv[t] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(line + 16 * t))));
+  }
+  for (int i = 0; i < MR; ++i) {
+    const float* x = g.x + i * g.ldx + 4 * q;
+    const __m128 x4 = TAIL ? _mm_maskz_loadu_ps(static_cast<__mmask8>((1u << (g.k - 4 * q)) - 1), x) : _mm_loadu_ps(x);
+    const __m512 xv = _mm512_broadcast_f32x4(x4);
+    for (int t = 0; t < 4; ++t) acc[i][t] = _mm512_fmadd_ps(wv[t], xv, acc[i][t]);
+  }
+}
+
+template <int MR>
+__attribute__((target("avx512f,avx512vl"))) void gemv_tile(const Int8PackedGemvArgs& g, int64_t b) {
+  __m512 acc[MR][4];
+  for (int i = 0; i < MR; ++i)
+    for (int t = 0; t < 4; ++t) acc[i][t] = _mm512_setzero_ps();
+  const int64_t full = g.k / 4;
+  const int8_t* w = g.packed + b * block_stride(g.k);
+  for (int64_t q = 0; q < full; ++q) gemv_quad<MR, false>(acc, g, w + q * 64, q);
+  if (g.k % 4 != 0) gemv_quad<MR, true>(acc, g, w + full * 64, full);
+  const int64_t n0 = b * kBlock, cols = std::min(kBlock, g.n - n0);
+  for (int i = 0; i < MR; ++i) {
+    alignas(64) float lanes[64];
+    for (int t = 0; t < 4; ++t) _mm512_store_ps(lanes + 16 * t, acc[i][t]);
+    float* out = g.out + i * g.ldo + n0;
+    for (int64_t c = 0; c < cols; ++c) {  // lanes[4c .. 4c + 3]: column c's 4 k phases
+      const float sum = (lanes[4 * c] + lanes[4 * c + 1]) + (lanes[4 * c + 2] + lanes[4 * c + 3]);
+      out[c] = sum * g.w_scale[n0 + c] + (g.bias ? g.bias[n0 + c] : 0.f);
+    }
+  }
+}
+
 }  // namespace
 
 int64_t int8_packed_weight_bytes(int64_t n, int64_t k) {
@@ -168,6 +211,21 @@ void int8_flip_rows(const int8_t* a, int64_t lda, int64_t m, int64_t k, uint8_t*
     for (int64_t p = 0; p < k; ++p) dst[p] = static_cast<uint8_t>(a[r * lda + p]) ^ 0x80u;
     for (int64_t p = k; p < kp; ++p) dst[p] = 0;  // meets zero weights
   }
+}
+
+bool int8_packed_gemv_supported() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+void int8_packed_gemv(const Int8PackedGemvArgs& g, int64_t b0, int64_t b1) {
+  using Fn = void (*)(const Int8PackedGemvArgs&, int64_t);
+  static constexpr Fn kRows[kMaxGemvRows] = {&gemv_tile<1>, &gemv_tile<2>, &gemv_tile<3>, &gemv_tile<4>};
+  for (int64_t b = b0; b < b1; ++b) kRows[g.m - 1](g, b);
 }
 
 bool int8_packed_path_supported(Int8Path path) {

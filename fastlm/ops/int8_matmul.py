@@ -8,7 +8,10 @@ int8_matmul: out = (a @ b in int32) * a_scale[:, None] * b_scale[None, :] + bias
 integer sums for any int8 values (-128 included). b (K, N) may be a transposed view of an nn.Linear-
 layout (N, K) int8 weight (the fast CPU path). int8_weight_matmul: x @ (w_int8 * w_scale).T + bias,
 weights dequantized on the fly, fp32 accumulation; per channel (w_scale (N,)) or per group of
-group_size columns (w_scale (N, K // group_size)). CPU: C++ (csrc/cpu/int8*.cpp: AMX (int8 tiles; bf16
+group_size columns (w_scale (N, K // group_size)). On CPUs with AVX512-BF16, above a few rows, the products
+run as vdpbf16ps: bf16 x exactly, fp16 x exactly and fp32 x to 16 significant bits (each as two bf16
+planes), int8 weights exact, fp32 sums, the scales applied to the sums (FASTLM_INT8_W8A16_MATH=fp32 keeps
+the fp32 kernels; see csrc/cpu/int8_weight_bf16_kernels.cpp). CPU: C++ (csrc/cpu/int8*.cpp: AMX (int8 tiles; bf16
 tiles for W8A16 with bf16 x) / AVX-512 VNNI / AVX-VNNI / AVX2 / scalar, chosen by CPU features and M;
 FASTLM_INT8_KERNEL=amx|avx512_vnni|avx_vnni|avx2|scalar forces one, torch.ops.fastlm.int8_cpu_kernels()
 lists what this CPU runs); CUDA: Triton (kernels/int8_matmul.py), and
@@ -117,6 +120,7 @@ def _float_vector(op: str, name: str, t, n: int) -> torch.Tensor:
 # ---------------------------------------------------------------- the packed weight
 
 PACKED_PATHS = ("avx512_vnni", "avx_vnni")  # the FASTLM_INT8_KERNEL values the packed kernels stand for
+PACKED_W8A16_MAX_ROWS = 4  # int8_weight_matmul with a PackedInt8Weight: the packed GEMV up to this many rows
 
 
 class PackedInt8Weight:
@@ -138,6 +142,12 @@ class PackedInt8Weight:
             return False
         forced = os.environ.get("FASTLM_INT8_KERNEL", "")
         return forced in self._paths or (forced in ("", "auto") and self._auto)
+
+    def usable_for_w8a16(self, rows: int) -> bool:
+        """int8_weight_matmul of `rows` rows runs the packed AVX-512 GEMV (per-channel scales, at most 4 rows)."""
+        if rows > PACKED_W8A16_MAX_ROWS or "avx512_vnni" not in self._paths or not self.usable():
+            return False
+        return os.environ.get("FASTLM_INT8_KERNEL", "") in ("", "auto", "avx512_vnni")
 
 
 def pack_int8_weight(w_int8: torch.Tensor) -> PackedInt8Weight:
@@ -212,12 +222,16 @@ def int8_matmul(a_int8: torch.Tensor, b_int8: torch.Tensor, a_scale: torch.Tenso
 
 def int8_weight_matmul(x: torch.Tensor, w_int8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None,
                        group_size: int | None = None) -> torch.Tensor:
-    """x (..., K) fp32/bf16/fp16 @ (w_int8 (N, K) * w_scale).T + bias (N,) -> (..., N) in x.dtype (fp32 math).
+    """x (..., K) fp32/bf16/fp16 @ (w_int8 (N, K) * w_scale).T + bias (N,) -> (..., N) in x.dtype (fp32 sums).
 
     w_scale (N,) per output channel, or (N, K // group_size) with group_size.
-    Differentiable in x and bias (the int8 weight is frozen).
+    Differentiable in x and bias (the int8 weight is frozen). w_int8 may be a PackedInt8Weight (pack_int8_weight):
+    per channel, 1-4 rows, on AVX-512 CPUs it then runs a GEMV over the packed layout (one weight stream).
     """
     op = "int8_weight_matmul"
+    packed = w_int8 if isinstance(w_int8, PackedInt8Weight) else None
+    if packed is not None:
+        w_int8 = packed.weight
     _tensor(op, "x", x, X_DTYPES, "float32, bfloat16 or float16")
     _tensor(op, "w_int8", w_int8, (torch.int8,), "int8")
     _tensor(op, "w_scale", w_scale)
@@ -254,6 +268,9 @@ def int8_weight_matmul(x: torch.Tensor, w_int8: torch.Tensor, w_scale: torch.Ten
     w = w_int8.contiguous()
     if forced_backend() == "reference":
         out = reference.int8_weight_matmul(x2d, w, scale2d, bias, group_size)
+    elif packed is not None and group_size == k and x2d.device.type == "cpu" and packed.usable_for_w8a16(x2d.shape[0]) \
+            and not (x2d.requires_grad or (bias is not None and bias.requires_grad)):  # the GEMV has no autograd
+        out = torch.ops.fastlm.int8_weight_packed_matmul(x2d, packed.packed, n, scale2d.reshape(n), bias)
     else:
         out = torch.ops.fastlm.int8_weight_matmul(x2d, w, scale2d, bias, group_size)
     return out.reshape(*lead, n)

@@ -13,19 +13,16 @@ import fastlm.ops as ops
 from fastlm.ops import reference_int8 as reference
 from fastlm.ops._library import has_native_op
 
-PATHS = ["amx", "avx512_vnni", "avx_vnni", "avx2", "scalar"]
+from tests.ops.conftest import INT8_PATHS as PATHS
 # (M, N, K) from the odd sizes 1, 3, 17, 129, 4095 (combinations that keep the scalar path fast).
 SHAPES = [(1, 1, 1), (3, 17, 129), (17, 3, 4095), (129, 17, 3), (1, 129, 4095), (4095, 3, 17), (17, 129, 1),
           (3, 3, 64), (5, 7, 96)]
 FLOAT_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
-@pytest.fixture(params=PATHS)
-def path(request, monkeypatch):
-    if request.param not in torch.ops.fastlm.int8_cpu_kernels():
-        pytest.skip(f"this CPU does not run the {request.param} path")
-    monkeypatch.setenv("FASTLM_INT8_KERNEL", request.param)
-    return request.param
+@pytest.fixture
+def path(int8_path):  # tests/ops/conftest.py
+    return int8_path
 
 
 def _int8(*shape, low=-128):
