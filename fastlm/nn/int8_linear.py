@@ -100,17 +100,22 @@ class Int8Linear(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if self.scheme == "w8a16":
-            y = ops.int8_weight_matmul(x2, self.weight, self.weight_scale, self.bias, group_size=self.group_size)
+            # per-channel scales: the packed weight serves the few-row (decoding) GEMV on the CPU
+            packed = self._packed_weight() if self.group_size is None and x2.shape[0] <= 4 else None
+            y = ops.int8_weight_matmul(x2, self.weight if packed is None else packed, self.weight_scale, self.bias,
+                                       group_size=self.group_size)
         else:
             xq, xs = ops.quantize_per_token(x2)
-            y = ops.int8_matmul(xq, self._w8a8_weight(), xs, self.weight_scale, self.bias, out_dtype=x.dtype)
+            packed = self._packed_weight()
+            y = ops.int8_matmul(xq, self.weight.t() if packed is None else packed, xs, self.weight_scale, self.bias,
+                                out_dtype=x.dtype)
         return y.reshape(*lead, self.out_features)
 
-    def _w8a8_weight(self):
-        """weight.t(), or on the CPU a PackedInt8Weight of it, packed again whenever the weight buffer changes."""
+    def _packed_weight(self):
+        """On the CPU a PackedInt8Weight of the weight, packed again whenever the weight buffer changes; else None."""
         w = self.weight
         if w.device.type != "cpu" or torch.compiler.is_compiling():
-            return w.t()
+            return None
         key = (w.data_ptr(), w._version, tuple(w.shape))
         if getattr(self, "_packed_key", None) != key:
             self._packed, self._packed_key = ops.pack_int8_weight(w), key

@@ -144,3 +144,20 @@ def test_w8a8_packed_weight_matches_unpacked_and_follows_weight_changes(monkeypa
     other = Int8Linear.from_linear(nn.Linear(70, 37), "w8a8")
     layer.load_state_dict(other.state_dict())  # copies into the same buffers: the packing must follow
     torch.testing.assert_close(layer(x), other(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("m", [1, 3, 4, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_w8a16_decoding_rows_equal_the_dequantized_weight(m, dtype):
+    # Up to 4 rows go through the packed weight (a GEMV on AVX-512 CPUs), more through the plain one:
+    # both compute x @ dequantized weight in fp32 (exact int8 weights), whatever the path.
+    torch.manual_seed(4)
+    layer = Int8Linear.from_linear(nn.Linear(150, 43), "w8a16")
+    x = torch.randn(m, 150).to(dtype)
+    exact = x.double() @ layer.dequantized_weight().double().t() + layer.bias.double()
+    y = layer(x)
+    assert y.dtype == dtype and y.shape == (m, 43)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2  # fp32 sums; bf16 output rounding
+    torch.testing.assert_close(y.double(), exact, rtol=tol, atol=tol)
+    # the packed copy is built for decoding rows only (it doubles the weight's memory)
+    assert (getattr(layer, "_packed_key", None) is not None) == (m <= 4)
