@@ -68,9 +68,9 @@ class ParamServerOptimizer:
             flat = torch._utils._flatten_dense_tensors(grads) if grads else torch.zeros(0)  # a copy: grads get reused
             futures.append(rpc.rpc_async(self.hosts[shard], ps.push, args=(shard, flat, present, lrs)))
         self.pending.append(futures)
-        self.max_ahead = max(self.max_ahead, len(self.pending))
         while self.pending and (len(self.pending) > self.max_staleness or all(f.done() for f in self.pending[0])):
             self._apply([f.wait() for f in self.pending.popleft()])
+        self.max_ahead = max(self.max_ahead, len(self.pending))  # pushes not yet reflected in this worker's weights
 
     def drain(self) -> None:
         """Wait for this worker's pushes and every other worker's (a barrier), then pull every shard."""
