@@ -22,13 +22,14 @@ import os
 import socket
 import threading
 import time
+import warnings
 
 import torch
 import torch.distributed.rpc as rpc
 
 from fastlm.parallel.async_averaging import injected_comm_delay
 
-RPC_PORT_OFFSET = 7  # the RPC store listens at MASTER_PORT + this (MASTER_PORT is torchrun's c10d store)
+RPC_PORT_OFFSET = 7  # without torchrun's agent store: the RPC store at MASTER_PORT + this (see start_rpc)
 _SERVERS: dict[int, "ShardServer"] = {}  # the shards this process serves, by shard id
 
 
@@ -54,13 +55,22 @@ def worker_name(rank: int) -> str:
 
 
 def start_rpc(rank: int, world: int, timeout_s: float = 300.0) -> None:
-    """torch.distributed.rpc on every rank, rendezvous at MASTER_ADDR:MASTER_PORT + RPC_PORT_OFFSET
-    (one process without torchrun's env: a free local port)."""
+    """torch.distributed.rpc on every rank. Under torchrun its agent's store at MASTER_ADDR:MASTER_PORT serves
+    the RPC rendezvous too (torch connects every rank to it as a client; the process group's keys have a prefix
+    of their own). Launched otherwise (a store hosted by rank 0 at MASTER_PORT), rank 0 hosts a second store at
+    MASTER_PORT + RPC_PORT_OFFSET; one process without that env: a free local port."""
     addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
-    port = int(os.environ["MASTER_PORT"]) + RPC_PORT_OFFSET if "MASTER_PORT" in os.environ else _free_port()
+    if "MASTER_PORT" not in os.environ:
+        port = _free_port()
+    elif os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        port = int(os.environ["MASTER_PORT"])
+    else:
+        port = int(os.environ["MASTER_PORT"]) + RPC_PORT_OFFSET
     options = rpc.TensorPipeRpcBackendOptions(init_method=f"tcp://{addr}:{port}", rpc_timeout=timeout_s,
                                               num_worker_threads=max(8, 2 * world))
-    rpc.init_rpc(worker_name(rank), rank=rank, world_size=world, rpc_backend_options=options)
+    with warnings.catch_warnings():  # torch's own RPC setup uses a gloo group the deprecated way
+        warnings.filterwarnings("ignore", message="You are using a Backend")
+        rpc.init_rpc(worker_name(rank), rank=rank, world_size=world, rpc_backend_options=options)
 
 
 def stop_rpc(graceful: bool = True) -> None:

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 import itertools
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -16,8 +20,10 @@ from fastlm.parallel.param_server_optimizer import ParamServerOptimizer
 from fastlm.train.config import ConfigError
 from fastlm.train.metrics import read_metrics
 from fastlm.train.optim import build_optimizer
-from tests.parallel.dist_helpers import run_world
-from tests.train.train_helpers import micro_config
+from tests.parallel.dist_helpers import free_port, run_world
+from tests.train.train_helpers import MICRO, micro_config
+
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
 
 # ---------------------------------------------------------------- sharding
@@ -221,6 +227,29 @@ def test_three_workers_two_servers_train_and_end_with_the_servers_parameters(tmp
     flat_served = sorted(torch.cat([m.flatten() for m in served]).tolist())
     assert flat_served == sorted(torch.cat([p.flatten() for p in first]).tolist())
     assert [r["pushes"] for r in results[:2]] == [[24], [24]]  # 3 workers x 8 steps reached each server
+
+
+def test_torchrun_cli_run_checkpoints_and_resumes(tmp_path):
+    """Under torchrun (its agent's store serves the RPC rendezvous) with a delayed network: trains,
+    checkpoints the servers' state, resumes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTLM_TEST_COMM_DELAY": "0.02"}
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    sets = [*MICRO, "model.dropout=0.0", "train.steps=6", "train.eval_every=0", "checkpoint.every=3",
+            'parallel.sync="param_server"', "parallel.param_servers=2", "parallel.max_staleness=1"]
+    cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "fastlm", "train", "tiny",
+           "--out", str(tmp_path / "run"), "--quiet", *[a for item in sets for a in ("--set", item)]]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    losses = [m["loss"] for m in read_metrics(tmp_path / "run") if "loss" in m]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "step_0000006" / "optimizer.pt", weights_only=True)
+    weights = safetensors.torch.load_file(tmp_path / "run" / "model.safetensors")
+    assert len(saved["state"]) == len(weights)  # both servers' AdamW states gathered
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_0000006")
+    r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [m["step"] for m in read_metrics(tmp_path / "run") if "loss" in m] == list(range(1, 7))
 
 
 def test_config_errors(tmp_path):
