@@ -67,7 +67,7 @@ def start_rpc(rank: int, world: int, timeout_s: float = 300.0) -> None:
     else:
         port = int(os.environ["MASTER_PORT"]) + RPC_PORT_OFFSET
     options = rpc.TensorPipeRpcBackendOptions(init_method=f"tcp://{addr}:{port}", rpc_timeout=timeout_s,
-                                              num_worker_threads=max(8, 2 * world))
+                                              num_worker_threads=max(16, 4 * world))
     with warnings.catch_warnings():  # torch's own RPC setup uses a gloo group the deprecated way
         warnings.filterwarnings("ignore", message="You are using a Backend")
         rpc.init_rpc(worker_name(rank), rank=rank, world_size=world, rpc_backend_options=options)
@@ -75,8 +75,10 @@ def start_rpc(rank: int, world: int, timeout_s: float = 300.0) -> None:
 
 def stop_rpc(graceful: bool = True) -> None:
     """Every rank calls it at the end (graceful: waits for every worker's outstanding calls)."""
-    _SERVERS.clear()
-    rpc.shutdown(graceful=graceful)
+    try:
+        rpc.shutdown(graceful=graceful)  # first: another worker may still be pulling from the shards served here
+    finally:
+        _SERVERS.clear()
 
 
 def _free_port() -> int:

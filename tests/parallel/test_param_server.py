@@ -191,6 +191,39 @@ def test_checkpoint_holds_the_servers_state_and_resumes_exactly(tmp_path):
 # ---------------------------------------------------------------- several processes
 
 
+def _known_gradients(rank, world, max_staleness):
+    """Each worker pushes the constant gradient rank + 1 three times (SGD, lr 1) to two servers."""
+    from fastlm.parallel import init_mesh
+
+    init_mesh()
+    ps.start_rpc(rank, world)
+    model = nn.Linear(3, 2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(100.0)
+    proxy = ParamServerOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), 2, max_staleness, rank)
+    torch.distributed.barrier()
+    for _ in range(3):
+        for p in model.parameters():
+            p.grad = torch.full_like(p, float(rank + 1))
+        proxy.step()
+        proxy.zero_grad()
+    proxy.drain()
+    result = [p.detach().clone() for p in model.parameters()]
+    ps.stop_rpc()
+    return result
+
+
+@pytest.mark.parametrize("max_staleness", [0, 2])
+def test_every_workers_gradient_is_applied_once(max_staleness):
+    """Asynchronous SGD: the servers apply every push of every worker exactly once, whatever the order:
+    100 - 3 * (1 + 2) = 91 everywhere, on both workers after drain."""
+    results = run_world(_known_gradients, 2, max_staleness, timeout=120, env={"FASTLM_TEST_COMM_DELAY": "0.05"})
+    for params in results:
+        for p in params:
+            assert torch.equal(p, torch.full_like(p, 91.0))
+
+
 def _train_rank(rank, world, out, extra):
     """One torchrun-like rank training through the trainer; returns its final weights and what it served."""
     from fastlm.train.trainer import Trainer
