@@ -119,7 +119,8 @@ class ShardServer:
             return self.flat()
 
     def flat(self) -> torch.Tensor:
-        return torch._utils._flatten_dense_tensors([m.detach() for m in self.masters])
+        """The masters as one new tensor (a copy even for one master: the answer must not change with the next push)."""
+        return torch.cat([m.detach().reshape(-1) for m in self.masters])
 
     def state_dict(self) -> dict:
         with self.lock:

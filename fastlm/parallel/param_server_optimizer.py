@@ -64,8 +64,8 @@ class ParamServerOptimizer:
         futures = []
         for shard, indices in enumerate(self.shards):
             present = [self.params[i].grad is not None for i in indices]
-            grads = [self.params[i].grad.detach().float().cpu() for i, p in zip(indices, present) if p]
-            flat = torch._utils._flatten_dense_tensors(grads) if grads else torch.zeros(0)  # a copy: grads get reused
+            grads = [self.params[i].grad.detach().float().cpu().reshape(-1) for i, p in zip(indices, present) if p]
+            flat = torch.cat(grads) if grads else torch.zeros(0)  # always a copy (RPC may send it later; grads get reused)
             futures.append(rpc.rpc_async(self.hosts[shard], ps.push, args=(shard, flat, present, lrs)))
         self.pending.append(futures)
         while self.pending and (len(self.pending) > self.max_staleness or all(f.done() for f in self.pending[0])):
