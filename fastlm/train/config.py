@@ -124,8 +124,11 @@ class ParallelSection:
     dp_shares: list[int] | str | None = None  # e.g. [3, 1]: each rank's share of every global batch; or "dynamic"
     rebalance_every: int = 50            # dp_shares = "dynamic": steps between re-solving the shares from speeds
     sync: str = "every_step"             # every_step | local_sgd (average parameters every sync_every steps) | async
+    #                                      | param_server (fastlm.parallel.param_server)
     sync_every: int = 1
     max_staleness: int = 1               # sync = "async": steps an average may be in flight before it is waited for
+    #                                      (sync = "param_server": steps a worker may run ahead of its last pull)
+    param_servers: int = 1               # sync = "param_server": the first this many ranks each serve one shard
     timeout_s: float = 300.0             # a collective that takes longer fails, naming the missing rank
     # Pipeline parallel (pp > 1): see fastlm.parallel.pipeline
     schedule: str = "1f1b"               # gpipe | 1f1b | interleaved

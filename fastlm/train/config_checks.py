@@ -269,7 +269,7 @@ def _validate_tensor_parallel(config: Config) -> None:
 
 
 GRAD_REDUCE_DTYPES = ("fp32", "bf16", "fp16")
-SYNC_MODES = ("every_step", "local_sgd", "async")
+SYNC_MODES = ("every_step", "local_sgd", "async", "param_server")
 
 
 def _validate_parallel(p: ParallelSection, t: TrainSection) -> None:
@@ -289,6 +289,7 @@ def _validate_parallel(p: ParallelSection, t: TrainSection) -> None:
                           f"or \"async\"")
     if p.max_staleness < 0:
         raise ConfigError(f"parallel.max_staleness = {_show(p.max_staleness)}: expected an integer >= 0")
+    _validate_param_server(p, t)
     if p.shard_optimizer and p.sync != "every_step":
         raise ConfigError(f'parallel.shard_optimizer = true: not available with parallel.sync = "{p.sync}" '
                           '(each rank keeps its whole optimizer state)')
@@ -299,6 +300,23 @@ def _validate_parallel(p: ParallelSection, t: TrainSection) -> None:
         if not p.dp_shares or any(s < 1 for s in p.dp_shares):
             raise ConfigError(f"parallel.dp_shares = {_show(p.dp_shares)}: expected a list of positive integers, "
                               f"one per data-parallel rank")
+
+
+def _validate_param_server(p: ParallelSection, t: TrainSection) -> None:
+    """parallel.sync = "param_server" (fastlm.parallel.param_server) and what it cannot combine with."""
+    if not isinstance(p.param_servers, int) or isinstance(p.param_servers, bool) or p.param_servers < 1:
+        raise ConfigError(f"parallel.param_servers = {_show(p.param_servers)}: expected a positive integer")
+    if p.sync != "param_server":
+        if p.param_servers != 1:
+            raise ConfigError(f"parallel.param_servers = {p.param_servers}: only used with parallel.sync = "
+                              f"\"param_server\"")
+        return
+    refusals = {"parallel.sync_every = {} (each step pushes its gradient)".format(p.sync_every): p.sync_every != 1,
+                "parallel.dp_shares (each worker's gradient is applied on its own)": p.dp_shares is not None,
+                'train.precision = "fp16" (use "bf16")': t.precision == "fp16"}
+    for what, refused in refusals.items():
+        if refused:
+            raise ConfigError(f'parallel.sync = "param_server": not available with {what}')
 
 
 def _validate_optimizer_offload(config: Config) -> None:

@@ -82,6 +82,8 @@ class TrainStep:
             from fastlm.parallel.async_averaging import AsyncAverager
 
             self.averager = AsyncAverager(pm.dp, optimizer, max_staleness)
+        # parallel.sync = "param_server": each rank's own gradient goes to the servers (optimizer.step() pushes it)
+        self.pushes_gradients = getattr(optimizer, "pushes_gradients", False)
         self.compute_seconds = 0.0  # the last step's forwards and backwards (not the wait for the all-reduce)
         self.weigh_by_rows = False  # micro-batches of unequal size (fastlm.parallel.dynamic_shares)
 
@@ -93,7 +95,7 @@ class TrainStep:
             no_sync = self.pm.dp.no_sync if self.pm.dp is not None else None
             loss, extras = self.pm.pipe.train_step(micro_batches, no_sync=no_sync), {}
         else:
-            loss, extras = self._accumulate(micro_batches, sync)
+            loss, extras = self._accumulate(micro_batches, sync and not self.pushes_gradients)
         self.compute_seconds = time.perf_counter() - started
         self.pm.finish_grad_sync()
         if self.after_grad_sync is not None:
@@ -118,12 +120,17 @@ class TrainStep:
     def sync(self, done: int, total: int) -> bool:
         """Whether step `done` (1-based) of `total` communicates gradients (always, unless local SGD)."""
         every = self.local_sgd_every
+        if self.pushes_gradients:
+            return done == total  # the last step pulls the servers' parameters (after_sync)
         return not every or done % every == 0 or done == total
 
     def after_sync(self, final: bool = False) -> None:
         """Local SGD: average the parameters the ranks stepped on their own since the last sync (async: start
         averaging them; `final`, the last step: wait for every average in flight)."""
-        if self.averager is not None:
+        if self.pushes_gradients:
+            if final:
+                self.optimizer.drain()
+        elif self.averager is not None:
             if final:  # apply the earlier averages first: the last one then leaves every rank with the same model
                 self.averager.drain()
             self.averager.launch()
@@ -133,9 +140,12 @@ class TrainStep:
             self.pm.dp.average_parameters(self.optimizer)
 
     def drain(self) -> None:
-        """Wait for the background parameter averages in flight (sync = "async"), e.g. before a checkpoint."""
+        """Wait for the background parameter averages in flight (sync = "async") or the pushes to the parameter
+        servers (sync = "param_server"), e.g. before a checkpoint."""
         if self.averager is not None:
             self.averager.drain()
+        if self.pushes_gradients:
+            self.optimizer.drain()  # every worker then holds the servers' parameters
 
     def _accumulate(self, micro_batches: list, sync: bool) -> tuple[torch.Tensor, dict]:
         n = len(micro_batches)

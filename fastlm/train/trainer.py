@@ -89,6 +89,7 @@ class Trainer:
         pm = parallelize_for_run(model.to(rt.device), rt, cfg)
         private = PrivateTraining.setup(cfg, pm, loader.num_samples)  # None without DP-SGD
         optimizer = pm.wrap_optimizer(build_optimizer(pm.module, t, rt.device))  # ZeRO-1 with shard_optimizer
+        optimizer = param_server_optimizer(cfg, optimizer, rt)  # sync = "param_server": servers hold the state
         distill = Distillation.setup(cfg, pm, corpus.tokenizer_path, rt.device)  # None without [distill]
         step = self._train_step(pm, optimizer, private, distill)
         next_batches, shares_record = dynamic_shares_for_run(cfg, pm, loader, step, rt.mesh)  # dp_shares = "dynamic"
@@ -126,7 +127,7 @@ class Trainer:
                 if result is None:  # resumed a finished run: its last evaluation is already logged
                     result = evaluate_at(last_step, bar, None)
             finally:
-                for closing in (bar, loader, metrics):
+                for closing in (bar, loader, metrics, optimizer if step.pushes_gradients else None):
                     if closing is not None:
                         closing.close()  # the bar ends its line, so an error message starts on a fresh one
         final = pm.full_model(rt.is_main)  # every stage's and tp rank's weights in a plain model: a collective
@@ -205,6 +206,16 @@ def parallelize_for_run(model, rt: Runtime, config):
 
     try:
         return parallelize(model, rt.mesh, config, autocast=autocast_for(rt.precision, rt.device))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def param_server_optimizer(config, optimizer, rt: Runtime):
+    """fastlm.parallel.param_server_optimizer.param_server_for_run, its layout errors as one-line config errors."""
+    from fastlm.parallel.param_server_optimizer import param_server_for_run
+
+    try:
+        return param_server_for_run(config, optimizer, rt.rank, rt.world_size)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
