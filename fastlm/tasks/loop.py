@@ -125,6 +125,9 @@ def finetune(task, tc: TaskConfig, out_dir: str | os.PathLike | None = None, sho
         tc.config.checkpoint.key_file = str(Path(tc.config.checkpoint.key_file).resolve())
     if tc.config.train.debias != "none" and not hasattr(task, "loss_of"):
         raise ConfigError(f"train.debias = {tc.config.train.debias!r}: only for the classification task, not {task.name}")
+    if tc.config.parallel.sync != "every_step":  # the task loop averages gradients every step, nothing else
+        raise ConfigError(f'parallel.sync = "{tc.config.parallel.sync}": fastlm finetune synchronises every step '
+                          '(local_sgd, async and param_server are for fastlm train)')
     folds = getattr(tc.task, "k_folds", 0)
     if resume and folds > 1:
         raise ConfigError("--resume: not available with task.k_folds (start the cross-validation again)")

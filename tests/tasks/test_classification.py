@@ -144,6 +144,9 @@ def test_bad_task_keys(tmp_path):
         _tc(raw, "task.nope=1")
     with pytest.raises(ConfigError, match="train.adversarial"):
         _tc(raw, "train.adversarial=fgsm")
+    for sync in ("local_sgd", "async", "param_server"):  # not silently trained every step
+        with pytest.raises(ConfigError, match=f'parallel.sync = "{sync}": fastlm finetune synchronises every step'):
+            finetune(TASK, _tc(raw, f'parallel.sync="{sync}"'), tmp_path / sync, show_progress=False)
 
 
 # ---------------------------------------------------------------- CLI
