@@ -7,50 +7,12 @@
 #include <cstring>
 #include <limits>
 
+#include "cpu/attention_common.h"
 #include "cpu/norm_rows.h"
 #include "cpu/vectorize.h"
 
 namespace fastlm::cpu::attn {
 namespace {
-
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-// (vec16 helpers are always inlined: the ABI note about passing 64-byte vectors does not apply.)
-#pragma GCC diagnostic ignored "-Wpsabi"
-// 16 floats as one value: an AVX-512 register in the v4 clone (two AVX2 registers in v3).
-typedef float vec16 __attribute__((vector_size(64)));
-
-__attribute__((always_inline)) inline vec16 load16(const float* p) {
-  vec16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-__attribute__((always_inline)) inline void store16(float* p, vec16 v) { std::memcpy(p, &v, sizeof(v)); }
-typedef int32_t ivec16 __attribute__((vector_size(64)));
-
-__attribute__((always_inline)) inline vec16 splat16(float x) { return vec16{} + x; }
-
-// exp(x) for x <= 0 (as in softmax) on 16 lanes, ~1 ulp: x = n ln2 + r, |r| <= ln2/2, exp(r) by the
-// Cephes polynomial, 2^n through the exponent bits. Branch-free vector code (std::exp does not
-// vectorize without -ffast-math). Returns 0 below -87 (and for -inf): masked scores give exact zeros.
-__attribute__((always_inline)) inline vec16 exp16(vec16 x) {
-  const vec16 lo = splat16(-87.f);
-  const vec16 xc = x < lo ? lo : x;  // x <= 0 (callers subtract the max or the logsumexp)
-  const vec16 magic = splat16(12582912.f);
-  const vec16 t = xc * 1.44269504088896341f + magic;
-  const vec16 n = t - magic;
-  const vec16 r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
-  vec16 y = splat16(1.9875691500e-4f);
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = (y * r + 1.f) * r + 1.f;  // 1 + r + r^2 y, as two FMAs
-  const ivec16 e = (((ivec16)t - 0x4B400000) + 127) << 23;
-  const vec16 res = y * (vec16)e;
-  return x < lo ? vec16{} : res;
-}
 
 static_assert(kBlockK == 64 && kBlockQ == 64, "the softmax tiles below are written for 64 = 4 x 16 lanes");
 
@@ -111,42 +73,6 @@ FASTLM_MULTIVERSION void gemm_acc(int64_t M, int64_t N, int64_t K, const float* 
   for (; m < M; m += 4) tile_rows<4>(N, K, A + m * lam, lam, lak, B, ldb, C + m * ldc, ldc, add);
 }
 
-// Online-softmax step on a transposed score tile: st holds `keys` rows (one per key) of kBlockQ
-// query lanes, of which the first 16 * NV are live. Keeping queries in the vector lanes makes the
-// row max and sum plain vertical ops, with no horizontal reductions. st becomes P; the running max m
-// (per query lane) is updated; corr gets each lane's rescale factor for what was summed before
-// (exactly 1 where the max did not move) and bsum the sum of this block's P alone.
-template <int NV>
-__attribute__((always_inline)) inline void softmax_cols(float* st, int64_t keys, float* m, float* corr, float* bsum) {
-  vec16 mx[NV], base[NV], sum[NV];
-#pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) mx[v] = load16(m + 16 * v);
-  for (int64_t j = 0; j < keys; ++j) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      const vec16 x = load16(st + j * kBlockQ + 16 * v);
-      mx[v] = mx[v] > x ? mx[v] : x;
-    }
-  }
-#pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) {
-    base[v] = mx[v] == splat16(kNegInf) ? vec16{} : mx[v];                // a lane that sees nothing yet: no NaN
-    store16(corr + 16 * v, exp16(load16(m + 16 * v) - base[v]));        // old max -inf: 0
-    store16(m + 16 * v, mx[v]);
-    sum[v] = vec16{};
-  }
-  for (int64_t j = 0; j < keys; ++j) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      float* x = st + j * kBlockQ + 16 * v;
-      const vec16 e = exp16(load16(x) - base[v]);
-      store16(x, e);
-      sum[v] += e;
-    }
-  }
-#pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) store16(bsum + 16 * v, sum[v]);
-}
 
 // softmax_cols on the first `lanes` query lanes (rounded up to 16).
 FASTLM_MULTIVERSION void softmax_block(float* st, int64_t keys, int64_t lanes, float* m, float* corr, float* bsum) {
@@ -226,9 +152,6 @@ FASTLM_MULTIVERSION void row_dots_in_gemm_order(const float* a, const float* b, 
 
 // ---------------------------------------------------------------- rows in and out of tensors
 
-inline int64_t offset(const View& v, const int64_t* start, int64_t b, int64_t i, int64_t h) {
-  return b * v.batch_stride + (start[b] + i) * v.pos_stride + h * v.head_stride;
-}
 
 // dst[0:dp] = a * row (fp32), zero past head_dim.
 void load_row(const View& v, int64_t off, int64_t d, int64_t dp, float a, float* dst) {
@@ -254,53 +177,6 @@ void store_row(const View& v, int64_t off, int64_t d, const float* row, float a,
   }
 }
 
-// Which keys the rows [i_first, i_last] of a sequence see, at most (inclusive; empty if lo > hi).
-struct Range {
-  int64_t lo, hi;
-};
-
-inline Range key_range(const Problem& p, int64_t i_first, int64_t i_last, int64_t qlen, int64_t klen) {
-  const int64_t off = klen - qlen;
-  Range r{0, klen - 1};
-  if (p.window_left >= 0) r.lo = std::max(r.lo, i_first + off - p.window_left);
-  if (p.window_right >= 0) r.hi = std::min(r.hi, i_last + off + p.window_right);
-  return r;
-}
-
-// Does every row in [i_first, i_last] see every key of [j0, j0 + kBlockK)?
-inline bool block_fully_visible(const Problem& p, int64_t i_first, int64_t i_last, int64_t j0, int64_t qlen,
-                                int64_t klen) {
-  const int64_t off = klen - qlen;
-  if (j0 + kBlockK > klen) return false;
-  if (p.window_left >= 0 && j0 < i_last + off - p.window_left) return false;
-  if (p.window_right >= 0 && j0 + kBlockK - 1 > i_first + off + p.window_right) return false;
-  return true;
-}
-
-// Sets the scores of keys row i cannot see to -inf.
-inline void mask_row(const Problem& p, float* s, int64_t i, int64_t j0, int64_t qlen, int64_t klen) {
-  const int64_t off = klen - qlen;
-  int64_t lo = 0, hi = klen - 1;
-  if (p.window_left >= 0) lo = std::max(lo, i + off - p.window_left);
-  if (p.window_right >= 0) hi = std::min(hi, i + off + p.window_right);
-  for (int64_t j = 0; j < kBlockK; ++j) {
-    const int64_t pos = j0 + j;
-    if (pos < lo || pos > hi) s[j] = kNegInf;
-  }
-}
-
-// Sets the scores of queries key j0 + j cannot be seen by to -inf, in the transposed tile row
-// st_row (query lanes i0 .. i0 + kBlockQ - 1).
-inline void mask_key_row(const Problem& p, float* st_row, int64_t pos, int64_t i0, int64_t qlen, int64_t klen) {
-  const int64_t off = klen - qlen;
-  // Query i sees pos when i + off - left <= pos <= i + off + right.
-  const int64_t i_lo = p.window_right >= 0 ? pos - off - p.window_right : i0;
-  const int64_t i_hi = p.window_left >= 0 ? pos - off + p.window_left : i0 + kBlockQ;
-  for (int64_t q = 0; q < kBlockQ; ++q) {
-    const int64_t i = i0 + q;
-    if (i < i_lo || i > i_hi) st_row[q] = kNegInf;
-  }
-}
 
 // The Q tile transposed (dp x kBlockQ: one query per lane), zero past head_dim and `rows`.
 void load_q_transposed(const Problem& p, const View& q, int64_t b, int64_t h, int64_t i0, int64_t rows, float* qt,

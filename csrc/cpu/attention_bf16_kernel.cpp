@@ -1,0 +1,443 @@
+// bf16 FlashAttention-2 CPU kernels with AVX512-BF16 products (see attention_bf16_kernel.h). Every
+// function that runs vector code is compiled for AVX-512 + AVX512-BF16 only (kTarget); the glue calls
+// them only when bf16::supported().
+#include "cpu/attention_bf16_kernel.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "cpu/attention_common.h"
+#include "cpu/norm_rows.h"
+
+#define FASTLM_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+
+namespace fastlm::cpu::attn::bf16 {
+namespace {
+
+static_assert(kBlockK == 64 && kBlockQ == 64, "the tiles below are written for 64 = 4 x 16 lanes");
+
+// C[MR x 16 NV] (+)= A[MR x 2 KP] B: A bf16 rows (lda elements apart), B pair rows (uint32 [KP][ldb]).
+// Accumulators in registers (6 x 4 + 4 B vectors + 1 broadcast of the 32 zmm); with add, the block
+// product is summed from zero and then added to C (see kFold).
+template <int MR, int NV>
+FASTLM_BF16_TARGET __attribute__((always_inline)) inline void tile(int64_t KP, const uint16_t* __restrict__ A,
+                                                                   int64_t lda, const uint32_t* __restrict__ B,
+                                                                   int64_t ldb, float* __restrict__ C, int64_t ldc,
+                                                                   bool add) {
+  __m512 c[MR][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) c[i][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < KP; ++k) {
+    __m512i bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(B + k * ldb + 16 * v);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      uint32_t pair;
+      std::memcpy(&pair, A + i * lda + 2 * k, sizeof(pair));
+      const __m512i a = _mm512_set1_epi32(static_cast<int>(pair));
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) c[i][v] = _mm512_dpbf16_ps(c[i][v], (__m512bh)a, (__m512bh)bv[v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* dst = C + i * ldc + 16 * v;
+      _mm512_storeu_ps(dst, add ? _mm512_add_ps(_mm512_loadu_ps(dst), c[i][v]) : c[i][v]);
+    }
+}
+
+template <int MR>
+FASTLM_BF16_TARGET __attribute__((always_inline)) inline void tile_rows(int64_t N, int64_t KP, const uint16_t* A,
+                                                                        int64_t lda, const uint32_t* B, int64_t ldb,
+                                                                        float* C, int64_t ldc, bool add) {
+  int64_t n = 0;
+  for (; n + 64 <= N; n += 64) tile<MR, 4>(KP, A, lda, B + n, ldb, C + n, ldc, add);
+  switch (N - n) {
+    case 48: tile<MR, 3>(KP, A, lda, B + n, ldb, C + n, ldc, add); break;
+    case 32: tile<MR, 2>(KP, A, lda, B + n, ldb, C + n, ldc, add); break;
+    case 16: tile<MR, 1>(KP, A, lda, B + n, ldb, C + n, ldc, add); break;
+    default: break;
+  }
+}
+
+// C[M x N] (+)= A[M x 2 KP] B (N a multiple of 16, any M).
+FASTLM_BF16_TARGET void gemm(int64_t M, int64_t N, int64_t KP, const uint16_t* A, int64_t lda, const uint32_t* B,
+                             int64_t ldb, float* C, int64_t ldc, bool add) {
+  int64_t m = 0;
+  for (; m + 6 <= M; m += 6) tile_rows<6>(N, KP, A + m * lda, lda, B, ldb, C + m * ldc, ldc, add);
+  const uint16_t* a = A + m * lda;
+  float* c = C + m * ldc;
+  switch (M - m) {
+    case 5: tile_rows<5>(N, KP, a, lda, B, ldb, c, ldc, add); break;
+    case 4: tile_rows<4>(N, KP, a, lda, B, ldb, c, ldc, add); break;
+    case 3: tile_rows<3>(N, KP, a, lda, B, ldb, c, ldc, add); break;
+    case 2: tile_rows<2>(N, KP, a, lda, B, ldb, c, ldc, add); break;
+    case 1: tile_rows<1>(N, KP, a, lda, B, ldb, c, ldc, add); break;
+    default: break;
+  }
+}
+
+// 16 lanes of two fp32 rows as bf16 pairs (lo, hi) in 32-bit words, rounded to nearest even.
+FASTLM_BF16_TARGET __attribute__((always_inline)) inline __m512i pair16(__m512 lo, __m512 hi) {
+  const __m512i l = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
+  const __m512i h = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi));
+  return _mm512_or_si512(l, _mm512_slli_epi32(h, 16));
+}
+
+// Pair rows of `rows` fp32 rows (64 lanes, ld 64): dst[r / 2][n] = (src[r][n], src[r + 1][n]); a
+// missing last odd row counts as zeros.
+FASTLM_BF16_TARGET void pair_rows(const float* src, int64_t rows, uint32_t* dst) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t r = 0; r < rows; r += 2) {
+    const float* lo = src + r * 64;
+    const float* hi = lo + 64;
+    uint32_t* d = dst + r / 2 * 64;
+    for (int v = 0; v < 4; ++v) {
+      const __m512 h = r + 1 < rows ? _mm512_loadu_ps(hi + 16 * v) : zero;
+      _mm512_storeu_si512(d + 16 * v, pair16(_mm512_loadu_ps(lo + 16 * v), h));
+    }
+  }
+}
+
+// bf16 copy of `rows` fp32 rows of 64 (ld 64).
+FASTLM_BF16_TARGET void round_rows(const float* src, int64_t rows, uint16_t* dst) {
+  for (int64_t i = 0; i < rows * 64; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+}
+
+FASTLM_BF16_TARGET void scale_rows(float* x, int64_t rows, int64_t lanes, float a) {
+  const __m512 s = _mm512_set1_ps(a);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < lanes; j += 16) _mm512_storeu_ps(x + r * 64 + j, _mm512_mul_ps(_mm512_loadu_ps(x + r * 64 + j), s));
+}
+
+// The first `lanes` lanes of `rows` transposed rows (ld 64) times the per-lane factors f.
+FASTLM_BF16_TARGET void scale_lanes(float* x, int64_t rows, int64_t lanes, const float* f) {
+  for (int64_t j = 0; j < lanes; j += 16) {
+    const __m512 s = _mm512_loadu_ps(f + j);
+    for (int64_t r = 0; r < rows; ++r) _mm512_storeu_ps(x + r * 64 + j, _mm512_mul_ps(_mm512_loadu_ps(x + r * 64 + j), s));
+  }
+}
+
+FASTLM_BF16_TARGET void add_into(float* dst, const float* src, int64_t n) {
+  for (int64_t j = 0; j < n; j += 16) _mm512_storeu_ps(dst + j, _mm512_add_ps(_mm512_loadu_ps(dst + j), _mm512_loadu_ps(src + j)));
+}
+
+// hi += lo; lo = 0 (n a multiple of 16).
+void flush(float* hi, float* lo, int64_t n) {
+  add_into(hi, lo, n);
+  std::fill(lo, lo + n, 0.f);
+}
+
+FASTLM_BF16_TARGET void softmax_block(float* st, int64_t keys, int64_t lanes, float* m, float* corr, float* bsum) {
+  switch (ceil_div(lanes, 16)) {
+    case 1: softmax_cols<1>(st, keys, m, corr, bsum); break;
+    case 2: softmax_cols<2>(st, keys, m, corr, bsum); break;
+    case 3: softmax_cols<3>(st, keys, m, corr, bsum); break;
+    default: softmax_cols<4>(st, keys, m, corr, bsum); break;
+  }
+}
+
+// P = exp(S - lse) on rows [0, mr) of a score tile; rows past `rows` or that see no key are zero.
+FASTLM_BF16_TARGET void exp_rows(float* s, int64_t rows, int64_t mr, const float* lse) {
+  for (int64_t r = 0; r < mr; ++r) {
+    float* sr = s + r * kBlockK;
+    const bool none = r >= rows || lse[r] == kNegInf;
+    const vec16 x = splat16(none ? 0.f : lse[r]);
+    for (int64_t j = 0; j < kBlockK; j += 16) store16(sr + j, none ? vec16{} : exp16(load16(sr + j) - x));
+  }
+}
+
+// dS = P * (dP - delta) on rows [0, mr).
+FASTLM_BF16_TARGET void ds_rows(const float* p, float* dp, int64_t mr, const float* delta) {
+  for (int64_t r = 0; r < mr; ++r) {
+    const __m512 d = _mm512_set1_ps(delta[r]);
+    for (int64_t j = 0; j < kBlockK; j += 16) {
+      const int64_t i = r * kBlockK + j;
+      _mm512_storeu_ps(dp + i, _mm512_mul_ps(_mm512_loadu_ps(p + i), _mm512_sub_ps(_mm512_loadu_ps(dp + i), d)));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- rows in and out of tensors
+
+// Row i of (sequence b, head h) of a bf16 view as dp bf16 values, zero past head_dim.
+void copy_row(const Problem& p, const View& v, const int64_t* start, int64_t b, int64_t i, int64_t h,
+              uint16_t* dst) {
+  const uint16_t* src = static_cast<const uint16_t*>(v.data) + offset(v, start, b, i, h);
+  std::memcpy(dst, src, p.head_dim * sizeof(uint16_t));
+  std::fill(dst + p.head_dim, dst + p.dp, uint16_t{0});
+}
+
+// rows x dp bf16 rows (zero padded to kBlockK rows) from block rows [i0, i0 + n) of a view.
+void copy_block(const Problem& p, const View& v, const int64_t* start, int64_t b, int64_t h, int64_t i0, int64_t n,
+                uint16_t* dst) {
+  for (int64_t r = 0; r < n; ++r) copy_row(p, v, start, b, i0 + r, h, dst + r * p.dp);
+  std::fill(dst + n * p.dp, dst + kBlockK * p.dp, uint16_t{0});
+}
+
+// (kBlockK x dp) bf16 rows -> (dp x kBlockK) bf16 rows.
+void transpose16(const uint16_t* src, int64_t dp, uint16_t* dst) {
+  for (int64_t r = 0; r < kBlockK; ++r)
+    for (int64_t c = 0; c < dp; ++c) dst[c * kBlockK + r] = src[r * dp + c];
+}
+
+// (kBlockK x dp) bf16 rows -> pair rows of their transpose: uint32 [dp / 2][kBlockK].
+void transpose_pairs(const uint16_t* src, int64_t dp, uint32_t* dst) {
+  for (int64_t r = 0; r < kBlockK; ++r) {
+    const uint32_t* row = reinterpret_cast<const uint32_t*>(src + r * dp);
+    for (int64_t c = 0; c < dp / 2; ++c) dst[c * kBlockK + r] = row[c];
+  }
+}
+
+// fp32 values (transposed tile, column r: stride 64) * a -> bf16 row of a view.
+void store_column(const Problem& p, const View& v, const int64_t* start, int64_t b, int64_t i, int64_t h,
+                  const float* col, float a, float* tmp) {
+  for (int64_t c = 0; c < p.head_dim; ++c) tmp[c] = a * col[c * 64];
+  float_to_bf16(tmp, static_cast<uint16_t*>(v.data) + offset(v, start, b, i, h), p.head_dim);
+}
+
+// ---------------------------------------------------------------- forward
+
+// Query block qb of (b, h): kb_rows / vt hold the bf16 K rows and V^T of every key block of (b, g).
+FASTLM_BF16_TARGET void forward_block(const Problem& p, const View& q, const uint16_t* kb_rows, const uint16_t* vt,
+                                      const View& out, float* lse, int64_t b, int64_t h, int64_t qb, float* ws) {
+  const int64_t dp = p.dp;
+  const int64_t qlen = p.q_len[b], klen = p.k_len[b];
+  const int64_t i0 = qb * kBlockQ, rows = std::min(kBlockQ, qlen - i0);
+  const int64_t lanes = round_up(rows, 16);
+  float* ot = ws;                      // dp x kBlockQ each: O^T sums (hi, lo: see kFold)
+  float* ot_lo = ot + dp * kBlockQ;
+  float* st = ot_lo + dp * kBlockQ;    // kBlockK x kBlockQ: S^T, then P^T
+  auto* qp = reinterpret_cast<uint32_t*>(st + kBlockK * kBlockQ);  // dp / 2 x kBlockQ: Q^T pair rows
+  auto* pp = qp + dp / 2 * kBlockQ;    // kBlockK / 2 x kBlockQ: P^T pair rows
+  float* m = reinterpret_cast<float*>(pp + kBlockK / 2 * kBlockQ);  // kBlockQ each: running max, sums, ...
+  float* l = m + kBlockQ;
+  float* l_lo = l + kBlockQ;
+  float* bsum = l_lo + kBlockQ;
+  float* corr = bsum + kBlockQ;
+  float* tmp = corr + kBlockQ;                            // dp floats
+  auto* qrows = reinterpret_cast<uint16_t*>(tmp + dp);    // kBlockQ x dp bf16
+
+  copy_block(p, q, p.q_start, b, h, i0, rows, qrows);
+  transpose_pairs(qrows, dp, qp);
+  const Range keys = key_range(p, i0, i0 + rows - 1, qlen, klen);
+  const int64_t blocks = keys.lo <= keys.hi ? keys.hi / kBlockK - keys.lo / kBlockK + 1 : 0;
+  const bool fold = blocks > kFold;
+  float* o_acc = fold ? ot_lo : ot;
+  float* l_acc = fold ? l_lo : l;
+  std::fill(m, m + kBlockQ, kNegInf);
+  std::fill(l, l + 2 * kBlockQ, 0.f);
+  std::fill(ot, ot + (fold ? 2 : 1) * dp * kBlockQ, 0.f);
+  int64_t folded = 0;
+  for (int64_t kb = keys.lo / kBlockK; blocks > 0 && kb <= keys.hi / kBlockK; ++kb) {
+    const int64_t j0 = kb * kBlockK, krows = std::min(kBlockK, klen - j0);
+    // S^T = scale (K Q^T): keys in rows, queries in lanes (as the fp32 kernel).
+    gemm(krows, lanes, dp / 2, kb_rows + kb * kBlockK * dp, dp, qp, kBlockQ, st, kBlockQ, false);
+    scale_rows(st, krows, lanes, p.scale);
+    if (!block_fully_visible(p, i0, i0 + rows - 1, j0, qlen, klen))
+      for (int64_t j = 0; j < krows; ++j) mask_key_row(p, st + j * kBlockQ, j0 + j, i0, qlen, klen);
+    softmax_block(st, krows, lanes, m, corr, bsum);
+    if (std::any_of(corr, corr + rows, [](float c) { return c != 1.f; })) {
+      scale_lanes(ot, dp, lanes, corr);
+      if (fold) scale_lanes(ot_lo, dp, lanes, corr);
+      for (int64_t r = 0; r < lanes; ++r) {
+        l[r] *= corr[r];
+        l_lo[r] *= corr[r];
+      }
+    }
+    // O^T += V^T P^T, P rounded to bf16 (its fp32 sum bsum is the normalizer).
+    pair_rows(st, krows, pp);
+    gemm(dp, lanes, ceil_div(krows, 2), vt + kb * kBlockK * dp, kBlockK, pp, kBlockQ, o_acc, kBlockQ, true);
+    for (int64_t r = 0; r < lanes; ++r) l_acc[r] += bsum[r];
+    if (fold && ++folded % kFold == 0) {
+      flush(l, l_lo, kBlockQ);
+      flush(ot, ot_lo, dp * kBlockQ);
+    }
+  }
+  if (fold) {
+    add_into(l, l_lo, kBlockQ);
+    add_into(ot, ot_lo, dp * kBlockQ);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool any = l[r] > 0.f;
+    store_column(p, out, p.q_start, b, i0 + r, h, ot + r, any ? 1.f / l[r] : 0.f, tmp);
+    lse[b * p.lse_batch_stride + h * p.lse_head_stride + p.q_start[b] + i0 + r] = any ? m[r] + std::log(l[r]) : kNegInf;
+  }
+}
+
+int64_t block_workspace_floats(const Problem& p) {
+  // O^T (hi, lo), S^T, Q^T pairs, P^T pairs, 5 lane vectors, a row, the Q rows.
+  return 2 * p.dp * kBlockQ + kBlockK * kBlockQ + p.dp / 2 * kBlockQ + kBlockK / 2 * kBlockQ + 5 * kBlockQ + p.dp +
+         kBlockQ * p.dp / 2;
+}
+
+// ---------------------------------------------------------------- backward
+
+void store_transposed(const Problem& p, const View& dst, int64_t b, int64_t g, int64_t j0, int64_t krows,
+                      const float* acc_t, float a, float* tmp) {
+  for (int64_t r = 0; r < krows; ++r) store_column(p, dst, p.k_start, b, j0 + r, g, acc_t + r, a, tmp);
+}
+
+}  // namespace
+
+bool supported() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512bf16");
+}
+
+int64_t forward_workspace_floats(const Problem& p, int64_t max_k_blocks) {
+  return block_workspace_floats(p) + max_k_blocks * kBlockK * p.dp;  // + bf16 K rows and V^T
+}
+
+void forward_unit(const Problem& p, const View& q, const View& k, const View& v, const View& out, float* lse,
+                  int64_t b, int64_t g, int64_t qb_begin, int64_t qb_end, float* ws) {
+  const int64_t dp = p.dp;
+  const int64_t i_first = qb_begin * kBlockQ, i_last = std::min(qb_end * kBlockQ, p.q_len[b]) - 1;
+  const Range keys = key_range(p, i_first, i_last, p.q_len[b], p.k_len[b]);
+  const int64_t nkb = ceil_div(p.k_len[b], kBlockK);
+  auto* kr = reinterpret_cast<uint16_t*>(ws + block_workspace_floats(p));
+  uint16_t* vt = kr + nkb * kBlockK * dp;
+  uint16_t tile[kBlockK * 256];
+  for (int64_t kb = keys.lo / kBlockK; keys.lo <= keys.hi && kb <= keys.hi / kBlockK; ++kb) {
+    const int64_t j0 = kb * kBlockK, n = std::min(kBlockK, p.k_len[b] - j0);
+    copy_block(p, k, p.k_start, b, g, j0, n, kr + kb * kBlockK * dp);
+    copy_block(p, v, p.k_start, b, g, j0, n, tile);
+    transpose16(tile, dp, vt + kb * kBlockK * dp);
+  }
+  for (int64_t h = g * p.group(); h < (g + 1) * p.group(); ++h)
+    for (int64_t qb = qb_begin; qb < qb_end; ++qb) forward_block(p, q, kr, vt, out, lse, b, h, qb, ws);
+}
+
+void pack_q_block(const Problem& p, const View& q, const View& grad_out, const View& out, const float* lse,
+                  const float* grad_lse, int64_t b, int64_t h, int64_t qb, uint16_t* q_tiles, float* lse_rows,
+                  float* delta_rows) {
+  const int64_t dp = p.dp, d = p.head_dim, tile = kBlockQ * dp;
+  const int64_t i0 = qb * kBlockQ, rows = std::min(kBlockQ, p.q_len[b] - i0);
+  uint16_t* qr = q_tiles + 4 * p.q_tile(h, b, qb);
+  float* lr = lse_rows + p.q_row(h, b, qb);
+  float* dr = delta_rows + p.q_row(h, b, qb);
+  copy_block(p, q, p.q_start, b, h, i0, rows, qr);
+  transpose16(qr, dp, qr + tile);
+  copy_block(p, grad_out, p.q_start, b, h, i0, rows, qr + 2 * tile);
+  transpose16(qr + 2 * tile, dp, qr + 3 * tile);
+  const int64_t l0 = b * p.lse_batch_stride + h * p.lse_head_stride + p.q_start[b] + i0;
+  float go[256], o[256];
+  for (int64_t r = 0; r < kBlockQ; ++r) {
+    lr[r] = r < rows ? lse[l0 + r] : kNegInf;
+    dr[r] = 0.f;
+    if (r >= rows || lr[r] == kNegInf) continue;  // delta matters only where P can be nonzero
+    bf16_to_float(qr + 2 * tile + r * dp, go, d);
+    bf16_to_float(static_cast<const uint16_t*>(out.data) + offset(out, p.q_start, b, i0 + r, h), o, d);
+    float s = 0.f;
+    for (int64_t c = 0; c < d; ++c) s += go[c] * o[c];
+    dr[r] = s;
+  }
+  if (grad_lse != nullptr)
+    for (int64_t r = 0; r < rows; ++r) dr[r] -= grad_lse[l0 + r];
+}
+
+void pack_kv_block(const Problem& p, const View& k, const View& v, int64_t b, int64_t g, int64_t kb,
+                   uint16_t* kv_tiles) {
+  const int64_t dp = p.dp, j0 = kb * kBlockK, n = std::min(kBlockK, p.k_len[b] - j0);
+  uint16_t* dst = kv_tiles + 3 * p.k_tile(g, b, kb);
+  uint16_t rows[kBlockK * 256];
+  copy_block(p, k, p.k_start, b, g, j0, n, rows);
+  transpose_pairs(rows, dp, reinterpret_cast<uint32_t*>(dst));  // K^T pair rows
+  auto* kpp = reinterpret_cast<uint32_t*>(dst + 2 * kBlockK * dp);  // K pair rows
+  for (int64_t r = 0; r < kBlockK; r += 2)
+    for (int64_t c = 0; c < dp; ++c)
+      kpp[r / 2 * dp + c] = uint32_t{rows[r * dp + c]} | uint32_t{rows[(r + 1) * dp + c]} << 16;
+  copy_block(p, v, p.k_start, b, g, j0, n, rows);
+  transpose_pairs(rows, dp, reinterpret_cast<uint32_t*>(dst + kBlockK * dp));  // V^T pair rows
+}
+
+int64_t backward_workspace_floats(const Problem& p) {
+  // P, dP/dS, dK^T and dV^T (hi, lo), pair rows, dS in bf16, a row.
+  return 2 * kBlockQ * kBlockK + 4 * kBlockK * p.dp + kBlockQ / 2 * kBlockK + kBlockQ * kBlockK / 2 + p.dp;
+}
+
+FASTLM_BF16_TARGET void backward_blocks(const Problem& p, const uint16_t* q_tiles, const float* lse_rows,
+                                        const float* delta_rows, const uint16_t* kv_tiles, const View& dk,
+                                        const View& dv, int64_t b, int64_t g, int64_t kb_begin, int64_t kb_end,
+                                        float* dq_acc, float* dq_lo, float* ws) {
+  const int64_t dp = p.dp, qtile = kBlockQ * dp;
+  const int64_t qlen = p.q_len[b], klen = p.k_len[b], off = klen - qlen;
+  float* s = ws;                            // kBlockQ x kBlockK: P
+  float* dpm = s + kBlockQ * kBlockK;       // kBlockQ x kBlockK: dP, then dS
+  float* dkt = dpm + kBlockQ * kBlockK;     // dp x kBlockK each: dK^T and dV^T sums (hi, then lo)
+  float* dvt = dkt + kBlockK * dp;
+  float* dkt_lo = dvt + kBlockK * dp;
+  float* dvt_lo = dkt_lo + kBlockK * dp;
+  auto* pairs = reinterpret_cast<uint32_t*>(dvt_lo + kBlockK * dp);  // kBlockQ / 2 x kBlockK: P or dS pair rows
+  auto* dsb = reinterpret_cast<uint16_t*>(pairs + kBlockQ / 2 * kBlockK);  // kBlockQ x kBlockK: dS in bf16
+  float* tmp = reinterpret_cast<float*>(dsb + kBlockQ * kBlockK);         // dp
+
+  const bool fold_q = dq_lo != nullptr && kb_end - kb_begin > kFold;
+  float* dq_part = fold_q ? dq_lo : dq_acc;
+  const auto flush_dq = [&] {
+    for (int64_t h = g * p.group(); h < (g + 1) * p.group(); ++h)
+      for (int64_t qb = 0; qb * kBlockQ < qlen; ++qb)
+        flush(dq_acc + p.q_tile(h, b, qb), dq_lo + p.q_tile(h, b, qb), kBlockQ * dp);
+  };
+  for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
+    const int64_t j0 = kb * kBlockK, krows = std::min(kBlockK, klen - j0);
+    const uint16_t* kvt = kv_tiles + 3 * p.k_tile(g, b, kb);
+    const auto* kp = reinterpret_cast<const uint32_t*>(kvt);                     // K^T pair rows
+    const auto* vp = reinterpret_cast<const uint32_t*>(kvt + kBlockK * dp);      // V^T pair rows
+    const auto* kpp = reinterpret_cast<const uint32_t*>(kvt + 2 * kBlockK * dp);  // K pair rows
+    int64_t i_lo = 0, i_hi = qlen - 1;
+    if (p.window_right >= 0) i_lo = std::max(i_lo, j0 - off - p.window_right);
+    if (p.window_left >= 0) i_hi = std::min(i_hi, j0 + krows - 1 - off + p.window_left);
+    const int64_t blocks = i_lo <= i_hi ? p.group() * (i_hi / kBlockQ - i_lo / kBlockQ + 1) : 0;
+    const bool fold = blocks > kFold;
+    float* dk_part = fold ? dkt_lo : dkt;
+    float* dv_part = fold ? dvt_lo : dvt;
+    std::fill(dkt, dkt + (fold ? 4 : 2) * kBlockK * dp, 0.f);
+    int64_t folded = 0;
+    for (int64_t h = g * p.group(); h < (g + 1) * p.group() && i_lo <= i_hi; ++h) {
+      for (int64_t qb = i_lo / kBlockQ; qb <= i_hi / kBlockQ; ++qb) {
+        const int64_t i0 = qb * kBlockQ, rows = std::min(kBlockQ, qlen - i0), mr = round_up(rows, 2);
+        const uint16_t* qr = q_tiles + 4 * p.q_tile(h, b, qb);  // Q rows, Q^T, dO rows, dO^T
+        const float* lr = lse_rows + p.q_row(h, b, qb);
+        const float* dr = delta_rows + p.q_row(h, b, qb);
+        gemm(mr, kBlockK, dp / 2, qr, dp, kp, kBlockK, s, kBlockK, false);  // Q K^T
+        scale_rows(s, mr, kBlockK, p.scale);
+        if (!block_fully_visible(p, i0, i0 + rows - 1, j0, qlen, klen))
+          for (int64_t r = 0; r < rows; ++r) mask_row(p, s + r * kBlockK, i0 + r, j0, qlen, klen);
+        exp_rows(s, rows, mr, lr);  // P
+        pair_rows(s, mr, pairs);
+        gemm(dp, kBlockK, mr / 2, qr + 3 * qtile, kBlockQ, pairs, kBlockK, dv_part, kBlockK, true);  // dV^T += dO^T P
+        gemm(mr, kBlockK, dp / 2, qr + 2 * qtile, dp, vp, kBlockK, dpm, kBlockK, false);  // dP = dO V^T
+        ds_rows(s, dpm, mr, dr);
+        pair_rows(dpm, mr, pairs);
+        gemm(dp, kBlockK, mr / 2, qr + qtile, kBlockQ, pairs, kBlockK, dk_part, kBlockK, true);  // dK^T += Q^T dS
+        round_rows(dpm, mr, dsb);
+        gemm(mr, dp, kBlockK / 2, dsb, kBlockK, kpp, dp, dq_part + p.q_tile(h, b, qb), dp, true);  // dQ += dS K
+        if (fold && ++folded % kFold == 0) {
+          flush(dkt, dkt_lo, kBlockK * dp);
+          flush(dvt, dvt_lo, kBlockK * dp);
+        }
+      }
+    }
+    if (fold) {
+      add_into(dkt, dkt_lo, kBlockK * dp);
+      add_into(dvt, dvt_lo, kBlockK * dp);
+    }
+    store_transposed(p, dk, b, g, j0, krows, dkt, p.scale, tmp);
+    store_transposed(p, dv, b, g, j0, krows, dvt, 1.f, tmp);
+    if (fold_q && (kb + 1 - kb_begin) % kFold == 0) flush_dq();
+  }
+  if (fold_q) flush_dq();
+}
+
+}  // namespace fastlm::cpu::attn::bf16
