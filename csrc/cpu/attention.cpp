@@ -371,8 +371,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(
     });
     const attn::View dqv = view_of(dq, varlen);
     for_each_item(static_cast<int64_t>(qblocks.size()), 0, [&](int64_t i, float*) {
-      attn::store_dq_block(p, dq_acc.data_ptr<float>(), chunks, part, dqv, qblocks[i].b, qblocks[i].h,
-                           qblocks[i].blk);
+      const Block& qb = qblocks[i];
+      if (bf16)
+        attn::bf16::store_dq_block(p, dq_acc.data_ptr<float>(), chunks, part, dqv, qb.b, qb.h, qb.blk);
+      else
+        attn::store_dq_block(p, dq_acc.data_ptr<float>(), chunks, part, dqv, qb.b, qb.h, qb.blk);
     });
   } else {
     dq.zero_();

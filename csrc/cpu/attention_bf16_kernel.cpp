@@ -3,6 +3,10 @@
 // them only when bf16::supported().
 #include "cpu/attention_bf16_kernel.h"
 
+// GCC 12's AVX-512 headers (_mm512_reduce_*, masked loads) trip -Wuninitialized false positives.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -10,7 +14,6 @@
 #include <cstring>
 
 #include "cpu/attention_common.h"
-#include "cpu/norm_rows.h"
 
 #define FASTLM_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
@@ -169,40 +172,116 @@ FASTLM_BF16_TARGET void ds_rows(const float* p, float* dp, int64_t mr, const flo
 
 // ---------------------------------------------------------------- rows in and out of tensors
 
-// Row i of (sequence b, head h) of a bf16 view as dp bf16 values, zero past head_dim.
-void copy_row(const Problem& p, const View& v, const int64_t* start, int64_t b, int64_t i, int64_t h,
-              uint16_t* dst) {
-  const uint16_t* src = static_cast<const uint16_t*>(v.data) + offset(v, start, b, i, h);
-  std::memcpy(dst, src, p.head_dim * sizeof(uint16_t));
-  std::fill(dst + p.head_dim, dst + p.dp, uint16_t{0});
+// The first n (clamped to 0..16 / 0..32) lanes.
+inline __mmask16 lanes16(int64_t n) { return n >= 16 ? 0xFFFF : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1); }
+inline __mmask32 lanes32(int64_t n) { return n >= 32 ? 0xFFFFFFFFu : n <= 0 ? 0 : (1u << n) - 1; }
+
+// 16 bf16 as fp32.
+FASTLM_BF16_TARGET __attribute__((always_inline)) inline __m512 widen(__m256i x) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16));
 }
 
-// rows x dp bf16 rows (zero padded to kBlockK rows) from block rows [i0, i0 + n) of a view.
-void copy_block(const Problem& p, const View& v, const int64_t* start, int64_t b, int64_t h, int64_t i0, int64_t n,
-                uint16_t* dst) {
-  for (int64_t r = 0; r < n; ++r) copy_row(p, v, start, b, i0 + r, h, dst + r * p.dp);
-  std::fill(dst + n * p.dp, dst + kBlockK * p.dp, uint16_t{0});
+// In-register transpose of a 16 x 16 fp32 (or 32-bit) tile: x[i] = row i -> x[j] = column j.
+FASTLM_BF16_TARGET __attribute__((always_inline)) inline void transpose16x16(__m512 x[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {  // per 128-bit lane: (r0[0], r1[0], r0[1], r1[1]), (r0[2], r1[2], ...)
+    t[2 * i] = _mm512_unpacklo_ps(x[2 * i], x[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(x[2 * i], x[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; ++g) {  // x[4g + j], 128-bit lane L: rows 4g .. 4g + 3 of column 4L + j
+    x[4 * g + 0] = _mm512_shuffle_ps(t[4 * g + 0], t[4 * g + 2], 0x44);
+    x[4 * g + 1] = _mm512_shuffle_ps(t[4 * g + 0], t[4 * g + 2], 0xEE);
+    x[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+    x[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+  }
+  for (int j = 0; j < 4; ++j) t[j] = x[j], t[4 + j] = x[4 + j], t[8 + j] = x[8 + j], t[12 + j] = x[12 + j];
+  for (int j = 0; j < 4; ++j) {  // gather lane L of the four row groups: column 4L + j
+    const __m512 x0 = _mm512_shuffle_f32x4(t[j], t[4 + j], 0x88), x1 = _mm512_shuffle_f32x4(t[j], t[4 + j], 0xDD);
+    const __m512 y0 = _mm512_shuffle_f32x4(t[8 + j], t[12 + j], 0x88);
+    const __m512 y1 = _mm512_shuffle_f32x4(t[8 + j], t[12 + j], 0xDD);
+    x[j] = _mm512_shuffle_f32x4(x0, y0, 0x88);
+    x[8 + j] = _mm512_shuffle_f32x4(x0, y0, 0xDD);
+    x[4 + j] = _mm512_shuffle_f32x4(x1, y1, 0x88);
+    x[12 + j] = _mm512_shuffle_f32x4(x1, y1, 0xDD);
+  }
 }
 
-// (kBlockK x dp) bf16 rows -> (dp x kBlockK) bf16 rows.
-void transpose16(const uint16_t* src, int64_t dp, uint16_t* dst) {
-  for (int64_t r = 0; r < kBlockK; ++r)
-    for (int64_t c = 0; c < dp; ++c) dst[c * kBlockK + r] = src[r * dp + c];
+// dst[c][r] = src[r][c] for 32-bit values, r < rows, c < cols (rows a multiple of 16).
+FASTLM_BF16_TARGET void transpose32(const uint32_t* src, int64_t lds, int64_t rows, int64_t cols, uint32_t* dst,
+                                    int64_t ldd) {
+  const int64_t full = cols / 16 * 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+    for (int64_t c0 = 0; c0 < full; c0 += 16) {
+      __m512 x[16];
+      for (int i = 0; i < 16; ++i) x[i] = _mm512_loadu_ps(src + (r0 + i) * lds + c0);
+      transpose16x16(x);
+      for (int j = 0; j < 16; ++j) _mm512_storeu_ps(dst + (c0 + j) * ldd + r0, x[j]);
+    }
+    for (int64_t c = full; c < cols; ++c)
+      for (int64_t r = r0; r < r0 + 16; ++r) dst[c * ldd + r] = src[r * lds + c];
+  }
+}
+
+// Pair rows of bf16 rows (kBlockK x dp): dst[r / 2][c] = (src[r][c], src[r + 1][c]).
+FASTLM_BF16_TARGET void pair_rows16(const uint16_t* src, int64_t dp, uint32_t* dst) {
+  for (int64_t r = 0; r < kBlockK; r += 2)
+    for (int64_t c = 0; c < dp; c += 16) {
+      const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + r * dp + c)));
+      const __m512i hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + (r + 1) * dp + c)));
+      _mm512_storeu_si512(dst + r / 2 * dp + c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+}
+
+// (kBlockK x dp) bf16 rows -> (dp x kBlockK) bf16 rows, through pair rows (a 32-bit transpose).
+FASTLM_BF16_TARGET void transpose16(const uint16_t* src, int64_t dp, uint32_t* pairs, uint16_t* dst) {
+  pair_rows16(src, dp, pairs);
+  transpose32(pairs, dp, kBlockK / 2, dp, reinterpret_cast<uint32_t*>(dst), kBlockK / 2);
 }
 
 // (kBlockK x dp) bf16 rows -> pair rows of their transpose: uint32 [dp / 2][kBlockK].
 void transpose_pairs(const uint16_t* src, int64_t dp, uint32_t* dst) {
-  for (int64_t r = 0; r < kBlockK; ++r) {
-    const uint32_t* row = reinterpret_cast<const uint32_t*>(src + r * dp);
-    for (int64_t c = 0; c < dp / 2; ++c) dst[c * kBlockK + r] = row[c];
+  transpose32(reinterpret_cast<const uint32_t*>(src), dp / 2, kBlockK, dp / 2, dst, kBlockK);
+}
+
+// rows x dp bf16 rows (zero padded to kBlockK rows) from block rows [i0, i0 + n) of a bf16 view.
+FASTLM_BF16_TARGET void copy_block(const Problem& p, const View& v, const int64_t* start, int64_t b, int64_t h,
+                                   int64_t i0, int64_t n, uint16_t* dst) {
+  const int64_t d = p.head_dim, dp = p.dp;
+  for (int64_t r = 0; r < n; ++r) {
+    const uint16_t* src = static_cast<const uint16_t*>(v.data) + offset(v, start, b, i0 + r, h);
+    for (int64_t c = 0; c < dp; c += 32)
+      _mm512_mask_storeu_epi16(dst + r * dp + c, lanes32(dp - c), _mm512_maskz_loadu_epi16(lanes32(d - c), src + c));
+  }
+  std::fill(dst + n * dp, dst + kBlockK * dp, uint16_t{0});
+}
+
+// Rows [0, n) of a tile kept transposed (dp x 64 lanes: lane r is row r), row r times f[r], rounded
+// to bf16 into rows i0 + r of a view.
+FASTLM_BF16_TARGET void store_lanes(const Problem& p, const View& v, const int64_t* start, int64_t b, int64_t h,
+                                    int64_t i0, int64_t n, const float* acc_t, const float* f) {
+  const int64_t d = p.head_dim;
+  for (int64_t r0 = 0; r0 < n; r0 += 16) {
+    for (int64_t c0 = 0; c0 < d; c0 += 16) {
+      __m512 x[16];
+      for (int i = 0; i < 16; ++i) x[i] = _mm512_loadu_ps(acc_t + (c0 + i) * 64 + r0);
+      transpose16x16(x);
+      for (int64_t j = 0; j < std::min<int64_t>(16, n - r0); ++j) {
+        const __m256i y = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(x[j], _mm512_set1_ps(f[r0 + j])));
+        _mm256_mask_storeu_epi16(static_cast<uint16_t*>(v.data) + offset(v, start, b, i0 + r0 + j, h) + c0,
+                                 lanes16(d - c0), y);
+      }
+    }
   }
 }
 
-// fp32 values (transposed tile, column r: stride 64) * a -> bf16 row of a view.
-void store_column(const Problem& p, const View& v, const int64_t* start, int64_t b, int64_t i, int64_t h,
-                  const float* col, float a, float* tmp) {
-  for (int64_t c = 0; c < p.head_dim; ++c) tmp[c] = a * col[c * 64];
-  float_to_bf16(tmp, static_cast<uint16_t*>(v.data) + offset(v, start, b, i, h), p.head_dim);
+// sum(a * b) over n bf16 values.
+FASTLM_BF16_TARGET float dot(const uint16_t* a, const uint16_t* b, int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 m = lanes16(n - c);
+    acc = _mm512_fmadd_ps(widen(_mm256_maskz_loadu_epi16(m, a + c)), widen(_mm256_maskz_loadu_epi16(m, b + c)), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
 }
 
 // ---------------------------------------------------------------- forward
@@ -224,8 +303,7 @@ FASTLM_BF16_TARGET void forward_block(const Problem& p, const View& q, const uin
   float* l_lo = l + kBlockQ;
   float* bsum = l_lo + kBlockQ;
   float* corr = bsum + kBlockQ;
-  float* tmp = corr + kBlockQ;                            // dp floats
-  auto* qrows = reinterpret_cast<uint16_t*>(tmp + dp);    // kBlockQ x dp bf16
+  auto* qrows = reinterpret_cast<uint16_t*>(corr + kBlockQ);  // kBlockQ x dp bf16
 
   copy_block(p, q, p.q_start, b, h, i0, rows, qrows);
   transpose_pairs(qrows, dp, qp);
@@ -269,22 +347,25 @@ FASTLM_BF16_TARGET void forward_block(const Problem& p, const View& q, const uin
   }
   for (int64_t r = 0; r < rows; ++r) {
     const bool any = l[r] > 0.f;
-    store_column(p, out, p.q_start, b, i0 + r, h, ot + r, any ? 1.f / l[r] : 0.f, tmp);
+    corr[r] = any ? 1.f / l[r] : 0.f;
     lse[b * p.lse_batch_stride + h * p.lse_head_stride + p.q_start[b] + i0 + r] = any ? m[r] + std::log(l[r]) : kNegInf;
   }
+  store_lanes(p, out, p.q_start, b, h, i0, rows, ot, corr);
 }
 
 int64_t block_workspace_floats(const Problem& p) {
-  // O^T (hi, lo), S^T, Q^T pairs, P^T pairs, 5 lane vectors, a row, the Q rows.
-  return 2 * p.dp * kBlockQ + kBlockK * kBlockQ + p.dp / 2 * kBlockQ + kBlockK / 2 * kBlockQ + 5 * kBlockQ + p.dp +
+  // O^T (hi, lo), S^T, Q^T pairs, P^T pairs, 5 lane vectors, the Q rows.
+  return 2 * p.dp * kBlockQ + kBlockK * kBlockQ + p.dp / 2 * kBlockQ + kBlockK / 2 * kBlockQ + 5 * kBlockQ +
          kBlockQ * p.dp / 2;
 }
 
 // ---------------------------------------------------------------- backward
 
 void store_transposed(const Problem& p, const View& dst, int64_t b, int64_t g, int64_t j0, int64_t krows,
-                      const float* acc_t, float a, float* tmp) {
-  for (int64_t r = 0; r < krows; ++r) store_column(p, dst, p.k_start, b, j0 + r, g, acc_t + r, a, tmp);
+                      const float* acc_t, float a) {
+  float f[kBlockK];
+  std::fill(f, f + kBlockK, a);
+  store_lanes(p, dst, p.k_start, b, g, j0, krows, acc_t, f);
 }
 
 }  // namespace
@@ -308,11 +389,12 @@ void forward_unit(const Problem& p, const View& q, const View& k, const View& v,
   auto* kr = reinterpret_cast<uint16_t*>(ws + block_workspace_floats(p));
   uint16_t* vt = kr + nkb * kBlockK * dp;
   uint16_t tile[kBlockK * 256];
+  uint32_t pairs[kBlockK / 2 * 256];
   for (int64_t kb = keys.lo / kBlockK; keys.lo <= keys.hi && kb <= keys.hi / kBlockK; ++kb) {
     const int64_t j0 = kb * kBlockK, n = std::min(kBlockK, p.k_len[b] - j0);
     copy_block(p, k, p.k_start, b, g, j0, n, kr + kb * kBlockK * dp);
     copy_block(p, v, p.k_start, b, g, j0, n, tile);
-    transpose16(tile, dp, vt + kb * kBlockK * dp);
+    transpose16(tile, dp, pairs, vt + kb * kBlockK * dp);
   }
   for (int64_t h = g * p.group(); h < (g + 1) * p.group(); ++h)
     for (int64_t qb = qb_begin; qb < qb_end; ++qb) forward_block(p, q, kr, vt, out, lse, b, h, qb, ws);
@@ -326,21 +408,17 @@ void pack_q_block(const Problem& p, const View& q, const View& grad_out, const V
   uint16_t* qr = q_tiles + 4 * p.q_tile(h, b, qb);
   float* lr = lse_rows + p.q_row(h, b, qb);
   float* dr = delta_rows + p.q_row(h, b, qb);
+  uint32_t pairs[kBlockQ / 2 * 256];
   copy_block(p, q, p.q_start, b, h, i0, rows, qr);
-  transpose16(qr, dp, qr + tile);
+  transpose16(qr, dp, pairs, qr + tile);
   copy_block(p, grad_out, p.q_start, b, h, i0, rows, qr + 2 * tile);
-  transpose16(qr + 2 * tile, dp, qr + 3 * tile);
+  transpose16(qr + 2 * tile, dp, pairs, qr + 3 * tile);
   const int64_t l0 = b * p.lse_batch_stride + h * p.lse_head_stride + p.q_start[b] + i0;
-  float go[256], o[256];
   for (int64_t r = 0; r < kBlockQ; ++r) {
     lr[r] = r < rows ? lse[l0 + r] : kNegInf;
     dr[r] = 0.f;
     if (r >= rows || lr[r] == kNegInf) continue;  // delta matters only where P can be nonzero
-    bf16_to_float(qr + 2 * tile + r * dp, go, d);
-    bf16_to_float(static_cast<const uint16_t*>(out.data) + offset(out, p.q_start, b, i0 + r, h), o, d);
-    float s = 0.f;
-    for (int64_t c = 0; c < d; ++c) s += go[c] * o[c];
-    dr[r] = s;
+    dr[r] = dot(qr + 2 * tile + r * dp, static_cast<const uint16_t*>(out.data) + offset(out, p.q_start, b, i0 + r, h), d);
   }
   if (grad_lse != nullptr)
     for (int64_t r = 0; r < rows; ++r) dr[r] -= grad_lse[l0 + r];
@@ -353,17 +431,14 @@ void pack_kv_block(const Problem& p, const View& k, const View& v, int64_t b, in
   uint16_t rows[kBlockK * 256];
   copy_block(p, k, p.k_start, b, g, j0, n, rows);
   transpose_pairs(rows, dp, reinterpret_cast<uint32_t*>(dst));  // K^T pair rows
-  auto* kpp = reinterpret_cast<uint32_t*>(dst + 2 * kBlockK * dp);  // K pair rows
-  for (int64_t r = 0; r < kBlockK; r += 2)
-    for (int64_t c = 0; c < dp; ++c)
-      kpp[r / 2 * dp + c] = uint32_t{rows[r * dp + c]} | uint32_t{rows[(r + 1) * dp + c]} << 16;
+  pair_rows16(rows, dp, reinterpret_cast<uint32_t*>(dst + 2 * kBlockK * dp));  // K pair rows
   copy_block(p, v, p.k_start, b, g, j0, n, rows);
   transpose_pairs(rows, dp, reinterpret_cast<uint32_t*>(dst + kBlockK * dp));  // V^T pair rows
 }
 
 int64_t backward_workspace_floats(const Problem& p) {
-  // P, dP/dS, dK^T and dV^T (hi, lo), pair rows, dS in bf16, a row.
-  return 2 * kBlockQ * kBlockK + 4 * kBlockK * p.dp + kBlockQ / 2 * kBlockK + kBlockQ * kBlockK / 2 + p.dp;
+  // P, dP/dS, dK^T and dV^T (hi, lo), pair rows, dS in bf16.
+  return 2 * kBlockQ * kBlockK + 4 * kBlockK * p.dp + kBlockQ / 2 * kBlockK + kBlockQ * kBlockK / 2;
 }
 
 FASTLM_BF16_TARGET void backward_blocks(const Problem& p, const uint16_t* q_tiles, const float* lse_rows,
@@ -380,7 +455,6 @@ FASTLM_BF16_TARGET void backward_blocks(const Problem& p, const uint16_t* q_tile
   float* dvt_lo = dkt_lo + kBlockK * dp;
   auto* pairs = reinterpret_cast<uint32_t*>(dvt_lo + kBlockK * dp);  // kBlockQ / 2 x kBlockK: P or dS pair rows
   auto* dsb = reinterpret_cast<uint16_t*>(pairs + kBlockQ / 2 * kBlockK);  // kBlockQ x kBlockK: dS in bf16
-  float* tmp = reinterpret_cast<float*>(dsb + kBlockQ * kBlockK);         // dp
 
   const bool fold_q = dq_lo != nullptr && kb_end - kb_begin > kFold;
   float* dq_part = fold_q ? dq_lo : dq_acc;
@@ -433,11 +507,27 @@ FASTLM_BF16_TARGET void backward_blocks(const Problem& p, const uint16_t* q_tile
       add_into(dkt, dkt_lo, kBlockK * dp);
       add_into(dvt, dvt_lo, kBlockK * dp);
     }
-    store_transposed(p, dk, b, g, j0, krows, dkt, p.scale, tmp);
-    store_transposed(p, dv, b, g, j0, krows, dvt, 1.f, tmp);
+    store_transposed(p, dk, b, g, j0, krows, dkt, p.scale);
+    store_transposed(p, dv, b, g, j0, krows, dvt, 1.f);
     if (fold_q && (kb + 1 - kb_begin) % kFold == 0) flush_dq();
   }
   if (fold_q) flush_dq();
+}
+
+FASTLM_BF16_TARGET void store_dq_block(const Problem& p, const float* dq_acc, int64_t parts, int64_t part_stride,
+                                       const View& dq, int64_t b, int64_t h, int64_t qb) {
+  const int64_t dp = p.dp, d = p.head_dim;
+  const int64_t i0 = qb * kBlockQ, rows = std::min(kBlockQ, p.q_len[b] - i0);
+  const float* first = dq_acc + p.q_tile(h, b, qb);
+  const __m512 scale = _mm512_set1_ps(p.scale);
+  for (int64_t r = 0; r < rows; ++r) {
+    uint16_t* dst = static_cast<uint16_t*>(dq.data) + offset(dq, p.q_start, b, i0 + r, h);
+    for (int64_t c = 0; c < d; c += 16) {
+      __m512 acc = _mm512_loadu_ps(first + r * dp + c);
+      for (int64_t k = 1; k < parts; ++k) acc = _mm512_add_ps(acc, _mm512_loadu_ps(first + k * part_stride + r * dp + c));
+      _mm256_mask_storeu_epi16(dst + c, lanes16(d - c), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc, scale)));
+    }
+  }
 }
 
 }  // namespace fastlm::cpu::attn::bf16

@@ -47,4 +47,8 @@ void backward_blocks(const Problem& p, const uint16_t* q_tiles, const float* lse
                      const uint16_t* kv_tiles, const View& dk, const View& dv, int64_t b, int64_t g, int64_t kb_begin,
                      int64_t kb_end, float* dq_acc, float* dq_lo, float* workspace);
 
+// As attn::store_dq_block, into a bf16 dq.
+void store_dq_block(const Problem& p, const float* dq_acc, int64_t parts, int64_t part_stride, const View& dq,
+                    int64_t b, int64_t h, int64_t qb);
+
 }  // namespace fastlm::cpu::attn::bf16
