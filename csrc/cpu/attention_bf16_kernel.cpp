@@ -243,12 +243,19 @@ void transpose_pairs(const uint16_t* src, int64_t dp, uint32_t* dst) {
   transpose32(reinterpret_cast<const uint32_t*>(src), dp / 2, kBlockK, dp / 2, dst, kBlockK);
 }
 
+inline void prefetch_row(const uint16_t* row, int64_t n) {
+  for (int64_t c = 0; c < n; c += 32) __builtin_prefetch(row + c);
+  __builtin_prefetch(row + n - 1);
+}
+
 // rows x dp bf16 rows (zero padded to kBlockK rows) from block rows [i0, i0 + n) of a bf16 view.
 FASTLM_BF16_TARGET void copy_block(const Problem& p, const View& v, const int64_t* start, int64_t b, int64_t h,
                                    int64_t i0, int64_t n, uint16_t* dst) {
   const int64_t d = p.head_dim, dp = p.dp;
+  constexpr int64_t kAhead = 8;  // rows are strided (another head between two): prefetch a few rows ahead
   for (int64_t r = 0; r < n; ++r) {
     const uint16_t* src = static_cast<const uint16_t*>(v.data) + offset(v, start, b, i0 + r, h);
+    if (r + kAhead < n) prefetch_row(src + kAhead * v.pos_stride, d);
     for (int64_t c = 0; c < dp; c += 32)
       _mm512_mask_storeu_epi16(dst + r * dp + c, lanes32(dp - c), _mm512_maskz_loadu_epi16(lanes32(d - c), src + c));
   }
@@ -418,6 +425,7 @@ void pack_q_block(const Problem& p, const View& q, const View& grad_out, const V
     lr[r] = r < rows ? lse[l0 + r] : kNegInf;
     dr[r] = 0.f;
     if (r >= rows || lr[r] == kNegInf) continue;  // delta matters only where P can be nonzero
+    if (r + 8 < rows) prefetch_row(static_cast<const uint16_t*>(out.data) + offset(out, p.q_start, b, i0 + r + 8, h), d);
     dr[r] = dot(qr + 2 * tile + r * dp, static_cast<const uint16_t*>(out.data) + offset(out, p.q_start, b, i0 + r, h), d);
   }
   if (grad_lse != nullptr)
