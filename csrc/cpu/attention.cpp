@@ -211,18 +211,12 @@ std::vector<Unit> forward_units(const Layout& L) {
   return units;
 }
 
-// All (sequence, kv head, key block) triples.
-std::vector<Block> key_blocks(const Layout& L) {
+at::Tensor pack_kv(const attn::Problem& p, const Layout& L, const attn::View& src, bool rows, bool transposed,
+                   at::Tensor* transposed_out) {
   std::vector<Block> items;
   for (int64_t b = 0; b < L.batch; ++b)
     for (int64_t g = 0; g < L.kv_heads; ++g)
       for (int64_t kb = 0; kb < attn::ceil_div(L.k_len[b], kBlockK); ++kb) items.push_back({b, g, kb});
-  return items;
-}
-
-at::Tensor pack_kv(const attn::Problem& p, const Layout& L, const attn::View& src, bool rows, bool transposed,
-                   at::Tensor* transposed_out) {
-  const std::vector<Block> items = key_blocks(L);
   const auto opts = at::TensorOptions().dtype(at::kFloat);
   at::Tensor r = rows ? at::empty({p.k_tiles_floats()}, opts) : at::Tensor();
   at::Tensor t = transposed ? at::empty({p.k_tiles_floats()}, opts) : at::Tensor();
@@ -313,16 +307,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(
     const attn::View gv = view_of(g, varlen), ov = view_of(o, varlen);
     const float* glp = grad_lse.defined() ? grad_lse.data_ptr<float>() : nullptr;
     // fp32 kernel: K, K^T, V^T, Q and dO as fp32 tiles. bf16 kernel: its bf16 tiles (attention_bf16_kernel.h).
-    at::Tensor k_rows, k_t, v_t, q_tiles, do_tiles, q16, kv16;
+    at::Tensor k_rows, k_t, v_t, q_tiles, do_tiles, q16;
     if (bf16) {
       q16 = at::empty({attn::bf16::q_tiles_elems(p)}, opts.dtype(at::kBFloat16));
-      kv16 = at::empty({attn::bf16::kv_tiles_elems(p)}, opts.dtype(at::kBFloat16));
       auto* qp = reinterpret_cast<uint16_t*>(q16.data_ptr());
-      auto* kvp = reinterpret_cast<uint16_t*>(kv16.data_ptr());
-      const std::vector<Block> kblocks = key_blocks(L);
-      for_each_item(static_cast<int64_t>(kblocks.size()), 0, [&](int64_t i, float*) {
-        attn::bf16::pack_kv_block(p, kv, vv, kblocks[i].b, kblocks[i].h, kblocks[i].blk, kvp);
-      });
       for_each_item(static_cast<int64_t>(qblocks.size()), 0, [&](int64_t i, float*) {
         attn::bf16::pack_q_block(p, qv, gv, ov, lse.data_ptr<float>(), glp, qblocks[i].b, qblocks[i].h,
                                  qblocks[i].blk, qp, lrp, drp);
@@ -361,9 +349,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(
       float* dqa = dq_acc.data_ptr<float>() + t.blk * part;
       float* dql = dq_lo.numel() ? dq_lo.data_ptr<float>() + t.blk * part : nullptr;
       if (bf16)
-        attn::bf16::backward_blocks(p, reinterpret_cast<const uint16_t*>(q16.data_ptr()), lrp, drp,
-                                    reinterpret_cast<const uint16_t*>(kv16.data_ptr()), dkv, dvv, t.b, t.h, kb0, kb1,
-                                    dqa, dql, ws);
+        attn::bf16::backward_blocks(p, reinterpret_cast<const uint16_t*>(q16.data_ptr()), lrp, drp, kv, vv, dkv,
+                                    dvv, t.b, t.h, kb0, kb1, dqa, dql, ws);
       else
         attn::backward_blocks(p, q_tiles.data_ptr<float>(), do_tiles.data_ptr<float>(), lrp, drp,
                               k_rows.data_ptr<float>(), k_t.data_ptr<float>(), v_t.data_ptr<float>(), dkv, dvv, t.b,

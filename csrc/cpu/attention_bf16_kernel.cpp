@@ -432,10 +432,12 @@ void pack_q_block(const Problem& p, const View& q, const View& grad_out, const V
     for (int64_t r = 0; r < rows; ++r) dr[r] -= grad_lse[l0 + r];
 }
 
-void pack_kv_block(const Problem& p, const View& k, const View& v, int64_t b, int64_t g, int64_t kb,
-                   uint16_t* kv_tiles) {
+namespace {
+
+// Key block kb of (b, g) as the backward's three bf16 tiles at dst (kBlockK x dp each): K^T and V^T
+// as pair rows, K as pair rows.
+void pack_kv_block(const Problem& p, const View& k, const View& v, int64_t b, int64_t g, int64_t kb, uint16_t* dst) {
   const int64_t dp = p.dp, j0 = kb * kBlockK, n = std::min(kBlockK, p.k_len[b] - j0);
-  uint16_t* dst = kv_tiles + 3 * p.k_tile(g, b, kb);
   uint16_t rows[kBlockK * 256];
   copy_block(p, k, p.k_start, b, g, j0, n, rows);
   transpose_pairs(rows, dp, reinterpret_cast<uint32_t*>(dst));  // K^T pair rows
@@ -444,13 +446,16 @@ void pack_kv_block(const Problem& p, const View& k, const View& v, int64_t b, in
   transpose_pairs(rows, dp, reinterpret_cast<uint32_t*>(dst + kBlockK * dp));  // V^T pair rows
 }
 
+}  // namespace
+
 int64_t backward_workspace_floats(const Problem& p) {
-  // P, dP/dS, dK^T and dV^T (hi, lo), pair rows, dS in bf16.
-  return 2 * kBlockQ * kBlockK + 4 * kBlockK * p.dp + kBlockQ / 2 * kBlockK + kBlockQ * kBlockK / 2;
+  // P, dP/dS, dK^T and dV^T (hi, lo), pair rows, dS in bf16, the key block's three bf16 tiles.
+  return 2 * kBlockQ * kBlockK + 4 * kBlockK * p.dp + kBlockQ / 2 * kBlockK + kBlockQ * kBlockK / 2 +
+         3 * kBlockK * p.dp / 2;
 }
 
 FASTLM_BF16_TARGET void backward_blocks(const Problem& p, const uint16_t* q_tiles, const float* lse_rows,
-                                        const float* delta_rows, const uint16_t* kv_tiles, const View& dk,
+                                        const float* delta_rows, const View& k, const View& v, const View& dk,
                                         const View& dv, int64_t b, int64_t g, int64_t kb_begin, int64_t kb_end,
                                         float* dq_acc, float* dq_lo, float* ws) {
   const int64_t dp = p.dp, qtile = kBlockQ * dp;
@@ -463,6 +468,7 @@ FASTLM_BF16_TARGET void backward_blocks(const Problem& p, const uint16_t* q_tile
   float* dvt_lo = dkt_lo + kBlockK * dp;
   auto* pairs = reinterpret_cast<uint32_t*>(dvt_lo + kBlockK * dp);  // kBlockQ / 2 x kBlockK: P or dS pair rows
   auto* dsb = reinterpret_cast<uint16_t*>(pairs + kBlockQ / 2 * kBlockK);  // kBlockQ x kBlockK: dS in bf16
+  uint16_t* kvt = dsb + kBlockQ * kBlockK;  // this key block's tiles (pack_kv_block), cache-hot
 
   const bool fold_q = dq_lo != nullptr && kb_end - kb_begin > kFold;
   float* dq_part = fold_q ? dq_lo : dq_acc;
@@ -473,7 +479,7 @@ FASTLM_BF16_TARGET void backward_blocks(const Problem& p, const uint16_t* q_tile
   };
   for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
     const int64_t j0 = kb * kBlockK, krows = std::min(kBlockK, klen - j0);
-    const uint16_t* kvt = kv_tiles + 3 * p.k_tile(g, b, kb);
+    pack_kv_block(p, k, v, b, g, kb, kvt);
     const auto* kp = reinterpret_cast<const uint32_t*>(kvt);                     // K^T pair rows
     const auto* vp = reinterpret_cast<const uint32_t*>(kvt + kBlockK * dp);      // V^T pair rows
     const auto* kpp = reinterpret_cast<const uint32_t*>(kvt + 2 * kBlockK * dp);  // K pair rows

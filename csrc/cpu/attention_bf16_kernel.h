@@ -28,23 +28,20 @@ void forward_unit(const Problem& p, const View& q, const View& k, const View& v,
                   int64_t b, int64_t g, int64_t qb_begin, int64_t qb_end, float* workspace);
 
 // Backward tiles, bf16 (uint16). Per query block (h, b, qb), at 4 * p.q_tile(h, b, qb): Q rows, Q^T,
-// dO rows, dO^T (kBlockQ x dp each); q_tiles_elems in all. Per key block (g, b, kb), at
-// 3 * p.k_tile(g, b, kb): K^T and V^T as pair rows, K as pair rows (kBlockK x dp each).
+// dO rows, dO^T (kBlockQ x dp each); q_tiles_elems in all. (The key blocks' tiles are built by
+// backward_blocks itself, one block at a time, in its workspace.)
 inline int64_t q_tiles_elems(const Problem& p) { return 4 * p.q_tiles_floats(); }
-inline int64_t kv_tiles_elems(const Problem& p) { return 3 * p.k_tiles_floats(); }
 
 // As attn::pack_q_block: the query block's bf16 tiles, its lse rows and delta = rowsum(dO * O) - grad_lse.
 void pack_q_block(const Problem& p, const View& q, const View& grad_out, const View& out, const float* lse,
                   const float* grad_lse, int64_t b, int64_t h, int64_t qb, uint16_t* q_tiles, float* lse_rows,
                   float* delta_rows);
-void pack_kv_block(const Problem& p, const View& k, const View& v, int64_t b, int64_t g, int64_t kb,
-                   uint16_t* kv_tiles);
 
 // As attn::backward_blocks: dK, dV of key blocks [kb_begin, kb_end) of (b, g), dS K added into dq_acc
 // (fp32, laid out like attn's query tiles, so attn::store_dq_block finishes dQ).
 int64_t backward_workspace_floats(const Problem& p);
 void backward_blocks(const Problem& p, const uint16_t* q_tiles, const float* lse_rows, const float* delta_rows,
-                     const uint16_t* kv_tiles, const View& dk, const View& dv, int64_t b, int64_t g, int64_t kb_begin,
+                     const View& k, const View& v, const View& dk, const View& dv, int64_t b, int64_t g, int64_t kb_begin,
                      int64_t kb_end, float* dq_acc, float* dq_lo, float* workspace);
 
 // As attn::store_dq_block, into a bf16 dq.
