@@ -110,12 +110,6 @@ FASTLM_BF16_TARGET void pair_rows(const float* src, int64_t rows, uint32_t* dst)
   }
 }
 
-// bf16 copy of `rows` fp32 rows of 64 (ld 64).
-FASTLM_BF16_TARGET void round_rows(const float* src, int64_t rows, uint16_t* dst) {
-  for (int64_t i = 0; i < rows * 64; i += 16)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
-}
-
 FASTLM_BF16_TARGET void scale_rows(float* x, int64_t rows, int64_t lanes, float a) {
   const __m512 s = _mm512_set1_ps(a);
   for (int64_t r = 0; r < rows; ++r)
@@ -159,13 +153,22 @@ FASTLM_BF16_TARGET void exp_rows(float* s, int64_t rows, int64_t mr, const float
   }
 }
 
-// dS = P * (dP - delta) on rows [0, mr).
-FASTLM_BF16_TARGET void ds_rows(const float* p, float* dp, int64_t mr, const float* delta) {
-  for (int64_t r = 0; r < mr; ++r) {
-    const __m512 d = _mm512_set1_ps(delta[r]);
+// dS = P * (dP - delta) on rows [0, mr) (mr even), in one pass written twice in bf16: as pair rows
+// (dst[r / 2][j] = (dS[r][j], dS[r + 1][j])) and as plain rows.
+FASTLM_BF16_TARGET void ds_rows(const float* p, const float* dp, int64_t mr, const float* delta, uint32_t* pairs,
+                                uint16_t* rows) {
+  for (int64_t r = 0; r < mr; r += 2) {
+    const __m512 d0 = _mm512_set1_ps(delta[r]), d1 = _mm512_set1_ps(delta[r + 1]);
     for (int64_t j = 0; j < kBlockK; j += 16) {
       const int64_t i = r * kBlockK + j;
-      _mm512_storeu_ps(dp + i, _mm512_mul_ps(_mm512_loadu_ps(p + i), _mm512_sub_ps(_mm512_loadu_ps(dp + i), d)));
+      const __m512 lo = _mm512_mul_ps(_mm512_loadu_ps(p + i), _mm512_sub_ps(_mm512_loadu_ps(dp + i), d0));
+      const __m512 hi = _mm512_mul_ps(_mm512_loadu_ps(p + i + kBlockK),
+                                      _mm512_sub_ps(_mm512_loadu_ps(dp + i + kBlockK), d1));
+      const __m256i lo16 = (__m256i)_mm512_cvtneps_pbh(lo), hi16 = (__m256i)_mm512_cvtneps_pbh(hi);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(rows + i), lo16);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(rows + i + kBlockK), hi16);
+      const __m512i pair = _mm512_or_si512(_mm512_cvtepu16_epi32(lo16), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi16), 16));
+      _mm512_storeu_si512(pairs + r / 2 * kBlockK + j, pair);
     }
   }
 }
@@ -506,10 +509,8 @@ FASTLM_BF16_TARGET void backward_blocks(const Problem& p, const uint16_t* q_tile
         pair_rows(s, mr, pairs);
         gemm(dp, kBlockK, mr / 2, qr + 3 * qtile, kBlockQ, pairs, kBlockK, dv_part, kBlockK, true);  // dV^T += dO^T P
         gemm(mr, kBlockK, dp / 2, qr + 2 * qtile, dp, vp, kBlockK, dpm, kBlockK, false);  // dP = dO V^T
-        ds_rows(s, dpm, mr, dr);
-        pair_rows(dpm, mr, pairs);
+        ds_rows(s, dpm, mr, dr, pairs, dsb);  // dS in bf16, pair rows and rows
         gemm(dp, kBlockK, mr / 2, qr + qtile, kBlockQ, pairs, kBlockK, dk_part, kBlockK, true);  // dK^T += Q^T dS
-        round_rows(dpm, mr, dsb);
         gemm(mr, dp, kBlockK / 2, dsb, kBlockK, kpp, dp, dq_part + p.q_tile(h, b, qb), dp, true);  // dQ += dS K
         if (fold && ++folded % kFold == 0) {
           flush(dkt, dkt_lo, kBlockK * dp);
