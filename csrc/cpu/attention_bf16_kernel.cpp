@@ -128,19 +128,9 @@ FASTLM_BF16_TARGET void add_into(float* dst, const float* src, int64_t n) {
   for (int64_t j = 0; j < n; j += 16) _mm512_storeu_ps(dst + j, _mm512_add_ps(_mm512_loadu_ps(dst + j), _mm512_loadu_ps(src + j)));
 }
 
-// hi += lo; lo = 0 (n a multiple of 16).
-void flush(float* hi, float* lo, int64_t n) {
-  add_into(hi, lo, n);
-  std::fill(lo, lo + n, 0.f);
-}
-
+// The compiled instance of softmax_lanes (attention_common.h).
 FASTLM_BF16_TARGET void softmax_block(float* st, int64_t keys, int64_t lanes, float* m, float* corr, float* bsum) {
-  switch (ceil_div(lanes, 16)) {
-    case 1: softmax_cols<1>(st, keys, m, corr, bsum); break;
-    case 2: softmax_cols<2>(st, keys, m, corr, bsum); break;
-    case 3: softmax_cols<3>(st, keys, m, corr, bsum); break;
-    default: softmax_cols<4>(st, keys, m, corr, bsum); break;
-  }
+  softmax_lanes(st, keys, lanes, m, corr, bsum);
 }
 
 // P = exp(S - lse) on rows [0, mr) of a score tile; rows past `rows` or that see no key are zero.
@@ -346,20 +336,10 @@ FASTLM_BF16_TARGET void forward_block(const Problem& p, const View& q, const uin
     pair_rows(st, krows, pp);
     gemm(dp, lanes, ceil_div(krows, 2), vt + kb * kBlockK * dp, kBlockK, pp, kBlockQ, o_acc, kBlockQ, true);
     for (int64_t r = 0; r < lanes; ++r) l_acc[r] += bsum[r];
-    if (fold && ++folded % kFold == 0) {
-      flush(l, l_lo, kBlockQ);
-      flush(ot, ot_lo, dp * kBlockQ);
-    }
+    fold_sums(fold, false, &folded, l, l_lo, kBlockQ, ot, ot_lo, dp * kBlockQ, add_into);
   }
-  if (fold) {
-    add_into(l, l_lo, kBlockQ);
-    add_into(ot, ot_lo, dp * kBlockQ);
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const bool any = l[r] > 0.f;
-    corr[r] = any ? 1.f / l[r] : 0.f;
-    lse[b * p.lse_batch_stride + h * p.lse_head_stride + p.q_start[b] + i0 + r] = any ? m[r] + std::log(l[r]) : kNegInf;
-  }
+  fold_sums(fold, true, &folded, l, l_lo, kBlockQ, ot, ot_lo, dp * kBlockQ, add_into);
+  finish_rows(p, b, h, i0, rows, m, l, lse, corr);
   store_lanes(p, out, p.q_start, b, h, i0, rows, ot, corr);
 }
 
@@ -462,7 +442,7 @@ FASTLM_BF16_TARGET void backward_blocks(const Problem& p, const uint16_t* q_tile
                                         const View& dv, int64_t b, int64_t g, int64_t kb_begin, int64_t kb_end,
                                         float* dq_acc, float* dq_lo, float* ws) {
   const int64_t dp = p.dp, qtile = kBlockQ * dp;
-  const int64_t qlen = p.q_len[b], klen = p.k_len[b], off = klen - qlen;
+  const int64_t qlen = p.q_len[b], klen = p.k_len[b];
   float* s = ws;                            // kBlockQ x kBlockK: P
   float* dpm = s + kBlockQ * kBlockK;       // kBlockQ x kBlockK: dP, then dS
   float* dkt = dpm + kBlockQ * kBlockK;     // dp x kBlockK each: dK^T and dV^T sums (hi, then lo)
@@ -475,28 +455,21 @@ FASTLM_BF16_TARGET void backward_blocks(const Problem& p, const uint16_t* q_tile
 
   const bool fold_q = dq_lo != nullptr && kb_end - kb_begin > kFold;
   float* dq_part = fold_q ? dq_lo : dq_acc;
-  const auto flush_dq = [&] {
-    for (int64_t h = g * p.group(); h < (g + 1) * p.group(); ++h)
-      for (int64_t qb = 0; qb * kBlockQ < qlen; ++qb)
-        flush(dq_acc + p.q_tile(h, b, qb), dq_lo + p.q_tile(h, b, qb), kBlockQ * dp);
-  };
   for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
     const int64_t j0 = kb * kBlockK, krows = std::min(kBlockK, klen - j0);
     pack_kv_block(p, k, v, b, g, kb, kvt);
     const auto* kp = reinterpret_cast<const uint32_t*>(kvt);                     // K^T pair rows
     const auto* vp = reinterpret_cast<const uint32_t*>(kvt + kBlockK * dp);      // V^T pair rows
     const auto* kpp = reinterpret_cast<const uint32_t*>(kvt + 2 * kBlockK * dp);  // K pair rows
-    int64_t i_lo = 0, i_hi = qlen - 1;
-    if (p.window_right >= 0) i_lo = std::max(i_lo, j0 - off - p.window_right);
-    if (p.window_left >= 0) i_hi = std::min(i_hi, j0 + krows - 1 - off + p.window_left);
-    const int64_t blocks = i_lo <= i_hi ? p.group() * (i_hi / kBlockQ - i_lo / kBlockQ + 1) : 0;
+    const Range qbs = query_blocks_seeing(p, j0, krows, qlen, klen);
+    const int64_t blocks = p.group() * std::max<int64_t>(0, qbs.hi - qbs.lo + 1);
     const bool fold = blocks > kFold;
     float* dk_part = fold ? dkt_lo : dkt;
     float* dv_part = fold ? dvt_lo : dvt;
     std::fill(dkt, dkt + (fold ? 4 : 2) * kBlockK * dp, 0.f);
     int64_t folded = 0;
-    for (int64_t h = g * p.group(); h < (g + 1) * p.group() && i_lo <= i_hi; ++h) {
-      for (int64_t qb = i_lo / kBlockQ; qb <= i_hi / kBlockQ; ++qb) {
+    for (int64_t h = g * p.group(); h < (g + 1) * p.group(); ++h) {
+      for (int64_t qb = qbs.lo; qb <= qbs.hi; ++qb) {
         const int64_t i0 = qb * kBlockQ, rows = std::min(kBlockQ, qlen - i0), mr = round_up(rows, 2);
         const uint16_t* qr = q_tiles + 4 * p.q_tile(h, b, qb);  // Q rows, Q^T, dO rows, dO^T
         const float* lr = lse_rows + p.q_row(h, b, qb);
@@ -512,21 +485,15 @@ FASTLM_BF16_TARGET void backward_blocks(const Problem& p, const uint16_t* q_tile
         ds_rows(s, dpm, mr, dr, pairs, dsb);  // dS in bf16, pair rows and rows
         gemm(dp, kBlockK, mr / 2, qr + qtile, kBlockQ, pairs, kBlockK, dk_part, kBlockK, true);  // dK^T += Q^T dS
         gemm(mr, dp, kBlockK / 2, dsb, kBlockK, kpp, dp, dq_part + p.q_tile(h, b, qb), dp, true);  // dQ += dS K
-        if (fold && ++folded % kFold == 0) {
-          flush(dkt, dkt_lo, kBlockK * dp);
-          flush(dvt, dvt_lo, kBlockK * dp);
-        }
+        fold_sums(fold, false, &folded, dkt, dkt_lo, kBlockK * dp, dvt, dvt_lo, kBlockK * dp, add_into);
       }
     }
-    if (fold) {
-      add_into(dkt, dkt_lo, kBlockK * dp);
-      add_into(dvt, dvt_lo, kBlockK * dp);
-    }
+    fold_sums(fold, true, &folded, dkt, dkt_lo, kBlockK * dp, dvt, dvt_lo, kBlockK * dp, add_into);
     store_transposed(p, dk, b, g, j0, krows, dkt, p.scale);
     store_transposed(p, dv, b, g, j0, krows, dvt, 1.f);
-    if (fold_q && (kb + 1 - kb_begin) % kFold == 0) flush_dq();
+    if (fold_q && (kb + 1 - kb_begin) % kFold == 0) fold_dq(p, b, g, dq_acc, dq_lo, add_into);
   }
-  if (fold_q) flush_dq();
+  if (fold_q) fold_dq(p, b, g, dq_acc, dq_lo, add_into);
 }
 
 FASTLM_BF16_TARGET void store_dq_block(const Problem& p, const float* dq_acc, int64_t parts, int64_t part_stride,

@@ -4,6 +4,7 @@
 // own instruction sets.
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -88,6 +89,17 @@ __attribute__((always_inline)) inline void softmax_cols(float* st, int64_t keys,
   for (int v = 0; v < NV; ++v) store16(bsum + 16 * v, sum[v]);
 }
 
+// softmax_cols on the first `lanes` query lanes (rounded up to 16).
+__attribute__((always_inline)) inline void softmax_lanes(float* st, int64_t keys, int64_t lanes, float* m, float* corr,
+                                                         float* bsum) {
+  switch (ceil_div(lanes, 16)) {
+    case 1: softmax_cols<1>(st, keys, m, corr, bsum); break;
+    case 2: softmax_cols<2>(st, keys, m, corr, bsum); break;
+    case 3: softmax_cols<3>(st, keys, m, corr, bsum); break;
+    default: softmax_cols<4>(st, keys, m, corr, bsum); break;
+  }
+}
+
 inline int64_t offset(const View& v, const int64_t* start, int64_t b, int64_t i, int64_t h) {
   return b * v.batch_stride + (start[b] + i) * v.pos_stride + h * v.head_stride;
 }
@@ -103,6 +115,51 @@ inline Range key_range(const Problem& p, int64_t i_first, int64_t i_last, int64_
   if (p.window_left >= 0) r.lo = std::max(r.lo, i_first + off - p.window_left);
   if (p.window_right >= 0) r.hi = std::min(r.hi, i_last + off + p.window_right);
   return r;
+}
+
+// The query blocks [lo, hi] (empty if lo > hi) with a query that sees a key of [j0, j0 + krows).
+inline Range query_blocks_seeing(const Problem& p, int64_t j0, int64_t krows, int64_t qlen, int64_t klen) {
+  const int64_t off = klen - qlen;
+  int64_t i_lo = 0, i_hi = qlen - 1;
+  if (p.window_right >= 0) i_lo = std::max(i_lo, j0 - off - p.window_right);
+  if (p.window_left >= 0) i_hi = std::min(i_hi, j0 + krows - 1 - off + p.window_left);
+  return i_lo <= i_hi ? Range{i_lo / kBlockQ, i_hi / kBlockQ} : Range{0, -1};
+}
+
+// kFold bookkeeping (attention_kernel.h) of two sums x and y (nx and ny floats) fed one block product
+// at a time into their partial sums x_lo and y_lo: every kFold-th block (and with last, after the
+// loop, whatever is left) moves the partial sums into the totals. add(dst, src, n): dst += src.
+template <typename Add>
+inline void fold_sums(bool fold, bool last, int64_t* folded, float* x, float* x_lo, int64_t nx, float* y, float* y_lo,
+                      int64_t ny, const Add& add) {
+  if (!fold || (!last && ++*folded % kFold != 0)) return;
+  add(x, x_lo, nx);
+  add(y, y_lo, ny);
+  std::fill(x_lo, x_lo + nx, 0.f);
+  std::fill(y_lo, y_lo + ny, 0.f);
+}
+
+// The same for the dQ sums of every q head of kv head g of sequence b (query tiles of dq, dq_lo).
+template <typename Add>
+inline void fold_dq(const Problem& p, int64_t b, int64_t g, float* dq, float* dq_lo, const Add& add) {
+  const int64_t n = kBlockQ * p.dp;
+  for (int64_t h = g * p.group(); h < (g + 1) * p.group(); ++h)
+    for (int64_t qb = 0; qb * kBlockQ < p.q_len[b]; ++qb) {
+      add(dq + p.q_tile(h, b, qb), dq_lo + p.q_tile(h, b, qb), n);
+      std::fill(dq_lo + p.q_tile(h, b, qb), dq_lo + p.q_tile(h, b, qb) + n, 0.f);
+    }
+}
+
+// After a query block's last key block: the lse of its rows (m + log l; -inf for a row that saw no
+// key) into lse, and each row's output factor (1 / l; 0 for such a row) into inv.
+inline void finish_rows(const Problem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, const float* m,
+                        const float* l, float* lse, float* inv) {
+  float* row_lse = lse + b * p.lse_batch_stride + h * p.lse_head_stride + p.q_start[b] + i0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool any = l[r] > 0.f;
+    inv[r] = any ? 1.f / l[r] : 0.f;
+    row_lse[r] = any ? m[r] + std::log(l[r]) : kNegInf;
+  }
 }
 
 // Does every row in [i_first, i_last] see every key of [j0, j0 + kBlockK)?

@@ -74,14 +74,9 @@ FASTLM_MULTIVERSION void gemm_acc(int64_t M, int64_t N, int64_t K, const float* 
 }
 
 
-// softmax_cols on the first `lanes` query lanes (rounded up to 16).
+// The compiled instances of softmax_lanes (attention_common.h).
 FASTLM_MULTIVERSION void softmax_block(float* st, int64_t keys, int64_t lanes, float* m, float* corr, float* bsum) {
-  switch (ceil_div(lanes, 16)) {
-    case 1: softmax_cols<1>(st, keys, m, corr, bsum); break;
-    case 2: softmax_cols<2>(st, keys, m, corr, bsum); break;
-    case 3: softmax_cols<3>(st, keys, m, corr, bsum); break;
-    default: softmax_cols<4>(st, keys, m, corr, bsum); break;
-  }
+  softmax_lanes(st, keys, lanes, m, corr, bsum);
 }
 
 // Accuracy of long sums: a block's product (or softmax sum) is computed from zero (gemm_acc with
@@ -95,11 +90,6 @@ FASTLM_MULTIVERSION void add_rows(float* dst, const float* src, int64_t n) {
   for (int64_t j = 0; j < n; ++j) dst[j] += src[j];
 }
 
-// hi += lo; lo = 0 (n floats).
-void flush(float* hi, float* lo, int64_t n) {
-  add_rows(hi, lo, n);
-  std::fill(lo, lo + n, 0.f);
-}
 
 // P = exp(S - lse) on the rows of a score tile (masked entries are -inf and become 0); rows past
 // `rows` or that see no key (lse = -inf) are zero.
@@ -270,22 +260,12 @@ void forward_block(const Problem& p, const View& q, const View& k, const View& v
       const Rows vr = kv_rows(p, v, v_rows, b, g, kb, krows, false, nullptr);
       gemm_acc(mr, dp, krows, st, 1, kBlockQ, vr.data, vr.ld, o_acc, dp, true);
       add_rows(l_acc, bsum, mr);
-      if (fold && ++folded % kFold == 0) {
-        flush(l, l_lo, mr);
-        flush(o, o_lo, mr * dp);
-      }
+      fold_sums(fold, false, &folded, l, l_lo, mr, o, o_lo, mr * dp, add_rows);
     }
   }
-  if (fold) {
-    add_rows(l, l_lo, mr);
-    add_rows(o, o_lo, mr * dp);
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const bool any = l[r] > 0.f;
-    store_row(out, offset(out, p.q_start, b, i0 + r, h), d, o + r * dp, any ? 1.f / l[r] : 0.f, tmp);
-    lse[b * p.lse_batch_stride + h * p.lse_head_stride + p.q_start[b] + i0 + r] =
-        any ? m[r] + std::log(l[r]) : kNegInf;
-  }
+  fold_sums(fold, true, &folded, l, l_lo, mr, o, o_lo, mr * dp, add_rows);
+  finish_rows(p, b, h, i0, rows, m, l, lse, corr);
+  for (int64_t r = 0; r < rows; ++r) store_row(out, offset(out, p.q_start, b, i0 + r, h), d, o + r * dp, corr[r], tmp);
 }
 
 }  // namespace
@@ -372,7 +352,7 @@ void backward_blocks(const Problem& p, const float* q_tiles, const float* do_til
                      const View& dk, const View& dv, int64_t b, int64_t g, int64_t kb_begin, int64_t kb_end,
                      float* dq_acc, float* dq_lo, float* ws) {
   const int64_t dp = p.dp, d = p.head_dim;
-  const int64_t qlen = p.q_len[b], klen = p.k_len[b], off = klen - qlen;
+  const int64_t qlen = p.q_len[b], klen = p.k_len[b];
   float* s = ws;                            // kBlockQ x kBlockK: P
   float* dpm = s + kBlockQ * kBlockK;       // kBlockQ x kBlockK: dP, then dS
   float* dk_acc = dpm + kBlockQ * kBlockK;  // kBlockK x dp each: dK and dV sums (hi, then lo: see kFold)
@@ -384,26 +364,19 @@ void backward_blocks(const Problem& p, const float* q_tiles, const float* do_til
   // dQ sums one block product per key block: with more than kFold of them, fold as dK and dV do.
   const bool fold_q = dq_lo != nullptr && kb_end - kb_begin > kFold;
   float* dq_part = fold_q ? dq_lo : dq_acc;
-  const auto flush_dq = [&] {
-    for (int64_t h = g * p.group(); h < (g + 1) * p.group(); ++h)
-      for (int64_t qb = 0; qb * kBlockQ < qlen; ++qb)
-        flush(dq_acc + p.q_tile(h, b, qb), dq_lo + p.q_tile(h, b, qb), kBlockQ * dp);
-  };
   for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
     const int64_t j0 = kb * kBlockK, krows = std::min(kBlockK, klen - j0);
     const int64_t tile = p.k_tile(g, b, kb);
     // The queries that see at least one key of this block.
-    int64_t i_lo = 0, i_hi = qlen - 1;
-    if (p.window_right >= 0) i_lo = std::max(i_lo, j0 - off - p.window_right);
-    if (p.window_left >= 0) i_hi = std::min(i_hi, j0 + krows - 1 - off + p.window_left);
-    const int64_t blocks = i_lo <= i_hi ? p.group() * (i_hi / kBlockQ - i_lo / kBlockQ + 1) : 0;
+    const Range qbs = query_blocks_seeing(p, j0, krows, qlen, klen);
+    const int64_t blocks = p.group() * std::max<int64_t>(0, qbs.hi - qbs.lo + 1);
     const bool fold = blocks > kFold;  // fewer blocks go straight into the totals
     float* dk_part = fold ? dk_lo : dk_acc;
     float* dv_part = fold ? dv_lo : dv_acc;
     std::fill(dk_acc, dk_acc + (fold ? 4 : 2) * kBlockK * dp, 0.f);  // dk_acc, dv_acc (, dk_lo, dv_lo)
     int64_t folded = 0;
-    for (int64_t h = g * p.group(); h < (g + 1) * p.group() && i_lo <= i_hi; ++h) {
-      for (int64_t qb = i_lo / kBlockQ; qb <= i_hi / kBlockQ; ++qb) {
+    for (int64_t h = g * p.group(); h < (g + 1) * p.group(); ++h) {
+      for (int64_t qb = qbs.lo; qb <= qbs.hi; ++qb) {
         const int64_t i0 = qb * kBlockQ, rows = std::min(kBlockQ, qlen - i0), mr = round_up(rows, 4);
         const float* qt = q_tiles + p.q_tile(h, b, qb);
         const float* dot = do_tiles + p.q_tile(h, b, qb);
@@ -421,23 +394,17 @@ void backward_blocks(const Problem& p, const float* q_tiles, const float* do_til
         gemm_acc(kBlockK, dp, mr, dpm, 1, kBlockK, qt, dp, dk_part, dp, true);  // dK += dS^T Q (scaled at the end)
         gemm_acc(mr, dp, kBlockK, dpm, kBlockK, 1, k_rows + tile, dp, dq_part + p.q_tile(h, b, qb), dp,
                  true);  // dQ += dS K
-        if (fold && ++folded % kFold == 0) {
-          flush(dk_acc, dk_lo, kBlockK * dp);
-          flush(dv_acc, dv_lo, kBlockK * dp);
-        }
+        fold_sums(fold, false, &folded, dk_acc, dk_lo, kBlockK * dp, dv_acc, dv_lo, kBlockK * dp, add_rows);
       }
     }
-    if (fold) {
-      add_rows(dk_acc, dk_lo, kBlockK * dp);
-      add_rows(dv_acc, dv_lo, kBlockK * dp);
-    }
+    fold_sums(fold, true, &folded, dk_acc, dk_lo, kBlockK * dp, dv_acc, dv_lo, kBlockK * dp, add_rows);
     for (int64_t r = 0; r < krows; ++r) {
       store_row(dk, offset(dk, p.k_start, b, j0 + r, g), d, dk_acc + r * dp, p.scale, tmp);
       store_row(dv, offset(dv, p.k_start, b, j0 + r, g), d, dv_acc + r * dp, 1.f, tmp);
     }
-    if (fold_q && (kb + 1 - kb_begin) % kFold == 0) flush_dq();
+    if (fold_q && (kb + 1 - kb_begin) % kFold == 0) fold_dq(p, b, g, dq_acc, dq_lo, add_rows);
   }
-  if (fold_q) flush_dq();
+  if (fold_q) fold_dq(p, b, g, dq_acc, dq_lo, add_rows);
 }
 
 void store_dq_block(const Problem& p, const float* dq_acc, int64_t parts, int64_t part_stride, const View& dq,
