@@ -7,6 +7,22 @@ Shape (batch, seqlen, heads, head_dim), causal by default. Rows: fastlm fp32 inp
 with FASTLM_ATTN_KERNEL forced to each path this CPU runs (fp32 micro-kernel on bf16 tiles converted
 to fp32, or the AVX512-BF16 one); torch SDPA (its CPU flash kernel) in fp32 and bf16. Each repeat
 times every row once (median of --inner calls), rows interleaved; the figure is the best repeat.
+
+Issue 21's shape (8 x 256, 6 heads of 64, causal) on the AMD EPYC Zen4 (AVX-512 + AVX512-BF16, no
+AMX), 2026-12-03, load average ~3 on 2 cores (shared), best of 9, ms:
+
+                                   1 thread           2 threads
+                                   fwd    fwd+bwd     fwd    fwd+bwd
+    fp32 inputs, fp32 kernel       3.55   15.96       1.84    8.51
+    bf16 inputs, fp32 kernel       4.36   16.70       1.79    7.86    (before: bf16 tiles -> fp32)
+    bf16 inputs, bf16 kernel       1.82    8.17       0.96    3.75    (AVX512-BF16 products)
+    torch SDPA bf16 (flash, CPU)  10.27   34.63       5.13   16.90
+
+Before the bf16 kernel, bf16 inputs spent about half their time in the fp32 products and a third
+converting bf16 rows to fp32 tiles and back (perf: gemm_acc vs bf16_to_float / float_to_bf16 and the
+packing); exp and the online softmax were ~5 %. With it, the products are ~50 % of the backward and
+~45 % of the forward; the rest is moving rows in and out of the strided (B, S, H, D) tensors, the
+softmax (~15 % of the forward) and the transposes.
 """
 from __future__ import annotations
 
