@@ -7,13 +7,14 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "cpu/attention_common.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
 
 #define FASTLM_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
@@ -513,3 +514,32 @@ FASTLM_BF16_TARGET void store_dq_block(const Problem& p, const float* dq_acc, in
 }
 
 }  // namespace fastlm::cpu::attn::bf16
+
+#else  // not x86-64: no AVX512-BF16; supported() is false, so the glue never calls the rest.
+
+#include <cstdlib>
+
+namespace fastlm::cpu::attn::bf16 {
+
+bool supported() { return false; }
+int64_t forward_workspace_floats(const Problem&, int64_t) { std::abort(); }
+void forward_unit(const Problem&, const View&, const View&, const View&, const View&, float*, int64_t, int64_t,
+                  int64_t, int64_t, float*) {
+  std::abort();
+}
+void pack_q_block(const Problem&, const View&, const View&, const View&, const float*, const float*, int64_t, int64_t,
+                  int64_t, uint16_t*, float*, float*) {
+  std::abort();
+}
+int64_t backward_workspace_floats(const Problem&) { std::abort(); }
+void backward_blocks(const Problem&, const uint16_t*, const float*, const float*, const View&, const View&,
+                     const View&, const View&, int64_t, int64_t, int64_t, int64_t, float*, float*, float*) {
+  std::abort();
+}
+void store_dq_block(const Problem&, const float*, int64_t, int64_t, const View&, int64_t, int64_t, int64_t) {
+  std::abort();
+}
+
+}  // namespace fastlm::cpu::attn::bf16
+
+#endif
