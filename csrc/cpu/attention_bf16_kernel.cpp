@@ -23,14 +23,15 @@ namespace {
 
 static_assert(kBlockK == 64 && kBlockQ == 64, "the tiles below are written for 64 = 4 x 16 lanes");
 
-// C[MR x 16 NV] (+)= A[MR x 2 KP] B: A bf16 rows (lda elements apart), B pair rows (uint32 [KP][ldb]).
+// C[MR x 16 NV] (+)= alpha (A[MR x 2 KP] B): A bf16 rows (lda elements apart), B pair rows (uint32
+// [KP][ldb]); alpha scales the fp32 product (the softmax scale: rounds as scaling S afterwards would).
 // Accumulators in registers (6 x 4 + 4 B vectors + 1 broadcast of the 32 zmm); with add, the block
 // product is summed from zero and then added to C (see kFold).
 template <int MR, int NV>
 FASTLM_BF16_TARGET __attribute__((always_inline)) inline void tile(int64_t KP, const uint16_t* __restrict__ A,
                                                                    int64_t lda, const uint32_t* __restrict__ B,
                                                                    int64_t ldb, float* __restrict__ C, int64_t ldc,
-                                                                   bool add) {
+                                                                   bool add, float alpha) {
   __m512 c[MR][NV];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
@@ -49,6 +50,13 @@ FASTLM_BF16_TARGET __attribute__((always_inline)) inline void tile(int64_t KP, c
       for (int v = 0; v < NV; ++v) c[i][v] = _mm512_dpbf16_ps(c[i][v], (__m512bh)a, (__m512bh)bv[v]);
     }
   }
+  if (alpha != 1.f) {
+    const __m512 a = _mm512_set1_ps(alpha);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) c[i][v] = _mm512_mul_ps(c[i][v], a);
+  }
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
@@ -61,30 +69,30 @@ FASTLM_BF16_TARGET __attribute__((always_inline)) inline void tile(int64_t KP, c
 template <int MR>
 FASTLM_BF16_TARGET __attribute__((always_inline)) inline void tile_rows(int64_t N, int64_t KP, const uint16_t* A,
                                                                         int64_t lda, const uint32_t* B, int64_t ldb,
-                                                                        float* C, int64_t ldc, bool add) {
+                                                                        float* C, int64_t ldc, bool add, float alpha) {
   int64_t n = 0;
-  for (; n + 64 <= N; n += 64) tile<MR, 4>(KP, A, lda, B + n, ldb, C + n, ldc, add);
+  for (; n + 64 <= N; n += 64) tile<MR, 4>(KP, A, lda, B + n, ldb, C + n, ldc, add, alpha);
   switch (N - n) {
-    case 48: tile<MR, 3>(KP, A, lda, B + n, ldb, C + n, ldc, add); break;
-    case 32: tile<MR, 2>(KP, A, lda, B + n, ldb, C + n, ldc, add); break;
-    case 16: tile<MR, 1>(KP, A, lda, B + n, ldb, C + n, ldc, add); break;
+    case 48: tile<MR, 3>(KP, A, lda, B + n, ldb, C + n, ldc, add, alpha); break;
+    case 32: tile<MR, 2>(KP, A, lda, B + n, ldb, C + n, ldc, add, alpha); break;
+    case 16: tile<MR, 1>(KP, A, lda, B + n, ldb, C + n, ldc, add, alpha); break;
     default: break;
   }
 }
 
-// C[M x N] (+)= A[M x 2 KP] B (N a multiple of 16, any M).
+// C[M x N] (+)= alpha (A[M x 2 KP] B) (N a multiple of 16, any M).
 FASTLM_BF16_TARGET void gemm(int64_t M, int64_t N, int64_t KP, const uint16_t* A, int64_t lda, const uint32_t* B,
-                             int64_t ldb, float* C, int64_t ldc, bool add) {
+                             int64_t ldb, float* C, int64_t ldc, bool add, float alpha) {
   int64_t m = 0;
-  for (; m + 6 <= M; m += 6) tile_rows<6>(N, KP, A + m * lda, lda, B, ldb, C + m * ldc, ldc, add);
+  for (; m + 6 <= M; m += 6) tile_rows<6>(N, KP, A + m * lda, lda, B, ldb, C + m * ldc, ldc, add, alpha);
   const uint16_t* a = A + m * lda;
   float* c = C + m * ldc;
   switch (M - m) {
-    case 5: tile_rows<5>(N, KP, a, lda, B, ldb, c, ldc, add); break;
-    case 4: tile_rows<4>(N, KP, a, lda, B, ldb, c, ldc, add); break;
-    case 3: tile_rows<3>(N, KP, a, lda, B, ldb, c, ldc, add); break;
-    case 2: tile_rows<2>(N, KP, a, lda, B, ldb, c, ldc, add); break;
-    case 1: tile_rows<1>(N, KP, a, lda, B, ldb, c, ldc, add); break;
+    case 5: tile_rows<5>(N, KP, a, lda, B, ldb, c, ldc, add, alpha); break;
+    case 4: tile_rows<4>(N, KP, a, lda, B, ldb, c, ldc, add, alpha); break;
+    case 3: tile_rows<3>(N, KP, a, lda, B, ldb, c, ldc, add, alpha); break;
+    case 2: tile_rows<2>(N, KP, a, lda, B, ldb, c, ldc, add, alpha); break;
+    case 1: tile_rows<1>(N, KP, a, lda, B, ldb, c, ldc, add, alpha); break;
     default: break;
   }
 }
@@ -109,12 +117,6 @@ FASTLM_BF16_TARGET void pair_rows(const float* src, int64_t rows, uint32_t* dst)
       _mm512_storeu_si512(d + 16 * v, pair16(_mm512_loadu_ps(lo + 16 * v), h));
     }
   }
-}
-
-FASTLM_BF16_TARGET void scale_rows(float* x, int64_t rows, int64_t lanes, float a) {
-  const __m512 s = _mm512_set1_ps(a);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < lanes; j += 16) _mm512_storeu_ps(x + r * 64 + j, _mm512_mul_ps(_mm512_loadu_ps(x + r * 64 + j), s));
 }
 
 // The first `lanes` lanes of `rows` transposed rows (ld 64) times the per-lane factors f.
@@ -320,8 +322,7 @@ FASTLM_BF16_TARGET void forward_block(const Problem& p, const View& q, const uin
   for (int64_t kb = keys.lo / kBlockK; blocks > 0 && kb <= keys.hi / kBlockK; ++kb) {
     const int64_t j0 = kb * kBlockK, krows = std::min(kBlockK, klen - j0);
     // S^T = scale (K Q^T): keys in rows, queries in lanes (as the fp32 kernel).
-    gemm(krows, lanes, dp / 2, kb_rows + kb * kBlockK * dp, dp, qp, kBlockQ, st, kBlockQ, false);
-    scale_rows(st, krows, lanes, p.scale);
+    gemm(krows, lanes, dp / 2, kb_rows + kb * kBlockK * dp, dp, qp, kBlockQ, st, kBlockQ, false, p.scale);
     if (!block_fully_visible(p, i0, i0 + rows - 1, j0, qlen, klen))
       for (int64_t j = 0; j < krows; ++j) mask_key_row(p, st + j * kBlockQ, j0 + j, i0, qlen, klen);
     softmax_block(st, krows, lanes, m, corr, bsum);
@@ -335,7 +336,7 @@ FASTLM_BF16_TARGET void forward_block(const Problem& p, const View& q, const uin
     }
     // O^T += V^T P^T, P rounded to bf16 (its fp32 sum bsum is the normalizer).
     pair_rows(st, krows, pp);
-    gemm(dp, lanes, ceil_div(krows, 2), vt + kb * kBlockK * dp, kBlockK, pp, kBlockQ, o_acc, kBlockQ, true);
+    gemm(dp, lanes, ceil_div(krows, 2), vt + kb * kBlockK * dp, kBlockK, pp, kBlockQ, o_acc, kBlockQ, true, 1.f);
     for (int64_t r = 0; r < lanes; ++r) l_acc[r] += bsum[r];
     fold_sums(fold, false, &folded, l, l_lo, kBlockQ, ot, ot_lo, dp * kBlockQ, add_into);
   }
@@ -475,17 +476,16 @@ FASTLM_BF16_TARGET void backward_blocks(const Problem& p, const uint16_t* q_tile
         const uint16_t* qr = q_tiles + 4 * p.q_tile(h, b, qb);  // Q rows, Q^T, dO rows, dO^T
         const float* lr = lse_rows + p.q_row(h, b, qb);
         const float* dr = delta_rows + p.q_row(h, b, qb);
-        gemm(mr, kBlockK, dp / 2, qr, dp, kp, kBlockK, s, kBlockK, false);  // Q K^T
-        scale_rows(s, mr, kBlockK, p.scale);
+        gemm(mr, kBlockK, dp / 2, qr, dp, kp, kBlockK, s, kBlockK, false, p.scale);  // S = scale (Q K^T)
         if (!block_fully_visible(p, i0, i0 + rows - 1, j0, qlen, klen))
           for (int64_t r = 0; r < rows; ++r) mask_row(p, s + r * kBlockK, i0 + r, j0, qlen, klen);
         exp_rows(s, rows, mr, lr);  // P
         pair_rows(s, mr, pairs);
-        gemm(dp, kBlockK, mr / 2, qr + 3 * qtile, kBlockQ, pairs, kBlockK, dv_part, kBlockK, true);  // dV^T += dO^T P
-        gemm(mr, kBlockK, dp / 2, qr + 2 * qtile, dp, vp, kBlockK, dpm, kBlockK, false);  // dP = dO V^T
+        gemm(dp, kBlockK, mr / 2, qr + 3 * qtile, kBlockQ, pairs, kBlockK, dv_part, kBlockK, true, 1.f);  // dV^T += dO^T P
+        gemm(mr, kBlockK, dp / 2, qr + 2 * qtile, dp, vp, kBlockK, dpm, kBlockK, false, 1.f);  // dP = dO V^T
         ds_rows(s, dpm, mr, dr, pairs, dsb);  // dS in bf16, pair rows and rows
-        gemm(dp, kBlockK, mr / 2, qr + qtile, kBlockQ, pairs, kBlockK, dk_part, kBlockK, true);  // dK^T += Q^T dS
-        gemm(mr, dp, kBlockK / 2, dsb, kBlockK, kpp, dp, dq_part + p.q_tile(h, b, qb), dp, true);  // dQ += dS K
+        gemm(dp, kBlockK, mr / 2, qr + qtile, kBlockQ, pairs, kBlockK, dk_part, kBlockK, true, 1.f);  // dK^T += Q^T dS
+        gemm(mr, dp, kBlockK / 2, dsb, kBlockK, kpp, dp, dq_part + p.q_tile(h, b, qb), dp, true, 1.f);  // dQ += dS K
         fold_sums(fold, false, &folded, dkt, dkt_lo, kBlockK * dp, dvt, dvt_lo, kBlockK * dp, add_into);
       }
     }
