@@ -9,14 +9,20 @@ to fp32, or the AVX512-BF16 one); torch SDPA (its CPU flash kernel) in fp32 and 
 times every row once (median of --inner calls), rows interleaved; the figure is the best repeat.
 
 Issue 21's shape (8 x 256, 6 heads of 64, causal) on the AMD EPYC Zen4 (AVX-512 + AVX512-BF16, no
-AMX), 2026-12-03, load average ~3 on 2 cores (shared), best of 9, ms:
+AMX), 2026-12-03, 2 cores shared with other sessions, best of 9, ms (1 thread: load average 2.0, at
+commit "softmax scale in the micro-kernel's epilogue"; 2 threads: load 3.1, one commit earlier, which
+the epilogue change made ~10 % faster in the backward on 1 thread):
 
                                    1 thread           2 threads
                                    fwd    fwd+bwd     fwd    fwd+bwd
-    fp32 inputs, fp32 kernel       3.55   15.96       1.84    8.51
-    bf16 inputs, fp32 kernel       4.36   16.70       1.79    7.86    (before: bf16 tiles -> fp32)
-    bf16 inputs, bf16 kernel       1.82    8.17       0.96    3.75    (AVX512-BF16 products)
-    torch SDPA bf16 (flash, CPU)  10.27   34.63       5.13   16.90
+    fp32 inputs, fp32 kernel       3.09   14.71       1.84    8.51
+    bf16 inputs, fp32 kernel       3.27   15.70       1.79    7.86    (before: bf16 tiles -> fp32)
+    bf16 inputs, bf16 kernel       1.70    7.55       0.96    3.75    (AVX512-BF16 products)
+    torch SDPA bf16 (flash, CPU)   9.41   31.53       5.13   16.90
+
+Later 2-thread runs gave every fastlm forward 8.0 ms whatever the kernel: a thread starved by the other
+processes (compare the rows before believing a 2-thread figure). torch SDPA was slower on every shape
+tried (also 2 x 1024, 8 heads of 128, causal, 1 thread: bf16 kernel 13.0 / 85 ms, SDPA bf16 65 / 357 ms).
 
 Before the bf16 kernel, bf16 inputs spent about half their time in the fp32 products and a third
 converting bf16 rows to fp32 tiles and back (perf: gemm_acc vs bf16_to_float / float_to_bf16 and the
