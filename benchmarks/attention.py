@@ -6,6 +6,7 @@
     python benchmarks/attention.py --memory                     # peak memory vs S (fastlm vs SDPA's math path)
 
 The measuring code is fastlm.bench.suites.attention / attention_memory (also `fastlm bench attention`).
+benchmarks/attention_paths.py compares the CPU kernel paths (fp32, AVX512-BF16) on one shape.
 """
 from __future__ import annotations
 

@@ -8,9 +8,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <numeric>
+#include <string>
 #include <vector>
 
+#include "cpu/attention_bf16_kernel.h"
 #include "cpu/attention_kernel.h"
 
 namespace fastlm::cpu {
@@ -113,6 +116,22 @@ attn::Problem make_problem(const Layout& L, double scale, int64_t window_left, i
   }
   return p;
 }
+
+// The kernel that runs for inputs of this dtype: "bf16" (AVX512-BF16 products on bf16 tiles) for
+// bf16 inputs on CPUs that have it, else "fp32" (fp32 products; bf16 inputs converted to fp32 tiles).
+// FASTLM_ATTN_KERNEL=bf16|fp32 forces one (tests, benchmarks); fp32 inputs always run fp32.
+std::string kernel_for(at::ScalarType dtype) {
+  const char* env = std::getenv("FASTLM_ATTN_KERNEL");
+  const std::string want = env != nullptr && *env != '\0' ? env : "auto";
+  TORCH_CHECK(want == "auto" || want == "bf16" || want == "fp32",
+              "fastlm attention: FASTLM_ATTN_KERNEL must be auto, bf16 or fp32, got ", want);
+  if (dtype != at::kBFloat16 || want == "fp32") return "fp32";
+  const bool has = attn::bf16::supported();
+  TORCH_CHECK(has || want == "auto", "fastlm attention: FASTLM_ATTN_KERNEL=bf16 but this CPU lacks AVX512-BF16");
+  return has ? "bf16" : "fp32";
+}
+
+std::string attention_cpu_kernel(at::ScalarType dtype) { return kernel_for(dtype); }
 
 // A view of a tensor with unit stride along head_dim (copied to contiguous otherwise).
 at::Tensor unit_last(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
@@ -232,6 +251,14 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q_in, const a
     for (int64_t b = 0; b < L.batch; ++b) max_kb = std::max(max_kb, attn::ceil_div(L.k_len[b], kBlockK));
     const std::vector<Unit> units = forward_units(L);
     float* lp = lse.data_ptr<float>();
+    if (kernel_for(q.scalar_type()) == "bf16") {
+      for_each_item(static_cast<int64_t>(units.size()), attn::bf16::forward_workspace_floats(p, max_kb),
+                    [&](int64_t i, float* ws) {
+                      const Unit& u = units[i];
+                      attn::bf16::forward_unit(p, qv, kv, vv, ov, lp, u.b, u.g, u.qb_begin, u.qb_end, ws);
+                    });
+      return {out, lse};
+    }
     for_each_item(static_cast<int64_t>(units.size()), attn::forward_workspace_floats(p, in_place ? 0 : max_kb),
                   [&](int64_t i, float* ws) {
                     const Unit& u = units[i];
@@ -270,23 +297,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(
   if (q.numel() > 0 && k.numel() > 0) {
     const auto opts = at::TensorOptions().dtype(at::kFloat);
     const bool varlen = L.varlen;
-    // K, K^T, V^T tiles; Q (scaled), dO tiles, lse and delta rows.
-    at::Tensor k_t;
-    const at::Tensor k_rows = pack_kv(p, L, view_of(k, varlen), true, true, &k_t);
-    at::Tensor v_t;
-    pack_kv(p, L, view_of(v, varlen), false, true, &v_t);
-    at::Tensor q_tiles = at::empty({p.q_tiles_floats()}, opts);
-    at::Tensor do_tiles = at::empty({p.q_tiles_floats()}, opts);
+    const bool bf16 = kernel_for(q.scalar_type()) == "bf16";
+    const std::vector<Block> qblocks = query_blocks(L);
     at::Tensor lse_rows = at::empty({p.heads * p.total_q_blocks * kBlockQ}, opts);
     at::Tensor delta_rows = at::empty({p.heads * p.total_q_blocks * kBlockQ}, opts);
-    const std::vector<Block> qblocks = query_blocks(L);
-    {
-      const attn::View qv = view_of(q, varlen), gv = view_of(g, varlen), ov = view_of(o, varlen);
-      const float* glp = grad_lse.defined() ? grad_lse.data_ptr<float>() : nullptr;
+    float* lrp = lse_rows.data_ptr<float>();
+    float* drp = delta_rows.data_ptr<float>();
+    const attn::View qv = view_of(q, varlen), kv = view_of(k, varlen), vv = view_of(v, varlen);
+    const attn::View gv = view_of(g, varlen), ov = view_of(o, varlen);
+    const float* glp = grad_lse.defined() ? grad_lse.data_ptr<float>() : nullptr;
+    // fp32 kernel: K, K^T, V^T, Q and dO as fp32 tiles. bf16 kernel: its bf16 tiles (attention_bf16_kernel.h).
+    at::Tensor k_rows, k_t, v_t, q_tiles, do_tiles, q16;
+    if (bf16) {
+      q16 = at::empty({attn::bf16::q_tiles_elems(p)}, opts.dtype(at::kBFloat16));
+      auto* qp = reinterpret_cast<uint16_t*>(q16.data_ptr());
+      for_each_item(static_cast<int64_t>(qblocks.size()), 0, [&](int64_t i, float*) {
+        attn::bf16::pack_q_block(p, qv, gv, ov, lse.data_ptr<float>(), glp, qblocks[i].b, qblocks[i].h,
+                                 qblocks[i].blk, qp, lrp, drp);
+      });
+    } else {
+      k_rows = pack_kv(p, L, kv, true, true, &k_t);
+      pack_kv(p, L, vv, false, true, &v_t);
+      q_tiles = at::empty({p.q_tiles_floats()}, opts);
+      do_tiles = at::empty({p.q_tiles_floats()}, opts);
       for_each_item(static_cast<int64_t>(qblocks.size()), 0, [&](int64_t i, float*) {
         attn::pack_q_block(p, qv, gv, ov, lse.data_ptr<float>(), glp, qblocks[i].b, qblocks[i].h, qblocks[i].blk,
-                           q_tiles.data_ptr<float>(), do_tiles.data_ptr<float>(), lse_rows.data_ptr<float>(),
-                           delta_rows.data_ptr<float>());
+                           q_tiles.data_ptr<float>(), do_tiles.data_ptr<float>(), lrp, drp);
       });
     }
     // Chunks of key blocks per (sequence, kv head): enough tasks for the threads; each chunk adds
@@ -305,19 +341,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(
       for (int64_t b = 0; b < L.batch; ++b)
         for (int64_t gh = 0; gh < L.kv_heads; ++gh) tasks.push_back({b, gh, c});
     const attn::View dkv = view_of(dk, varlen), dvv = view_of(dv, varlen);
-    for_each_item(static_cast<int64_t>(tasks.size()), attn::workspace_floats(p), [&](int64_t i, float* ws) {
+    const int64_t ws_floats = bf16 ? attn::bf16::backward_workspace_floats(p) : attn::workspace_floats(p);
+    for_each_item(static_cast<int64_t>(tasks.size()), ws_floats, [&](int64_t i, float* ws) {
       const Block& t = tasks[i];
       const int64_t nkb = attn::ceil_div(L.k_len[t.b], kBlockK);
-      attn::backward_blocks(p, q_tiles.data_ptr<float>(), do_tiles.data_ptr<float>(), lse_rows.data_ptr<float>(),
-                            delta_rows.data_ptr<float>(), k_rows.data_ptr<float>(), k_t.data_ptr<float>(),
-                            v_t.data_ptr<float>(), dkv, dvv, t.b, t.h, nkb * t.blk / chunks,
-                            nkb * (t.blk + 1) / chunks, dq_acc.data_ptr<float>() + t.blk * part,
-                            dq_lo.numel() ? dq_lo.data_ptr<float>() + t.blk * part : nullptr, ws);
+      const int64_t kb0 = nkb * t.blk / chunks, kb1 = nkb * (t.blk + 1) / chunks;
+      float* dqa = dq_acc.data_ptr<float>() + t.blk * part;
+      float* dql = dq_lo.numel() ? dq_lo.data_ptr<float>() + t.blk * part : nullptr;
+      if (bf16)
+        attn::bf16::backward_blocks(p, reinterpret_cast<const uint16_t*>(q16.data_ptr()), lrp, drp, kv, vv, dkv,
+                                    dvv, t.b, t.h, kb0, kb1, dqa, dql, ws);
+      else
+        attn::backward_blocks(p, q_tiles.data_ptr<float>(), do_tiles.data_ptr<float>(), lrp, drp,
+                              k_rows.data_ptr<float>(), k_t.data_ptr<float>(), v_t.data_ptr<float>(), dkv, dvv, t.b,
+                              t.h, kb0, kb1, dqa, dql, ws);
     });
     const attn::View dqv = view_of(dq, varlen);
     for_each_item(static_cast<int64_t>(qblocks.size()), 0, [&](int64_t i, float*) {
-      attn::store_dq_block(p, dq_acc.data_ptr<float>(), chunks, part, dqv, qblocks[i].b, qblocks[i].h,
-                           qblocks[i].blk);
+      const Block& qb = qblocks[i];
+      if (bf16)
+        attn::bf16::store_dq_block(p, dq_acc.data_ptr<float>(), chunks, part, dqv, qb.b, qb.h, qb.blk);
+      else
+        attn::store_dq_block(p, dq_acc.data_ptr<float>(), chunks, part, dqv, qb.b, qb.h, qb.blk);
     });
   } else {
     dq.zero_();
@@ -329,6 +374,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(
 }
 
 }  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastlm, m) {
+  // Which CPU attention kernel runs for inputs of this dtype now: "bf16" or "fp32" (see kernel_for).
+  m.def("attention_cpu_kernel(ScalarType dtype) -> str", &attention_cpu_kernel);
+}
 
 TORCH_LIBRARY_IMPL(fastlm, CPU, m) {
   m.impl("attention_fwd", &attention_fwd);

@@ -7,50 +7,12 @@
 #include <cstring>
 #include <limits>
 
+#include "cpu/attention_common.h"
 #include "cpu/norm_rows.h"
 #include "cpu/vectorize.h"
 
 namespace fastlm::cpu::attn {
 namespace {
-
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-// (vec16 helpers are always inlined: the ABI note about passing 64-byte vectors does not apply.)
-#pragma GCC diagnostic ignored "-Wpsabi"
-// 16 floats as one value: an AVX-512 register in the v4 clone (two AVX2 registers in v3).
-typedef float vec16 __attribute__((vector_size(64)));
-
-__attribute__((always_inline)) inline vec16 load16(const float* p) {
-  vec16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-__attribute__((always_inline)) inline void store16(float* p, vec16 v) { std::memcpy(p, &v, sizeof(v)); }
-typedef int32_t ivec16 __attribute__((vector_size(64)));
-
-__attribute__((always_inline)) inline vec16 splat16(float x) { return vec16{} + x; }
-
-// exp(x) for x <= 0 (as in softmax) on 16 lanes, ~1 ulp: x = n ln2 + r, |r| <= ln2/2, exp(r) by the
-// Cephes polynomial, 2^n through the exponent bits. Branch-free vector code (std::exp does not
-// vectorize without -ffast-math). Returns 0 below -87 (and for -inf): masked scores give exact zeros.
-__attribute__((always_inline)) inline vec16 exp16(vec16 x) {
-  const vec16 lo = splat16(-87.f);
-  const vec16 xc = x < lo ? lo : x;  // x <= 0 (callers subtract the max or the logsumexp)
-  const vec16 magic = splat16(12582912.f);
-  const vec16 t = xc * 1.44269504088896341f + magic;
-  const vec16 n = t - magic;
-  const vec16 r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
-  vec16 y = splat16(1.9875691500e-4f);
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = (y * r + 1.f) * r + 1.f;  // 1 + r + r^2 y, as two FMAs
-  const ivec16 e = (((ivec16)t - 0x4B400000) + 127) << 23;
-  const vec16 res = y * (vec16)e;
-  return x < lo ? vec16{} : res;
-}
 
 static_assert(kBlockK == 64 && kBlockQ == 64, "the softmax tiles below are written for 64 = 4 x 16 lanes");
 
@@ -111,51 +73,10 @@ FASTLM_MULTIVERSION void gemm_acc(int64_t M, int64_t N, int64_t K, const float* 
   for (; m < M; m += 4) tile_rows<4>(N, K, A + m * lam, lam, lak, B, ldb, C + m * ldc, ldc, add);
 }
 
-// Online-softmax step on a transposed score tile: st holds `keys` rows (one per key) of kBlockQ
-// query lanes, of which the first 16 * NV are live. Keeping queries in the vector lanes makes the
-// row max and sum plain vertical ops, with no horizontal reductions. st becomes P; the running max m
-// (per query lane) is updated; corr gets each lane's rescale factor for what was summed before
-// (exactly 1 where the max did not move) and bsum the sum of this block's P alone.
-template <int NV>
-__attribute__((always_inline)) inline void softmax_cols(float* st, int64_t keys, float* m, float* corr, float* bsum) {
-  vec16 mx[NV], base[NV], sum[NV];
-#pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) mx[v] = load16(m + 16 * v);
-  for (int64_t j = 0; j < keys; ++j) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      const vec16 x = load16(st + j * kBlockQ + 16 * v);
-      mx[v] = mx[v] > x ? mx[v] : x;
-    }
-  }
-#pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) {
-    base[v] = mx[v] == splat16(kNegInf) ? vec16{} : mx[v];                // a lane that sees nothing yet: no NaN
-    store16(corr + 16 * v, exp16(load16(m + 16 * v) - base[v]));        // old max -inf: 0
-    store16(m + 16 * v, mx[v]);
-    sum[v] = vec16{};
-  }
-  for (int64_t j = 0; j < keys; ++j) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      float* x = st + j * kBlockQ + 16 * v;
-      const vec16 e = exp16(load16(x) - base[v]);
-      store16(x, e);
-      sum[v] += e;
-    }
-  }
-#pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) store16(bsum + 16 * v, sum[v]);
-}
 
-// softmax_cols on the first `lanes` query lanes (rounded up to 16).
+// The compiled instances of softmax_lanes (attention_common.h).
 FASTLM_MULTIVERSION void softmax_block(float* st, int64_t keys, int64_t lanes, float* m, float* corr, float* bsum) {
-  switch (ceil_div(lanes, 16)) {
-    case 1: softmax_cols<1>(st, keys, m, corr, bsum); break;
-    case 2: softmax_cols<2>(st, keys, m, corr, bsum); break;
-    case 3: softmax_cols<3>(st, keys, m, corr, bsum); break;
-    default: softmax_cols<4>(st, keys, m, corr, bsum); break;
-  }
+  softmax_lanes(st, keys, lanes, m, corr, bsum);
 }
 
 // Accuracy of long sums: a block's product (or softmax sum) is computed from zero (gemm_acc with
@@ -169,11 +90,6 @@ FASTLM_MULTIVERSION void add_rows(float* dst, const float* src, int64_t n) {
   for (int64_t j = 0; j < n; ++j) dst[j] += src[j];
 }
 
-// hi += lo; lo = 0 (n floats).
-void flush(float* hi, float* lo, int64_t n) {
-  add_rows(hi, lo, n);
-  std::fill(lo, lo + n, 0.f);
-}
 
 // P = exp(S - lse) on the rows of a score tile (masked entries are -inf and become 0); rows past
 // `rows` or that see no key (lse = -inf) are zero.
@@ -226,9 +142,6 @@ FASTLM_MULTIVERSION void row_dots_in_gemm_order(const float* a, const float* b, 
 
 // ---------------------------------------------------------------- rows in and out of tensors
 
-inline int64_t offset(const View& v, const int64_t* start, int64_t b, int64_t i, int64_t h) {
-  return b * v.batch_stride + (start[b] + i) * v.pos_stride + h * v.head_stride;
-}
 
 // dst[0:dp] = a * row (fp32), zero past head_dim.
 void load_row(const View& v, int64_t off, int64_t d, int64_t dp, float a, float* dst) {
@@ -254,53 +167,6 @@ void store_row(const View& v, int64_t off, int64_t d, const float* row, float a,
   }
 }
 
-// Which keys the rows [i_first, i_last] of a sequence see, at most (inclusive; empty if lo > hi).
-struct Range {
-  int64_t lo, hi;
-};
-
-inline Range key_range(const Problem& p, int64_t i_first, int64_t i_last, int64_t qlen, int64_t klen) {
-  const int64_t off = klen - qlen;
-  Range r{0, klen - 1};
-  if (p.window_left >= 0) r.lo = std::max(r.lo, i_first + off - p.window_left);
-  if (p.window_right >= 0) r.hi = std::min(r.hi, i_last + off + p.window_right);
-  return r;
-}
-
-// Does every row in [i_first, i_last] see every key of [j0, j0 + kBlockK)?
-inline bool block_fully_visible(const Problem& p, int64_t i_first, int64_t i_last, int64_t j0, int64_t qlen,
-                                int64_t klen) {
-  const int64_t off = klen - qlen;
-  if (j0 + kBlockK > klen) return false;
-  if (p.window_left >= 0 && j0 < i_last + off - p.window_left) return false;
-  if (p.window_right >= 0 && j0 + kBlockK - 1 > i_first + off + p.window_right) return false;
-  return true;
-}
-
-// Sets the scores of keys row i cannot see to -inf.
-inline void mask_row(const Problem& p, float* s, int64_t i, int64_t j0, int64_t qlen, int64_t klen) {
-  const int64_t off = klen - qlen;
-  int64_t lo = 0, hi = klen - 1;
-  if (p.window_left >= 0) lo = std::max(lo, i + off - p.window_left);
-  if (p.window_right >= 0) hi = std::min(hi, i + off + p.window_right);
-  for (int64_t j = 0; j < kBlockK; ++j) {
-    const int64_t pos = j0 + j;
-    if (pos < lo || pos > hi) s[j] = kNegInf;
-  }
-}
-
-// Sets the scores of queries key j0 + j cannot be seen by to -inf, in the transposed tile row
-// st_row (query lanes i0 .. i0 + kBlockQ - 1).
-inline void mask_key_row(const Problem& p, float* st_row, int64_t pos, int64_t i0, int64_t qlen, int64_t klen) {
-  const int64_t off = klen - qlen;
-  // Query i sees pos when i + off - left <= pos <= i + off + right.
-  const int64_t i_lo = p.window_right >= 0 ? pos - off - p.window_right : i0;
-  const int64_t i_hi = p.window_left >= 0 ? pos - off + p.window_left : i0 + kBlockQ;
-  for (int64_t q = 0; q < kBlockQ; ++q) {
-    const int64_t i = i0 + q;
-    if (i < i_lo || i > i_hi) st_row[q] = kNegInf;
-  }
-}
 
 // The Q tile transposed (dp x kBlockQ: one query per lane), zero past head_dim and `rows`.
 void load_q_transposed(const Problem& p, const View& q, int64_t b, int64_t h, int64_t i0, int64_t rows, float* qt,
@@ -394,22 +260,12 @@ void forward_block(const Problem& p, const View& q, const View& k, const View& v
       const Rows vr = kv_rows(p, v, v_rows, b, g, kb, krows, false, nullptr);
       gemm_acc(mr, dp, krows, st, 1, kBlockQ, vr.data, vr.ld, o_acc, dp, true);
       add_rows(l_acc, bsum, mr);
-      if (fold && ++folded % kFold == 0) {
-        flush(l, l_lo, mr);
-        flush(o, o_lo, mr * dp);
-      }
+      fold_sums(fold, false, &folded, l, l_lo, mr, o, o_lo, mr * dp, add_rows);
     }
   }
-  if (fold) {
-    add_rows(l, l_lo, mr);
-    add_rows(o, o_lo, mr * dp);
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const bool any = l[r] > 0.f;
-    store_row(out, offset(out, p.q_start, b, i0 + r, h), d, o + r * dp, any ? 1.f / l[r] : 0.f, tmp);
-    lse[b * p.lse_batch_stride + h * p.lse_head_stride + p.q_start[b] + i0 + r] =
-        any ? m[r] + std::log(l[r]) : kNegInf;
-  }
+  fold_sums(fold, true, &folded, l, l_lo, mr, o, o_lo, mr * dp, add_rows);
+  finish_rows(p, b, h, i0, rows, m, l, lse, corr);
+  for (int64_t r = 0; r < rows; ++r) store_row(out, offset(out, p.q_start, b, i0 + r, h), d, o + r * dp, corr[r], tmp);
 }
 
 }  // namespace
@@ -496,7 +352,7 @@ void backward_blocks(const Problem& p, const float* q_tiles, const float* do_til
                      const View& dk, const View& dv, int64_t b, int64_t g, int64_t kb_begin, int64_t kb_end,
                      float* dq_acc, float* dq_lo, float* ws) {
   const int64_t dp = p.dp, d = p.head_dim;
-  const int64_t qlen = p.q_len[b], klen = p.k_len[b], off = klen - qlen;
+  const int64_t qlen = p.q_len[b], klen = p.k_len[b];
   float* s = ws;                            // kBlockQ x kBlockK: P
   float* dpm = s + kBlockQ * kBlockK;       // kBlockQ x kBlockK: dP, then dS
   float* dk_acc = dpm + kBlockQ * kBlockK;  // kBlockK x dp each: dK and dV sums (hi, then lo: see kFold)
@@ -508,26 +364,19 @@ void backward_blocks(const Problem& p, const float* q_tiles, const float* do_til
   // dQ sums one block product per key block: with more than kFold of them, fold as dK and dV do.
   const bool fold_q = dq_lo != nullptr && kb_end - kb_begin > kFold;
   float* dq_part = fold_q ? dq_lo : dq_acc;
-  const auto flush_dq = [&] {
-    for (int64_t h = g * p.group(); h < (g + 1) * p.group(); ++h)
-      for (int64_t qb = 0; qb * kBlockQ < qlen; ++qb)
-        flush(dq_acc + p.q_tile(h, b, qb), dq_lo + p.q_tile(h, b, qb), kBlockQ * dp);
-  };
   for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
     const int64_t j0 = kb * kBlockK, krows = std::min(kBlockK, klen - j0);
     const int64_t tile = p.k_tile(g, b, kb);
     // The queries that see at least one key of this block.
-    int64_t i_lo = 0, i_hi = qlen - 1;
-    if (p.window_right >= 0) i_lo = std::max(i_lo, j0 - off - p.window_right);
-    if (p.window_left >= 0) i_hi = std::min(i_hi, j0 + krows - 1 - off + p.window_left);
-    const int64_t blocks = i_lo <= i_hi ? p.group() * (i_hi / kBlockQ - i_lo / kBlockQ + 1) : 0;
+    const Range qbs = query_blocks_seeing(p, j0, krows, qlen, klen);
+    const int64_t blocks = p.group() * std::max<int64_t>(0, qbs.hi - qbs.lo + 1);
     const bool fold = blocks > kFold;  // fewer blocks go straight into the totals
     float* dk_part = fold ? dk_lo : dk_acc;
     float* dv_part = fold ? dv_lo : dv_acc;
     std::fill(dk_acc, dk_acc + (fold ? 4 : 2) * kBlockK * dp, 0.f);  // dk_acc, dv_acc (, dk_lo, dv_lo)
     int64_t folded = 0;
-    for (int64_t h = g * p.group(); h < (g + 1) * p.group() && i_lo <= i_hi; ++h) {
-      for (int64_t qb = i_lo / kBlockQ; qb <= i_hi / kBlockQ; ++qb) {
+    for (int64_t h = g * p.group(); h < (g + 1) * p.group(); ++h) {
+      for (int64_t qb = qbs.lo; qb <= qbs.hi; ++qb) {
         const int64_t i0 = qb * kBlockQ, rows = std::min(kBlockQ, qlen - i0), mr = round_up(rows, 4);
         const float* qt = q_tiles + p.q_tile(h, b, qb);
         const float* dot = do_tiles + p.q_tile(h, b, qb);
@@ -545,23 +394,17 @@ void backward_blocks(const Problem& p, const float* q_tiles, const float* do_til
         gemm_acc(kBlockK, dp, mr, dpm, 1, kBlockK, qt, dp, dk_part, dp, true);  // dK += dS^T Q (scaled at the end)
         gemm_acc(mr, dp, kBlockK, dpm, kBlockK, 1, k_rows + tile, dp, dq_part + p.q_tile(h, b, qb), dp,
                  true);  // dQ += dS K
-        if (fold && ++folded % kFold == 0) {
-          flush(dk_acc, dk_lo, kBlockK * dp);
-          flush(dv_acc, dv_lo, kBlockK * dp);
-        }
+        fold_sums(fold, false, &folded, dk_acc, dk_lo, kBlockK * dp, dv_acc, dv_lo, kBlockK * dp, add_rows);
       }
     }
-    if (fold) {
-      add_rows(dk_acc, dk_lo, kBlockK * dp);
-      add_rows(dv_acc, dv_lo, kBlockK * dp);
-    }
+    fold_sums(fold, true, &folded, dk_acc, dk_lo, kBlockK * dp, dv_acc, dv_lo, kBlockK * dp, add_rows);
     for (int64_t r = 0; r < krows; ++r) {
       store_row(dk, offset(dk, p.k_start, b, j0 + r, g), d, dk_acc + r * dp, p.scale, tmp);
       store_row(dv, offset(dv, p.k_start, b, j0 + r, g), d, dv_acc + r * dp, 1.f, tmp);
     }
-    if (fold_q && (kb + 1 - kb_begin) % kFold == 0) flush_dq();
+    if (fold_q && (kb + 1 - kb_begin) % kFold == 0) fold_dq(p, b, g, dq_acc, dq_lo, add_rows);
   }
-  if (fold_q) flush_dq();
+  if (fold_q) fold_dq(p, b, g, dq_acc, dq_lo, add_rows);
 }
 
 void store_dq_block(const Problem& p, const float* dq_acc, int64_t parts, int64_t part_stride, const View& dq,

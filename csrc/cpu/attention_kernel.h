@@ -14,6 +14,8 @@
 //
 // All matrix products are one register-blocked micro-kernel (gemm_acc) on fp32 tiles whose width
 // is padded to a multiple of 16 (head_dim 40 -> 48, ...); padded lanes are zero.
+// bf16 inputs on CPUs with AVX512-BF16 run attention_bf16_kernel.h instead (same blocking, bf16
+// tiles and products); this fp32 path serves fp32 inputs and CPUs without it.
 #pragma once
 #include <cstdint>
 

@@ -9,6 +9,11 @@ CPU tensors run the C++ kernels (csrc/cpu/attention*.cpp), CUDA tensors the Trit
 (fastlm/ops/reference_attention.py), whose docstring defines the masks. What the kernels do not do
 (attention dropout, an explicit attn_mask, head sizes outside 8..256) runs torch SDPA with the same
 masks (attention_sdpa.py). This is the only place that chooses.
+
+On CPU, bf16 inputs run the AVX512-BF16 kernels (bf16 products, fp32 softmax and sums) where the CPU
+has them, the fp32 kernels otherwise (and always for fp32 / fp16 inputs); FASTLM_ATTN_KERNEL=bf16|fp32
+forces one, and torch.ops.fastlm.attention_cpu_kernel(dtype) says which runs
+(benchmarks/attention_paths.py compares them with torch SDPA).
 """
 from __future__ import annotations
 
