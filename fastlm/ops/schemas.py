@@ -3,7 +3,7 @@
 fastlm/ops/_library.py defines these schemas (register_op). The C++ extension only registers
 kernels for them (TORCH_LIBRARY_IMPL in csrc/), and the dispatcher checks each C++ kernel's
 signature against the schema here; tests/ops/test_schemas.py checks it again, op by op.
-Native-only helpers without a fallback (int8_cpu_kernels, matmul_cpu_native16, the CUDA
+Native-only helpers without a fallback (int8_cpu_kernels, matmul_cpu_native16 and _gemm16_choice, the CUDA
 int8_gemv) are defined next to their C++ code instead.
 """
 

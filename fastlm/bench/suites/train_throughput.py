@@ -113,10 +113,11 @@ def run_one(spec: dict) -> dict:
     else:
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         result.update(peak_rss_mb=peak_kb / 1024, train_mem_mb=(peak_kb - rss_before) / 1024)
-        if bf16:  # fastlm's 16-bit CPU GEMM path, chosen by a timing at first use (it can flip under load)
-            from fastlm.ops.matmul import cpu_gemm16_is_native
+        if bf16:  # fastlm's 16-bit CPU GEMM path: by CPU feature, else a timing at first use, or forced
+            from fastlm.ops.matmul import cpu_gemm16_choice, cpu_gemm16_is_native
 
             result["cpu_gemm16_native"] = cpu_gemm16_is_native(torch.bfloat16)
+            result["cpu_gemm16"] = cpu_gemm16_choice(torch.bfloat16)
     if spec.get("roofline", True):  # after the timed steps (and the memory readings), in the same process
         dtype = torch.bfloat16 if bf16 else torch.float32
         peak, best_shape = roofline.peak_gflops(shapes, dtype, device)
