@@ -89,7 +89,12 @@ def profile(args, precision: str) -> None:
                     n_kv_head=args.n_kv_head, d_model=args.d_model, max_seq_len=args.seq_len).resolved()
     torch.manual_seed(0)
     model = GPT(cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    if args.optimizer == "fastlm":  # the trainer's AdamW on the CPU ([train] optimizer = "adamw")
+        from fastlm.optim import AdamW
+
+        opt = AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
     x = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len))
     bf16 = precision == "bf16"
 
@@ -137,6 +142,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--optimizer", default="fastlm", choices=["fastlm", "torch"],
+                   help="fastlm.optim.AdamW (the trainer's on the CPU) or torch.optim.AdamW")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
