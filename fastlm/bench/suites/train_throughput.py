@@ -1,5 +1,6 @@
 """Training throughput and memory: fastlm's GPT against the same model in Hugging Face transformers
-and in plain PyTorch (fastlm's reference ops), same shape, weights, batches and AdamW.
+and in plain PyTorch (fastlm's reference ops), same shape, weights, batches and AdamW (the trainer's:
+fastlm.optim.AdamW on the CPU, torch's fused on CUDA; spec "optimizer": "torch" for torch.optim.AdamW).
 
 Each run is its own subprocess (`python -m fastlm.bench.suites.train_throughput --worker SPEC`),
 so its peak memory is its own and an environment switch (FASTLM_BACKEND=reference, the CPU GEMM
@@ -50,6 +51,21 @@ def _rss_kb() -> int:
     return 0
 
 
+def _optimizer(model, name: str, device):
+    """AdamW for every implementation alike: "trainer" is the one `fastlm train` uses ([train] optimizer =
+    "adamw": fastlm.optim.AdamW on the CPU, torch's fused one on CUDA), "torch" torch.optim.AdamW's default."""
+    import torch
+
+    if name not in ("trainer", "torch"):
+        raise ValueError(f"train_throughput: optimizer must be 'trainer' or 'torch', got {name!r}")
+    params = list(model.parameters())
+    if name == "trainer" and device.type == "cpu":
+        from fastlm.optim import AdamW
+
+        return AdamW(params, lr=1e-4, weight_decay=0.1)
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1, fused=name == "trainer" or None)
+
+
 def run_one(spec: dict) -> dict:
     """One training run in this process; returns tokens/s, memory, and MFU on CUDA."""
     import torch
@@ -82,7 +98,7 @@ def run_one(spec: dict) -> dict:
     else:
         step_loss = lambda x: model(x, labels=x, return_logits=False)[1]
     model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    opt = _optimizer(model, spec.get("optimizer", "trainer"), device)
     g = torch.Generator().manual_seed(1234)
     batches = [torch.randint(0, spec["vocab_size"], (spec["batch_size"], spec["seq_len"]), generator=g).to(device)
                for _ in range(spec["warmup"] + spec["steps"])]
