@@ -1,28 +1,9 @@
 #include "cpu/rope_kernel.h"
 
-#include <cstring>
-
+#include "cpu/bf16_scalar.h"
 #include "cpu/vectorize.h"
 
 namespace fastlm::cpu {
-namespace {
-
-inline float bf16_value(uint16_t v) {
-  const uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-
-inline uint16_t bf16_round(float f) {  // round to nearest even; NaN stays NaN (as float_to_bf16)
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof(bits));
-  const bool is_nan = (bits & 0x7fffffffu) > 0x7f800000u;
-  const uint32_t rounded = bits + 0x7fffu + ((bits >> 16) & 1u);
-  return is_nan ? static_cast<uint16_t>((bits >> 16) | 0x40u) : static_cast<uint16_t>(rounded >> 16);
-}
-
-}  // namespace
 
 FASTLM_MULTIVERSION void rope_row(const float* x, const float* cos, const float* sin, float sign, int64_t half,
                                   float* out) {
