@@ -17,10 +17,6 @@ constexpr float kTanhCoef = 0.044715f;
 
 inline float sigmoid_of(float x) { return 1.f / (1.f + fast_exp(-x)); }
 
-inline float value(float v) { return v; }
-inline float value(uint16_t v) { return bf16_value(v); }
-inline void put(float* dst, float v) { *dst = v; }
-inline void put(uint16_t* dst, float v) { *dst = bf16_round(v); }
 
 template <typename T>
 __attribute__((always_inline)) inline void fwd_row(const T* gate, const T* up, int act, int64_t n, T* out) {

@@ -69,7 +69,7 @@ at::Tensor rope_fwd(const at::Tensor& x_in, const at::Tensor& cos_in, const at::
         scalar_t* orow = op_ + b * out.stride(0) + t * out.stride(1) + h * out.stride(2);
         const int64_t angle = b * cos_batch_stride + t * half;
         float* o = rows::out(orow, obuf.data());
-        rope_row(rows::load(xr, xbuf.data(), D), cp + angle, sp + angle, sign, half, o);
+        rope_heads(rows::load(xr, xbuf.data(), D), 0, o, 0, 1, cp + angle, sp + angle, sign, half);
         rows::store(o, orow, D);
       }
     });
