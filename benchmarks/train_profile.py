@@ -65,6 +65,18 @@ measures right after; load average 3-5:
 So bf16 MFU is ~0.60-0.64 of the same run's bf16 peak after these changes (0.54-0.62 before: the gain,
 0-10 % of the step, is within this machine's noise for a single run), and fp32 is unchanged.
 
+`fastlm bench train_throughput` (its CPU shapes: 4 layers, width 256, vocab 4096, batch 8x256; 1 thread,
+FASTLM_CPU_GEMM16=native), main and this branch alternating, two runs each, load average 1.1-2.1 (the
+suite flagged the busier runs); fastlm's MFU against each run's own peak, tokens/s in brackets. On the
+branch the suite steps with the trainer's AdamW (fastlm.optim.AdamW), on main with torch's for-loop one:
+part of the gain is that, and it is what `fastlm train` runs:
+
+                  main                           branch bf16ops
+    llama bf16    0.486 (8739), 0.494 (8536)     0.549 (9725), 0.544 (9835)
+    llama fp32    0.611 (5574), 0.621 (5416)     0.630 (5453), 0.621 (5445)
+    gpt2 bf16     0.504 (9223), 0.509 (9100)     0.490 (8642), 0.544 (9506)
+    gpt2 fp32     0.604 (5426), 0.605 (5169)     0.622 (5344), 0.612 (5419)
+
 What it says:
 - bf16 makes the GEMMs 3-4x faster; they run at ~85 % of the peak the same process measures. MFU
   counts 6N + attention FLOPs (183.7 GFLOP a step here): at a ~490 GFLOP/s bf16 peak, 75 % MFU is a
