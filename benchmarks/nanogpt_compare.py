@@ -23,8 +23,8 @@ from fastlm.bench.suites.train_throughput import spawn
 SHAPE = dict(family="gpt2", activation="gelu", d_model=384, n_layer=6, n_head=6, vocab_size=8192, seq_len=256,
              batch_size=8)
 QUICK = dict(SHAPE, d_model=128, n_layer=2, n_head=4, vocab_size=2048, seq_len=128, batch_size=4)
-RUNS = {"fastlm": dict(impl="fastlm", optimizer="fastlm"),
-        "fastlm_torch_adamw": dict(impl="fastlm"),
+RUNS = {"fastlm": dict(impl="fastlm"),
+        "fastlm_torch_adamw": dict(impl="fastlm", optimizer="torch"),
         "nanogpt": dict(impl="nanogpt"),
         "nanogpt_compiled": dict(impl="nanogpt_compiled")}
 

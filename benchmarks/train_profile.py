@@ -7,53 +7,99 @@ and a grouping into GEMMs, attention, casts, the loss, the optimizer and the res
     python benchmarks/train_profile.py --threads 1        # the 6-layer, width-384 LLaMA of issue 21
 
 Where the time goes (issue 21's model: 6 layers, width 384, 6 heads (MHA), context 256, vocab 8192,
-batch 8; 1 thread; FASTLM_CPU_GEMM16=native; 3 profiled steps after 2 warm-up; 2026-12-03, after the
-linear_cross_entropy fix below; the machine is shared, load average ~1.5 on 2 cores during this run;
-an earlier run at load 8-10 gave the same shares at 3-5x the times):
+batch 8; 1 thread; FASTLM_CPU_GEMM16=native; fastlm.optim.AdamW (the trainer's on the CPU; --optimizer
+torch for torch's for-loop AdamW, which took ~20 ms of these steps); profiled steps after 2 warm-up;
+2026-12-03; the machine is shared (2 cores, load average 2-6 during these runs): milliseconds move
+with the load by up to 2x from run to run, the shares much less. bf16 before = main at 82ea4c7, after =
+branch bf16ops (the changes listed below), same minutes:
 
-    self CPU time per step          fp32             bf16
-    total (under the profiler)      1868 ms (100 %)   636 ms (100 %)   1097 / 3219 tokens/s
-    GEMMs (aten::mm, addmm)         1633 ms  (88 %)   385 ms  (62 %)   104 / 447 GFLOP/s on 6N x 2048
-    attention (fwd + bwd)             87 ms   (5 %)    94 ms  (15 %)   fastlm::attention_* (C++, fp32 math)
-    other (divs, adds, views, ...)    42 ms   (2 %)    40 ms   (6 %)
-    gated SiLU (fwd + bwd)            24 ms   (1 %)    23 ms   (4 %)
-    optimizer (torch AdamW)           20 ms   (1 %)    21 ms   (3 %)   for-loop AdamW: on CPU torch defaults
-                                                                       to neither foreach nor fused
-    casts (aten::copy_)                1 ms   (0 %)    21 ms   (3 %)   316 copies a step
-    loss (cross-entropy kernels)      22 ms   (1 %)    16 ms   (3 %)
-    RoPE                              11 ms   (1 %)    10 ms   (2 %)
-    norms                             12 ms   (1 %)     8 ms   (1 %)
+    self CPU time per step          fp32 (after)       bf16 before       bf16 after
+    total (under the profiler)      1697 ms (100 %)    858 ms (100 %)    687 ms (100 %)
+      tokens/s under the profiler   1207               2387              2981
+    GEMMs (aten::mm, addmm)         1250 ms  (75 %)    549 ms  (65 %)    454 ms  (67 %)
+    attention (fwd + bwd)            142 ms   (9 %)    131 ms  (16 %)     99 ms  (15 %)  C++, fp32 math
+    casts, copies (aten::copy_)      109 ms   (7 %)     29 ms   (3 %)     32 ms   (5 %)  fp32: see below
+    other (adds, cat, fills, ...)     51 ms   (3 %)     37 ms   (4 %)     24 ms   (4 %)
+    gated SiLU (fwd + bwd)            36 ms   (2 %)     34 ms   (4 %)     17 ms   (3 %)
+    loss (cross-entropy kernels)      30 ms   (2 %)     25 ms   (3 %)     24 ms   (3 %)
+    norms                             17 ms   (1 %)     15 ms   (2 %)      9 ms   (1 %)
+    RoPE                              15 ms   (1 %)     12 ms   (1 %)      8 ms   (1 %)
+    optimizer (fastlm AdamW)          19 ms   (1 %)     10 ms   (1 %)      9 ms   (1 %)
 
-torch's best GEMM on the model's shapes in the same minutes: ~105-113 GFLOP/s fp32, ~480-500 GFLOP/s
-bf16 (1 thread), so the GEMMs themselves run near that peak in both precisions.
+(bf16 before and after ran one after the other at load ~3-4: the before run got the busier minute,
+see its GEMMs; compare shares, and the lock-step figures below for the whole step.)
+
+What changed for bf16 (branch bf16ops, issue 21), each checked against float64 references in tests:
+- The 16-bit GEMM path is a CPU-feature rule (csrc/cpu/matmul.cpp): bf16 runs oneDNN's native bf16 GEMM
+  where the CPU has AMX-BF16 or AVX512-BF16, a timing decides elsewhere (and for fp16), FASTLM_CPU_GEMM16
+  still forces. Before, one timing per process sometimes picked fp32 panels under load on this
+  AVX512-BF16 CPU (that process then trained ~1.5x slower). fastlm.ops.matmul.cpu_gemm16_choice says
+  how the path was chosen; train_throughput records it per bf16 run (`cpu_gemm16`).
+- Pre-norm blocks' RMSNorms emit the autocast dtype (RMSNorm(autocast_output=True), rms_norm(out_dtype=)):
+  the Linears after them take bf16 as it is, and the norm's backward reads the bf16 gradient directly:
+  24 (2048, 384) casts a step gone. Whole step, in-process A/B (variants alternating step by step, 20
+  steps each, load ~2.7): 3523 -> 3655 tokens/s best (MFU 0.639 -> 0.663), median 2967 -> 3095.
+- linear_cross_entropy's fp32 weight gradient: the first chunk writes it (no zero fill of a fresh
+  (V, d) buffer) and 16-bit chunk products are converted into one reused fp32 buffer (a mixed-dtype
+  add_ made a fresh 12 MiB fp32 copy per chunk, page faults included): same A/B, median 3095 -> 3160,
+  best unchanged (3655 / 3641).
+- RoPE: one kernel call per token (all heads share the angle, bf16 converted in registers): 0.23 ->
+  0.09 ms per q or k (8x256x6x64 bf16, strided view of qkv), 24 calls a step.
+- cross_entropy_bwd on bf16 logits reads and rounds in registers: 1.46 -> 1.22 ms per (512, 8192) chunk.
+- SwiGLU on bf16 reads and writes in registers: backward 1.19 -> 1.03 ms, forward 0.76 -> 0.71 ms per
+  (2048, 1024) halves (the kernels are compute-bound: fast_exp and a division per element).
+- `fastlm bench train_throughput` steps every implementation with the trainer's AdamW.
+Whole step, benchmarks/train_lockstep.py (train_throughput's loop; separate worker runs one after another
+disagreed by up to 2x at this load): four processes, main's tree and this branch's, each with torch's
+and fastlm's AdamW, alive together and stepping in turn (rotating order: the load hits all alike),
+FASTLM_CPU_GEMM16=native, best (median) tokens/s over the steps, MFU against the peak one of them
+measures right after; load average 3-5:
+
+    bf16, 12 steps each    main 3052 (1839) -> branch 3394 (1881) torch AdamW; 3262 (2047) -> 3562 (2039)
+                           fastlm AdamW; MFU (best) 0.536 -> 0.596 and 0.573 -> 0.626 (peak 510 GFLOP/s)
+    bf16, 20 steps each    main 3461 (2266) -> branch 3451 (2241); 3445 (2437) -> 3563 (2239); MFU
+                           0.617 -> 0.615 and 0.614 -> 0.635 (peak 503)
+    fp32, 10 steps each    main 2121 (2025) -> branch 2108 (2025); 2209 (2086) -> 2152 (2091); MFU
+                           0.738 -> 0.734 and 0.769 -> 0.749 (peak 258)
+
+So bf16 MFU is ~0.60-0.64 of the same run's bf16 peak after these changes (0.54-0.62 before: the gain,
+0-10 % of the step, is within this machine's noise for a single run), and fp32 is unchanged.
+
+`fastlm bench train_throughput` (its CPU shapes: 4 layers, width 256, vocab 4096, batch 8x256; 1 thread,
+FASTLM_CPU_GEMM16=native), main and this branch alternating, two runs each, load average 1.1-2.1 (the
+suite flagged the busier runs); fastlm's MFU against each run's own peak, tokens/s in brackets. On the
+branch the suite steps with the trainer's AdamW (fastlm.optim.AdamW), on main with torch's for-loop one:
+part of the gain is that, and it is what `fastlm train` runs:
+
+                  main                           branch bf16ops
+    llama bf16    0.486 (8739), 0.494 (8536)     0.549 (9725), 0.544 (9835)
+    llama fp32    0.611 (5574), 0.621 (5416)     0.630 (5453), 0.621 (5445)
+    gpt2 bf16     0.504 (9223), 0.509 (9100)     0.490 (8642), 0.544 (9506)
+    gpt2 fp32     0.604 (5426), 0.605 (5169)     0.622 (5344), 0.612 (5419)
 
 What it says:
-- bf16 makes the GEMMs 4.2x faster and nothing else: attention, RoPE, norms, the gated activation,
-  the loss and the optimizer take the same milliseconds in both, so their share grows from 12 % to
-  38 % of the step. The attention kernels (csrc, fp32 math) alone are 15 %. That, not the casts,
-  caps bf16 MFU: 75 % of a ~490 GFLOP/s peak needs a step of ~500 ms, i.e. ~140 of the ~250 non-GEMM
-  ms gone (bf16 attention kernels, a fused/foreach CPU AdamW, norms and activations that emit bf16
-  so the Linears' input casts disappear).
-- Casts: the autocast-style casts of fastlm.nn.Linear (input and fp32 master weight to bf16 in
-  the forward, the gradients back in the backward) are ~3 %. Most of them are small; the costly
-  ones were the (vocab, d) = (8192, 384) copies around the fused LM head + loss: the head's weight
-  cast to bf16, then its fp32-accumulated gradient rounded to bf16 and converted back to fp32 by
-  autograd (two (V, d) copies and a lossy round trip). Fixed: fastlm.ops.linear_cross_entropy
-  now takes the fp32 weight and casts it inside, returning the fp32 gradient as is. Measured on the
-  whole bf16 step (train_throughput's worker, FASTLM_CPU_GEMM16=native, before/after interleaved,
-  4 runs each, load ~2.7): 3039-3088 -> 3036-3233 tokens/s (best 3088 -> 3233), MFU 55-58 % ->
-  56-59 % of the same run's bf16 peak: within the machine's noise, a small gain at most; the
-  point is the unrounded gradient and two fewer (V, d) copies.
-- Large fresh temporaries ((V, d) buffers, 12 MiB) are mmapped by glibc each step: their first
-  touch (page faults) shows as 5-10 ms copies/fills where a warm copy takes 0.6 ms.
-- fastlm's 16-bit CPU GEMM path (native bf16 or converted fp32 panels) is chosen by one timing at
-  first use (csrc/cpu/matmul.cpp, native_is_faster, a 2x margin). On this loaded machine it picked
-  fp32 panels in some processes although the CPU has AVX512-BF16 (seen in a profile of the LM head:
-  fp32 addmm_ where bf16 mm was expected): bf16 runs of the same code then come out ~1.5x slower
-  (2000 against 3100 tokens/s), and fastlm's bf16 linears trained slower than torch.nn.Linear in
-  one run (455 against 535 tokens/s, `--impls fastlm,torch_linear`). train_throughput now records
-  `cpu_gemm16_native` per bf16 run; FASTLM_CPU_GEMM16=native pins the path. A CPU-feature check
-  (AMX / AVX512-BF16) would make the choice stable: a question for csrc.
+- bf16 makes the GEMMs 3-4x faster; they run at ~85 % of the peak the same process measures. MFU
+  counts 6N + attention FLOPs (183.7 GFLOP a step here): at a ~490 GFLOP/s bf16 peak, 75 % MFU is a
+  500 ms step. The GEMMs alone take ~400 ms of it, so everything else must fit in
+  ~100 ms: attention (~95 ms, fp32 math in its kernels) alone fills that budget. 75 % needs bf16
+  attention kernels (another helper's work) at ~30 ms AND the rest (~135 ms before this branch) cut to
+  ~70 ms, or GEMMs closer to the peak.
+- What is left outside the GEMMs and attention, by size: the gated activation (compute-bound on
+  fast_exp + a division; storing the sigmoid from the forward in bf16 would trade 4 MB a layer for the
+  backward's exp), the Linears' weight casts (fp32 master -> bf16 in the forward, the bf16 gradient ->
+  fp32 in the backward: at::mm has no bf16 x bf16 -> fp32 output on the CPU, so both are needed), the
+  residual adds (fp32 + bf16: a mixed add converts the bf16 operand into a fresh temporary; a fused
+  add + RMSNorm would remove the pass), the cat of the qkv / [gate | up] gradients (split/chunk's
+  backward), the loss kernels, and fresh (V, d) buffers whose first touch costs page faults (glibc
+  returns freed 12 MiB blocks to the OS: GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:
+  glibc.malloc.trim_threshold=268435456 cut those copies/fills from ~25 to ~15 ms in one profile;
+  THP_MEM_ALLOC_ENABLE=1 made them slower here).
+- fp32: unchanged by these changes (the norms keep x's dtype without autocast; the loss's fp32 path only
+  drops its zero fill). Its "copies" are not casts: fastlm's fp32 GEMM (fastlm::mm_f32 -> oneDNN through
+  mkldnn::_linear_pointwise, csrc/cpu/gemm32.cpp) makes a contiguous copy of a transposed operand, e.g.
+  the (2048, 2048) gradient of the weight-gradient GEMMs: ~105 ms (6 %) of an fp32 step. Passing the
+  transposed operand to a matmul that takes strides (or using torch's BLAS for those shapes) would
+  remove it; a question for the fp32 GEMM's owner.
 """
 from __future__ import annotations
 
@@ -89,7 +135,12 @@ def profile(args, precision: str) -> None:
                     n_kv_head=args.n_kv_head, d_model=args.d_model, max_seq_len=args.seq_len).resolved()
     torch.manual_seed(0)
     model = GPT(cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    if args.optimizer == "fastlm":  # the trainer's AdamW on the CPU ([train] optimizer = "adamw")
+        from fastlm.optim import AdamW
+
+        opt = AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
     x = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len))
     bf16 = precision == "bf16"
 
@@ -137,6 +188,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--optimizer", default="fastlm", choices=["fastlm", "torch"],
+                   help="fastlm.optim.AdamW (the trainer's on the CPU) or torch.optim.AdamW")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -118,10 +118,10 @@ def _backward_grid(n_rows: int, device: torch.device) -> tuple[int, int]:
     return programs, triton.cdiv(n_rows, programs)
 
 
-def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor, eps: float):
+def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None):
     x2 = _rows(x)
     n_rows, n_cols = x2.shape
-    y = torch.empty_like(x2)
+    y = torch.empty_like(x2, dtype=out_dtype or x.dtype)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     block = _block(n_cols)
     if n_rows > 0:

@@ -75,3 +75,29 @@ def test_suite_rows_have_mfu_and_peak_columns(monkeypatch):
     for row in rows:
         assert row["peak_gflops"] > 0 and 0 < row["mfu"]
         assert row["model_gflops"] == pytest.approx(row["mfu"] * row["peak_gflops"])
+
+
+def test_a_run_uses_the_trainers_adamw_unless_told(monkeypatch):
+    """The CPU worker steps with fastlm.optim.AdamW (the trainer's), or torch's with optimizer="torch";
+    bf16 runs record how the 16-bit GEMM path was chosen."""
+    import fastlm.optim
+
+    monkeypatch.setattr(roofline, "MIN_TIME", 0.001)
+    made = []
+
+    def recording(orig):
+        def step(self, *args, **kwargs):
+            made.append(type(self))
+            return orig(self, *args, **kwargs)
+        return step
+
+    for cls in (fastlm.optim.AdamW, torch.optim.AdamW):
+        monkeypatch.setattr(cls, "step", recording(cls.step))
+    spec = dict(TINY, family="llama", impl="fastlm", precision="bf16", warmup=1, steps=1, roofline=False)
+    r = train_throughput.run_one(spec)
+    assert made and set(made) == {fastlm.optim.AdamW} and r["cpu_gemm16"].split()[0] in ("native", "fp32")
+    made.clear()
+    train_throughput.run_one(dict(spec, optimizer="torch"))
+    assert made and set(made) == {torch.optim.AdamW}
+    with pytest.raises(ValueError, match="optimizer must be"):
+        train_throughput.run_one(dict(spec, optimizer="sgd"))

@@ -4,26 +4,16 @@
 
 #include <cstring>
 
+#include "cpu/bf16_scalar.h"
 #include "cpu/vectorize.h"
 
 namespace fastlm::cpu {
 namespace {
 
-inline uint32_t bits_of(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  return u;
-}
-inline float float_of(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
 inline float load(const float* p, int64_t i) { return p[i]; }
 inline float load(const uint16_t* p, int64_t i, CastType t) {
   const uint32_t h = p[i];
-  if (t == CastType::kBFloat16) return float_of(h << 16);
+  if (t == CastType::kBFloat16) return bf16_value(p[i]);
   // fp16 -> fp32 (exact), after F. Giesen's half_to_float.
   const uint32_t shifted_exp = 0x7c00u << 13;
   uint32_t o = (h & 0x7fffu) << 13;
@@ -33,13 +23,6 @@ inline float load(const uint16_t* p, int64_t i, CastType t) {
   const uint32_t denorm = bits_of(float_of(o + (1u << 23)) - float_of(113u << 23));
   o = exp == shifted_exp ? inf_nan : (exp == 0 ? denorm : o);
   return float_of(o | ((h & 0x8000u) << 16));
-}
-
-inline uint16_t to_bf16(float f) {
-  const uint32_t bits = bits_of(f);
-  const bool is_nan = (bits & 0x7fffffffu) > 0x7f800000u;
-  const uint32_t rounded = bits + 0x7fffu + ((bits >> 16) & 1u);  // round to nearest even
-  return is_nan ? static_cast<uint16_t>((bits >> 16) | 0x40u) : static_cast<uint16_t>(rounded >> 16);
 }
 
 inline uint16_t to_fp16(float f) {
@@ -60,7 +43,7 @@ FASTLM_MULTIVERSION void f32_f32(const float* s, float* d, float a, int64_t n) {
 }
 FASTLM_MULTIVERSION void f32_bf16(const float* s, uint16_t* d, float a, int64_t n) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) d[i] = to_bf16(s[i] * a);
+  for (int64_t i = 0; i < n; ++i) d[i] = bf16_round(s[i] * a);
 }
 FASTLM_MULTIVERSION void f32_fp16(const float* s, uint16_t* d, float a, int64_t n) {
 #pragma omp simd
@@ -78,7 +61,7 @@ FASTLM_MULTIVERSION void h_f32(const uint16_t* s, CastType t, float* d, float a,
 FASTLM_MULTIVERSION void h_h(const uint16_t* s, CastType st, uint16_t* d, CastType dt, float a, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const float v = load(s, i, st) * a;
-    d[i] = dt == CastType::kBFloat16 ? to_bf16(v) : to_fp16(v);
+    d[i] = dt == CastType::kBFloat16 ? bf16_round(v) : to_fp16(v);
   }
 }
 

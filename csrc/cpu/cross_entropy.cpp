@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/cross_entropy_kernel.h"
@@ -77,8 +78,19 @@ at::Tensor cross_entropy_bwd(const at::Tensor& grad_loss, const at::Tensor& logi
     const float* lsep = lse.data_ptr<float>();
     scalar_t* dxp = dx.data_ptr<scalar_t>();
     at::parallel_for(0, n, std::max<int64_t>(1, 16384 / v), [&](int64_t r0, int64_t r1) {
-      std::vector<float> buf(v), dbuf(v);
+      constexpr bool kBf16 = std::is_same_v<scalar_t, at::BFloat16>;
+      std::vector<float> buf(kBf16 ? 0 : v), dbuf(kBf16 ? 0 : v);
       for (int64_t i = r0; i < r1; ++i) {
+        if constexpr (kBf16) {  // read and written in registers: no conversion passes
+          uint16_t* d = reinterpret_cast<uint16_t*>(dxp + i * v);
+          if (lp[i] == ignore_index) {
+            std::fill(d, d + v, uint16_t{0});
+          } else {
+            cross_entropy_row_bwd(reinterpret_cast<const uint16_t*>(xp + i * xs), v, lp[i], lsep[i], gp[i],
+                                  static_cast<float>(smoothing), static_cast<float>(z_loss), d);
+          }
+          continue;
+        }
         float* d = rows::out(dxp + i * v, dbuf.data());
         if (lp[i] == ignore_index) {
           std::fill(d, d + v, 0.f);

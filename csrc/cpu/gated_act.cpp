@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "cpu/float_rows.h"
@@ -40,6 +41,14 @@ at::Tensor gated_act_fwd(const at::Tensor& gate_in, const at::Tensor& up_in, int
     scalar_t* op_ = out.data_ptr<scalar_t>();
     const int64_t gs = gate.stride(0), us = up.stride(0);
     at::parallel_for(0, nrows, std::max<int64_t>(1, 8192 / n), [&](int64_t r0, int64_t r1) {
+      if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {  // in registers: no conversion passes
+        const auto* g16 = reinterpret_cast<const uint16_t*>(gp);
+        const auto* u16 = reinterpret_cast<const uint16_t*>(up_);
+        auto* o16 = reinterpret_cast<uint16_t*>(op_);
+        for (int64_t r = r0; r < r1; ++r)
+          gated_act_fwd_row(g16 + r * gs, u16 + r * us, static_cast<int>(act), n, o16 + r * n);
+        return;
+      }
       std::vector<float> gbuf(n), ubuf(n), obuf(n);
       for (int64_t r = r0; r < r1; ++r) {
         float* o = rows::out(op_ + r * n, obuf.data());
@@ -70,6 +79,17 @@ std::tuple<at::Tensor, at::Tensor> gated_act_bwd(const at::Tensor& grad_in, cons
     scalar_t* dup_ = dup.data_ptr<scalar_t>();
     const int64_t gs = gate.stride(0), us = up.stride(0), ds = grad.stride(0);
     at::parallel_for(0, nrows, std::max<int64_t>(1, 8192 / n), [&](int64_t r0, int64_t r1) {
+      if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {  // in registers: no conversion passes
+        const auto* d16 = reinterpret_cast<const uint16_t*>(dp);
+        const auto* g16 = reinterpret_cast<const uint16_t*>(gp);
+        const auto* u16 = reinterpret_cast<const uint16_t*>(up_);
+        auto* dg16 = reinterpret_cast<uint16_t*>(dgp);
+        auto* du16 = reinterpret_cast<uint16_t*>(dup_);
+        for (int64_t r = r0; r < r1; ++r)
+          gated_act_bwd_row(d16 + r * ds, g16 + r * gs, u16 + r * us, static_cast<int>(act), n, dg16 + r * n,
+                            du16 + r * n);
+        return;
+      }
       std::vector<float> gbuf(n), ubuf(n), dbuf(n), dgbuf(n), dubuf(n);
       for (int64_t r = r0; r < r1; ++r) {
         float* dg = rows::out(dgp + r * n, dgbuf.data());

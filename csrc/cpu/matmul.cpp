@@ -7,8 +7,14 @@
 //    epilogue, as in an unfused autocast linear.
 //  - "fp32": panels of a and b converted to fp32 and fed to the fp32 GEMM (MKL/OpenBLAS). On CPUs
 //    without native bf16 (AVX2), torch's 16-bit GEMM is 10-100x slower than this.
-// "auto" times both GEMMs once on a small problem and takes native when it is clearly (2x) faster;
-// FASTLM_CPU_GEMM16=native|fp32 forces one (tests cover both paths on any machine).
+// "auto" decides by CPU feature where that is unambiguous: bf16 is native on a CPU with AMX-BF16 or
+// AVX512-BF16 (oneDNN's bf16 GEMM there is several times faster than fp32). Elsewhere (bf16 without
+// those, fp16 everywhere) it times both GEMMs once on a small problem and takes native when it is
+// clearly (2x) faster. A timing alone was unstable: under load it sometimes picked fp32 panels on an
+// AVX512-BF16 CPU, making that process's bf16 training ~1.5x slower.
+// FASTLM_CPU_GEMM16=native|fp32 forces one (tests cover both paths on any machine);
+// FASTLM_CPU_FEATURES (a test hook: comma-separated amx_bf16, avx512_bf16) replaces the detected features;
+// a oneDNN ISA cap (ONEDNN_MAX_CPU_ISA) leaves the choice to the timing.
 // fp32 GEMMs (fp32 inputs, and the converted panels) go through mm_f32 (gemm32.cpp): torch's BLAS or
 // oneDNN, whichever this CPU runs faster (FASTLM_CPU_GEMM32 forces one).
 #include "gemm32.h"
@@ -73,18 +79,62 @@ bool native_is_faster(at::ScalarType dtype) {
   return 2.0 * native <= fp32;
 }
 
-bool use_native_gemm(at::ScalarType dtype) {
-  if (dtype == at::kFloat) return true;
+// The CPU's 16-bit GEMM features, or the ones FASTLM_CPU_FEATURES names (tests fake a CPU with it).
+struct Gemm16Features {
+  bool amx_bf16 = false, avx512_bf16 = false;
+};
+
+Gemm16Features gemm16_features() {
+  Gemm16Features f;
+  if (const char* fake = std::getenv("FASTLM_CPU_FEATURES")) {
+    const std::string names = std::string(",") + fake + ",";
+    f.amx_bf16 = names.find(",amx_bf16,") != std::string::npos;
+    f.avx512_bf16 = names.find(",avx512_bf16,") != std::string::npos;
+    return f;
+  }
+  // oneDNN capped below its bf16 ISA (ONEDNN_MAX_CPU_ISA=AVX2, as train_throughput's no_native_bf16
+  // runs set): the features say nothing about the GEMM torch will run, so the timing decides.
+  for (const char* cap_name : {"ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"}) {
+    const char* cap = std::getenv(cap_name);
+    if (cap && *cap && std::strcmp(cap, "ALL") != 0 && std::strcmp(cap, "DEFAULT") != 0) return f;
+  }
+  f.amx_bf16 = __builtin_cpu_supports("amx-bf16");
+  f.avx512_bf16 = __builtin_cpu_supports("avx512bf16");
+  return f;
+}
+
+// How "auto" decided, for matmul_cpu_gemm16_choice: "native (cpu feature)", "fp32 (timed)", ...
+struct Gemm16Choice {
+  bool native;
+  const char* how;
+};
+
+Gemm16Choice auto_choice(at::ScalarType dtype) {
+  const Gemm16Features f = gemm16_features();
+  if (dtype == at::kBFloat16 && (f.amx_bf16 || f.avx512_bf16)) return {true, "cpu feature"};
+  return {native_is_faster(dtype), "timed"};
+}
+
+// The choice for dtype: forced by FASTLM_CPU_GEMM16 (read at every call), else auto's, made once per
+// process and dtype.
+Gemm16Choice gemm16_choice(at::ScalarType dtype) {
+  if (dtype == at::kFloat) return {true, "fp32 input"};
   const char* env = std::getenv("FASTLM_CPU_GEMM16");
   const std::string mode = env ? env : "auto";
-  if (mode == "native") return true;
-  if (mode == "fp32") return false;
+  if (mode == "native") return {true, "forced"};
+  if (mode == "fp32") return {false, "forced"};
   TORCH_CHECK(mode == "auto" || mode.empty(), "FASTLM_CPU_GEMM16=", mode, " is not one of auto, native, fp32");
-  static std::atomic<int> bf16{-1}, fp16{-1};  // -1: not measured yet
+  static std::atomic<int> bf16{-1}, fp16{-1};  // -1: not decided yet; else 2 * native + (how == "timed")
   std::atomic<int>& choice = dtype == at::kBFloat16 ? bf16 : fp16;
-  if (choice.load() < 0) choice.store(native_is_faster(dtype) ? 1 : 0);
-  return choice.load() == 1;
+  if (choice.load() < 0) {
+    const Gemm16Choice c = auto_choice(dtype);
+    choice.store(2 * int(c.native) + int(std::strcmp(c.how, "timed") == 0));
+  }
+  const int c = choice.load();
+  return {c >= 2, (c & 1) ? "timed" : "cpu feature"};
 }
+
+bool use_native_gemm(at::ScalarType dtype) { return gemm16_choice(dtype).native; }
 
 // ---------------------------------------------------------------- fp32 GEMM on converted panels
 
@@ -308,8 +358,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> matmul_bwd(const at::Tensor& grad
 // of their own (the fused LM head + loss) ask, to compute in fp32 where native 16 bits is slow.
 bool matmul_cpu_native16(at::ScalarType dtype) { return use_native_gemm(dtype); }
 
+// The same choice with how it was made: "native (cpu feature)", "fp32 (timed)", "native (forced)", ...
+std::string matmul_cpu_gemm16_choice(at::ScalarType dtype) {
+  const Gemm16Choice c = gemm16_choice(dtype);
+  return std::string(c.native ? "native" : "fp32") + " (" + c.how + ")";
+}
+
 // matmul_fwd, matmul_bwd: schemas in fastlm/ops/schemas.py.
-TORCH_LIBRARY_FRAGMENT(fastlm, m) { m.def("matmul_cpu_native16(ScalarType dtype) -> bool", &matmul_cpu_native16); }
+TORCH_LIBRARY_FRAGMENT(fastlm, m) {
+  m.def("matmul_cpu_native16(ScalarType dtype) -> bool", &matmul_cpu_native16);
+  m.def("matmul_cpu_gemm16_choice(ScalarType dtype) -> str", &matmul_cpu_gemm16_choice);
+}
 
 TORCH_LIBRARY_IMPL(fastlm, CPU, m) {
   m.impl("matmul_fwd", &matmul_fwd);

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "cpu/float_rows.h"  // row loads/stores in fp32; includes norm_rows.h
@@ -50,58 +51,70 @@ at::Tensor sum_partials(const at::Tensor& partials, int64_t n) {
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> rms_norm_fwd(const at::Tensor& x_in, const at::Tensor& weight, double eps) {
+// y in out_dtype (default x's): a pre-norm block under autocast asks for the autocast dtype, so the
+// Linears after it take y as it is instead of casting an fp32 copy (and its gradient back).
+std::tuple<at::Tensor, at::Tensor> rms_norm_fwd(const at::Tensor& x_in, const at::Tensor& weight, double eps,
+                                                std::optional<at::ScalarType> out_dtype) {
   const int64_t n = check_norm_args(x_in, weight, "fastlm::rms_norm_fwd");
   const at::Tensor x = x_in.contiguous();
   const at::Tensor w = weight.contiguous().to(at::kFloat);
-  at::Tensor y = at::empty_like(x);
+  at::Tensor y = at::empty(x.sizes(), x.options().dtype(out_dtype.value_or(x.scalar_type())));
+  rows::check_float_dtype(y, "fastlm::rms_norm_fwd", "out_dtype");
   at::Tensor rstd = stat_like(x);
   const int64_t rows = x.numel() / n;
   FASTLM_DISPATCH_FLOATS(x.scalar_type(), "fastlm_rms_norm_fwd", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    scalar_t* yp = y.data_ptr<scalar_t>();
-    float* rp = rstd.data_ptr<float>();
-    const float* wp = w.data_ptr<float>();
-    at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
-      std::vector<float> xbuf(n), ybuf(n);
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* xr = rows::load(xp + r * n, xbuf.data(), n);
-        float* yr = rows::out(yp + r * n, ybuf.data());
-        rp[r] = rms_norm_row_fwd(xr, wp, static_cast<float>(eps), n, yr);
-        rows::store(yr, yp + r * n, n);
-      }
+    using x_t = scalar_t;
+    FASTLM_DISPATCH_FLOATS(y.scalar_type(), "fastlm_rms_norm_fwd", [&] {
+      const x_t* xp = x.data_ptr<x_t>();
+      scalar_t* yp = y.data_ptr<scalar_t>();
+      float* rp = rstd.data_ptr<float>();
+      const float* wp = w.data_ptr<float>();
+      at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
+        std::vector<float> xbuf(n), ybuf(n);
+        for (int64_t r = r0; r < r1; ++r) {
+          const float* xr = rows::load(xp + r * n, xbuf.data(), n);
+          float* yr = rows::out(yp + r * n, ybuf.data());
+          rp[r] = rms_norm_row_fwd(xr, wp, static_cast<float>(eps), n, yr);
+          rows::store(yr, yp + r * n, n);
+        }
+      });
     });
   });
   return {y, rstd};
 }
 
+// grad_y may be in another dtype than x (y was emitted in the autocast dtype): read as it is, dx in x's.
 std::tuple<at::Tensor, at::Tensor> rms_norm_bwd(const at::Tensor& grad_in, const at::Tensor& x_in,
                                                 const at::Tensor& weight, const at::Tensor& rstd_in) {
   const int64_t n = check_norm_args(x_in, weight, "fastlm::rms_norm_bwd");
   TORCH_CHECK(grad_in.sizes() == x_in.sizes(), "fastlm::rms_norm_bwd: grad_y and x shapes differ");
+  rows::check_float_dtype(grad_in, "fastlm::rms_norm_bwd", "grad_y");
   const at::Tensor x = x_in.contiguous();
-  const at::Tensor g = grad_in.contiguous().to(x.scalar_type());
+  const at::Tensor g = grad_in.contiguous();
   const at::Tensor w = weight.contiguous().to(at::kFloat);
   const at::Tensor rstd = rstd_in.contiguous().to(at::kFloat);
   at::Tensor dx = at::empty_like(x);
   const int64_t rows = x.numel() / n;
   std::vector<at::Tensor> partials;
   FASTLM_DISPATCH_FLOATS(x.scalar_type(), "fastlm_rms_norm_bwd", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* gp = g.data_ptr<scalar_t>();
-    scalar_t* dxp = dx.data_ptr<scalar_t>();
-    const float* wp = w.data_ptr<float>();
-    const float* rp = rstd.data_ptr<float>();
-    for_row_chunks(rows, n, partials, 1, [&](int64_t c, int64_t r0, int64_t r1) {
-      std::vector<float> xbuf(n), gbuf(n), dxbuf(n);
-      float* dw = partials[0].data_ptr<float>() + c * n;
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* xr = rows::load(xp + r * n, xbuf.data(), n);
-        const float* gr = rows::load(gp + r * n, gbuf.data(), n);
-        float* dxr = rows::out(dxp + r * n, dxbuf.data());
-        rms_norm_row_bwd(gr, xr, wp, rp[r], n, dxr, dw);
-        rows::store(dxr, dxp + r * n, n);
-      }
+    using x_t = scalar_t;
+    FASTLM_DISPATCH_FLOATS(g.scalar_type(), "fastlm_rms_norm_bwd", [&] {
+      const x_t* xp = x.data_ptr<x_t>();
+      const scalar_t* gp = g.data_ptr<scalar_t>();
+      x_t* dxp = dx.data_ptr<x_t>();
+      const float* wp = w.data_ptr<float>();
+      const float* rp = rstd.data_ptr<float>();
+      for_row_chunks(rows, n, partials, 1, [&](int64_t c, int64_t r0, int64_t r1) {
+        std::vector<float> xbuf(n), gbuf(n), dxbuf(n);
+        float* dw = partials[0].data_ptr<float>() + c * n;
+        for (int64_t r = r0; r < r1; ++r) {
+          const float* xr = rows::load(xp + r * n, xbuf.data(), n);
+          const float* gr = rows::load(gp + r * n, gbuf.data(), n);
+          float* dxr = rows::out(dxp + r * n, dxbuf.data());
+          rms_norm_row_bwd(gr, xr, wp, rp[r], n, dxr, dw);
+          rows::store(dxr, dxp + r * n, n);
+        }
+      });
     });
   });
   return {dx, sum_partials(partials[0], n).to(weight.scalar_type())};

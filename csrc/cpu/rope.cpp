@@ -31,13 +31,36 @@ at::Tensor rope_fwd(const at::Tensor& x_in, const at::Tensor& cos_in, const at::
   const int64_t cos_batch_stride = cos.dim() == 3 ? T * half : 0;
   at::Tensor out = at::empty_like(x);
   if (out.stride(3) != 1) out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const float sign = inverse ? -1.f : 1.f;
+  const float* cp = cos.data_ptr<float>();
+  const float* sp = sin.data_ptr<float>();
+  if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) {
+    // One call per token: its H head vectors share the angle (the hot path: q/k of training).
+    const bool bf16 = x.scalar_type() == at::kBFloat16;
+    const int64_t es = x.element_size();
+    const char* xp = static_cast<const char*>(x.data_ptr());
+    char* op_ = static_cast<char*>(out.data_ptr());
+    at::parallel_for(0, B * T, std::max<int64_t>(1, 4096 / (H * D)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / T, t = r % T;
+        const char* xr = xp + (b * x.stride(0) + t * x.stride(1)) * es;
+        char* orow = op_ + (b * out.stride(0) + t * out.stride(1)) * es;
+        const int64_t angle = b * cos_batch_stride + t * half;
+        if (bf16) {
+          rope_heads(reinterpret_cast<const uint16_t*>(xr), x.stride(2), reinterpret_cast<uint16_t*>(orow),
+                     out.stride(2), H, cp + angle, sp + angle, sign, half);
+        } else {
+          rope_heads(reinterpret_cast<const float*>(xr), x.stride(2), reinterpret_cast<float*>(orow), out.stride(2), H,
+                     cp + angle, sp + angle, sign, half);
+        }
+      }
+    });
+    return out;
+  }
   const int64_t rows = B * T * H;
   FASTLM_DISPATCH_FLOATS(x.scalar_type(), "fastlm_rope_fwd", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* op_ = out.data_ptr<scalar_t>();
-    const float* cp = cos.data_ptr<float>();
-    const float* sp = sin.data_ptr<float>();
-    const float sign = inverse ? -1.f : 1.f;
     at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / D), [&](int64_t r0, int64_t r1) {
       std::vector<float> xbuf(D), obuf(D);
       for (int64_t r = r0; r < r1; ++r) {
@@ -46,7 +69,7 @@ at::Tensor rope_fwd(const at::Tensor& x_in, const at::Tensor& cos_in, const at::
         scalar_t* orow = op_ + b * out.stride(0) + t * out.stride(1) + h * out.stride(2);
         const int64_t angle = b * cos_batch_stride + t * half;
         float* o = rows::out(orow, obuf.data());
-        rope_row(rows::load(xr, xbuf.data(), D), cp + angle, sp + angle, sign, half, o);
+        rope_heads(rows::load(xr, xbuf.data(), D), 0, o, 0, 1, cp + angle, sp + angle, sign, half);
         rows::store(o, orow, D);
       }
     });

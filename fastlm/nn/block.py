@@ -20,7 +20,8 @@ class Block(nn.Module):
         if norm == "layernorm":
             self.norm1, self.norm2 = LayerNorm(d_model, norm_eps, bias), LayerNorm(d_model, norm_eps, bias)
         elif norm == "rmsnorm":
-            self.norm1, self.norm2 = RMSNorm(d_model, norm_eps), RMSNorm(d_model, norm_eps)
+            # Pre-norm: the norms feed only the attention's and the MLP's Linears (16-bit under autocast).
+            self.norm1, self.norm2 = (RMSNorm(d_model, norm_eps, autocast_output=not post_norm) for _ in range(2))
         else:
             raise ValueError(f"unknown norm {norm!r}; expected 'layernorm' or 'rmsnorm'")
         self.attn = Attention(d_model, n_head, n_kv_head, head_dim, bias=bias, dropout=dropout,

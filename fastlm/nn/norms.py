@@ -8,13 +8,22 @@ from fastlm import ops
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
+    """autocast_output=True: under torch.autocast the output is in the autocast dtype (fp32 math, one
+    rounding), for a norm whose output only feeds Linears (a pre-norm block's): they would cast it to
+    that dtype anyway, and their input gradient then reaches the norm's backward without a cast back.
+    Otherwise (post-norm: the output is the residual stream) the output keeps x's dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, autocast_output: bool = False):
         super().__init__()
         self.eps = eps
+        self.autocast_output = autocast_output
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.rms_norm(x, self.weight, self.eps)
+        out_dtype = None
+        if self.autocast_output and torch.is_autocast_enabled(x.device.type):
+            out_dtype = torch.get_autocast_dtype(x.device.type)
+        return ops.rms_norm(x, self.weight, self.eps, out_dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

@@ -54,6 +54,7 @@ def _fwd(hidden, weight, labels, ignore_index, label_smoothing, z_loss, chunk_si
     grad_hidden, grad_weight = _unit_grads_buffers(hidden, weight, grads_in_forward)
     weight = weight.to(hidden.dtype)  # the compute copy (a no-op when the dtypes match)
     buffer = hidden.new_empty(min(n, chunk_size), weight.shape[0])  # one chunk's logits, reused
+    acc = {}  # _accumulate's state across chunks
     for s, e in _chunks(n, chunk_size):
         logits = _mm(hidden[s:e], weight.t(), out=buffer[: e - s])
         loss[s:e], lse[s:e] = torch.ops.fastlm.cross_entropy_fwd(logits, labels[s:e], ignore_index, label_smoothing,
@@ -61,26 +62,48 @@ def _fwd(hidden, weight, labels, ignore_index, label_smoothing, z_loss, chunk_si
         if grads_in_forward:  # the gradients for a unit upstream gradient per row, from the logits at hand
             dlogits = torch.ops.fastlm.cross_entropy_bwd(torch.ones_like(lse[s:e]), logits, labels[s:e], lse[s:e],
                                                          ignore_index, label_smoothing, z_loss)
-            _accumulate(dlogits, hidden[s:e], weight, grad_hidden[s:e], grad_weight)
+            _accumulate(dlogits, hidden[s:e], weight, grad_hidden[s:e], grad_weight, acc)
     return loss, lse, grad_hidden, grad_weight
 
 
 def _unit_grads_buffers(hidden, weight, wanted: bool):
     if not wanted:
         return hidden.new_empty(0), weight.new_empty(0, dtype=torch.float32)
-    return torch.empty_like(hidden), torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+    return torch.empty_like(hidden), _weight_grad_buffer(hidden, weight)
 
 
-def _accumulate(dlogits, h, weight, grad_hidden_rows, grad_weight):
+def _weight_grad_buffer(hidden, weight):
+    """The fp32 weight gradient's buffer: the first chunk writes it (_accumulate), so only an empty input
+    leaves it to be zeroed here (a zero fill of a fresh (V, d) buffer costs its page faults)."""
+    new = torch.zeros if hidden.shape[0] == 0 else torch.empty
+    return new(weight.shape, dtype=torch.float32, device=weight.device)
+
+
+def _accumulate(dlogits, h, weight, grad_hidden_rows, grad_weight, acc: dict | None = None):
+    """grad_hidden_rows = dlogits @ weight; grad_weight (fp32) = (first chunk) or += dlogits^T @ h.
+
+    acc: the state of one loop over chunks (None: grad_weight is initialized, every chunk adds). A 16-bit
+    chunk product is converted into one fp32 buffer reused over the chunks: `grad_weight += product`
+    with mixed dtypes would make a fresh fp32 (V, d) copy per chunk."""
+    acc = {"started": True} if acc is None else acc
+    first = not acc.get("started", False)
+    acc["started"] = True
     if dlogits.device.type == "cpu" and dlogits.dtype == torch.float32 and has_native_op("mm_f32"):
         grad_hidden_rows.copy_(_mm(dlogits, weight))
-        grad_weight.add_(_mm(dlogits.t(), h))
+        product = _mm(dlogits.t(), h)
+        grad_weight.copy_(product) if first else grad_weight.add_(product)
         return
     _mm(dlogits, weight, out=grad_hidden_rows)
     if dlogits.dtype == torch.float32:  # fp32 accumulation of the weight gradient (in place when fp32)
-        grad_weight.addmm_(dlogits.t(), h)
-    else:
-        grad_weight.add_(_mm(dlogits.t(), h))
+        torch.mm(dlogits.t(), h, out=grad_weight) if first else grad_weight.addmm_(dlogits.t(), h)
+        return
+    product = _mm(dlogits.t(), h)
+    if first:
+        grad_weight.copy_(product)
+        return
+    if "fp32" not in acc:
+        acc["fp32"] = torch.empty_like(grad_weight)
+    grad_weight.add_(acc["fp32"].copy_(product))
 
 
 def _uniform_over_counted_rows(grad_loss, labels, ignore_index) -> bool:
@@ -100,14 +123,15 @@ def _bwd(grad_loss, hidden, weight, labels, lse, grad_hidden_unit, grad_weight_u
         return grad_hidden, (grad_weight_unit * scale).to(weight.dtype)
     # Recompute each chunk's logits (no gradients from the forward, or per-row upstream gradients).
     grad_hidden = torch.empty_like(hidden)
-    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+    grad_weight = _weight_grad_buffer(hidden, weight)
     weight_dtype, weight = weight.dtype, weight.to(hidden.dtype)
     buffer = hidden.new_empty(min(hidden.shape[0], chunk_size), weight.shape[0])  # one chunk's logits, reused
+    acc = {}
     for s, e in _chunks(hidden.shape[0], chunk_size):
         logits = _mm(hidden[s:e], weight.t(), out=buffer[: e - s])
         dlogits = torch.ops.fastlm.cross_entropy_bwd(grad_loss[s:e], logits, labels[s:e], lse[s:e], ignore_index,
                                                      label_smoothing, z_loss)
-        _accumulate(dlogits, hidden[s:e], weight, grad_hidden[s:e], grad_weight)
+        _accumulate(dlogits, hidden[s:e], weight, grad_hidden[s:e], grad_weight, acc)
     return grad_hidden, grad_weight.to(weight_dtype)
 
 

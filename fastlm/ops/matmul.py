@@ -151,3 +151,12 @@ def cpu_gemm16_is_native(dtype: torch.dtype) -> bool:
     if dtype not in (torch.bfloat16, torch.float16) or not hasattr(torch.ops.fastlm, "matmul_cpu_native16"):
         return True
     return bool(torch.ops.fastlm.matmul_cpu_native16(dtype))
+
+
+def cpu_gemm16_choice(dtype: torch.dtype) -> str:
+    """`matmul`'s 16-bit CPU GEMM for dtype and how it was chosen: "native (cpu feature)" (bf16 on a CPU
+    with AMX-BF16 / AVX512-BF16), "native (timed)" / "fp32 (timed)" (elsewhere: one timing per process),
+    "native (forced)" / "fp32 (forced)" (FASTLM_CPU_GEMM16). "reference" without the native extension."""
+    if not hasattr(torch.ops.fastlm, "matmul_cpu_gemm16_choice"):
+        return "reference"
+    return str(torch.ops.fastlm.matmul_cpu_gemm16_choice(dtype))

@@ -29,7 +29,7 @@ def _stat(x: torch.Tensor) -> torch.Tensor:
 
 register_op(
     "rms_norm_fwd", reference=reference.rms_norm_fwd, triton=_triton("rms_norm_fwd"),
-    fake=lambda x, weight, eps: (torch.empty_like(x), _stat(x)))
+    fake=lambda x, weight, eps, out_dtype=None: (torch.empty_like(x, dtype=out_dtype or x.dtype), _stat(x)))
 register_op(
     "rms_norm_bwd", reference=reference.rms_norm_bwd, triton=_triton("rms_norm_bwd"),
     fake=lambda grad_y, x, weight, rstd: (torch.empty_like(x), torch.empty_like(weight)))
@@ -42,7 +42,7 @@ register_op(
 
 
 def _rms_norm_setup(ctx, inputs, output):
-    x, weight, _eps = inputs
+    x, weight, _eps, *_out_dtype = inputs
     _y, rstd = output
     ctx.save_for_backward(x, weight, rstd)
 
@@ -50,7 +50,7 @@ def _rms_norm_setup(ctx, inputs, output):
 def _rms_norm_backward(ctx, grad_y, _grad_rstd):
     x, weight, rstd = ctx.saved_tensors
     grad_x, grad_weight = torch.ops.fastlm.rms_norm_bwd(grad_y, x, weight, rstd)
-    return grad_x, grad_weight, None
+    return grad_x, grad_weight, None, None
 
 
 def _layer_norm_setup(ctx, inputs, output):
@@ -93,14 +93,22 @@ def _check(op: str, x: torch.Tensor, **params: torch.Tensor | None) -> int:
     return n
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
-    """y = x / sqrt(mean(x^2, -1) + eps) * weight, in x's dtype (fp32 math)."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6,
+             out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """y = x / sqrt(mean(x^2, -1) + eps) * weight, in out_dtype (default x's dtype; fp32 math, one rounding).
+
+    out_dtype = the autocast dtype lets a pre-norm block hand its Linears the 16-bit input they would
+    cast to anyway: one rounding instead of an fp32 write, a cast, and the gradient cast back."""
     n = _check("rms_norm", x, weight=weight)
+    if out_dtype is not None and out_dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        raise TypeError(f"rms_norm: out_dtype must be a floating dtype, got {out_dtype}")
     if weight is None:
         weight = x.new_ones(n)
-    if use_reference(x, weight):
-        return reference.rms_norm_fwd(x, weight, eps)[0]
-    return call_op(torch.ops.fastlm.rms_norm_fwd, x, weight, float(eps))[0]
+    if out_dtype == x.dtype:
+        out_dtype = None
+    if use_reference(x, weight) or out_dtype == torch.float64:
+        return reference.rms_norm_fwd(x, weight, eps, out_dtype)[0]
+    return call_op(torch.ops.fastlm.rms_norm_fwd, x, weight, float(eps), out_dtype)[0]
 
 
 def layer_norm(

@@ -14,12 +14,12 @@ def _acc(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor, eps: float):
-    """Returns (y, rstd) where rstd has shape x.shape[:-1] in fp32."""
+def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None):
+    """Returns (y, rstd) where rstd has shape x.shape[:-1] in fp32; y in out_dtype (default x's)."""
     xf = _acc(x)
     rstd = torch.rsqrt(xf.pow(2).mean(-1) + eps)
     y = xf * rstd.unsqueeze(-1) * _acc(weight)
-    return y.to(x.dtype), rstd
+    return y.to(out_dtype or x.dtype), rstd
 
 
 def rms_norm_bwd(grad_out, x, weight, rstd):

@@ -3,14 +3,14 @@
 fastlm/ops/_library.py defines these schemas (register_op). The C++ extension only registers
 kernels for them (TORCH_LIBRARY_IMPL in csrc/), and the dispatcher checks each C++ kernel's
 signature against the schema here; tests/ops/test_schemas.py checks it again, op by op.
-Native-only helpers without a fallback (int8_cpu_kernels, matmul_cpu_native16, the CUDA
+Native-only helpers without a fallback (int8_cpu_kernels, matmul_cpu_native16 and _gemm16_choice, the CUDA
 int8_gemv) are defined next to their C++ code instead.
 """
 
 SCHEMAS = {
     # RMSNorm / LayerNorm over the last dimension: (y, rstd) / (y, mean, rstd), statistics fp32 with
-    # shape x.shape[:-1].
-    "rms_norm_fwd": "rms_norm_fwd(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)",
+    # shape x.shape[:-1]. RMSNorm's y in out_dtype (default x's); its grad_y may be in y's dtype.
+    "rms_norm_fwd": "rms_norm_fwd(Tensor x, Tensor weight, float eps, ScalarType? out_dtype=None) -> (Tensor, Tensor)",
     "rms_norm_bwd": "rms_norm_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor rstd) -> (Tensor, Tensor)",
     "layer_norm_fwd": "layer_norm_fwd(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor)",
     "layer_norm_bwd": ("layer_norm_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor mean, Tensor rstd) "

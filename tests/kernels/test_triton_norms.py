@@ -67,3 +67,22 @@ def test_more_rows_than_programs():
 def test_too_wide_is_a_clear_error():
     with pytest.raises(ValueError, match="exceeds"):
         norms.rms_norm_fwd(torch.randn(1, norms.MAX_HIDDEN + 1), torch.ones(norms.MAX_HIDDEN + 1), 1e-6)
+
+
+@pytest.mark.parametrize("n", [8, 769])
+def test_rms_norm_out_dtype(n):
+    """fp32 x, y in bf16 (a pre-norm block under autocast); the backward takes the bf16 gradient."""
+    x, w, _, g = _inputs((3, 3), n, torch.float32)
+    y, rstd = norms.rms_norm_fwd(x, w, 1e-6, torch.bfloat16)
+    assert y.dtype == torch.bfloat16
+    y_ref, rstd_ref = reference.rms_norm_fwd(x, w, 1e-6, torch.bfloat16)
+    y64 = reference.rms_norm_fwd(to64(x), to64(w), 1e-6)[0]
+    assert_as_accurate("y", y, y64, y_ref)
+    g16 = g.to(torch.bfloat16)
+    grads = norms.rms_norm_bwd(g16, x, w, rstd)
+    assert grads[0].dtype == torch.float32
+    rstd64 = reference.rms_norm_fwd(to64(x), to64(w), 1e-6)[1]
+    for name, got, want64, want in zip(("grad x", "grad weight"), grads,
+                                       reference.rms_norm_bwd(to64(g16), to64(x), to64(w), rstd64),
+                                       reference.rms_norm_bwd(g16, x, w, rstd_ref)):
+        assert_as_accurate(name, got, want64, want)

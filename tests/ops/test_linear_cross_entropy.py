@@ -176,3 +176,15 @@ def test_bad_inputs():
         ops.linear_cross_entropy(hidden, weight, labels, chunk_size=0)
     with pytest.raises(ValueError, match="label 10 is outside"):
         ops.linear_cross_entropy(hidden, weight, torch.tensor([0, 10, 2, 3]))
+
+
+@pytest.mark.parametrize("grads_in_forward", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_no_rows_gives_zero_weight_gradient(grads_in_forward, dtype):
+    """The weight gradient's buffer is written by the first chunk, so with no rows it must be zeroed."""
+    hidden = torch.randn(0, 8).to(dtype).requires_grad_()
+    weight = torch.randn(30, 8).to(dtype).requires_grad_()
+    loss = ops.linear_cross_entropy(hidden, weight, torch.zeros(0, dtype=torch.long), reduction="sum",
+                                    grads_in_forward=grads_in_forward)
+    gh, gw = torch.autograd.grad(loss, (hidden, weight))
+    assert gh.shape == hidden.shape and torch.equal(gw, torch.zeros_like(weight))

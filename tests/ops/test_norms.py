@@ -209,3 +209,55 @@ def test_layer_norm_statistics_are_accurate_for_hard_rows(n):
     w, b = torch.randn(n), torch.randn(n)
     expected = F.layer_norm(x.double(), (n,), w.double(), b.double(), 1e-5)
     assert_as_accurate("y", ops.layer_norm(x, w, b), expected, F.layer_norm(x, (n,), w, b, 1e-5))
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.bfloat16), (torch.float32, torch.float16),
+                                    (torch.bfloat16, torch.float32)])
+@pytest.mark.parametrize("n", [1, 127, 384])
+def test_rms_norm_out_dtype(dtypes, n):
+    """y in another dtype than x (a pre-norm block under autocast): one rounding to out_dtype; the
+    gradient arrives in y's dtype and grad x leaves in x's; against float64 and the plain-torch reference."""
+    x_dtype, out_dtype = dtypes
+    x, w, _ = _inputs((3, 5, n), x_dtype)
+    y = ops.rms_norm(x, w, 1e-6, out_dtype=out_dtype)
+    assert y.dtype == out_dtype and y.shape == x.shape
+    g = torch.randn(y.shape).to(out_dtype)
+    gx, gw = torch.autograd.grad(y, (x, w), g)
+    assert gx.dtype == x_dtype and gw.dtype == w.dtype
+
+    def ref(a, b):  # out_dtype relative to the oracle's float64: the plain run rounds where the kernel does
+        return reference.rms_norm_fwd(a, b, 1e-6, out_dtype if a.dtype != torch.float64 else None)[0]
+
+    (y64, (gx64, gw64)), (y_ref, (gx_ref, gw_ref)) = oracle_and_plain(ref, x, w, grad=g)
+    assert_as_accurate("y", y, y64, y_ref)
+    assert_as_accurate("grad x", gx, gx64, gx_ref)
+    assert_as_accurate("grad weight", gw, gw64, gw_ref)
+    # The same y, bit for bit, as computing in x's dtype's kernel path and rounding once at the end.
+    if x_dtype == torch.float32:
+        torch.testing.assert_close(y, reference.rms_norm_fwd(x.detach(), w.detach(), 1e-6)[0].to(out_dtype),
+                                   atol=0, rtol=2 ** -7 if out_dtype == torch.bfloat16 else 2 ** -10)
+
+
+def test_rms_norm_out_dtype_opcheck_and_errors():
+    x = torch.randn(3, 5, 24, requires_grad=True)
+    w = torch.randn(24, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastlm.rms_norm_fwd.default, (x, w, 1e-6, torch.bfloat16))
+    y, rstd = (t.detach() for t in torch.ops.fastlm.rms_norm_fwd(x, w, 1e-6, torch.bfloat16))
+    torch.library.opcheck(torch.ops.fastlm.rms_norm_bwd.default, (torch.randn_like(y), x.detach(), w.detach(), rstd))
+    with pytest.raises(TypeError, match="out_dtype must be a floating dtype"):
+        ops.rms_norm(x, w, out_dtype=torch.int32)
+    # fp64 out_dtype: the reference, as accurate as float64
+    y64 = ops.rms_norm(x.double(), w.double(), out_dtype=torch.float64)
+    assert y64.dtype == torch.float64
+
+
+def test_rms_norm_module_autocast_output():
+    """autocast_output=True gives the autocast dtype under autocast only; otherwise x's dtype, unchanged."""
+    from fastlm.nn import RMSNorm
+
+    norm, plain = RMSNorm(24, autocast_output=True), RMSNorm(24)
+    x = torch.randn(4, 24)
+    assert torch.equal(norm(x), plain(x)) and norm(x).dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert norm(x).dtype == torch.bfloat16 and plain(x).dtype == torch.float32
+        torch.testing.assert_close(norm(x), plain(x).to(torch.bfloat16), atol=0, rtol=2 ** -7)

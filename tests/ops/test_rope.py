@@ -108,3 +108,26 @@ def test_bad_inputs():
         ops.rope(q.long(), q, cos, sin)
     with pytest.raises(RuntimeError, match="head_dim must be even"):  # the kernel checks too
         torch.ops.fastlm.rope_fwd(torch.randn(1, 4, 2, 7), torch.randn(4, 3), torch.randn(4, 3), False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["qkv_split", "hf_transposed", "contiguous"])
+@pytest.mark.parametrize("per_batch", [False, True])
+def test_every_layout_and_dtype_against_float64(dtype, layout, per_batch):
+    """The per-token kernel (fp32, bf16: all heads of a token in one call, bf16 rounded in registers) and
+    the per-head one (fp16) on q/k views of a fused qkv, HF's (B, H, T, D) transposed and contiguous
+    tensors, forward and inverse, as accurate as the reference at the input dtype (float64 oracle)."""
+    b, t, h, d = 3, 7, 5, 12
+    if layout == "qkv_split":
+        x = torch.randn(b, t, 3 * h * d).to(dtype)[..., h * d: 2 * h * d].view(b, t, h, d)
+    elif layout == "hf_transposed":
+        x = torch.randn(b, h, t, d).to(dtype).transpose(1, 2)
+    else:
+        x = torch.randn(b, t, h, d).to(dtype)
+    angles = torch.randn(b, t, d // 2) * 3 if per_batch else torch.randn(t, d // 2) * 3
+    cos, sin = angles.cos(), angles.sin()
+    for inverse in (False, True):
+        got = torch.ops.fastlm.rope_fwd(x, cos, sin, inverse)
+        assert got.dtype == dtype and got.shape == x.shape
+        want64 = reference.rope_fwd(x.double(), cos.double(), sin.double(), inverse)
+        assert_as_accurate(f"rope inverse={inverse}", got, want64, reference.rope_fwd(x, cos, sin, inverse))

@@ -1,5 +1,6 @@
 """Training throughput and memory: fastlm's GPT against the same model in Hugging Face transformers
-and in plain PyTorch (fastlm's reference ops), same shape, weights, batches and AdamW.
+and in plain PyTorch (fastlm's reference ops), same shape, weights, batches and AdamW (the trainer's:
+fastlm.optim.AdamW on the CPU, torch's fused on CUDA; spec "optimizer": "torch" for torch.optim.AdamW).
 
 Each run is its own subprocess (`python -m fastlm.bench.suites.train_throughput --worker SPEC`),
 so its peak memory is its own and an environment switch (FASTLM_BACKEND=reference, the CPU GEMM
@@ -12,8 +13,7 @@ path, ONEDNN_MAX_CPU_ISA) applies to it alone. Implementations:
   nanogpt       family "gpt2" only: the same weights in nanoGPT's model and optimizer setup
                 (fastlm.bench.nanogpt; benchmarks/nanogpt_compare.py), eager
   nanogpt_compiled  the same under torch.compile (nanoGPT's train.py default)
-Every row but nanoGPT's steps torch.optim.AdamW unless the spec says `"optimizer": "fastlm"`
-(fastlm.optim.AdamW, what `fastlm train` steps on the CPU).
+nanoGPT's rows step nanoGPT's own AdamW setup (spec "optimizer" overrides it too).
 Each row also gives fastlm's model FLOPs utilisation, `mfu`, against `peak_gflops`: torch's best
 GEMM throughput on the model's own GEMM shapes in the row's dtype (fp32 or bf16), measured in the same
 worker process right after its training steps (fastlm.bench.roofline: FLOPs per token are PaLM's
@@ -55,17 +55,24 @@ def _rss_kb() -> int:
     return 0
 
 
-def _optimizer(spec: dict, model, device):
+def _optimizer(model, name: str, device):
+    """AdamW for every implementation alike: "trainer" is the one `fastlm train` uses ([train] optimizer =
+    "adamw": fastlm.optim.AdamW on the CPU, torch's fused one on CUDA), "torch" torch.optim.AdamW's default,
+    "nanogpt" nanoGPT's setup (fastlm.bench.nanogpt.configure_optimizer)."""
     import torch
 
-    from fastlm.bench import nanogpt
-    from fastlm.optim import AdamW
+    if name not in ("trainer", "torch", "nanogpt"):
+        raise ValueError(f"train_throughput: optimizer must be 'trainer', 'torch' or 'nanogpt', got {name!r}")
+    if name == "nanogpt":
+        from fastlm.bench import nanogpt
 
-    if spec["impl"].startswith("nanogpt"):
         return nanogpt.configure_optimizer(model, lr=1e-4, weight_decay=0.1, device_type=device.type)
-    if spec.get("optimizer") == "fastlm":
-        return AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
-    return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    params = list(model.parameters())
+    if name == "trainer" and device.type == "cpu":
+        from fastlm.optim import AdamW
+
+        return AdamW(params, lr=1e-4, weight_decay=0.1)
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1, fused=name == "trainer" or None)
 
 
 def run_one(spec: dict) -> dict:
@@ -106,7 +113,8 @@ def run_one(spec: dict) -> dict:
     else:
         step_loss = lambda x: model(x, labels=x, return_logits=False)[1]
     model.to(device).train()
-    opt = _optimizer(spec, model, device)
+    default_optimizer = "nanogpt" if spec["impl"].startswith("nanogpt") else "trainer"
+    opt = _optimizer(model, spec.get("optimizer") or default_optimizer, device)
     g = torch.Generator().manual_seed(1234)
     batches = [torch.randint(0, spec["vocab_size"], (spec["batch_size"], spec["seq_len"]), generator=g).to(device)
                for _ in range(spec["warmup"] + spec["steps"])]
@@ -137,10 +145,11 @@ def run_one(spec: dict) -> dict:
     else:
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         result.update(peak_rss_mb=peak_kb / 1024, train_mem_mb=(peak_kb - rss_before) / 1024)
-        if bf16:  # fastlm's 16-bit CPU GEMM path, chosen by a timing at first use (it can flip under load)
-            from fastlm.ops.matmul import cpu_gemm16_is_native
+        if bf16:  # fastlm's 16-bit CPU GEMM path: by CPU feature, else a timing at first use, or forced
+            from fastlm.ops.matmul import cpu_gemm16_choice, cpu_gemm16_is_native
 
             result["cpu_gemm16_native"] = cpu_gemm16_is_native(torch.bfloat16)
+            result["cpu_gemm16"] = cpu_gemm16_choice(torch.bfloat16)
     if spec.get("roofline", True):  # after the timed steps (and the memory readings), in the same process
         dtype = torch.bfloat16 if bf16 else torch.float32
         peak, best_shape = roofline.peak_gflops(shapes, dtype, device)
