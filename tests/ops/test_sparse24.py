@@ -10,16 +10,14 @@ from fastlm import ops
 from fastlm.ops.reference_sparse24 import compress24, decompress24
 from fastlm.prune import nm_mask
 from tests.ops.accuracy import assert_as_accurate, plain_torch
+from tests.ops.conftest import force_cpu_path
 
 PATHS = ["avx512", "avx2", "scalar"]
 
 
 @pytest.fixture(params=PATHS)
 def path(request, monkeypatch):
-    if request.param not in torch.ops.fastlm.sparse24_cpu_kernels():
-        pytest.skip(f"this CPU does not run the {request.param} path")
-    monkeypatch.setenv("FASTLM_SPARSE24_KERNEL", request.param)
-    return request.param
+    return force_cpu_path(request.param, torch.ops.fastlm.sparse24_cpu_kernels, "FASTLM_SPARSE24_KERNEL", monkeypatch)
 
 
 def sparse_weight(n: int, k: int, zeros_too: bool = False) -> torch.Tensor:
