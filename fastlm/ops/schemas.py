@@ -22,6 +22,8 @@ SCHEMAS = {
     # returns (grad_gate, grad_up), recomputing act(gate).
     "gated_act_fwd": "gated_act_fwd(Tensor gate, Tensor up, int act) -> Tensor",
     "gated_act_bwd": "gated_act_bwd(Tensor grad, Tensor gate, Tensor up, int act) -> (Tensor, Tensor)",
+    "gated_act_fwd_packed": "gated_act_fwd_packed(Tensor h, int act) -> Tensor",
+    "gated_act_bwd_packed": "gated_act_bwd_packed(Tensor grad, Tensor h, int act) -> Tensor",
     # Per-row cross-entropy of logits (N, V) against labels (N,): (loss (N,) fp32, lse (N,) fp32),
     # loss = lse - (1 - label_smoothing) x[label] - label_smoothing mean(x) + z_loss lse^2; 0 where
     # ignored. The backward gives grad_logits (N, V) in logits' dtype for per-row grad_loss (N,).
