@@ -191,6 +191,9 @@ def main(argv=None) -> None:
     p.add_argument("--optimizer", default="fastlm", choices=["fastlm", "torch"],
                    help="fastlm.optim.AdamW (the trainer's on the CPU) or torch.optim.AdamW")
     args = p.parse_args(argv)
+    from fastlm._malloc import tune_malloc
+
+    tune_malloc()  # as the trainer does on the CPU (FASTLM_MALLOC_TUNE=0 to profile without)
     if args.threads:
         torch.set_num_threads(args.threads)
     for precision in args.precision.split(","):
