@@ -12,6 +12,10 @@ SCHEMAS = {
     # shape x.shape[:-1]. RMSNorm's y in out_dtype (default x's); its grad_y may be in y's dtype.
     "rms_norm_fwd": "rms_norm_fwd(Tensor x, Tensor weight, float eps, ScalarType? out_dtype=None) -> (Tensor, Tensor)",
     "rms_norm_bwd": "rms_norm_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor rstd) -> (Tensor, Tensor)",
+    "add_rms_norm_fwd": "add_rms_norm_fwd(Tensor x, Tensor branch, Tensor weight, float eps, "
+                        "ScalarType? out_dtype=None) -> (Tensor, Tensor, Tensor)",
+    "add_rms_norm_bwd": "add_rms_norm_bwd(Tensor grad_sum, Tensor grad_y, Tensor x_sum, Tensor weight, Tensor rstd, "
+                        "ScalarType branch_dtype) -> (Tensor, Tensor, Tensor)",
     "layer_norm_fwd": "layer_norm_fwd(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor)",
     "layer_norm_bwd": ("layer_norm_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor mean, Tensor rstd) "
                        "-> (Tensor, Tensor, Tensor)"),
