@@ -7,6 +7,7 @@ median tokens/s per config and MFU against the peak GEMM rate (fastlm.bench.roof
 measures right after.
 
     python benchmarks/train_lockstep.py --trees /path/main,/path/branch --precision bf16 --steps 20
+    python benchmarks/train_lockstep.py --trees /path/branch,/path/branch@FASTLM_MALLOC_TUNE=0 --threads 2
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def child(precision: str, optimizer: str, threads: str = "1") -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trees", help="comma list of source trees (each put first on PYTHONPATH)")
+    p.add_argument("--trees", help="comma list of source trees (each put first on PYTHONPATH); TREE@NAME=VALUE "
+                                   "sets an environment variable for that tree's process (e.g. FASTLM_MALLOC_TUNE=0)")
     p.add_argument("--optimizers", default="torch,fastlm", help="comma list of torch, fastlm (AdamW)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--steps", type=int, default=20)
@@ -81,7 +83,9 @@ def main(argv=None) -> None:
     configs = [(tree, opt) for opt in args.optimizers.split(",") for tree in args.trees.split(",")]
     procs = []
     for tree, opt in configs:
-        env = dict(os.environ, PYTHONPATH=tree, OMP_NUM_THREADS=str(args.threads), PYTHONDONTWRITEBYTECODE="1")
+        path, *assignments = tree.split("@")
+        env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS=str(args.threads), PYTHONDONTWRITEBYTECODE="1")
+        env.update(a.split("=", 1) for a in assignments)
         env.setdefault("FASTLM_CPU_GEMM16", "native")
         proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", args.precision, opt, str(args.threads)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
