@@ -7,6 +7,7 @@ median tokens/s per config and MFU against the peak GEMM rate (fastlm.bench.roof
 measures right after.
 
     python benchmarks/train_lockstep.py --trees /path/main,/path/branch --precision bf16 --steps 20
+    python benchmarks/train_lockstep.py --trees /path/branch,/path/branch@FASTLM_MALLOC_TUNE=0 --threads 2
 """
 from __future__ import annotations
 
@@ -21,13 +22,19 @@ SHAPE = dict(family="llama", vocab_size=8192, n_layer=6, n_head=6, n_kv_head=6, 
 BATCH = (8, 256)
 
 
-def child(precision: str, optimizer: str) -> None:
+def child(precision: str, optimizer: str, threads: str = "1") -> None:
     """Steps on command: stdin "step" -> one step, prints its seconds; "peak" -> peak GFLOP/s and FLOPs per token."""
     import torch
 
     from fastlm.models import GPT, GPTConfig
 
-    torch.set_num_threads(1)
+    try:  # the trainer's malloc setting; a tree without it runs untuned
+        from fastlm._malloc import tune_malloc
+
+        tune_malloc()
+    except ImportError:
+        pass
+    torch.set_num_threads(int(threads))
     cfg = GPTConfig(**SHAPE).resolved()
     torch.manual_seed(0)
     model = GPT(cfg).train()
@@ -60,12 +67,14 @@ def child(precision: str, optimizer: str) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trees", help="comma list of source trees (each put first on PYTHONPATH)")
+    p.add_argument("--trees", help="comma list of source trees (each put first on PYTHONPATH); TREE@NAME=VALUE "
+                                   "sets an environment variable for that tree's process (e.g. FASTLM_MALLOC_TUNE=0)")
     p.add_argument("--optimizers", default="torch,fastlm", help="comma list of torch, fastlm (AdamW)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--child", nargs=2, metavar=("PRECISION", "OPTIMIZER"), help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (processes step in turn)")
+    p.add_argument("--child", nargs=3, metavar=("PRECISION", "OPTIMIZER", "THREADS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         return child(*args.child)
@@ -74,9 +83,11 @@ def main(argv=None) -> None:
     configs = [(tree, opt) for opt in args.optimizers.split(",") for tree in args.trees.split(",")]
     procs = []
     for tree, opt in configs:
-        env = dict(os.environ, PYTHONPATH=tree, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+        path, *assignments = tree.split("@")
+        env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS=str(args.threads), PYTHONDONTWRITEBYTECODE="1")
+        env.update(a.split("=", 1) for a in assignments)
         env.setdefault("FASTLM_CPU_GEMM16", "native")
-        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", args.precision, opt],
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", args.precision, opt, str(args.threads)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         if proc.stdout.readline().strip() != "ready":
             sys.exit(f"the process for {tree} ({opt}) did not start")
@@ -99,7 +110,7 @@ def main(argv=None) -> None:
         proc.stdin.close()
         proc.wait()
     tokens = BATCH[0] * BATCH[1]
-    print(f"{args.precision}: {args.steps} steps each in lock step (load average {os.getloadavg()[0]:.1f}); "
+    print(f"{args.precision}, {args.threads} thread(s): {args.steps} steps each in lock step (load average {os.getloadavg()[0]:.1f}); "
           f"peak {peak:.0f} GFLOP/s, {fpt / 1e6:.1f} MFLOP/token")
     for (tree, opt), ts in zip(configs, times):
         best, med = tokens / min(ts), tokens / statistics.median(ts)

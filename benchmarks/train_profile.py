@@ -77,6 +77,33 @@ part of the gain is that, and it is what `fastlm train` runs:
     gpt2 bf16     0.504 (9223), 0.509 (9100)     0.490 (8642), 0.544 (9506)
     gpt2 fp32     0.604 (5426), 0.605 (5169)     0.622 (5344), 0.612 (5419)
 
+Branch bf16more (after integ4: bf16 attention kernels, the changes above), 2026-12-03, same machine:
+- fastlm._malloc.tune_malloc (the trainer on the CPU, the bench workers, this script; FASTLM_MALLOC_TUNE=0
+  opts out): glibc M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 256 MiB, so the step's large buffers are
+  reused from the heap instead of being faulted in again every step.
+- Weight casts (checked, nothing repeated): each Linear's fp32 master weight is cast to bf16 once in the
+  forward and its bf16 gradient back once in the backward (24 + 24 a step for this model), the head's
+  weight once inside linear_cross_entropy (its fp32 gradient needs no cast); no activation checkpointing
+  by default, the head is not tied here (a tied head also casts once, inside the loss op).
+- ops.gated_packed: the MLP's SwiGLU takes fc's [gate | up] output whole; its backward writes h's
+  gradient as one tensor (no cat of the halves): MLP activation fwd+bwd per layer (2048 x 2048 bf16,
+  1 thread, interleaved best of 100) 2.26 -> 1.87 ms.
+- ops.add_rms_norm: x + attn(...) and norm2 in one op (bf16 branch converted in the rows, no fp32
+  temporary; one backward pass gives the residual gradient and the branch's bf16 one): add + norm
+  fwd+bwd at (8, 256, 384) 1.20 -> 0.91 ms (best of 200, 1 thread). aten::copy_ 97 -> 85 calls a step.
+Whole step, train_lockstep (load average 1.3-2.1; CI was running part of the time), MFU best (median):
+
+    bf16, 1 thread    integ4 0.765 (0.698) -> branch 0.777 (0.733), 30 steps each
+    bf16, 2 threads   integ4 0.698 (0.653) -> branch 0.732 (0.708), 30 steps each (peak 993 GFLOP/s)
+    fp32, 1 thread    integ4 0.755 (0.717) -> branch 0.808 (0.786), 12 steps each (load 4.2)
+    fp32, 2 threads   integ4 0.716 (0.692) -> branch 0.740 (0.733), 12 steps each
+    same branch tree, malloc tuned vs FASTLM_MALLOC_TUNE=0: bf16 1 thread 0.760 (0.709) -> 0.770 (0.752);
+                      bf16 2 threads 0.731 (0.674) -> 0.764 (0.726)
+    both trees untuned (the two kernel changes alone): 0.744 (0.715) -> 0.745 (0.708): within noise
+benchmarks/train_throughput.py (the 2-thread command of issue 21, separate runs alternating): integ4
+66.1 %, 61.5 % -> branch 72.0 %, 69.7 %. This script at 2 threads: 284 ms/step under the profiler
+(integ4: 313), aten::mm 194 ms (71 %), attention 24, copy_ 8.2, adamw 7.2, loss 7.3, gated act 7.1.
+
 What it says:
 - bf16 makes the GEMMs 3-4x faster; they run at ~85 % of the peak the same process measures. MFU
   counts 6N + attention FLOPs (183.7 GFLOP a step here): at a ~490 GFLOP/s bf16 peak, 75 % MFU is a
@@ -191,6 +218,9 @@ def main(argv=None) -> None:
     p.add_argument("--optimizer", default="fastlm", choices=["fastlm", "torch"],
                    help="fastlm.optim.AdamW (the trainer's on the CPU) or torch.optim.AdamW")
     args = p.parse_args(argv)
+    from fastlm._malloc import tune_malloc
+
+    tune_malloc()  # as the trainer does on the CPU (FASTLM_MALLOC_TUNE=0 to profile without)
     if args.threads:
         torch.set_num_threads(args.threads)
     for precision in args.precision.split(","):

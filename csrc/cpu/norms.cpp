@@ -120,6 +120,109 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd(const at::Tensor& grad_in, const
   return {dx, sum_partials(partials[0], n).to(weight.scalar_type())};
 }
 
+// A pre-norm block's residual add fused with the next RMSNorm: x_sum = x + branch (in x's dtype; branch may
+// be the 16-bit output of a Linear under autocast: converted in the row, no fp32 temporary), y =
+// rms_norm(x_sum) in out_dtype. The norm reads the sum from the row buffer instead of memory.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_fwd(const at::Tensor& x_in, const at::Tensor& branch_in,
+                                                                const at::Tensor& weight, double eps,
+                                                                std::optional<at::ScalarType> out_dtype) {
+  const char* op = "fastlm::add_rms_norm_fwd";
+  const int64_t n = check_norm_args(x_in, weight, op);
+  TORCH_CHECK(branch_in.sizes() == x_in.sizes(), op, ": x and branch shapes differ: ", x_in.sizes(), " vs ",
+              branch_in.sizes());
+  rows::check_float_dtype(branch_in, op, "branch");
+  const at::Tensor x = x_in.contiguous(), b = branch_in.contiguous();
+  const at::Tensor w = weight.contiguous().to(at::kFloat);
+  at::Tensor x_sum = at::empty(x.sizes(), x.options());
+  at::Tensor y = at::empty(x.sizes(), x.options().dtype(out_dtype.value_or(x.scalar_type())));
+  rows::check_float_dtype(y, op, "out_dtype");
+  at::Tensor rstd = stat_like(x);
+  const int64_t rows = x.numel() / n;
+  FASTLM_DISPATCH_FLOATS(x.scalar_type(), "fastlm_add_rms_norm_fwd", [&] {
+    using x_t = scalar_t;
+    FASTLM_DISPATCH_FLOATS(b.scalar_type(), "fastlm_add_rms_norm_fwd", [&] {
+      using b_t = scalar_t;
+      FASTLM_DISPATCH_FLOATS(y.scalar_type(), "fastlm_add_rms_norm_fwd", [&] {
+        const x_t* xp = x.data_ptr<x_t>();
+        const b_t* bp = b.data_ptr<b_t>();
+        x_t* sp = x_sum.data_ptr<x_t>();
+        scalar_t* yp = y.data_ptr<scalar_t>();
+        float* rp = rstd.data_ptr<float>();
+        const float* wp = w.data_ptr<float>();
+        at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
+          std::vector<float> xbuf(n), bbuf(n), sbuf(n), s2buf(n), ybuf(n);
+          for (int64_t r = r0; r < r1; ++r) {
+            const float* xr = rows::load(xp + r * n, xbuf.data(), n);
+            const float* br = rows::load(bp + r * n, bbuf.data(), n);
+            float* sr = rows::out(sp + r * n, sbuf.data());
+            for (int64_t i = 0; i < n; ++i) sr[i] = xr[i] + br[i];
+            rows::store(sr, sp + r * n, n);
+            const float* s = rows::load(sp + r * n, s2buf.data(), n);  // the sum as stored (rounded to x's dtype)
+            float* yr = rows::out(yp + r * n, ybuf.data());
+            rp[r] = rms_norm_row_fwd(s, wp, static_cast<float>(eps), n, yr);
+            rows::store(yr, yp + r * n, n);
+          }
+        });
+      });
+    });
+  });
+  return {x_sum, y, rstd};
+}
+
+// d(x_sum) = grad_sum + rms_norm's input gradient: returned as x's gradient (x's dtype) and as branch's
+// (branch_dtype) from the same row, where autograd would add the two and cast a copy for the branch.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_bwd(const at::Tensor& grad_sum_in,
+                                                                const at::Tensor& grad_y_in, const at::Tensor& x_sum_in,
+                                                                const at::Tensor& weight, const at::Tensor& rstd_in,
+                                                                at::ScalarType branch_dtype) {
+  const char* op = "fastlm::add_rms_norm_bwd";
+  const int64_t n = check_norm_args(x_sum_in, weight, op);
+  TORCH_CHECK(grad_y_in.sizes() == x_sum_in.sizes() && grad_sum_in.sizes() == x_sum_in.sizes(), op,
+              ": grad_sum, grad_y and x_sum shapes differ");
+  rows::check_float_dtype(grad_y_in, op, "grad_y");
+  TORCH_CHECK(grad_sum_in.scalar_type() == x_sum_in.scalar_type(), op, ": grad_sum must be in x_sum's dtype");
+  const at::Tensor s = x_sum_in.contiguous(), gsum = grad_sum_in.contiguous(), gy = grad_y_in.contiguous();
+  const at::Tensor w = weight.contiguous().to(at::kFloat);
+  const at::Tensor rstd = rstd_in.contiguous().to(at::kFloat);
+  at::Tensor dx = at::empty_like(s);
+  at::Tensor db = at::empty(s.sizes(), s.options().dtype(branch_dtype));
+  rows::check_float_dtype(db, op, "branch_dtype");
+  const int64_t rows = s.numel() / n;
+  std::vector<at::Tensor> partials;
+  FASTLM_DISPATCH_FLOATS(s.scalar_type(), "fastlm_add_rms_norm_bwd", [&] {
+    using x_t = scalar_t;
+    FASTLM_DISPATCH_FLOATS(gy.scalar_type(), "fastlm_add_rms_norm_bwd", [&] {
+      using g_t = scalar_t;
+      FASTLM_DISPATCH_FLOATS(db.scalar_type(), "fastlm_add_rms_norm_bwd", [&] {
+        const x_t* sp = s.data_ptr<x_t>();
+        const x_t* gsp = gsum.data_ptr<x_t>();
+        const g_t* gp = gy.data_ptr<g_t>();
+        x_t* dxp = dx.data_ptr<x_t>();
+        scalar_t* dbp = db.data_ptr<scalar_t>();
+        const float* wp = w.data_ptr<float>();
+        const float* rp = rstd.data_ptr<float>();
+        for_row_chunks(rows, n, partials, 1, [&](int64_t c, int64_t r0, int64_t r1) {
+          std::vector<float> sbuf(n), gbuf(n), gsbuf(n), dxbuf(n), dbbuf(n);
+          float* dw = partials[0].data_ptr<float>() + c * n;
+          for (int64_t r = r0; r < r1; ++r) {
+            const float* sr = rows::load(sp + r * n, sbuf.data(), n);
+            const float* gr = rows::load(gp + r * n, gbuf.data(), n);
+            const float* gsr = rows::load(gsp + r * n, gsbuf.data(), n);
+            float* dxr = rows::out(dxp + r * n, dxbuf.data());
+            rms_norm_row_bwd(gr, sr, wp, rp[r], n, dxr, dw);
+            for (int64_t i = 0; i < n; ++i) dxr[i] += gsr[i];
+            rows::store(dxr, dxp + r * n, n);
+            float* dbr = rows::out(dbp + r * n, dbbuf.data());
+            if (dbr != dxr) std::copy(dxr, dxr + n, dbr);
+            rows::store(dbr, dbp + r * n, n);
+          }
+        });
+      });
+    });
+  });
+  return {dx, db, sum_partials(partials[0], n).to(weight.scalar_type())};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd(const at::Tensor& x_in, const at::Tensor& weight,
                                                               const at::Tensor& bias, double eps) {
   const int64_t n = check_norm_args(x_in, weight, "fastlm::layer_norm_fwd");
@@ -194,6 +297,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(const at::Tensor& 
 TORCH_LIBRARY_IMPL(fastlm, CPU, m) {
   m.impl("rms_norm_fwd", &rms_norm_fwd);
   m.impl("rms_norm_bwd", &rms_norm_bwd);
+  m.impl("add_rms_norm_fwd", &add_rms_norm_fwd);
+  m.impl("add_rms_norm_bwd", &add_rms_norm_bwd);
   m.impl("layer_norm_fwd", &layer_norm_fwd);
   m.impl("layer_norm_bwd", &layer_norm_bwd);
 }

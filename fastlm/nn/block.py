@@ -33,5 +33,15 @@ class Block(nn.Module):
         if self.post_norm:
             x = self.norm1(x + self.attn(x, rope, kv_cache, cu_seqlens, max_seqlen))
             return self.norm2(x + self.mlp(x))
-        x = x + self.attn(self.norm1(x), rope, kv_cache, cu_seqlens, max_seqlen)
+        a = self.attn(self.norm1(x), rope, kv_cache, cu_seqlens, max_seqlen)
+        if self._fuse_add_norm2(x, a):  # one pass: the residual add, norm2, and in the backward their gradients
+            x, h = self.norm2.add_forward(x, a)
+            return x + self.mlp(h)
+        x = x + a
         return x + self.mlp(self.norm2(x))
+
+    def _fuse_add_norm2(self, x: torch.Tensor, a: torch.Tensor) -> bool:
+        """fastlm's RMSNorm without hooks (add_forward bypasses its forward), and a sum in x's dtype as `x + a`."""
+        n = self.norm2
+        return (type(n) is RMSNorm and not n._forward_hooks and not n._forward_pre_hooks
+                and x.shape == a.shape and torch.promote_types(x.dtype, a.dtype) == x.dtype)

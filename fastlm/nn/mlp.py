@@ -10,11 +10,10 @@ from fastlm.nn.linear import Linear
 from fastlm.ops.matmul import ACTIVATION_ALIASES
 
 # Activations with a fused gated kernel (act(gate) * up in one pass, backward recomputing act).
-_FUSED_GATED = {
-    "silu": ops.swiglu, "swish": ops.swiglu, "gelu": ops.geglu,
-    "gelu_new": lambda g, u: ops.geglu(g, u, "tanh"), "gelu_pytorch_tanh": lambda g, u: ops.geglu(g, u, "tanh"),
-    "gelu_fast": lambda g, u: ops.geglu(g, u, "tanh"),
-}
+# They take fc's [gate | up] output whole (ops.gated_packed): its gradient comes back as one tensor,
+# where chunk(2) would make autograd cat the two halves' gradients.
+_FUSED_GATED = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
+                "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh"}
 
 
 class MLP(nn.Module):
@@ -42,9 +41,11 @@ class MLP(nn.Module):
         if self.fused_act is not None and getattr(self.fc, "fuses_activation", False):
             return self.drop(self.proj(self.fc(x, activation=self.fused_act)))
         h = self.fc(x)
-        if self.gated:
+        if self.gated and self.gated_act is not None:
+            h = ops.gated_packed(h, self.gated_act)
+        elif self.gated:
             gate, up = h.chunk(2, dim=-1)
-            h = self.gated_act(gate, up) if self.gated_act is not None else self.act(gate) * up
+            h = self.act(gate) * up
         else:
             h = self.act(h)
         return self.drop(self.proj(h))

@@ -19,11 +19,17 @@ class RMSNorm(nn.Module):
         self.autocast_output = autocast_output
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out_dtype = None
+    def _out_dtype(self, x: torch.Tensor) -> torch.dtype | None:
         if self.autocast_output and torch.is_autocast_enabled(x.device.type):
-            out_dtype = torch.get_autocast_dtype(x.device.type)
-        return ops.rms_norm(x, self.weight, self.eps, out_dtype)
+            return torch.get_autocast_dtype(x.device.type)
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.rms_norm(x, self.weight, self.eps, self._out_dtype(x))
+
+    def add_forward(self, x: torch.Tensor, branch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + branch, self(x + branch)) in one fused op (a pre-norm block's residual add and this norm)."""
+        return ops.add_rms_norm(x, branch, self.weight, self.eps, self._out_dtype(x))
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

@@ -11,15 +11,15 @@ from fastlm.ops.linear_distill import linear_distill_loss
 from fastlm.ops.logits_distill import logits_distill_loss
 from fastlm.ops.lora_matmul import lora_matmul
 from fastlm.ops.matmul import matmul
-from fastlm.ops.norms import layer_norm, rms_norm
+from fastlm.ops.norms import add_rms_norm, layer_norm, rms_norm
 from fastlm.ops.recurrent import gru, lstm, rnn
 from fastlm.ops.quantize import quantize_per_channel, quantize_per_token
 from fastlm.ops.rope import rope
 from fastlm.ops.sparse24 import sparse24_matmul
-from fastlm.ops.swiglu import geglu, swiglu
+from fastlm.ops.swiglu import gated_packed, geglu, swiglu
 from fastlm.ops.watermark import watermark_bias
 
-__all__ = ["rms_norm", "layer_norm", "cast_scale", "attention", "quantize_per_token", "quantize_per_channel", "int8_matmul",
+__all__ = ["rms_norm", "add_rms_norm", "layer_norm", "cast_scale", "attention", "quantize_per_token", "quantize_per_channel", "int8_matmul",
            "int8_weight_matmul", "pack_int8_weight", "PackedInt8Weight", "lora_matmul",
-           "rope", "swiglu", "geglu", "cross_entropy", "linear_cross_entropy", "linear_distill_loss", "logits_distill_loss",
+           "rope", "swiglu", "geglu", "gated_packed", "cross_entropy", "linear_cross_entropy", "linear_distill_loss", "logits_distill_loss",
            "matmul", "hashed_window_sum", "lstm", "gru", "rnn", "watermark_bias", "sparse24_matmul", "adamw_step"]

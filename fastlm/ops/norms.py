@@ -33,6 +33,35 @@ register_op(
 register_op(
     "rms_norm_bwd", reference=reference.rms_norm_bwd, triton=_triton("rms_norm_bwd"),
     fake=lambda grad_y, x, weight, rstd: (torch.empty_like(x), torch.empty_like(weight)))
+
+
+def _triton_add_rms(name: str):  # CUDA: the Triton RMSNorm kernels around a torch add (not fused there)
+    def launcher():
+        from fastlm.kernels import norms as triton_norms
+
+        if name == "fwd":
+            def fwd(x, branch, weight, eps, out_dtype=None):
+                x_sum = torch.add(x, branch).to(x.dtype)
+                return (x_sum, *triton_norms.rms_norm_fwd(x_sum, weight, eps, out_dtype))
+            return fwd
+
+        def bwd(grad_sum, grad_y, x_sum, weight, rstd, branch_dtype):
+            grad_norm, grad_w = triton_norms.rms_norm_bwd(grad_y, x_sum, weight, rstd)
+            total = grad_sum + grad_norm
+            return total, total.to(branch_dtype), grad_w
+        return bwd
+
+    return launcher
+
+
+register_op(
+    "add_rms_norm_fwd", reference=reference.add_rms_norm_fwd, triton=_triton_add_rms("fwd"),
+    fake=lambda x, branch, weight, eps, out_dtype=None: (
+        torch.empty_like(x), torch.empty_like(x, dtype=out_dtype or x.dtype), _stat(x)))
+register_op(
+    "add_rms_norm_bwd", reference=reference.add_rms_norm_bwd, triton=_triton_add_rms("bwd"),
+    fake=lambda grad_sum, grad_y, x_sum, weight, rstd, branch_dtype: (
+        torch.empty_like(x_sum), torch.empty_like(x_sum, dtype=branch_dtype), torch.empty_like(weight)))
 register_op(
     "layer_norm_fwd", reference=reference.layer_norm_fwd, triton=_triton("layer_norm_fwd"),
     fake=lambda x, weight, bias, eps: (torch.empty_like(x), _stat(x), _stat(x)))
@@ -53,6 +82,20 @@ def _rms_norm_backward(ctx, grad_y, _grad_rstd):
     return grad_x, grad_weight, None, None
 
 
+def _add_rms_norm_setup(ctx, inputs, output):
+    _x, branch, weight, _eps, *_out_dtype = inputs
+    x_sum, _y, rstd = output
+    ctx.save_for_backward(x_sum, weight, rstd)
+    ctx.branch_dtype = branch.dtype
+
+
+def _add_rms_norm_backward(ctx, grad_sum, grad_y, _grad_rstd):
+    x_sum, weight, rstd = ctx.saved_tensors
+    grad_x, grad_branch, grad_weight = torch.ops.fastlm.add_rms_norm_bwd(grad_sum, grad_y, x_sum, weight, rstd,
+                                                                         ctx.branch_dtype)
+    return grad_x, grad_branch, grad_weight, None, None
+
+
 def _layer_norm_setup(ctx, inputs, output):
     x, weight, _bias, _eps = inputs
     _y, mean, rstd = output
@@ -67,7 +110,9 @@ def _layer_norm_backward(ctx, grad_y, _grad_mean, _grad_rstd):
 
 torch.library.register_autograd("fastlm::rms_norm_fwd", _rms_norm_backward, setup_context=_rms_norm_setup)
 torch.library.register_autograd("fastlm::layer_norm_fwd", _layer_norm_backward, setup_context=_layer_norm_setup)
+torch.library.register_autograd("fastlm::add_rms_norm_fwd", _add_rms_norm_backward, setup_context=_add_rms_norm_setup)
 register_backward_op("rms_norm_bwd")
+register_backward_op("add_rms_norm_bwd")
 register_backward_op("layer_norm_bwd")
 
 # ---------------------------------------------------------------- the public functions
@@ -109,6 +154,32 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
     if use_reference(x, weight) or out_dtype == torch.float64:
         return reference.rms_norm_fwd(x, weight, eps, out_dtype)[0]
     return call_op(torch.ops.fastlm.rms_norm_fwd, x, weight, float(eps), out_dtype)[0]
+
+
+def add_rms_norm(x: torch.Tensor, branch: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
+                 out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + branch, rms_norm(x + branch)) in one pass: a pre-norm block's residual add and the next norm.
+
+    The sum is in x's dtype (the residual stream's; branch may be a 16-bit Linear output under autocast:
+    converted in the kernel's rows, not into a temporary); y in out_dtype as rms_norm's. The backward
+    returns the residual gradient and the branch's (in branch's dtype) from one pass."""
+    _check("add_rms_norm", x, weight=weight)
+    if not isinstance(branch, torch.Tensor) or branch.shape != x.shape:
+        raise ValueError(f"add_rms_norm: branch must be a tensor of x's shape {tuple(x.shape)}, "
+                         f"got {tuple(getattr(branch, 'shape', ()))}")
+    if not branch.is_floating_point() or branch.device != x.device:
+        raise TypeError(f"add_rms_norm: branch must be floating point on {x.device}, "
+                        f"got {branch.dtype} on {branch.device}")
+    if torch.promote_types(x.dtype, branch.dtype) != x.dtype:
+        raise TypeError(f"add_rms_norm: the sum is in x's dtype; branch ({branch.dtype}) must not be wider "
+                        f"than x ({x.dtype})")
+    if out_dtype == x.dtype:
+        out_dtype = None
+    if use_reference(x, branch, weight) or out_dtype == torch.float64:
+        x_sum, y, _ = reference.add_rms_norm_fwd(x, branch, weight, eps, out_dtype)
+        return x_sum, y
+    x_sum, y, _ = call_op(torch.ops.fastlm.add_rms_norm_fwd, x, branch, weight, float(eps), out_dtype)
+    return x_sum, y
 
 
 def layer_norm(

@@ -36,6 +36,19 @@ def rms_norm_bwd(grad_out, x, weight, rstd):
     return grad_x.to(x.dtype), grad_w.to(weight.dtype)
 
 
+def add_rms_norm_fwd(x, branch, weight, eps: float, out_dtype: torch.dtype | None = None):
+    """Returns (x_sum, y, rstd): x_sum = x + branch in x's dtype, (y, rstd) = rms_norm_fwd(x_sum)."""
+    x_sum = (_acc(x) + _acc(branch)).to(x.dtype)
+    return (x_sum, *rms_norm_fwd(x_sum, weight, eps, out_dtype))
+
+
+def add_rms_norm_bwd(grad_sum, grad_y, x_sum, weight, rstd, branch_dtype: torch.dtype):
+    """Returns (grad_x, grad_branch, grad_weight): grad_x = grad_sum + rms_norm's input gradient."""
+    grad_norm, grad_w = rms_norm_bwd(grad_y, x_sum, weight, rstd)
+    total = _acc(grad_sum) + _acc(grad_norm)
+    return total.to(x_sum.dtype), total.to(branch_dtype), grad_w
+
+
 def layer_norm_fwd(x, weight, bias, eps: float):
     """Returns (y, mean, rstd); mean and rstd have shape x.shape[:-1] in fp32."""
     xf = _acc(x)

@@ -34,3 +34,13 @@ def gated_act_bwd(grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, act:
         a = activation(g, act)
         (da,) = torch.autograd.grad(a, g, _math(grad) * _math(up))
     return da.to(gate.dtype), (_math(grad) * a.detach()).to(up.dtype)
+
+
+def gated_act_fwd_packed(h: torch.Tensor, act: int) -> torch.Tensor:
+    """h (..., 2n) = [gate | up]."""
+    return gated_act_fwd(*h.chunk(2, dim=-1), act)
+
+
+def gated_act_bwd_packed(grad: torch.Tensor, h: torch.Tensor, act: int) -> torch.Tensor:
+    """The gradient of h as one (..., 2n) tensor [dgate | dup]."""
+    return torch.cat(gated_act_bwd(grad, *h.chunk(2, dim=-1), act), dim=-1)

@@ -12,6 +12,10 @@ SCHEMAS = {
     # shape x.shape[:-1]. RMSNorm's y in out_dtype (default x's); its grad_y may be in y's dtype.
     "rms_norm_fwd": "rms_norm_fwd(Tensor x, Tensor weight, float eps, ScalarType? out_dtype=None) -> (Tensor, Tensor)",
     "rms_norm_bwd": "rms_norm_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor rstd) -> (Tensor, Tensor)",
+    "add_rms_norm_fwd": "add_rms_norm_fwd(Tensor x, Tensor branch, Tensor weight, float eps, "
+                        "ScalarType? out_dtype=None) -> (Tensor, Tensor, Tensor)",
+    "add_rms_norm_bwd": "add_rms_norm_bwd(Tensor grad_sum, Tensor grad_y, Tensor x_sum, Tensor weight, Tensor rstd, "
+                        "ScalarType branch_dtype) -> (Tensor, Tensor, Tensor)",
     "layer_norm_fwd": "layer_norm_fwd(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor)",
     "layer_norm_bwd": ("layer_norm_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor mean, Tensor rstd) "
                        "-> (Tensor, Tensor, Tensor)"),
@@ -22,6 +26,8 @@ SCHEMAS = {
     # returns (grad_gate, grad_up), recomputing act(gate).
     "gated_act_fwd": "gated_act_fwd(Tensor gate, Tensor up, int act) -> Tensor",
     "gated_act_bwd": "gated_act_bwd(Tensor grad, Tensor gate, Tensor up, int act) -> (Tensor, Tensor)",
+    "gated_act_fwd_packed": "gated_act_fwd_packed(Tensor h, int act) -> Tensor",
+    "gated_act_bwd_packed": "gated_act_bwd_packed(Tensor grad, Tensor h, int act) -> Tensor",
     # Per-row cross-entropy of logits (N, V) against labels (N,): (loss (N,) fp32, lse (N,) fp32),
     # loss = lse - (1 - label_smoothing) x[label] - label_smoothing mean(x) + z_loss lse^2; 0 where
     # ignored. The backward gives grad_logits (N, V) in logits' dtype for per-row grad_loss (N,).

@@ -37,6 +37,27 @@ register_op("gated_act_bwd", reference=reference.gated_act_bwd, triton=_triton("
             fake=lambda grad, gate, up, act: (_out(gate), _out(up)))
 
 
+def _triton_packed(name: str):  # CUDA: the two-tensor kernels on h's halves (the backward then joins them)
+    def launcher():
+        from fastlm.kernels import gated_act as triton_gated
+
+        if name == "fwd":
+            return lambda h, act: triton_gated.gated_act_fwd(*h.chunk(2, dim=-1), act)
+        return lambda grad, h, act: torch.cat(triton_gated.gated_act_bwd(grad, *h.chunk(2, dim=-1), act), dim=-1)
+
+    return launcher
+
+
+def _half(h: torch.Tensor) -> torch.Tensor:
+    return torch.empty((*h.shape[:-1], h.shape[-1] // 2), dtype=h.dtype, device=h.device)
+
+
+register_op("gated_act_fwd_packed", reference=reference.gated_act_fwd_packed, triton=_triton_packed("fwd"),
+            fake=lambda h, act: _half(h))
+register_op("gated_act_bwd_packed", reference=reference.gated_act_bwd_packed, triton=_triton_packed("bwd"),
+            fake=lambda grad, h, act: torch.empty(h.shape, dtype=h.dtype, device=h.device))
+
+
 def _setup(ctx, inputs, output):
     gate, up, act = inputs
     ctx.save_for_backward(gate, up)
@@ -49,8 +70,21 @@ def _backward(ctx, grad):
     return dgate, dup, None
 
 
+def _setup_packed(ctx, inputs, output):
+    h, act = inputs
+    ctx.save_for_backward(h)
+    ctx.act = act
+
+
+def _backward_packed(ctx, grad):
+    (h,) = ctx.saved_tensors
+    return torch.ops.fastlm.gated_act_bwd_packed(grad, h, ctx.act), None
+
+
 torch.library.register_autograd("fastlm::gated_act_fwd", _backward, setup_context=_setup)
+torch.library.register_autograd("fastlm::gated_act_fwd_packed", _backward_packed, setup_context=_setup_packed)
 register_backward_op("gated_act_bwd")
+register_backward_op("gated_act_bwd_packed")
 
 
 def _gated(op: str, gate: torch.Tensor, up: torch.Tensor, act: int) -> torch.Tensor:
@@ -70,6 +104,22 @@ def _gated(op: str, gate: torch.Tensor, up: torch.Tensor, act: int) -> torch.Ten
     if use_reference(gate, up):
         return reference.gated_act_fwd(gate, up, act)
     return call_op(torch.ops.fastlm.gated_act_fwd, gate, up, act)
+
+
+def gated_packed(h: torch.Tensor, activation: str = "silu") -> torch.Tensor:
+    """act(gate) * up for h = [gate | up] (..., 2n) -> (..., n): one fused projection's output. Same values
+    as swiglu / geglu on h.chunk(2, -1), but h's gradient comes back as one tensor (no cat of two halves
+    in the backward). activation: "silu", "gelu" or "gelu_tanh"."""
+    acts = {"silu": reference.ACT_SILU, "gelu": reference.ACT_GELU, "gelu_tanh": reference.ACT_GELU_TANH}
+    if activation not in acts:
+        raise ValueError(f"gated_packed: activation must be one of {sorted(acts)}, got {activation!r}")
+    if not isinstance(h, torch.Tensor) or not h.is_floating_point():
+        raise TypeError(f"gated_packed: h must be a floating-point tensor, got {getattr(h, 'dtype', type(h).__name__)}")
+    if h.dim() == 0 or h.shape[-1] % 2:
+        raise ValueError(f"gated_packed: h's last dimension must be even ([gate | up]), got shape {tuple(h.shape)}")
+    if use_reference(h):
+        return reference.gated_act_fwd_packed(h, acts[activation])
+    return call_op(torch.ops.fastlm.gated_act_fwd_packed, h, acts[activation])
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,10 @@ class Trainer:
 
             return fit_federated(self)
         cfg, t, rt = self.config, self.config.train, self.rt
+        if rt.device.type == "cpu":  # CPU steps reuse large host buffers: keep them out of mmap / trim
+            from fastlm._malloc import tune_malloc
+
+            tune_malloc()
         rt.mesh = init_run_mesh(cfg) if rt.world_size > 1 else None
         check_batch_split(cfg, rt.dp[0])
         run_dir = choose_run_dir(cfg.name, self.out_dir, self.resume, rt.mesh)

@@ -86,3 +86,25 @@ def test_rms_norm_out_dtype(n):
                                        reference.rms_norm_bwd(to64(g16), to64(x), to64(w), rstd64),
                                        reference.rms_norm_bwd(g16, x, w, rstd_ref)):
         assert_as_accurate(name, got, want64, want)
+
+
+@pytest.mark.parametrize("branch_dtype", [torch.float32, torch.bfloat16])
+def test_add_rms_norm_cuda_launchers(branch_dtype):
+    """The CUDA kernels of add_rms_norm_fwd / _bwd: the Triton RMSNorm around a torch add."""
+    import importlib
+
+    ops_norms = importlib.import_module("fastlm.ops.norms")
+    x, w = 2 * torch.randn(4, 3, 40), 1 + 0.5 * torch.randn(40)
+    b = torch.randn(4, 3, 40).to(branch_dtype)
+    fwd, bwd = ops_norms._triton_add_rms("fwd")(), ops_norms._triton_add_rms("bwd")()
+    x_sum, y, rstd = fwd(x, b, w, 1e-5, torch.bfloat16)
+    ref_sum, ref_y, ref_rstd = reference.add_rms_norm_fwd(x, b, w, 1e-5, torch.bfloat16)
+    assert torch.equal(x_sum, ref_sum) and y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref_y.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(rstd, ref_rstd, rtol=1e-5, atol=1e-5)
+    grad_sum, grad_y = torch.randn(4, 3, 40), torch.randn(4, 3, 40).bfloat16()
+    got = bwd(grad_sum, grad_y, x_sum, w, rstd, branch_dtype)
+    want = reference.add_rms_norm_bwd(grad_sum, grad_y, ref_sum, w, ref_rstd, branch_dtype)
+    assert got[1].dtype == branch_dtype
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g.float(), r.float(), rtol=2e-2, atol=2e-2)

@@ -70,3 +70,59 @@ def test_bad_inputs():
         ops.geglu(torch.randn(2, 3), torch.randn(2, 3), approximate="fast")
     with pytest.raises(RuntimeError, match="activation code"):
         torch.ops.fastlm.gated_act_fwd(torch.randn(2, 3), torch.randn(2, 3), 7)
+
+
+PACKED = [("silu", lambda g, u: F.silu(g) * u), ("gelu", lambda g, u: F.gelu(g) * u),
+          ("gelu_tanh", lambda g, u: F.gelu(g, approximate="tanh") * u)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", PACKED, ids=[c[0] for c in PACKED])
+@pytest.mark.parametrize("n", [1, 13, 1000])
+def test_packed_forward_backward_vs_torch(dtype, case, n):
+    activation, theirs = case
+    h = (3 * torch.randn(3, 5, 2 * n)).to(dtype).requires_grad_()
+    y = ops.gated_packed(h, activation)
+    assert y.dtype == dtype and y.shape == (3, 5, n)
+    hd = h.detach().double().requires_grad_()
+    y_ref = theirs(*hd.chunk(2, dim=-1))
+    grad = torch.randn_like(y)
+    (dh,) = torch.autograd.grad(y, h, grad)
+    (dh_ref,) = torch.autograd.grad(y_ref, hd, grad.double())
+    with plain_torch():
+        y_plain = ops.gated_packed(h, activation)
+    (dh_plain,) = torch.autograd.grad(y_plain, h, grad)
+    assert dh.shape == h.shape and dh.is_contiguous()
+    assert_as_accurate("y", y, y_ref, y_plain)
+    assert_as_accurate("grad", dh, dh_ref, dh_plain)
+    # the same numbers as the two-tensor op on h's halves (same kernels)
+    gate, up = h.chunk(2, dim=-1)
+    approximate = "tanh" if activation == "gelu_tanh" else "none"
+    y2 = ops.swiglu(gate, up) if activation == "silu" else ops.geglu(gate, up, approximate)
+    (dh2,) = torch.autograd.grad(y2, h, grad)
+    assert torch.equal(y, y2) and torch.equal(dh, dh2)
+
+
+def test_packed_backward_has_no_cat():
+    h = torch.randn(64, 256, dtype=torch.bfloat16, requires_grad=True)
+    y = ops.gated_packed(h)
+    with torch.profiler.profile() as prof:
+        y.backward(torch.randn_like(y))
+    names = {e.name for e in prof.events()}
+    assert "fastlm::gated_act_bwd_packed" in names and "aten::cat" not in names
+
+
+def test_packed_fp64_opcheck_and_bad_inputs():
+    h = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: ops.gated_packed(t, "gelu"), (h,))
+    assert ops.gated_packed(torch.randn(0, 6)).shape == (0, 3)
+    for act in (0, 1, 2):
+        h32 = torch.randn(4, 12, requires_grad=True)
+        torch.library.opcheck(torch.ops.fastlm.gated_act_fwd_packed.default, (h32, act))
+        torch.library.opcheck(torch.ops.fastlm.gated_act_bwd_packed.default, (torch.randn(4, 6), h32.detach(), act))
+    with pytest.raises(ValueError, match="even"):
+        ops.gated_packed(torch.randn(2, 5))
+    with pytest.raises(ValueError, match="activation"):
+        ops.gated_packed(torch.randn(2, 4), "relu")
+    with pytest.raises(TypeError, match="floating-point"):
+        ops.gated_packed(torch.ones(2, 4, dtype=torch.long))

@@ -79,9 +79,11 @@ def run_one(spec: dict) -> dict:
     """One training run in this process; returns tokens/s, memory, and MFU on CUDA."""
     import torch
 
+    from fastlm._malloc import tune_malloc
     from fastlm.bench import roofline
     from fastlm.models import GPT, GPTConfig, to_hf
 
+    tune_malloc()  # every impl alike, as the trainer does on the CPU (FASTLM_MALLOC_TUNE=0 to compare without)
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec.get("device", "cpu"))
