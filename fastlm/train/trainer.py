@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from fastlm._malloc import tune_malloc
 from fastlm.accountability.provenance import record_launch
 from fastlm.distill.training import Distillation
 from fastlm.parallel.dynamic_shares import dynamic_shares_for_run
@@ -70,8 +71,6 @@ class Trainer:
             return fit_federated(self)
         cfg, t, rt = self.config, self.config.train, self.rt
         if rt.device.type == "cpu":  # CPU steps reuse large host buffers: keep them out of mmap / trim
-            from fastlm._malloc import tune_malloc
-
             tune_malloc()
         rt.mesh = init_run_mesh(cfg) if rt.world_size > 1 else None
         check_batch_split(cfg, rt.dp[0])

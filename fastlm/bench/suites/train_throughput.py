@@ -75,13 +75,39 @@ def _optimizer(model, name: str, device):
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1, fused=name == "trainer" or None)
 
 
+def _as_impl(impl: str, model, cfg):
+    """The fastlm GPT `model` turned into implementation `impl` (same weights), and its loss of a batch."""
+    import torch
+
+    if impl == "torch_linear":
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.__class__ = torch.nn.Linear
+    if impl == "fastlm_compiled":  # compiled in the warm-up steps, which are not timed
+        from fastlm.parallel import apply_compile
+
+        apply_compile(model)
+    if impl == "hf":
+        from fastlm.models import to_hf
+
+        hf = to_hf(model, attn_implementation="sdpa")
+        return hf, lambda x: hf(input_ids=x, labels=x).loss
+    if impl.startswith("nanogpt"):
+        from fastlm.bench import nanogpt
+
+        baseline = nanogpt.from_fastlm(model, cfg)
+        step = torch.compile(baseline) if impl == "nanogpt_compiled" else baseline
+        return baseline, lambda x: step(x, labels=x)[1]
+    return model, lambda x: model(x, labels=x, return_logits=False)[1]
+
+
 def run_one(spec: dict) -> dict:
     """One training run in this process; returns tokens/s, memory, and MFU on CUDA."""
     import torch
 
     from fastlm._malloc import tune_malloc
     from fastlm.bench import roofline
-    from fastlm.models import GPT, GPTConfig, to_hf
+    from fastlm.models import GPT, GPTConfig
 
     tune_malloc()  # every impl alike, as the trainer does on the CPU (FASTLM_MALLOC_TUNE=0 to compare without)
     if spec.get("threads"):
@@ -95,25 +121,7 @@ def run_one(spec: dict) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     flops_per_token = roofline.model_flops_per_token(model, cfg, spec["seq_len"])
     shapes = roofline.gemm_shapes(model, spec["batch_size"] * spec["seq_len"])
-    if spec["impl"] == "torch_linear":
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.__class__ = torch.nn.Linear
-    if spec["impl"] == "fastlm_compiled":  # compiled in the warm-up steps, which are not timed
-        from fastlm.parallel import apply_compile
-
-        apply_compile(model)
-    if spec["impl"] == "hf":
-        model = to_hf(model, attn_implementation="sdpa")
-        step_loss = lambda x: model(input_ids=x, labels=x).loss
-    elif spec["impl"].startswith("nanogpt"):
-        from fastlm.bench import nanogpt
-
-        model = nanogpt.from_fastlm(model, cfg)
-        step = torch.compile(model) if spec["impl"] == "nanogpt_compiled" else model
-        step_loss = lambda x: step(x, labels=x)[1]
-    else:
-        step_loss = lambda x: model(x, labels=x, return_logits=False)[1]
+    model, step_loss = _as_impl(spec["impl"], model, cfg)
     model.to(device).train()
     default_optimizer = "nanogpt" if spec["impl"].startswith("nanogpt") else "trainer"
     opt = _optimizer(model, spec.get("optimizer") or default_optimizer, device)
